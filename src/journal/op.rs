@@ -1,0 +1,83 @@
+//! The journal's record types: file identity, metadata operations and timestamps.
+//! Shared by the journal (which stores them), the wire protocol (which ships them)
+//! and the applier (which replays them).
+
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+
+/// Stable identity of a file while it lives: the backing file's inode number.
+/// Renames keep it; it is dropped from the journal when the last link goes.
+pub type FileId = u64;
+
+/// A point in time as seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timestamp {
+    /// Seconds since the epoch (may be negative).
+    pub secs: i64,
+    /// Nanoseconds, `0..1_000_000_000`.
+    pub nanos: u32,
+}
+
+/// A time to set: a given value, or "now" as seen by whoever applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    /// A specific time.
+    At(Timestamp),
+    /// The applier's current time.
+    Now,
+}
+
+/// One metadata operation, as recorded in the ordered log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaOp {
+    /// A regular file was created (empty) with this mode.
+    Create { path: RelPath, file: FileId, mode: u32 },
+    /// A fifo or other special file was created.
+    Mknod { path: RelPath, mode: u32, rdev: u64 },
+    /// A directory was created.
+    Mkdir { path: RelPath, mode: u32 },
+    /// A name was removed; `last_link` when the file itself went away.
+    Unlink { path: RelPath, file: FileId, last_link: bool },
+    /// A directory was removed.
+    Rmdir { path: RelPath },
+    /// A rename; `flags` are the `renameat2` flags (NOREPLACE, EXCHANGE).
+    Rename { from: RelPath, to: RelPath, flags: u32 },
+    /// A symbolic link was created.
+    Symlink { path: RelPath, target: Vec<u8> },
+    /// A hard link `to` was made to the existing name `from`.
+    Link { from: RelPath, to: RelPath },
+    /// Permission bits changed.
+    Chmod { path: RelPath, mode: u32 },
+    /// Ownership changed (`None` leaves that id alone).
+    Chown { path: RelPath, uid: Option<u32>, gid: Option<u32> },
+    /// The file was truncated or extended to `size`.
+    Truncate { path: RelPath, file: FileId, size: u64 },
+    /// Access and/or modification times were set (`None`: left alone).
+    Utimens { path: RelPath, atime: Option<SetTime>, mtime: Option<SetTime> },
+    /// An extended attribute was set.
+    SetXattr { path: RelPath, name: Vec<u8>, value: Vec<u8>, flags: i32 },
+    /// An extended attribute was removed.
+    RemoveXattr { path: RelPath, name: Vec<u8> },
+}
+
+impl MetaOp {
+    /// A short name of the operation, for listings and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MetaOp::Create { .. } => "create",
+            MetaOp::Mknod { .. } => "mknod",
+            MetaOp::Mkdir { .. } => "mkdir",
+            MetaOp::Unlink { .. } => "unlink",
+            MetaOp::Rmdir { .. } => "rmdir",
+            MetaOp::Rename { .. } => "rename",
+            MetaOp::Symlink { .. } => "symlink",
+            MetaOp::Link { .. } => "link",
+            MetaOp::Chmod { .. } => "chmod",
+            MetaOp::Chown { .. } => "chown",
+            MetaOp::Truncate { .. } => "truncate",
+            MetaOp::Utimens { .. } => "utimens",
+            MetaOp::SetXattr { .. } => "setxattr",
+            MetaOp::RemoveXattr { .. } => "removexattr",
+        }
+    }
+}

@@ -1,0 +1,36 @@
+//! syncfs keeps one folder identical on two computers over a slow link.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! app ─ FUSE op ─► fs::fuse (thin fuser adapter) ─► fs (passthrough to the backing dir)
+//!                                                    │ records ranges + metadata ops
+//!                                                    ▼
+//!                                   journal (sole owner of sled; write-ahead intent log)
+//!                                                    │ quiet files, in order
+//!                                                    ▼
+//!                                   sync (build updates: ranges, zstd, BLAKE3)
+//!                                                    │ wire::Message
+//!                                                    ▼
+//!                     net (libp2p: Noise, PeerId allowlist) ═══ link ═══ peer's net
+//!                                                                          │
+//!                                                    peer's apply (verify, stage, replay, ack)
+//! ```
+//!
+//! Modules:
+//! - [`path`]: `RelPath`, the validated store-relative path used everywhere.
+//! - [`store`]: the on-disk store layout, `init`, identity and config.
+//! - [`fs`]: the passthrough filesystem (`fs::fuse` is the only place naming fuser).
+//! - [`journal`]: dirty byte ranges and the ordered metadata log, durable under kill -9.
+//! - [`wire`]: the versioned wire protocol: messages, encoding, framing.
+//! - [`net`]: libp2p transport, allowlist, peer discovery and streams.
+//! - [`cli`]: command-line definitions and commands.
+
+pub mod cli;
+pub mod config;
+pub mod fs;
+pub mod journal;
+pub mod net;
+pub mod path;
+pub mod store;
+pub mod wire;
