@@ -1,1 +1,128 @@
-//! config (stub).
+//! The store's `config.toml`: one options struct, read by `mount`, written with
+//! commented defaults by `init`.
+
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Errors reading or writing the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or written.
+    #[error("config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this struct.
+    #[error("config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: toml::de::Error,
+    },
+}
+
+/// Everything a store is configured with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder id (32 hex digits): only stores sharing it sync with each other.
+    pub folder_id: String,
+    /// A name for this node, shown to peers and in status.
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Multiaddrs to listen on for peers.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Peers to keep connected: multiaddrs ending in `/p2p/<PeerId>`.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// Find allowlisted peers on the LAN with mDNS.
+    #[serde(default = "yes")]
+    pub mdns: bool,
+    /// A file is sent once it has been quiet this long (milliseconds).
+    #[serde(default = "default_settle")]
+    pub settle_ms: u64,
+    /// FUSE session threads.
+    #[serde(default = "default_threads")]
+    pub threads: usize,
+}
+
+fn default_name() -> String {
+    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "syncfs".into())
+}
+fn default_listen() -> Vec<String> {
+    vec!["/ip4/0.0.0.0/tcp/4801".into()]
+}
+fn yes() -> bool {
+    true
+}
+fn default_settle() -> u64 {
+    300
+}
+fn default_threads() -> usize {
+    4
+}
+
+impl Config {
+    /// Defaults for a new store with this folder id.
+    pub fn new(folder_id: String) -> Config {
+        Config {
+            folder_id,
+            name: default_name(),
+            listen: default_listen(),
+            peers: Vec::new(),
+            mdns: true,
+            settle_ms: default_settle(),
+            threads: default_threads(),
+        }
+    }
+
+    /// Reads `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+    }
+
+    /// The file text with comments explaining every setting.
+    pub fn to_commented_toml(&self) -> String {
+        let q = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        format!(
+            "# syncfs store configuration.\n\
+             \n# Only stores with the same folder id sync with each other (`syncfs init --join ID`).\n\
+             folder_id = {:?}\n\
+             \n# This node's name, shown to peers and in `syncfs status`.\nname = {:?}\n\
+             \n# Addresses to listen on for peers (libp2p multiaddrs).\nlisten = [{}]\n\
+             \n# Peers to keep connected, each ending in /p2p/<PeerId>; they are also the allowlist.\n\
+             # Example: peers = [\"/ip4/192.0.2.7/tcp/4801/p2p/12D3KooW...\"]\npeers = [{}]\n\
+             \n# Discover allowlisted peers on the local network with mDNS.\nmdns = {}\n\
+             \n# Send a file once it has been quiet (closed, or no writes) for this many milliseconds.\n\
+             settle_ms = {}\n\
+             \n# FUSE session threads.\nthreads = {}\n",
+            self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commented_defaults_parse_back() {
+        let mut c = Config::new("00112233445566778899aabbccddeeff".into());
+        c.peers = vec!["/ip4/127.0.0.1/tcp/1/p2p/x".into()];
+        let back: Config = toml::from_str(&c.to_commented_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = toml::from_str::<Config>("folder_id = \"x\"\nbogus = 1\n");
+        assert!(e.is_err());
+    }
+}

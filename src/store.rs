@@ -1,1 +1,181 @@
-//! store (stub).
+//! The store on disk: `data/` (the backing directory users see through the mount),
+//! `journal/` (sled + intent log), `staging/` (updates from the peer being applied),
+//! `identity.key` (the node's ed25519 keypair, mode 0600) and `config.toml`.
+
+use crate::config::{Config, ConfigError};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Errors creating or opening a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `init` found something already there.
+    #[error("{0} already holds a store (or is not empty); refusing to overwrite it")]
+    Exists(PathBuf),
+    /// Not a store.
+    #[error("{0} is not a syncfs store (no config.toml); run `syncfs init` first")]
+    NotAStore(PathBuf),
+    /// A file could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The identity key file is corrupt.
+    #[error("identity key {0} is corrupt")]
+    BadKey(PathBuf),
+    /// The folder id given to `--join` is malformed.
+    #[error("folder id must be 32 hex digits, got {0:?}")]
+    BadFolderId(String),
+    /// The configuration is unreadable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Paths inside one store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// The store directory.
+    pub dir: PathBuf,
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+}
+
+impl Store {
+    /// The store at `dir` (not checked).
+    pub fn at(dir: &Path) -> Store {
+        Store { dir: dir.to_path_buf() }
+    }
+
+    /// The backing data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    /// The journal directory.
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join("journal")
+    }
+    /// The staging directory for incoming updates.
+    pub fn staging(&self) -> PathBuf {
+        self.dir.join("staging")
+    }
+    /// The identity key file.
+    pub fn key_file(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+    /// The configuration file.
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    /// The control socket of a running mount.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Creates a new store; `join` is a peer's folder id to share.
+    pub fn init(dir: &Path, join: Option<&str>) -> Result<(Store, PeerId, Config), StoreError> {
+        let folder_id = match join {
+            Some(id) => parse_folder_id(id)?,
+            None => hex(&rand::random::<[u8; 16]>()),
+        };
+        if dir.join("config.toml").exists() || dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+            return Err(StoreError::Exists(dir.to_path_buf()));
+        }
+        let store = Store::at(dir);
+        for d in [store.dir.clone(), store.data(), store.journal(), store.staging()] {
+            std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
+        }
+        let key = Keypair::generate_ed25519();
+        write_new(&store.key_file(), &key.to_protobuf_encoding().expect("ed25519 encodes"), 0o600)?;
+        let cfg = Config::new(folder_id);
+        write_new(&store.config_file(), cfg.to_commented_toml().as_bytes(), 0o644)?;
+        Ok((store, key.public().to_peer_id(), cfg))
+    }
+
+    /// Opens an existing store: checks it and reads its config.
+    pub fn open(dir: &Path) -> Result<(Store, Config), StoreError> {
+        let store = Store::at(dir);
+        if !store.config_file().exists() {
+            return Err(StoreError::NotAStore(dir.to_path_buf()));
+        }
+        let cfg = Config::load(&store.config_file())?;
+        parse_folder_id(&cfg.folder_id)?;
+        Ok((store, cfg))
+    }
+
+    /// The node's keypair.
+    pub fn keypair(&self) -> Result<Keypair, StoreError> {
+        let path = self.key_file();
+        let bytes = std::fs::read(&path).map_err(io("reading", &path))?;
+        Keypair::from_protobuf_encoding(&bytes).map_err(|_| StoreError::BadKey(path))
+    }
+}
+
+/// Parses a folder id: 32 hex digits.
+pub fn parse_folder_id(s: &str) -> Result<String, StoreError> {
+    folder_id_bytes(s).map(|_| s.to_ascii_lowercase())
+}
+
+/// The 16 bytes of a folder id.
+pub fn folder_id_bytes(s: &str) -> Result<[u8; 16], StoreError> {
+    let bad = || StoreError::BadFolderId(s.to_string());
+    if s.len() != 32 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io("creating", path))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io("writing", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn init_creates_layout_and_refuses_overwrite() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("s");
+        let (store, peer, cfg) = Store::init(&dir, None).unwrap();
+        assert!(store.data().is_dir() && store.journal().is_dir());
+        let mode = std::fs::metadata(store.key_file()).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(store.keypair().unwrap().public().to_peer_id(), peer);
+        assert_eq!(Store::open(&dir).unwrap().1, cfg);
+        assert!(matches!(Store::init(&dir, None), Err(StoreError::Exists(_))));
+    }
+
+    #[test]
+    fn join_takes_the_folder_id() {
+        let t = tempfile::tempdir().unwrap();
+        let id = "00112233445566778899AABBCCDDEEFF";
+        let (_, _, cfg) = Store::init(&t.path().join("s"), Some(id)).unwrap();
+        assert_eq!(cfg.folder_id, id.to_ascii_lowercase());
+        assert!(Store::init(&t.path().join("t"), Some("xyz")).is_err());
+    }
+}

@@ -1,1 +1,154 @@
-//! fs (stub).
+//! The passthrough filesystem: every operation is applied to the backing directory
+//! through `*at()` calls on held `O_PATH` fds, and every change is reported to a
+//! [`Recorder`] (the journal) before it touches the backing store.
+//!
+//! This module knows nothing of fuser: [`fuse`] is the thin adapter that turns kernel
+//! requests into calls here and errors into replies.
+
+pub mod fuse;
+pub mod handle;
+pub mod inode;
+mod io;
+pub mod mount;
+mod namespace;
+pub mod record;
+pub mod sys;
+
+use crate::journal::op::{SetTime, Timestamp};
+use crate::path::RelPath;
+use handle::{DirHandle, FileHandle, Handles};
+use inode::{Inode, InodeTable};
+pub use record::{NullRecorder, RecordError, Recorder};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// An errno from the backing filesystem (or chosen by us), replied to the kernel as is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("errno {0}")]
+pub struct FsError(pub i32);
+
+impl FsError {
+    /// The calling thread's current `errno`.
+    pub fn last() -> FsError {
+        FsError(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<std::io::Error> for FsError {
+    fn from(e: std::io::Error) -> FsError {
+        FsError(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<RecordError> for FsError {
+    fn from(e: RecordError) -> FsError {
+        tracing::error!("journal: {e}; refusing the operation");
+        FsError(libc::EIO)
+    }
+}
+
+/// Who asked: the requesting process's credentials.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+}
+
+/// The attribute changes of one `setattr`.
+#[derive(Debug, Default, Clone)]
+pub struct SetAttr {
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size (truncate or extend).
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+}
+
+/// Options of the passthrough.
+#[derive(Debug, Clone, Copy)]
+pub struct FsOptions {
+    /// The kernel's writeback cache is on: open write-only files read-write, drop O_APPEND.
+    pub writeback: bool,
+}
+
+/// The passthrough filesystem over one backing directory.
+pub struct PassFs {
+    root: PathBuf,
+    inodes: InodeTable,
+    files: Handles<FileHandle>,
+    dirs: Handles<DirHandle>,
+    rec: Arc<dyn Recorder>,
+    opts: FsOptions,
+    is_root: bool,
+}
+
+impl PassFs {
+    /// Opens the backing directory `root` and reports changes to `rec`.
+    pub fn new(root: &Path, rec: Arc<dyn Recorder>, opts: FsOptions) -> Result<PassFs, FsError> {
+        let root = root.canonicalize()?;
+        let fd: OwnedFd = sys::openat(&sys::AtCwd, root.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(PassFs {
+            root,
+            inodes: InodeTable::new(fd)?,
+            files: Handles::default(),
+            dirs: Handles::default(),
+            rec,
+            opts,
+            is_root: unsafe { libc::geteuid() } == 0,
+        })
+    }
+
+    /// The backing directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The FUSE inode number for a backing inode number.
+    pub fn fuse_ino(&self, backing: u64) -> u64 {
+        self.inodes.fuse_ino(backing)
+    }
+
+    /// Drops `n` kernel references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    /// The store-relative path of a held inode, as the kernel resolves it now.
+    fn rel_path(&self, inode: &Inode) -> Result<RelPath, FsError> {
+        let abs = sys::readlink_path(&inode.proc_path())?;
+        let root = self.root.as_os_str().as_encoded_bytes();
+        let rest = abs.strip_prefix(root).ok_or(FsError(libc::ENOENT))?;
+        let rest = match rest {
+            [] => rest,
+            [b'/', tail @ ..] => tail,
+            _ => return Err(FsError(libc::ENOENT)),
+        };
+        RelPath::from_bytes(rest).map_err(|_| FsError(libc::ENOENT))
+    }
+
+    /// Path of `name` inside the held directory `parent`.
+    fn child_path(&self, parent: &Inode, name: &std::ffi::OsStr) -> Result<RelPath, FsError> {
+        self.rel_path(parent)?.join(name).map_err(|_| FsError(libc::EINVAL))
+    }
+}
+
+/// Converts a `SetTime` into the `timespec` `utimensat` wants.
+fn timespec(t: Option<SetTime>) -> libc::timespec {
+    match t {
+        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        Some(SetTime::At(Timestamp { secs, nanos })) => {
+            libc::timespec { tv_sec: secs, tv_nsec: nanos as i64 }
+        }
+    }
+}

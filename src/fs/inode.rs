@@ -1,0 +1,121 @@
+//! The inode table: every inode the kernel knows is held open as an `O_PATH` fd, keyed
+//! by its FUSE inode number (the backing inode number, with root swapped to 1), so
+//! operations resolve with `*at()` calls and renames never invalidate anything.
+
+use super::sys;
+use super::FsError;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+/// The FUSE root inode number.
+pub const ROOT_INO: u64 = 1;
+
+/// One inode the kernel holds a reference to.
+#[derive(Debug)]
+pub struct Inode {
+    /// `O_PATH | O_NOFOLLOW` fd on the backing inode.
+    pub fd: OwnedFd,
+    /// The backing inode number (the journal's `FileId`).
+    pub backing_ino: u64,
+    /// The `S_IFMT` bits of the inode.
+    pub kind: u32,
+}
+
+impl Inode {
+    /// `/proc/self/fd/N` path that reopens this inode.
+    pub fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+}
+
+struct Entry {
+    inode: Arc<Inode>,
+    lookups: u64,
+}
+
+/// Maps FUSE inode numbers to held inodes, with kernel lookup counts.
+pub struct InodeTable {
+    map: Mutex<HashMap<u64, Entry>>,
+    root_backing: u64,
+}
+
+impl InodeTable {
+    /// A table holding only the root.
+    pub fn new(root_fd: OwnedFd) -> Result<InodeTable, FsError> {
+        let st = sys::fstat(&root_fd)?;
+        let root = Arc::new(Inode { fd: root_fd, backing_ino: st.st_ino, kind: st.st_mode & libc::S_IFMT });
+        let mut map = HashMap::new();
+        map.insert(ROOT_INO, Entry { inode: root, lookups: 1 << 40 });
+        Ok(InodeTable { map: Mutex::new(map), root_backing: st.st_ino })
+    }
+
+    /// The FUSE inode number for a backing inode number.
+    pub fn fuse_ino(&self, backing: u64) -> u64 {
+        match backing {
+            b if b == self.root_backing => ROOT_INO,
+            ROOT_INO => self.root_backing,
+            b => b,
+        }
+    }
+
+    /// The inode for a FUSE inode number, or ESTALE-ish ENOENT.
+    pub fn get(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
+        let map = self.map.lock().unwrap();
+        map.get(&ino).map(|e| e.inode.clone()).ok_or(FsError(libc::ENOENT))
+    }
+
+    /// Looks `name` up under `parent`, takes one kernel reference, returns its stat.
+    pub fn lookup(&self, parent: &Inode, name: &OsStr) -> Result<(u64, libc::stat), FsError> {
+        let st = sys::fstatat(&parent.fd, name)?;
+        let ino = self.fuse_ino(st.st_ino);
+        if self.bump(ino, st.st_ino) {
+            return Ok((ino, st));
+        }
+        let fd = sys::open_path(&parent.fd, name)?;
+        let st = sys::fstat(&fd)?;
+        let ino = self.fuse_ino(st.st_ino);
+        let inode = Inode { fd, backing_ino: st.st_ino, kind: st.st_mode & libc::S_IFMT };
+        let mut map = self.map.lock().unwrap();
+        let e = map.entry(ino).or_insert_with(|| Entry { inode: Arc::new(inode), lookups: 0 });
+        e.lookups += 1;
+        Ok((ino, st))
+    }
+
+    /// Adds a reference to an inode already held (same backing inode); false if absent.
+    fn bump(&self, ino: u64, backing: u64) -> bool {
+        let mut map = self.map.lock().unwrap();
+        match map.get_mut(&ino) {
+            Some(e) if e.inode.backing_ino == backing => {
+                e.lookups += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Drops `n` kernel references; the fd is closed when none remain.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut map = self.map.lock().unwrap();
+        if let Some(e) = map.get_mut(&ino) {
+            e.lookups = e.lookups.saturating_sub(n);
+            if e.lookups == 0 {
+                map.remove(&ino);
+            }
+        }
+    }
+
+    /// Number of inodes held (for tests and status).
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    /// True when only the root is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 1
+    }
+}

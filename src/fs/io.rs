@@ -1,0 +1,128 @@
+//! File I/O: open, create, read, write, fsync, release, fallocate and lseek.
+//! Every write is recorded in the journal before the backing `pwrite`.
+
+use super::handle::FileHandle;
+use super::{sys, Ctx, FsError, PassFs};
+use crate::journal::op::MetaOp;
+use std::ffi::OsStr;
+use std::os::unix::fs::FileExt;
+
+type R<T> = Result<T, FsError>;
+
+const FALLOC_MODES_OK: i32 = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+
+impl PassFs {
+    /// Flags to open the backing file with, given the kernel's open flags.
+    fn backing_flags(&self, flags: i32) -> i32 {
+        let mut f = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+        if self.opts.writeback {
+            // The kernel may read pages of a write-only file, and handles O_APPEND itself.
+            if f & libc::O_ACCMODE == libc::O_WRONLY {
+                f = (f & !libc::O_ACCMODE) | libc::O_RDWR;
+            }
+            f &= !libc::O_APPEND;
+        }
+        f
+    }
+
+    fn is_writable(flags: i32) -> bool {
+        flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+    }
+
+    /// Opens a regular file; returns the handle number.
+    pub fn open(&self, ino: u64, flags: i32) -> R<u64> {
+        let inode = self.inodes.get(ino)?;
+        let writable = Self::is_writable(flags);
+        if writable {
+            self.rec.track(inode.backing_ino, &self.rel_path(&inode)?)?;
+            if flags & libc::O_TRUNC != 0 {
+                self.rec.size(inode.backing_ino, 0)?;
+            }
+        }
+        let file = sys::reopen(&inode.fd, self.backing_flags(flags))?;
+        Ok(self.files.insert(FileHandle { file, file_id: inode.backing_ino, writable }))
+    }
+
+    /// Creates and opens `parent/name`; returns (ino, stat, handle).
+    pub fn create(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> R<(u64, libc::stat, u64)> {
+        let p = self.inodes.get(parent)?;
+        let path = self.child_path(&p, name)?;
+        let bflags = self.backing_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
+        let fd = sys::openat(&p.fd, name, bflags, mode)?;
+        let (ino, st) = self.adopt(ctx, &p, name)?;
+        self.rec.track(st.st_ino, &path)?;
+        self.rec.meta(MetaOp::Create { path, file: st.st_ino, mode: mode & 0o7777 })?;
+        let fh = FileHandle { file: fd.into(), file_id: st.st_ino, writable: true };
+        Ok((ino, st, self.files.insert(fh)))
+    }
+
+    /// Reads up to `size` bytes at `offset`.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> R<Vec<u8>> {
+        let h = self.files.get(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            match h.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    /// Writes `data` at `offset`: journals the range first, then writes the backing file.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> R<u32> {
+        let h = self.files.get(fh)?;
+        let end = offset.checked_add(data.len() as u64).ok_or(FsError(libc::EFBIG))?;
+        self.rec.write(h.file_id, offset, end)?;
+        h.file.write_all_at(data, offset)?;
+        Ok(data.len() as u32)
+    }
+
+    /// Makes the file and its journal entries durable.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> R<()> {
+        let h = self.files.get(fh)?;
+        self.rec.sync()?;
+        sys::fsync(&h.file, datasync)
+    }
+
+    /// Closes a handle; a writable one tells the recorder the file may be quiet.
+    pub fn release(&self, fh: u64) {
+        if let Some(h) = self.files.remove(fh) {
+            if h.writable {
+                self.rec.closed(h.file_id);
+            }
+        }
+    }
+
+    /// `fallocate`: preallocation, hole punching and zeroing (others: EOPNOTSUPP).
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> R<()> {
+        if mode & !FALLOC_MODES_OK != 0 {
+            return Err(FsError(libc::EOPNOTSUPP));
+        }
+        let h = self.files.get(fh)?;
+        let end = offset.checked_add(len).ok_or(FsError(libc::EFBIG))?;
+        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
+            self.rec.write(h.file_id, offset, end)?;
+        } else if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
+            let size = sys::fstat(&h.file)?.st_size as u64;
+            if end > size {
+                self.rec.write(h.file_id, size, end)?;
+            }
+        }
+        sys::fallocate(&h.file, mode, offset, len)
+    }
+
+    /// `lseek` for SEEK_DATA / SEEK_HOLE (and the plain whences).
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> R<i64> {
+        sys::lseek(&self.files.get(fh)?.file, offset, whence)
+    }
+
+    /// Number of open file handles.
+    pub fn open_files(&self) -> usize {
+        self.files.len()
+    }
+}

@@ -1,0 +1,222 @@
+//! Namespace and attribute operations: lookup, getattr/setattr, creation and removal of
+//! names, rename, links, directories, statfs and extended attributes.
+
+use super::handle::DirHandle;
+use super::inode::Inode;
+use super::{sys, timespec, Ctx, FsError, PassFs, SetAttr};
+use crate::journal::op::MetaOp;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+type R<T> = Result<T, FsError>;
+
+impl PassFs {
+    /// Looks up `name` in `parent`; returns (FUSE ino, stat) and takes a kernel reference.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> R<(u64, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        self.inodes.lookup(&p, name)
+    }
+
+    /// Attributes of `ino`.
+    pub fn getattr(&self, ino: u64) -> R<libc::stat> {
+        sys::fstat(&self.inodes.get(ino)?.fd)
+    }
+
+    /// Applies attribute changes, recording each, and returns the new attributes.
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, a: &SetAttr) -> R<libc::stat> {
+        let inode = self.inodes.get(ino)?;
+        let path = self.rel_path(&inode)?;
+        if let Some(mode) = a.mode {
+            sys::chmod_fd(&inode.fd, mode & 0o7777)?;
+            self.rec.meta(MetaOp::Chmod { path: path.clone(), mode: mode & 0o7777 })?;
+        }
+        if a.uid.is_some() || a.gid.is_some() {
+            sys::chown_fd(&inode.fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
+            self.rec.meta(MetaOp::Chown { path: path.clone(), uid: a.uid, gid: a.gid })?;
+        }
+        if let Some(size) = a.size {
+            self.truncate(&inode, fh, &path, size)?;
+        }
+        if a.atime.is_some() || a.mtime.is_some() {
+            self.utimens(&inode, fh, &path, a)?;
+        }
+        sys::fstat(&inode.fd)
+    }
+
+    fn truncate(&self, inode: &Inode, fh: Option<u64>, path: &crate::path::RelPath, size: u64) -> R<()> {
+        let file = inode.backing_ino;
+        self.rec.track(file, path)?;
+        self.rec.size(file, size)?; // before: extension bytes are covered even after a kill
+        match fh.map(|fh| self.files.get(fh)).transpose()? {
+            Some(h) if h.writable => sys::ftruncate(&h.file, size)?,
+            _ => sys::ftruncate(&sys::reopen(&inode.fd, libc::O_WRONLY)?, size)?,
+        }
+        self.rec.meta(MetaOp::Truncate { path: path.clone(), file, size })?;
+        Ok(())
+    }
+
+    fn utimens(&self, inode: &Inode, fh: Option<u64>, path: &crate::path::RelPath, a: &SetAttr) -> R<()> {
+        let times = [timespec(a.atime), timespec(a.mtime)];
+        match fh.map(|fh| self.files.get(fh)).transpose()? {
+            Some(h) => sys::futimens(&h.file, &times)?,
+            None if inode.kind == libc::S_IFLNK => {}
+            None => sys::utimens_fd(&inode.fd, &times)?,
+        }
+        let op = MetaOp::Utimens { path: path.clone(), atime: a.atime, mtime: a.mtime };
+        self.rec.meta(op).map_err(Into::into)
+    }
+
+    /// Target of the symlink `ino`.
+    pub fn readlink(&self, ino: u64) -> R<Vec<u8>> {
+        sys::readlink_fd(&self.inodes.get(ino)?.fd)
+    }
+
+    /// Gives a freshly created `name` in `parent` to the caller and looks it up.
+    pub(super) fn adopt(&self, ctx: Ctx, parent: &Inode, name: &OsStr) -> R<(u64, libc::stat)> {
+        let (ino, st) = self.inodes.lookup(parent, name)?;
+        if !self.is_root || (ctx.uid == 0 && ctx.gid == 0) {
+            return Ok((ino, st));
+        }
+        let pst = sys::fstat(&parent.fd)?;
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
+        let inode = self.inodes.get(ino)?;
+        sys::chown_fd(&inode.fd, ctx.uid, gid)?;
+        Ok((ino, sys::fstat(&inode.fd)?))
+    }
+
+    /// Creates a special file (fifo, socket, device) or an empty regular file.
+    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> R<(u64, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let path = self.child_path(&p, name)?;
+        sys::mknodat(&p.fd, name, mode, rdev)?;
+        let (ino, st) = self.adopt(ctx, &p, name)?;
+        let op = if mode & libc::S_IFMT == libc::S_IFREG {
+            MetaOp::Create { path, file: st.st_ino, mode: mode & 0o7777 }
+        } else {
+            MetaOp::Mknod { path, mode, rdev }
+        };
+        self.rec.meta(op)?;
+        Ok((ino, st))
+    }
+
+    /// Creates a directory.
+    pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32) -> R<(u64, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let path = self.child_path(&p, name)?;
+        sys::mkdirat(&p.fd, name, mode)?;
+        self.rec.meta(MetaOp::Mkdir { path, mode: mode & 0o7777 })?;
+        self.adopt(ctx, &p, name)
+    }
+
+    /// Creates a symbolic link `parent/name -> target`.
+    pub fn symlink(&self, ctx: Ctx, parent: u64, name: &OsStr, target: &OsStr) -> R<(u64, libc::stat)> {
+        let p = self.inodes.get(parent)?;
+        let path = self.child_path(&p, name)?;
+        sys::symlinkat(target, &p.fd, name)?;
+        self.rec.meta(MetaOp::Symlink { path, target: target.as_bytes().to_vec() })?;
+        self.adopt(ctx, &p, name)
+    }
+
+    /// Removes a non-directory name.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> R<()> {
+        let p = self.inodes.get(parent)?;
+        let st = sys::fstatat(&p.fd, name)?;
+        let path = self.child_path(&p, name)?;
+        let last_link = st.st_nlink <= 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR;
+        sys::unlinkat(&p.fd, name, false)?;
+        self.rec.meta(MetaOp::Unlink { path, file: st.st_ino, last_link }).map_err(Into::into)
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> R<()> {
+        let p = self.inodes.get(parent)?;
+        let path = self.child_path(&p, name)?;
+        sys::unlinkat(&p.fd, name, true)?;
+        self.rec.meta(MetaOp::Rmdir { path })
+            .map_err(Into::into)
+    }
+
+    /// Renames, honouring RENAME_NOREPLACE and RENAME_EXCHANGE.
+    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> R<()> {
+        let (p, np) = (self.inodes.get(parent)?, self.inodes.get(newparent)?);
+        let from = self.child_path(&p, name)?;
+        let to = self.child_path(&np, newname)?;
+        let replaced = sys::fstatat(&np.fd, newname).ok();
+        sys::renameat2(&p.fd, name, &np.fd, newname, flags)?;
+        self.rec.meta(MetaOp::Rename { from, to: to.clone(), flags })?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let Some(old) = replaced.filter(|s| !exchange && s.st_nlink <= 1 && s.st_mode & libc::S_IFMT == libc::S_IFREG) {
+            self.rec.meta(MetaOp::Unlink { path: to, file: old.st_ino, last_link: true })?;
+        }
+        Ok(())
+    }
+
+    /// Makes `newparent/newname` a hard link to `ino`.
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> R<(u64, libc::stat)> {
+        let (inode, np) = (self.inodes.get(ino)?, self.inodes.get(newparent)?);
+        let from = self.rel_path(&inode)?;
+        let to = self.child_path(&np, newname)?;
+        sys::link_fd(&inode.fd, &np.fd, newname)?;
+        self.rec.meta(MetaOp::Link { from, to })?;
+        self.inodes.lookup(&np, newname)
+    }
+
+    /// Opens a directory: reads its entries once.
+    pub fn opendir(&self, ino: u64) -> R<u64> {
+        let entries = sys::read_dir(&self.inodes.get(ino)?.fd)?;
+        Ok(self.dirs.insert(DirHandle { entries }))
+    }
+
+    /// The directory handle `fh` (its entries, to page through).
+    pub fn dir(&self, fh: u64) -> R<std::sync::Arc<DirHandle>> {
+        self.dirs.get(fh)
+    }
+
+    /// Closes a directory handle.
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(fh);
+    }
+
+    /// Filesystem statistics of the backing store.
+    pub fn statfs(&self) -> R<libc::statvfs> {
+        sys::fstatvfs(&self.inodes.get(super::inode::ROOT_INO)?.fd)
+    }
+
+    /// Reads an extended attribute (`size == 0`: only its length matters).
+    pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> R<Vec<u8>> {
+        let inode = self.xattr_inode(ino)?;
+        sys::getxattr(&inode.fd, name, size as usize)
+    }
+
+    /// Lists extended attribute names (`size == 0`: only the length matters).
+    pub fn listxattr(&self, ino: u64, size: u32) -> R<Vec<u8>> {
+        let inode = self.xattr_inode(ino)?;
+        sys::listxattr(&inode.fd, size as usize)
+    }
+
+    /// Sets an extended attribute.
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> R<()> {
+        let inode = self.xattr_inode(ino)?;
+        let path = self.rel_path(&inode)?;
+        let op = MetaOp::SetXattr { path, name: name.as_bytes().to_vec(), value: value.to_vec(), flags };
+        sys::setxattr(&inode.fd, name, value, flags)?;
+        self.rec.meta(op).map_err(Into::into)
+    }
+
+    /// Removes an extended attribute.
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> R<()> {
+        let inode = self.xattr_inode(ino)?;
+        let path = self.rel_path(&inode)?;
+        sys::removexattr(&inode.fd, name)?;
+        self.rec.meta(MetaOp::RemoveXattr { path, name: name.as_bytes().to_vec() }).map_err(Into::into)
+    }
+
+    /// Symlinks can't carry user xattrs through `/proc/self/fd`: refuse clearly.
+    fn xattr_inode(&self, ino: u64) -> R<std::sync::Arc<Inode>> {
+        let inode = self.inodes.get(ino)?;
+        if inode.kind == libc::S_IFLNK {
+            return Err(FsError(libc::EOPNOTSUPP));
+        }
+        Ok(inode)
+    }
+}

@@ -1,0 +1,87 @@
+//! `Recorder`: where the filesystem reports changes. The journal implements it; tests
+//! may use [`NullRecorder`]. Every data change is recorded *before* the backing write.
+
+use crate::journal::op::{FileId, MetaOp};
+use crate::path::RelPath;
+
+/// A failure to record a change; the operation is refused with EIO.
+#[derive(Debug, thiserror::Error)]
+#[error("recording change failed: {0}")]
+pub struct RecordError(pub String);
+
+/// Receives every change the filesystem makes to the backing store.
+pub trait Recorder: Send + Sync + 'static {
+    /// The file with this id lives at `path` (called before its first recorded write).
+    fn track(&self, file: FileId, path: &RelPath) -> Result<(), RecordError>;
+    /// Bytes `[start, end)` of `file` are about to be written.
+    fn write(&self, file: FileId, start: u64, end: u64) -> Result<(), RecordError>;
+    /// `file` is about to get this size.
+    fn size(&self, file: FileId, size: u64) -> Result<(), RecordError>;
+    /// A metadata operation is about to happen (or just did, for creations).
+    fn meta(&self, op: MetaOp) -> Result<(), RecordError>;
+    /// Everything recorded so far must survive a power cut (called from fsync).
+    fn sync(&self) -> Result<(), RecordError>;
+    /// A writable handle on `file` was closed: the file may now be quiet.
+    fn closed(&self, _file: FileId) {}
+}
+
+/// Records nothing (for tests of the passthrough alone).
+pub struct NullRecorder;
+
+impl Recorder for NullRecorder {
+    fn track(&self, _: FileId, _: &RelPath) -> Result<(), RecordError> {
+        Ok(())
+    }
+    fn write(&self, _: FileId, _: u64, _: u64) -> Result<(), RecordError> {
+        Ok(())
+    }
+    fn size(&self, _: FileId, _: u64) -> Result<(), RecordError> {
+        Ok(())
+    }
+    fn meta(&self, _: MetaOp) -> Result<(), RecordError> {
+        Ok(())
+    }
+    fn sync(&self) -> Result<(), RecordError> {
+        Ok(())
+    }
+}
+
+/// Records into the sled journal, and tells `quiet` when a written file is closed.
+pub struct JournalRecorder {
+    journal: crate::journal::Journal,
+    quiet: Option<std::sync::mpsc::Sender<FileId>>,
+}
+
+impl JournalRecorder {
+    /// Records into `journal`; closed files are announced on `quiet` if given.
+    pub fn new(journal: crate::journal::Journal, quiet: Option<std::sync::mpsc::Sender<FileId>>) -> Self {
+        JournalRecorder { journal, quiet }
+    }
+}
+
+fn rec_err(e: crate::journal::JournalError) -> RecordError {
+    RecordError(e.to_string())
+}
+
+impl Recorder for JournalRecorder {
+    fn track(&self, file: FileId, path: &RelPath) -> Result<(), RecordError> {
+        self.journal.track(file, path).map_err(rec_err)
+    }
+    fn write(&self, file: FileId, start: u64, end: u64) -> Result<(), RecordError> {
+        self.journal.record_write(file, start, end).map_err(rec_err)
+    }
+    fn size(&self, file: FileId, size: u64) -> Result<(), RecordError> {
+        self.journal.record_size(file, size).map_err(rec_err)
+    }
+    fn meta(&self, op: MetaOp) -> Result<(), RecordError> {
+        self.journal.record_meta(op).map(drop).map_err(rec_err)
+    }
+    fn sync(&self) -> Result<(), RecordError> {
+        self.journal.sync().map_err(rec_err)
+    }
+    fn closed(&self, file: FileId) {
+        if let Some(q) = &self.quiet {
+            let _ = q.send(file);
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! Thin safe wrappers over the `*at()` system calls the passthrough needs. Each returns
+//! `FsError` carrying the raw errno, so callers reply with exactly what the backing
+//! filesystem said.
+
+use super::FsError;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+type R<T> = Result<T, FsError>;
+
+fn cstr(s: &OsStr) -> R<CString> {
+    CString::new(s.as_bytes()).map_err(|_| FsError(libc::EINVAL))
+}
+
+fn check(rc: libc::c_int) -> R<libc::c_int> {
+    if rc < 0 {
+        Err(FsError::last())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn stat_at(dir: libc::c_int, name: &CString, flags: libc::c_int) -> R<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    check(unsafe { libc::fstatat(dir, name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `stat` of the inode behind an fd (O_PATH fds included), not following symlinks.
+pub fn fstat(fd: &impl AsRawFd) -> R<libc::stat> {
+    let empty = CString::default();
+    stat_at(fd.as_raw_fd(), &empty, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// `stat` of `name` in directory `dir`, not following symlinks.
+pub fn fstatat(dir: &impl AsRawFd, name: &OsStr) -> R<libc::stat> {
+    stat_at(dir.as_raw_fd(), &cstr(name)?, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// Opens `name` in `dir` with raw `open(2)` flags and creation mode.
+pub fn openat(dir: &impl AsRawFd, name: &OsStr, flags: libc::c_int, mode: u32) -> R<OwnedFd> {
+    let c = cstr(name)?;
+    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// An `O_PATH | O_NOFOLLOW` handle on `name` in `dir`.
+pub fn open_path(dir: &impl AsRawFd, name: &OsStr) -> R<OwnedFd> {
+    openat(dir, name, libc::O_PATH | libc::O_NOFOLLOW, 0)
+}
+
+/// Reopens an `O_PATH` inode through `/proc/self/fd` with real access flags.
+pub fn reopen(path_fd: &impl AsRawFd, flags: libc::c_int) -> R<File> {
+    let p = format!("/proc/self/fd/{}", path_fd.as_raw_fd());
+    let fd = openat(&AtCwd, OsStr::new(&p), flags & !libc::O_NOFOLLOW, 0)?;
+    Ok(File::from(fd))
+}
+
+/// The current working directory as an `*at()` anchor.
+pub struct AtCwd;
+impl AsRawFd for AtCwd {
+    fn as_raw_fd(&self) -> libc::c_int {
+        libc::AT_FDCWD
+    }
+}
+
+/// `mkdirat`.
+pub fn mkdirat(dir: &impl AsRawFd, name: &OsStr, mode: u32) -> R<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat`.
+pub fn mknodat(dir: &impl AsRawFd, name: &OsStr, mode: u32, rdev: u64) -> R<()> {
+    let c = cstr(name)?;
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat(target, dir, name)`.
+pub fn symlinkat(target: &OsStr, dir: &impl AsRawFd, name: &OsStr) -> R<()> {
+    let (t, c) = (cstr(target)?, cstr(name)?);
+    check(unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), c.as_ptr()) }).map(drop)
+}
+
+/// `unlinkat`, with `AT_REMOVEDIR` for directories.
+pub fn unlinkat(dir: &impl AsRawFd, name: &OsStr, rmdir: bool) -> R<()> {
+    let c = cstr(name)?;
+    let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2` with its flags (RENAME_NOREPLACE, RENAME_EXCHANGE).
+pub fn renameat2(
+    old_dir: &impl AsRawFd,
+    old: &OsStr,
+    new_dir: &impl AsRawFd,
+    new: &OsStr,
+    flags: u32,
+) -> R<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    let rc = unsafe {
+        libc::renameat2(old_dir.as_raw_fd(), o.as_ptr(), new_dir.as_raw_fd(), n.as_ptr(), flags)
+    };
+    check(rc).map(drop)
+}
+
+/// Makes a hard link `dir/name` to the inode behind an `O_PATH` fd.
+pub fn link_fd(target: &impl AsRawFd, dir: &impl AsRawFd, name: &OsStr) -> R<()> {
+    let c = cstr(name)?;
+    let empty = CString::default();
+    let rc = unsafe {
+        libc::linkat(target.as_raw_fd(), empty.as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+    };
+    check(rc).map(drop)
+}
+
+/// `readlinkat(fd, "")` on an `O_PATH` symlink fd.
+pub fn readlink_fd(fd: &impl AsRawFd) -> R<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    let empty = CString::default();
+    let n = unsafe {
+        libc::readlinkat(fd.as_raw_fd(), empty.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    };
+    if n < 0 {
+        return Err(FsError::last());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `readlink` of a path (used for `/proc/self/fd/N`).
+pub fn readlink_path(path: &str) -> R<Vec<u8>> {
+    std::fs::read_link(path)
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .map_err(FsError::from)
+}
+
+/// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`; `u32::MAX` leaves an id alone.
+pub fn chown_fd(fd: &impl AsRawFd, uid: u32, gid: u32) -> R<()> {
+    let empty = CString::default();
+    let flags = libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW;
+    check(unsafe { libc::fchownat(fd.as_raw_fd(), empty.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `chmod` through `/proc/self/fd/N` (works on `O_PATH` fds of non-symlinks).
+pub fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> R<()> {
+    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+}
+
+/// `utimensat` through `/proc/self/fd/N`; each time may be UTIME_NOW or UTIME_OMIT.
+pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
+    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+}
+
+/// `futimens` on an open file.
+pub fn futimens(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
+    check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
+}
+
+/// `ftruncate`.
+pub fn ftruncate(fd: &impl AsRawFd, size: u64) -> R<()> {
+    check(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) }).map(drop)
+}
+
+/// `fallocate`.
+pub fn fallocate(fd: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> R<()> {
+    let rc = unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset as i64, len as i64) };
+    check(rc).map(drop)
+}
+
+/// `lseek` (for SEEK_DATA / SEEK_HOLE).
+pub fn lseek(fd: &impl AsRawFd, offset: i64, whence: i32) -> R<i64> {
+    let rc = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if rc < 0 {
+        return Err(FsError::last());
+    }
+    Ok(rc)
+}
+
+/// `fsync` or `fdatasync`.
+pub fn fsync(fd: &impl AsRawFd, datasync: bool) -> R<()> {
+    let rc = unsafe {
+        if datasync {
+            libc::fdatasync(fd.as_raw_fd())
+        } else {
+            libc::fsync(fd.as_raw_fd())
+        }
+    };
+    check(rc).map(drop)
+}
+
+/// `statvfs` of the filesystem holding `fd`.
+pub fn fstatvfs(fd: &impl AsRawFd) -> R<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    Ok(unsafe { st.assume_init() })
+}
+
+fn proc_c(fd: &impl AsRawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap()
+}
+
+fn size_result(n: isize) -> R<usize> {
+    if n < 0 {
+        Err(FsError::last())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// `getxattr` through `/proc/self/fd/N`; `size == 0` asks for the length.
+pub fn getxattr(fd: &impl AsRawFd, name: &OsStr, size: usize) -> R<Vec<u8>> {
+    let (p, n) = (proc_c(fd), cstr(name)?);
+    let mut buf = vec![0u8; size];
+    let ptr = if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    let len = size_result(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, size) })?;
+    buf.truncate(if size == 0 { 0 } else { len });
+    if size == 0 {
+        buf = vec![0; len];
+        return Ok(buf);
+    }
+    Ok(buf)
+}
+
+/// `listxattr` through `/proc/self/fd/N`; `size == 0` asks for the length.
+pub fn listxattr(fd: &impl AsRawFd, size: usize) -> R<Vec<u8>> {
+    let p = proc_c(fd);
+    let mut buf = vec![0u8; size];
+    let ptr = if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    let len = size_result(unsafe { libc::listxattr(p.as_ptr(), ptr, size) })?;
+    if size == 0 {
+        return Ok(vec![0; len]);
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// `setxattr` through `/proc/self/fd/N`.
+pub fn setxattr(fd: &impl AsRawFd, name: &OsStr, value: &[u8], flags: i32) -> R<()> {
+    let (p, n) = (proc_c(fd), cstr(name)?);
+    let rc = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    check(rc).map(drop)
+}
+
+/// `removexattr` through `/proc/self/fd/N`.
+pub fn removexattr(fd: &impl AsRawFd, name: &OsStr) -> R<()> {
+    let (p, n) = (proc_c(fd), cstr(name)?);
+    check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
+}
+
+/// One directory entry: backing inode, `d_type`, name.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    /// Backing inode number.
+    pub ino: u64,
+    /// `DT_*` type.
+    pub kind: u8,
+    /// The name.
+    pub name: Vec<u8>,
+}
+
+/// Reads every entry of the directory behind an `O_PATH` fd.
+pub fn read_dir(dir: &impl AsRawFd) -> R<Vec<DirEntry>> {
+    let fd = openat(dir, OsStr::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+    let raw = fd.as_raw_fd();
+    let dirp = unsafe { libc::fdopendir(raw) };
+    if dirp.is_null() {
+        return Err(FsError::last());
+    }
+    std::mem::forget(fd); // owned by dirp now
+    let mut out = Vec::new();
+    loop {
+        unsafe { *libc::__errno_location() = 0 };
+        let ent = unsafe { libc::readdir64(dirp) };
+        if ent.is_null() {
+            let err = unsafe { *libc::__errno_location() };
+            unsafe { libc::closedir(dirp) };
+            return if err == 0 { Ok(out) } else { Err(FsError(err)) };
+        }
+        let ent = unsafe { &*ent };
+        let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
+        out.push(DirEntry { ino: ent.d_ino, kind: ent.d_type, name: name.to_bytes().to_vec() });
+    }
+}
+
+/// Borrow helper for code holding raw fds.
+pub fn borrow(fd: &impl AsRawFd) -> BorrowedFd<'_> {
+    unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
+}

@@ -1,0 +1,379 @@
+//! The journal's in-memory state: per-file entries and the metadata-op log, plus the
+//! bookkeeping of what changed since the last checkpoint. Pure data: no I/O here, so
+//! live calls and intent-log replay go through the same `apply_*` functions.
+
+use super::op::{FileId, MetaOp};
+use super::ranges::RangeSet;
+use super::wal::Record;
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// What the journal knows about one file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Where the file currently lives in the store.
+    pub path: RelPath,
+    /// Byte ranges written and not yet acknowledged by the peer.
+    pub ranges: RangeSet,
+    /// Size set by truncate/extension (then grown by writes past it) and not yet
+    /// acknowledged; `None` when the size needs no explicit propagation.
+    pub size: Option<u64>,
+    /// Bumped on every content change; an ack only fully applies to its version.
+    pub version: u64,
+}
+
+impl FileEntry {
+    /// A clean entry at `path`.
+    pub fn new(path: RelPath) -> FileEntry {
+        FileEntry {
+            path,
+            ranges: RangeSet::new(),
+            size: None,
+            version: 0,
+        }
+    }
+
+    /// True when something must still be sent to the peer.
+    pub fn is_pending(&self) -> bool {
+        !self.ranges.is_empty() || self.size.is_some()
+    }
+}
+
+/// Content changed since a snapshot at version `since` (in memory only).
+#[derive(Clone, Debug, Default)]
+struct Touched {
+    since: u64,
+    ranges: RangeSet,
+}
+
+/// Changes not yet folded into sled: ids whose current value must be written.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    /// Files whose entry changed or was removed.
+    pub files: BTreeSet<FileId>,
+    /// Metadata sequence numbers added or removed.
+    pub meta: BTreeSet<u64>,
+}
+
+/// Current values of dirty ids, captured for a checkpoint.
+#[derive(Debug, Default)]
+pub struct Delta {
+    /// `(file, Some(entry))` to store, `(file, None)` to delete.
+    pub files: Vec<(FileId, Option<FileEntry>)>,
+    /// `(seq, Some(op))` to store, `(seq, None)` to delete.
+    pub meta: Vec<(u64, Option<MetaOp>)>,
+    /// The next metadata sequence number.
+    pub next_seq: u64,
+    /// The ids captured, to put back if the checkpoint fails.
+    pub ids: Dirty,
+}
+
+/// The whole in-memory journal state.
+#[derive(Debug)]
+pub struct State {
+    files: BTreeMap<FileId, FileEntry>,
+    meta: BTreeMap<u64, MetaOp>,
+    next_seq: u64,
+    touched: HashMap<FileId, Touched>,
+    dirty: Dirty,
+}
+
+impl State {
+    /// State loaded from a checkpoint.
+    pub fn new(files: BTreeMap<FileId, FileEntry>, meta: BTreeMap<u64, MetaOp>, next_seq: u64) -> State {
+        let max_seq = meta.keys().next_back().map_or(0, |s| s + 1);
+        State {
+            files,
+            meta,
+            next_seq: next_seq.max(max_seq).max(1),
+            touched: HashMap::new(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    /// The entry for `file`, if tracked.
+    pub fn entry(&self, file: FileId) -> Option<&FileEntry> {
+        self.files.get(&file)
+    }
+
+    /// All tracked entries (pending or not).
+    pub fn files(&self) -> &BTreeMap<FileId, FileEntry> {
+        &self.files
+    }
+
+    /// Pending metadata operations in sequence order.
+    pub fn meta(&self) -> &BTreeMap<u64, MetaOp> {
+        &self.meta
+    }
+
+    /// The sequence number the next metadata op gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// True when something changed since the last checkpoint.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.files.is_empty() || !self.dirty.meta.is_empty()
+    }
+
+    /// Applies a replayed or freshly logged record.
+    pub fn apply(&mut self, rec: &Record) {
+        match rec {
+            Record::Header { .. } => {}
+            Record::Track { file, path } => self.apply_track(*file, path),
+            Record::Write { file, start, end } => self.apply_write(*file, *start, *end),
+            Record::Size { file, size } => self.apply_size(*file, *size),
+            Record::Meta { seq, op } => self.apply_meta(*seq, op),
+            Record::Forget { file } => self.apply_forget(*file),
+        }
+    }
+
+    /// True when `track(file, path)` would change nothing.
+    pub fn is_tracked_at(&self, file: FileId, path: &RelPath) -> bool {
+        self.files.get(&file).is_some_and(|e| &e.path == path)
+    }
+
+    /// True when a write of `[start, end)` to `file` adds nothing durable: the range
+    /// is already dirty and the write does not grow a recorded size.
+    pub fn write_is_covered(&self, file: FileId, start: u64, end: u64) -> bool {
+        self.files
+            .get(&file)
+            .is_some_and(|e| e.ranges.covers(start, end) && e.size.map_or(true, |s| end <= s))
+    }
+
+    /// Records that `file` lives at `path` (creating a clean entry if unknown).
+    pub fn apply_track(&mut self, file: FileId, path: &RelPath) {
+        self.dirty.files.insert(file);
+        match self.files.get_mut(&file) {
+            Some(e) => e.path = path.clone(),
+            None => {
+                self.files.insert(file, FileEntry::new(path.clone()));
+            }
+        }
+    }
+
+    /// Marks `[start, end)` of `file` dirty (ignored for untracked files).
+    pub fn apply_write(&mut self, file: FileId, start: u64, end: u64) {
+        let Some(e) = self.files.get_mut(&file) else { return };
+        e.ranges.insert(start, end);
+        if let Some(s) = e.size.as_mut() {
+            *s = (*s).max(end);
+        }
+        e.version += 1;
+        self.dirty.files.insert(file);
+        if let Some(t) = self.touched.get_mut(&file) {
+            t.ranges.insert(start, end);
+        }
+    }
+
+    /// Sets the size of `file`, dropping dirty bytes at or beyond it.
+    pub fn apply_size(&mut self, file: FileId, size: u64) {
+        let Some(e) = self.files.get_mut(&file) else { return };
+        let changed_from = e.size.unwrap_or(size).min(size);
+        e.size = Some(size);
+        e.ranges.truncate(size);
+        e.version += 1;
+        self.dirty.files.insert(file);
+        if let Some(t) = self.touched.get_mut(&file) {
+            t.ranges.insert(changed_from, u64::MAX);
+        }
+    }
+
+    /// Drops `file` (its last link is gone).
+    pub fn apply_forget(&mut self, file: FileId) {
+        if self.files.remove(&file).is_some() {
+            self.dirty.files.insert(file);
+        }
+        self.touched.remove(&file);
+    }
+
+    /// Stores metadata op `seq` and applies its effect on file entries.
+    pub fn apply_meta(&mut self, seq: u64, op: &MetaOp) {
+        self.meta.insert(seq, op.clone());
+        self.dirty.meta.insert(seq);
+        self.next_seq = self.next_seq.max(seq + 1);
+        match op {
+            MetaOp::Create { path, file, .. } => self.apply_track(*file, path),
+            MetaOp::Unlink {
+                file, last_link: true, ..
+            } => self.apply_forget(*file),
+            MetaOp::Rename { from, to, flags } => self.apply_rename(from, to, *flags),
+            MetaOp::Truncate { path, file, size } => {
+                if !self.is_tracked_at(*file, path) {
+                    self.apply_track(*file, path);
+                }
+                self.apply_size(*file, *size);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rebases paths for a rename (swapping both sides for `RENAME_EXCHANGE`). For a
+    /// plain rename, entries that were at/below `to` were replaced and are dropped.
+    fn apply_rename(&mut self, from: &RelPath, to: &RelPath, flags: u32) {
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let mut moves = Vec::new();
+        let mut replaced = Vec::new();
+        for (id, e) in &self.files {
+            if let Some(p) = e.path.rebase(from, to) {
+                moves.push((*id, p));
+            } else if let Some(p) = e.path.rebase(to, from) {
+                if exchange {
+                    moves.push((*id, p));
+                } else {
+                    replaced.push(*id);
+                }
+            }
+        }
+        for id in replaced {
+            self.apply_forget(id);
+        }
+        for (id, p) in moves {
+            self.files.get_mut(&id).expect("listed above").path = p;
+            self.dirty.files.insert(id);
+        }
+    }
+
+    /// Assigns the next sequence number to `op` and applies it.
+    pub fn push_meta(&mut self, op: &MetaOp) -> u64 {
+        let seq = self.next_seq;
+        self.apply_meta(seq, op);
+        seq
+    }
+
+    /// Drops metadata ops with sequence numbers `<= upto`.
+    pub fn ack_meta(&mut self, upto: u64) {
+        let keep = self.meta.split_off(&(upto.saturating_add(1)));
+        let gone = std::mem::replace(&mut self.meta, keep);
+        self.dirty.meta.extend(gone.into_keys());
+    }
+
+    /// Applies a peer ack of `ranges` at `version` (see [`super::Journal::ack_file`]).
+    /// Returns true when the ack matched the current version.
+    pub fn ack_file(&mut self, file: FileId, version: u64, ranges: &RangeSet) -> bool {
+        let Some(e) = self.files.get_mut(&file) else { return false };
+        if e.version == version {
+            e.ranges.remove_set(ranges);
+            if e.ranges.is_empty() {
+                e.size = None;
+            }
+            self.touched.remove(&file);
+            self.dirty.files.insert(file);
+            return true;
+        }
+        if let Some(t) = self.touched.get(&file).filter(|t| t.since <= version) {
+            e.ranges.remove_set(&ranges.difference(&t.ranges));
+            self.dirty.files.insert(file);
+        }
+        false
+    }
+
+    /// Pending entries (cloned), starting race tracking for each at its version.
+    pub fn snapshot_files(&mut self) -> BTreeMap<FileId, FileEntry> {
+        let pending: BTreeMap<FileId, FileEntry> = self
+            .files
+            .iter()
+            .filter(|(_, e)| e.is_pending())
+            .map(|(id, e)| (*id, e.clone()))
+            .collect();
+        for (id, e) in &pending {
+            let t = Touched {
+                since: e.version,
+                ranges: RangeSet::new(),
+            };
+            self.touched.insert(*id, t);
+        }
+        pending
+    }
+
+    /// Captures the current value of every dirty id and clears the dirty sets.
+    pub fn take_delta(&mut self) -> Delta {
+        let ids = std::mem::take(&mut self.dirty);
+        let files = ids.files.iter().map(|id| (*id, self.files.get(id).cloned())).collect();
+        let meta = ids.meta.iter().map(|s| (*s, self.meta.get(s).cloned())).collect();
+        Delta {
+            files,
+            meta,
+            next_seq: self.next_seq,
+            ids,
+        }
+    }
+
+    /// Marks every id of a failed checkpoint's delta dirty again.
+    pub fn restore_delta(&mut self, ids: Dirty) {
+        self.dirty.files.extend(ids.files);
+        self.dirty.meta.extend(ids.meta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes()).unwrap()
+    }
+
+    fn state() -> State {
+        State::new(BTreeMap::new(), BTreeMap::new(), 1)
+    }
+
+    #[test]
+    fn exchange_swaps_both_sides() {
+        let mut s = state();
+        s.apply_track(1, &p("a/x"));
+        s.apply_track(2, &p("b/y"));
+        let op = MetaOp::Rename {
+            from: p("a"),
+            to: p("b"),
+            flags: libc::RENAME_EXCHANGE,
+        };
+        s.push_meta(&op);
+        assert_eq!(s.entry(1).unwrap().path, p("b/x"));
+        assert_eq!(s.entry(2).unwrap().path, p("a/y"));
+    }
+
+    #[test]
+    fn plain_rename_drops_replaced_target() {
+        let mut s = state();
+        s.apply_track(1, &p("a"));
+        s.apply_track(2, &p("b"));
+        s.push_meta(&MetaOp::Rename {
+            from: p("a"),
+            to: p("b"),
+            flags: 0,
+        });
+        assert_eq!(s.entry(1).unwrap().path, p("b"));
+        assert!(s.entry(2).is_none());
+    }
+
+    #[test]
+    fn stale_ack_removes_only_untouched_ranges() {
+        let mut s = state();
+        s.apply_track(1, &p("f"));
+        s.apply_write(1, 0, 100);
+        let snap = s.snapshot_files();
+        let v = snap[&1].version;
+        s.apply_write(1, 10, 20);
+        s.apply_write(1, 200, 300);
+        assert!(!s.ack_file(1, v, &snap[&1].ranges));
+        let left: Vec<_> = s.entry(1).unwrap().ranges.iter().collect();
+        assert_eq!(left, vec![(10, 20), (200, 300)]);
+    }
+
+    #[test]
+    fn stale_ack_after_truncate_keeps_tail() {
+        let mut s = state();
+        s.apply_track(1, &p("f"));
+        s.apply_write(1, 0, 100);
+        let snap = s.snapshot_files();
+        s.apply_size(1, 50);
+        s.apply_size(1, 100);
+        s.apply_write(1, 60, 70);
+        assert!(!s.ack_file(1, snap[&1].version, &snap[&1].ranges));
+        let e = s.entry(1).unwrap();
+        assert_eq!(e.ranges.iter().collect::<Vec<_>>(), vec![(60, 70)]);
+        assert_eq!(e.size, Some(100));
+    }
+}

@@ -1,0 +1,62 @@
+//! The combined libp2p behaviour and swarm construction.
+
+use libp2p::allow_block_list::{self, AllowedPeers};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{mdns, noise, tcp, yamux, PeerId, Swarm, SwarmBuilder};
+
+use super::{NetConfig, NetError, IDLE_CONNECTION_TIMEOUT};
+
+/// Allowlist + generic streams + optional mDNS.
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    /// Refuses connections from PeerIds not on the allowlist.
+    pub(crate) allow: allow_block_list::Behaviour<AllowedPeers>,
+    /// Caller-named byte streams.
+    pub(crate) stream: libp2p_stream::Behaviour,
+    /// Local-network discovery, when enabled.
+    pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// Builds the swarm; `extra_allowed` (the configured peers) join `cfg.allow`.
+pub(crate) fn build_swarm(
+    cfg: &NetConfig,
+    extra_allowed: impl Iterator<Item = PeerId>,
+) -> Result<Swarm<Behaviour>, NetError> {
+    let behaviour = new_behaviour(cfg, extra_allowed)?;
+    let swarm = SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
+        .with_behaviour(|_| behaviour)
+        .expect("infallible behaviour constructor")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    Ok(swarm)
+}
+
+fn new_behaviour(
+    cfg: &NetConfig,
+    extra_allowed: impl Iterator<Item = PeerId>,
+) -> Result<Behaviour, NetError> {
+    let local = cfg.keypair.public().to_peer_id();
+    let mut allow = allow_block_list::Behaviour::<AllowedPeers>::default();
+    for peer in cfg.allow.iter().copied().chain(extra_allowed) {
+        allow.allow_peer(peer);
+    }
+    let mdns = if cfg.mdns {
+        let m =
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local).map_err(NetError::Mdns)?;
+        Some(m)
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        allow,
+        stream: libp2p_stream::Behaviour::new(),
+        mdns: Toggle::from(mdns),
+    })
+}

@@ -1,0 +1,205 @@
+//! Loopback tests of the network layer (mDNS off, every wait bounded).
+
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use tokio::sync::mpsc::Receiver;
+use tokio::time::timeout;
+
+use super::{start, NetConfig, NetError, NetEvent, NetHandle};
+
+const PROTO: &str = "/syncfs/test/1";
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn loopback() -> Multiaddr {
+    "/ip4/127.0.0.1/tcp/0".parse().unwrap()
+}
+
+fn config(keypair: Keypair, allow: Vec<PeerId>, peers: Vec<Multiaddr>) -> NetConfig {
+    NetConfig {
+        keypair,
+        listen: vec![loopback()],
+        peers,
+        allow,
+        mdns: false,
+    }
+}
+
+/// Starts a node and waits until it listens; returns its dialable address.
+async fn node(cfg: NetConfig) -> (NetHandle, Receiver<NetEvent>, Multiaddr) {
+    let (handle, events) = start(cfg).await.unwrap();
+    let addrs = timeout(LIMIT, handle.wait_listening())
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = addrs[0].clone().with(Protocol::P2p(handle.local_peer_id()));
+    (handle, events, addr)
+}
+
+/// Waits (bounded) for the first event matching `pred`.
+async fn wait_for(events: &mut Receiver<NetEvent>, pred: impl Fn(&NetEvent) -> bool) -> NetEvent {
+    let fut = async {
+        loop {
+            let ev = events.recv().await.expect("event channel closed");
+            if pred(&ev) {
+                return ev;
+            }
+        }
+    };
+    timeout(LIMIT, fut)
+        .await
+        .expect("timed out waiting for event")
+}
+
+#[tokio::test]
+async fn two_allowed_nodes_exchange_bytes() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let (a, _ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
+    let (b, mut eb, _) = node(config(kb, vec![], vec![a_addr])).await;
+    assert!(matches!(b.listen_addrs().as_slice(), [_, ..]));
+    wait_for(
+        &mut eb,
+        |e| matches!(e, NetEvent::PeerConnected(p, _) if *p == pa),
+    )
+    .await;
+    assert_eq!(b.connected_peers().await.unwrap(), vec![pa]);
+
+    let mut incoming = a.accept(PROTO).unwrap();
+    let reader = tokio::spawn(async move {
+        let (from, mut stream) = incoming.next().await.unwrap();
+        let mut buf = Vec::new();
+        stream.read_to_end(&mut buf).await.unwrap();
+        (from, buf)
+    });
+    let mut stream = timeout(LIMIT, b.open_stream(pa, PROTO))
+        .await
+        .unwrap()
+        .unwrap();
+    stream.write_all(b"hello over libp2p").await.unwrap();
+    stream.close().await.unwrap();
+    let (from, buf) = timeout(LIMIT, reader).await.unwrap().unwrap();
+    assert_eq!(from, pb);
+    assert_eq!(buf, b"hello over libp2p");
+}
+
+#[tokio::test]
+async fn open_stream_dials_allowed_peer_on_demand() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let (a, _ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
+    let (b, _eb, _) = node(config(kb, vec![pa], vec![])).await;
+    b.add_peer(a_addr).await.unwrap();
+    let _incoming = a.accept(PROTO).unwrap();
+    let stream = timeout(LIMIT, b.open_stream(pa, PROTO)).await.unwrap();
+    assert!(stream.is_ok(), "{stream:?}");
+}
+
+#[tokio::test]
+async fn unallowlisted_peer_is_refused() {
+    let (ka, kc) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (pa, pc) = (ka.public().to_peer_id(), kc.public().to_peer_id());
+    let stranger = Keypair::generate_ed25519().public().to_peer_id();
+    let (a, mut ea, a_addr) = node(config(ka, vec![stranger], vec![])).await;
+    let mut incoming = a.accept(PROTO).unwrap();
+    // C allows A and dials it, but A does not allow C.
+    let (c, _ec, _) = node(config(kc, vec![], vec![a_addr])).await;
+
+    let refused = wait_for(&mut ea, |e| matches!(e, NetEvent::Refused(_))).await;
+    assert_eq!(refused, NetEvent::Refused(pc));
+    // A drops the connection right after the handshake: no stream opens.
+    let opened = timeout(LIMIT, c.open_stream(pa, PROTO)).await;
+    assert!(matches!(opened, Ok(Err(_))), "{opened:?}");
+    let got = timeout(Duration::from_secs(2), incoming.next()).await;
+    assert!(got.is_err(), "refused peer opened a stream");
+    assert!(!a.connected_peers().await.unwrap().contains(&pc));
+}
+
+#[tokio::test]
+async fn disconnect_is_reported_and_peer_reconnects_after_restart() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (_pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let (a, mut ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
+    let (b, _eb, _) = node(config(kb.clone(), vec![], vec![a_addr.clone()])).await;
+    wait_for(
+        &mut ea,
+        |e| matches!(e, NetEvent::PeerConnected(p, _) if *p == pb),
+    )
+    .await;
+
+    b.shutdown().await;
+    wait_for(&mut ea, |e| *e == NetEvent::PeerDisconnected(pb)).await;
+    assert!(a.connected_peers().await.unwrap().is_empty());
+
+    // Same identity, new port: B' dials A again and A accepts it.
+    let (b2, _eb2, _) = node(config(kb, vec![], vec![a_addr])).await;
+    wait_for(
+        &mut ea,
+        |e| matches!(e, NetEvent::PeerConnected(p, _) if *p == pb),
+    )
+    .await;
+    let mut incoming = b2.accept(PROTO).unwrap();
+    let reader = tokio::spawn(async move {
+        let (_, mut s) = incoming.next().await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        buf
+    });
+    let mut s = timeout(LIMIT, a.open_stream(pb, PROTO))
+        .await
+        .unwrap()
+        .unwrap();
+    s.write_all(b"again").await.unwrap();
+    s.close().await.unwrap();
+    assert_eq!(timeout(LIMIT, reader).await.unwrap().unwrap(), b"again");
+}
+
+#[tokio::test]
+async fn configured_peer_is_redialed_with_backoff() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let pb = kb.public().to_peer_id();
+    let (b, _eb, b_addr) = node(config(kb.clone(), vec![], vec![])).await;
+    // A keeps B connected; B does not know A (allowlist only).
+    let pa = ka.public().to_peer_id();
+    b.shutdown().await;
+    drop(b);
+    let (a, mut ea, _) = node(config(ka, vec![], vec![b_addr.clone()])).await;
+    // B is down: A keeps trying without the loop stopping.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(a.connected_peers().await.unwrap().is_empty());
+
+    // Bring B back on the same port; A's backoff redial must find it.
+    let mut cfg = config(kb, vec![pa], vec![]);
+    cfg.listen = vec![b_addr.iter().take(2).collect()];
+    let (_b2, _eb2, _) = node(cfg).await;
+    wait_for(
+        &mut ea,
+        |e| matches!(e, NetEvent::PeerConnected(p, _) if *p == pb),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn bad_inputs_are_typed_errors() {
+    let (a, _ea, _) = node(config(Keypair::generate_ed25519(), vec![], vec![])).await;
+    let no_peer: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+    assert!(matches!(
+        a.add_peer(no_peer).await,
+        Err(NetError::MissingPeerId(_))
+    ));
+    assert!(matches!(
+        a.accept("no-slash"),
+        Err(NetError::InvalidProtocol(_))
+    ));
+    let _first = a.accept(PROTO).unwrap();
+    assert!(matches!(
+        a.accept(PROTO),
+        Err(NetError::AlreadyAccepting(_))
+    ));
+    a.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(matches!(a.connected_peers().await, Err(NetError::Closed)));
+}

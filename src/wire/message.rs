@@ -1,0 +1,185 @@
+//! The message types. Their serde layout *is* the wire format: any change to it (even
+//! appending a variant or field) needs a new [`PROTOCOL_VERSION`] (see
+//! `docs/PROTOCOL.md`).
+
+use super::{WireError, PROTOCOL_VERSION};
+use crate::journal::op::{FileId, MetaOp, Timestamp};
+use crate::path::RelPath;
+use serde::{Deserialize, Serialize};
+
+/// One protocol message; each frame carries exactly one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// The first message each side sends on a fresh stream.
+    Hello {
+        /// The sender's [`PROTOCOL_VERSION`].
+        version: u32,
+        /// Identifies the synced folder; both peers must agree.
+        folder_id: [u8; 16],
+        /// Human-readable name of the sending node, for logs (not trusted).
+        node_name: String,
+    },
+    /// The handshake failed; the sender closes the stream after this.
+    Refused {
+        /// Why, for logs.
+        reason: String,
+    },
+    /// New content for one regular file.
+    FileUpdate(FileUpdate),
+    /// One metadata operation from the sender's ordered log.
+    Meta {
+        /// The op's sequence number in the sender's log.
+        seq: u64,
+        /// The operation.
+        op: MetaOp,
+    },
+    /// Several consecutive metadata operations, in log order (strictly increasing seq).
+    MetaBatch(Vec<(u64, MetaOp)>),
+    /// Something was applied durably.
+    Ack(AckKind),
+    /// Something could not be applied.
+    Nack {
+        /// What failed.
+        of: AckKind,
+        /// Why.
+        reason: NackReason,
+    },
+    /// Liveness probe; answered with [`Message::Pong`] carrying the same nonce.
+    Ping(u64),
+    /// Answer to [`Message::Ping`].
+    Pong(u64),
+}
+
+/// What an [`Message::Ack`] or [`Message::Nack`] refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckKind {
+    /// The [`FileUpdate`] with this `id`.
+    Update(u64),
+    /// Metadata ops: for an ack, every op with a seq up to and including this one; for a
+    /// nack, the op with this seq (everything before it was applied).
+    Meta(u64),
+}
+
+/// Why the receiver could not apply something.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NackReason {
+    /// The content after applying the ranges did not hash to `FileUpdate::hash`.
+    HashMismatch,
+    /// The receiver's copy does not hash to `FileUpdate::base`.
+    UnknownBase,
+    /// The file (or a path the op needs) does not exist on the receiver.
+    MissingFile,
+    /// The message made no sense to the receiver (e.g. a reserved encoding).
+    BadRequest(String),
+    /// The receiver hit an I/O error applying it.
+    Io(String),
+}
+
+/// New content for one regular file, as ranges over a base.
+///
+/// The new content is: the base (the receiver's current content if `base` is `Some`,
+/// or nothing if `None`) truncated or zero-extended to `size`, with every range's bytes
+/// written at its offset. Its BLAKE3 hash must equal `hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileUpdate {
+    /// The sender's id for this update, echoed in the ack or nack.
+    pub id: u64,
+    /// The file's identity on the sender.
+    pub file: FileId,
+    /// Where the file lives (store-relative; never the root).
+    pub path: RelPath,
+    /// BLAKE3 of the content the sender believes the receiver holds; `None`: start from
+    /// empty (a whole-file replace).
+    pub base: Option<[u8; 32]>,
+    /// The new total size in bytes.
+    pub size: u64,
+    /// The file's mode bits.
+    pub mode: u32,
+    /// The file's modification time after the update.
+    pub mtime: Timestamp,
+    /// The changed bytes: sorted, non-overlapping, inside `size`.
+    pub ranges: Vec<RangeData>,
+    /// BLAKE3 of the whole new content.
+    pub hash: [u8; 32],
+}
+
+/// One contiguous run of new bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RangeData {
+    /// Where the run starts in the file.
+    pub offset: u64,
+    /// Uncompressed length of the run.
+    pub len: u64,
+    /// How `data` encodes the run.
+    pub encoding: Encoding,
+    /// The encoded bytes.
+    pub data: Vec<u8>,
+}
+
+/// How a [`RangeData`]'s bytes are encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// The bytes themselves.
+    Raw,
+    /// A zstd stream of the bytes.
+    Zstd,
+    /// Reserved: zstd with the receiver's old bytes of the same range as dictionary.
+    /// Version-1 senders must not send it; receivers nack it as `BadRequest`.
+    ZstdDict,
+}
+
+impl Message {
+    /// A `Hello` for this build's [`PROTOCOL_VERSION`].
+    pub fn hello(folder_id: [u8; 16], node_name: impl Into<String>) -> Message {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            folder_id,
+            node_name: node_name.into(),
+        }
+    }
+
+    /// A short name of the message kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Refused { .. } => "refused",
+            Message::FileUpdate(_) => "file-update",
+            Message::Meta { .. } => "meta",
+            Message::MetaBatch(_) => "meta-batch",
+            Message::Ack(_) => "ack",
+            Message::Nack { .. } => "nack",
+            Message::Ping(_) => "ping",
+            Message::Pong(_) => "pong",
+        }
+    }
+}
+
+impl RangeData {
+    /// The offset just past this range, or `None` if it overflows.
+    pub fn end(&self) -> Option<u64> {
+        self.offset.checked_add(self.len)
+    }
+}
+
+/// Checks the peer's first message against our folder: returns the peer's node name
+/// if it is a `Hello` with our version and `folder_id`, else the reason to refuse
+/// (or [`WireError::Refused`] if the peer refused us).
+pub fn check_hello<'a>(msg: &'a Message, folder_id: &[u8; 16]) -> Result<&'a str, WireError> {
+    match msg {
+        Message::Hello { version, .. } if *version != PROTOCOL_VERSION => {
+            Err(WireError::VersionMismatch {
+                ours: PROTOCOL_VERSION,
+                theirs: *version,
+            })
+        }
+        Message::Hello {
+            folder_id: theirs, ..
+        } if theirs != folder_id => Err(WireError::FolderMismatch),
+        Message::Hello { node_name, .. } => Ok(node_name),
+        Message::Refused { reason } => Err(WireError::Refused(reason.clone())),
+        other => Err(WireError::Unexpected {
+            expected: "hello",
+            got: other.kind(),
+        }),
+    }
+}

@@ -1,0 +1,76 @@
+//! The versioned wire protocol spoken between two syncfs peers: message types, their
+//! byte encoding, validation, range compression and length-prefixed framing.
+//!
+//! This module is pure: it knows nothing about the journal's state, the filesystem or
+//! libp2p. It turns [`Message`]s into bytes and bytes back into [`Message`]s, and it is
+//! paranoid about doing so:
+//!
+//! - **Nothing from the wire is trusted.** Every decoded message is validated before it
+//!   is returned ([`decode`] / [`read_frame`]): paths are [`RelPath`]s (which cannot
+//!   escape the store), byte ranges are sorted, non-overlapping and inside the declared
+//!   file size (checked arithmetic, no overflow), lengths agree with the data carried,
+//!   timestamps are well formed and strings are short. Hostile bytes yield a
+//!   [`WireError`], never a panic.
+//! - **Bounded sizes.** A frame is at most [`MAX_FRAME`] bytes and the length prefix is
+//!   checked *before* any buffer is sized by it; a range expands to at most
+//!   [`MAX_RANGE_LEN`] bytes, and decompression is capped at the range's declared
+//!   length, so a decompression bomb is an error, not an allocation.
+//! - **Data integrity.** A [`FileUpdate`] carries the BLAKE3 hash of the whole new
+//!   content (and of the base it was computed against), so the receiver can verify what
+//!   it will install before it installs it.
+//! - **One fixed encoding.** bincode 1 with explicit options (little-endian, fixed-width
+//!   integers, size limit, trailing bytes rejected), chosen in a single place so that
+//!   encoder and decoder cannot disagree. Pinned-hex tests guard the format.
+//!
+//! The protocol itself (handshake, update/ack flow, versioning rules) is described in
+//! `docs/PROTOCOL.md`.
+//!
+//! [`RelPath`]: crate::path::RelPath
+
+mod codec;
+mod error;
+mod frame;
+mod message;
+mod range;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+pub use codec::{decode, encode};
+pub use error::{Violation, WireError};
+pub use frame::{read_frame, write_frame, FramedStream};
+pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
+pub use range::{compress_range, decompress_range, decompress_range_with_dict};
+
+/// The protocol version this build speaks; sent in [`Message::Hello`].
+/// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The libp2p stream protocol name under which [`Message`] frames are exchanged.
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/1";
+
+/// Largest encoded message (frame payload, excluding the 4-byte length prefix), in bytes.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Largest uncompressed length of one [`RangeData`], in bytes. Senders split longer
+/// dirty extents into several ranges; decompression never produces more than this.
+pub const MAX_RANGE_LEN: usize = MAX_FRAME;
+
+/// Largest sum of the uncompressed range lengths of one [`FileUpdate`], in bytes.
+pub const MAX_UPDATE_SPAN: u64 = 1 << 30;
+
+/// Longest [`Message::Hello`] `node_name`, in bytes.
+pub const MAX_NODE_NAME: usize = 255;
+
+/// Longest free-text reason ([`Message::Refused`], [`NackReason`]), in bytes.
+pub const MAX_REASON: usize = 4096;
+
+/// Longest symbolic-link target carried by a metadata op, in bytes (Linux `PATH_MAX`).
+pub const MAX_SYMLINK_TARGET: usize = 4096;
+
+/// Longest extended-attribute name, in bytes (Linux `XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+
+/// Longest extended-attribute value, in bytes (Linux `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;

@@ -1,0 +1,679 @@
+//! Tests of the wire format: round trips, pinned encodings and hostile input.
+
+use super::*;
+use crate::journal::op::{MetaOp, SetTime, Timestamp};
+use crate::path::RelPath;
+use futures::executor::block_on;
+use futures::io::Cursor;
+use proptest::prelude::*;
+
+fn path(s: &str) -> RelPath {
+    RelPath::from_bytes(s.as_bytes()).unwrap()
+}
+
+fn ts(secs: i64, nanos: u32) -> Timestamp {
+    Timestamp { secs, nanos }
+}
+
+fn raw(offset: u64, bytes: &[u8]) -> RangeData {
+    RangeData {
+        offset,
+        len: bytes.len() as u64,
+        encoding: Encoding::Raw,
+        data: bytes.to_vec(),
+    }
+}
+
+fn update(p: &str, size: u64, ranges: Vec<RangeData>) -> FileUpdate {
+    FileUpdate {
+        id: 1,
+        file: 2,
+        path: path(p),
+        base: None,
+        size,
+        mode: 0o100644,
+        mtime: ts(5, 6),
+        ranges,
+        hash: [0x22; 32],
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn all_meta_ops() -> Vec<MetaOp> {
+    vec![
+        MetaOp::Create {
+            path: path("a"),
+            file: 9,
+            mode: 0o644,
+        },
+        MetaOp::Mknod {
+            path: path("f"),
+            mode: 0o10644,
+            rdev: 0,
+        },
+        MetaOp::Mkdir {
+            path: path("d"),
+            mode: 0o755,
+        },
+        MetaOp::Unlink {
+            path: path("a"),
+            file: 9,
+            last_link: true,
+        },
+        MetaOp::Rmdir { path: path("d") },
+        MetaOp::Rename {
+            from: path("a"),
+            to: path("d/b"),
+            flags: 1,
+        },
+        MetaOp::Symlink {
+            path: path("l"),
+            target: b"../x".to_vec(),
+        },
+        MetaOp::Link {
+            from: path("a"),
+            to: path("b"),
+        },
+        MetaOp::Chmod {
+            path: RelPath::root(),
+            mode: 0o700,
+        },
+        MetaOp::Chown {
+            path: path("a"),
+            uid: Some(1),
+            gid: None,
+        },
+        MetaOp::Truncate {
+            path: path("a"),
+            file: 9,
+            size: 77,
+        },
+        MetaOp::Utimens {
+            path: path("a"),
+            atime: Some(SetTime::Now),
+            mtime: Some(SetTime::At(ts(-1, 5))),
+        },
+        MetaOp::SetXattr {
+            path: path("a"),
+            name: b"user.x".to_vec(),
+            value: vec![1, 2],
+            flags: 0,
+        },
+        MetaOp::RemoveXattr {
+            path: path("a"),
+            name: b"user.x".to_vec(),
+        },
+    ]
+}
+
+fn all_messages() -> Vec<Message> {
+    let mut u = update(
+        "dir/file",
+        10,
+        vec![raw(0, b"ab"), compress_range(4, &[0; 6], 3)],
+    );
+    u.base = Some([7; 32]);
+    let mut msgs = vec![
+        Message::hello([1; 16], "laptop"),
+        Message::Refused {
+            reason: "folder mismatch".into(),
+        },
+        Message::FileUpdate(u),
+        Message::FileUpdate(update("empty", 0, vec![])),
+        Message::MetaBatch(
+            all_meta_ops()
+                .into_iter()
+                .enumerate()
+                .map(|(i, op)| (i as u64 + 3, op))
+                .collect(),
+        ),
+        Message::Ack(AckKind::Update(1)),
+        Message::Ack(AckKind::Meta(u64::MAX)),
+        Message::Ping(42),
+        Message::Pong(42),
+    ];
+    msgs.extend(
+        all_meta_ops()
+            .into_iter()
+            .map(|op| Message::Meta { seq: 1, op }),
+    );
+    let reasons = [
+        NackReason::HashMismatch,
+        NackReason::UnknownBase,
+        NackReason::MissingFile,
+        NackReason::BadRequest("zstd-dict".into()),
+        NackReason::Io("ENOSPC".into()),
+    ];
+    msgs.extend(reasons.into_iter().map(|reason| Message::Nack {
+        of: AckKind::Update(3),
+        reason,
+    }));
+    msgs
+}
+
+fn decode_err(bytes: &[u8]) -> WireError {
+    decode(bytes).expect_err("hostile bytes decoded")
+}
+
+/// Encodes a valid update, then swaps `from` for `to` (same length) in the payload.
+fn patched(u: FileUpdate, from: &[u8], to: &[u8]) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut bytes = encode(&Message::FileUpdate(u)).unwrap();
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    bytes[at..at + to.len()].copy_from_slice(to);
+    bytes
+}
+
+#[test]
+fn round_trips_every_message() {
+    for msg in all_messages() {
+        let bytes = encode(&msg).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), msg, "{}", msg.kind());
+    }
+}
+
+#[test]
+fn frames_round_trip_over_a_stream() {
+    let msgs = all_messages();
+    let mut out = Cursor::new(Vec::new());
+    block_on(async {
+        for m in &msgs {
+            write_frame(&mut out, m).await.unwrap();
+        }
+    });
+    let mut input = FramedStream::new(Cursor::new(out.into_inner()));
+    let got: Vec<Message> = block_on(async {
+        let mut got = Vec::new();
+        while let Some(m) = input.recv().await.unwrap() {
+            got.push(m);
+        }
+        got
+    });
+    assert_eq!(got, msgs);
+}
+
+#[test]
+fn pinned_hello_encoding() {
+    let msg = Message::Hello {
+        version: 1,
+        folder_id: [0x11; 16],
+        node_name: "ab".into(),
+    };
+    let expected = concat!(
+        "00000000",                         // variant 0: Hello
+        "01000000",                         // version: u32 LE
+        "11111111111111111111111111111111", // folder_id: 16 bytes, no length
+        "0200000000000000",                 // node_name length: u64 LE
+        "6162",                             // "ab"
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
+fn pinned_file_update_encoding() {
+    let msg = Message::FileUpdate(update("a", 3, vec![raw(0, b"xyz")]));
+    let expected = concat!(
+        "02000000",         // variant 2: FileUpdate
+        "0100000000000000", // id
+        "0200000000000000", // file
+        "0100000000000000", // path length
+        "61",               // "a"
+        "00",               // base: None
+        "0300000000000000", // size
+        "a4810000",         // mode 0o100644
+        "0500000000000000", // mtime.secs: i64
+        "06000000",         // mtime.nanos: u32
+        "0100000000000000", // one range
+        "0000000000000000", //   offset
+        "0300000000000000", //   len
+        "00000000",         //   encoding: Raw
+        "0300000000000000", //   data length
+        "78797a",           //   "xyz"
+        "2222222222222222222222222222222222222222222222222222222222222222", // hash
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
+fn pinned_ack_encoding() {
+    let msg = Message::Ack(AckKind::Update(7));
+    let expected = concat!(
+        "05000000",         // variant 5: Ack
+        "00000000",         // AckKind::Update
+        "0700000000000000", // id
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
+fn pinned_frame_prefix() {
+    let mut out = Cursor::new(Vec::new());
+    block_on(write_frame(&mut out, &Message::Ping(1))).unwrap();
+    assert_eq!(hex(&out.into_inner()), "0c000000070000000100000000000000");
+}
+
+#[test]
+fn clean_eof_is_none() {
+    let mut r = Cursor::new(Vec::<u8>::new());
+    assert!(block_on(read_frame(&mut r)).unwrap().is_none());
+}
+
+#[test]
+fn rejects_oversized_length_prefix() {
+    for len in [u32::MAX, MAX_FRAME as u32 + 1] {
+        let mut r = Cursor::new(len.to_le_bytes().to_vec());
+        let err = block_on(read_frame(&mut r)).unwrap_err();
+        assert!(matches!(err, WireError::FrameTooLarge { .. }), "{err}");
+    }
+}
+
+#[test]
+fn rejects_truncated_frames() {
+    let mut r = Cursor::new(vec![12, 0]);
+    let err = block_on(read_frame(&mut r)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::Truncated {
+                expected: 4,
+                got: 2
+            }
+        ),
+        "{err}"
+    );
+    let mut bytes = 12u32.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[7, 0, 0]);
+    let err = block_on(read_frame(&mut Cursor::new(bytes))).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            WireError::Truncated {
+                expected: 12,
+                got: 3
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_garbage_and_trailing_bytes() {
+    assert!(matches!(decode_err(&[]), WireError::Decode(_)));
+    assert!(matches!(decode_err(&[0xff; 40]), WireError::Decode(_)));
+    let mut ok = encode(&Message::Ping(1)).unwrap();
+    ok.push(0);
+    assert!(matches!(decode_err(&ok), WireError::Decode(_)));
+}
+
+#[test]
+fn rejects_huge_declared_collection_without_allocating() {
+    // A FileUpdate whose range count claims u64::MAX entries.
+    let mut bytes = encode(&Message::FileUpdate(update("a", 0, vec![]))).unwrap();
+    let count_at = bytes.len() - 32 - 8;
+    assert_eq!(bytes[count_at..count_at + 8], [0; 8]);
+    bytes[count_at..count_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(decode_err(&bytes), WireError::Decode(_)));
+}
+
+#[test]
+fn rejects_escaping_paths_inside_valid_updates() {
+    let u = update("xx", 3, vec![raw(0, b"xyz")]);
+    assert!(matches!(
+        decode_err(&patched(u, b"xx", b"..")),
+        WireError::Decode(_)
+    ));
+    let u = update("aaaaaa", 3, vec![raw(0, b"xyz")]);
+    assert!(matches!(
+        decode_err(&patched(u, b"aaaaaa", b"a/../b")),
+        WireError::Decode(_)
+    ));
+    let u = update("aaaa", 3, vec![raw(0, b"xyz")]);
+    assert!(matches!(
+        decode_err(&patched(u, b"aaaa", b"/etc")),
+        WireError::Decode(_)
+    ));
+}
+
+#[test]
+fn rejects_root_path_update() {
+    let mut u = update("a", 3, vec![raw(0, b"xyz")]);
+    u.path = RelPath::root();
+    let err = encode(&Message::FileUpdate(u)).unwrap_err();
+    assert!(
+        matches!(err, WireError::Invalid(Violation::RootPath("path"))),
+        "{err}"
+    );
+}
+
+#[test]
+fn rejects_bad_ranges() {
+    let cases: Vec<(FileUpdate, Violation)> = vec![
+        (
+            update("a", 2, vec![raw(0, b"xyz")]),
+            Violation::RangeBeyondSize { index: 0, size: 2 },
+        ),
+        (
+            update("a", u64::MAX, vec![raw(u64::MAX - 1, b"xyz")]),
+            Violation::RangeBeyondSize {
+                index: 0,
+                size: u64::MAX,
+            },
+        ),
+        (
+            update("a", 9, vec![raw(4, b"x"), raw(0, b"y")]),
+            Violation::RangeOrder { index: 1 },
+        ),
+        (
+            update("a", 9, vec![raw(0, b"xyz"), raw(2, b"y")]),
+            Violation::RangeOrder { index: 1 },
+        ),
+        (
+            update("a", 9, vec![raw(0, b"")]),
+            Violation::EmptyRange { index: 0 },
+        ),
+    ];
+    for (u, want) in cases {
+        assert_eq!(validated(u), want);
+    }
+}
+
+/// Encodes without validation (as a hostile peer would) and returns the decode violation.
+fn validated(u: FileUpdate) -> Violation {
+    use bincode::Options;
+    let bytes = bincode::DefaultOptions::new()
+        .with_little_endian()
+        .with_fixint_encoding()
+        .serialize(&Message::FileUpdate(u))
+        .unwrap();
+    match decode_err(&bytes) {
+        WireError::Invalid(v) => v,
+        other => panic!("expected a violation, got {other}"),
+    }
+}
+
+#[test]
+fn rejects_length_lies() {
+    let mut r = raw(0, b"xyz");
+    r.len = 2;
+    assert_eq!(
+        validated(update("a", 9, vec![r])),
+        Violation::RawLength {
+            index: 0,
+            declared: 2,
+            actual: 3
+        }
+    );
+    let r = RangeData {
+        offset: 0,
+        len: 2,
+        encoding: Encoding::Zstd,
+        data: vec![0; 3],
+    };
+    assert!(matches!(
+        validated(update("a", 9, vec![r])),
+        Violation::CompressedTooLarge { .. }
+    ));
+    let big = RangeData {
+        offset: 0,
+        len: MAX_RANGE_LEN as u64 + 1,
+        encoding: Encoding::Zstd,
+        data: vec![0; 3],
+    };
+    assert!(matches!(
+        validated(update("a", u64::MAX, vec![big])),
+        Violation::RangeTooLong { .. }
+    ));
+}
+
+#[test]
+fn rejects_update_span_over_limit() {
+    let step = MAX_RANGE_LEN as u64;
+    let ranges = (0..=(MAX_UPDATE_SPAN / step))
+        .map(|i| RangeData {
+            offset: i * step,
+            len: step,
+            encoding: Encoding::Zstd,
+            data: vec![0; 8],
+        })
+        .collect();
+    assert_eq!(
+        validated(update("a", u64::MAX, ranges)),
+        Violation::UpdateTooLarge {
+            max: MAX_UPDATE_SPAN
+        }
+    );
+}
+
+#[test]
+fn rejects_bad_meta() {
+    let bad_time = MetaOp::Utimens {
+        path: path("a"),
+        atime: Some(SetTime::At(ts(0, 1_000_000_000))),
+        mtime: None,
+    };
+    assert!(encode(&Message::Meta {
+        seq: 1,
+        op: bad_time
+    })
+    .is_err());
+    let bad_link = MetaOp::Symlink {
+        path: path("l"),
+        target: b"a\0b".to_vec(),
+    };
+    assert!(encode(&Message::Meta {
+        seq: 1,
+        op: bad_link
+    })
+    .is_err());
+    let root_mkdir = MetaOp::Mkdir {
+        path: RelPath::root(),
+        mode: 0o755,
+    };
+    assert!(encode(&Message::Meta {
+        seq: 1,
+        op: root_mkdir
+    })
+    .is_err());
+    let rmdir = MetaOp::Rmdir { path: path("d") };
+    let unordered = vec![(2, rmdir.clone()), (2, rmdir)];
+    let err = encode(&Message::MetaBatch(unordered)).unwrap_err();
+    assert!(
+        matches!(err, WireError::Invalid(Violation::SeqOrder { seq: 2 })),
+        "{err}"
+    );
+    assert!(encode(&Message::MetaBatch(vec![])).is_err());
+}
+
+#[test]
+fn refuses_oversized_messages_on_encode() {
+    let big = vec![7u8; MAX_FRAME];
+    let msg = Message::FileUpdate(update("a", big.len() as u64, vec![raw(0, &big)]));
+    assert!(matches!(
+        encode(&msg).unwrap_err(),
+        WireError::MessageTooLarge { .. }
+    ));
+}
+
+#[test]
+fn compress_picks_the_smaller_encoding() {
+    let zeros = compress_range(10, &[0; 4096], 3);
+    assert_eq!(zeros.encoding, Encoding::Zstd);
+    assert!(zeros.data.len() < 4096);
+    assert_eq!(decompress_range(&zeros).unwrap(), vec![0; 4096]);
+    let noise: Vec<u8> = (0..64u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let r = compress_range(0, &noise, 3);
+    assert_eq!(r.encoding, Encoding::Raw);
+    assert_eq!(decompress_range(&r).unwrap(), noise);
+}
+
+#[test]
+fn decompression_bomb_is_an_error() {
+    let mut r = compress_range(0, &[0; 100_000], 3);
+    r.len = 1000;
+    assert!(matches!(
+        decompress_range(&r).unwrap_err(),
+        WireError::Decompress(_)
+    ));
+    r.len = 200_000;
+    assert!(matches!(
+        decompress_range(&r).unwrap_err(),
+        WireError::LengthMismatch { .. }
+    ));
+    r.len = u64::MAX;
+    assert!(decompress_range(&r).is_err());
+    let corrupt = RangeData {
+        offset: 0,
+        len: 10,
+        encoding: Encoding::Zstd,
+        data: vec![1, 2, 3],
+    };
+    assert!(matches!(
+        decompress_range(&corrupt).unwrap_err(),
+        WireError::Decompress(_)
+    ));
+}
+
+#[test]
+fn zstd_dict_is_reserved() {
+    let r = RangeData {
+        offset: 0,
+        len: 4,
+        encoding: Encoding::ZstdDict,
+        data: vec![1],
+    };
+    assert!(matches!(
+        decompress_range_with_dict(&r, b"abcd").unwrap_err(),
+        WireError::Unsupported(_)
+    ));
+}
+
+#[test]
+fn handshake_checks() {
+    let folder = [3; 16];
+    assert_eq!(
+        check_hello(&Message::hello(folder, "peer"), &folder).unwrap(),
+        "peer"
+    );
+    assert!(matches!(
+        check_hello(&Message::hello([4; 16], "p"), &folder),
+        Err(WireError::FolderMismatch)
+    ));
+    let v2 = Message::Hello {
+        version: 2,
+        folder_id: folder,
+        node_name: "p".into(),
+    };
+    assert!(matches!(
+        check_hello(&v2, &folder),
+        Err(WireError::VersionMismatch { ours: 1, theirs: 2 })
+    ));
+    let refused = Message::Refused {
+        reason: "no".into(),
+    };
+    assert!(matches!(
+        check_hello(&refused, &folder),
+        Err(WireError::Refused(_))
+    ));
+    assert!(matches!(
+        check_hello(&Message::Ping(1), &folder),
+        Err(WireError::Unexpected { .. })
+    ));
+}
+
+fn arb_update() -> impl Strategy<Value = FileUpdate> {
+    let ranges = prop::collection::vec(
+        (
+            0u64..1000,
+            prop::collection::vec(any::<u8>(), 1..64),
+            any::<bool>(),
+        ),
+        0..8,
+    );
+    let fields = (
+        any::<u64>(),
+        any::<u64>(),
+        "[a-z.]{1,8}(/[a-z]{1,8}){0,3}",
+        any::<Option<[u8; 32]>>(),
+        0u64..1000,
+    );
+    (
+        fields,
+        any::<u32>(),
+        any::<i64>(),
+        0u32..1_000_000_000,
+        ranges,
+        any::<[u8; 32]>(),
+    )
+        .prop_filter_map(
+            "valid path",
+            |((id, file, p, base, extra), mode, secs, nanos, spec, hash)| {
+                let path = RelPath::from_bytes(p.as_bytes()).ok()?;
+                let (ranges, end) = build_ranges(spec);
+                let mtime = ts(secs, nanos);
+                Some(FileUpdate {
+                    id,
+                    file,
+                    path,
+                    base,
+                    size: end + extra,
+                    mode,
+                    mtime,
+                    ranges,
+                    hash,
+                })
+            },
+        )
+}
+
+fn build_ranges(spec: Vec<(u64, Vec<u8>, bool)>) -> (Vec<RangeData>, u64) {
+    let mut end = 0;
+    let mut ranges = Vec::new();
+    for (gap, bytes, squeeze) in spec {
+        let r = if squeeze {
+            compress_range(end + gap, &bytes, 1)
+        } else {
+            raw(end + gap, &bytes)
+        };
+        end = r.end().unwrap();
+        ranges.push(r);
+    }
+    (ranges, end)
+}
+
+proptest! {
+    #[test]
+    fn prop_file_update_round_trips(u in arb_update()) {
+        let msg = Message::FileUpdate(u);
+        let bytes = encode(&msg).unwrap();
+        prop_assert_eq!(decode(&bytes).unwrap(), msg);
+    }
+
+    #[test]
+    fn prop_garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = decode(&bytes);
+        let _ = block_on(read_frame(&mut Cursor::new(bytes)));
+    }
+
+    #[test]
+    fn prop_mutated_updates_never_panic(u in arb_update(), at in any::<prop::sample::Index>(), b in any::<u8>()) {
+        let mut bytes = encode(&Message::FileUpdate(u)).unwrap();
+        let i = at.index(bytes.len());
+        bytes[i] = b;
+        let _ = decode(&bytes);
+    }
+}

@@ -1,0 +1,164 @@
+//! Protocol rules that the serde layout alone cannot express. Applied to every message
+//! decoded from the wire and to every message before it is encoded.
+
+use super::{
+    Encoding, FileUpdate, Message, NackReason, RangeData, Violation, MAX_NODE_NAME, MAX_RANGE_LEN,
+    MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_SPAN, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+};
+use crate::journal::op::{MetaOp, SetTime, Timestamp};
+use crate::path::RelPath;
+
+/// Checks every rule for `msg`.
+pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
+    match msg {
+        Message::Hello { node_name, .. } => max_len("node_name", node_name.len(), MAX_NODE_NAME),
+        Message::Refused { reason } => max_len("reason", reason.len(), MAX_REASON),
+        Message::FileUpdate(u) => validate_update(u),
+        Message::Meta { op, .. } => validate_op(op),
+        Message::MetaBatch(ops) => validate_batch(ops),
+        Message::Nack { reason, .. } => validate_nack(reason),
+        Message::Ack(_) | Message::Ping(_) | Message::Pong(_) => Ok(()),
+    }
+}
+
+fn max_len(field: &'static str, len: usize, max: usize) -> Result<(), Violation> {
+    if len > max {
+        return Err(Violation::TooLong { field, len, max });
+    }
+    Ok(())
+}
+
+fn not_root(field: &'static str, path: &RelPath) -> Result<(), Violation> {
+    if path.is_root() {
+        return Err(Violation::RootPath(field));
+    }
+    Ok(())
+}
+
+fn check_time(t: &Timestamp) -> Result<(), Violation> {
+    if t.nanos >= 1_000_000_000 {
+        return Err(Violation::BadNanos(t.nanos));
+    }
+    Ok(())
+}
+
+/// A non-empty byte name without NUL, at most `max` bytes.
+fn check_name(field: &'static str, bytes: &[u8], max: usize) -> Result<(), Violation> {
+    if bytes.is_empty() {
+        return Err(Violation::Empty(field));
+    }
+    if bytes.contains(&0) {
+        return Err(Violation::Nul(field));
+    }
+    max_len(field, bytes.len(), max)
+}
+
+fn validate_nack(reason: &NackReason) -> Result<(), Violation> {
+    match reason {
+        NackReason::BadRequest(s) | NackReason::Io(s) => max_len("reason", s.len(), MAX_REASON),
+        _ => Ok(()),
+    }
+}
+
+fn validate_update(u: &FileUpdate) -> Result<(), Violation> {
+    not_root("path", &u.path)?;
+    check_time(&u.mtime)?;
+    let mut prev_end = 0u64;
+    let mut total = 0u64;
+    for (index, r) in u.ranges.iter().enumerate() {
+        prev_end = check_range(index, r, prev_end, u.size)?;
+        total = total
+            .checked_add(r.len)
+            .filter(|t| *t <= MAX_UPDATE_SPAN)
+            .ok_or(Violation::UpdateTooLarge {
+                max: MAX_UPDATE_SPAN,
+            })?;
+    }
+    Ok(())
+}
+
+/// Checks one range that must start at or after `prev_end`; returns its end.
+fn check_range(index: usize, r: &RangeData, prev_end: u64, size: u64) -> Result<u64, Violation> {
+    if r.len == 0 {
+        return Err(Violation::EmptyRange { index });
+    }
+    if r.len > MAX_RANGE_LEN as u64 {
+        return Err(Violation::RangeTooLong {
+            index,
+            len: r.len,
+            max: MAX_RANGE_LEN,
+        });
+    }
+    if r.offset < prev_end {
+        return Err(Violation::RangeOrder { index });
+    }
+    let end = r
+        .end()
+        .filter(|e| *e <= size)
+        .ok_or(Violation::RangeBeyondSize { index, size })?;
+    check_range_data(index, r)?;
+    Ok(end)
+}
+
+fn check_range_data(index: usize, r: &RangeData) -> Result<(), Violation> {
+    let actual = r.data.len();
+    match r.encoding {
+        Encoding::Raw if actual as u64 != r.len => Err(Violation::RawLength {
+            index,
+            declared: r.len,
+            actual,
+        }),
+        Encoding::Zstd | Encoding::ZstdDict if actual as u64 > r.len => {
+            Err(Violation::CompressedTooLarge {
+                index,
+                declared: r.len,
+                actual,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn validate_batch(ops: &[(u64, MetaOp)]) -> Result<(), Violation> {
+    if ops.is_empty() {
+        return Err(Violation::EmptyBatch);
+    }
+    for pair in ops.windows(2) {
+        if pair[1].0 <= pair[0].0 {
+            return Err(Violation::SeqOrder { seq: pair[1].0 });
+        }
+    }
+    ops.iter().try_for_each(|(_, op)| validate_op(op))
+}
+
+fn validate_op(op: &MetaOp) -> Result<(), Violation> {
+    match op {
+        MetaOp::Create { path, .. }
+        | MetaOp::Mknod { path, .. }
+        | MetaOp::Mkdir { path, .. }
+        | MetaOp::Unlink { path, .. }
+        | MetaOp::Rmdir { path } => not_root("path", path),
+        MetaOp::Rename { from, to, .. } | MetaOp::Link { from, to } => {
+            not_root("from", from)?;
+            not_root("to", to)
+        }
+        MetaOp::Symlink { path, target } => {
+            not_root("path", path)?;
+            check_name("symlink target", target, MAX_SYMLINK_TARGET)
+        }
+        MetaOp::Utimens { atime, mtime, .. } => check_set_time(atime).and(check_set_time(mtime)),
+        MetaOp::SetXattr { name, value, .. } => {
+            check_name("xattr name", name, MAX_XATTR_NAME)?;
+            max_len("xattr value", value.len(), MAX_XATTR_VALUE)
+        }
+        MetaOp::RemoveXattr { name, .. } => check_name("xattr name", name, MAX_XATTR_NAME),
+        MetaOp::Chmod { .. } | MetaOp::Chown { .. } | MetaOp::Truncate { .. } => Ok(()),
+    }
+}
+
+fn check_set_time(t: &Option<SetTime>) -> Result<(), Violation> {
+    match t {
+        Some(SetTime::At(ts)) => check_time(ts),
+        _ => Ok(()),
+    }
+}
