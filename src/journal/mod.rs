@@ -90,9 +90,6 @@ pub enum JournalError {
         #[source]
         source: bincode::Error,
     },
-    /// A write or size change named a file that was never tracked (or was forgotten).
-    #[error("file {0} is not tracked by the journal")]
-    UnknownFile(FileId),
     /// A byte range with `start > end`.
     #[error("invalid range {start}..{end} for file {file}")]
     InvalidRange {
@@ -198,10 +195,15 @@ impl Journal {
     /// Opens (creating if needed) the journal in `dir`, recovers from the intent logs
     /// and starts the background checkpoint thread.
     pub fn open(dir: &Path) -> Result<Journal, JournalError> {
-        std::fs::create_dir_all(dir).map_err(|e| JournalError::io(format!("create {}", dir.display()), e))?;
-        let db = sled::open(dir.join("db")).map_err(|e| JournalError::db("open db", e))?;
-        let files = db.open_tree("files").map_err(|e| JournalError::db("open tree files", e))?;
-        let meta = db.open_tree("meta").map_err(|e| JournalError::db("open tree meta", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| JournalError::io(format!("create {}", dir.display()), e))?;
+        let db = open_db(&dir.join("db"))?;
+        let files = db
+            .open_tree("files")
+            .map_err(|e| JournalError::db("open tree files", e))?;
+        let meta = db
+            .open_tree("meta")
+            .map_err(|e| JournalError::db("open tree meta", e))?;
         let (mut state, marker) = load(&files, &meta)?;
         let last_gen = replay_logs(dir, marker.folded_gen, &mut state)?;
         retire_active(dir)?;
@@ -246,16 +248,14 @@ impl Journal {
     }
 
     /// Marks `[start, end)` of `file` dirty; call before writing the backing file.
-    /// The file must be tracked.
+    /// Writes to untracked files (never tracked, or whose last link is gone, e.g. an
+    /// unlinked file still open) are not journalled.
     pub fn record_write(&self, file: FileId, start: u64, end: u64) -> Result<(), JournalError> {
         if start > end {
             return Err(JournalError::InvalidRange { file, start, end });
         }
         let mut l = self.inner().lock();
-        if l.state.entry(file).is_none() {
-            return Err(JournalError::UnknownFile(file));
-        }
-        if start == end {
+        if start == end || !l.state.files().contains_key(&file) {
             return Ok(());
         }
         if l.state.write_is_covered(file, start, end) {
@@ -267,11 +267,11 @@ impl Journal {
         Ok(())
     }
 
-    /// Records that `file` was truncated or extended to `size`. The file must be tracked.
+    /// Records that `file` was truncated or extended to `size` (ignored if untracked).
     pub fn record_size(&self, file: FileId, size: u64) -> Result<(), JournalError> {
         let mut l = self.inner().lock();
-        if l.state.entry(file).is_none() {
-            return Err(JournalError::UnknownFile(file));
+        if !l.state.files().contains_key(&file) {
+            return Ok(());
         }
         l.log_and_apply(Record::Size { file, size })
     }
@@ -307,7 +307,12 @@ impl Journal {
     pub fn snapshot(&self) -> Snapshot {
         let mut l = self.inner().lock();
         let files = l.state.snapshot_files();
-        let meta = l.state.meta().iter().map(|(s, op)| (*s, op.clone())).collect();
+        let meta = l
+            .state
+            .meta()
+            .iter()
+            .map(|(s, op)| (*s, op.clone()))
+            .collect();
         Snapshot { files, meta }
     }
 
@@ -328,7 +333,12 @@ impl Journal {
     /// with them once no range is left); returns `true`. If the file changed since, only
     /// the acked bytes that were provably not touched after the snapshot are removed
     /// (possibly none) and `false` is returned; the rest is sent again.
-    pub fn ack_file(&self, file: FileId, version: u64, ranges: &RangeSet) -> Result<bool, JournalError> {
+    pub fn ack_file(
+        &self,
+        file: FileId,
+        version: u64,
+        ranges: &RangeSet,
+    ) -> Result<bool, JournalError> {
         Ok(self.inner().lock().state.ack_file(file, version, ranges))
     }
 
@@ -343,7 +353,10 @@ impl Journal {
     /// as if the process had been killed (the intent log is all that remains).
     #[cfg(test)]
     fn crash(self) {
-        self.inner().worker.no_final_checkpoint.store(true, Ordering::SeqCst);
+        self.inner()
+            .worker
+            .no_final_checkpoint
+            .store(true, Ordering::SeqCst);
         self.inner().stop_worker();
     }
 }
@@ -377,7 +390,8 @@ impl Inner {
             (h, l.dir_epoch)
         };
         for f in handles {
-            f.sync_data().map_err(|e| JournalError::io("fdatasync intent log", e))?;
+            f.sync_data()
+                .map_err(|e| JournalError::io("fdatasync intent log", e))?;
         }
         if self.synced_dir_epoch.load(Ordering::Acquire) < epoch {
             fsync_dir(&self.dir)?;
@@ -416,7 +430,8 @@ impl Inner {
         let gen = l.wal.gen();
         let old = wal::old_path(&self.dir, gen);
         let active = self.dir.join(wal::ACTIVE_NAME);
-        std::fs::rename(&active, &old).map_err(|e| JournalError::io(format!("rotate {}", active.display()), e))?;
+        std::fs::rename(&active, &old)
+            .map_err(|e| JournalError::io(format!("rotate {}", active.display()), e))?;
         let fresh = Wal::create(&self.dir, gen + 1)?;
         let prev = std::mem::replace(&mut l.wal, fresh);
         l.rotated.push((gen, prev.handle()));
@@ -433,7 +448,9 @@ impl Inner {
                 None => meta.remove(&seq.to_be_bytes()[..]),
             }
         }
-        self.meta.apply_batch(meta).map_err(|e| JournalError::db("store meta ops", e))?;
+        self.meta
+            .apply_batch(meta)
+            .map_err(|e| JournalError::db("store meta ops", e))?;
         let mut files = sled::Batch::default();
         for (id, entry) in &delta.files {
             match entry {
@@ -446,7 +463,9 @@ impl Inner {
             next_seq: delta.next_seq,
         };
         files.insert(MARKER_KEY, encode(&marker, "checkpoint marker")?);
-        self.files.apply_batch(files).map_err(|e| JournalError::db("store file entries", e))?;
+        self.files
+            .apply_batch(files)
+            .map_err(|e| JournalError::db("store file entries", e))?;
         self.db.flush().map_err(|e| JournalError::db("flush", e))?;
         Ok(())
     }
@@ -454,7 +473,12 @@ impl Inner {
     fn stop_worker(&self) {
         *self.worker.stop.lock().unwrap_or_else(|p| p.into_inner()) = true;
         self.worker.wake.notify_all();
-        let handle = self.worker.handle.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self
+            .worker
+            .handle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -495,7 +519,11 @@ fn spawn_worker(inner: &Arc<Inner>) -> Result<(), JournalError> {
         .name("journal-ckpt".into())
         .spawn(move || worker_loop(&shared))
         .map_err(|e| JournalError::io("spawn checkpoint thread", e))?;
-    *inner.worker.handle.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle);
+    *inner
+        .worker
+        .handle
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = Some(handle);
     Ok(())
 }
 
@@ -505,6 +533,29 @@ fn worker_loop(inner: &Inner) {
             tracing::warn!("journal checkpoint failed: {e}");
         }
     }
+}
+
+/// Opens sled, retrying for up to ~2 s while its lock is still held: sled 0.34's
+/// `Db::drop` does not wait for its flusher thread to release the file lock
+/// (spacejam/sled#1234), so an immediate reopen in the same process can race it.
+fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
+    let mut delay = Duration::from_millis(5);
+    let mut waited = Duration::ZERO;
+    loop {
+        match sled::open(path) {
+            Err(sled::Error::Io(e)) if is_lock_busy(&e) && waited < Duration::from_secs(2) => {
+                std::thread::sleep(delay);
+                waited += delay;
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            res => return res.map_err(|e| JournalError::db(format!("open {}", path.display()), e)),
+        }
+    }
+}
+
+/// True for sled's "could not acquire lock" (EWOULDBLOCK from `flock`).
+fn is_lock_busy(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("could not acquire lock")
 }
 
 /// Loads the checkpointed state and marker from sled.
@@ -574,7 +625,8 @@ fn retire_active(dir: &Path) -> Result<(), JournalError> {
 fn remove_old_logs(dir: &Path, folded_gen: u64) -> Result<(), JournalError> {
     for (gen, path) in wal::list_old(dir)? {
         if gen <= folded_gen {
-            std::fs::remove_file(&path).map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
+            std::fs::remove_file(&path)
+                .map_err(|e| JournalError::io(format!("remove {}", path.display()), e))?;
         }
     }
     Ok(())
@@ -582,7 +634,8 @@ fn remove_old_logs(dir: &Path, folded_gen: u64) -> Result<(), JournalError> {
 
 fn fsync_dir(dir: &Path) -> Result<(), JournalError> {
     let d = File::open(dir).map_err(|e| JournalError::io(format!("open {}", dir.display()), e))?;
-    d.sync_all().map_err(|e| JournalError::io(format!("fsync {}", dir.display()), e))
+    d.sync_all()
+        .map_err(|e| JournalError::io(format!("fsync {}", dir.display()), e))
 }
 
 fn encode<T: serde::Serialize>(v: &T, what: &str) -> Result<Vec<u8>, JournalError> {
@@ -594,9 +647,9 @@ fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, Jou
 }
 
 fn key_u64(k: &[u8], tree: &str) -> Result<u64, JournalError> {
-    let arr: [u8; 8] = k
-        .try_into()
-        .map_err(|_| JournalError::Corrupt(format!("bad key of {} bytes in tree {tree}", k.len())))?;
+    let arr: [u8; 8] = k.try_into().map_err(|_| {
+        JournalError::Corrupt(format!("bad key of {} bytes in tree {tree}", k.len()))
+    })?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -629,23 +682,44 @@ pub fn format_op(op: &MetaOp) -> String {
         MetaOp::Create { path, file, mode } => format!("{k} {path} mode={mode:04o} file={file}"),
         MetaOp::Mknod { path, mode, rdev } => format!("{k} {path} mode={mode:o} rdev={rdev}"),
         MetaOp::Mkdir { path, mode } => format!("{k} {path} mode={mode:04o}"),
-        MetaOp::Unlink { path, file, last_link } => {
-            format!("{k} {path} file={file}{}", if *last_link { " (last link)" } else { "" })
+        MetaOp::Unlink {
+            path,
+            file,
+            last_link,
+        } => {
+            format!(
+                "{k} {path} file={file}{}",
+                if *last_link { " (last link)" } else { "" }
+            )
         }
         MetaOp::Rmdir { path } => format!("{k} {path}"),
         MetaOp::Rename { from, to, flags } => format!("{k} {from} -> {to}{}", rename_flags(*flags)),
-        MetaOp::Symlink { path, target } => format!("{k} {path} -> {}", String::from_utf8_lossy(target)),
+        MetaOp::Symlink { path, target } => {
+            format!("{k} {path} -> {}", String::from_utf8_lossy(target))
+        }
         MetaOp::Link { from, to } => format!("{k} {from} -> {to}"),
         MetaOp::Chmod { path, mode } => format!("{k} {path} mode={mode:04o}"),
         MetaOp::Chown { path, uid, gid } => format!("{k} {path} uid={} gid={}", opt(uid), opt(gid)),
         MetaOp::Truncate { path, file, size } => format!("{k} {path} size={size} file={file}"),
         MetaOp::Utimens { path, atime, mtime } => {
-            format!("{k} {path} atime={} mtime={}", fmt_time(atime), fmt_time(mtime))
+            format!(
+                "{k} {path} atime={} mtime={}",
+                fmt_time(atime),
+                fmt_time(mtime)
+            )
         }
-        MetaOp::SetXattr { path, name, value, .. } => {
-            format!("{k} {path} {} ({} bytes)", String::from_utf8_lossy(name), value.len())
+        MetaOp::SetXattr {
+            path, name, value, ..
+        } => {
+            format!(
+                "{k} {path} {} ({} bytes)",
+                String::from_utf8_lossy(name),
+                value.len()
+            )
         }
-        MetaOp::RemoveXattr { path, name } => format!("{k} {path} {}", String::from_utf8_lossy(name)),
+        MetaOp::RemoveXattr { path, name } => {
+            format!("{k} {path} {}", String::from_utf8_lossy(name))
+        }
     }
 }
 

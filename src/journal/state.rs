@@ -81,7 +81,11 @@ pub struct State {
 
 impl State {
     /// State loaded from a checkpoint.
-    pub fn new(files: BTreeMap<FileId, FileEntry>, meta: BTreeMap<u64, MetaOp>, next_seq: u64) -> State {
+    pub fn new(
+        files: BTreeMap<FileId, FileEntry>,
+        meta: BTreeMap<u64, MetaOp>,
+        next_seq: u64,
+    ) -> State {
         let max_seq = meta.keys().next_back().map_or(0, |s| s + 1);
         State {
             files,
@@ -155,7 +159,9 @@ impl State {
 
     /// Marks `[start, end)` of `file` dirty (ignored for untracked files).
     pub fn apply_write(&mut self, file: FileId, start: u64, end: u64) {
-        let Some(e) = self.files.get_mut(&file) else { return };
+        let Some(e) = self.files.get_mut(&file) else {
+            return;
+        };
         e.ranges.insert(start, end);
         if let Some(s) = e.size.as_mut() {
             *s = (*s).max(end);
@@ -169,7 +175,9 @@ impl State {
 
     /// Sets the size of `file`, dropping dirty bytes at or beyond it.
     pub fn apply_size(&mut self, file: FileId, size: u64) {
-        let Some(e) = self.files.get_mut(&file) else { return };
+        let Some(e) = self.files.get_mut(&file) else {
+            return;
+        };
         let changed_from = e.size.unwrap_or(size).min(size);
         e.size = Some(size);
         e.ranges.truncate(size);
@@ -196,7 +204,9 @@ impl State {
         match op {
             MetaOp::Create { path, file, .. } => self.apply_track(*file, path),
             MetaOp::Unlink {
-                file, last_link: true, ..
+                file,
+                last_link: true,
+                ..
             } => self.apply_forget(*file),
             MetaOp::Rename { from, to, flags } => self.apply_rename(from, to, *flags),
             MetaOp::Truncate { path, file, size } => {
@@ -252,7 +262,9 @@ impl State {
     /// Applies a peer ack of `ranges` at `version` (see [`super::Journal::ack_file`]).
     /// Returns true when the ack matched the current version.
     pub fn ack_file(&mut self, file: FileId, version: u64, ranges: &RangeSet) -> bool {
-        let Some(e) = self.files.get_mut(&file) else { return false };
+        let Some(e) = self.files.get_mut(&file) else {
+            return false;
+        };
         if e.version == version {
             e.ranges.remove_set(ranges);
             if e.ranges.is_empty() {
@@ -290,8 +302,16 @@ impl State {
     /// Captures the current value of every dirty id and clears the dirty sets.
     pub fn take_delta(&mut self) -> Delta {
         let ids = std::mem::take(&mut self.dirty);
-        let files = ids.files.iter().map(|id| (*id, self.files.get(id).cloned())).collect();
-        let meta = ids.meta.iter().map(|s| (*s, self.meta.get(s).cloned())).collect();
+        let files = ids
+            .files
+            .iter()
+            .map(|id| (*id, self.files.get(id).cloned()))
+            .collect();
+        let meta = ids
+            .meta
+            .iter()
+            .map(|s| (*s, self.meta.get(s).cloned()))
+            .collect();
         Delta {
             files,
             meta,

@@ -66,7 +66,7 @@ impl Wal {
     /// The current active log, if any, must already have been renamed away.
     pub fn create(dir: &Path, gen: u64) -> Result<Wal, JournalError> {
         let tmp = dir.join(NEW_NAME);
-        let file = open_append(&tmp, true)?;
+        let file = create_append(&tmp)?;
         let mut wal = Wal {
             file: Arc::new(file),
             gen,
@@ -74,7 +74,8 @@ impl Wal {
         };
         wal.append(&Record::Header { gen })?;
         let active = dir.join(ACTIVE_NAME);
-        std::fs::rename(&tmp, &active).map_err(|e| JournalError::io(format!("install {}", active.display()), e))?;
+        std::fs::rename(&tmp, &active)
+            .map_err(|e| JournalError::io(format!("install {}", active.display()), e))?;
         Ok(wal)
     }
 
@@ -111,12 +112,16 @@ pub fn old_path(dir: &Path, gen: u64) -> PathBuf {
 
 /// Generation encoded in an old log's file name, if `name` is one.
 pub fn parse_old_name(name: &str) -> Option<u64> {
-    name.strip_prefix("intent.")?.strip_suffix(".old")?.parse().ok()
+    name.strip_prefix("intent.")?
+        .strip_suffix(".old")?
+        .parse()
+        .ok()
 }
 
 /// Old logs in `dir` as `(generation from name, path)`, in ascending order.
 pub fn list_old(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| JournalError::io(format!("list {}", dir.display()), e))?;
+    let rd = std::fs::read_dir(dir)
+        .map_err(|e| JournalError::io(format!("list {}", dir.display()), e))?;
     let mut out = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| JournalError::io(format!("list {}", dir.display()), e))?;
@@ -199,15 +204,20 @@ fn checksum(payload: &[u8]) -> u32 {
     u32::from_le_bytes(h.as_bytes()[0..4].try_into().expect("4 bytes"))
 }
 
-/// Opens `path` for appending (creating and truncating it when `fresh`).
-fn open_append(path: &Path, fresh: bool) -> Result<File, JournalError> {
+/// Creates `path` afresh (replacing a leftover) and opens it for appending.
+fn create_append(path: &Path) -> Result<File, JournalError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(JournalError::io(format!("remove {}", path.display()), e));
+        }
+        _ => {}
+    }
     OpenOptions::new()
         .append(true)
-        .create(true)
-        .truncate(fresh)
+        .create_new(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(|e| JournalError::io(format!("open {}", path.display()), e))
+        .map_err(|e| JournalError::io(format!("create {}", path.display()), e))
 }
 
 #[cfg(test)]
@@ -218,7 +228,11 @@ mod tests {
     fn frames_round_trip_and_stop_at_torn_tail() {
         let recs = [
             Record::Header { gen: 7 },
-            Record::Write { file: 1, start: 0, end: 10 },
+            Record::Write {
+                file: 1,
+                start: 0,
+                end: 10,
+            },
             Record::Size { file: 1, size: 5 },
         ];
         let mut data = Vec::new();

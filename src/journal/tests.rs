@@ -1,0 +1,287 @@
+//! Journal tests: persistence across reopen, crash recovery from the intent log, and
+//! the ack and rename rules.
+
+use super::*;
+use std::io::Write;
+
+fn p(s: &str) -> RelPath {
+    RelPath::from_bytes(s.as_bytes()).unwrap()
+}
+
+fn ranges_of(j: &Journal, file: FileId) -> Vec<(u64, u64)> {
+    j.entry(file)
+        .map(|e| e.ranges.iter().collect())
+        .unwrap_or_default()
+}
+
+fn mkdir(path: &str) -> MetaOp {
+    MetaOp::Mkdir {
+        path: p(path),
+        mode: 0o755,
+    }
+}
+
+#[test]
+fn round_trip_through_close_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("a.txt")).unwrap();
+    j.record_write(1, 0, 4096).unwrap();
+    j.record_write(1, 6000, 8192).unwrap();
+    j.record_size(1, 7000).unwrap();
+    let seq = j.record_meta(mkdir("d")).unwrap();
+    let before = j.snapshot();
+    j.close().unwrap();
+
+    let j = Journal::open(dir.path()).unwrap();
+    let after = j.snapshot();
+    assert_eq!(after, before);
+    assert_eq!(ranges_of(&j, 1), vec![(0, 4096), (6000, 7000)]);
+    assert_eq!(j.entry(1).unwrap().size, Some(7000));
+    assert_eq!(after.meta, vec![(seq, mkdir("d"))]);
+    j.close().unwrap();
+}
+
+#[test]
+fn crash_recovers_everything_from_intent_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(7, &p("f")).unwrap();
+    j.record_write(7, 0, 100).unwrap();
+    j.checkpoint().unwrap();
+    j.record_write(7, 10, 20).unwrap(); // covered: not logged, still durable
+    j.record_write(7, 200, 300).unwrap();
+    j.record_write(7, 300, 310).unwrap();
+    j.track(8, &p("g")).unwrap();
+    j.record_write(8, 5, 6).unwrap();
+    j.record_meta(mkdir("x")).unwrap();
+    j.crash();
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 7), vec![(0, 100), (200, 310)]);
+    assert_eq!(ranges_of(&j, 8), vec![(5, 6)]);
+    assert_eq!(j.snapshot().meta.len(), 1);
+    j.close().unwrap();
+}
+
+#[test]
+fn torn_last_record_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    j.record_write(1, 20, 30).unwrap();
+    j.crash();
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(wal::ACTIVE_NAME))
+        .unwrap();
+    log.write_all(&[40, 0, 0, 0, 1, 2, 3, 4, 9, 9]).unwrap();
+    drop(log);
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(0, 10), (20, 30)]);
+    j.record_write(1, 50, 60).unwrap();
+    j.crash();
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(0, 10), (20, 30), (50, 60)]);
+    j.close().unwrap();
+}
+
+#[test]
+fn folded_log_is_not_replayed_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("a")).unwrap();
+    j.track(2, &p("c")).unwrap();
+    let rename = |from: &str, to: &str| MetaOp::Rename {
+        from: p(from),
+        to: p(to),
+        flags: 0,
+    };
+    j.record_meta(rename("a", "b")).unwrap();
+    j.record_meta(rename("c", "a")).unwrap();
+    // Keep a copy of the log as if the process died after sled flushed but before
+    // the folded log was deleted.
+    let log = std::fs::read(dir.path().join(wal::ACTIVE_NAME)).unwrap();
+    let gen = wal::decode_log(&log).gen.unwrap();
+    j.checkpoint().unwrap();
+    j.crash();
+    std::fs::write(wal::old_path(dir.path(), gen), &log).unwrap();
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(j.entry(1).unwrap().path, p("b"));
+    assert_eq!(j.entry(2).unwrap().path, p("a"));
+    j.close().unwrap();
+}
+
+#[test]
+fn rename_rebases_paths_below_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("d/x")).unwrap();
+    j.track(2, &p("d/sub/y")).unwrap();
+    j.track(3, &p("dz")).unwrap();
+    j.record_meta(MetaOp::Rename {
+        from: p("d"),
+        to: p("e/f"),
+        flags: 0,
+    })
+    .unwrap();
+    assert_eq!(j.entry(1).unwrap().path, p("e/f/x"));
+    assert_eq!(j.entry(2).unwrap().path, p("e/f/sub/y"));
+    assert_eq!(j.entry(3).unwrap().path, p("dz"));
+    j.crash();
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(j.entry(2).unwrap().path, p("e/f/sub/y"));
+    j.close().unwrap();
+}
+
+#[test]
+fn unlink_and_truncate_update_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.record_meta(MetaOp::Create {
+        path: p("f"),
+        file: 1,
+        mode: 0o644,
+    })
+    .unwrap();
+    j.record_write(1, 0, 1000).unwrap();
+    j.record_meta(MetaOp::Truncate {
+        path: p("f"),
+        file: 1,
+        size: 300,
+    })
+    .unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(0, 300)]);
+    assert_eq!(j.entry(1).unwrap().size, Some(300));
+    j.record_write(1, 250, 400).unwrap();
+    assert_eq!(j.entry(1).unwrap().size, Some(400));
+    j.record_meta(MetaOp::Unlink {
+        path: p("f"),
+        file: 1,
+        last_link: true,
+    })
+    .unwrap();
+    assert!(j.entry(1).is_none());
+    j.record_write(1, 0, 1).unwrap(); // unlinked but still open: not journalled
+    assert!(j.entry(1).is_none());
+    assert!(matches!(
+        j.record_write(1, 5, 1),
+        Err(JournalError::InvalidRange { .. })
+    ));
+    j.close().unwrap();
+}
+
+#[test]
+fn ack_file_clears_only_matching_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 100).unwrap();
+    let snap = j.snapshot();
+    let e = &snap.files[&1];
+    assert!(j.ack_file(1, e.version, &e.ranges).unwrap());
+    assert!(j.snapshot().files.is_empty());
+    assert!(j.entry(1).is_some(), "path tracking survives the ack");
+
+    j.record_write(1, 0, 50).unwrap();
+    let snap = j.snapshot();
+    let e = snap.files[&1].clone();
+    j.record_write(1, 10, 20).unwrap();
+    assert!(!j.ack_file(1, e.version, &e.ranges).unwrap());
+    assert_eq!(ranges_of(&j, 1), vec![(10, 20)]);
+    j.close().unwrap();
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(10, 20)]);
+    j.close().unwrap();
+}
+
+#[test]
+fn seq_numbers_keep_increasing_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let a = j.record_meta(mkdir("a")).unwrap();
+    let b = j.record_meta(mkdir("b")).unwrap();
+    assert!(b > a);
+    j.ack_meta(b).unwrap();
+    assert!(j.snapshot().meta.is_empty());
+    j.close().unwrap();
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert!(j.snapshot().meta.is_empty());
+    let c = j.record_meta(mkdir("c")).unwrap();
+    assert!(c > b);
+    j.crash();
+
+    let j = Journal::open(dir.path()).unwrap();
+    let d = j.record_meta(mkdir("d")).unwrap();
+    assert!(d > c);
+    let seqs: Vec<u64> = j.snapshot().meta.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, vec![c, d]);
+    j.close().unwrap();
+}
+
+#[test]
+fn sync_and_clones_from_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let j = j.clone();
+            std::thread::spawn(move || {
+                j.track(t, &p(&format!("f{t}"))).unwrap();
+                for i in 0..200 {
+                    j.record_write(t, i * 10, i * 10 + 5).unwrap();
+                }
+                j.sync().unwrap();
+            })
+        })
+        .collect();
+    threads.into_iter().for_each(|h| h.join().unwrap());
+    j.crash();
+    let j = Journal::open(dir.path()).unwrap();
+    for t in 0..4 {
+        assert_eq!(j.entry(t).unwrap().ranges.range_count(), 200);
+    }
+    j.close().unwrap();
+}
+
+#[test]
+fn format_lists_files_and_ops() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.record_meta(mkdir("a")).unwrap();
+    j.record_meta(MetaOp::Create {
+        path: p("a/b.txt"),
+        file: 1234,
+        mode: 0o644,
+    })
+    .unwrap();
+    j.record_write(1234, 0, 4096).unwrap();
+    j.record_write(1234, 6000, 8192).unwrap();
+    j.record_meta(MetaOp::Rename {
+        from: p("a/b.txt"),
+        to: p("a/c.txt"),
+        flags: 0,
+    })
+    .unwrap();
+    let text = format_snapshot(&j.snapshot());
+    assert!(
+        text.starts_with("files with pending changes: 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "file 1234 a/c.txt size=- version=2 ranges=[0..4096, 6000..8192] (6288 bytes)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("metadata ops pending: 3\n"), "{text}");
+    assert!(text.contains("#1 mkdir a mode=0755\n"), "{text}");
+    assert!(text.contains("#2 create a/b.txt mode=0644"), "{text}");
+    assert!(text.contains("#3 rename a/b.txt -> a/c.txt\n"), "{text}");
+    j.close().unwrap();
+}
