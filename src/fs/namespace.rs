@@ -46,7 +46,11 @@ impl PassFs {
     fn truncate(&self, inode: &Inode, fh: Option<u64>, path: &crate::path::RelPath, size: u64) -> R<()> {
         let file = inode.backing_ino;
         self.rec.track(file, path)?;
-        self.rec.size(file, size)?; // before: extension bytes are covered even after a kill
+        let cur = sys::fstat(&inode.fd)?.st_size as u64;
+        if size > cur {
+            self.rec.write(file, cur, size)?; // the new zeros are changed bytes too
+        }
+        self.rec.size(file, size)?; // before the backing change: covered even after a kill
         match fh.map(|fh| self.files.get(fh)).transpose()? {
             Some(h) if h.writable => sys::ftruncate(&h.file, size)?,
             _ => sys::ftruncate(&sys::reopen(&inode.fd, libc::O_WRONLY)?, size)?,
