@@ -44,20 +44,59 @@ impl Drop for Mounted {
     }
 }
 
-/// If `mountpoint` is a dead FUSE mount (ENOTCONN), detaches it. Returns true if it did.
-pub fn clear_stale(mountpoint: &Path) -> bool {
-    match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!("clearing stale mount at {}", mountpoint.display());
-            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).is_ok()
+/// What is at a mount point before we mount.
+#[derive(Debug, PartialEq, Eq)]
+pub enum MountState {
+    /// No FUSE filesystem is mounted there.
+    Free,
+    /// A FUSE mount whose daemon is gone (it answers ENOTCONN).
+    Stale,
+    /// A live FUSE mount: another daemon serves it.
+    Live,
+}
+
+/// True if `/proc/self/mountinfo` lists a FUSE mount at `path`.
+pub fn fuse_mounted_at(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+        f.get(4) == Some(&&*want) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// Probes `mountpoint`. `statfs` always reaches the daemon (a `stat` may be answered
+/// from the kernel's attribute cache even after the daemon died).
+pub fn probe(mountpoint: &Path) -> MountState {
+    if !fuse_mounted_at(mountpoint) {
+        return MountState::Free;
+    }
+    match nix::sys::statfs::statfs(mountpoint) {
+        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::ECONNABORTED) => MountState::Stale,
+        _ => MountState::Live,
+    }
+}
+
+/// Detaches a stale mount left by a killed daemon; refuses to mount over a live one.
+pub fn clear_stale(mountpoint: &Path) -> std::io::Result<()> {
+    match probe(mountpoint) {
+        MountState::Free => Ok(()),
+        MountState::Live => Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            format!("{} is already mounted by a running syncfs (or another FUSE daemon)", mountpoint.display()),
+        )),
+        MountState::Stale => {
+            tracing::warn!("clearing stale mount at {} left by a killed daemon", mountpoint.display());
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
         }
-        _ => false,
     }
 }
 
 /// Mounts `fs` at `mountpoint` with `threads` session threads.
 pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, threads: usize) -> std::io::Result<Mounted> {
-    clear_stale(mountpoint);
+    let mountpoint = &absolute(mountpoint)?;
+    clear_stale(mountpoint)?;
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("syncfs".into()),
@@ -70,4 +109,14 @@ pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, threads: usize) -> std::io::Res
     cfg.n_threads = Some(threads.max(1));
     let session = fuser::Session::new(FuseAdapter::new(fs.clone()), mountpoint, &cfg)?.spawn()?;
     Ok(Mounted { session: Some(session), fs })
+}
+
+/// The absolute path of `p` without touching `p` itself (a stale mount answers ENOTCONN).
+fn absolute(p: &Path) -> std::io::Result<std::path::PathBuf> {
+    let name = p.file_name().ok_or_else(|| std::io::Error::other("mount point has no name"))?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.canonicalize()?,
+        _ => std::env::current_dir()?,
+    };
+    Ok(parent.join(name))
 }

@@ -86,7 +86,7 @@ impl Node {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         // a stale mount left by a killed daemon answers ENOTCONN until the new one replaces it
-        while !(is_fuse_mounted(&self.mnt) && std::fs::metadata(&self.mnt).is_ok()) {
+        while syncfs::fs::mount::probe(&self.mnt) != syncfs::fs::mount::MountState::Live {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("syncfs mount exited early ({st}): {}", self.log());
             }
