@@ -1,14 +1,11 @@
 //! Command-line interface: argument definitions (clap) and the commands they run.
 
-use crate::fs::record::JournalRecorder;
-use crate::fs::{mount, FsOptions, PassFs};
 use crate::journal::{format_snapshot, Journal};
+use crate::node::{self, MountArgs};
 use crate::store::Store;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// syncfs: keep one folder identical on two computers over a slow link.
 #[derive(Debug, Parser)]
@@ -29,6 +26,19 @@ pub enum Command {
         /// Join an existing folder: the peer's folder id (see `syncfs id`).
         #[arg(long)]
         join: Option<String>,
+        /// Listen address (multiaddr) instead of the default /ip4/0.0.0.0/tcp/4801.
+        #[arg(long)]
+        listen: Vec<String>,
+        /// A peer to sync with: multiaddr ending in /p2p/<PeerId> (repeatable).
+        #[arg(long)]
+        peer: Vec<String>,
+    },
+    /// Add a peer (multiaddr ending in /p2p/<PeerId>) to the store's config.
+    AddPeer {
+        /// The store.
+        store: PathBuf,
+        /// The peer's multiaddr.
+        addr: String,
     },
     /// Print this store's PeerId and folder id.
     Id {
@@ -41,6 +51,12 @@ pub enum Command {
         store: PathBuf,
         /// Where to mount the folder.
         mountpoint: PathBuf,
+        /// An extra peer for this run only (repeatable).
+        #[arg(long)]
+        peer: Vec<String>,
+        /// Listen addresses for this run, replacing the config's (repeatable).
+        #[arg(long)]
+        listen: Vec<String>,
     },
     /// Print the pending dirty ranges and metadata operations (store not mounted).
     Journal {
@@ -52,19 +68,48 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { store, join } => init(&store, join.as_deref()),
+        Command::Init { store, join, listen, peer } => init(&store, join.as_deref(), listen, peer),
+        Command::AddPeer { store, addr } => add_peer(&store, &addr),
         Command::Id { store } => id(&store),
-        Command::Mount { store, mountpoint } => mount_cmd(&store, &mountpoint),
+        Command::Mount { store, mountpoint, peer, listen } => {
+            mount_cmd(&store, &mountpoint, MountArgs { peers: peer, listen })
+        }
         Command::Journal { store } => journal(&store),
     }
 }
 
-fn init(dir: &Path, join: Option<&str>) -> Result<()> {
-    let (store, peer, cfg) = Store::init(dir, join)?;
+fn init(dir: &Path, join: Option<&str>, listen: Vec<String>, peers: Vec<String>) -> Result<()> {
+    for a in listen.iter().chain(&peers) {
+        check_addr(a)?;
+    }
+    let (store, peer, mut cfg) = Store::init(dir, join)?;
+    if !listen.is_empty() || !peers.is_empty() {
+        if !listen.is_empty() {
+            cfg.listen = listen;
+        }
+        cfg.peers = peers;
+        store.save_config(&cfg)?;
+    }
     println!("initialised store {}", store.dir.display());
     println!("peer id:   {peer}");
     println!("folder id: {}", cfg.folder_id);
     println!("config:    {}", store.config_file().display());
+    Ok(())
+}
+
+fn check_addr(a: &str) -> Result<libp2p::Multiaddr> {
+    a.parse().with_context(|| format!("{a:?} is not a multiaddr (e.g. /ip4/192.0.2.7/tcp/4801/p2p/12D3KooW...)"))
+}
+
+fn add_peer(dir: &Path, addr: &str) -> Result<()> {
+    let a = check_addr(addr)?;
+    anyhow::ensure!(node::peer_of(&a).is_some(), "{addr} must end in /p2p/<PeerId>");
+    let (store, mut cfg) = Store::open(dir)?;
+    if !cfg.peers.iter().any(|p| p == addr) {
+        cfg.peers.push(addr.to_string());
+        store.save_config(&cfg)?;
+    }
+    println!("peers: {}", cfg.peers.join(" "));
     Ok(())
 }
 
@@ -89,47 +134,6 @@ fn journal(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn mount_cmd(dir: &Path, mountpoint: &Path) -> Result<()> {
-    let (store, cfg) = Store::open(dir)?;
-    prepare_process();
-    let journal = open_journal(&store)?;
-    let rec = Arc::new(JournalRecorder::new(journal.clone(), None));
-    let fs = PassFs::new(&store.data(), rec, FsOptions { writeback: true })
-        .map_err(|e| anyhow::anyhow!("opening backing dir {}: {e}", store.data().display()))?;
-    let mounted = mount::mount(Arc::new(fs), mountpoint, cfg.threads)
-        .with_context(|| format!("mounting {}", mountpoint.display()))?;
-    tracing::info!("mounted {} at {}", store.data().display(), mountpoint.display());
-    wait_for_stop(&mounted)?;
-    mounted.unmount().context("unmounting")?;
-    journal.close()?;
-    tracing::info!("unmounted {}", mountpoint.display());
-    Ok(())
-}
-
-/// umask 0 (the kernel already applied the caller's), and room for one fd per inode.
-fn prepare_process() {
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
-/// Blocks until SIGINT/SIGTERM, or until the mount goes away (external umount).
-fn wait_for_stop(mounted: &mount::Mounted) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        loop {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
-                _ = term.recv() => break,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if mounted.is_finished() { break; }
-                }
-            }
-        }
-        tracing::info!("stopping");
-        Ok(())
-    })
+fn mount_cmd(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {
+    node::run(dir, mountpoint, args)
 }

@@ -24,11 +24,18 @@
 //! - [`journal`]: dirty byte ranges and the ordered metadata log, durable under kill -9.
 //! - [`wire`]: the versioned wire protocol: messages, encoding, framing.
 //! - [`net`]: libp2p transport, allowlist, peer discovery and streams.
+//! - [`apply`]: the receiver's applier: stage, verify BLAKE3, replay crash-safely.
+//! - [`beneath`]: resolving store-relative paths that can never escape the data root.
+//! - [`sync`]: the sender: quiet files and metadata ops from the journal to the peer.
 //! - [`cli`]: command-line definitions and commands.
 
+pub mod apply;
+pub mod beneath;
 pub mod cli;
+pub mod sync;
 pub mod config;
 pub mod fs;
+pub mod node;
 pub mod journal;
 pub mod net;
 pub mod path;

@@ -112,6 +112,15 @@ impl Store {
         Ok((store, cfg))
     }
 
+    /// Rewrites `config.toml` (with its comments) atomically.
+    pub fn save_config(&self, cfg: &Config) -> Result<(), StoreError> {
+        let tmp = self.dir.join("config.toml.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        write_new(&tmp, cfg.to_commented_toml().as_bytes(), 0o644)?;
+        let path = self.config_file();
+        std::fs::rename(&tmp, &path).map_err(io("replacing", &path))
+    }
+
     /// The node's keypair.
     pub fn keypair(&self) -> Result<Keypair, StoreError> {
         let path = self.key_file();

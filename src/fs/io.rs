@@ -32,6 +32,7 @@ impl PassFs {
     /// Opens a regular file; returns the handle number.
     pub fn open(&self, ino: u64, flags: i32) -> R<u64> {
         let inode = self.inodes.get(ino)?;
+        self.gate.wait(inode.backing_ino);
         let writable = Self::is_writable(flags);
         if writable {
             self.rec.track(inode.backing_ino, &self.rel_path(&inode)?)?;
@@ -51,7 +52,8 @@ impl PassFs {
         let fd = sys::openat(&p.fd, name, bflags, mode)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
         self.rec.track(st.st_ino, &path)?;
-        self.rec.meta(MetaOp::Create { path, file: st.st_ino, mode: mode & 0o7777 })?;
+        self.rec.meta(MetaOp::Create { path: path.clone(), file: st.st_ino, mode: mode & 0o7777 })?;
+        self.record_owner(&path, &st)?;
         let fh = FileHandle { file: fd.into(), file_id: st.st_ino, writable: true };
         Ok((ino, st, self.files.insert(fh)))
     }
@@ -59,6 +61,7 @@ impl PassFs {
     /// Reads up to `size` bytes at `offset`.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> R<Vec<u8>> {
         let h = self.files.get(fh)?;
+        self.gate.wait(h.file_id);
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -77,6 +80,7 @@ impl PassFs {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> R<u32> {
         let h = self.files.get(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(FsError(libc::EFBIG))?;
+        self.gate.wait(h.file_id);
         self.rec.write(h.file_id, offset, end)?;
         h.file.write_all_at(data, offset)?;
         Ok(data.len() as u32)

@@ -6,6 +6,7 @@
 //! requests into calls here and errors into replies.
 
 pub mod fuse;
+pub mod gate;
 pub mod handle;
 pub mod inode;
 mod io;
@@ -88,6 +89,7 @@ pub struct PassFs {
     files: Handles<FileHandle>,
     dirs: Handles<DirHandle>,
     rec: Arc<dyn Recorder>,
+    gate: Arc<gate::Gate>,
     opts: FsOptions,
     is_root: bool,
 }
@@ -103,6 +105,7 @@ impl PassFs {
             files: Handles::default(),
             dirs: Handles::default(),
             rec,
+            gate: Arc::default(),
             opts,
             is_root: unsafe { libc::geteuid() } == 0,
         })
@@ -116,6 +119,11 @@ impl PassFs {
     /// The FUSE inode number for a backing inode number.
     pub fn fuse_ino(&self, backing: u64) -> u64 {
         self.inodes.fuse_ino(backing)
+    }
+
+    /// Holds the file with this backing inode against access through the mount.
+    pub fn hold(&self, backing_ino: u64) -> gate::HoldGuard {
+        self.gate.hold(backing_ino)
     }
 
     /// Drops `n` kernel references to `ino`.

@@ -88,6 +88,15 @@ impl PassFs {
         Ok((ino, sys::fstat(&inode.fd)?))
     }
 
+    /// Records the owner of a new file when it is not root's, so the peer matches it.
+    pub(super) fn record_owner(&self, path: &crate::path::RelPath, st: &libc::stat) -> R<()> {
+        if st.st_uid == 0 && st.st_gid == 0 {
+            return Ok(());
+        }
+        let op = MetaOp::Chown { path: path.clone(), uid: Some(st.st_uid), gid: Some(st.st_gid) };
+        self.rec.meta(op).map_err(Into::into)
+    }
+
     /// Creates a special file (fifo, socket, device) or an empty regular file.
     pub fn mknod(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> R<(u64, libc::stat)> {
         let p = self.inodes.get(parent)?;
@@ -95,11 +104,13 @@ impl PassFs {
         sys::mknodat(&p.fd, name, mode, rdev)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
         let op = if mode & libc::S_IFMT == libc::S_IFREG {
-            MetaOp::Create { path, file: st.st_ino, mode: mode & 0o7777 }
+            self.rec.track(st.st_ino, &path)?;
+            MetaOp::Create { path: path.clone(), file: st.st_ino, mode: mode & 0o7777 }
         } else {
-            MetaOp::Mknod { path, mode, rdev }
+            MetaOp::Mknod { path: path.clone(), mode, rdev }
         };
         self.rec.meta(op)?;
+        self.record_owner(&path, &st)?;
         Ok((ino, st))
     }
 
@@ -108,8 +119,10 @@ impl PassFs {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::mkdirat(&p.fd, name, mode)?;
-        self.rec.meta(MetaOp::Mkdir { path, mode: mode & 0o7777 })?;
-        self.adopt(ctx, &p, name)
+        let (ino, st) = self.adopt(ctx, &p, name)?;
+        self.rec.meta(MetaOp::Mkdir { path: path.clone(), mode: mode & 0o7777 })?;
+        self.record_owner(&path, &st)?;
+        Ok((ino, st))
     }
 
     /// Creates a symbolic link `parent/name -> target`.
@@ -117,8 +130,10 @@ impl PassFs {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::symlinkat(target, &p.fd, name)?;
-        self.rec.meta(MetaOp::Symlink { path, target: target.as_bytes().to_vec() })?;
-        self.adopt(ctx, &p, name)
+        let (ino, st) = self.adopt(ctx, &p, name)?;
+        self.rec.meta(MetaOp::Symlink { path: path.clone(), target: target.as_bytes().to_vec() })?;
+        self.record_owner(&path, &st)?;
+        Ok((ino, st))
     }
 
     /// Removes a non-directory name.

@@ -46,16 +46,19 @@ impl Recorder for NullRecorder {
     }
 }
 
-/// Records into the sled journal, and tells `quiet` when a written file is closed.
+/// Called with a file's id when a writable handle on it is closed.
+pub type OnClosed = Box<dyn Fn(FileId) + Send + Sync>;
+
+/// Records into the sled journal, and announces closed files (the syncer's cue).
 pub struct JournalRecorder {
     journal: crate::journal::Journal,
-    quiet: Option<std::sync::mpsc::Sender<FileId>>,
+    on_closed: Option<OnClosed>,
 }
 
 impl JournalRecorder {
-    /// Records into `journal`; closed files are announced on `quiet` if given.
-    pub fn new(journal: crate::journal::Journal, quiet: Option<std::sync::mpsc::Sender<FileId>>) -> Self {
-        JournalRecorder { journal, quiet }
+    /// Records into `journal`; `on_closed` (if any) hears of closed written files.
+    pub fn new(journal: crate::journal::Journal, on_closed: Option<OnClosed>) -> Self {
+        JournalRecorder { journal, on_closed }
     }
 }
 
@@ -80,8 +83,8 @@ impl Recorder for JournalRecorder {
         self.journal.sync().map_err(rec_err)
     }
     fn closed(&self, file: FileId) {
-        if let Some(q) = &self.quiet {
-            let _ = q.send(file);
+        if let Some(f) = &self.on_closed {
+            f(file);
         }
     }
 }

@@ -11,12 +11,26 @@ use std::io::ErrorKind;
 
 /// Encodes `msg` and writes it as one frame, then flushes.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+    write_frames(w, std::slice::from_ref(msg)).await
+}
+
+/// Appends the frame of `msg` (length prefix and payload) to `buf`.
+pub fn encode_frame(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireError> {
     let payload = encode(msg)?;
     let len =
         u32::try_from(payload.len()).map_err(|_| WireError::MessageTooLarge { max: MAX_FRAME })?;
-    let mut buf = Vec::with_capacity(4 + payload.len());
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&payload);
+    Ok(())
+}
+
+/// Writes several messages as consecutive frames with one write and one flush, so many
+/// small messages share transport packets.
+pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, msgs: &[Message]) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    for msg in msgs {
+        encode_frame(msg, &mut buf)?;
+    }
     w.write_all(&buf).await?;
     w.flush().await?;
     Ok(())
@@ -97,6 +111,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
     /// Sends one message (see [`write_frame`]).
     pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
         write_frame(&mut self.inner, msg).await
+    }
+
+    /// Sends several messages with one write and one flush (see [`write_frames`]).
+    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), WireError> {
+        write_frames(&mut self.inner, msgs).await
     }
 
     /// Receives one message; `Ok(None)` when the peer closed cleanly (see [`read_frame`]).

@@ -48,6 +48,15 @@ pub enum Message {
     Ping(u64),
     /// Answer to [`Message::Ping`].
     Pong(u64),
+    /// Part of a file update too big for one frame: ranges to stage for update `id`.
+    /// Parts precede the `FileUpdate` with the same id, which carries the last ranges,
+    /// the size and the hash; ranges across all parts are sorted and disjoint.
+    UpdatePart {
+        /// The update these ranges belong to.
+        id: u64,
+        /// The ranges, sorted and disjoint.
+        ranges: Vec<RangeData>,
+    },
 }
 
 /// What an [`Message::Ack`] or [`Message::Nack`] refers to.
@@ -150,6 +159,7 @@ impl Message {
             Message::Nack { .. } => "nack",
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
+            Message::UpdatePart { .. } => "update-part",
         }
     }
 }

@@ -39,7 +39,7 @@ mod tests;
 
 pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
-pub use frame::{read_frame, write_frame, FramedStream};
+pub use frame::{encode_frame, read_frame, write_frame, write_frames, FramedStream};
 pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
 pub use range::{compress_range, decompress_range, decompress_range_with_dict};
 

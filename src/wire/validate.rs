@@ -14,6 +14,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Hello { node_name, .. } => max_len("node_name", node_name.len(), MAX_NODE_NAME),
         Message::Refused { reason } => max_len("reason", reason.len(), MAX_REASON),
         Message::FileUpdate(u) => validate_update(u),
+        Message::UpdatePart { ranges, .. } => validate_part(ranges),
         Message::Meta { op, .. } => validate_op(op),
         Message::MetaBatch(ops) => validate_batch(ops),
         Message::Nack { reason, .. } => validate_nack(reason),
@@ -73,6 +74,17 @@ fn validate_update(u: &FileUpdate) -> Result<(), Violation> {
             .ok_or(Violation::UpdateTooLarge {
                 max: MAX_UPDATE_SPAN,
             })?;
+    }
+    Ok(())
+}
+
+fn validate_part(ranges: &[RangeData]) -> Result<(), Violation> {
+    if ranges.is_empty() {
+        return Err(Violation::Empty("ranges"));
+    }
+    let mut prev_end = 0u64;
+    for (index, r) in ranges.iter().enumerate() {
+        prev_end = check_range(index, r, prev_end, u64::MAX)?;
     }
     Ok(())
 }

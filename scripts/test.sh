@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests, and integration tests that mount real FUSE
+# filesystems and run real peers on loopback. Installs what it needs (Debian, as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "scripts/test.sh: run as root (the tests mount FUSE filesystems with allow_other)" >&2
+    exit 1
+fi
+need=()
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v umount >/dev/null || need+=(mount)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${need[@]}"
+fi
+[ -e /dev/fuse ] || modprobe fuse
+grep -q '^user_allow_other' /etc/fuse.conf 2>/dev/null || echo user_allow_other >> /etc/fuse.conf
+exec cargo test --locked "$@"

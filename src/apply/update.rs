@@ -1,0 +1,304 @@
+//! Applying one [`FileUpdate`]: decode, stage, verify, replay (see the module docs for
+//! the rules kept here).
+
+use super::stage::Stage;
+use super::{is, os_err, reopen_writable, ApplyError, Applier, Fault, CHUNK};
+use crate::beneath::{open_beneath, open_parent};
+use crate::fs::sys;
+use crate::path::RelPath;
+use crate::wire::{decompress_range, Encoding, FileUpdate, WireError, MAX_RANGE_LEN};
+use std::borrow::Cow;
+use std::ffi::OsString;
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
+
+/// Decompressed ranges kept in memory up to this total; larger updates decompress each
+/// range again when it is needed, so memory stays bounded whatever the update's size.
+const CACHE_LIMIT: u64 = 64 << 20;
+
+/// Checks what the wire validation checks for a single frame, for updates assembled
+/// from several: not the root, ranges non-empty, sorted, disjoint and inside `size`.
+pub(super) fn check_update(u: &FileUpdate) -> Result<(), ApplyError> {
+    let bad = |why: String| Err(ApplyError::BadRequest(format!("{}: {why}", u.path)));
+    if u.path.is_root() {
+        return bad("an update cannot name the root".into());
+    }
+    if u.size > i64::MAX as u64 {
+        return bad(format!("size {} too large", u.size));
+    }
+    let mut prev = 0u64;
+    for r in &u.ranges {
+        let Some(end) = r.end().filter(|e| *e <= u.size) else {
+            return bad(format!("range at {} (+{}) beyond the size {}", r.offset, r.len, u.size));
+        };
+        if r.len == 0 || r.len > MAX_RANGE_LEN as u64 || r.offset < prev {
+            return bad(format!("range at {} (+{}) empty, too long or out of order", r.offset, r.len));
+        }
+        prev = end;
+    }
+    Ok(())
+}
+
+/// The update's ranges, decompressed (cached, or again on demand).
+struct Ranges<'a> {
+    u: &'a FileUpdate,
+    cache: Option<Vec<Vec<u8>>>,
+}
+
+impl<'a> Ranges<'a> {
+    /// Step 1: every range decompresses to exactly its declared length (capped there).
+    fn decode(u: &'a FileUpdate) -> Result<Ranges<'a>, ApplyError> {
+        let total: u64 = u.ranges.iter().map(|r| r.len).sum();
+        let mut cache = (total <= CACHE_LIMIT).then(Vec::new);
+        for i in 0..u.ranges.len() {
+            let bytes = decode_range(u, i)?;
+            if let Some(c) = cache.as_mut() {
+                c.push(bytes);
+            }
+        }
+        Ok(Ranges { u, cache })
+    }
+
+    fn get(&self, i: usize) -> Result<Cow<'_, [u8]>, ApplyError> {
+        match &self.cache {
+            Some(c) => Ok(Cow::Borrowed(&c[i])),
+            None => decode_range(self.u, i).map(Cow::Owned),
+        }
+    }
+}
+
+fn decode_range(u: &FileUpdate, i: usize) -> Result<Vec<u8>, ApplyError> {
+    let r = &u.ranges[i];
+    if r.encoding == Encoding::ZstdDict {
+        return Err(ApplyError::BadRequest(format!(
+            "{}: zstd-with-dictionary ranges are reserved",
+            u.path
+        )));
+    }
+    decompress_range(r).map_err(|e: WireError| {
+        ApplyError::BadRequest(format!("{}: range at {}: {e}", u.path, r.offset))
+    })
+}
+
+/// The backing file an update applies to.
+struct Target {
+    file: File,
+    pfd: OwnedFd,
+    ino: u64,
+    /// Set when we created the file: its directory and name (to fsync / undo).
+    created: Option<(OwnedFd, OsString)>,
+    /// The file's mode if we added `u+rw` to write it.
+    restore_mode: Option<u32>,
+}
+
+impl Applier {
+    /// Applies one file update; Ok means durable (fsynced) and verified: the caller acks.
+    pub fn apply_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        let _serial = self.lock();
+        check_update(u)?;
+        // 1. Decompress every range (capped at its declared length).
+        let ranges = Ranges::decode(u)?;
+        // 2. Rule 1: stage durably before the target is even opened for writing.
+        let mut stage = Stage::create(self, u)?;
+        // 3. The target, beneath the root.
+        let mut t = self.open_target(u, u.base.is_none())?;
+        let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t);
+        if res.is_err() {
+            if let Some(mode) = t.restore_mode {
+                let _ = sys::chmod_fd(&t.pfd, mode);
+            }
+        }
+        // `stage` is dropped (removed) on every error path.
+        res
+    }
+
+    fn verify_and_replay(
+        &self,
+        u: &FileUpdate,
+        ranges: &Ranges<'_>,
+        stage: &mut Stage<'_>,
+        t: &mut Target,
+    ) -> Result<(), ApplyError> {
+        // Rule 5: held from verification to the fsynced replay, so that no local write
+        // slips between the check and the replay and nobody reads a half-applied file.
+        let hold = self.hooks.hold(t.ino);
+        // 4. One streaming pass: hash of the current content and of the result.
+        let (current, result) = verify_pass(&t.file, u.size, ranges)
+            .map_err(|e| ApplyError::io("reading", &u.path, e))?;
+        if current == u.hash {
+            // A resend of an update already applied (we crashed before acking).
+            stage.finish()?;
+            self.set_attrs(u, &t.file)?;
+            return self.done(u, t, hold);
+        }
+        let refused = if u.base.is_some_and(|b| b != current) {
+            Some(ApplyError::UnknownBase { path: u.path.clone() })
+        } else if result != u.hash {
+            Some(ApplyError::HashMismatch { path: u.path.clone() })
+        } else {
+            None
+        };
+        if let Some(e) = refused {
+            // Nothing was written: undo our own creation, if any.
+            if let Some((dir, name)) = &t.created {
+                let _ = sys::unlinkat(dir, name, false);
+            }
+            return Err(e);
+        }
+        // 5. Rule 2: the stage is verified, durably.
+        stage.mark_verified()?;
+        self.fault_point(Fault::AfterStage);
+        // 6. Rule 3: replay (idempotent), fsync.
+        self.replay(u, ranges, &t.file)?;
+        self.fault_point(Fault::AfterReplay);
+        stage.finish()?;
+        self.done(u, t, hold)
+    }
+
+    /// Rule 4: the file (and a new name) are durable before the caller may ack; then the
+    /// hold goes and the kernel's caches are dropped.
+    fn done(&self, u: &FileUpdate, t: &mut Target, hold: Box<dyn std::any::Any + Send>) -> Result<(), ApplyError> {
+        if let Some((dir, name)) = &t.created {
+            self.sync_dir(dir)
+                .map_err(|e| ApplyError::io("fsync the directory of", &u.path, e))?;
+            if let Ok(st) = sys::fstat(dir) {
+                self.hooks.invalidate_entry(st.st_ino, name);
+            }
+        }
+        t.restore_mode = None;
+        drop(hold);
+        self.hooks.invalidate_inode(t.ino);
+        Ok(())
+    }
+
+    /// Writes every range, cuts to `size`, sets mode and mtime, fsyncs. Idempotent.
+    fn replay(&self, u: &FileUpdate, ranges: &Ranges<'_>, file: &File) -> Result<(), ApplyError> {
+        let io = |what| move |e| ApplyError::io(what, &u.path, e);
+        for (i, r) in u.ranges.iter().enumerate() {
+            file.write_all_at(&ranges.get(i)?, r.offset).map_err(io("writing"))?;
+        }
+        file.set_len(u.size).map_err(io("truncating"))?;
+        self.set_attrs(u, file)
+    }
+
+    /// Mode and mtime, then fsync (covers the data written before).
+    fn set_attrs(&self, u: &FileUpdate, file: &File) -> Result<(), ApplyError> {
+        let io = |what| move |e| ApplyError::io(what, &u.path, e);
+        sys::chmod_fd(file, u.mode & 0o7777).map_err(|e| io("chmod")(os_err(e)))?;
+        let times = [
+            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+            libc::timespec { tv_sec: u.mtime.secs, tv_nsec: i64::from(u.mtime.nanos) },
+        ];
+        sys::futimens(file, &times).map_err(|e| io("setting the mtime of")(os_err(e)))?;
+        file.sync_all().map_err(io("fsync"))
+    }
+
+    /// Opens the update's target for reading and writing: an existing regular file, or
+    /// (when `create`) a new one in an existing directory.
+    fn open_target(&self, u: &FileUpdate, create: bool) -> Result<Target, ApplyError> {
+        let path = &u.path;
+        for _ in 0..2 {
+            match open_beneath(&self.root, path, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(pfd) => return self.existing_target(path, pfd),
+                Err(e) if is(&e, libc::ENOENT) && create => {}
+                Err(e) => return Err(ApplyError::resolve("opening", path, e)),
+            }
+            let (dir, name) = open_parent(&self.root, path).map_err(|e| ApplyError::resolve("opening the directory of", path, e))?;
+            let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            match sys::openat(&dir, &name, flags, u.mode & 0o7777) {
+                Ok(fd) => {
+                    let file = File::from(fd);
+                    let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+                    let pfd = sys::open_path(&dir, &name).map_err(|e| ApplyError::io("opening", path, os_err(e)))?;
+                    return Ok(Target {
+                        file,
+                        pfd,
+                        ino: st.st_ino,
+                        created: Some((dir, name)),
+                        restore_mode: None,
+                    });
+                }
+                Err(crate::fs::FsError(libc::EEXIST)) => continue, // raced: open it
+                Err(e) => return Err(ApplyError::resolve("creating", path, os_err(e))),
+            }
+        }
+        Err(ApplyError::io("opening", path, std::io::Error::from_raw_os_error(libc::EEXIST)))
+    }
+
+    fn existing_target(&self, path: &RelPath, pfd: OwnedFd) -> Result<Target, ApplyError> {
+        let st = sys::fstat(&pfd).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return Err(ApplyError::BadRequest(format!("{path}: not a regular file here")));
+        }
+        let (file, restore_mode) = reopen_writable(&pfd, &st, libc::O_RDWR)
+            .map_err(|e| ApplyError::io("opening", path, e))?;
+        Ok(Target { file, pfd, ino: st.st_ino, created: None, restore_mode })
+    }
+
+    /// Rule 3, after a crash: replays a `.verified` update (already verified; replay is
+    /// idempotent) and makes it durable.
+    pub(super) fn replay_recovered(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        check_update(u)?;
+        let ranges = Ranges::decode(u)?;
+        let mut t = self.open_target(u, u.base.is_none())?;
+        let hold = self.hooks.hold(t.ino);
+        if let Err(e) = self.replay(u, &ranges, &t.file) {
+            if let Some(mode) = t.restore_mode {
+                let _ = sys::chmod_fd(&t.pfd, mode);
+            }
+            return Err(e);
+        }
+        self.done(u, &mut t, hold)
+    }
+}
+
+/// Reads the current file once (1 MiB at a time) and returns the BLAKE3 of its content
+/// and of the result: that content cut or zero-extended to `size` with the ranges
+/// overlaid.
+fn verify_pass(file: &File, size: u64, ranges: &Ranges<'_>) -> std::io::Result<([u8; 32], [u8; 32])> {
+    let cur_len = file.metadata()?.len();
+    let end = cur_len.max(size);
+    let (mut cur_h, mut res_h) = (blake3::Hasher::new(), blake3::Hasher::new());
+    let mut buf = vec![0u8; CHUNK];
+    let rs = &ranges.u.ranges;
+    let mut ri = 0; // first range that may still intersect
+    let mut memo: Option<(usize, Cow<'_, [u8]>)> = None; // the range being overlaid
+    let mut pos = 0u64;
+    while pos < end {
+        let n = (end - pos).min(CHUNK as u64) as usize;
+        let have = cur_len.saturating_sub(pos).min(n as u64) as usize;
+        file.read_exact_at(&mut buf[..have], pos)?;
+        cur_h.update(&buf[..have]);
+        if pos < size {
+            let m = (size - pos).min(n as u64) as usize;
+            if have < m {
+                buf[have..m].fill(0);
+            }
+            let chunk_end = pos + m as u64;
+            while ri < rs.len() && rs[ri].offset < chunk_end {
+                let r = &rs[ri];
+                let r_end = r.offset + r.len;
+                let (from, to) = (r.offset.max(pos), r_end.min(chunk_end));
+                if from < to {
+                    if memo.as_ref().map(|(i, _)| *i) != Some(ri) {
+                        let bytes = ranges.get(ri).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+                        memo = Some((ri, bytes));
+                    }
+                    let data = &memo.as_ref().expect("set above").1;
+                    buf[(from - pos) as usize..(to - pos) as usize]
+                        .copy_from_slice(&data[(from - r.offset) as usize..(to - r.offset) as usize]);
+                }
+                if r_end <= chunk_end {
+                    ri += 1;
+                    memo = None;
+                } else {
+                    break;
+                }
+            }
+            res_h.update(&buf[..m]);
+        }
+        pos += n as u64;
+    }
+    Ok((*cur_h.finalize().as_bytes(), *res_h.finalize().as_bytes()))
+}

@@ -1,0 +1,187 @@
+//! A running node: the mount, the journal, the applier and the syncer wired together.
+//! Blocking FUSE threads and the async side meet through channels only: closed files
+//! travel to the sender on an unbounded channel; the applier reaches the mount through
+//! [`MountHooks`] (hold a file, invalidate the kernel's caches).
+
+use crate::apply::{ApplyHooks, Applier};
+use crate::config::Config;
+use crate::fs::mount::{self, Mounted};
+use crate::fs::record::JournalRecorder;
+use crate::fs::{FsOptions, PassFs};
+use crate::journal::Journal;
+use crate::net::{self, NetConfig, NetHandle};
+use crate::store::{folder_id_bytes, Store};
+use crate::sync::{receiver, sender, Stats, SyncConfig};
+use anyhow::{anyhow, Context, Result};
+use fuser::{INodeNo, Notifier};
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The applier's view of the local mount.
+pub struct MountHooks {
+    fs: Arc<PassFs>,
+    notifier: Option<Notifier>,
+}
+
+impl ApplyHooks for MountHooks {
+    fn hold(&self, backing_ino: u64) -> Box<dyn std::any::Any + Send> {
+        Box::new(self.fs.hold(backing_ino))
+    }
+    fn invalidate_inode(&self, backing_ino: u64) {
+        if let Some(n) = &self.notifier {
+            let _ = n.inval_inode(INodeNo(self.fs.fuse_ino(backing_ino)), 0, 0);
+        }
+    }
+    fn invalidate_entry(&self, parent_backing_ino: u64, name: &OsStr) {
+        if let Some(n) = &self.notifier {
+            let _ = n.inval_entry(INodeNo(self.fs.fuse_ino(parent_backing_ino)), name);
+        }
+    }
+}
+
+/// Options of one `mount` beyond the config file.
+#[derive(Debug, Default, Clone)]
+pub struct MountArgs {
+    /// Extra peers (`--peer`).
+    pub peers: Vec<String>,
+    /// Listen addresses replacing the config's (`--listen`).
+    pub listen: Vec<String>,
+}
+
+/// The PeerId at the end of a peer multiaddr.
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(id) => Some(id),
+        _ => None,
+    })
+}
+
+fn parse_addrs(v: &[String]) -> Result<Vec<Multiaddr>> {
+    v.iter().map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}"))).collect()
+}
+
+/// Mounts the store and syncs it until SIGINT/SIGTERM or an external unmount.
+pub fn run(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {
+    let (store, mut cfg) = Store::open(dir)?;
+    cfg.peers.extend(args.peers);
+    if !args.listen.is_empty() {
+        cfg.listen = args.listen;
+    }
+    prepare_process();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(serve(store, cfg, mountpoint))
+}
+
+async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
+    let journal = Journal::open(&store.journal())
+        .with_context(|| format!("opening the journal in {} (mounted elsewhere?)", store.journal().display()))?;
+    let (quiet_tx, quiet_rx) = tokio::sync::mpsc::unbounded_channel();
+    let on_closed = Box::new(move |f| {
+        let _ = quiet_tx.send(f);
+    });
+    let rec = Arc::new(JournalRecorder::new(journal.clone(), Some(on_closed)));
+    let fs = Arc::new(
+        PassFs::new(&store.data(), rec, FsOptions { writeback: true })
+            .map_err(|e| anyhow!("opening backing dir {}: {e}", store.data().display()))?,
+    );
+    let mounted = mount::mount(fs.clone(), mountpoint, cfg.threads).with_context(|| format!("mounting {}", mountpoint.display()))?;
+    tracing::info!("mounted {} at {}", store.data().display(), mountpoint.display());
+    let hooks = Arc::new(MountHooks { fs, notifier: mounted.notifier() });
+    let stats = Arc::new(Stats::default());
+    let tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats, quiet_rx).await?;
+    wait_for_stop(&mounted).await?;
+    for t in tasks {
+        t.abort();
+    }
+    mounted.unmount().context("unmounting")?;
+    journal.close()?;
+    tracing::info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+async fn start_sync(
+    store: &Store,
+    cfg: &Config,
+    journal: Journal,
+    hooks: Arc<MountHooks>,
+    stats: Arc<Stats>,
+    quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let applier = Arc::new(Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?);
+    let peers = parse_addrs(&cfg.peers)?;
+    let allow: Vec<PeerId> = peers.iter().map(|a| peer_of(a).ok_or_else(|| anyhow!("peer {a} lacks /p2p/<PeerId>"))).collect::<Result<_>>()?;
+    let net_cfg = NetConfig { keypair: store.keypair()?, listen: parse_addrs(&cfg.listen)?, peers, allow: allow.clone(), mdns: cfg.mdns };
+    let (net, events) = net::start(net_cfg).await.context("starting the network")?;
+    tracing::info!("peer id {}", net.local_peer_id());
+    let sync_cfg = SyncConfig {
+        folder_id: folder_id_bytes(&cfg.folder_id)?,
+        node_name: cfg.name.clone(),
+        settle: Duration::from_millis(cfg.settle_ms),
+        level: 3,
+    };
+    let mut tasks = vec![tokio::spawn(log_events(events))];
+    let r = receiver::Receiver { applier, cfg: sync_cfg.clone(), stats: stats.clone(), lock: Arc::default() };
+    let net2 = net.clone();
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = receiver::run(net2, r).await {
+            tracing::error!("receiver stopped: {e}");
+        }
+    }));
+    tasks.extend(start_senders(&store.data(), net, allow, journal, sync_cfg, stats, quiet_rx)?);
+    Ok(tasks)
+}
+
+fn start_senders(
+    data: &Path,
+    net: NetHandle,
+    allow: Vec<PeerId>,
+    journal: Journal,
+    cfg: SyncConfig,
+    stats: Arc<Stats>,
+    quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>> {
+    let Some(&peer) = allow.first() else {
+        tracing::warn!("no peer configured: changes are journaled but not sent");
+        return Ok(vec![]);
+    };
+    if allow.len() > 1 {
+        tracing::warn!("{} peers configured: sending to the first ({peer}) only", allow.len());
+    }
+    let root = crate::fs::sys::openat(&crate::fs::sys::AtCwd, data.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)
+        .map_err(|e| anyhow!("opening {}: errno {}", data.display(), e.0))?;
+    let s = sender::Sender { net, peer, journal, root: Arc::new(root), cfg, stats };
+    Ok(vec![tokio::spawn(sender::run(s, quiet_rx))])
+}
+
+async fn log_events(mut events: tokio::sync::mpsc::Receiver<net::NetEvent>) {
+    while let Some(e) = events.recv().await {
+        tracing::info!("net: {e:?}");
+    }
+}
+
+/// umask 0 (the kernel already applied the caller's), and room for one fd per inode.
+fn prepare_process() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Returns on SIGINT/SIGTERM, or when the mount goes away (external umount).
+async fn wait_for_stop(mounted: &Mounted) -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => if mounted.is_finished() { break },
+        }
+    }
+    tracing::info!("stopping");
+    Ok(())
+}

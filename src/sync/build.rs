@@ -1,0 +1,198 @@
+//! Building a file update from the backing store: the journal's dirty ranges (or the
+//! whole file) read, zstd-compressed, split into frames, with the BLAKE3 hash of the
+//! whole new content.
+
+use crate::beneath::open_beneath;
+use crate::journal::{FileEntry, FileId, RangeSet};
+use crate::journal::op::Timestamp;
+use crate::wire::{compress_range, FileUpdate, Message, RangeData};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// Uncompressed bytes per range piece.
+const PIECE: u64 = 1 << 20;
+/// Compressed bytes per frame before starting a new `UpdatePart`.
+const FRAME_BUDGET: usize = 4 << 20;
+
+/// An update ready to send.
+pub struct Built {
+    /// `UpdatePart` frames, then the `FileUpdate`.
+    pub frames: Vec<Message>,
+    /// BLAKE3 of the whole new content.
+    pub hash: [u8; 32],
+    /// The byte ranges this update carries (acked as such).
+    pub sent: RangeSet,
+    /// Payload bytes (compressed range data) in the frames.
+    pub payload: u64,
+}
+
+/// What to send for one file.
+pub struct Plan<'a> {
+    /// The journal's id of the file.
+    pub file: FileId,
+    /// Its journal entry.
+    pub entry: &'a FileEntry,
+    /// The update id.
+    pub id: u64,
+    /// Send every byte (fallback after a nack) instead of the dirty ranges.
+    pub whole: bool,
+    /// Hash of the content the peer holds, if known.
+    pub base: Option<[u8; 32]>,
+    /// zstd level.
+    pub level: i32,
+}
+
+/// Builds the update, or `None` if the file is gone or is no longer this file.
+pub fn build(root: &impl AsRawFd, p: &Plan<'_>) -> std::io::Result<Option<Built>> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let file = match open_beneath(root, &p.entry.path, flags, 0) {
+        Ok(fd) => File::from(fd),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let md = file.metadata()?;
+    if !md.is_file() || md.ino() != p.file {
+        return Ok(None);
+    }
+    let size = md.len();
+    let mut sent = if p.whole { RangeSet::from_range(0, size) } else { p.entry.ranges.clone() };
+    sent.truncate(size);
+    let ranges = read_ranges(&file, &sent, p.level)?;
+    let hash = hash_file(&file)?;
+    let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
+    let update = FileUpdate {
+        id: p.id,
+        file: p.file,
+        path: p.entry.path.clone(),
+        base: p.base,
+        size,
+        mode: md.mode() & 0o7777,
+        mtime: Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
+        ranges: Vec::new(),
+        hash,
+    };
+    Ok(Some(Built { frames: into_frames(update, ranges), hash, sent, payload }))
+}
+
+/// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes.
+fn read_ranges(file: &File, set: &RangeSet, level: i32) -> std::io::Result<Vec<RangeData>> {
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    for (start, end) in set.iter() {
+        let mut off = start;
+        while off < end {
+            let len = (end - off).min(PIECE) as usize;
+            buf.resize(len, 0);
+            file.read_exact_at(&mut buf, off)?;
+            out.push(compress_range(off, &buf, level));
+            off += len as u64;
+        }
+    }
+    Ok(out)
+}
+
+/// BLAKE3 of the whole file.
+pub fn hash_file(file: &File) -> std::io::Result<[u8; 32]> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(*hasher.finalize().as_bytes())
+}
+
+/// Splits ranges into `UpdatePart` frames within the budget; the last frame is the update.
+fn into_frames(mut update: FileUpdate, ranges: Vec<RangeData>) -> Vec<Message> {
+    let mut frames = Vec::new();
+    let mut cur: Vec<RangeData> = Vec::new();
+    let mut bytes = 0;
+    for r in ranges {
+        if bytes + r.data.len() > FRAME_BUDGET && !cur.is_empty() {
+            frames.push(Message::UpdatePart { id: update.id, ranges: std::mem::take(&mut cur) });
+            bytes = 0;
+        }
+        bytes += r.data.len();
+        cur.push(r);
+    }
+    update.ranges = cur;
+    frames.push(Message::FileUpdate(update));
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::RelPath;
+
+    fn entry(path: &str, ranges: &[(u64, u64)]) -> FileEntry {
+        let mut e = FileEntry::new(RelPath::from_bytes(path.as_bytes()).unwrap());
+        for &(s, t) in ranges {
+            e.ranges.insert(s, t);
+        }
+        e
+    }
+
+    #[test]
+    fn builds_dirty_ranges_and_whole_file_hash() {
+        let t = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..10_000_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(t.path().join("f"), &data).unwrap();
+        let root = File::open(t.path()).unwrap();
+        let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
+        let e = entry("f", &[(100, 200), (9_000_000, 20_000_000)]);
+        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3 };
+        let b = build(&root, &p).unwrap().unwrap();
+        assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
+        assert_eq!(b.sent.iter().collect::<Vec<_>>(), vec![(100, 200), (9_000_000, 10_000_000)]);
+        let Some(Message::FileUpdate(u)) = b.frames.last() else { panic!("last frame is the update") };
+        assert_eq!((u.id, u.size), (7, 10_000_000));
+        let all: Vec<_> = b.frames.iter().flat_map(|m| match m {
+            Message::UpdatePart { ranges, .. } => ranges.clone(),
+            Message::FileUpdate(u) => u.ranges.clone(),
+            _ => vec![],
+        }).collect();
+        let total: u64 = all.iter().map(|r| r.len).sum();
+        assert_eq!(total, 100 + 1_000_000);
+        for r in &all {
+            let bytes = crate::wire::decompress_range(r).unwrap();
+            assert_eq!(bytes, &data[r.offset as usize..(r.offset + r.len) as usize]);
+        }
+        for m in &b.frames {
+            crate::wire::encode(m).expect("every frame fits");
+        }
+    }
+
+    #[test]
+    fn big_whole_file_is_split_into_parts() {
+        let t = tempfile::tempdir().unwrap();
+        use rand::{RngCore, SeedableRng};
+        let mut data = vec![0u8; 20 << 20];
+        rand::rngs::StdRng::seed_from_u64(1).fill_bytes(&mut data); // incompressible
+        std::fs::write(t.path().join("f"), &data).unwrap();
+        let root = File::open(t.path()).unwrap();
+        let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
+        let e = entry("f", &[]);
+        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1 };
+        let b = build(&root, &p).unwrap().unwrap();
+        assert!(b.frames.len() > 2, "{} frames", b.frames.len());
+        assert!(matches!(b.frames[0], Message::UpdatePart { id: 1, .. }));
+    }
+
+    #[test]
+    fn missing_or_replaced_file_builds_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let root = File::open(t.path()).unwrap();
+        let e = entry("gone", &[(0, 1)]);
+        let p = Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3 };
+        assert!(build(&root, &p).unwrap().is_none());
+        std::fs::write(t.path().join("gone"), b"x").unwrap();
+        assert!(build(&root, &p).unwrap().is_none(), "another inode at the path is not this file");
+    }
+}

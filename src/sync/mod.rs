@@ -1,0 +1,53 @@
+//! The syncer: sends the journal's metadata operations and quiet files' dirty ranges to
+//! the peer ([`sender`]), and serves the peer's updates to the applier ([`receiver`]).
+//!
+//! Each direction has its own libp2p stream: a node opens one stream to each peer for
+//! what it sends and answers the streams its peers open. Both start with `Hello`
+//! (protocol version and folder id); a mismatch gets `Refused` and nothing else.
+//! The journal clears a range only after the peer's ack for exactly that range and
+//! version ([`crate::journal::Journal::ack_file`]).
+
+pub mod build;
+pub mod receiver;
+pub mod sender;
+pub mod stats;
+
+use crate::wire::WireError;
+pub use stats::Stats;
+use std::time::Duration;
+
+/// What both directions need to know.
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The folder id; peers with another one are refused.
+    pub folder_id: [u8; 16],
+    /// This node's name, sent in `Hello`.
+    pub node_name: String,
+    /// A file is sent once unchanged for this long (or at once when closed).
+    pub settle: Duration,
+    /// zstd level for range data.
+    pub level: i32,
+}
+
+/// Why a sync session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The stream failed or carried a bad frame.
+    #[error("wire: {0}")]
+    Wire(#[from] WireError),
+    /// The peer closed the stream.
+    #[error("peer closed the stream")]
+    Closed,
+    /// The peer sent something out of place.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// Opening the stream failed.
+    #[error("network: {0}")]
+    Net(#[from] crate::net::NetError),
+    /// Local I/O failed.
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The journal failed.
+    #[error("journal: {0}")]
+    Journal(#[from] crate::journal::JournalError),
+}

@@ -1,0 +1,160 @@
+//! The receiving side: answers the streams peers open, checks `Hello`, and hands each
+//! metadata batch and (assembled) file update to the applier, replying with an ack only
+//! once the applier reports it durable, or a nack with the reason.
+
+use super::{Stats, SyncConfig, SyncError};
+use crate::apply::Applier;
+use crate::journal::MetaOp;
+use crate::net::NetHandle;
+use crate::wire::{check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData, STREAM_PROTOCOL};
+use futures::StreamExt;
+use libp2p::PeerId;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Compressed bytes of update parts one stream may hold while assembling.
+const MAX_ASSEMBLY: usize = 2 << 30;
+
+/// Everything the receiver needs.
+#[derive(Clone)]
+pub struct Receiver {
+    /// Applies updates to the backing store.
+    pub applier: Arc<Applier>,
+    /// Shared settings.
+    pub cfg: SyncConfig,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// One update applies at a time, whatever stream it came on.
+    pub lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Accepts sync streams forever, serving each on its own task.
+pub async fn run(net: NetHandle, r: Receiver) -> Result<(), SyncError> {
+    let mut incoming = net.accept(STREAM_PROTOCOL)?;
+    while let Some((peer, stream)) = incoming.next().await {
+        let r = r.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve(peer, stream, &r).await {
+                tracing::warn!(%peer, "incoming sync stream ended: {e}");
+                r.stats.error(&e);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Serves one peer stream until it closes.
+pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result<(), SyncError> {
+    let mut fs = FramedStream::new(stream);
+    let hello = fs.recv().await?.ok_or(SyncError::Closed)?;
+    if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
+        tracing::warn!(%peer, "refusing sync stream: {e}");
+        let _ = fs.send(&Message::Refused { reason: e.to_string() }).await;
+        let _ = fs.close().await;
+        return Err(e.into());
+    }
+    fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone())).await?;
+    let mut parts = Parts::default();
+    while let Some(msg) = fs.recv().await? {
+        if let Some(reply) = handle(msg, &mut parts, r).await? {
+            fs.send(&reply).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn handle(msg: Message, parts: &mut Parts, r: &Receiver) -> Result<Option<Message>, SyncError> {
+    match msg {
+        Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r).await)),
+        Message::Meta { seq, op } => Ok(Some(apply_meta(vec![(seq, op)], r).await)),
+        Message::UpdatePart { id, ranges } => {
+            parts.add(id, ranges)?;
+            Ok(None)
+        }
+        Message::FileUpdate(u) => {
+            let id = u.id;
+            Ok(Some(match parts.assemble(u) {
+                Ok(u) => apply_update(u, r).await,
+                Err(why) => nack(AckKind::Update(id), NackReason::BadRequest(why)),
+            }))
+        }
+        Message::Ping(n) => Ok(Some(Message::Pong(n))),
+        other => Err(SyncError::Protocol(format!("unexpected {} on a sync stream", other.kind()))),
+    }
+}
+
+fn nack(of: AckKind, reason: NackReason) -> Message {
+    Message::Nack { of, reason }
+}
+
+async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver) -> Message {
+    let _one = r.lock.lock().await;
+    let applier = r.applier.clone();
+    let stats = r.stats.clone();
+    let res = tokio::task::spawn_blocking(move || {
+        let mut last = 0;
+        for (seq, op) in &ops {
+            if let Err(e) = applier.apply_meta(op) {
+                tracing::warn!("cannot apply op #{seq} ({}): {e}", op.kind());
+                return nack(AckKind::Meta(*seq), e.nack_reason());
+            }
+            Stats::add(&stats.applied, 1);
+            last = *seq;
+        }
+        Message::Ack(AckKind::Meta(last))
+    })
+    .await;
+    res.unwrap_or_else(|e| nack(AckKind::Meta(0), NackReason::Io(format!("applier task: {e}"))))
+}
+
+async fn apply_update(u: FileUpdate, r: &Receiver) -> Message {
+    let _one = r.lock.lock().await;
+    let (applier, id) = (r.applier.clone(), u.id);
+    let res = tokio::task::spawn_blocking(move || applier.apply_update(&u)).await;
+    match res {
+        Ok(Ok(())) => {
+            Stats::add(&r.stats.applied, 1);
+            Message::Ack(AckKind::Update(id))
+        }
+        Ok(Err(e)) => {
+            tracing::info!(update = id, "refusing update: {e}");
+            nack(AckKind::Update(id), e.nack_reason())
+        }
+        Err(e) => nack(AckKind::Update(id), NackReason::Io(format!("applier task: {e}"))),
+    }
+}
+
+/// Ranges of multi-frame updates, held until their final `FileUpdate` arrives.
+#[derive(Default)]
+struct Parts {
+    by_id: HashMap<u64, Vec<RangeData>>,
+    bytes: usize,
+}
+
+impl Parts {
+    fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
+        self.bytes += ranges.iter().map(|r| r.data.len()).sum::<usize>();
+        if self.bytes > MAX_ASSEMBLY {
+            return Err(SyncError::Protocol(format!("update parts exceed {MAX_ASSEMBLY} bytes")));
+        }
+        self.by_id.entry(id).or_default().extend(ranges);
+        Ok(())
+    }
+
+    /// The update with its parts' ranges in front, checked sorted, disjoint, within size.
+    fn assemble(&mut self, mut u: FileUpdate) -> Result<FileUpdate, String> {
+        let mut ranges = self.by_id.remove(&u.id).unwrap_or_default();
+        self.bytes -= ranges.iter().map(|r| r.data.len()).sum::<usize>();
+        ranges.append(&mut u.ranges);
+        let mut prev = 0u64;
+        for r in &ranges {
+            let end = r.end().filter(|e| *e <= u.size).ok_or("part range beyond the file size")?;
+            if r.offset < prev {
+                return Err("part ranges overlap or are out of order".into());
+            }
+            prev = end;
+        }
+        u.ranges = ranges;
+        Ok(u)
+    }
+}

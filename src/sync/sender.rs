@@ -1,0 +1,273 @@
+//! The sending side: one session per peer stream. Each round takes a journal snapshot,
+//! sends its metadata operations in order (batched), then the quiet files' updates with
+//! up to [`WINDOW`] unacknowledged, and clears exactly what the peer acknowledged.
+
+use super::build::{build, Built, Plan};
+use super::{Stats, SyncConfig, SyncError};
+use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
+use crate::net::NetHandle;
+use crate::wire::{check_hello, AckKind, FramedStream, Message, NackReason, STREAM_PROTOCOL};
+use libp2p::PeerId;
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// Updates sent and not yet acknowledged, at most.
+pub const WINDOW: usize = 32;
+/// Metadata operations per `MetaBatch`.
+const META_BATCH: usize = 512;
+/// A file that never goes quiet is sent anyway after this long.
+const MAX_DELAY: Duration = Duration::from_secs(2);
+/// A file whose whole-file update was refused waits this long before a retry.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Everything the sender needs.
+#[derive(Clone)]
+pub struct Sender {
+    /// The network.
+    pub net: NetHandle,
+    /// The peer to send to.
+    pub peer: PeerId,
+    /// The local journal.
+    pub journal: Journal,
+    /// `O_PATH` fd of the backing data directory.
+    pub root: Arc<OwnedFd>,
+    /// Shared settings.
+    pub cfg: SyncConfig,
+    /// Counters.
+    pub stats: Arc<Stats>,
+}
+
+type Stream = FramedStream<libp2p::Stream>;
+
+/// When each pending file last changed, and which were closed since.
+#[derive(Default)]
+struct Quiet {
+    seen: HashMap<FileId, (u64, Instant, Instant)>,
+    closed: HashMap<FileId, Instant>,
+    retry_at: HashMap<FileId, Instant>,
+}
+
+impl Quiet {
+    /// Files ready to send: closed, unchanged for `settle`, or pending too long.
+    fn ready(&mut self, snap: &Snapshot, settle: Duration) -> Vec<FileId> {
+        let now = Instant::now();
+        self.seen.retain(|f, _| snap.files.contains_key(f));
+        self.retry_at.retain(|_, t| *t > now);
+        let mut out = Vec::new();
+        for (file, e) in &snap.files {
+            let s = self.seen.entry(*file).or_insert((e.version, now, now));
+            if s.0 != e.version {
+                (s.0, s.1) = (e.version, now);
+            }
+            let closed = self.closed.get(file).is_some_and(|t| *t >= s.1 || now - s.1 >= settle / 4);
+            let due = closed || now - s.1 >= settle || now - s.2 >= MAX_DELAY;
+            if due && !self.retry_at.contains_key(file) {
+                out.push(*file);
+            }
+        }
+        self.closed.retain(|f, _| snap.files.contains_key(f) && !out.contains(f));
+        out
+    }
+}
+
+/// Per-peer state kept across sessions.
+#[derive(Default)]
+struct State {
+    quiet: Quiet,
+    peer_hash: HashMap<FileId, [u8; 32]>,
+    next_id: u64,
+}
+
+struct InFlight {
+    file: FileId,
+    version: u64,
+    sent: RangeSet,
+    hash: [u8; 32],
+    whole: bool,
+}
+
+/// Runs sessions to the peer forever, reconnecting with backoff.
+pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
+    let mut st = State::default();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let result = session(&s, &mut quiet, &mut st, &mut backoff).await;
+        s.stats.linked.store(false, Ordering::Relaxed);
+        if let Err(e) = result {
+            tracing::warn!(peer = %s.peer, "sync session ended: {e}");
+            s.stats.error(&e);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn session(
+    s: &Sender,
+    quiet: &mut UnboundedReceiver<FileId>,
+    st: &mut State,
+    backoff: &mut Duration,
+) -> Result<(), SyncError> {
+    let open = s.net.open_stream(s.peer, STREAM_PROTOCOL);
+    let stream = tokio::time::timeout(Duration::from_secs(15), open)
+        .await
+        .map_err(|_| SyncError::Protocol("opening a stream timed out".into()))??;
+    let mut fs = FramedStream::new(stream);
+    fs.send(&Message::hello(s.cfg.folder_id, s.cfg.node_name.clone())).await?;
+    let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
+    let name = check_hello(&reply, &s.cfg.folder_id)?;
+    tracing::info!(peer = %s.peer, "sending to {name}");
+    s.stats.linked.store(true, Ordering::Relaxed);
+    *backoff = Duration::from_millis(200);
+    let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    loop {
+        round(s, &mut fs, st).await?;
+        wait_for_work(quiet, &mut st.quiet, tick).await;
+    }
+}
+
+/// Waits for a closed file or the next tick, collecting every close event queued.
+async fn wait_for_work(rx: &mut UnboundedReceiver<FileId>, q: &mut Quiet, tick: Duration) {
+    tokio::select! {
+        f = rx.recv() => if let Some(f) = f { q.closed.insert(f, Instant::now()); },
+        _ = tokio::time::sleep(tick) => {}
+    }
+    while let Ok(f) = rx.try_recv() {
+        q.closed.insert(f, Instant::now());
+    }
+}
+
+/// One round: metadata operations, then ready files.
+async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let snap = s.journal.snapshot();
+    s.stats.queued.store((snap.files.len() + snap.meta.len()) as u64, Ordering::Relaxed);
+    if !snap.meta.is_empty() && !send_meta(s, fs, &snap.meta).await? {
+        return Ok(()); // an op was refused: start over from a fresh snapshot
+    }
+    let ready = st.quiet.ready(&snap, s.cfg.settle);
+    if !ready.is_empty() {
+        send_files(s, fs, st, &snap, ready).await?;
+    }
+    Ok(())
+}
+
+/// Sends the ops in batches; false if the peer refused one (it is dropped as a conflict).
+async fn send_meta(s: &Sender, fs: &mut Stream, ops: &[(u64, MetaOp)]) -> Result<bool, SyncError> {
+    for chunk in ops.chunks(META_BATCH) {
+        fs.send(&Message::MetaBatch(chunk.to_vec())).await?;
+        match fs.recv().await?.ok_or(SyncError::Closed)? {
+            Message::Ack(AckKind::Meta(upto)) => {
+                s.journal.ack_meta(upto)?;
+                Stats::add(&s.stats.meta_acked, chunk.len() as u64);
+            }
+            Message::Nack { of: AckKind::Meta(seq), reason } => {
+                tracing::warn!("peer could not apply metadata op #{seq}: {reason:?}; dropping it");
+                s.stats.error(format!("peer refused op #{seq}: {reason:?}"));
+                Stats::add(&s.stats.conflicts, 1);
+                s.journal.ack_meta(seq)?;
+                return Ok(false);
+            }
+            other => return Err(SyncError::Protocol(format!("expected a meta ack, got {}", other.kind()))),
+        }
+    }
+    Ok(true)
+}
+
+async fn send_files(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    snap: &Snapshot,
+    ready: Vec<FileId>,
+) -> Result<(), SyncError> {
+    let mut queue: VecDeque<(FileId, bool)> = ready.into_iter().map(|f| (f, false)).collect();
+    let mut inflight: HashMap<u64, InFlight> = HashMap::new();
+    loop {
+        if inflight.len() < WINDOW {
+            if let Some((file, whole)) = queue.pop_front() {
+                if let Some(f) = send_one(s, fs, st, snap, file, whole).await? {
+                    inflight.insert(st.next_id, f);
+                }
+                continue;
+            }
+        }
+        if inflight.is_empty() {
+            return Ok(());
+        }
+        let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
+        on_reply(s, st, reply, &mut inflight, &mut queue)?;
+    }
+}
+
+/// Builds and sends one update; `None` if there was nothing (left) to send.
+async fn send_one(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    snap: &Snapshot,
+    file: FileId,
+    whole: bool,
+) -> Result<Option<InFlight>, SyncError> {
+    let Some(entry) = snap.files.get(&file).cloned() else { return Ok(None) };
+    st.next_id += 1;
+    let (id, root, level) = (st.next_id, s.root.clone(), s.cfg.level);
+    let base = if whole { None } else { st.peer_hash.get(&file).copied() };
+    let version = entry.version;
+    let built: Option<Built> = tokio::task::spawn_blocking(move || {
+        build(&*root, &Plan { file, entry: &entry, id, whole, base, level })
+    })
+    .await
+    .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
+    let Some(b) = built else { return Ok(None) };
+    // A write recorded since the snapshot may have torn what was read: wait for quiet.
+    if s.journal.entry(file).map(|e| e.version) != Some(version) {
+        return Ok(None);
+    }
+    fs.send_all(&b.frames).await?;
+    Stats::add(&s.stats.sent_bytes, b.payload);
+    Stats::add(&s.stats.in_flight, 1);
+    Ok(Some(InFlight { file, version, sent: b.sent, hash: b.hash, whole }))
+}
+
+fn on_reply(
+    s: &Sender,
+    st: &mut State,
+    reply: Message,
+    inflight: &mut HashMap<u64, InFlight>,
+    queue: &mut VecDeque<(FileId, bool)>,
+) -> Result<(), SyncError> {
+    let (id, nack) = match reply {
+        Message::Ack(AckKind::Update(id)) => (id, None),
+        Message::Nack { of: AckKind::Update(id), reason } => (id, Some(reason)),
+        other => return Err(SyncError::Protocol(format!("expected an update ack, got {}", other.kind()))),
+    };
+    let f = inflight.remove(&id).ok_or_else(|| SyncError::Protocol(format!("ack for unknown update {id}")))?;
+    s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    match nack {
+        None => {
+            s.journal.ack_file(f.file, f.version, &f.sent)?;
+            st.peer_hash.insert(f.file, f.hash);
+            Stats::add(&s.stats.acked, 1);
+        }
+        Some(reason) => on_nack(s, st, f, reason, queue),
+    }
+    Ok(())
+}
+
+/// A refused update falls back to the whole file once; a refused whole file waits.
+fn on_nack(s: &Sender, st: &mut State, f: InFlight, reason: NackReason, queue: &mut VecDeque<(FileId, bool)>) {
+    Stats::add(&s.stats.nacked, 1);
+    st.peer_hash.remove(&f.file);
+    if !f.whole {
+        tracing::debug!(file = f.file, "peer refused a range update ({reason:?}); sending the whole file");
+        queue.push_back((f.file, true));
+        return;
+    }
+    tracing::warn!(file = f.file, "peer refused the whole file: {reason:?}; retrying later");
+    s.stats.error(format!("peer refused file {}: {reason:?}", f.file));
+    st.quiet.retry_at.insert(f.file, Instant::now() + RETRY_AFTER);
+}
