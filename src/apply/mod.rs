@@ -45,7 +45,11 @@ pub struct Applier;
 
 impl Applier {
     /// Stub.
-    pub fn open(_data: &Path, _staging: &Path, _hooks: Arc<dyn ApplyHooks>) -> Result<Applier, ApplyError> {
+    pub fn open(
+        _data: &Path,
+        _staging: &Path,
+        _hooks: Arc<dyn ApplyHooks>,
+    ) -> Result<Applier, ApplyError> {
         Ok(Applier)
     }
     /// Stub.

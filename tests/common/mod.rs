@@ -75,9 +75,15 @@ impl Node {
 
     /// Starts `syncfs mount` and waits until the mount is up.
     pub fn mount(&mut self) {
-        let log = std::fs::File::create(self.tmp.path().join("mount.log")).unwrap();
+        self.mount_with(&[]);
+    }
+
+    /// Starts `syncfs mount` with extra environment variables (e.g. `SYNCFS_FAULT`).
+    pub fn mount_with(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("mount.log")).unwrap();
         let child = Command::new(bin())
             .args(["mount", self.store.to_str().unwrap(), self.mnt.to_str().unwrap()])
+            .envs(env.iter().copied())
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::null())
             .stderr(log)
@@ -126,6 +132,11 @@ impl Node {
         assert!(!is_fuse_mounted(&self.mnt), "still mounted after SIGTERM");
     }
 
+    /// True if the daemon process has exited (e.g. an injected fault aborted it).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.as_mut().is_none_or(|c| c.try_wait().unwrap().is_some())
+    }
+
     /// Kills the daemon with SIGKILL (the mount stays behind, stale).
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -158,4 +169,144 @@ pub fn journal_snapshot(store: &Path) -> syncfs::journal::Snapshot {
     let s = j.snapshot();
     j.close().expect("close journal");
     s
+}
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `key: value` from `syncfs id` output.
+fn id_field(store: &Path, key: &str) -> String {
+    let out = syncfs(&["id", store.to_str().unwrap()]);
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+/// The store's PeerId.
+pub fn peer_id(store: &Path) -> String {
+    id_field(store, "peer id:")
+}
+
+/// The store's folder id.
+pub fn folder_id(store: &Path) -> String {
+    id_field(store, "folder id:")
+}
+
+/// Replaces `key = ...` in the store's config.toml.
+pub fn set_config(store: &Path, key: &str, value: &str) {
+    let p = store.join("config.toml");
+    let text = std::fs::read_to_string(&p).unwrap();
+    let out: Vec<String> = text
+        .lines()
+        .map(|l| if l.starts_with(&format!("{key} =")) { format!("{key} = {value}") } else { l.to_string() })
+        .collect();
+    std::fs::write(&p, out.join("\n") + "\n").unwrap();
+}
+
+/// Polls `f` every 20 ms until it is true or `secs` pass; returns whether it became true.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A TCP proxy on loopback that counts the bytes it forwards (both ways).
+pub struct Proxy {
+    /// The port it listens on.
+    pub port: u16,
+    /// Bytes forwarded so far.
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    /// Forwards connections on a new port to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Proxy {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bytes = Arc::new(AtomicU64::new(0));
+        let b = bytes.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(a) = conn else { continue };
+                let Ok(z) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
+                for (mut from, mut to) in [(a.try_clone().unwrap(), z.try_clone().unwrap()), (z, a)] {
+                    let b = b.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 65536];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            b.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { port, bytes }
+    }
+
+    /// Bytes forwarded so far.
+    pub fn count(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Two stores that sync with each other over loopback, optionally through counting proxies.
+pub struct Pair {
+    /// The first node.
+    pub a: Node,
+    /// The second node (joined A's folder).
+    pub b: Node,
+    /// Proxies A→B and B→A, when asked for.
+    pub proxies: Vec<Proxy>,
+}
+
+impl Pair {
+    /// Two configured, unmounted stores; `proxied` routes both directions through proxies.
+    pub fn new(proxied: bool) -> Pair {
+        let a = Node::new();
+        let b = Node::with_init(&["--join", &folder_id(&a.store)]);
+        let (pa, pb) = (free_port(), free_port());
+        let mut proxies = Vec::new();
+        let (to_b, to_a) = if proxied {
+            proxies.push(Proxy::start(pb));
+            proxies.push(Proxy::start(pa));
+            (proxies[0].port, proxies[1].port)
+        } else {
+            (pb, pa)
+        };
+        for (n, listen, peer_port, peer) in [(&a, pa, to_b, &b), (&b, pb, to_a, &a)] {
+            set_config(&n.store, "listen", &format!("[\"/ip4/127.0.0.1/tcp/{listen}\"]"));
+            set_config(&n.store, "mdns", "false");
+            set_config(&n.store, "settle_ms", "100");
+            let addr = format!("/ip4/127.0.0.1/tcp/{peer_port}/p2p/{}", peer_id(&peer.store));
+            syncfs(&["add-peer", n.store.to_str().unwrap(), &addr]);
+        }
+        Pair { a, b, proxies }
+    }
+
+    /// Both mounted.
+    pub fn mounted(proxied: bool) -> Pair {
+        let mut p = Pair::new(proxied);
+        p.a.mount();
+        p.b.mount();
+        p
+    }
+}
+
+/// BLAKE3 of a file's content, or None if unreadable.
+pub fn hash_of(path: &Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|d| *blake3::hash(&d).as_bytes())
 }

@@ -1,0 +1,1 @@
+//! Applier tests.
