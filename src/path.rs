@@ -36,7 +36,7 @@ pub enum PathError {
 
 /// A validated path relative to the data root; the empty path is the root itself.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
-#[serde(try_from = "Vec<u8>", into = "Vec<u8>")]
+#[serde(try_from = "serde_bytes::ByteBuf", into = "serde_bytes::ByteBuf")]
 pub struct RelPath(Vec<u8>);
 
 impl RelPath {
@@ -165,6 +165,19 @@ impl TryFrom<Vec<u8>> for RelPath {
     type Error = PathError;
     fn try_from(v: Vec<u8>) -> Result<Self, Self::Error> {
         RelPath::from_bytes(&v)
+    }
+}
+
+impl TryFrom<serde_bytes::ByteBuf> for RelPath {
+    type Error = PathError;
+    fn try_from(v: serde_bytes::ByteBuf) -> Result<Self, Self::Error> {
+        RelPath::from_bytes(&v)
+    }
+}
+
+impl From<RelPath> for serde_bytes::ByteBuf {
+    fn from(p: RelPath) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(p.0)
     }
 }
 

@@ -2,7 +2,7 @@
 //! crash before its ack, leaves the same state), beneath the root, never following a
 //! symlink, durable before `Ok`.
 
-use super::{is, os_err, reopen_writable, ApplyError, Applier};
+use super::{is, os_err, reopen_writable, Applier, ApplyError};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
 use crate::journal::op::{MetaOp, SetTime};
@@ -27,9 +27,18 @@ fn cstr(b: &[u8], what: &str) -> Result<CString, ApplyError> {
 
 fn timespec(t: Option<SetTime>) -> libc::timespec {
     match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        Some(SetTime::At(ts)) => libc::timespec { tv_sec: ts.secs, tv_nsec: i64::from(ts.nanos) },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(SetTime::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(SetTime::At(ts)) => libc::timespec {
+            tv_sec: ts.secs,
+            tv_nsec: i64::from(ts.nanos),
+        },
     }
 }
 
@@ -74,7 +83,9 @@ impl Applier {
                 // mknod(S_IFREG) creates without opening, so an existing file is never
                 // truncated and a mode without u+w is no obstacle.
                 let perm = mode & 0o7777;
-                self.make(path, "create", perm, |d, n| sys::mknodat(d, n, libc::S_IFREG | perm, 0))
+                self.make(path, "create", perm, |d, n| {
+                    sys::mknodat(d, n, libc::S_IFREG | perm, 0)
+                })
             }
             MetaOp::Mknod { path, mode, rdev } => {
                 let kind = mode & libc::S_IFMT;
@@ -86,7 +97,9 @@ impl Applier {
                     )));
                 }
                 let perm = mode & 0o7777;
-                self.make(path, "mknod", perm, |d, n| sys::mknodat(d, n, kind | perm, *rdev))
+                self.make(path, "mknod", perm, |d, n| {
+                    sys::mknodat(d, n, kind | perm, *rdev)
+                })
             }
             MetaOp::Mkdir { path, mode } => {
                 let perm = mode & 0o7777;
@@ -94,7 +107,9 @@ impl Applier {
             }
             MetaOp::Symlink { path, target } => {
                 if target.is_empty() {
-                    return Err(ApplyError::BadRequest(format!("{path}: empty symlink target")));
+                    return Err(ApplyError::BadRequest(format!(
+                        "{path}: empty symlink target"
+                    )));
                 }
                 cstr(target, "a symlink target")?;
                 let target = OsStr::from_bytes(target);
@@ -122,20 +137,33 @@ impl Applier {
                     return sys::utimens_fd(&n.pfd, &times).map_err(os_err);
                 }
                 let e = a.entry(path)?;
-                let c = CString::new(e.name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+                let c = CString::new(e.name.as_bytes())
+                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
                 check(unsafe {
-                    libc::utimensat(e.dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+                    libc::utimensat(
+                        e.dir.as_raw_fd(),
+                        c.as_ptr(),
+                        times.as_ptr(),
+                        libc::AT_SYMLINK_NOFOLLOW,
+                    )
                 })
             }),
-            MetaOp::SetXattr { path, name, value, .. } => {
+            MetaOp::SetXattr {
+                path, name, value, ..
+            } => {
                 let cname = cstr(name, "an xattr name")?;
                 // The op's flags (XATTR_CREATE / XATTR_REPLACE) held on the sender when it
                 // ran; on a replay they would fail where the op already took effect, so
                 // the value is simply set: the resulting state is the same.
                 self.attr(path, "setxattr", |a, n| {
-                    a.with_xattr_path(path, n, |p| {
+                    a.with_xattr_path(path, n, |p, follow| {
+                        let (p, n, v) = (p.as_ptr(), cname.as_ptr(), value.as_ptr().cast());
                         check(unsafe {
-                            libc::lsetxattr(p.as_ptr(), cname.as_ptr(), value.as_ptr().cast(), value.len(), 0)
+                            if follow {
+                                libc::setxattr(p, n, v, value.len(), 0)
+                            } else {
+                                libc::lsetxattr(p, n, v, value.len(), 0)
+                            }
                         })
                     })
                 })
@@ -143,8 +171,16 @@ impl Applier {
             MetaOp::RemoveXattr { path, name } => {
                 let cname = cstr(name, "an xattr name")?;
                 self.attr(path, "removexattr", |a, n| {
-                    a.with_xattr_path(path, n, |p| {
-                        match check(unsafe { libc::lremovexattr(p.as_ptr(), cname.as_ptr()) }) {
+                    a.with_xattr_path(path, n, |p, follow| {
+                        let (p, n) = (p.as_ptr(), cname.as_ptr());
+                        let rc = unsafe {
+                            if follow {
+                                libc::removexattr(p, n)
+                            } else {
+                                libc::lremovexattr(p, n)
+                            }
+                        };
+                        match check(rc) {
                             Err(e) if is(&e, libc::ENODATA) => Ok(()), // already gone
                             r => r,
                         }
@@ -160,10 +196,15 @@ impl Applier {
             return open_parent(&self.root, path).map(|(dir, name)| Entry { dir, name });
         };
         let dir = match open_beneath(&self.root, &parent, libc::O_RDONLY | libc::O_DIRECTORY, 0) {
-            Err(e) if is(&e, libc::EACCES) => open_beneath(&self.root, &parent, libc::O_PATH | libc::O_DIRECTORY, 0)?,
+            Err(e) if is(&e, libc::EACCES) => {
+                open_beneath(&self.root, &parent, libc::O_PATH | libc::O_DIRECTORY, 0)?
+            }
             r => r?,
         };
-        Ok(Entry { dir, name: name.to_os_string() })
+        Ok(Entry {
+            dir,
+            name: name.to_os_string(),
+        })
     }
 
     /// After a namespace change in `e.dir`: durable, and the kernel's dentry dropped.
@@ -185,7 +226,9 @@ impl Applier {
         perm: u32,
         create: impl FnOnce(&OwnedFd, &OsStr) -> Result<(), crate::fs::FsError>,
     ) -> Res {
-        let e = self.entry(path).map_err(|err| ApplyError::resolve(what, path, err))?;
+        let e = self
+            .entry(path)
+            .map_err(|err| ApplyError::resolve(what, path, err))?;
         match create(&e.dir, &e.name) {
             Ok(()) => {
                 if what != "symlink" {
@@ -228,9 +271,13 @@ impl Applier {
     /// (`RENAME_EXCHANGE` cannot be recognised as applied: replaying it swaps back.)
     fn rename(&self, from: &RelPath, to: &RelPath, flags: u32) -> Res {
         if flags & !RENAME_FLAGS != 0 {
-            return Err(ApplyError::BadRequest(format!("rename {from} -> {to}: flags {flags:#x} refused")));
+            return Err(ApplyError::BadRequest(format!(
+                "rename {from} -> {to}: flags {flags:#x} refused"
+            )));
         }
-        let dst = self.entry(to).map_err(|e| ApplyError::resolve("rename to", to, e))?;
+        let dst = self
+            .entry(to)
+            .map_err(|e| ApplyError::resolve("rename to", to, e))?;
         let src = match self.entry(from) {
             Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENOTDIR) && dst.exists() => {
                 tracing::debug!("rename {from} -> {to}: applied already");
@@ -240,7 +287,9 @@ impl Applier {
         };
         match sys::renameat2(&src.dir, &src.name, &dst.dir, &dst.name, flags) {
             Ok(()) => {}
-            Err(crate::fs::FsError(libc::ENOENT | libc::EEXIST)) if !src.exists() && dst.exists() => {
+            Err(crate::fs::FsError(libc::ENOENT | libc::EEXIST))
+                if !src.exists() && dst.exists() =>
+            {
                 tracing::debug!("rename {from} -> {to}: applied already");
                 return Ok(());
             }
@@ -253,16 +302,30 @@ impl Applier {
     /// Hard link `to` → the inode named `from` (not following a symlink `from`): an
     /// existing `to` counts as applied.
     fn link(&self, from: &RelPath, to: &RelPath) -> Res {
-        let dst = self.entry(to).map_err(|e| ApplyError::resolve("link to", to, e))?;
+        let dst = self
+            .entry(to)
+            .map_err(|e| ApplyError::resolve("link to", to, e))?;
         let src = match self.entry(from) {
-            Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENOTDIR) && dst.exists() => return Ok(()),
+            Err(e) if matches!(errno(&e), libc::ENOENT | libc::ENOTDIR) && dst.exists() => {
+                return Ok(())
+            }
             r => r.map_err(|e| ApplyError::resolve("link from", from, e))?,
         };
         let (s, d) = (
-            CString::new(src.name.as_bytes()).map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
-            CString::new(dst.name.as_bytes()).map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
+            CString::new(src.name.as_bytes())
+                .map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
+            CString::new(dst.name.as_bytes())
+                .map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
         );
-        let rc = unsafe { libc::linkat(src.dir.as_raw_fd(), s.as_ptr(), dst.dir.as_raw_fd(), d.as_ptr(), 0) };
+        let rc = unsafe {
+            libc::linkat(
+                src.dir.as_raw_fd(),
+                s.as_ptr(),
+                dst.dir.as_raw_fd(),
+                d.as_ptr(),
+                0,
+            )
+        };
         match check(rc) {
             Ok(()) => {}
             Err(e) if is(&e, libc::EEXIST) => {
@@ -280,8 +343,15 @@ impl Applier {
 
     /// An attribute op on an existing node (the root included). A missing node counts as
     /// applied: a later op, already replayed, removed it.
-    fn attr(&self, path: &RelPath, what: &'static str, f: impl FnOnce(&Self, &Node) -> io::Result<()>) -> Res {
-        let Some(node) = self.node(path, what)? else { return Ok(()) };
+    fn attr(
+        &self,
+        path: &RelPath,
+        what: &'static str,
+        f: impl FnOnce(&Self, &Node) -> io::Result<()>,
+    ) -> Res {
+        let Some(node) = self.node(path, what)? else {
+            return Ok(());
+        };
         match f(self, &node) {
             Ok(()) => {}
             Err(e) if is(&e, libc::ENOENT) => {
@@ -307,39 +377,57 @@ impl Applier {
     }
 
     fn attr_changed(&self, path: &RelPath, n: &Node) -> Res {
-        self.sync_node(&n.pfd, &n.st).map_err(|e| ApplyError::io("fsync", path, e))?;
+        self.sync_node(&n.pfd, &n.st)
+            .map_err(|e| ApplyError::io("fsync", path, e))?;
         self.hooks.invalidate_inode(n.st.st_ino);
+        self.drop_name(path);
         Ok(())
     }
 
-    /// Runs `f` with the path for the `l*xattr` calls: the node itself through
-    /// `/proc/self/fd`, or for a symlink (which that would follow) its name under its
-    /// directory's fd.
+    /// With the writeback cache the kernel keeps its own size and mtime of a cached
+    /// regular file: dropping the name lets an inode nobody holds open be evicted.
+    fn drop_name(&self, path: &RelPath) {
+        if let Ok((dir, name)) = open_parent(&self.root, path) {
+            if let Ok(st) = sys::fstat(&dir) {
+                self.hooks.invalidate_entry(st.st_ino, &name);
+            }
+        }
+    }
+
+    /// Runs `f` with the path for the xattr calls and whether to follow it: the node
+    /// itself through its `/proc/self/fd` magic link (followed), or for a symlink (which
+    /// that would follow to its target) its name under its directory's fd, not followed.
     fn with_xattr_path(
         &self,
         path: &RelPath,
         n: &Node,
-        f: impl FnOnce(&CString) -> io::Result<()>,
+        f: impl FnOnce(&CString, bool) -> io::Result<()>,
     ) -> io::Result<()> {
         let einval = |_| io::Error::from_raw_os_error(libc::EINVAL);
         if !n.is_symlink() {
             let p = CString::new(format!("/proc/self/fd/{}", n.pfd.as_raw_fd())).map_err(einval)?;
-            return f(&p);
+            return f(&p, true);
         }
         let e = self.entry(path)?;
         let mut v = format!("/proc/self/fd/{}/", e.dir.as_raw_fd()).into_bytes();
         v.extend_from_slice(e.name.as_bytes());
-        f(&CString::new(v).map_err(einval)?)
+        f(&CString::new(v).map_err(einval)?, false)
     }
 
     /// Truncate (or extend) a regular file.
     fn truncate(&self, path: &RelPath, size: u64) -> Res {
         if size > i64::MAX as u64 {
-            return Err(ApplyError::BadRequest(format!("{path}: size {size} too large")));
+            return Err(ApplyError::BadRequest(format!(
+                "{path}: size {size} too large"
+            )));
         }
-        let Some(node) = self.node(path, "truncate")? else { return Ok(()) };
+        let Some(node) = self.node(path, "truncate")? else {
+            return Ok(());
+        };
         if node.st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(ApplyError::BadRequest(format!("{path}: truncate of a non-regular file")));
+            return Err(ApplyError::BadRequest(format!(
+                "{path}: truncate of a non-regular file"
+            )));
         }
         let (file, restore) = reopen_writable(&node.pfd, &node.st, libc::O_WRONLY)
             .map_err(|e| ApplyError::io("opening", path, e))?;
@@ -349,6 +437,7 @@ impl Applier {
         }
         res.map_err(|e| ApplyError::io("truncating", path, e))?;
         self.hooks.invalidate_inode(node.st.st_ino);
+        self.drop_name(path);
         Ok(())
     }
 }

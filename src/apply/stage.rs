@@ -6,7 +6,7 @@
 //! layout). It is not a wire frame because an update assembled from `UpdatePart`s may be
 //! larger than `MAX_FRAME`.
 
-use super::{os_err, ApplyError, Applier};
+use super::{os_err, Applier, ApplyError};
 use crate::fs::sys;
 use crate::wire::FileUpdate;
 use bincode::Options;
@@ -30,9 +30,7 @@ fn codec() -> impl Options {
 /// Writes `u` in the staged format.
 pub(super) fn write_staged(w: &mut impl Write, u: &FileUpdate) -> io::Result<()> {
     w.write_all(MAGIC)?;
-    codec()
-        .serialize_into(&mut *w, u)
-        .map_err(|e| io::Error::new(io::ErrorKind::Other, e))
+    codec().serialize_into(&mut *w, u).map_err(io::Error::other)
 }
 
 /// Reads an update in the staged format (`len`: the file's length, bounding allocations).
@@ -40,7 +38,10 @@ pub(super) fn read_staged(r: &mut impl Read, len: u64) -> io::Result<FileUpdate>
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic)?;
     if &magic != MAGIC {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "not a staged update"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a staged update",
+        ));
     }
     codec()
         .with_limit(len)
@@ -72,7 +73,11 @@ impl<'a> Stage<'a> {
     }
 
     fn err(&self, what: &'static str, e: io::Error) -> ApplyError {
-        ApplyError::io(what, self.applier.staging_path.join(self.name()).display(), e)
+        ApplyError::io(
+            what,
+            self.applier.staging_path.join(self.name()).display(),
+            e,
+        )
     }
 
     /// Rule 1: the update is durable in `staging/` before the target is touched.
@@ -81,7 +86,11 @@ impl<'a> Stage<'a> {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let mut stage = Stage { applier, stem, state: State::Gone };
+        let mut stage = Stage {
+            applier,
+            stem,
+            state: State::Gone,
+        };
         let name = stage.name();
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
         let fd = sys::openat(&applier.staging, OsStr::new(&name), flags, 0o600)
@@ -89,7 +98,9 @@ impl<'a> Stage<'a> {
         stage.state = State::Staged;
         let mut w = BufWriter::with_capacity(super::CHUNK, std::fs::File::from(fd));
         write_staged(&mut w, u).map_err(|e| stage.err("writing", e))?;
-        let file = w.into_inner().map_err(|e| stage.err("writing", e.into_error()))?;
+        let file = w
+            .into_inner()
+            .map_err(|e| stage.err("writing", e.into_error()))?;
         file.sync_all().map_err(|e| stage.err("fsync", e))?;
         Ok(stage)
     }
@@ -102,7 +113,9 @@ impl<'a> Stage<'a> {
         sys::renameat2(st, OsStr::new(&from), st, OsStr::new(&to), 0)
             .map_err(|e| self.err("renaming", os_err(e)))?;
         self.state = State::Verified;
-        self.applier.sync_dir(st).map_err(|e| self.err("fsync staging of", e))
+        self.applier
+            .sync_dir(st)
+            .map_err(|e| self.err("fsync staging of", e))
     }
 
     /// Removes the stage (after a durable replay, or to discard it), fsyncing

@@ -2,7 +2,7 @@
 //! the rules kept here).
 
 use super::stage::Stage;
-use super::{is, os_err, reopen_writable, ApplyError, Applier, Fault, CHUNK};
+use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
 use crate::path::RelPath;
@@ -30,10 +30,16 @@ pub(super) fn check_update(u: &FileUpdate) -> Result<(), ApplyError> {
     let mut prev = 0u64;
     for r in &u.ranges {
         let Some(end) = r.end().filter(|e| *e <= u.size) else {
-            return bad(format!("range at {} (+{}) beyond the size {}", r.offset, r.len, u.size));
+            return bad(format!(
+                "range at {} (+{}) beyond the size {}",
+                r.offset, r.len, u.size
+            ));
         };
         if r.len == 0 || r.len > MAX_RANGE_LEN as u64 || r.offset < prev {
-            return bad(format!("range at {} (+{}) empty, too long or out of order", r.offset, r.len));
+            return bad(format!(
+                "range at {} (+{}) empty, too long or out of order",
+                r.offset, r.len
+            ));
         }
         prev = end;
     }
@@ -133,9 +139,13 @@ impl Applier {
             return self.done(u, t, hold);
         }
         let refused = if u.base.is_some_and(|b| b != current) {
-            Some(ApplyError::UnknownBase { path: u.path.clone() })
+            Some(ApplyError::UnknownBase {
+                path: u.path.clone(),
+            })
         } else if result != u.hash {
-            Some(ApplyError::HashMismatch { path: u.path.clone() })
+            Some(ApplyError::HashMismatch {
+                path: u.path.clone(),
+            })
         } else {
             None
         };
@@ -158,7 +168,12 @@ impl Applier {
 
     /// Rule 4: the file (and a new name) are durable before the caller may ack; then the
     /// hold goes and the kernel's caches are dropped.
-    fn done(&self, u: &FileUpdate, t: &mut Target, hold: Box<dyn std::any::Any + Send>) -> Result<(), ApplyError> {
+    fn done(
+        &self,
+        u: &FileUpdate,
+        t: &mut Target,
+        hold: Box<dyn std::any::Any + Send>,
+    ) -> Result<(), ApplyError> {
         if let Some((dir, name)) = &t.created {
             self.sync_dir(dir)
                 .map_err(|e| ApplyError::io("fsync the directory of", &u.path, e))?;
@@ -169,6 +184,13 @@ impl Applier {
         t.restore_mode = None;
         drop(hold);
         self.hooks.invalidate_inode(t.ino);
+        // With the writeback cache the kernel trusts its cached size over ours: drop the
+        // name too, so an inode nobody holds open is evicted and looked up afresh.
+        if let Ok((dir, name)) = open_parent(&self.root, &u.path) {
+            if let Ok(st) = sys::fstat(&dir) {
+                self.hooks.invalidate_entry(st.st_ino, &name);
+            }
+        }
         Ok(())
     }
 
@@ -176,7 +198,8 @@ impl Applier {
     fn replay(&self, u: &FileUpdate, ranges: &Ranges<'_>, file: &File) -> Result<(), ApplyError> {
         let io = |what| move |e| ApplyError::io(what, &u.path, e);
         for (i, r) in u.ranges.iter().enumerate() {
-            file.write_all_at(&ranges.get(i)?, r.offset).map_err(io("writing"))?;
+            file.write_all_at(&ranges.get(i)?, r.offset)
+                .map_err(io("writing"))?;
         }
         file.set_len(u.size).map_err(io("truncating"))?;
         self.set_attrs(u, file)
@@ -187,8 +210,14 @@ impl Applier {
         let io = |what| move |e| ApplyError::io(what, &u.path, e);
         sys::chmod_fd(file, u.mode & 0o7777).map_err(|e| io("chmod")(os_err(e)))?;
         let times = [
-            libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-            libc::timespec { tv_sec: u.mtime.secs, tv_nsec: i64::from(u.mtime.nanos) },
+            libc::timespec {
+                tv_sec: 0,
+                tv_nsec: libc::UTIME_OMIT,
+            },
+            libc::timespec {
+                tv_sec: u.mtime.secs,
+                tv_nsec: i64::from(u.mtime.nanos),
+            },
         ];
         sys::futimens(file, &times).map_err(|e| io("setting the mtime of")(os_err(e)))?;
         file.sync_all().map_err(io("fsync"))
@@ -204,13 +233,16 @@ impl Applier {
                 Err(e) if is(&e, libc::ENOENT) && create => {}
                 Err(e) => return Err(ApplyError::resolve("opening", path, e)),
             }
-            let (dir, name) = open_parent(&self.root, path).map_err(|e| ApplyError::resolve("opening the directory of", path, e))?;
+            let (dir, name) = open_parent(&self.root, path)
+                .map_err(|e| ApplyError::resolve("opening the directory of", path, e))?;
             let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
             match sys::openat(&dir, &name, flags, u.mode & 0o7777) {
                 Ok(fd) => {
                     let file = File::from(fd);
-                    let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
-                    let pfd = sys::open_path(&dir, &name).map_err(|e| ApplyError::io("opening", path, os_err(e)))?;
+                    let st =
+                        sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+                    let pfd = sys::open_path(&dir, &name)
+                        .map_err(|e| ApplyError::io("opening", path, os_err(e)))?;
                     return Ok(Target {
                         file,
                         pfd,
@@ -223,17 +255,29 @@ impl Applier {
                 Err(e) => return Err(ApplyError::resolve("creating", path, os_err(e))),
             }
         }
-        Err(ApplyError::io("opening", path, std::io::Error::from_raw_os_error(libc::EEXIST)))
+        Err(ApplyError::io(
+            "opening",
+            path,
+            std::io::Error::from_raw_os_error(libc::EEXIST),
+        ))
     }
 
     fn existing_target(&self, path: &RelPath, pfd: OwnedFd) -> Result<Target, ApplyError> {
         let st = sys::fstat(&pfd).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            return Err(ApplyError::BadRequest(format!("{path}: not a regular file here")));
+            return Err(ApplyError::BadRequest(format!(
+                "{path}: not a regular file here"
+            )));
         }
         let (file, restore_mode) = reopen_writable(&pfd, &st, libc::O_RDWR)
             .map_err(|e| ApplyError::io("opening", path, e))?;
-        Ok(Target { file, pfd, ino: st.st_ino, created: None, restore_mode })
+        Ok(Target {
+            file,
+            pfd,
+            ino: st.st_ino,
+            created: None,
+            restore_mode,
+        })
     }
 
     /// Rule 3, after a crash: replays a `.verified` update (already verified; replay is
@@ -256,7 +300,11 @@ impl Applier {
 /// Reads the current file once (1 MiB at a time) and returns the BLAKE3 of its content
 /// and of the result: that content cut or zero-extended to `size` with the ranges
 /// overlaid.
-fn verify_pass(file: &File, size: u64, ranges: &Ranges<'_>) -> std::io::Result<([u8; 32], [u8; 32])> {
+fn verify_pass(
+    file: &File,
+    size: u64,
+    ranges: &Ranges<'_>,
+) -> std::io::Result<([u8; 32], [u8; 32])> {
     let cur_len = file.metadata()?.len();
     let end = cur_len.max(size);
     let (mut cur_h, mut res_h) = (blake3::Hasher::new(), blake3::Hasher::new());
@@ -282,12 +330,15 @@ fn verify_pass(file: &File, size: u64, ranges: &Ranges<'_>) -> std::io::Result<(
                 let (from, to) = (r.offset.max(pos), r_end.min(chunk_end));
                 if from < to {
                     if memo.as_ref().map(|(i, _)| *i) != Some(ri) {
-                        let bytes = ranges.get(ri).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+                        let bytes = ranges.get(ri).map_err(|e| {
+                            std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+                        })?;
                         memo = Some((ri, bytes));
                     }
                     let data = &memo.as_ref().expect("set above").1;
-                    buf[(from - pos) as usize..(to - pos) as usize]
-                        .copy_from_slice(&data[(from - r.offset) as usize..(to - r.offset) as usize]);
+                    buf[(from - pos) as usize..(to - pos) as usize].copy_from_slice(
+                        &data[(from - r.offset) as usize..(to - r.offset) as usize],
+                    );
                 }
                 if r_end <= chunk_end {
                     ri += 1;

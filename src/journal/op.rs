@@ -55,7 +55,13 @@ pub enum MetaOp {
     /// Access and/or modification times were set (`None`: left alone).
     Utimens { path: RelPath, atime: Option<SetTime>, mtime: Option<SetTime> },
     /// An extended attribute was set.
-    SetXattr { path: RelPath, name: Vec<u8>, value: Vec<u8>, flags: i32 },
+    SetXattr {
+        path: RelPath,
+        name: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+        flags: i32,
+    },
     /// An extended attribute was removed.
     RemoveXattr { path: RelPath, name: Vec<u8> },
 }

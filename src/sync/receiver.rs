@@ -56,6 +56,7 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone())).await?;
     let mut parts = Parts::default();
     while let Some(msg) = fs.recv().await? {
+        tracing::debug!(%peer, kind = msg.kind(), "received");
         if let Some(reply) = handle(msg, &mut parts, r).await? {
             fs.send(&reply).await?;
         }

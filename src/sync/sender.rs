@@ -222,11 +222,16 @@ async fn send_one(
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
-    let Some(b) = built else { return Ok(None) };
+    let Some(b) = built else {
+        tracing::debug!(file, "nothing to send: the file is gone or replaced");
+        return Ok(None);
+    };
     // A write recorded since the snapshot may have torn what was read: wait for quiet.
     if s.journal.entry(file).map(|e| e.version) != Some(version) {
+        tracing::debug!(file, "changed while being read; waiting for it to settle");
         return Ok(None);
     }
+    tracing::debug!(file, id, whole, frames = b.frames.len(), payload = b.payload, "sending update");
     fs.send_all(&b.frames).await?;
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.in_flight, 1);
@@ -246,6 +251,7 @@ fn on_reply(
         other => return Err(SyncError::Protocol(format!("expected an update ack, got {}", other.kind()))),
     };
     let f = inflight.remove(&id).ok_or_else(|| SyncError::Protocol(format!("ack for unknown update {id}")))?;
+    tracing::debug!(file = f.file, id, ?nack, "reply");
     s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match nack {
         None => {

@@ -122,6 +122,7 @@ pub struct RangeData {
     /// How `data` encodes the run.
     pub encoding: Encoding,
     /// The encoded bytes.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
