@@ -101,7 +101,8 @@ fn small_edit_in_big_file_sends_few_bytes() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
     let f = OpenOptions::new().write(true).open(p.a.m("vm.img")).unwrap();
-    let edit: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    // incompressible bytes, so the figure is the real cost of 4 KiB of new data
+    let edit: Vec<u8> = (0..4096u64).map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8 ^ (i as u8)).collect();
     f.write_all_at(&edit, 10 << 20).unwrap();
     drop(f);
     let start = Instant::now();

@@ -504,12 +504,15 @@ fn hold_is_taken_during_replay() {
     a.apply_update(&update("f", Some(&old), b"AFTER!", &[(0, 6)]))
         .unwrap();
     let ev = events.lock().unwrap().clone();
+    let root_ino = fs::metadata(&e.data).unwrap().ino();
+    // the name is dropped too: the writeback cache keeps its own size otherwise
     assert_eq!(
         ev,
         vec![
             Ev::Hold(ino, old),
             Ev::Release(ino, b"AFTER!".to_vec()),
-            Ev::Inode(ino)
+            Ev::Inode(ino),
+            Ev::Entry(root_ino, "f".into())
         ]
     );
     // A new file: held too, and its name is invalidated in its directory.
@@ -517,11 +520,10 @@ fn hold_is_taken_during_replay() {
     a.apply_update(&update("n", None, b"new", &[(0, 3)]))
         .unwrap();
     let ev = events.lock().unwrap().clone();
-    let root_ino = fs::metadata(&e.data).unwrap().ino();
     let n_ino = fs::metadata(e.p("n")).unwrap().ino();
     assert!(matches!(ev[0], Ev::Hold(i, _) if i == n_ino), "{ev:?}");
     assert!(ev.contains(&Ev::Entry(root_ino, "n".into())), "{ev:?}");
-    assert_eq!(ev.last(), Some(&Ev::Inode(n_ino)));
+    assert!(ev.contains(&Ev::Inode(n_ino)), "{ev:?}");
 }
 
 #[test]
@@ -552,7 +554,7 @@ fn meta_hooks_invalidate_touched_names() {
     })
     .unwrap();
     let gi = fs::metadata(e.p("b/g")).unwrap().ino();
-    assert_eq!(events.lock().unwrap().clone(), vec![Ev::Inode(gi)]);
+    assert_eq!(events.lock().unwrap().clone(), vec![Ev::Inode(gi), Ev::Entry(bi, "g".into())]);
 }
 
 /// Applies `op` twice (the second as a replay after a lost ack); `check` after each.
