@@ -281,3 +281,25 @@ fn sigterm_unmounts_and_stale_mount_is_cleared() {
     n.unmount();
     assert!(!common::is_fuse_mounted(&n.mnt));
 }
+
+#[test]
+fn unprivileged_write_and_truncate_drop_setuid() {
+    let n = mounted();
+    let mode = |p: &str| fs::metadata(n.data().join(p)).unwrap().mode() & 0o7777;
+    for f in ["w", "t", "r"] {
+        fs::write(n.m(f), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(n.m(f), fs::Permissions::from_mode(0o6777)).unwrap();
+    }
+    let nobody = |cmd: &str| {
+        let st = std::process::Command::new("sh").arg("-c").arg(cmd).uid(65534).gid(65534).status().unwrap();
+        assert!(st.success(), "{cmd}");
+    };
+    nobody(&format!("echo x >> {}", n.m("w").display()));
+    nobody(&format!("truncate -s 2 {}", n.m("t").display()));
+    assert_eq!(mode("w"), 0o0777, "write by nobody drops setuid and setgid");
+    assert_eq!(mode("t"), 0o0777, "truncate by nobody drops setuid and setgid");
+    let f = OpenOptions::new().append(true).open(n.m("r")).unwrap();
+    f.write_all_at(b"root", 0).unwrap();
+    drop(f);
+    assert_eq!(mode("r"), 0o6777, "root keeps them (CAP_FSETID)");
+}

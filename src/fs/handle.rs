@@ -14,6 +14,8 @@ pub struct FileHandle {
     pub file: File,
     /// The journal's file id (backing inode number).
     pub file_id: u64,
+    /// The FUSE inode number (to find its path).
+    pub ino: u64,
     /// True if opened for writing.
     pub writable: bool,
 }

@@ -41,7 +41,7 @@ impl PassFs {
             }
         }
         let file = sys::reopen(&inode.fd, self.backing_flags(flags))?;
-        Ok(self.files.insert(FileHandle { file, file_id: inode.backing_ino, writable }))
+        Ok(self.files.insert(FileHandle { file, file_id: inode.backing_ino, ino, writable }))
     }
 
     /// Creates and opens `parent/name`; returns (ino, stat, handle).
@@ -54,7 +54,7 @@ impl PassFs {
         self.rec.track(st.st_ino, &path)?;
         self.rec.meta(MetaOp::Create { path: path.clone(), file: st.st_ino, mode: mode & 0o7777 })?;
         self.record_owner(&path, &st)?;
-        let fh = FileHandle { file: fd.into(), file_id: st.st_ino, writable: true };
+        let fh = FileHandle { file: fd.into(), file_id: st.st_ino, ino, writable: true };
         Ok((ino, st, self.files.insert(fh)))
     }
 
@@ -77,10 +77,15 @@ impl PassFs {
     }
 
     /// Writes `data` at `offset`: journals the range first, then writes the backing file.
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> R<u32> {
+    /// `kill_priv`: the kernel asks us to drop setuid/setgid and file capabilities, as a
+    /// write by an unprivileged process does (we write as root, which would keep them).
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> R<u32> {
         let h = self.files.get(fh)?;
         let end = offset.checked_add(data.len() as u64).ok_or(FsError(libc::EFBIG))?;
         self.gate.wait(h.file_id);
+        if kill_priv {
+            self.kill_priv(&*self.inodes.get(h.ino)?)?;
+        }
         self.rec.write(h.file_id, offset, end)?;
         h.file.write_all_at(data, offset)?;
         Ok(data.len() as u32)

@@ -73,6 +73,8 @@ pub struct SetAttr {
     pub atime: Option<SetTime>,
     /// New modification time.
     pub mtime: Option<SetTime>,
+    /// An unprivileged caller changes the size: drop setuid/setgid and capabilities.
+    pub kill_priv: bool,
 }
 
 /// Options of the passthrough.

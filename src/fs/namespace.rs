@@ -35,6 +35,9 @@ impl PassFs {
             self.rec.meta(MetaOp::Chown { path: path.clone(), uid: a.uid, gid: a.gid })?;
         }
         if let Some(size) = a.size {
+            if a.kill_priv {
+                self.kill_priv(&inode)?;
+            }
             self.truncate(&inode, fh, &path, size)?;
         }
         if a.atime.is_some() || a.mtime.is_some() {
@@ -86,6 +89,29 @@ impl PassFs {
         let inode = self.inodes.get(ino)?;
         sys::chown_fd(&inode.fd, ctx.uid, gid)?;
         Ok((ino, sys::fstat(&inode.fd)?))
+    }
+
+    /// Drops setuid (and setgid with group-execute) and `security.capability`, recording
+    /// what changed: what the kernel does for unprivileged writers and truncaters.
+    pub(super) fn kill_priv(&self, inode: &Inode) -> R<()> {
+        let st = sys::fstat(&inode.fd)?;
+        let mut kill = libc::S_ISUID;
+        if st.st_mode & libc::S_IXGRP != 0 {
+            kill |= libc::S_ISGID;
+        }
+        let path = self.rel_path(inode)?;
+        if st.st_mode & kill != 0 {
+            let mode = st.st_mode & 0o7777 & !kill;
+            sys::chmod_fd(&inode.fd, mode)?;
+            self.rec.meta(MetaOp::Chmod { path: path.clone(), mode })?;
+        }
+        let caps = OsStr::new("security.capability");
+        match sys::removexattr(&inode.fd, caps) {
+            Ok(()) => self.rec.meta(MetaOp::RemoveXattr { path, name: caps.as_bytes().to_vec() })?,
+            Err(FsError(libc::ENODATA | libc::EOPNOTSUPP)) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Records the owner of a new file when it is not root's, so the peer matches it.
