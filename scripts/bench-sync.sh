@@ -167,6 +167,38 @@ stop_pid() { # pid name
     wait "$p" 2>/dev/null || true
 }
 
+# stop_daemons: SIGTERM to both syncfs daemons at once, SIGKILL after 15 s; sets STOP_NOTE.
+STOP_NOTE="not stopped"
+stop_daemons() {
+    local p i t0 left
+    [ -n "$PID_A$PID_B" ] || return 0
+    t0=$(now_us)
+    for p in $PID_A $PID_B; do alive "$p" && kill -TERM "$p" 2>/dev/null; done
+    for i in $(seq 150); do
+        left=""
+        for p in $PID_A $PID_B; do alive "$p" && left="$left $p"; done
+        [ -n "$left" ] || break
+        sleep 0.1
+    done
+    if [ -n "$left" ]; then
+        STOP_NOTE="SIGTERM did not stop pid(s)$left within 15 s (A=$PID_A B=$PID_B); SIGKILL"
+        log "$STOP_NOTE"
+        for p in $left; do
+            { echo "== pid $p: $(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)"
+              for t in /proc/"$p"/task/*; do
+                  echo "-- thread ${t##*/} $(cat "$t/comm" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
+                  cat "$t/stack" 2>/dev/null | head -n 12
+              done; } > "$LOGDIR/stuck-$p.txt" 2>&1
+        done
+        STOP_NOTE="$STOP_NOTE; thread states in target/bench-sync-logs/stuck-*.txt"
+        for p in $left; do kill -KILL "$p" 2>/dev/null; done
+    else
+        STOP_NOTE="both stopped on SIGTERM in $(( ($(now_us) - t0) / 1000 )) ms"
+    fi
+    for p in $PID_A $PID_B; do wait "$p" 2>/dev/null || true; done
+    PID_A=""; PID_B=""
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM HUP
@@ -178,8 +210,7 @@ cleanup() {
         tail_log "$LOGDIR/a.log" 30
         tail_log "$LOGDIR/b.log" 30
     fi
-    stop_pid "$PID_A" "syncfs A"
-    stop_pid "$PID_B" "syncfs B"
+    stop_daemons
     stop_pid "$PID_R" "rsync daemon"
     for m in "$MA" "$MB"; do
         if is_fuse_mounted "$m"; then
@@ -208,7 +239,7 @@ trap 'exit 129' HUP
 # Namespaces left by a run that was killed with SIGKILL: their processes were started by
 # this script (the names are its own), so stop them and delete the namespaces.
 for ns in "$NSA" "$NSB"; do
-    if ip netns list | awk '{print $1}' | grep -qx "$ns"; then
+    if ip netns list | awk '{print $1}' | grep -x "$ns" >/dev/null; then
         log "removing stale namespace $ns from an earlier run"
         for p in $(ip netns pids "$ns" 2>/dev/null); do
             log "  stopping leftover pid $p ($(tr '\0' ' ' < /proc/"$p"/cmdline 2>/dev/null | cut -c1-100))"
@@ -350,8 +381,7 @@ for x in "$NSA $VA $IPA" "$NSB $VB $IPB"; do
 done
 OFFLOAD_NOTE="TSO/GSO/GRO off"
 command -v ethtool >/dev/null || OFFLOAD_NOTE="offloads on (no ethtool)"
-for i in $(seq 50); do ip netns exec "$NSA" ping -c1 -W1 "$IPB" >/dev/null 2>&1 && break; sleep 0.1; done
-ip netns exec "$NSA" ping -c1 -W1 "$IPB" >/dev/null 2>&1 || die "veth link $IPA <-> $IPB does not work"
+# (the link is checked by the daemons connecting to each other below)
 
 # ---------------------------------------------------------------- stores and mounts
 "$BIN" init "$TMP/a" --listen "/ip4/$IPA/tcp/$PORT" > "$TMP/a.id"
@@ -451,9 +481,11 @@ prep_b() {
             t += int(rand() * 3)
             l = sprintf("%d %s [%s] request id=%08x user=%d took %d ms status=%d", t, lv[1 + int(rand() * 6)],
                         mod[1 + int(rand() * 6)], int(rand() * 4294967295), int(rand() * 100000), int(rand() * 900), 200 + int(rand() * 4) * 100)
-            print l; s += length(l) + 1
+            l = l "\n"
+            if (s + length(l) > n) l = substr(l, 1, n - s)
+            printf "%s", l; s += length(l)
         }
-    }' | head -c "$((LOG_MB * 1048576))" > "$OLD/$B_FILE"
+    }' > "$OLD/$B_FILE"
     # APPENDS lines of exactly 100 bytes (99 characters and a newline)
     awk -v n="$APPENDS" -v seed="$((SEED + 7))" 'BEGIN {
         srand(seed)
@@ -486,7 +518,7 @@ prep_c() {
     for i in $(seq -w 1 "$NFILES"); do
         size=$(( 1024 + (((RANDOM << 15) | RANDOM) % 3073) ))
         [ $((off + size)) -le "$pool_size" ] || off=0
-        tail -c "+$((off + 1))" "$PATCH/c.pool" | head -c "$size" > "$PATCH/c/new/f$i.txt"
+        dd if="$PATCH/c.pool" of="$PATCH/c/new/f$i.txt" iflag=skip_bytes,count_bytes skip="$off" count="$size" status=none
         off=$((off + size))
     done
     C_LAST=new/f$(seq -w 1 "$NFILES" | tail -n1).txt
@@ -582,7 +614,7 @@ initial_sync() {
         sleep 1
     done
     if [ "$ok" != 1 ]; then
-        diff -rq "$OLD/w-$w" "$MB/w-$w" 2>&1 | head -n 5 | sed 's/^/    /' >&2
+        { diff -rq "$OLD/w-$w" "$MB/w-$w" 2>&1 | head -n 5 | sed 's/^/    /' >&2; } || true
         die "[$w] B did not get the initial state within ${TIMEOUT} s"
     fi
     log "[$w] B has the initial state ($(( ($(now_us) - t0) / 1000 )) ms incl. copy)"
@@ -753,6 +785,15 @@ T_START=$(now_us)
 for w in $WORKLOADS; do run_workload "$w"; done
 T_TOTAL=$(( ($(now_us) - T_START) / 1000000 ))
 
+log "stopping both daemons (SIGTERM)"
+stop_daemons
+for m in "$MA" "$MB"; do
+    if is_fuse_mounted "$m"; then
+        STOP_NOTE="$STOP_NOTE; $m was still mounted (umount -l)"
+        umount -l "$m" 2>/dev/null || fusermount3 -uz "$m" 2>/dev/null || true
+    fi
+done
+
 # ---------------------------------------------------------------- report
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain 2>/dev/null)" ]; then DIRTY="dirty ($(git status --porcelain | wc -l) changed/untracked paths)"; else DIRTY=clean; fi
@@ -807,6 +848,8 @@ report() {
         echo "  d: syncfs < rsync -z / 50: $(hb "${R[d.sf]}") vs $(hb "$(( ${R[d.rz]:-0} / 50 ))")  $(goal_line x "${R[d.sf]}" "$(( ${R[d.rz]:-0} / 50 ))")"
         echo "  d: syncfs < 2x xdelta3: $(hb "${R[d.sf]}") vs $(hb "$(( ${R[d.xd]:-0} * 2 ))")  $(goal_line x "${R[d.sf]}" "$(( ${R[d.xd]:-0} * 2 ))")"
     fi
+    echo
+    echo "daemon shutdown: $STOP_NOTE"
     echo
     echo "notes: latency = last close on A -> changed regions visible in B's mount (20 ms polls); 'a' p50 is over the"
     echo "measured edit (cold cache) and BENCH_LAT_REPS more (warm); disk read = /proc/PID/io read_bytes of each daemon"

@@ -46,6 +46,7 @@
 
 mod meta;
 mod stage;
+mod trees;
 mod update;
 
 #[cfg(test)]
@@ -203,6 +204,8 @@ pub struct Applier {
     fault: Option<Fault>,
     /// One update or op at a time: verification and replay must not interleave.
     serial: Mutex<()>,
+    /// Hash trees of files as this applier last left them.
+    trees: trees::Trees,
 }
 
 impl Applier {
@@ -228,6 +231,7 @@ impl Applier {
             hooks,
             fault: Fault::from_env(),
             serial: Mutex::new(()),
+            trees: trees::Trees::default(),
         };
         if let Some(f) = applier.fault {
             tracing::warn!("SYNCFS_FAULT is set: the applier will abort at {f:?} (tests only)");

@@ -1041,3 +1041,39 @@ fn crash_points_are_recovered() {
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
     }
 }
+
+#[test]
+fn successive_updates_verify_through_the_hash_tree() {
+    // Once the applier has hashed a file, later updates are verified from its tree (only
+    // touched leaves read); results must stay byte-exact and wrong hashes still refused.
+    let e = Env::new();
+    let a = e.applier();
+    let mut cur = pseudo_random(5 << 20, 7);
+    fs::write(e.p("f"), &cur).unwrap();
+    a.apply_update(&update("f", None, &cur, &[(0, 1)])).unwrap(); // first: full pass, tree kept
+    for (i, (off, len, size)) in [(100u64, 4096u64, 5u64 << 20), ((3 << 20) + 5, 70_000, 5 << 20), (10, 5, 4 << 20), ((6 << 20) - 10, 10, 6 << 20)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut new = cur.clone();
+        new.resize(size as usize, 0);
+        for b in &mut new[off as usize..(off + len) as usize] {
+            *b = b.wrapping_add(i as u8 + 1);
+        }
+        let mut bad = update("f", Some(&cur), &new, &[(off, len)]);
+        bad.hash[0] ^= 1;
+        assert!(matches!(a.apply_update(&bad), Err(ApplyError::HashMismatch { .. })), "step {i}");
+        assert_eq!(e.read("f"), cur, "a refused update leaves the file alone");
+        a.apply_update(&update("f", Some(&cur), &new, &[(off, len)])).unwrap();
+        assert_eq!(e.read("f"), new, "step {i}");
+        cur = new;
+    }
+    // A local change behind the applier's back: the stamp differs, the full pass is used.
+    let f = fs::OpenOptions::new().write(true).open(e.p("f")).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"LOCAL", 4096).unwrap();
+    cur[4096..4101].copy_from_slice(b"LOCAL");
+    let mut new = cur.clone();
+    new[0] = !new[0];
+    a.apply_update(&update("f", Some(&cur), &new, &[(0, 1)])).unwrap();
+    assert_eq!(e.read("f"), new);
+}

@@ -2,6 +2,8 @@
 //! the rules kept here).
 
 use super::stage::Stage;
+use super::trees::Stamp;
+use crate::hashtree::HashTree;
 use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
@@ -87,6 +89,71 @@ fn decode_range(u: &FileUpdate, i: usize) -> Result<Vec<u8>, ApplyError> {
     })
 }
 
+impl Applier {
+    /// Hashes of the current content and of the result, and the result's tree if the
+    /// file's tree was known (then only the leaves the update touches are read).
+    fn hashes(
+        &self,
+        file: &File,
+        u: &FileUpdate,
+        ranges: &Ranges<'_>,
+    ) -> std::io::Result<([u8; 32], [u8; 32], Option<HashTree>)> {
+        let st = sys::fstat(file).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
+        let Some(mut tree) = self.trees.get(&Stamp::of(&st)) else {
+            let (current, result) = verify_pass(file, u.size, ranges)?;
+            return Ok((current, result, None));
+        };
+        let current = tree.root();
+        let cur_len = st.st_size as u64;
+        let resized = (cur_len != u.size).then(|| (cur_len.min(u.size), cur_len.max(u.size)));
+        let dirty = u.ranges.iter().map(|r| (r.offset, r.offset + r.len)).chain(resized);
+        tree.update_from(|off, buf| overlay_read(file, cur_len, u, ranges, off, buf), dirty, u.size)?;
+        Ok((current, tree.root(), Some(tree)))
+    }
+
+    /// Records the file's tree (hashing it in full if unknown) with its stamp now.
+    fn remember(&self, file: &File, tree: Option<HashTree>) {
+        let Ok(st) = sys::fstat(file) else { return };
+        let tree = match tree {
+            Some(t) => t,
+            None => match HashTree::from_file(file) {
+                Ok(t) => t,
+                Err(_) => return,
+            },
+        };
+        self.trees.put(Stamp::of(&st), tree);
+    }
+}
+
+/// Reads `buf.len()` bytes of the result at `off`: the current file (zeros past its end)
+/// with the update's ranges laid over it.
+fn overlay_read(
+    file: &File,
+    cur_len: u64,
+    u: &FileUpdate,
+    ranges: &Ranges<'_>,
+    off: u64,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    let have = cur_len.saturating_sub(off).min(buf.len() as u64) as usize;
+    file.read_exact_at(&mut buf[..have], off)?;
+    buf[have..].fill(0);
+    let end = off + buf.len() as u64;
+    let first = u.ranges.partition_point(|r| r.offset + r.len <= off);
+    for (i, r) in u.ranges.iter().enumerate().skip(first) {
+        if r.offset >= end {
+            break;
+        }
+        let data = ranges
+            .get(i)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))?;
+        let (from, to) = (r.offset.max(off), (r.offset + r.len).min(end));
+        buf[(from - off) as usize..(to - off) as usize]
+            .copy_from_slice(&data[(from - r.offset) as usize..(to - r.offset) as usize]);
+    }
+    Ok(())
+}
+
 /// The backing file an update applies to.
 struct Target {
     file: File,
@@ -129,13 +196,15 @@ impl Applier {
         // Rule 5: held from verification to the fsynced replay, so that no local write
         // slips between the check and the replay and nobody reads a half-applied file.
         let hold = self.hooks.hold(t.ino);
-        // 4. One streaming pass: hash of the current content and of the result.
-        let (current, result) = verify_pass(&t.file, u.size, ranges)
+        // 4. Hashes of the current content and of the result: from the file's tree when
+        //    it is known (only touched leaves are read), else one streaming pass.
+        let (current, result, tree) = self.hashes(&t.file, u, ranges)
             .map_err(|e| ApplyError::io("reading", &u.path, e))?;
         if current == u.hash {
             // A resend of an update already applied (we crashed before acking).
             stage.finish()?;
             self.set_attrs(u, &t.file)?;
+            self.remember(&t.file, tree);
             return self.done(u, t, hold);
         }
         let refused = if u.base.is_some_and(|b| b != current) {
@@ -161,6 +230,7 @@ impl Applier {
         self.fault_point(Fault::AfterStage);
         // 6. Rule 3: replay (idempotent), fsync.
         self.replay(u, ranges, &t.file)?;
+        self.remember(&t.file, tree); // still held: no local write can slip in
         self.fault_point(Fault::AfterReplay);
         stage.finish()?;
         self.done(u, t, hold)

@@ -86,7 +86,10 @@ impl PassFs {
         if kill_priv {
             self.kill_priv(&*self.inodes.get(h.ino)?)?;
         }
-        self.rec.write(h.file_id, offset, end)?;
+        // A write past the end leaves a hole of zeros: changed bytes too (the peer and
+        // the hash trees must see them even after an earlier truncate shrank the file).
+        let eof = if offset > 0 { sys::fstat(&h.file)?.st_size as u64 } else { 0 };
+        self.rec.write(h.file_id, offset.min(eof), end)?;
         h.file.write_all_at(data, offset)?;
         Ok(data.len() as u32)
     }

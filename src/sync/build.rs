@@ -3,6 +3,7 @@
 //! whole new content.
 
 use crate::beneath::open_beneath;
+use crate::hashtree::HashTree;
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::journal::op::Timestamp;
 use crate::wire::{compress_range, FileUpdate, Message, RangeData};
@@ -25,6 +26,10 @@ pub struct Built {
     pub sent: RangeSet,
     /// Payload bytes (compressed range data) in the frames.
     pub payload: u64,
+    /// The file's hash tree as read for this update (kept for the next one).
+    pub tree: HashTree,
+    /// Bytes read to hash the file (only the changed leaves when a tree was given).
+    pub hash_read: u64,
 }
 
 /// What to send for one file.
@@ -41,10 +46,13 @@ pub struct Plan<'a> {
     pub base: Option<[u8; 32]>,
     /// zstd level.
     pub level: i32,
+    /// The file's hash tree from its last update: every byte changed since is in the
+    /// journal's dirty ranges, so only their leaves are read again.
+    pub tree: Option<HashTree>,
 }
 
 /// Builds the update, or `None` if the file is gone or is no longer this file.
-pub fn build(root: &impl AsRawFd, p: &Plan<'_>) -> std::io::Result<Option<Built>> {
+pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>> {
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let file = match open_beneath(root, &p.entry.path, flags, 0) {
         Ok(fd) => File::from(fd),
@@ -59,7 +67,8 @@ pub fn build(root: &impl AsRawFd, p: &Plan<'_>) -> std::io::Result<Option<Built>
     let mut sent = if p.whole { RangeSet::from_range(0, size) } else { p.entry.ranges.clone() };
     sent.truncate(size);
     let ranges = read_ranges(&file, &sent, p.level)?;
-    let hash = hash_file(&file)?;
+    let (tree, hash_read) = hash_tree(&file, p.tree, &p.entry.ranges, size)?;
+    let hash = tree.root();
     let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
     let update = FileUpdate {
         id: p.id,
@@ -72,7 +81,19 @@ pub fn build(root: &impl AsRawFd, p: &Plan<'_>) -> std::io::Result<Option<Built>
         ranges: Vec::new(),
         hash,
     };
-    Ok(Some(Built { frames: into_frames(update, ranges), hash, sent, payload }))
+    Ok(Some(Built { frames: into_frames(update, ranges), hash, sent, payload, tree, hash_read }))
+}
+
+/// Brings the tree up to date with the dirty ranges (and any size change), or hashes
+/// the whole file when there is none. Returns the tree and the bytes read.
+fn hash_tree(file: &File, tree: Option<HashTree>, dirty: &RangeSet, size: u64) -> std::io::Result<(HashTree, u64)> {
+    let Some(mut tree) = tree else {
+        return Ok((HashTree::from_file(file)?, size));
+    };
+    let (a, b) = (tree.len().min(size), tree.len().max(size));
+    let resized = (a < b).then_some((a, b));
+    let stats = tree.update(file, dirty.iter().chain(resized), size)?;
+    Ok((tree, stats.bytes_read))
 }
 
 /// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes.
@@ -90,22 +111,6 @@ fn read_ranges(file: &File, set: &RangeSet, level: i32) -> std::io::Result<Vec<R
         }
     }
     Ok(out)
-}
-
-/// BLAKE3 of the whole file.
-pub fn hash_file(file: &File) -> std::io::Result<[u8; 32]> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    loop {
-        let n = file.read_at(&mut buf, off)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        off += n as u64;
-    }
-    Ok(*hasher.finalize().as_bytes())
 }
 
 /// Splits ranges into `UpdatePart` frames within the budget; the last frame is the update.
@@ -147,8 +152,8 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(100, 200), (9_000_000, 20_000_000)]);
-        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3 };
-        let b = build(&root, &p).unwrap().unwrap();
+        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3, tree: None };
+        let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
         assert_eq!(b.sent.iter().collect::<Vec<_>>(), vec![(100, 200), (9_000_000, 10_000_000)]);
         let Some(Message::FileUpdate(u)) = b.frames.last() else { panic!("last frame is the update") };
@@ -170,6 +175,25 @@ mod tests {
     }
 
     #[test]
+    fn small_edit_rehashes_one_leaf() {
+        let t = tempfile::tempdir().unwrap();
+        let mut data = vec![5u8; 8 << 20];
+        std::fs::write(t.path().join("f"), &data).unwrap();
+        let root = File::open(t.path()).unwrap();
+        let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
+        let e = entry("f", &[(0, 8 << 20)]);
+        let first = build(&root, Plan { file: ino, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None });
+        let first = first.unwrap().unwrap();
+        data[3 << 20] = 9;
+        std::fs::OpenOptions::new().write(true).open(t.path().join("f")).unwrap().write_all_at(&[9], 3 << 20).unwrap();
+        let e = entry("f", &[(3 << 20, (3 << 20) + 1)]);
+        let p = Plan { file: ino, entry: &e, id: 2, whole: false, base: None, level: 3, tree: Some(first.tree) };
+        let b = build(&root, p).unwrap().unwrap();
+        assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
+        assert!(b.hash_read <= 1 << 20, "read {} bytes to hash a 1-byte edit", b.hash_read);
+    }
+
+    #[test]
     fn big_whole_file_is_split_into_parts() {
         let t = tempfile::tempdir().unwrap();
         use rand::{RngCore, SeedableRng};
@@ -179,8 +203,8 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[]);
-        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1 };
-        let b = build(&root, &p).unwrap().unwrap();
+        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1, tree: None };
+        let b = build(&root, p).unwrap().unwrap();
         assert!(b.frames.len() > 2, "{} frames", b.frames.len());
         assert!(matches!(b.frames[0], Message::UpdatePart { id: 1, .. }));
     }
@@ -190,9 +214,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = File::open(t.path()).unwrap();
         let e = entry("gone", &[(0, 1)]);
-        let p = Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3 };
-        assert!(build(&root, &p).unwrap().is_none());
+        let p = || Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None };
+        assert!(build(&root, p()).unwrap().is_none());
         std::fs::write(t.path().join("gone"), b"x").unwrap();
-        assert!(build(&root, &p).unwrap().is_none(), "another inode at the path is not this file");
+        assert!(build(&root, p()).unwrap().is_none(), "another inode at the path is not this file");
     }
 }

@@ -3,6 +3,7 @@
 //! up to [`WINDOW`] unacknowledged, and clears exactly what the peer acknowledged.
 
 use super::build::{build, Built, Plan};
+use crate::hashtree::HashTree;
 use super::{Stats, SyncConfig, SyncError};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
@@ -79,6 +80,7 @@ impl Quiet {
 struct State {
     quiet: Quiet,
     peer_hash: HashMap<FileId, [u8; 32]>,
+    trees: HashMap<FileId, HashTree>,
     next_id: u64,
 }
 
@@ -217,8 +219,9 @@ async fn send_one(
     let (id, root, level) = (st.next_id, s.root.clone(), s.cfg.level);
     let base = if whole { None } else { st.peer_hash.get(&file).copied() };
     let version = entry.version;
+    let tree = if whole { None } else { st.trees.remove(&file) };
     let built: Option<Built> = tokio::task::spawn_blocking(move || {
-        build(&*root, &Plan { file, entry: &entry, id, whole, base, level })
+        build(&*root, Plan { file, entry: &entry, id, whole, base, level, tree })
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
@@ -226,12 +229,14 @@ async fn send_one(
         tracing::debug!(file, "nothing to send: the file is gone or replaced");
         return Ok(None);
     };
+    // Kept even if the update is dropped below: bytes a racing write changed are dirty.
+    st.trees.insert(file, b.tree.clone());
     // A write recorded since the snapshot may have torn what was read: wait for quiet.
     if s.journal.entry(file).map(|e| e.version) != Some(version) {
         tracing::debug!(file, "changed while being read; waiting for it to settle");
         return Ok(None);
     }
-    tracing::debug!(file, id, whole, frames = b.frames.len(), payload = b.payload, "sending update");
+    tracing::debug!(file, id, whole, frames = b.frames.len(), payload = b.payload, hash_read = b.hash_read, "sending update");
     fs.send_all(&b.frames).await?;
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.in_flight, 1);

@@ -1,0 +1,48 @@
+//! Hash trees of files the applier keeps up to date, so that verifying a small update to
+//! a big file reads only the leaves the update touches. A tree is trusted only while the
+//! file's stamp (inode, size, mtime, ctime) is the one recorded with it: any other change
+//! (a local write through the mount) makes the next update hash the file in full.
+
+use crate::hashtree::HashTree;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// What identifies one state of a file's content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stamp {
+    ino: u64,
+    size: i64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of a file as `fstat` sees it now.
+    pub(super) fn of(st: &libc::stat) -> Stamp {
+        Stamp {
+            ino: st.st_ino,
+            size: st.st_size,
+            mtime: (st.st_mtime, st.st_mtime_nsec),
+            ctime: (st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+/// Trees by inode, each with the stamp it is valid for.
+#[derive(Default)]
+pub(super) struct Trees {
+    map: Mutex<HashMap<u64, (Stamp, HashTree)>>,
+}
+
+impl Trees {
+    /// The tree of the file with this stamp, if it is still valid.
+    pub(super) fn get(&self, stamp: &Stamp) -> Option<HashTree> {
+        let map = self.map.lock().unwrap();
+        map.get(&stamp.ino).filter(|(s, _)| s == stamp).map(|(_, t)| t.clone())
+    }
+
+    /// Remembers `tree` as the content of the file with `stamp`.
+    pub(super) fn put(&self, stamp: Stamp, tree: HashTree) {
+        self.map.lock().unwrap().insert(stamp.ino, (stamp, tree));
+    }
+}
