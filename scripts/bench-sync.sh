@@ -188,7 +188,12 @@ stop_daemons() {
               for t in /proc/"$p"/task/*; do
                   echo "-- thread ${t##*/} $(cat "$t/comm" 2>/dev/null) wchan=$(cat "$t/wchan" 2>/dev/null)"
                   cat "$t/stack" 2>/dev/null | head -n 12
-              done; } > "$LOGDIR/stuck-$p.txt" 2>&1
+              done
+              if command -v gdb >/dev/null; then
+                  echo "== gdb backtraces"
+                  timeout 60 gdb -p "$p" -batch -nx -ex 'set pagination off' -ex 'thread apply all bt 25' 2>&1 \
+                      | grep -v '^\[New LWP\|^warning:' || true
+              fi; } > "$LOGDIR/stuck-$p.txt" 2>&1
         done
         STOP_NOTE="$STOP_NOTE; thread states in target/bench-sync-logs/stuck-*.txt"
         for p in $left; do kill -KILL "$p" 2>/dev/null; done
@@ -258,7 +263,7 @@ net_snap() {
     ip netns exec "$NSA" cat /sys/class/net/$VA/statistics/tx_bytes /sys/class/net/$VA/statistics/rx_bytes | paste -sd' '
 }
 # io_snap PID: "read_bytes rchar"
-io_snap() { awk '/^read_bytes:/ { r = $2 } /^rchar:/ { c = $2 } END { print r + 0, c + 0 }' "/proc/$1/io" 2>/dev/null || echo "0 0"; }
+io_snap() { awk '/^read_bytes:/ { r = $2 } /^rchar:/ { c = $2 } END { print (r == "" ? 0 : r), (c == "" ? 0 : c) }' "/proc/$1/io" 2>/dev/null || echo "0 0"; }
 sub2() { # "a b" "c d" -> "c-a d-b"
     local a b c d
     read -r a b <<< "$1"; read -r c d <<< "$2"

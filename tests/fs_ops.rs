@@ -303,3 +303,66 @@ fn unprivileged_write_and_truncate_drop_setuid() {
     drop(f);
     assert_eq!(mode("r"), 0o6777, "root keeps them (CAP_FSETID)");
 }
+
+#[test]
+fn unlinked_open_file_takes_attribute_changes() {
+    let n = mounted();
+    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(n.m("tmp")).unwrap();
+    f.write_all_at(b"0123456789", 0).unwrap();
+    fs::remove_file(n.m("tmp")).unwrap();
+    f.set_len(4).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600)).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+    let md = f.metadata().unwrap();
+    assert_eq!((md.len(), md.mode() & 0o777, md.mtime()), (4, 0o600, 1_000_000));
+    let mut s = String::new();
+    (&f).seek(SeekFrom::Start(0)).unwrap();
+    (&f).read_to_string(&mut s).unwrap();
+    assert_eq!(s, "0123");
+    assert!(!n.data().join("tmp").exists());
+}
+
+#[test]
+fn rewinddir_sees_new_entries() {
+    let n = mounted();
+    fs::write(n.m("a"), b"").unwrap();
+    let d = unsafe { libc::opendir(c(&n.mnt).as_ptr()) };
+    assert!(!d.is_null());
+    let names = |d: *mut libc::DIR| {
+        let mut v = Vec::new();
+        loop {
+            let e = unsafe { libc::readdir(d) };
+            if e.is_null() {
+                break;
+            }
+            let name = unsafe { std::ffi::CStr::from_ptr((*e).d_name.as_ptr()) };
+            v.push(name.to_string_lossy().into_owned());
+        }
+        v.retain(|x| x != "." && x != "..");
+        v.sort();
+        v
+    };
+    assert_eq!(names(d), ["a"]);
+    fs::write(n.m("b"), b"").unwrap();
+    unsafe { libc::rewinddir(d) };
+    assert_eq!(names(d), ["a", "b"]);
+    unsafe { libc::closedir(d) };
+}
+
+#[test]
+fn symlink_times_set_without_following() {
+    let n = mounted();
+    fs::write(n.m("target"), b"t").unwrap();
+    std::os::unix::fs::symlink("target", n.m("link")).unwrap();
+    let before = fs::metadata(n.data().join("target")).unwrap().mtime();
+    let times = [
+        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec { tv_sec: 1_234_567_890, tv_nsec: 0 },
+    ];
+    let rc = unsafe {
+        libc::utimensat(libc::AT_FDCWD, c(&n.m("link")).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+    };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    assert_eq!(fs::symlink_metadata(n.data().join("link")).unwrap().mtime(), 1_234_567_890);
+    assert_eq!(fs::metadata(n.data().join("target")).unwrap().mtime(), before, "the target is untouched");
+}

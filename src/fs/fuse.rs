@@ -308,8 +308,8 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dir = match self.fs.dir(fh.0) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(e)),
         };

@@ -52,6 +52,14 @@ impl<T> Handles<T> {
         self.map.read().unwrap().get(&fh).cloned().ok_or(FsError(libc::EBADF))
     }
 
+    /// Replaces the handle `fh` (EBADF if it is not open).
+    pub fn replace(&self, fh: u64, h: T) -> Result<(), FsError> {
+        let mut map = self.map.write().unwrap();
+        let slot = map.get_mut(&fh).ok_or(FsError(libc::EBADF))?;
+        *slot = Arc::new(h);
+        Ok(())
+    }
+
     /// Removes and returns the handle for `fh`.
     pub fn remove(&self, fh: u64) -> Option<Arc<T>> {
         self.map.write().unwrap().remove(&fh)

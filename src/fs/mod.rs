@@ -133,8 +133,22 @@ impl PassFs {
         self.inodes.forget(ino, n);
     }
 
-    /// The store-relative path of a held inode, as the kernel resolves it now.
+    /// The path of a held inode, or `None` once it has no name (unlinked but still open):
+    /// such a file still takes writes and attribute changes, there is just nothing to sync.
+    fn live_path(&self, inode: &Inode) -> Result<Option<RelPath>, FsError> {
+        match self.rel_path(inode) {
+            Ok(p) => Ok(Some(p)),
+            Err(FsError(libc::ENOENT)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The store-relative path of a held inode, as the kernel resolves it now (ENOENT
+    /// for an unlinked inode, whose `/proc` link reads "... (deleted)").
     fn rel_path(&self, inode: &Inode) -> Result<RelPath, FsError> {
+        if sys::fstat(&inode.fd)?.st_nlink == 0 {
+            return Err(FsError(libc::ENOENT));
+        }
         let abs = sys::readlink_path(&inode.proc_path())?;
         let root = self.root.as_os_str().as_encoded_bytes();
         let rest = abs.strip_prefix(root).ok_or(FsError(libc::ENOENT))?;

@@ -5,6 +5,7 @@ use super::handle::DirHandle;
 use super::inode::Inode;
 use super::{sys, timespec, Ctx, FsError, PassFs, SetAttr};
 use crate::journal::op::MetaOp;
+use crate::path::RelPath;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
@@ -25,14 +26,14 @@ impl PassFs {
     /// Applies attribute changes, recording each, and returns the new attributes.
     pub fn setattr(&self, ino: u64, fh: Option<u64>, a: &SetAttr) -> R<libc::stat> {
         let inode = self.inodes.get(ino)?;
-        let path = self.rel_path(&inode)?;
+        let path = self.live_path(&inode)?;
         if let Some(mode) = a.mode {
             sys::chmod_fd(&inode.fd, mode & 0o7777)?;
-            self.rec.meta(MetaOp::Chmod { path: path.clone(), mode: mode & 0o7777 })?;
+            self.log(&path, |path| MetaOp::Chmod { path, mode: mode & 0o7777 })?;
         }
         if a.uid.is_some() || a.gid.is_some() {
             sys::chown_fd(&inode.fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
-            self.rec.meta(MetaOp::Chown { path: path.clone(), uid: a.uid, gid: a.gid })?;
+            self.log(&path, |path| MetaOp::Chown { path, uid: a.uid, gid: a.gid })?;
         }
         if let Some(size) = a.size {
             if a.kill_priv {
@@ -46,9 +47,19 @@ impl PassFs {
         sys::fstat(&inode.fd)
     }
 
-    fn truncate(&self, inode: &Inode, fh: Option<u64>, path: &crate::path::RelPath, size: u64) -> R<()> {
+    /// Records a metadata op on a file that still has a name (an unlinked one has none).
+    fn log(&self, path: &Option<RelPath>, op: impl FnOnce(RelPath) -> MetaOp) -> R<()> {
+        match path {
+            Some(p) => self.rec.meta(op(p.clone())).map_err(Into::into),
+            None => Ok(()),
+        }
+    }
+
+    fn truncate(&self, inode: &Inode, fh: Option<u64>, path: &Option<RelPath>, size: u64) -> R<()> {
         let file = inode.backing_ino;
-        self.rec.track(file, path)?;
+        if let Some(p) = path {
+            self.rec.track(file, p)?;
+        }
         let cur = sys::fstat(&inode.fd)?.st_size as u64;
         if size > cur {
             self.rec.write(file, cur, size)?; // the new zeros are changed bytes too
@@ -58,19 +69,25 @@ impl PassFs {
             Some(h) if h.writable => sys::ftruncate(&h.file, size)?,
             _ => sys::ftruncate(&sys::reopen(&inode.fd, libc::O_WRONLY)?, size)?,
         }
-        self.rec.meta(MetaOp::Truncate { path: path.clone(), file, size })?;
-        Ok(())
+        self.log(path, |path| MetaOp::Truncate { path, file, size })
     }
 
-    fn utimens(&self, inode: &Inode, fh: Option<u64>, path: &crate::path::RelPath, a: &SetAttr) -> R<()> {
+    fn utimens(&self, inode: &Inode, fh: Option<u64>, path: &Option<RelPath>, a: &SetAttr) -> R<()> {
         let times = [timespec(a.atime), timespec(a.mtime)];
-        match fh.map(|fh| self.files.get(fh)).transpose()? {
-            Some(h) => sys::futimens(&h.file, &times)?,
-            None if inode.kind == libc::S_IFLNK => {}
-            None => sys::utimens_fd(&inode.fd, &times)?,
+        match (fh.map(|fh| self.files.get(fh)).transpose()?, path) {
+            (Some(h), _) => sys::futimens(&h.file, &times)?,
+            (None, Some(p)) if inode.kind == libc::S_IFLNK => self.utimens_symlink(p, &times)?,
+            (None, None) if inode.kind == libc::S_IFLNK => return Err(FsError(libc::ENOENT)),
+            (None, _) => sys::utimens_fd(&inode.fd, &times)?,
         }
-        let op = MetaOp::Utimens { path: path.clone(), atime: a.atime, mtime: a.mtime };
-        self.rec.meta(op).map_err(Into::into)
+        self.log(path, |path| MetaOp::Utimens { path, atime: a.atime, mtime: a.mtime })
+    }
+
+    /// A symlink's own times: `utimensat(dir, name, AT_SYMLINK_NOFOLLOW)` under its parent.
+    fn utimens_symlink(&self, path: &RelPath, times: &[libc::timespec; 2]) -> R<()> {
+        let root = self.inodes.get(super::inode::ROOT_INO)?;
+        let (dir, name) = crate::beneath::open_parent(&root.fd, path)?;
+        sys::utimensat_nofollow(&dir, &name, times)
     }
 
     /// Target of the symlink `ino`.
@@ -206,14 +223,19 @@ impl PassFs {
         self.inodes.lookup(&np, newname)
     }
 
-    /// Opens a directory: reads its entries once.
+    /// Opens a directory; its entries are read by the first `readdir`.
     pub fn opendir(&self, ino: u64) -> R<u64> {
-        let entries = sys::read_dir(&self.inodes.get(ino)?.fd)?;
-        Ok(self.dirs.insert(DirHandle { entries }))
+        self.inodes.get(ino)?;
+        Ok(self.dirs.insert(DirHandle { entries: Vec::new() }))
     }
 
-    /// The directory handle `fh` (its entries, to page through).
-    pub fn dir(&self, fh: u64) -> R<std::sync::Arc<DirHandle>> {
+    /// The entries of directory handle `fh` to page through; reading from offset 0 (a
+    /// first read or a `rewinddir`) lists the directory afresh.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64) -> R<std::sync::Arc<DirHandle>> {
+        if offset == 0 {
+            let entries = sys::read_dir(&self.inodes.get(ino)?.fd)?;
+            self.dirs.replace(fh, DirHandle { entries })?;
+        }
         self.dirs.get(fh)
     }
 

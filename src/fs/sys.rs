@@ -157,6 +157,13 @@ pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }
 
+/// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`: a symlink's own times.
+pub fn utimensat_nofollow(dir: &impl AsRawFd, name: &OsStr, times: &[libc::timespec; 2]) -> R<()> {
+    let c = cstr(name)?;
+    let rc = unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    check(rc).map(drop)
+}
+
 /// `futimens` on an open file.
 pub fn futimens(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
     check(unsafe { libc::futimens(fd.as_raw_fd(), times.as_ptr()) }).map(drop)
