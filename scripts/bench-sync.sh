@@ -4,8 +4,12 @@
 # Two network namespaces joined by a veth pair (10.231.0.1/24 <-> 10.231.0.2/24) stand for
 # the two computers. Each syncfs daemon runs with `nsenter --net=/run/netns/NS`, which
 # changes only the network namespace, so its FUSE mount is visible here. (`ip netns exec`
-# also unshares the mount namespace: a FUSE mount made under it is invisible outside.)
-# An rsync daemon in namespace B (modules pointing at plain directories) is the baseline.
+# also unshares the mount namespace: a FUSE mount made under it is invisible outside, and
+# one made outside is copied into every such namespace created while it exists, which here
+# (private root mount, no propagation) keeps the FUSE session alive after syncfs's own
+# umount, so the daemon hangs on SIGTERM. Hence nsenter --net for everything run after
+# the mounts.) An rsync daemon in namespace B (modules pointing at plain directories) is
+# the baseline.
 #
 # Every figure is counted outside the programs:
 #   - bytes on the wire: the veth's tx/rx byte counters in namespace A (Ethernet frames,
@@ -259,9 +263,14 @@ done
 now_us() { echo "${EPOCHREALTIME/./}"; }
 drop_caches() { [ "$DROP" = 1 ] || return 0; sync; echo 3 > /proc/sys/vm/drop_caches; }
 # net_snap: "A->B B->A" bytes so far, from A's end of the veth.
+# Read through nsenter --net (which, unlike `ip netns exec`, makes no mount namespace: a
+# mount namespace created while the FUSE mounts exist holds copies of them, and the root
+# here is a private mount, so syncfs's own umount would then never end its FUSE session).
+# /proc/net/dev shows the reader's network namespace.
 net_snap() {
-    ip netns exec "$NSA" cat /sys/class/net/$VA/statistics/tx_bytes /sys/class/net/$VA/statistics/rx_bytes | paste -sd' '
+    nsenter --net="/run/netns/$NSA" cat /proc/net/dev | sed 's/:/ /' | awk -v d="$VA" '$1 == d { print $10, $2; f = 1 } END { exit !f }'
 }
+in_ns() { local ns=$1; shift; nsenter --net="/run/netns/$ns" "$@"; }
 # io_snap PID: "read_bytes rchar"
 io_snap() { awk '/^read_bytes:/ { r = $2 } /^rchar:/ { c = $2 } END { print (r == "" ? 0 : r), (c == "" ? 0 : c) }' "/proc/$1/io" 2>/dev/null || echo "0 0"; }
 sub2() { # "a b" "c d" -> "c-a d-b"
@@ -294,14 +303,14 @@ check_daemons() {
 }
 rate_on() {
     [ -n "$RATE" ] || return 0
-    tc -n "$NSA" qdisc replace dev "$VA" root tbf rate "$RATE" burst 32kbit latency 400ms
-    tc -n "$NSB" qdisc replace dev "$VB" root tbf rate "$RATE" burst 32kbit latency 400ms
+    in_ns "$NSA" tc qdisc replace dev "$VA" root tbf rate "$RATE" burst 32kbit latency 400ms
+    in_ns "$NSB" tc qdisc replace dev "$VB" root tbf rate "$RATE" burst 32kbit latency 400ms
     RATE_ON=1
 }
 rate_off() {
     [ "$RATE_ON" = 1 ] || return 0
-    tc -n "$NSA" qdisc del dev "$VA" root 2>/dev/null || true
-    tc -n "$NSB" qdisc del dev "$VB" root 2>/dev/null || true
+    in_ns "$NSA" tc qdisc del dev "$VA" root 2>/dev/null || true
+    in_ns "$NSB" tc qdisc del dev "$VB" root 2>/dev/null || true
     RATE_ON=0
 }
 # wait_quiet: until the veth counters are unchanged for QUIET_MS (at most 60 s).
@@ -438,14 +447,14 @@ read only = false
 [b2]
     path = $RB2
 EOF
-ip netns exec "$NSB" rsync --daemon --no-detach --config="$TMP/rsyncd.conf" &
+in_ns "$NSB" rsync --daemon --no-detach --config="$TMP/rsyncd.conf" &
 PID_R=$!
 for i in $(seq 100); do
-    ip netns exec "$NSA" rsync "rsync://$IPB:$RPORT/" >/dev/null 2>&1 && break
+    in_ns "$NSA" rsync "rsync://$IPB:$RPORT/" >/dev/null 2>&1 && break
     alive "$PID_R" || die "the rsync daemon exited (see $LOGDIR/rsyncd.log)"
     sleep 0.1
 done
-ip netns exec "$NSA" rsync "rsync://$IPB:$RPORT/" >/dev/null 2>&1 || die "the rsync daemon does not answer"
+in_ns "$NSA" rsync "rsync://$IPB:$RPORT/" >/dev/null 2>&1 || die "the rsync daemon does not answer"
 
 # ---------------------------------------------------------------- workloads
 RANDOM=$SEED
@@ -710,7 +719,7 @@ measure_rsync() {
     net0=$(net_snap)
     t0=$(now_us)
     echo "=== [$w] rsync -a --no-whole-file --stats $* (module $mod)" >> "$LOGDIR/rsync.log"
-    ip netns exec "$NSA" rsync -a --no-whole-file --stats "$@" "$RA/w-$w/" "rsync://$IPB:$RPORT/$mod/w-$w/" \
+    in_ns "$NSA" rsync -a --no-whole-file --stats "$@" "$RA/w-$w/" "rsync://$IPB:$RPORT/$mod/w-$w/" \
         >> "$LOGDIR/rsync.log" 2>&1 || rc=$?
     t1=$(now_us)
     wait_quiet || true

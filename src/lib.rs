@@ -41,5 +41,6 @@ pub mod node;
 pub mod journal;
 pub mod net;
 pub mod path;
+pub mod preimage;
 pub mod store;
 pub mod wire;

@@ -10,6 +10,7 @@ use crate::fs::record::JournalRecorder;
 use crate::fs::{FsOptions, PassFs};
 use crate::journal::Journal;
 use crate::net::{self, NetConfig, NetHandle};
+use crate::preimage::Preimages;
 use crate::store::{folder_id_bytes, Store};
 use crate::sync::{receiver, sender, Stats, SyncConfig};
 use anyhow::{anyhow, Context, Result};
@@ -20,6 +21,9 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Old bytes kept for deltas, at most (past it, ranges go without a dictionary).
+const PREIMAGE_CAP: u64 = 1 << 30;
 
 /// The applier's view of the local mount.
 pub struct MountHooks {
@@ -84,15 +88,20 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         let _ = quiet_tx.send(f);
     });
     let rec = Arc::new(JournalRecorder::new(journal.clone(), Some(on_closed)));
+    let tainted = journal.snapshot().files.into_iter().map(|(f, e)| (f, e.ranges));
+    let pre = Arc::new(
+        Preimages::open(&store.preimages(), PREIMAGE_CAP, tainted).context("opening the pre-image store")?,
+    );
     let fs = Arc::new(
         PassFs::new(&store.data(), rec, FsOptions { writeback: true })
-            .map_err(|e| anyhow!("opening backing dir {}: {e}", store.data().display()))?,
+            .map_err(|e| anyhow!("opening backing dir {}: {e}", store.data().display()))?
+            .with_preimages(pre.clone()),
     );
     let mounted = mount::mount(fs.clone(), mountpoint, cfg.threads).with_context(|| format!("mounting {}", mountpoint.display()))?;
     tracing::info!("mounted {} at {}", store.data().display(), mountpoint.display());
     let hooks = Arc::new(MountHooks { fs, notifier: mounted.notifier() });
     let stats = Arc::new(Stats::default());
-    let tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats, quiet_rx).await?;
+    let tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats, quiet_rx, pre).await?;
     wait_for_stop(&mounted).await?;
     for t in tasks {
         t.abort();
@@ -110,6 +119,7 @@ async fn start_sync(
     hooks: Arc<MountHooks>,
     stats: Arc<Stats>,
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    pre: Arc<Preimages>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let applier = Arc::new(Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?);
     let peers = parse_addrs(&cfg.peers)?;
@@ -131,7 +141,8 @@ async fn start_sync(
             tracing::error!("receiver stopped: {e}");
         }
     }));
-    tasks.extend(start_senders(&store.data(), net, allow, journal, sync_cfg, stats, quiet_rx)?);
+    let senders = start_senders(&store.data(), net, allow, journal, sync_cfg, stats, quiet_rx, pre)?;
+    tasks.extend(senders);
     Ok(tasks)
 }
 
@@ -143,6 +154,7 @@ fn start_senders(
     cfg: SyncConfig,
     stats: Arc<Stats>,
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
+    pre: Arc<Preimages>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let Some(&peer) = allow.first() else {
         tracing::warn!("no peer configured: changes are journaled but not sent");
@@ -153,7 +165,7 @@ fn start_senders(
     }
     let root = crate::fs::sys::openat(&crate::fs::sys::AtCwd, data.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)
         .map_err(|e| anyhow!("opening {}: errno {}", data.display(), e.0))?;
-    let s = sender::Sender { net, peer, journal, root: Arc::new(root), cfg, stats };
+    let s = sender::Sender { net, peer, journal, root: Arc::new(root), cfg, stats, pre: Some(pre) };
     Ok(vec![tokio::spawn(sender::run(s, quiet_rx))])
 }
 

@@ -68,6 +68,10 @@ impl Store {
     pub fn staging(&self) -> PathBuf {
         self.dir.join("staging")
     }
+    /// Old bytes of regions overwritten since the last ack (rebuilt at each mount).
+    pub fn preimages(&self) -> PathBuf {
+        self.dir.join("preimages")
+    }
     /// The identity key file.
     pub fn key_file(&self) -> PathBuf {
         self.dir.join("identity.key")

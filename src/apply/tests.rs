@@ -307,14 +307,19 @@ fn non_regular_targets_and_bad_ranges_are_bad_requests() {
     let a = e.applier();
     let u = update("d", None, b"x", &[(0, 1)]);
     assert!(matches!(a.apply_update(&u), Err(ApplyError::BadRequest(_))));
-    // Reserved encoding.
+    // A delta whose base this side does not hold: a mismatch (the sender then sends
+    // the whole file), and the file it would have created is not left behind.
     let mut u = update("f", None, b"abc", &[(0, 3)]);
     u.ranges[0].encoding = Encoding::ZstdDict;
     let err = a.apply_update(&u).unwrap_err();
-    assert!(
-        matches!(err.nack_reason(), NackReason::BadRequest(_)),
-        "{err}"
-    );
+    assert!(matches!(err.nack_reason(), NackReason::HashMismatch), "{err}");
+    assert!(!e.p("f").exists());
+    // A garbage delta against bytes that exist is refused too.
+    fs::write(e.p("g"), b"old").unwrap();
+    let mut u = update("g", None, b"abc", &[(0, 3)]);
+    u.ranges[0].encoding = Encoding::ZstdDict;
+    assert!(a.apply_update(&u).is_err());
+    assert_eq!(fs::read(e.p("g")).unwrap(), b"old");
     // A zstd bomb: declares 10 bytes, expands to a megabyte.
     let bomb = zstd::bulk::compress(&vec![0u8; 1 << 20], 3).unwrap();
     let mut u = update("f", None, &[0u8; 10], &[]);
@@ -1040,6 +1045,23 @@ fn crash_points_are_recovered() {
         a.apply_update(&u).unwrap(); // the unacked resend
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
     }
+}
+
+#[test]
+fn deltas_decode_against_current_bytes_and_stage_decoded() {
+    let e = Env::new();
+    let a = e.applier();
+    let old = pseudo_random(64 << 10, 11);
+    fs::write(e.p("db"), &old).unwrap();
+    let mut new = old.clone();
+    new[5000..5020].copy_from_slice(&[0xAB; 20]);
+    let mut u = update("db", Some(&old), &new, &[(4096, 4096)]);
+    let d = crate::delta::encode(&new[4096..8192], &old[4096..8192], 3).unwrap();
+    assert!(d.len() < 200, "a 20-byte change costs {} bytes", d.len());
+    u.ranges[0] = crate::wire::RangeData { offset: 4096, len: 4096, encoding: Encoding::ZstdDict, data: d };
+    a.apply_update(&u).unwrap();
+    assert_eq!(e.read("db"), new);
+    assert!(e.staged().is_empty());
 }
 
 #[test]

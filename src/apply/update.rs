@@ -8,7 +8,7 @@ use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
 use crate::path::RelPath;
-use crate::wire::{decompress_range, Encoding, FileUpdate, WireError, MAX_RANGE_LEN};
+use crate::wire::{decompress_range, Encoding, FileUpdate, RangeData, WireError, MAX_RANGE_LEN};
 use std::borrow::Cow;
 use std::ffi::OsString;
 use std::fs::File;
@@ -56,11 +56,17 @@ struct Ranges<'a> {
 
 impl<'a> Ranges<'a> {
     /// Step 1: every range decompresses to exactly its declared length (capped there).
-    fn decode(u: &'a FileUpdate) -> Result<Ranges<'a>, ApplyError> {
+    /// Deltas (`ZstdDict`) decode against the target's current bytes of the same range,
+    /// so they are decoded now, before anything overwrites those bytes.
+    fn decode(u: &'a FileUpdate, target: Option<&File>) -> Result<Ranges<'a>, ApplyError> {
         let total: u64 = u.ranges.iter().map(|r| r.len).sum();
+        let has_delta = u.ranges.iter().any(|r| r.encoding == Encoding::ZstdDict);
+        if has_delta && total > CACHE_LIMIT {
+            return Err(ApplyError::BadRequest(format!("{}: deltas over {CACHE_LIMIT} bytes", u.path)));
+        }
         let mut cache = (total <= CACHE_LIMIT).then(Vec::new);
         for i in 0..u.ranges.len() {
-            let bytes = decode_range(u, i)?;
+            let bytes = decode_range(u, i, target)?;
             if let Some(c) = cache.as_mut() {
                 c.push(bytes);
             }
@@ -71,21 +77,47 @@ impl<'a> Ranges<'a> {
     fn get(&self, i: usize) -> Result<Cow<'_, [u8]>, ApplyError> {
         match &self.cache {
             Some(c) => Ok(Cow::Borrowed(&c[i])),
-            None => decode_range(self.u, i).map(Cow::Owned),
+            None => decode_range(self.u, i, None).map(Cow::Owned),
         }
+    }
+
+    /// The update as it is staged: deltas replaced by their decoded bytes (after a crash
+    /// mid-replay, the old bytes they refer to may be gone).
+    fn stageable(&self) -> Cow<'a, FileUpdate> {
+        let (u, Some(cache)) = (self.u, &self.cache) else { return Cow::Borrowed(self.u) };
+        if u.ranges.iter().all(|r| r.encoding != Encoding::ZstdDict) {
+            return Cow::Borrowed(u);
+        }
+        let mut staged = u.clone();
+        for (r, bytes) in staged.ranges.iter_mut().zip(cache) {
+            if r.encoding == Encoding::ZstdDict {
+                *r = RangeData { offset: r.offset, len: r.len, encoding: Encoding::Raw, data: bytes.clone() };
+            }
+        }
+        Cow::Owned(staged)
     }
 }
 
-fn decode_range(u: &FileUpdate, i: usize) -> Result<Vec<u8>, ApplyError> {
+fn decode_range(u: &FileUpdate, i: usize, target: Option<&File>) -> Result<Vec<u8>, ApplyError> {
     let r = &u.ranges[i];
     if r.encoding == Encoding::ZstdDict {
-        return Err(ApplyError::BadRequest(format!(
-            "{}: zstd-with-dictionary ranges are reserved",
-            u.path
-        )));
+        return decode_delta(u, r, target);
     }
     decompress_range(r).map_err(|e: WireError| {
         ApplyError::BadRequest(format!("{}: range at {}: {e}", u.path, r.offset))
+    })
+}
+
+/// A delta against this side's current bytes of the range; a different base (the peer's
+/// idea of our content is wrong) is a hash mismatch, so the sender sends the whole file.
+fn decode_delta(u: &FileUpdate, r: &RangeData, target: Option<&File>) -> Result<Vec<u8>, ApplyError> {
+    let mismatch = || ApplyError::HashMismatch { path: u.path.clone() };
+    let file = target.ok_or_else(mismatch)?;
+    let mut old = vec![0u8; r.len as usize];
+    file.read_exact_at(&mut old, r.offset).map_err(|_| mismatch())?;
+    crate::delta::decode(&r.data, &old, r.len as usize).map_err(|e| match e {
+        crate::delta::DeltaError::WrongBase => mismatch(),
+        e => ApplyError::BadRequest(format!("{}: delta at {}: {e}", u.path, r.offset)),
     })
 }
 
@@ -170,12 +202,18 @@ impl Applier {
     pub fn apply_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         let _serial = self.lock();
         check_update(u)?;
-        // 1. Decompress every range (capped at its declared length).
-        let ranges = Ranges::decode(u)?;
-        // 2. Rule 1: stage durably before the target is even opened for writing.
-        let mut stage = Stage::create(self, u)?;
-        // 3. The target, beneath the root.
+        // 1. The target, beneath the root (deltas decode against its current bytes).
         let mut t = self.open_target(u, u.base.is_none())?;
+        // 2. Decompress every range (capped at its declared length).
+        let ranges = match Ranges::decode(u, Some(&t.file)) {
+            Ok(r) => r,
+            Err(e) => {
+                undo_create(&t);
+                return Err(e);
+            }
+        };
+        // 3. Rule 1: stage durably before the target is written.
+        let mut stage = Stage::create(self, &ranges.stageable())?;
         let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t);
         if res.is_err() {
             if let Some(mode) = t.restore_mode {
@@ -219,10 +257,7 @@ impl Applier {
             None
         };
         if let Some(e) = refused {
-            // Nothing was written: undo our own creation, if any.
-            if let Some((dir, name)) = &t.created {
-                let _ = sys::unlinkat(dir, name, false);
-            }
+            undo_create(t); // nothing was written
             return Err(e);
         }
         // 5. Rule 2: the stage is verified, durably.
@@ -354,8 +389,8 @@ impl Applier {
     /// idempotent) and makes it durable.
     pub(super) fn replay_recovered(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         check_update(u)?;
-        let ranges = Ranges::decode(u)?;
         let mut t = self.open_target(u, u.base.is_none())?;
+        let ranges = Ranges::decode(u, Some(&t.file))?;
         let hold = self.hooks.hold(t.ino);
         if let Err(e) = self.replay(u, &ranges, &t.file) {
             if let Some(mode) = t.restore_mode {
@@ -364,6 +399,13 @@ impl Applier {
             return Err(e);
         }
         self.done(u, &mut t, hold)
+    }
+}
+
+/// Removes the target if this update created it (it was refused before any write).
+fn undo_create(t: &Target) {
+    if let Some((dir, name)) = &t.created {
+        let _ = sys::unlinkat(dir, name, false);
     }
 }
 

@@ -88,10 +88,21 @@ impl PassFs {
         }
         // A write past the end leaves a hole of zeros: changed bytes too (the peer and
         // the hash trees must see them even after an earlier truncate shrank the file).
-        let eof = if offset > 0 { sys::fstat(&h.file)?.st_size as u64 } else { 0 };
+        let eof = if offset > 0 || self.pre.is_some() { sys::fstat(&h.file)?.st_size as u64 } else { 0 };
         self.rec.write(h.file_id, offset.min(eof), end)?;
+        self.save_preimage(&h, eof, offset, end);
         h.file.write_all_at(data, offset)?;
         Ok(data.len() as u32)
+    }
+
+    /// Copies old bytes aside before their first overwrite (an optimisation: a failure
+    /// only means the range goes without a dictionary).
+    fn save_preimage(&self, h: &FileHandle, size: u64, start: u64, end: u64) {
+        if let Some(p) = &self.pre {
+            if let Err(e) = p.before_write(h.file_id, &h.file, size, start, end) {
+                tracing::debug!(file = h.file_id, "pre-image not saved: {e}");
+            }
+        }
     }
 
     /// Makes the file and its journal entries durable.
@@ -119,6 +130,7 @@ impl PassFs {
         let end = offset.checked_add(len).ok_or(FsError(libc::EFBIG))?;
         if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
             self.rec.write(h.file_id, offset, end)?;
+            self.save_preimage(&h, sys::fstat(&h.file)?.st_size as u64, offset, end);
         } else if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
             let size = sys::fstat(&h.file)?.st_size as u64;
             if end > size {

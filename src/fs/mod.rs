@@ -91,6 +91,7 @@ pub struct PassFs {
     files: Handles<FileHandle>,
     dirs: Handles<DirHandle>,
     rec: Arc<dyn Recorder>,
+    pre: Option<Arc<crate::preimage::Preimages>>,
     gate: Arc<gate::Gate>,
     opts: FsOptions,
     is_root: bool,
@@ -107,10 +108,17 @@ impl PassFs {
             files: Handles::default(),
             dirs: Handles::default(),
             rec,
+            pre: None,
             gate: Arc::default(),
             opts,
             is_root: unsafe { libc::geteuid() } == 0,
         })
+    }
+
+    /// Saves old bytes at their first overwrite since the last ack into `pre`.
+    pub fn with_preimages(mut self, pre: Arc<crate::preimage::Preimages>) -> PassFs {
+        self.pre = Some(pre);
+        self
     }
 
     /// The backing directory.

@@ -4,9 +4,10 @@
 
 use crate::beneath::open_beneath;
 use crate::hashtree::HashTree;
+use crate::preimage::Preimages;
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::journal::op::Timestamp;
-use crate::wire::{compress_range, FileUpdate, Message, RangeData};
+use crate::wire::{compress_range, Encoding, FileUpdate, Message, RangeData};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -49,7 +50,13 @@ pub struct Plan<'a> {
     /// The file's hash tree from its last update: every byte changed since is in the
     /// journal's dirty ranges, so only their leaves are read again.
     pub tree: Option<HashTree>,
+    /// Old bytes of dirty regions as the peer holds them, for delta compression.
+    pub pre: Option<&'a Preimages>,
 }
+
+/// Dirty bytes above which ranges go without a dictionary (the peer must hold the
+/// decoded ranges in memory before it overwrites their old bytes).
+pub const DICT_LIMIT: u64 = 64 << 20;
 
 /// Builds the update, or `None` if the file is gone or is no longer this file.
 pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>> {
@@ -66,7 +73,8 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     let size = md.len();
     let mut sent = if p.whole { RangeSet::from_range(0, size) } else { p.entry.ranges.clone() };
     sent.truncate(size);
-    let ranges = read_ranges(&file, &sent, p.level)?;
+    let pre = p.pre.filter(|_| !p.whole && sent.len_bytes() <= DICT_LIMIT);
+    let ranges = read_ranges(&file, &sent, p.level, pre.map(|x| (x, p.file)))?;
     let (tree, hash_read) = hash_tree(&file, p.tree, &p.entry.ranges, size)?;
     let hash = tree.root();
     let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
@@ -96,8 +104,9 @@ fn hash_tree(file: &File, tree: Option<HashTree>, dirty: &RangeSet, size: u64) -
     Ok((tree, stats.bytes_read))
 }
 
-/// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes.
-fn read_ranges(file: &File, set: &RangeSet, level: i32) -> std::io::Result<Vec<RangeData>> {
+/// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes, each against its
+/// pre-image when that is known.
+fn read_ranges(file: &File, set: &RangeSet, level: i32, pre: Option<(&Preimages, FileId)>) -> std::io::Result<Vec<RangeData>> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for (start, end) in set.iter() {
@@ -106,11 +115,24 @@ fn read_ranges(file: &File, set: &RangeSet, level: i32) -> std::io::Result<Vec<R
             let len = (end - off).min(PIECE) as usize;
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, off)?;
-            out.push(compress_range(off, &buf, level));
+            out.push(compress_piece(off, &buf, level, pre));
             off += len as u64;
         }
     }
     Ok(out)
+}
+
+/// The smaller of plain zstd and a delta against the piece's pre-image (if known).
+fn compress_piece(off: u64, bytes: &[u8], level: i32, pre: Option<(&Preimages, FileId)>) -> RangeData {
+    let plain = compress_range(off, bytes, level);
+    let old = pre.and_then(|(p, file)| p.get(file, off, off + bytes.len() as u64));
+    let delta = old.and_then(|old| crate::delta::encode(bytes, &old, level).ok());
+    match delta {
+        Some(d) if d.len() < plain.data.len() => {
+            RangeData { offset: off, len: bytes.len() as u64, encoding: Encoding::ZstdDict, data: d }
+        }
+        _ => plain,
+    }
 }
 
 /// Splits ranges into `UpdatePart` frames within the budget; the last frame is the update.
@@ -152,7 +174,7 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(100, 200), (9_000_000, 20_000_000)]);
-        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3, tree: None };
+        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3, tree: None, pre: None };
         let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
         assert_eq!(b.sent.iter().collect::<Vec<_>>(), vec![(100, 200), (9_000_000, 10_000_000)]);
@@ -182,12 +204,12 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(0, 8 << 20)]);
-        let first = build(&root, Plan { file: ino, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None });
+        let first = build(&root, Plan { file: ino, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None, pre: None });
         let first = first.unwrap().unwrap();
         data[3 << 20] = 9;
         std::fs::OpenOptions::new().write(true).open(t.path().join("f")).unwrap().write_all_at(&[9], 3 << 20).unwrap();
         let e = entry("f", &[(3 << 20, (3 << 20) + 1)]);
-        let p = Plan { file: ino, entry: &e, id: 2, whole: false, base: None, level: 3, tree: Some(first.tree) };
+        let p = Plan { file: ino, entry: &e, id: 2, whole: false, base: None, level: 3, tree: Some(first.tree), pre: None };
         let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
         assert!(b.hash_read <= 1 << 20, "read {} bytes to hash a 1-byte edit", b.hash_read);
@@ -203,7 +225,7 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[]);
-        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1, tree: None };
+        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1, tree: None, pre: None };
         let b = build(&root, p).unwrap().unwrap();
         assert!(b.frames.len() > 2, "{} frames", b.frames.len());
         assert!(matches!(b.frames[0], Message::UpdatePart { id: 1, .. }));
@@ -214,7 +236,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = File::open(t.path()).unwrap();
         let e = entry("gone", &[(0, 1)]);
-        let p = || Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None };
+        let p = || Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None, pre: None };
         assert!(build(&root, p()).unwrap().is_none());
         std::fs::write(t.path().join("gone"), b"x").unwrap();
         assert!(build(&root, p()).unwrap().is_none(), "another inode at the path is not this file");

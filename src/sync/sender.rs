@@ -4,6 +4,7 @@
 
 use super::build::{build, Built, Plan};
 use crate::hashtree::HashTree;
+use crate::preimage::Preimages;
 use super::{Stats, SyncConfig, SyncError};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
@@ -40,6 +41,8 @@ pub struct Sender {
     pub cfg: SyncConfig,
     /// Counters.
     pub stats: Arc<Stats>,
+    /// Old bytes of dirty regions, for deltas (released at ack).
+    pub pre: Option<Arc<Preimages>>,
 }
 
 type Stream = FramedStream<libp2p::Stream>;
@@ -82,6 +85,26 @@ struct State {
     peer_hash: HashMap<FileId, [u8; 32]>,
     trees: HashMap<FileId, HashTree>,
     next_id: u64,
+    /// Measured link throughput (bytes/s, smoothed), which picks the zstd level.
+    link_bps: Option<f64>,
+}
+
+/// Updates smaller than this say more about latency than throughput: not measured.
+const MEASURE_MIN: u64 = 64 << 10;
+
+impl State {
+    fn level(&self, default: i32) -> i32 {
+        self.link_bps.map(crate::delta::level_for_throughput).unwrap_or(default)
+    }
+
+    fn measure(&mut self, bytes: u64, since: Instant) {
+        let secs = since.elapsed().as_secs_f64();
+        if bytes < MEASURE_MIN || secs <= 0.0 {
+            return;
+        }
+        let bps = bytes as f64 / secs;
+        self.link_bps = Some(self.link_bps.map_or(bps, |old| 0.7 * old + 0.3 * bps));
+    }
 }
 
 struct InFlight {
@@ -90,6 +113,8 @@ struct InFlight {
     sent: RangeSet,
     hash: [u8; 32],
     whole: bool,
+    payload: u64,
+    at: Instant,
 }
 
 /// Runs sessions to the peer forever, reconnecting with backoff.
@@ -216,12 +241,12 @@ async fn send_one(
 ) -> Result<Option<InFlight>, SyncError> {
     let Some(entry) = snap.files.get(&file).cloned() else { return Ok(None) };
     st.next_id += 1;
-    let (id, root, level) = (st.next_id, s.root.clone(), s.cfg.level);
+    let (id, root, level, pre) = (st.next_id, s.root.clone(), st.level(s.cfg.level), s.pre.clone());
     let base = if whole { None } else { st.peer_hash.get(&file).copied() };
     let version = entry.version;
     let tree = if whole { None } else { st.trees.remove(&file) };
     let built: Option<Built> = tokio::task::spawn_blocking(move || {
-        build(&*root, Plan { file, entry: &entry, id, whole, base, level, tree })
+        build(&*root, Plan { file, entry: &entry, id, whole, base, level, tree, pre: pre.as_deref() })
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
@@ -240,7 +265,8 @@ async fn send_one(
     fs.send_all(&b.frames).await?;
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.in_flight, 1);
-    Ok(Some(InFlight { file, version, sent: b.sent, hash: b.hash, whole }))
+    let (payload, at) = (b.payload, Instant::now());
+    Ok(Some(InFlight { file, version, sent: b.sent, hash: b.hash, whole, payload, at }))
 }
 
 fn on_reply(
@@ -261,7 +287,11 @@ fn on_reply(
     match nack {
         None => {
             s.journal.ack_file(f.file, f.version, &f.sent)?;
+            if let Some(p) = &s.pre {
+                p.release(f.file, &f.sent);
+            }
             st.peer_hash.insert(f.file, f.hash);
+            st.measure(f.payload, f.at);
             Stats::add(&s.stats.acked, 1);
         }
         Some(reason) => on_nack(s, st, f, reason, queue),

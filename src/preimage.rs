@@ -1,0 +1,171 @@
+//! Pre-images: the bytes a region held at the last acknowledged sync, copied aside at
+//! its first overwrite since, so that the sender can compress new bytes against what the
+//! peer already holds ([`crate::delta`], like `zstd --patch-from`).
+//!
+//! Rules kept here:
+//! - Only bytes never overwritten since the last ack are saved: a region is saved once,
+//!   before its first overwrite, and released when the peer acknowledges it.
+//! - Regions that were dirty before this process started (their old bytes are unknown)
+//!   are tainted: never saved, never offered, until acknowledged.
+//! - Space is bounded: past the cap nothing more is saved (those ranges are then sent
+//!   compressed without a dictionary). Pre-images do not survive a restart.
+//! - A wrong pre-image can never corrupt the peer: deltas carry an id of their base and
+//!   the peer checks the whole file's hash before anything is visible.
+
+use crate::journal::{FileId, RangeSet};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Saved old bytes of one file: a sparse file at the same offsets, and what it holds.
+struct Saved {
+    file: File,
+    saved: RangeSet,
+    tainted: RangeSet,
+}
+
+/// The pre-images of one store.
+pub struct Preimages {
+    dir: PathBuf,
+    cap: u64,
+    inner: Mutex<(HashMap<FileId, Saved>, u64)>,
+}
+
+impl Preimages {
+    /// Opens (emptying) `dir`; `tainted` are regions dirty before this start, by file.
+    pub fn open(dir: &Path, cap: u64, tainted: impl IntoIterator<Item = (FileId, RangeSet)>) -> io::Result<Preimages> {
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir)?;
+        let p = Preimages { dir: dir.to_path_buf(), cap, inner: Mutex::new((HashMap::new(), 0)) };
+        let mut inner = p.inner.lock().unwrap();
+        for (file, ranges) in tainted {
+            let s = p.saved_for(&mut inner.0, file)?;
+            s.tainted = ranges;
+        }
+        drop(inner);
+        Ok(p)
+    }
+
+    fn saved_for<'a>(&self, map: &'a mut HashMap<FileId, Saved>, file: FileId) -> io::Result<&'a mut Saved> {
+        if !map.contains_key(&file) {
+            let path = self.dir.join(file.to_string());
+            let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
+            map.insert(file, Saved { file: f, saved: RangeSet::new(), tainted: RangeSet::new() });
+        }
+        Ok(map.get_mut(&file).expect("inserted above"))
+    }
+
+    /// Before `[start, end)` of `backing` (now `size` bytes long) is overwritten: saves
+    /// its old bytes that are not saved, not tainted, and exist.
+    pub fn before_write(&self, file: FileId, backing: &File, size: u64, start: u64, end: u64) -> io::Result<()> {
+        let end = end.min(size);
+        if start >= end {
+            return Ok(());
+        }
+        let mut guard = self.inner.lock().unwrap();
+        let (map, total) = &mut *guard;
+        let s = self.saved_for(map, file)?;
+        let mut todo = RangeSet::from_range(start, end).difference(&s.saved);
+        todo.remove_set(&s.tainted);
+        let need = todo.len_bytes();
+        if need == 0 || *total + need > self.cap {
+            return Ok(());
+        }
+        let mut buf = Vec::new();
+        for (a, b) in todo.iter() {
+            buf.resize((b - a) as usize, 0);
+            backing.read_exact_at(&mut buf, a)?;
+            s.file.write_all_at(&buf, a)?;
+        }
+        s.saved.insert_set(&todo);
+        *total += need;
+        Ok(())
+    }
+
+    /// The old bytes of `[start, end)`, if all of them are saved.
+    pub fn get(&self, file: FileId, start: u64, end: u64) -> Option<Vec<u8>> {
+        let guard = self.inner.lock().unwrap();
+        let s = guard.0.get(&file)?;
+        if !s.saved.covers(start, end) {
+            return None;
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        s.file.read_exact_at(&mut buf, start).ok()?;
+        Some(buf)
+    }
+
+    /// The peer acknowledged `ranges`: what it holds there is the current content.
+    pub fn release(&self, file: FileId, ranges: &RangeSet) {
+        let mut guard = self.inner.lock().unwrap();
+        let (map, total) = &mut *guard;
+        if let Some(s) = map.get_mut(&file) {
+            let before = s.saved.len_bytes();
+            s.saved.remove_set(ranges);
+            s.tainted.remove_set(ranges);
+            *total -= before - s.saved.len_bytes();
+            for (a, b) in ranges.iter() {
+                punch(&s.file, a, b);
+            }
+            if s.saved.is_empty() && s.tainted.is_empty() {
+                map.remove(&file);
+                let _ = std::fs::remove_file(self.dir.join(file.to_string()));
+            }
+        }
+    }
+
+    /// Bytes of old data held now.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().unwrap().1
+    }
+}
+
+/// Frees the space of `[a, b)` in a sparse file (best effort).
+fn punch(f: &File, a: u64, b: u64) {
+    use std::os::fd::AsRawFd;
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    let len = b.saturating_sub(a).min(i64::MAX as u64);
+    unsafe { libc::fallocate(f.as_raw_fd(), mode, a as i64, len as i64) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup(content: &[u8]) -> (tempfile::TempDir, File) {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), content).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(t.path().join("f")).unwrap();
+        (t, f)
+    }
+
+    #[test]
+    fn first_overwrite_is_saved_once_and_released_at_ack() {
+        let (t, f) = setup(&[1u8; 10_000]);
+        let p = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        p.before_write(7, &f, 10_000, 100, 200).unwrap();
+        f.write_all_at(&[2u8; 100], 100).unwrap();
+        p.before_write(7, &f, 10_000, 150, 300).unwrap(); // 150..200 already saved
+        assert_eq!(p.get(7, 100, 300).unwrap(), vec![1u8; 200], "old bytes, not the first rewrite");
+        assert!(p.get(7, 100, 301).is_none());
+        p.before_write(7, &f, 10_000, 9_990, 20_000).unwrap(); // past the end: only what exists
+        assert_eq!(p.bytes(), 210);
+        p.release(7, &RangeSet::from_range(0, 10_000));
+        assert_eq!(p.bytes(), 0);
+        assert!(p.get(7, 100, 200).is_none());
+    }
+
+    #[test]
+    fn tainted_regions_and_the_cap_are_respected() {
+        let (t, f) = setup(&[1u8; 10_000]);
+        let p = Preimages::open(&t.path().join("pre"), 500, [(7, RangeSet::from_range(0, 100))]).unwrap();
+        p.before_write(7, &f, 10_000, 0, 200).unwrap();
+        assert!(p.get(7, 0, 200).is_none(), "tainted bytes are unknown");
+        assert!(p.get(7, 100, 200).is_some());
+        p.before_write(7, &f, 10_000, 1000, 2000).unwrap(); // over the cap: not saved
+        assert!(p.get(7, 1000, 2000).is_none());
+        assert_eq!(p.bytes(), 100);
+    }
+}
