@@ -447,7 +447,7 @@ read only = false
 [b2]
     path = $RB2
 EOF
-in_ns "$NSB" rsync --daemon --no-detach --config="$TMP/rsyncd.conf" &
+nsenter --net="/run/netns/$NSB" rsync --daemon --no-detach --config="$TMP/rsyncd.conf" &
 PID_R=$!
 for i in $(seq 100); do
     in_ns "$NSA" rsync "rsync://$IPB:$RPORT/" >/dev/null 2>&1 && break
@@ -821,11 +821,11 @@ report() {
     echo "link: veth in two netns, $IPA <-> $IPB, rate ${RATE:-unlimited}, $OFFLOAD_NOTE; settle_ms=$SETTLE_NOTE; drop caches: $DROP; rsync $(rsync --version | awk 'NR == 1 {print $3}') (-z: $(rsync --version | awk '/Compress list/ { getline; print $1 }')), seed $SEED; total ${T_TOTAL} s"
     echo "bytes on the wire = veth frame bytes, A->B + B->A; rsync = delta transfer to an rsync daemon; xdelta3 = size of new vs old"
     echo
-    printf '%-34s %22s %11s %11s %10s %7s %7s %9s %21s %6s\n' \
+    printf '%-34s %30s %11s %11s %10s %7s %7s %9s %21s %6s\n' \
         workload "syncfs (A>B / B>A)" rsync "rsync -z" xdelta3 "sf/rz" "sf/xd" "close>B" "disk read A / B" verified
     local w
     for w in $WORKLOADS; do
-        printf '%-34s %22s %11s %11s %10s %7s %7s %9s %21s %6s\n' \
+        printf '%-34s %30s %11s %11s %10s %7s %7s %9s %21s %6s\n' \
             "$w. ${TITLE[$w]}" \
             "$(hb "${R[$w.sf]}") ($(hb "${R[$w.sf_ab]}")/$(hb "${R[$w.sf_ba]}"))" \
             "$(hb "${R[$w.rs]}")" "$(hb "${R[$w.rz]}")" "$(hb "${R[$w.xd]}")" \

@@ -58,6 +58,12 @@ pub enum Command {
         #[arg(long)]
         listen: Vec<String>,
     },
+    /// Show a running mount's progress (queued, in flight, sent, peer link, conflicts,
+    /// on-disk overhead), or the pending journal when the store is not mounted.
+    Status {
+        /// The store.
+        store: PathBuf,
+    },
     /// Print the pending dirty ranges and metadata operations (store not mounted).
     Journal {
         /// The store.
@@ -75,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mount_cmd(&store, &mountpoint, MountArgs { peers: peer, listen })
         }
         Command::Journal { store } => journal(&store),
+        Command::Status { store } => status(&store),
     }
 }
 
@@ -132,6 +139,18 @@ fn journal(dir: &Path) -> Result<()> {
     print!("{}", format_snapshot(&j.snapshot()));
     j.close()?;
     Ok(())
+}
+
+fn status(dir: &Path) -> Result<()> {
+    let (store, _) = Store::open(dir)?;
+    if let Some(s) = crate::control::query(&store.control_socket()) {
+        print!("{}", crate::control::format(&s));
+        return Ok(());
+    }
+    println!("not mounted");
+    let o = crate::control::Overhead::measure(&store.dir);
+    println!("overhead:    {}", crate::control::size(o.total()));
+    journal(dir)
 }
 
 fn mount_cmd(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {

@@ -34,6 +34,7 @@ pub mod beneath;
 pub mod cli;
 pub mod sync;
 pub mod config;
+pub mod control;
 pub mod delta;
 pub mod fs;
 pub mod hashtree;

@@ -101,11 +101,18 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     tracing::info!("mounted {} at {}", store.data().display(), mountpoint.display());
     let hooks = Arc::new(MountHooks { fs, notifier: mounted.notifier() });
     let stats = Arc::new(Stats::default());
-    let tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats, quiet_rx, pre).await?;
+    let mut tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats.clone(), quiet_rx, pre).await?;
+    let control = crate::control::serve(store.control_socket(), store.dir.clone(), mountpoint.to_path_buf(), stats);
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = control.await {
+            tracing::warn!("control socket: {e}");
+        }
+    }));
     wait_for_stop(&mounted).await?;
     for t in tasks {
         t.abort();
     }
+    let _ = std::fs::remove_file(store.control_socket());
     mounted.unmount().context("unmounting")?;
     journal.close()?;
     tracing::info!("unmounted {}", mountpoint.display());
