@@ -2,6 +2,7 @@
 //! crash before its ack, leaves the same state), beneath the root, never following a
 //! symlink, durable before `Ok`.
 
+use super::trees::Stamp;
 use super::{is, os_err, reopen_writable, Applier, ApplyError};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
@@ -379,6 +380,10 @@ impl Applier {
     fn attr_changed(&self, path: &RelPath, n: &Node) -> Res {
         self.sync_node(&n.pfd, &n.st)
             .map_err(|e| ApplyError::io("fsync", path, e))?;
+        if let Ok(after) = sys::fstat(&n.pfd) {
+            // attributes only: the content, and so its hash tree, is unchanged
+            self.trees.restamp(&Stamp::of(&n.st), Stamp::of(&after));
+        }
         self.hooks.invalidate_inode(n.st.st_ino);
         self.drop_name(path);
         Ok(())

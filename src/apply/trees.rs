@@ -38,7 +38,18 @@ impl Trees {
     /// The tree of the file with this stamp, if it is still valid.
     pub(super) fn get(&self, stamp: &Stamp) -> Option<HashTree> {
         let map = self.map.lock().unwrap();
+        if let Some((s, _)) = map.get(&stamp.ino).filter(|(s, _)| s != stamp) {
+            tracing::debug!("hash tree stale: kept for {s:?}, file now {stamp:?}");
+        }
         map.get(&stamp.ino).filter(|(s, _)| s == stamp).map(|(_, t)| t.clone())
+    }
+
+    /// The content did not change (an attribute op): a tree valid at `before` is valid at `after`.
+    pub(super) fn restamp(&self, before: &Stamp, after: Stamp) {
+        let mut map = self.map.lock().unwrap();
+        if let Some(e) = map.get_mut(&before.ino).filter(|(s, _)| s == before) {
+            e.0 = after;
+        }
     }
 
     /// Remembers `tree` as the content of the file with `stamp`.

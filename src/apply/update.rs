@@ -132,6 +132,7 @@ impl Applier {
     ) -> std::io::Result<([u8; 32], [u8; 32], Option<HashTree>)> {
         let st = sys::fstat(file).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
         let Some(mut tree) = self.trees.get(&Stamp::of(&st)) else {
+            tracing::debug!(path = %u.path, "verify: full pass (no hash tree for this state)");
             let (current, result) = verify_pass(file, u.size, ranges)?;
             return Ok((current, result, None));
         };
@@ -153,6 +154,7 @@ impl Applier {
                 Err(_) => return,
             },
         };
+        tracing::debug!(ino = st.st_ino, "hash tree kept for stamp {:?}", Stamp::of(&st));
         self.trees.put(Stamp::of(&st), tree);
     }
 }

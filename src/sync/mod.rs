@@ -8,6 +8,7 @@
 //! version ([`crate::journal::Journal::ack_file`]).
 
 pub mod build;
+pub mod coalesce;
 pub mod receiver;
 pub mod sender;
 pub mod stats;

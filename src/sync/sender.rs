@@ -3,14 +3,16 @@
 //! up to [`WINDOW`] unacknowledged, and clears exactly what the peer acknowledged.
 
 use super::build::{build, Built, Plan};
+use super::coalesce::coalesce;
+use crate::path::RelPath;
 use crate::hashtree::HashTree;
 use crate::preimage::Preimages;
 use super::{Stats, SyncConfig, SyncError};
-use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
+use crate::journal::{FileId, Journal, RangeSet, Snapshot};
 use crate::net::NetHandle;
 use crate::wire::{check_hello, AckKind, FramedStream, Message, NackReason, STREAM_PROTOCOL};
 use libp2p::PeerId;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +25,11 @@ pub const WINDOW: usize = 32;
 const META_BATCH: usize = 512;
 /// A file that never goes quiet is sent anyway after this long.
 const MAX_DELAY: Duration = Duration::from_secs(2);
+/// A closed file is sent once it stayed closed this long (a burst of open-append-close
+/// on a log goes as one update).
+const CLOSE_GRACE: Duration = Duration::from_millis(30);
+/// How often pending files are looked at.
+const TICK: Duration = Duration::from_millis(25);
 /// A file whose whole-file update was refused waits this long before a retry.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 
@@ -67,7 +74,9 @@ impl Quiet {
             if s.0 != e.version {
                 (s.0, s.1) = (e.version, now);
             }
-            let closed = self.closed.get(file).is_some_and(|t| *t >= s.1 || now - s.1 >= settle / 4);
+            let closed = self.closed.get(file).is_some_and(|t| {
+                now - *t >= CLOSE_GRACE && (*t >= s.1 || now - s.1 >= settle / 4)
+            });
             let due = closed || now - s.1 >= settle || now - s.2 >= MAX_DELAY;
             if due && !self.retry_at.contains_key(file) {
                 out.push(*file);
@@ -150,7 +159,7 @@ async fn session(
     tracing::info!(peer = %s.peer, "sending to {name}");
     s.stats.linked.store(true, Ordering::Relaxed);
     *backoff = Duration::from_millis(200);
-    let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), Duration::from_millis(100));
+    let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
     loop {
         round(s, &mut fs, st).await?;
         wait_for_work(quiet, &mut st.quiet, tick).await;
@@ -172,7 +181,7 @@ async fn wait_for_work(rx: &mut UnboundedReceiver<FileId>, q: &mut Quiet, tick: 
 async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     let snap = s.journal.snapshot();
     s.stats.queued.store((snap.files.len() + snap.meta.len()) as u64, Ordering::Relaxed);
-    if !snap.meta.is_empty() && !send_meta(s, fs, &snap.meta).await? {
+    if !snap.meta.is_empty() && !send_meta(s, fs, &snap).await? {
         return Ok(()); // an op was refused: start over from a fresh snapshot
     }
     let ready = st.quiet.ready(&snap, s.cfg.settle);
@@ -182,8 +191,13 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     Ok(())
 }
 
-/// Sends the ops in batches; false if the peer refused one (it is dropped as a conflict).
-async fn send_meta(s: &Sender, fs: &mut Stream, ops: &[(u64, MetaOp)]) -> Result<bool, SyncError> {
+/// Sends the snapshot's ops (coalesced) in batches; false if the peer refused one (it is
+/// dropped as a conflict). Ops coalesced away are acknowledged in the journal too.
+async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool, SyncError> {
+    let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
+    let ops = coalesce(&snap.meta, &pending);
+    let last = snap.meta.last().map(|(seq, _)| *seq).unwrap_or(0);
+    Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         fs.send(&Message::MetaBatch(chunk.to_vec())).await?;
         match fs.recv().await?.ok_or(SyncError::Closed)? {
@@ -201,6 +215,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, ops: &[(u64, MetaOp)]) -> Result
             other => return Err(SyncError::Protocol(format!("expected a meta ack, got {}", other.kind()))),
         }
     }
+    s.journal.ack_meta(last)?;
     Ok(true)
 }
 
