@@ -200,3 +200,23 @@ fn page_rewrites_cost_their_changes_not_their_pages() {
     const BUDGET: u64 = 48 << 10;
     assert!(cost < BUDGET, "page rewrites cost {cost} bytes, budget {BUDGET}");
 }
+
+#[test]
+fn short_lived_files_cost_nothing() {
+    // Files created and removed before they were sent never cross the link.
+    let p = Pair::mounted(true);
+    fs::write(p.a.m("warmup"), b"x").unwrap();
+    assert!(wait_until(30, || p.b.m("warmup").exists()), "link up");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    for i in 0..50 {
+        let name = format!(".#editor-swap-{i}");
+        fs::write(p.a.m(&name), vec![7u8; 10_000]).unwrap();
+        fs::remove_file(p.a.m(&name)).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let cost = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
+    eprintln!("50 short-lived files: {cost} bytes on the wire");
+    assert!(cost < 1024, "short-lived files cost {cost} bytes");
+    assert!(fs::read_dir(p.b.m("")).unwrap().count() == 1, "only warmup reached B");
+}

@@ -28,6 +28,9 @@ const MAX_DELAY: Duration = Duration::from_secs(2);
 /// A closed file is sent once it stayed closed this long (a burst of open-append-close
 /// on a log goes as one update).
 const CLOSE_GRACE: Duration = Duration::from_millis(30);
+/// Metadata ops are sent once the log has been quiet this long (or pending for
+/// [`MAX_DELAY`]), so that short-lived files can cancel out before anything is sent.
+const META_GRACE: Duration = Duration::from_millis(40);
 /// How often pending files are looked at.
 const TICK: Duration = Duration::from_millis(25);
 /// A file whose whole-file update was refused waits this long before a retry.
@@ -93,6 +96,8 @@ struct State {
     quiet: Quiet,
     peer_hash: HashMap<FileId, [u8; 32]>,
     trees: HashMap<FileId, HashTree>,
+    /// The newest metadata op seen, when it was first seen, and since when ops wait.
+    meta_seen: Option<(u64, Instant, Instant)>,
     next_id: u64,
     /// Measured link throughput (bytes/s, smoothed), which picks the zstd level.
     link_bps: Option<f64>,
@@ -181,14 +186,35 @@ async fn wait_for_work(rx: &mut UnboundedReceiver<FileId>, q: &mut Quiet, tick: 
 async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     let snap = s.journal.snapshot();
     s.stats.queued.store((snap.files.len() + snap.meta.len()) as u64, Ordering::Relaxed);
-    if !snap.meta.is_empty() && !send_meta(s, fs, &snap).await? {
-        return Ok(()); // an op was refused: start over from a fresh snapshot
+    if !meta_due(st, &snap) {
+        return Ok(()); // files wait too: an update must not overtake its mkdir or create
+    }
+    if !snap.meta.is_empty() {
+        st.meta_seen = None;
+        if !send_meta(s, fs, &snap).await? {
+            return Ok(()); // an op was refused: start over from a fresh snapshot
+        }
     }
     let ready = st.quiet.ready(&snap, s.cfg.settle);
     if !ready.is_empty() {
         send_files(s, fs, st, &snap, ready).await?;
     }
     Ok(())
+}
+
+/// True when the snapshot's metadata ops (if any) may go now: the log has been quiet
+/// for [`META_GRACE`], or ops have waited [`MAX_DELAY`].
+fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
+    let Some(&(newest, _)) = snap.meta.last() else {
+        st.meta_seen = None;
+        return true;
+    };
+    let now = Instant::now();
+    let (seq, changed, since) = st.meta_seen.get_or_insert((newest, now, now));
+    if *seq != newest {
+        (*seq, *changed) = (newest, now);
+    }
+    now - *changed >= META_GRACE || now - *since >= MAX_DELAY
 }
 
 /// Sends the snapshot's ops (coalesced) in batches; false if the peer refused one (it is
