@@ -28,8 +28,29 @@ impl Mounted {
     /// Unmounts and waits for the session threads.
     pub fn unmount(mut self) -> std::io::Result<()> {
         match self.session.take() {
-            Some(s) => s.umount_and_join(),
+            Some(s) => unmount_within(s, UNMOUNT_WAIT),
             None => Ok(()),
+        }
+    }
+}
+
+/// How long `unmount` waits for the session threads to end.
+const UNMOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Unmounts and joins the session threads, but gives up waiting after `wait`: when
+/// another mount namespace still holds the mount (a container or `unshare -m` started
+/// while mounted), the kernel keeps the connection and the threads would wait forever.
+/// The caller then exits, and closing `/dev/fuse` ends the connection.
+fn unmount_within(s: BackgroundSession, wait: std::time::Duration) -> std::io::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(s.umount_and_join());
+    });
+    match rx.recv_timeout(wait) {
+        Ok(res) => res,
+        Err(_) => {
+            tracing::warn!("unmounted, but the FUSE connection is still held elsewhere (another mount namespace?); leaving it to process exit");
+            Ok(())
         }
     }
 }
@@ -37,7 +58,7 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            if let Err(e) = s.umount_and_join() {
+            if let Err(e) = unmount_within(s, UNMOUNT_WAIT) {
                 tracing::warn!("unmount on drop failed: {e}");
             }
         }
