@@ -23,9 +23,9 @@ use blake3::hazmat::{
 };
 use serde::{Deserialize, Serialize};
 
-/// Leaf size in bytes: 1 MiB, i.e. 1024 BLAKE3 chunks (a power of two, so leaves are aligned
+/// Leaf size in bytes: 256 KiB, i.e. 256 BLAKE3 chunks (a power of two, so leaves are aligned
 /// BLAKE3 subtrees).
-pub const LEAF: u64 = 1 << 20;
+pub const LEAF: u64 = 256 << 10;
 
 /// Per-file BLAKE3 leaf chaining values, allowing the whole-file hash to be updated in time
 /// proportional to the changed bytes.
