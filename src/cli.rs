@@ -74,12 +74,27 @@ pub enum Command {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Init { store, join, listen, peer } => init(&store, join.as_deref(), listen, peer),
+        Command::Init {
+            store,
+            join,
+            listen,
+            peer,
+        } => init(&store, join.as_deref(), listen, peer),
         Command::AddPeer { store, addr } => add_peer(&store, &addr),
         Command::Id { store } => id(&store),
-        Command::Mount { store, mountpoint, peer, listen } => {
-            mount_cmd(&store, &mountpoint, MountArgs { peers: peer, listen })
-        }
+        Command::Mount {
+            store,
+            mountpoint,
+            peer,
+            listen,
+        } => mount_cmd(
+            &store,
+            &mountpoint,
+            MountArgs {
+                peers: peer,
+                listen,
+            },
+        ),
         Command::Journal { store } => journal(&store),
         Command::Status { store } => status(&store),
     }
@@ -105,12 +120,17 @@ fn init(dir: &Path, join: Option<&str>, listen: Vec<String>, peers: Vec<String>)
 }
 
 fn check_addr(a: &str) -> Result<libp2p::Multiaddr> {
-    a.parse().with_context(|| format!("{a:?} is not a multiaddr (e.g. /ip4/192.0.2.7/tcp/4801/p2p/12D3KooW...)"))
+    a.parse().with_context(|| {
+        format!("{a:?} is not a multiaddr (e.g. /ip4/192.0.2.7/tcp/4801/p2p/12D3KooW...)")
+    })
 }
 
 fn add_peer(dir: &Path, addr: &str) -> Result<()> {
     let a = check_addr(addr)?;
-    anyhow::ensure!(node::peer_of(&a).is_some(), "{addr} must end in /p2p/<PeerId>");
+    anyhow::ensure!(
+        node::peer_of(&a).is_some(),
+        "{addr} must end in /p2p/<PeerId>"
+    );
     let (store, mut cfg) = Store::open(dir)?;
     if !cfg.peers.iter().any(|p| p == addr) {
         cfg.peers.push(addr.to_string());
@@ -129,7 +149,10 @@ fn id(dir: &Path) -> Result<()> {
 
 fn open_journal(store: &Store) -> Result<Journal> {
     Journal::open(&store.journal()).with_context(|| {
-        format!("opening journal in {} (is the store mounted by another process?)", store.journal().display())
+        format!(
+            "opening journal in {} (is the store mounted by another process?)",
+            store.journal().display()
+        )
     })
 }
 

@@ -52,7 +52,10 @@ pub struct Config {
 }
 
 fn default_name() -> String {
-    nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| "syncfs".into())
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "syncfs".into())
 }
 fn default_listen() -> Vec<String> {
     vec!["/ip4/0.0.0.0/tcp/4801".into()]
@@ -84,13 +87,21 @@ impl Config {
     /// Reads `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io { path: p.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: p.clone(),
+            source,
+        })?;
         toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
     }
 
     /// The file text with comments explaining every setting.
     pub fn to_commented_toml(&self) -> String {
-        let q = |v: &[String]| v.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>().join(", ");
+        let q = |v: &[String]| {
+            v.iter()
+                .map(|s| format!("{s:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         format!(
             "# syncfs store configuration.\n\
              \n# Only stores with the same folder id sync with each other (`syncfs init --join ID`).\n\

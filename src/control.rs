@@ -37,7 +37,9 @@ impl Overhead {
 /// Bytes allocated to the files below `p` (directories themselves not counted).
 pub fn du(p: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(md) = std::fs::symlink_metadata(p) else { return 0 };
+    let Ok(md) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
     if !md.is_dir() {
         return md.blocks() * 512;
     }
@@ -59,7 +61,12 @@ pub struct Status {
 }
 
 /// Serves `status` requests on `socket` until the task is dropped.
-pub async fn serve(socket: PathBuf, store: PathBuf, mountpoint: PathBuf, stats: Arc<Stats>) -> std::io::Result<()> {
+pub async fn serve(
+    socket: PathBuf,
+    store: PathBuf,
+    mountpoint: PathBuf,
+    stats: Arc<Stats>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
     loop {
@@ -89,7 +96,8 @@ async fn answer(conn: tokio::net::UnixStream, status: Status) {
 pub fn query(socket: &Path) -> Option<Status> {
     use std::io::{BufRead, Write};
     let mut conn = std::os::unix::net::UnixStream::connect(socket).ok()?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
     conn.write_all(b"status\n").ok()?;
     let mut line = String::new();
     std::io::BufReader::new(conn).read_line(&mut line).ok()?;
@@ -101,7 +109,11 @@ pub fn format(s: &Status) -> String {
     let v = &s.stats;
     let o = &s.overhead;
     let link = if v.linked { "up" } else { "down" };
-    let err = if v.last_error.is_empty() { "-" } else { &v.last_error };
+    let err = if v.last_error.is_empty() {
+        "-"
+    } else {
+        &v.last_error
+    };
     format!(
         "mounted at:  {} (pid {})\npeer link:   {link}\nqueued:      {} (files and metadata ops pending)\n\
          in flight:   {}\nsent:        {} updates acked, {} refused, {} of range data\n\
@@ -121,7 +133,11 @@ pub fn size(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 #[cfg(test)]
@@ -150,11 +166,18 @@ mod tests {
         let sock = t.path().join("control.sock");
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.acked, 3);
-        let srv = tokio::spawn(serve(sock.clone(), t.path().to_path_buf(), "/mnt".into(), stats));
+        let srv = tokio::spawn(serve(
+            sock.clone(),
+            t.path().to_path_buf(),
+            "/mnt".into(),
+            stats,
+        ));
         let mut got = None;
         for _ in 0..100 {
             let s = sock.clone();
-            got = tokio::task::spawn_blocking(move || query(&s)).await.unwrap();
+            got = tokio::task::spawn_blocking(move || query(&s))
+                .await
+                .unwrap();
             if got.is_some() {
                 break;
             }

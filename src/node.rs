@@ -3,7 +3,7 @@
 //! travel to the sender on an unbounded channel; the applier reaches the mount through
 //! [`MountHooks`] (hold a file, invalidate the kernel's caches).
 
-use crate::apply::{ApplyHooks, Applier};
+use crate::apply::{Applier, ApplyHooks};
 use crate::config::Config;
 use crate::fs::mount::{self, Mounted};
 use crate::fs::record::JournalRecorder;
@@ -65,7 +65,9 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
 }
 
 fn parse_addrs(v: &[String]) -> Result<Vec<Multiaddr>> {
-    v.iter().map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}"))).collect()
+    v.iter()
+        .map(|s| s.parse().with_context(|| format!("bad multiaddr {s:?}")))
+        .collect()
 }
 
 /// Mounts the store and syncs it until SIGINT/SIGTERM or an external unmount.
@@ -76,33 +78,68 @@ pub fn run(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {
         cfg.listen = args.listen;
     }
     prepare_process();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     rt.block_on(serve(store, cfg, mountpoint))
 }
 
 async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
-    let journal = Journal::open(&store.journal())
-        .with_context(|| format!("opening the journal in {} (mounted elsewhere?)", store.journal().display()))?;
+    let journal = Journal::open(&store.journal()).with_context(|| {
+        format!(
+            "opening the journal in {} (mounted elsewhere?)",
+            store.journal().display()
+        )
+    })?;
     let (quiet_tx, quiet_rx) = tokio::sync::mpsc::unbounded_channel();
     let on_closed = Box::new(move |f| {
         let _ = quiet_tx.send(f);
     });
     let rec = Arc::new(JournalRecorder::new(journal.clone(), Some(on_closed)));
-    let tainted = journal.snapshot().files.into_iter().map(|(f, e)| (f, e.ranges));
+    let tainted = journal
+        .snapshot()
+        .files
+        .into_iter()
+        .map(|(f, e)| (f, e.ranges));
     let pre = Arc::new(
-        Preimages::open(&store.preimages(), PREIMAGE_CAP, tainted).context("opening the pre-image store")?,
+        Preimages::open(&store.preimages(), PREIMAGE_CAP, tainted)
+            .context("opening the pre-image store")?,
     );
-    let fs = Arc::new(
-        PassFs::new(&store.data(), rec, FsOptions { writeback: true })
-            .map_err(|e| anyhow!("opening backing dir {}: {e}", store.data().display()))?
-            .with_preimages(pre.clone()),
+    let mut fs = PassFs::new(&store.data(), rec, FsOptions { writeback: true })
+        .map_err(|e| anyhow!("opening backing dir {}: {e}", store.data().display()))?;
+    if !cfg.peers.is_empty() {
+        fs = fs.with_preimages(pre.clone()); // without a peer nothing is acked: no use
+    }
+    let fs = Arc::new(fs);
+    let mounted = mount::mount(fs.clone(), mountpoint, cfg.threads)
+        .with_context(|| format!("mounting {}", mountpoint.display()))?;
+    tracing::info!(
+        "mounted {} at {}",
+        store.data().display(),
+        mountpoint.display()
     );
-    let mounted = mount::mount(fs.clone(), mountpoint, cfg.threads).with_context(|| format!("mounting {}", mountpoint.display()))?;
-    tracing::info!("mounted {} at {}", store.data().display(), mountpoint.display());
-    let hooks = Arc::new(MountHooks { fs, notifier: mounted.notifier() });
+    let hooks = Arc::new(MountHooks {
+        fs,
+        notifier: mounted.notifier(),
+    });
     let stats = Arc::new(Stats::default());
-    let mut tasks = start_sync(&store, &cfg, journal.clone(), hooks, stats.clone(), quiet_rx, pre).await?;
-    let control = crate::control::serve(store.control_socket(), store.dir.clone(), mountpoint.to_path_buf(), stats);
+    let mut tasks = start_sync(
+        &store,
+        &cfg,
+        journal.clone(),
+        hooks,
+        stats.clone(),
+        quiet_rx,
+        pre,
+    )
+    .await?;
+    let control = crate::control::serve(
+        store.control_socket(),
+        store.dir.clone(),
+        mountpoint.to_path_buf(),
+        stats,
+    );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control.await {
             tracing::warn!("control socket: {e}");
@@ -128,10 +165,21 @@ async fn start_sync(
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
     pre: Arc<Preimages>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let applier = Arc::new(Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?);
+    let applier = Arc::new(
+        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?,
+    );
     let peers = parse_addrs(&cfg.peers)?;
-    let allow: Vec<PeerId> = peers.iter().map(|a| peer_of(a).ok_or_else(|| anyhow!("peer {a} lacks /p2p/<PeerId>"))).collect::<Result<_>>()?;
-    let net_cfg = NetConfig { keypair: store.keypair()?, listen: parse_addrs(&cfg.listen)?, peers, allow: allow.clone(), mdns: cfg.mdns };
+    let allow: Vec<PeerId> = peers
+        .iter()
+        .map(|a| peer_of(a).ok_or_else(|| anyhow!("peer {a} lacks /p2p/<PeerId>")))
+        .collect::<Result<_>>()?;
+    let net_cfg = NetConfig {
+        keypair: store.keypair()?,
+        listen: parse_addrs(&cfg.listen)?,
+        peers,
+        allow: allow.clone(),
+        mdns: cfg.mdns,
+    };
     let (net, events) = net::start(net_cfg).await.context("starting the network")?;
     tracing::info!("peer id {}", net.local_peer_id());
     let sync_cfg = SyncConfig {
@@ -141,14 +189,28 @@ async fn start_sync(
         level: 3,
     };
     let mut tasks = vec![tokio::spawn(log_events(events))];
-    let r = receiver::Receiver { applier, cfg: sync_cfg.clone(), stats: stats.clone(), lock: Arc::default() };
+    let r = receiver::Receiver {
+        applier,
+        cfg: sync_cfg.clone(),
+        stats: stats.clone(),
+        lock: Arc::default(),
+    };
     let net2 = net.clone();
     tasks.push(tokio::spawn(async move {
         if let Err(e) = receiver::run(net2, r).await {
             tracing::error!("receiver stopped: {e}");
         }
     }));
-    let senders = start_senders(&store.data(), net, allow, journal, sync_cfg, stats, quiet_rx, pre)?;
+    let senders = start_senders(
+        &store.data(),
+        net,
+        allow,
+        journal,
+        sync_cfg,
+        stats,
+        quiet_rx,
+        pre,
+    )?;
     tasks.extend(senders);
     Ok(tasks)
 }
@@ -168,11 +230,27 @@ fn start_senders(
         return Ok(vec![]);
     };
     if allow.len() > 1 {
-        tracing::warn!("{} peers configured: sending to the first ({peer}) only", allow.len());
+        tracing::warn!(
+            "{} peers configured: sending to the first ({peer}) only",
+            allow.len()
+        );
     }
-    let root = crate::fs::sys::openat(&crate::fs::sys::AtCwd, data.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)
-        .map_err(|e| anyhow!("opening {}: errno {}", data.display(), e.0))?;
-    let s = sender::Sender { net, peer, journal, root: Arc::new(root), cfg, stats, pre: Some(pre) };
+    let root = crate::fs::sys::openat(
+        &crate::fs::sys::AtCwd,
+        data.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .map_err(|e| anyhow!("opening {}: errno {}", data.display(), e.0))?;
+    let s = sender::Sender {
+        net,
+        peer,
+        journal,
+        root: Arc::new(root),
+        cfg,
+        stats,
+        pre: Some(pre),
+    };
     Ok(vec![tokio::spawn(sender::run(s, quiet_rx))])
 }
 

@@ -116,7 +116,10 @@ impl RelPath {
             return None;
         }
         match self.0.iter().rposition(|b| *b == b'/') {
-            Some(i) => Some((RelPath(self.0[..i].to_vec()), OsStr::from_bytes(&self.0[i + 1..]))),
+            Some(i) => Some((
+                RelPath(self.0[..i].to_vec()),
+                OsStr::from_bytes(&self.0[i + 1..]),
+            )),
             None => Some((RelPath::root(), OsStr::from_bytes(&self.0))),
         }
     }
@@ -154,7 +157,9 @@ impl RelPath {
 fn check_name(comp: &[u8], whole: &[u8]) -> Result<(), PathError> {
     match comp {
         b"" => Err(PathError::Empty),
-        b"." | b".." => Err(PathError::DotComponent(String::from_utf8_lossy(whole).into())),
+        b"." | b".." => Err(PathError::DotComponent(
+            String::from_utf8_lossy(whole).into(),
+        )),
         c if c.contains(&b'/') => Err(PathError::Absolute(String::from_utf8_lossy(whole).into())),
         c if c.contains(&0) => Err(PathError::Nul),
         _ => Ok(()),
@@ -208,7 +213,15 @@ mod tests {
 
     #[test]
     fn refuses_escapes() {
-        for bad in [&b"/etc"[..], b"a/../b", b"..", b".", b"a//b", b"a/", b"a\0b"] {
+        for bad in [
+            &b"/etc"[..],
+            b"a/../b",
+            b"..",
+            b".",
+            b"a//b",
+            b"a/",
+            b"a\0b",
+        ] {
             assert!(RelPath::from_bytes(bad).is_err(), "{:?}", bad);
         }
         assert!(RelPath::root().join(OsStr::new("..")).is_err());

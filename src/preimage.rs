@@ -36,10 +36,18 @@ pub struct Preimages {
 
 impl Preimages {
     /// Opens (emptying) `dir`; `tainted` are regions dirty before this start, by file.
-    pub fn open(dir: &Path, cap: u64, tainted: impl IntoIterator<Item = (FileId, RangeSet)>) -> io::Result<Preimages> {
+    pub fn open(
+        dir: &Path,
+        cap: u64,
+        tainted: impl IntoIterator<Item = (FileId, RangeSet)>,
+    ) -> io::Result<Preimages> {
         let _ = std::fs::remove_dir_all(dir);
         std::fs::create_dir_all(dir)?;
-        let p = Preimages { dir: dir.to_path_buf(), cap, inner: Mutex::new((HashMap::new(), 0)) };
+        let p = Preimages {
+            dir: dir.to_path_buf(),
+            cap,
+            inner: Mutex::new((HashMap::new(), 0)),
+        };
         let mut inner = p.inner.lock().unwrap();
         for (file, ranges) in tainted {
             let s = p.saved_for(&mut inner.0, file)?;
@@ -49,18 +57,41 @@ impl Preimages {
         Ok(p)
     }
 
-    fn saved_for<'a>(&self, map: &'a mut HashMap<FileId, Saved>, file: FileId) -> io::Result<&'a mut Saved> {
+    fn saved_for<'a>(
+        &self,
+        map: &'a mut HashMap<FileId, Saved>,
+        file: FileId,
+    ) -> io::Result<&'a mut Saved> {
         if !map.contains_key(&file) {
             let path = self.dir.join(file.to_string());
-            let f = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)?;
-            map.insert(file, Saved { file: f, saved: RangeSet::new(), tainted: RangeSet::new() });
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path)?;
+            map.insert(
+                file,
+                Saved {
+                    file: f,
+                    saved: RangeSet::new(),
+                    tainted: RangeSet::new(),
+                },
+            );
         }
         Ok(map.get_mut(&file).expect("inserted above"))
     }
 
     /// Before `[start, end)` of `backing` (now `size` bytes long) is overwritten: saves
     /// its old bytes that are not saved, not tainted, and exist.
-    pub fn before_write(&self, file: FileId, backing: &File, size: u64, start: u64, end: u64) -> io::Result<()> {
+    pub fn before_write(
+        &self,
+        file: FileId,
+        backing: &File,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> io::Result<()> {
         let end = end.min(size);
         if start >= end {
             return Ok(());
@@ -137,7 +168,11 @@ mod tests {
     fn setup(content: &[u8]) -> (tempfile::TempDir, File) {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("f"), content).unwrap();
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(t.path().join("f")).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(t.path().join("f"))
+            .unwrap();
         (t, f)
     }
 
@@ -148,7 +183,11 @@ mod tests {
         p.before_write(7, &f, 10_000, 100, 200).unwrap();
         f.write_all_at(&[2u8; 100], 100).unwrap();
         p.before_write(7, &f, 10_000, 150, 300).unwrap(); // 150..200 already saved
-        assert_eq!(p.get(7, 100, 300).unwrap(), vec![1u8; 200], "old bytes, not the first rewrite");
+        assert_eq!(
+            p.get(7, 100, 300).unwrap(),
+            vec![1u8; 200],
+            "old bytes, not the first rewrite"
+        );
         assert!(p.get(7, 100, 301).is_none());
         p.before_write(7, &f, 10_000, 9_990, 20_000).unwrap(); // past the end: only what exists
         assert_eq!(p.bytes(), 210);
@@ -160,7 +199,12 @@ mod tests {
     #[test]
     fn tainted_regions_and_the_cap_are_respected() {
         let (t, f) = setup(&[1u8; 10_000]);
-        let p = Preimages::open(&t.path().join("pre"), 500, [(7, RangeSet::from_range(0, 100))]).unwrap();
+        let p = Preimages::open(
+            &t.path().join("pre"),
+            500,
+            [(7, RangeSet::from_range(0, 100))],
+        )
+        .unwrap();
         p.before_write(7, &f, 10_000, 0, 200).unwrap();
         assert!(p.get(7, 0, 200).is_none(), "tainted bytes are unknown");
         assert!(p.get(7, 100, 200).is_some());

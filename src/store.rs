@@ -47,13 +47,19 @@ pub struct Store {
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { what, path: path.to_path_buf(), source }
+    move |source| StoreError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 impl Store {
     /// The store at `dir` (not checked).
     pub fn at(dir: &Path) -> Store {
-        Store { dir: dir.to_path_buf() }
+        Store {
+            dir: dir.to_path_buf(),
+        }
     }
 
     /// The backing data directory.
@@ -91,17 +97,35 @@ impl Store {
             Some(id) => parse_folder_id(id)?,
             None => hex(&rand::random::<[u8; 16]>()),
         };
-        if dir.join("config.toml").exists() || dir.read_dir().map(|mut d| d.next().is_some()).unwrap_or(false) {
+        if dir.join("config.toml").exists()
+            || dir
+                .read_dir()
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(false)
+        {
             return Err(StoreError::Exists(dir.to_path_buf()));
         }
         let store = Store::at(dir);
-        for d in [store.dir.clone(), store.data(), store.journal(), store.staging()] {
+        for d in [
+            store.dir.clone(),
+            store.data(),
+            store.journal(),
+            store.staging(),
+        ] {
             std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
         }
         let key = Keypair::generate_ed25519();
-        write_new(&store.key_file(), &key.to_protobuf_encoding().expect("ed25519 encodes"), 0o600)?;
+        write_new(
+            &store.key_file(),
+            &key.to_protobuf_encoding().expect("ed25519 encodes"),
+            0o600,
+        )?;
         let cfg = Config::new(folder_id);
-        write_new(&store.config_file(), cfg.to_commented_toml().as_bytes(), 0o644)?;
+        write_new(
+            &store.config_file(),
+            cfg.to_commented_toml().as_bytes(),
+            0o644,
+        )?;
         Ok((store, key.public().to_peer_id(), cfg))
     }
 
@@ -162,7 +186,9 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
         .mode(mode)
         .open(path)
         .map_err(io("creating", path))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io("writing", path))
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io("writing", path))
 }
 
 #[cfg(test)]
@@ -176,11 +202,17 @@ mod tests {
         let dir = t.path().join("s");
         let (store, peer, cfg) = Store::init(&dir, None).unwrap();
         assert!(store.data().is_dir() && store.journal().is_dir());
-        let mode = std::fs::metadata(store.key_file()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(store.key_file())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(store.keypair().unwrap().public().to_peer_id(), peer);
         assert_eq!(Store::open(&dir).unwrap().1, cfg);
-        assert!(matches!(Store::init(&dir, None), Err(StoreError::Exists(_))));
+        assert!(matches!(
+            Store::init(&dir, None),
+            Err(StoreError::Exists(_))
+        ));
     }
 
     #[test]

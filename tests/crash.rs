@@ -17,12 +17,18 @@ fn assert_covered(n: &Node, initial: &[u8], fsynced: &[(u64, u64)]) {
     let now = fs::read(n.data().join("big")).unwrap();
     let ino = fs::metadata(n.data().join("big")).unwrap().ino();
     let snap = journal_snapshot(&n.store);
-    let e = snap.files.get(&ino).expect("journal entry for the written file");
+    let e = snap
+        .files
+        .get(&ino)
+        .expect("journal entry for the written file");
     let mut changed = 0;
     for (i, (a, b)) in initial.iter().zip(&now).enumerate() {
         if a != b {
             changed += 1;
-            assert!(e.ranges.covers(i as u64, i as u64 + 1), "byte {i} reached the backing file but is not journaled");
+            assert!(
+                e.ranges.covers(i as u64, i as u64 + 1),
+                "byte {i} reached the backing file but is not journaled"
+            );
         }
     }
     for &(s, t) in fsynced {
@@ -37,8 +43,16 @@ fn kill9_after_fsync_keeps_ranges() {
     let initial: Vec<u8> = vec![0xAA; SIZE];
     fs::write(n.data().join("big"), &initial).unwrap();
     n.mount();
-    let f = OpenOptions::new().read(true).write(true).open(n.m("big")).unwrap();
-    let ranges = [(4096u64, 4196u64), (1 << 20, (1 << 20) + 10), (5_000_000, 5_065_536)];
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(n.m("big"))
+        .unwrap();
+    let ranges = [
+        (4096u64, 4196u64),
+        (1 << 20, (1 << 20) + 10),
+        (5_000_000, 5_065_536),
+    ];
     for &(s, t) in &ranges {
         f.write_all_at(&vec![0x55; (t - s) as usize], s).unwrap();
     }
@@ -69,7 +83,9 @@ fn kill9_during_random_writes_loses_no_range() {
             while !s2.load(Ordering::Relaxed) {
                 let off = rng.gen_range(0..SIZE as u64 - 70_000);
                 let len = rng.gen_range(1..65_536u64);
-                if f.write_all_at(&vec![rng.gen_range(1..=255u8); len as usize], off).is_err() {
+                if f.write_all_at(&vec![rng.gen_range(1..=255u8); len as usize], off)
+                    .is_err()
+                {
                     break;
                 }
                 if rng.gen_ratio(1, 8) {

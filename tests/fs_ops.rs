@@ -18,7 +18,9 @@ fn mounted() -> Node {
 }
 
 fn errno<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
-    r.expect_err("expected an error").raw_os_error().expect("os error")
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .expect("os error")
 }
 
 fn c(p: &Path) -> CString {
@@ -58,8 +60,19 @@ fn errors_have_the_right_errno() {
     assert_eq!(errno(fs::create_dir(n.m("d"))), libc::EEXIST);
     fs::write(n.m("d/x"), b"x").unwrap();
     assert_eq!(errno(fs::remove_dir(n.m("d"))), libc::ENOTEMPTY);
-    assert_eq!(errno(OpenOptions::new().write(true).open(n.m("d"))), libc::EISDIR);
-    assert_eq!(errno(OpenOptions::new().write(true).create_new(true).open(n.m("d/x"))), libc::EEXIST);
+    assert_eq!(
+        errno(OpenOptions::new().write(true).open(n.m("d"))),
+        libc::EISDIR
+    );
+    assert_eq!(
+        errno(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(n.m("d/x"))
+        ),
+        libc::EEXIST
+    );
     assert_eq!(errno(fs::remove_file(n.m("d"))), libc::EISDIR);
     assert_eq!(errno(fs::read_dir(n.m("d/x"))), libc::ENOTDIR);
     assert_eq!(errno(fs::rename(n.m("d"), n.m("d/x/y"))), libc::ENOTDIR);
@@ -71,15 +84,36 @@ fn permissions_are_enforced_for_other_users() {
     fs::write(n.m("secret"), b"s").unwrap();
     fs::set_permissions(n.m("secret"), fs::Permissions::from_mode(0o600)).unwrap();
     fs::set_permissions(&n.mnt, fs::Permissions::from_mode(0o755)).unwrap();
-    let out = std::process::Command::new("cat").arg(n.m("secret")).uid(65534).gid(65534).output().unwrap();
+    let out = std::process::Command::new("cat")
+        .arg(n.m("secret"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"), "{out:?}");
-    let out = std::process::Command::new("touch").arg(n.m("new")).uid(65534).gid(65534).output().unwrap();
-    assert!(!out.status.success(), "nobody created a file in a 0755 root dir");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    let out = std::process::Command::new("touch")
+        .arg(n.m("new"))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "nobody created a file in a 0755 root dir"
+    );
     // a world-writable dir: the file belongs to its creator
     fs::create_dir(n.m("pub")).unwrap();
     fs::set_permissions(n.m("pub"), fs::Permissions::from_mode(0o777)).unwrap();
-    let st = std::process::Command::new("touch").arg(n.m("pub/mine")).uid(65534).gid(65534).status().unwrap();
+    let st = std::process::Command::new("touch")
+        .arg(n.m("pub/mine"))
+        .uid(65534)
+        .gid(65534)
+        .status()
+        .unwrap();
     assert!(st.success());
     let md = fs::metadata(n.data().join("pub/mine")).unwrap();
     assert_eq!((md.uid(), md.gid()), (65534, 65534));
@@ -90,15 +124,24 @@ fn chmod_chown_utimens() {
     let n = mounted();
     fs::write(n.m("f"), b"x").unwrap();
     fs::set_permissions(n.m("f"), fs::Permissions::from_mode(0o640)).unwrap();
-    assert_eq!(fs::metadata(n.data().join("f")).unwrap().mode() & 0o7777, 0o640);
+    assert_eq!(
+        fs::metadata(n.data().join("f")).unwrap().mode() & 0o7777,
+        0o640
+    );
     std::os::unix::fs::chown(n.m("f"), Some(1234), Some(4321)).unwrap();
     let md = fs::metadata(n.data().join("f")).unwrap();
     assert_eq!((md.uid(), md.gid()), (1234, 4321));
     // set mtime only (atime UTIME_OMIT), then atime only
     let before_atime = fs::metadata(n.m("f")).unwrap().atime();
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 5 },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        },
     ];
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(&n.m("f")).as_ptr(), times.as_ptr(), 0) };
     assert_eq!(rc, 0);
@@ -106,8 +149,14 @@ fn chmod_chown_utimens() {
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_000_000_000, 5));
     assert_eq!(md.atime(), before_atime);
     let times = [
-        libc::timespec { tv_sec: 2_000_000_000, tv_nsec: 0 },
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
+        libc::timespec {
+            tv_sec: 2_000_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
     ];
     let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c(&n.m("f")).as_ptr(), times.as_ptr(), 0) };
     assert_eq!(rc, 0);
@@ -121,10 +170,19 @@ fn rename_variants() {
     fs::write(n.m("a"), b"A").unwrap();
     fs::write(n.m("b"), b"B").unwrap();
     let rename2 = |from: &str, to: &str, flags: u32| unsafe {
-        libc::renameat2(libc::AT_FDCWD, c(&n.m(from)).as_ptr(), libc::AT_FDCWD, c(&n.m(to)).as_ptr(), flags)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(&n.m(from)).as_ptr(),
+            libc::AT_FDCWD,
+            c(&n.m(to)).as_ptr(),
+            flags,
+        )
     };
     assert_eq!(rename2("a", "b", libc::RENAME_NOREPLACE), -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EEXIST));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EEXIST)
+    );
     assert_eq!(rename2("a", "b", libc::RENAME_EXCHANGE), 0);
     assert_eq!(fs::read(n.m("a")).unwrap(), b"B");
     assert_eq!(fs::read(n.m("b")).unwrap(), b"A");
@@ -143,7 +201,10 @@ fn links_share_one_inode() {
     let n = mounted();
     fs::write(n.m("f"), b"data").unwrap();
     fs::hard_link(n.m("f"), n.m("g")).unwrap();
-    let (a, b) = (fs::metadata(n.m("f")).unwrap(), fs::metadata(n.m("g")).unwrap());
+    let (a, b) = (
+        fs::metadata(n.m("f")).unwrap(),
+        fs::metadata(n.m("g")).unwrap(),
+    );
     assert_eq!(a.ino(), b.ino());
     assert_eq!(b.nlink(), 2);
     fs::remove_file(n.m("f")).unwrap();
@@ -151,7 +212,10 @@ fn links_share_one_inode() {
     std::os::unix::fs::symlink("g", n.m("s")).unwrap();
     assert_eq!(fs::read_link(n.m("s")).unwrap(), Path::new("g"));
     assert_eq!(fs::read(n.m("s")).unwrap(), b"data");
-    assert!(fs::symlink_metadata(n.data().join("s")).unwrap().file_type().is_symlink());
+    assert!(fs::symlink_metadata(n.data().join("s"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }
 
 #[test]
@@ -160,7 +224,10 @@ fn readdir_lists_everything() {
     for i in 0..500 {
         fs::write(n.m(&format!("f{i:03}")), b"").unwrap();
     }
-    let mut names: Vec<_> = fs::read_dir(&n.mnt).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(&n.mnt)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert_eq!(names.len(), 500);
     assert_eq!(names[0], "f000");
@@ -172,44 +239,90 @@ fn fifo_statfs_xattr_fallocate_lseek_mmap() {
     let n = mounted();
     let rc = unsafe { libc::mkfifo(c(&n.m("p")).as_ptr(), 0o644) };
     assert_eq!(rc, 0);
-    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&fs::metadata(n.data().join("p")).unwrap().file_type()));
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::metadata(n.data().join("p")).unwrap().file_type()
+    ));
     let mut sv: libc::statvfs = unsafe { std::mem::zeroed() };
     assert_eq!(unsafe { libc::statvfs(c(&n.mnt).as_ptr(), &mut sv) }, 0);
     assert!(sv.f_blocks > 0);
 
     fs::write(n.m("f"), b"x").unwrap();
     let (name, val) = (CString::new("user.k").unwrap(), b"v1");
-    let rc = unsafe { libc::setxattr(c(&n.m("f")).as_ptr(), name.as_ptr(), val.as_ptr().cast(), 2, 0) };
+    let rc = unsafe {
+        libc::setxattr(
+            c(&n.m("f")).as_ptr(),
+            name.as_ptr(),
+            val.as_ptr().cast(),
+            2,
+            0,
+        )
+    };
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
     let mut buf = [0u8; 16];
-    let len = unsafe { libc::getxattr(c(&n.m("f")).as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    let len = unsafe {
+        libc::getxattr(
+            c(&n.m("f")).as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            16,
+        )
+    };
     assert_eq!(&buf[..len as usize], b"v1");
     let missing = CString::new("user.none").unwrap();
-    let rc = unsafe { libc::getxattr(c(&n.m("f")).as_ptr(), missing.as_ptr(), buf.as_mut_ptr().cast(), 16) };
+    let rc = unsafe {
+        libc::getxattr(
+            c(&n.m("f")).as_ptr(),
+            missing.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            16,
+        )
+    };
     assert_eq!(rc, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENODATA));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENODATA)
+    );
 
-    let f = OpenOptions::new().read(true).write(true).open(n.m("f")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(n.m("f"))
+        .unwrap();
     use std::os::fd::AsRawFd;
     assert_eq!(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 1 << 20) }, 0);
     assert_eq!(f.metadata().unwrap().len(), 1 << 20);
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_COLLAPSE_RANGE, 0, 4096) };
     assert_eq!(rc, -1);
-    assert_eq!(std::io::Error::last_os_error().raw_os_error(), Some(libc::EOPNOTSUPP));
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EOPNOTSUPP)
+    );
     f.write_all_at(b"end", (4 << 20) - 3).unwrap();
     let mut g = File::open(n.m("f")).unwrap();
     assert_eq!(g.seek(SeekFrom::End(0)).unwrap(), 4 << 20);
 
     // mmap write then read back through the backing dir
     let len = 4 << 20;
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
     assert_ne!(p, libc::MAP_FAILED);
     unsafe { std::ptr::copy_nonoverlapping(b"MMAP".as_ptr(), (p as *mut u8).add(8192), 4) };
     assert_eq!(unsafe { libc::msync(p, len, libc::MS_SYNC) }, 0);
     unsafe { libc::munmap(p, len) };
     drop(f);
     let mut b = [0u8; 4];
-    File::open(n.data().join("f")).unwrap().read_exact_at(&mut b, 8192).unwrap();
+    File::open(n.data().join("f"))
+        .unwrap()
+        .read_exact_at(&mut b, 8192)
+        .unwrap();
     assert_eq!(&b, b"MMAP");
 }
 
@@ -226,20 +339,47 @@ fn very_long_relative_paths_work() {
             rel.push('/');
         }
         rel.push_str(&comp);
-        let rc = unsafe { libc::mkdirat(root.as_raw_fd(), CString::new(rel.clone()).unwrap().as_ptr(), 0o755) };
-        assert_eq!(rc, 0, "mkdirat at {} bytes: {}", rel.len(), std::io::Error::last_os_error());
+        let rc = unsafe {
+            libc::mkdirat(
+                root.as_raw_fd(),
+                CString::new(rel.clone()).unwrap().as_ptr(),
+                0o755,
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mkdirat at {} bytes: {}",
+            rel.len(),
+            std::io::Error::last_os_error()
+        );
     }
     let leaf = "f".repeat((4094 - rel.len()).min(255));
     rel.push('/');
     rel.push_str(&leaf);
     let cpath = CString::new(rel.clone()).unwrap();
-    let fd = unsafe { libc::openat(root.as_raw_fd(), cpath.as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644) };
-    assert!(fd >= 0, "openat {} bytes: {}", rel.len(), std::io::Error::last_os_error());
+    let fd = unsafe {
+        libc::openat(
+            root.as_raw_fd(),
+            cpath.as_ptr(),
+            libc::O_CREAT | libc::O_WRONLY,
+            0o644,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "openat {} bytes: {}",
+        rel.len(),
+        std::io::Error::last_os_error()
+    );
     let f = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     f.write_all_at(b"deep", 0).unwrap();
     drop(f);
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::fstatat(root.as_raw_fd(), cpath.as_ptr(), &mut st, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::fstatat(root.as_raw_fd(), cpath.as_ptr(), &mut st, 0) },
+        0
+    );
     assert_eq!(st.st_size, 4);
     assert!(rel.len() > 4000, "{}", rel.len());
 }
@@ -259,15 +399,30 @@ fn journal_records_ranges_and_ops() {
     fs::rename(n.m("big"), n.m("d/big2")).unwrap();
     n.unmount();
     let snap = journal_snapshot(&n.store);
-    let (_, e) = snap.files.iter().find(|(_, e)| e.path.as_bytes() == b"d/big2").expect("entry follows rename");
+    let (_, e) = snap
+        .files
+        .iter()
+        .find(|(_, e)| e.path.as_bytes() == b"d/big2")
+        .expect("entry follows rename");
     let ranges: Vec<_> = e.ranges.iter().collect();
     // the writeback cache may widen a write to page boundaries, never to the whole file
-    assert!(e.ranges.covers(4096, 4296) && e.ranges.covers(500_000, 500_010), "{ranges:?}");
+    assert!(
+        e.ranges.covers(4096, 4296) && e.ranges.covers(500_000, 500_010),
+        "{ranges:?}"
+    );
     assert!(e.ranges.len_bytes() <= 4 * 4096 * 2, "{ranges:?}");
     let kinds: Vec<_> = snap.meta.iter().map(|(_, op)| op.kind()).collect();
-    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap_or_else(|| panic!("no {k}: {kinds:?}"));
+    let pos = |k: &str| {
+        kinds
+            .iter()
+            .position(|x| *x == k)
+            .unwrap_or_else(|| panic!("no {k}: {kinds:?}"))
+    };
     assert!(pos("mkdir") < pos("rename"), "{kinds:?}");
-    assert!(snap.meta.windows(2).all(|w| w[0].0 < w[1].0), "sequence numbers increase");
+    assert!(
+        snap.meta.windows(2).all(|w| w[0].0 < w[1].0),
+        "sequence numbers increase"
+    );
 }
 
 #[test]
@@ -275,7 +430,10 @@ fn sigterm_unmounts_and_stale_mount_is_cleared() {
     let mut n = mounted();
     fs::write(n.m("f"), b"x").unwrap();
     n.kill9();
-    assert!(common::is_fuse_mounted(&n.mnt), "kill -9 leaves the mount behind");
+    assert!(
+        common::is_fuse_mounted(&n.mnt),
+        "kill -9 leaves the mount behind"
+    );
     n.mount(); // clears the stale mount first
     assert_eq!(fs::read(n.m("f")).unwrap(), b"x");
     n.unmount();
@@ -291,13 +449,23 @@ fn unprivileged_write_and_truncate_drop_setuid() {
         fs::set_permissions(n.m(f), fs::Permissions::from_mode(0o6777)).unwrap();
     }
     let nobody = |cmd: &str| {
-        let st = std::process::Command::new("sh").arg("-c").arg(cmd).uid(65534).gid(65534).status().unwrap();
+        let st = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .uid(65534)
+            .gid(65534)
+            .status()
+            .unwrap();
         assert!(st.success(), "{cmd}");
     };
     nobody(&format!("echo x >> {}", n.m("w").display()));
     nobody(&format!("truncate -s 2 {}", n.m("t").display()));
     assert_eq!(mode("w"), 0o0777, "write by nobody drops setuid and setgid");
-    assert_eq!(mode("t"), 0o0777, "truncate by nobody drops setuid and setgid");
+    assert_eq!(
+        mode("t"),
+        0o0777,
+        "truncate by nobody drops setuid and setgid"
+    );
     let f = OpenOptions::new().append(true).open(n.m("r")).unwrap();
     f.write_all_at(b"root", 0).unwrap();
     drop(f);
@@ -307,14 +475,25 @@ fn unprivileged_write_and_truncate_drop_setuid() {
 #[test]
 fn unlinked_open_file_takes_attribute_changes() {
     let n = mounted();
-    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(n.m("tmp")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(n.m("tmp"))
+        .unwrap();
     f.write_all_at(b"0123456789", 0).unwrap();
     fs::remove_file(n.m("tmp")).unwrap();
     f.set_len(4).unwrap();
-    f.set_permissions(fs::Permissions::from_mode(0o600)).unwrap();
-    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
+        .unwrap();
     let md = f.metadata().unwrap();
-    assert_eq!((md.len(), md.mode() & 0o777, md.mtime()), (4, 0o600, 1_000_000));
+    assert_eq!(
+        (md.len(), md.mode() & 0o777, md.mtime()),
+        (4, 0o600, 1_000_000)
+    );
     let mut s = String::new();
     (&f).seek(SeekFrom::Start(0)).unwrap();
     (&f).read_to_string(&mut s).unwrap();
@@ -356,13 +535,31 @@ fn symlink_times_set_without_following() {
     std::os::unix::fs::symlink("target", n.m("link")).unwrap();
     let before = fs::metadata(n.data().join("target")).unwrap().mtime();
     let times = [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: 1_234_567_890, tv_nsec: 0 },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_234_567_890,
+            tv_nsec: 0,
+        },
     ];
     let rc = unsafe {
-        libc::utimensat(libc::AT_FDCWD, c(&n.m("link")).as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c(&n.m("link")).as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     };
     assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
-    assert_eq!(fs::symlink_metadata(n.data().join("link")).unwrap().mtime(), 1_234_567_890);
-    assert_eq!(fs::metadata(n.data().join("target")).unwrap().mtime(), before, "the target is untouched");
+    assert_eq!(
+        fs::symlink_metadata(n.data().join("link")).unwrap().mtime(),
+        1_234_567_890
+    );
+    assert_eq!(
+        fs::metadata(n.data().join("target")).unwrap().mtime(),
+        before,
+        "the target is untouched"
+    );
 }

@@ -17,15 +17,24 @@ fn overhead_stays_bounded_over_thousands_of_edits() {
         let f = OpenOptions::new().write(true).open(p.a.m("f.bin")).unwrap();
         for _ in 0..4 {
             let off = rng.gen_range(0..(4u64 << 20) - 4096);
-            f.write_all_at(&rng.gen::<[u8; 32]>().repeat(128), off).unwrap();
+            f.write_all_at(&rng.gen::<[u8; 32]>().repeat(128), off)
+                .unwrap();
         }
         drop(f);
         if round % 10 == 0 {
             fs::write(p.a.m("tmp"), b"short-lived").unwrap();
             fs::remove_file(p.a.m("tmp")).unwrap();
-            fs::write(p.a.m(&format!("small{}", round % 50)), rng.gen::<[u8; 16]>()).unwrap();
+            fs::write(
+                p.a.m(&format!("small{}", round % 50)),
+                rng.gen::<[u8; 16]>(),
+            )
+            .unwrap();
         }
-        assert!(wait_until(30, || hash_of(&p.b.data().join("f.bin")) == hash_of(&p.a.data().join("f.bin"))), "round {round}");
+        assert!(
+            wait_until(30, || hash_of(&p.b.data().join("f.bin"))
+                == hash_of(&p.a.data().join("f.bin"))),
+            "round {round}"
+        );
     }
     // let the last acks and a journal checkpoint land
     std::thread::sleep(std::time::Duration::from_secs(2));
@@ -39,5 +48,8 @@ fn overhead_stays_bounded_over_thousands_of_edits() {
         assert!(o.total() < 48 << 20, "overhead {o:?} for a 4 MiB folder");
     }
     let text = syncfs(&["status", p.a.store.to_str().unwrap()]);
-    assert!(text.contains("peer link:   up") && text.contains("overhead:"), "{text}");
+    assert!(
+        text.contains("peer link:   up") && text.contains("overhead:"),
+        "{text}"
+    );
 }

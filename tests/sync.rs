@@ -29,7 +29,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, String)>) {
         } else if md.file_type().is_symlink() {
             format!("link {}", fs::read_link(&p).unwrap().display())
         } else {
-            format!("file {:o} {} {:x?}", md.mode() & 0o7777, md.len(), &hash_of(&p).unwrap()[..8])
+            format!(
+                "file {:o} {} {:x?}",
+                md.mode() & 0o7777,
+                md.len(),
+                &hash_of(&p).unwrap()[..8]
+            )
         };
         out.push((rel, desc));
     }
@@ -40,7 +45,12 @@ fn same_tree(a: &Path, b: &Path, secs: u64) -> bool {
 }
 
 fn assert_same(a: &Path, b: &Path, what: &str) {
-    assert!(same_tree(a, b, 30), "{what}: trees differ\nA: {:#?}\nB: {:#?}", tree(a), tree(b));
+    assert!(
+        same_tree(a, b, 30),
+        "{what}: trees differ\nA: {:#?}\nB: {:#?}",
+        tree(a),
+        tree(b)
+    );
 }
 
 fn exercise(from: &Node, to: &Node, tag: &str) {
@@ -49,13 +59,28 @@ fn exercise(from: &Node, to: &Node, tag: &str) {
     let start = Instant::now();
     fs::write(m("/sub/deeper/hello.txt"), b"hello from the other side").unwrap();
     let dst = to.m(&format!("{tag}/sub/deeper/hello.txt"));
-    assert!(wait_until(30, || fs::read(&dst).ok().as_deref() == Some(&b"hello from the other side"[..])), "create+write");
-    eprintln!("{tag}: close -> visible on the peer in {:?}", start.elapsed());
-    let mut f = OpenOptions::new().append(true).open(m("/sub/deeper/hello.txt")).unwrap();
+    assert!(
+        wait_until(30, || fs::read(&dst).ok().as_deref()
+            == Some(&b"hello from the other side"[..])),
+        "create+write"
+    );
+    eprintln!(
+        "{tag}: close -> visible on the peer in {:?}",
+        start.elapsed()
+    );
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(m("/sub/deeper/hello.txt"))
+        .unwrap();
     std::io::Write::write_all(&mut f, b", appended").unwrap();
     drop(f);
     fs::write(m("/t"), vec![b'x'; 100_000]).unwrap();
-    OpenOptions::new().write(true).open(m("/t")).unwrap().set_len(10).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(m("/t"))
+        .unwrap()
+        .set_len(10)
+        .unwrap();
     fs::rename(m("/sub/deeper/hello.txt"), m("/sub/renamed.txt")).unwrap();
     std::os::unix::fs::symlink("sub/renamed.txt", m("/link")).unwrap();
     fs::set_permissions(m("/sub/renamed.txt"), fs::Permissions::from_mode(0o600)).unwrap();
@@ -78,7 +103,9 @@ fn changes_cross_both_ways() {
 #[test]
 fn big_file_and_many_small_files() {
     let p = Pair::mounted(false);
-    let big: Vec<u8> = (0..(200u64 << 20) / 8).flat_map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 7).to_le_bytes()).collect();
+    let big: Vec<u8> = (0..(200u64 << 20) / 8)
+        .flat_map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 7).to_le_bytes())
+        .collect();
     let start = Instant::now();
     fs::write(p.a.m("big.bin"), &big).unwrap();
     fs::create_dir(p.a.m("many")).unwrap();
@@ -86,8 +113,18 @@ fn big_file_and_many_small_files() {
         fs::write(p.a.m(&format!("many/f{i:04}")), format!("small file {i}")).unwrap();
     }
     let want = blake3::hash(&big);
-    assert!(wait_until(180, || hash_of(&p.b.m("big.bin")).is_some_and(|h| h == *want.as_bytes())), "200 MiB file");
-    assert!(wait_until(120, || fs::read_dir(p.b.m("many")).map(|d| d.count()).unwrap_or(0) == 2000), "2000 files");
+    assert!(
+        wait_until(180, || hash_of(&p.b.m("big.bin"))
+            .is_some_and(|h| h == *want.as_bytes())),
+        "200 MiB file"
+    );
+    assert!(
+        wait_until(120, || fs::read_dir(p.b.m("many"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 2000),
+        "2000 files"
+    );
     assert_same(&p.a.mnt, &p.b.mnt, "big and many");
     eprintln!("200 MiB + 2000 files synced in {:?}", start.elapsed());
 }
@@ -95,23 +132,43 @@ fn big_file_and_many_small_files() {
 #[test]
 fn small_edit_in_big_file_sends_few_bytes() {
     let p = Pair::mounted(true);
-    let data: Vec<u8> = (0..(64u64 << 20) / 8).flat_map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 3).to_le_bytes()).collect();
+    let data: Vec<u8> = (0..(64u64 << 20) / 8)
+        .flat_map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 3).to_le_bytes())
+        .collect();
     fs::write(p.a.m("vm.img"), &data).unwrap();
-    assert!(wait_until(120, || hash_of(&p.b.m("vm.img")) == hash_of(&p.a.m("vm.img"))), "initial copy");
+    assert!(
+        wait_until(120, || hash_of(&p.b.m("vm.img"))
+            == hash_of(&p.a.m("vm.img"))),
+        "initial copy"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
-    let f = OpenOptions::new().write(true).open(p.a.m("vm.img")).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(p.a.m("vm.img"))
+        .unwrap();
     // incompressible bytes, so the figure is the real cost of 4 KiB of new data
-    let edit: Vec<u8> = (0..4096u64).map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8 ^ (i as u8)).collect();
+    let edit: Vec<u8> = (0..4096u64)
+        .map(|i| (i.wrapping_mul(0x9E3779B97F4A7C15) >> 56) as u8 ^ (i as u8))
+        .collect();
     f.write_all_at(&edit, 10 << 20).unwrap();
     drop(f);
     let start = Instant::now();
-    assert!(wait_until(60, || hash_of(&p.b.m("vm.img")) == hash_of(&p.a.m("vm.img"))), "edit arrives");
+    assert!(
+        wait_until(60, || hash_of(&p.b.m("vm.img"))
+            == hash_of(&p.a.m("vm.img"))),
+        "edit arrives"
+    );
     let latency = start.elapsed();
     std::thread::sleep(std::time::Duration::from_millis(300)); // let the ack cross too
     let cost = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
-    eprintln!("4 KiB edit in 64 MiB: {cost} bytes on the wire (both ways), close->verified {latency:?}");
-    assert!(cost <= 16 * 1024, "a 4 KiB edit cost {cost} bytes on the wire");
+    eprintln!(
+        "4 KiB edit in 64 MiB: {cost} bytes on the wire (both ways), close->verified {latency:?}"
+    );
+    assert!(
+        cost <= 16 * 1024,
+        "a 4 KiB edit cost {cost} bytes on the wire"
+    );
 }
 
 #[test]
@@ -122,10 +179,17 @@ fn applier_crash_between_stage_and_replay_and_before_ack() {
         p.b.mount_with(&[("SYNCFS_FAULT", fault)]);
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
         fs::write(p.a.m("f.bin"), &data).unwrap();
-        assert!(wait_until(30, || p.b.has_exited()), "{fault}: the injected fault stops B");
+        assert!(
+            wait_until(30, || p.b.has_exited()),
+            "{fault}: the injected fault stops B"
+        );
         p.b.kill9(); // reap
         p.b.mount(); // no fault: recovers the staged update, or gets it again from A
-        assert!(wait_until(60, || hash_of(&p.b.m("f.bin")) == Some(*blake3::hash(&data).as_bytes())), "{fault}: B ends identical");
+        assert!(
+            wait_until(60, || hash_of(&p.b.m("f.bin"))
+                == Some(*blake3::hash(&data).as_bytes())),
+            "{fault}: B ends identical"
+        );
         assert_eq!(fs::read(p.b.data().join("f.bin")).unwrap(), data);
         let left: Vec<_> = fs::read_dir(p.b.store.join("staging")).unwrap().collect();
         assert!(left.is_empty(), "{fault}: staging is emptied: {left:?}");
@@ -138,19 +202,34 @@ fn strangers_get_nothing() {
     let mut p = Pair::mounted(false);
     let mut c = Node::with_init(&["--join", &common::folder_id(&p.a.store)]);
     let a_addr = fs::read_to_string(p.b.store.join("config.toml")).unwrap();
-    let a_peer = a_addr.lines().find(|l| l.starts_with("peers =")).unwrap().to_string();
-    common::set_config(&c.store, "listen", &format!("[\"/ip4/127.0.0.1/tcp/{}\"]", common::free_port()));
+    let a_peer = a_addr
+        .lines()
+        .find(|l| l.starts_with("peers ="))
+        .unwrap()
+        .to_string();
+    common::set_config(
+        &c.store,
+        "listen",
+        &format!("[\"/ip4/127.0.0.1/tcp/{}\"]", common::free_port()),
+    );
     common::set_config(&c.store, "mdns", "false");
     common::set_config(&c.store, "peers", a_peer.trim_start_matches("peers = "));
     c.mount();
     // D is allowlisted both ways with A... no: D has another folder id and is B's peer.
     fs::write(p.a.m("secret.txt"), b"for B only").unwrap();
     fs::write(c.m("from_c.txt"), b"C tries to push").unwrap();
-    assert!(wait_until(30, || p.b.m("secret.txt").exists()), "B still syncs");
+    assert!(
+        wait_until(30, || p.b.m("secret.txt").exists()),
+        "B still syncs"
+    );
     std::thread::sleep(std::time::Duration::from_secs(2));
     assert!(!c.m("secret.txt").exists(), "C received data");
     assert!(!p.a.m("from_c.txt").exists(), "A accepted data from C");
-    assert!(p.a.log().to_lowercase().contains("refus"), "A logs the refusal: {}", p.a.log());
+    assert!(
+        p.a.log().to_lowercase().contains("refus"),
+        "A logs the refusal: {}",
+        p.a.log()
+    );
     c.unmount();
     p.a.unmount();
     p.b.unmount();
@@ -161,14 +240,24 @@ fn other_folder_gets_nothing() {
     // Two stores that allowlist each other but were not initialised into one folder.
     let mut p = Pair::new(false);
     let own = Node::new();
-    common::set_config(&p.b.store, "folder_id", &format!("{:?}", common::folder_id(&own.store)));
+    common::set_config(
+        &p.b.store,
+        "folder_id",
+        &format!("{:?}", common::folder_id(&own.store)),
+    );
     p.a.mount();
     p.b.mount();
     fs::write(p.a.m("a.txt"), b"a").unwrap();
     fs::write(p.b.m("b.txt"), b"b").unwrap();
     std::thread::sleep(std::time::Duration::from_secs(3));
-    assert!(!p.b.m("a.txt").exists() && !p.a.m("b.txt").exists(), "data crossed folders");
-    assert!(p.a.log().contains("folder") || p.b.log().contains("folder"), "the mismatch is logged");
+    assert!(
+        !p.b.m("a.txt").exists() && !p.a.m("b.txt").exists(),
+        "data crossed folders"
+    );
+    assert!(
+        p.a.log().contains("folder") || p.b.log().contains("folder"),
+        "the mismatch is logged"
+    );
 }
 
 #[test]
@@ -181,10 +270,18 @@ fn page_rewrites_cost_their_changes_not_their_pages() {
     let mut db = vec![0u8; 4 << 20];
     rng.fill_bytes(&mut db);
     fs::write(p.a.m("app.db"), &db).unwrap();
-    assert!(wait_until(60, || hash_of(&p.b.m("app.db")) == hash_of(&p.a.m("app.db"))), "initial copy");
+    assert!(
+        wait_until(60, || hash_of(&p.b.m("app.db"))
+            == hash_of(&p.a.m("app.db"))),
+        "initial copy"
+    );
     std::thread::sleep(std::time::Duration::from_millis(500));
     let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
-    let f = OpenOptions::new().read(true).write(true).open(p.a.m("app.db")).unwrap();
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p.a.m("app.db"))
+        .unwrap();
     for _ in 0..100 {
         let page = rng.gen_range(0..1024usize) * 4096;
         let at = page + rng.gen_range(0..4076usize);
@@ -193,12 +290,18 @@ fn page_rewrites_cost_their_changes_not_their_pages() {
     }
     drop(f);
     let want = *blake3::hash(&db).as_bytes();
-    assert!(wait_until(60, || hash_of(&p.b.m("app.db")) == Some(want)), "rewrites arrive");
+    assert!(
+        wait_until(60, || hash_of(&p.b.m("app.db")) == Some(want)),
+        "rewrites arrive"
+    );
     std::thread::sleep(std::time::Duration::from_millis(300));
     let cost = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
     eprintln!("100 page rewrites (400 KiB of pages, ~2 KiB changed): {cost} bytes on the wire");
     const BUDGET: u64 = 48 << 10;
-    assert!(cost < BUDGET, "page rewrites cost {cost} bytes, budget {BUDGET}");
+    assert!(
+        cost < BUDGET,
+        "page rewrites cost {cost} bytes, budget {BUDGET}"
+    );
 }
 
 #[test]
@@ -218,5 +321,8 @@ fn short_lived_files_cost_nothing() {
     let cost = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
     eprintln!("50 short-lived files: {cost} bytes on the wire");
     assert!(cost < 1024, "short-lived files cost {cost} bytes");
-    assert!(fs::read_dir(p.b.m("")).unwrap().count() == 1, "only warmup reached B");
+    assert!(
+        fs::read_dir(p.b.m("")).unwrap().count() == 1,
+        "only warmup reached B"
+    );
 }

@@ -26,23 +26,6 @@ fn cstr(b: &[u8], what: &str) -> Result<CString, ApplyError> {
     CString::new(b).map_err(|_| ApplyError::BadRequest(format!("NUL byte in {what}")))
 }
 
-fn timespec(t: Option<SetTime>) -> libc::timespec {
-    match t {
-        None => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        Some(SetTime::Now) => libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
-        },
-        Some(SetTime::At(ts)) => libc::timespec {
-            tv_sec: ts.secs,
-            tv_nsec: i64::from(ts.nanos),
-        },
-    }
-}
-
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
@@ -133,7 +116,7 @@ impl Applier {
             }),
             MetaOp::Truncate { path, size, .. } => self.truncate(path, *size),
             MetaOp::Utimens { path, atime, mtime } => self.attr(path, "utimens", |a, n| {
-                let times = [timespec(*atime), timespec(*mtime)];
+                let times = [SetTime::to_timespec(*atime), SetTime::to_timespec(*mtime)];
                 if !n.is_symlink() {
                     return sys::utimens_fd(&n.pfd, &times).map_err(os_err);
                 }

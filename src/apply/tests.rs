@@ -312,7 +312,10 @@ fn non_regular_targets_and_bad_ranges_are_bad_requests() {
     let mut u = update("f", None, b"abc", &[(0, 3)]);
     u.ranges[0].encoding = Encoding::ZstdDict;
     let err = a.apply_update(&u).unwrap_err();
-    assert!(matches!(err.nack_reason(), NackReason::HashMismatch), "{err}");
+    assert!(
+        matches!(err.nack_reason(), NackReason::HashMismatch),
+        "{err}"
+    );
     assert!(!e.p("f").exists());
     // A garbage delta against bytes that exist is refused too.
     fs::write(e.p("g"), b"old").unwrap();
@@ -559,7 +562,10 @@ fn meta_hooks_invalidate_touched_names() {
     })
     .unwrap();
     let gi = fs::metadata(e.p("b/g")).unwrap().ino();
-    assert_eq!(events.lock().unwrap().clone(), vec![Ev::Inode(gi), Ev::Entry(bi, "g".into())]);
+    assert_eq!(
+        events.lock().unwrap().clone(),
+        vec![Ev::Inode(gi), Ev::Entry(bi, "g".into())]
+    );
 }
 
 /// Applies `op` twice (the second as a replay after a lost ack); `check` after each.
@@ -1058,7 +1064,12 @@ fn deltas_decode_against_current_bytes_and_stage_decoded() {
     let mut u = update("db", Some(&old), &new, &[(4096, 4096)]);
     let d = crate::delta::encode(&new[4096..8192], &old[4096..8192], 3).unwrap();
     assert!(d.len() < 200, "a 20-byte change costs {} bytes", d.len());
-    u.ranges[0] = crate::wire::RangeData { offset: 4096, len: 4096, encoding: Encoding::ZstdDict, data: d };
+    u.ranges[0] = crate::wire::RangeData {
+        offset: 4096,
+        len: 4096,
+        encoding: Encoding::ZstdDict,
+        data: d,
+    };
     a.apply_update(&u).unwrap();
     assert_eq!(e.read("db"), new);
     assert!(e.staged().is_empty());
@@ -1073,9 +1084,14 @@ fn successive_updates_verify_through_the_hash_tree() {
     let mut cur = pseudo_random(5 << 20, 7);
     fs::write(e.p("f"), &cur).unwrap();
     a.apply_update(&update("f", None, &cur, &[(0, 1)])).unwrap(); // first: full pass, tree kept
-    for (i, (off, len, size)) in [(100u64, 4096u64, 5u64 << 20), ((3 << 20) + 5, 70_000, 5 << 20), (10, 5, 4 << 20), ((6 << 20) - 10, 10, 6 << 20)]
-        .into_iter()
-        .enumerate()
+    for (i, (off, len, size)) in [
+        (100u64, 4096u64, 5u64 << 20),
+        ((3 << 20) + 5, 70_000, 5 << 20),
+        (10, 5, 4 << 20),
+        ((6 << 20) - 10, 10, 6 << 20),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let mut new = cur.clone();
         new.resize(size as usize, 0);
@@ -1084,9 +1100,13 @@ fn successive_updates_verify_through_the_hash_tree() {
         }
         let mut bad = update("f", Some(&cur), &new, &[(off, len)]);
         bad.hash[0] ^= 1;
-        assert!(matches!(a.apply_update(&bad), Err(ApplyError::HashMismatch { .. })), "step {i}");
+        assert!(
+            matches!(a.apply_update(&bad), Err(ApplyError::HashMismatch { .. })),
+            "step {i}"
+        );
         assert_eq!(e.read("f"), cur, "a refused update leaves the file alone");
-        a.apply_update(&update("f", Some(&cur), &new, &[(off, len)])).unwrap();
+        a.apply_update(&update("f", Some(&cur), &new, &[(off, len)]))
+            .unwrap();
         assert_eq!(e.read("f"), new, "step {i}");
         cur = new;
     }
@@ -1096,6 +1116,7 @@ fn successive_updates_verify_through_the_hash_tree() {
     cur[4096..4101].copy_from_slice(b"LOCAL");
     let mut new = cur.clone();
     new[0] = !new[0];
-    a.apply_update(&update("f", Some(&cur), &new, &[(0, 1)])).unwrap();
+    a.apply_update(&update("f", Some(&cur), &new, &[(0, 1)]))
+        .unwrap();
     assert_eq!(e.read("f"), new);
 }

@@ -41,7 +41,9 @@ impl Trees {
         if let Some((s, _)) = map.get(&stamp.ino).filter(|(s, _)| s != stamp) {
             tracing::debug!("hash tree stale: kept for {s:?}, file now {stamp:?}");
         }
-        map.get(&stamp.ino).filter(|(s, _)| s == stamp).map(|(_, t)| t.clone())
+        map.get(&stamp.ino)
+            .filter(|(s, _)| s == stamp)
+            .map(|(_, t)| t.clone())
     }
 
     /// The content did not change (an attribute op): a tree valid at `before` is valid at `after`.

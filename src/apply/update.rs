@@ -3,10 +3,10 @@
 
 use super::stage::Stage;
 use super::trees::Stamp;
-use crate::hashtree::HashTree;
 use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
 use crate::beneath::{open_beneath, open_parent};
 use crate::fs::sys;
+use crate::hashtree::HashTree;
 use crate::path::RelPath;
 use crate::wire::{decompress_range, Encoding, FileUpdate, RangeData, WireError, MAX_RANGE_LEN};
 use std::borrow::Cow;
@@ -62,7 +62,10 @@ impl<'a> Ranges<'a> {
         let total: u64 = u.ranges.iter().map(|r| r.len).sum();
         let has_delta = u.ranges.iter().any(|r| r.encoding == Encoding::ZstdDict);
         if has_delta && total > CACHE_LIMIT {
-            return Err(ApplyError::BadRequest(format!("{}: deltas over {CACHE_LIMIT} bytes", u.path)));
+            return Err(ApplyError::BadRequest(format!(
+                "{}: deltas over {CACHE_LIMIT} bytes",
+                u.path
+            )));
         }
         let mut cache = (total <= CACHE_LIMIT).then(Vec::new);
         for i in 0..u.ranges.len() {
@@ -84,14 +87,21 @@ impl<'a> Ranges<'a> {
     /// The update as it is staged: deltas replaced by their decoded bytes (after a crash
     /// mid-replay, the old bytes they refer to may be gone).
     fn stageable(&self) -> Cow<'a, FileUpdate> {
-        let (u, Some(cache)) = (self.u, &self.cache) else { return Cow::Borrowed(self.u) };
+        let (u, Some(cache)) = (self.u, &self.cache) else {
+            return Cow::Borrowed(self.u);
+        };
         if u.ranges.iter().all(|r| r.encoding != Encoding::ZstdDict) {
             return Cow::Borrowed(u);
         }
         let mut staged = u.clone();
         for (r, bytes) in staged.ranges.iter_mut().zip(cache) {
             if r.encoding == Encoding::ZstdDict {
-                *r = RangeData { offset: r.offset, len: r.len, encoding: Encoding::Raw, data: bytes.clone() };
+                *r = RangeData {
+                    offset: r.offset,
+                    len: r.len,
+                    encoding: Encoding::Raw,
+                    data: bytes.clone(),
+                };
             }
         }
         Cow::Owned(staged)
@@ -110,11 +120,18 @@ fn decode_range(u: &FileUpdate, i: usize, target: Option<&File>) -> Result<Vec<u
 
 /// A delta against this side's current bytes of the range; a different base (the peer's
 /// idea of our content is wrong) is a hash mismatch, so the sender sends the whole file.
-fn decode_delta(u: &FileUpdate, r: &RangeData, target: Option<&File>) -> Result<Vec<u8>, ApplyError> {
-    let mismatch = || ApplyError::HashMismatch { path: u.path.clone() };
+fn decode_delta(
+    u: &FileUpdate,
+    r: &RangeData,
+    target: Option<&File>,
+) -> Result<Vec<u8>, ApplyError> {
+    let mismatch = || ApplyError::HashMismatch {
+        path: u.path.clone(),
+    };
     let file = target.ok_or_else(mismatch)?;
     let mut old = vec![0u8; r.len as usize];
-    file.read_exact_at(&mut old, r.offset).map_err(|_| mismatch())?;
+    file.read_exact_at(&mut old, r.offset)
+        .map_err(|_| mismatch())?;
     crate::delta::decode(&r.data, &old, r.len as usize).map_err(|e| match e {
         crate::delta::DeltaError::WrongBase => mismatch(),
         e => ApplyError::BadRequest(format!("{}: delta at {}: {e}", u.path, r.offset)),
@@ -139,8 +156,16 @@ impl Applier {
         let current = tree.root();
         let cur_len = st.st_size as u64;
         let resized = (cur_len != u.size).then(|| (cur_len.min(u.size), cur_len.max(u.size)));
-        let dirty = u.ranges.iter().map(|r| (r.offset, r.offset + r.len)).chain(resized);
-        tree.update_from(|off, buf| overlay_read(file, cur_len, u, ranges, off, buf), dirty, u.size)?;
+        let dirty = u
+            .ranges
+            .iter()
+            .map(|r| (r.offset, r.offset + r.len))
+            .chain(resized);
+        tree.update_from(
+            |off, buf| overlay_read(file, cur_len, u, ranges, off, buf),
+            dirty,
+            u.size,
+        )?;
         Ok((current, tree.root(), Some(tree)))
     }
 
@@ -154,7 +179,11 @@ impl Applier {
                 Err(_) => return,
             },
         };
-        tracing::debug!(ino = st.st_ino, "hash tree kept for stamp {:?}", Stamp::of(&st));
+        tracing::debug!(
+            ino = st.st_ino,
+            "hash tree kept for stamp {:?}",
+            Stamp::of(&st)
+        );
         self.trees.put(Stamp::of(&st), tree);
     }
 }
@@ -238,7 +267,8 @@ impl Applier {
         let hold = self.hooks.hold(t.ino);
         // 4. Hashes of the current content and of the result: from the file's tree when
         //    it is known (only touched leaves are read), else one streaming pass.
-        let (current, result, tree) = self.hashes(&t.file, u, ranges)
+        let (current, result, tree) = self
+            .hashes(&t.file, u, ranges)
             .map_err(|e| ApplyError::io("reading", &u.path, e))?;
         if current == u.hash {
             // A resend of an update already applied (we crashed before acking).

@@ -61,7 +61,10 @@ fn errno(e: FsError) -> Errno {
 }
 
 fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid() }
+    Ctx {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
@@ -112,7 +115,10 @@ fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
 
 fn timestamp(t: SystemTime) -> Timestamp {
     match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+        Ok(d) => Timestamp {
+            secs: d.as_secs() as i64,
+            nanos: d.subsec_nanos(),
+        },
         Err(e) => {
             let d = e.duration();
             let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
@@ -185,7 +191,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyAttr,
     ) {
         let kill_priv = size.is_some() && req.uid() != 0;
-        let a = SetAttr { mode, uid, gid, size, atime: set_time(atime), mtime: set_time(mtime), kill_priv };
+        let a = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: set_time(atime),
+            mtime: set_time(mtime),
+            kill_priv,
+        };
         match self.fs.setattr(ino.0, fh.map(|f| f.0), &a) {
             Ok(st) => reply.attr(&TTL, &self.attr(&st)),
             Err(e) => reply.error(errno(e)),
@@ -199,11 +213,31 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        self.entry(self.fs.mknod(ctx(req), parent.0, name, mode, rdev as u64), reply);
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.fs.mknod(ctx(req), parent.0, name, mode, rdev as u64),
+            reply,
+        );
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         self.entry(self.fs.mkdir(ctx(req), parent.0, name, mode), reply);
     }
 
@@ -215,8 +249,19 @@ impl Filesystem for FuseAdapter {
         empty(self.fs.rmdir(parent.0, name), reply);
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        self.entry(self.fs.symlink(ctx(req), parent.0, link_name, target.as_os_str()), reply);
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.entry(
+            self.fs
+                .symlink(ctx(req), parent.0, link_name, target.as_os_str()),
+            reply,
+        );
     }
 
     fn rename(
@@ -229,10 +274,21 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        empty(self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), reply);
+        empty(
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            reply,
+        );
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         self.entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
@@ -279,7 +335,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lo: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lo: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -297,7 +360,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
@@ -308,7 +378,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let dir = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(e)),
@@ -323,26 +400,55 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
-                s.f_blocks, s.f_bfree, s.f_bavail, s.f_files, s.f_ffree,
-                s.f_bsize as u32, s.f_namemax as u32, s.f_frsize as u32,
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
             ),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _pos: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _pos: u32,
+        reply: ReplyEmpty,
+    ) {
         empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
@@ -358,18 +464,50 @@ impl Filesystem for FuseAdapter {
         empty(self.fs.removexattr(ino.0, name), reply);
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         match self.fs.create(ctx(req), parent.0, name, mode, flags) {
-            Ok((_, st, fh)) => reply.created(&TTL, &self.attr(&st), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((_, st, fh)) => reply.created(
+                &TTL,
+                &self.attr(&st),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(errno(e)),

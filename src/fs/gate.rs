@@ -40,7 +40,10 @@ impl Gate {
         }
         held.insert(ino);
         self.count.fetch_add(1, Ordering::Release);
-        HoldGuard { gate: self.clone(), ino }
+        HoldGuard {
+            gate: self.clone(),
+            ino,
+        }
     }
 }
 

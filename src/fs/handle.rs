@@ -35,7 +35,10 @@ pub struct Handles<T> {
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
-        Handles { next: AtomicU64::new(1), map: RwLock::new(HashMap::new()) }
+        Handles {
+            next: AtomicU64::new(1),
+            map: RwLock::new(HashMap::new()),
+        }
     }
 }
 
@@ -49,7 +52,12 @@ impl<T> Handles<T> {
 
     /// The handle for `fh`, or EBADF.
     pub fn get(&self, fh: u64) -> Result<Arc<T>, FsError> {
-        self.map.read().unwrap().get(&fh).cloned().ok_or(FsError(libc::EBADF))
+        self.map
+            .read()
+            .unwrap()
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError(libc::EBADF))
     }
 
     /// Replaces the handle `fh` (EBADF if it is not open).

@@ -45,10 +45,23 @@ impl InodeTable {
     /// A table holding only the root.
     pub fn new(root_fd: OwnedFd) -> Result<InodeTable, FsError> {
         let st = sys::fstat(&root_fd)?;
-        let root = Arc::new(Inode { fd: root_fd, backing_ino: st.st_ino, kind: st.st_mode & libc::S_IFMT });
+        let root = Arc::new(Inode {
+            fd: root_fd,
+            backing_ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+        });
         let mut map = HashMap::new();
-        map.insert(ROOT_INO, Entry { inode: root, lookups: 1 << 40 });
-        Ok(InodeTable { map: Mutex::new(map), root_backing: st.st_ino })
+        map.insert(
+            ROOT_INO,
+            Entry {
+                inode: root,
+                lookups: 1 << 40,
+            },
+        );
+        Ok(InodeTable {
+            map: Mutex::new(map),
+            root_backing: st.st_ino,
+        })
     }
 
     /// The FUSE inode number for a backing inode number.
@@ -63,7 +76,9 @@ impl InodeTable {
     /// The inode for a FUSE inode number, or ESTALE-ish ENOENT.
     pub fn get(&self, ino: u64) -> Result<Arc<Inode>, FsError> {
         let map = self.map.lock().unwrap();
-        map.get(&ino).map(|e| e.inode.clone()).ok_or(FsError(libc::ENOENT))
+        map.get(&ino)
+            .map(|e| e.inode.clone())
+            .ok_or(FsError(libc::ENOENT))
     }
 
     /// Looks `name` up under `parent`, takes one kernel reference, returns its stat.
@@ -76,9 +91,16 @@ impl InodeTable {
         let fd = sys::open_path(&parent.fd, name)?;
         let st = sys::fstat(&fd)?;
         let ino = self.fuse_ino(st.st_ino);
-        let inode = Inode { fd, backing_ino: st.st_ino, kind: st.st_mode & libc::S_IFMT };
+        let inode = Inode {
+            fd,
+            backing_ino: st.st_ino,
+            kind: st.st_mode & libc::S_IFMT,
+        };
         let mut map = self.map.lock().unwrap();
-        let e = map.entry(ino).or_insert_with(|| Entry { inode: Arc::new(inode), lookups: 0 });
+        let e = map.entry(ino).or_insert_with(|| Entry {
+            inode: Arc::new(inode),
+            lookups: 0,
+        });
         e.lookups += 1;
         Ok((ino, st))
     }

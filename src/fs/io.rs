@@ -9,7 +9,8 @@ use std::os::unix::fs::FileExt;
 
 type R<T> = Result<T, FsError>;
 
-const FALLOC_MODES_OK: i32 = libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
+const FALLOC_MODES_OK: i32 =
+    libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE;
 
 impl PassFs {
     /// Flags to open the backing file with, given the kernel's open flags.
@@ -41,20 +42,41 @@ impl PassFs {
             }
         }
         let file = sys::reopen(&inode.fd, self.backing_flags(flags))?;
-        Ok(self.files.insert(FileHandle { file, file_id: inode.backing_ino, ino, writable }))
+        Ok(self.files.insert(FileHandle {
+            file,
+            file_id: inode.backing_ino,
+            ino,
+            writable,
+        }))
     }
 
     /// Creates and opens `parent/name`; returns (ino, stat, handle).
-    pub fn create(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, flags: i32) -> R<(u64, libc::stat, u64)> {
+    pub fn create(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+    ) -> R<(u64, libc::stat, u64)> {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         let bflags = self.backing_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
         let fd = sys::openat(&p.fd, name, bflags, mode)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
         self.rec.track(st.st_ino, &path)?;
-        self.rec.meta(MetaOp::Create { path: path.clone(), file: st.st_ino, mode: mode & 0o7777 })?;
+        self.rec.meta(MetaOp::Create {
+            path: path.clone(),
+            file: st.st_ino,
+            mode: mode & 0o7777,
+        })?;
         self.record_owner(&path, &st)?;
-        let fh = FileHandle { file: fd.into(), file_id: st.st_ino, ino, writable: true };
+        let fh = FileHandle {
+            file: fd.into(),
+            file_id: st.st_ino,
+            ino,
+            writable: true,
+        };
         Ok((ino, st, self.files.insert(fh)))
     }
 
@@ -81,14 +103,20 @@ impl PassFs {
     /// write by an unprivileged process does (we write as root, which would keep them).
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], kill_priv: bool) -> R<u32> {
         let h = self.files.get(fh)?;
-        let end = offset.checked_add(data.len() as u64).ok_or(FsError(libc::EFBIG))?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or(FsError(libc::EFBIG))?;
         self.gate.wait(h.file_id);
         if kill_priv {
             self.kill_priv(&*self.inodes.get(h.ino)?)?;
         }
         // A write past the end leaves a hole of zeros: changed bytes too (the peer and
         // the hash trees must see them even after an earlier truncate shrank the file).
-        let eof = if offset > 0 || self.pre.is_some() { sys::fstat(&h.file)?.st_size as u64 } else { 0 };
+        let eof = if offset > 0 || self.pre.is_some() {
+            sys::fstat(&h.file)?.st_size as u64
+        } else {
+            0
+        };
         self.rec.write(h.file_id, offset.min(eof), end)?;
         self.save_preimage(&h, eof, offset, end);
         h.file.write_all_at(data, offset)?;

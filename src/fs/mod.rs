@@ -15,7 +15,7 @@ mod namespace;
 pub mod record;
 pub mod sys;
 
-use crate::journal::op::{SetTime, Timestamp};
+use crate::journal::op::SetTime;
 use crate::path::RelPath;
 use handle::{DirHandle, FileHandle, Handles};
 use inode::{Inode, InodeTable};
@@ -32,7 +32,11 @@ pub struct FsError(pub i32);
 impl FsError {
     /// The calling thread's current `errno`.
     pub fn last() -> FsError {
-        FsError(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+        FsError(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
     }
 }
 
@@ -101,7 +105,12 @@ impl PassFs {
     /// Opens the backing directory `root` and reports changes to `rec`.
     pub fn new(root: &Path, rec: Arc<dyn Recorder>, opts: FsOptions) -> Result<PassFs, FsError> {
         let root = root.canonicalize()?;
-        let fd: OwnedFd = sys::openat(&sys::AtCwd, root.as_os_str(), libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let fd: OwnedFd = sys::openat(
+            &sys::AtCwd,
+            root.as_os_str(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
         Ok(PassFs {
             root,
             inodes: InodeTable::new(fd)?,
@@ -170,17 +179,8 @@ impl PassFs {
 
     /// Path of `name` inside the held directory `parent`.
     fn child_path(&self, parent: &Inode, name: &std::ffi::OsStr) -> Result<RelPath, FsError> {
-        self.rel_path(parent)?.join(name).map_err(|_| FsError(libc::EINVAL))
-    }
-}
-
-/// Converts a `SetTime` into the `timespec` `utimensat` wants.
-fn timespec(t: Option<SetTime>) -> libc::timespec {
-    match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(SetTime::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-        Some(SetTime::At(Timestamp { secs, nanos })) => {
-            libc::timespec { tv_sec: secs, tv_nsec: nanos as i64 }
-        }
+        self.rel_path(parent)?
+            .join(name)
+            .map_err(|_| FsError(libc::EINVAL))
     }
 }

@@ -78,7 +78,9 @@ pub enum MountState {
 
 /// True if `/proc/self/mountinfo` lists a FUSE mount at `path`.
 pub fn fuse_mounted_at(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.to_string_lossy();
     info.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
@@ -94,7 +96,9 @@ pub fn probe(mountpoint: &Path) -> MountState {
         return MountState::Free;
     }
     match nix::sys::statfs::statfs(mountpoint) {
-        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::ECONNABORTED) => MountState::Stale,
+        Err(nix::errno::Errno::ENOTCONN) | Err(nix::errno::Errno::ECONNABORTED) => {
+            MountState::Stale
+        }
         _ => MountState::Live,
     }
 }
@@ -105,11 +109,18 @@ pub fn clear_stale(mountpoint: &Path) -> std::io::Result<()> {
         MountState::Free => Ok(()),
         MountState::Live => Err(std::io::Error::new(
             std::io::ErrorKind::AddrInUse,
-            format!("{} is already mounted by a running syncfs (or another FUSE daemon)", mountpoint.display()),
+            format!(
+                "{} is already mounted by a running syncfs (or another FUSE daemon)",
+                mountpoint.display()
+            ),
         )),
         MountState::Stale => {
-            tracing::warn!("clearing stale mount at {} left by a killed daemon", mountpoint.display());
-            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH).map_err(std::io::Error::from)
+            tracing::warn!(
+                "clearing stale mount at {} left by a killed daemon",
+                mountpoint.display()
+            );
+            nix::mount::umount2(mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                .map_err(std::io::Error::from)
         }
     }
 }
@@ -129,12 +140,17 @@ pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, threads: usize) -> std::io::Res
     cfg.acl = SessionACL::All;
     cfg.n_threads = Some(threads.max(1));
     let session = fuser::Session::new(FuseAdapter::new(fs.clone()), mountpoint, &cfg)?.spawn()?;
-    Ok(Mounted { session: Some(session), fs })
+    Ok(Mounted {
+        session: Some(session),
+        fs,
+    })
 }
 
 /// The absolute path of `p` without touching `p` itself (a stale mount answers ENOTCONN).
 fn absolute(p: &Path) -> std::io::Result<std::path::PathBuf> {
-    let name = p.file_name().ok_or_else(|| std::io::Error::other("mount point has no name"))?;
+    let name = p
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("mount point has no name"))?;
     let parent = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.canonicalize()?,
         _ => std::env::current_dir()?,

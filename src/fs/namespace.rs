@@ -3,8 +3,9 @@
 
 use super::handle::DirHandle;
 use super::inode::Inode;
-use super::{sys, timespec, Ctx, FsError, PassFs, SetAttr};
+use super::{sys, Ctx, FsError, PassFs, SetAttr};
 use crate::journal::op::MetaOp;
+use crate::journal::op::SetTime;
 use crate::path::RelPath;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -29,11 +30,22 @@ impl PassFs {
         let path = self.live_path(&inode)?;
         if let Some(mode) = a.mode {
             sys::chmod_fd(&inode.fd, mode & 0o7777)?;
-            self.log(&path, |path| MetaOp::Chmod { path, mode: mode & 0o7777 })?;
+            self.log(&path, |path| MetaOp::Chmod {
+                path,
+                mode: mode & 0o7777,
+            })?;
         }
         if a.uid.is_some() || a.gid.is_some() {
-            sys::chown_fd(&inode.fd, a.uid.unwrap_or(u32::MAX), a.gid.unwrap_or(u32::MAX))?;
-            self.log(&path, |path| MetaOp::Chown { path, uid: a.uid, gid: a.gid })?;
+            sys::chown_fd(
+                &inode.fd,
+                a.uid.unwrap_or(u32::MAX),
+                a.gid.unwrap_or(u32::MAX),
+            )?;
+            self.log(&path, |path| MetaOp::Chown {
+                path,
+                uid: a.uid,
+                gid: a.gid,
+            })?;
         }
         if let Some(size) = a.size {
             if a.kill_priv {
@@ -72,15 +84,25 @@ impl PassFs {
         self.log(path, |path| MetaOp::Truncate { path, file, size })
     }
 
-    fn utimens(&self, inode: &Inode, fh: Option<u64>, path: &Option<RelPath>, a: &SetAttr) -> R<()> {
-        let times = [timespec(a.atime), timespec(a.mtime)];
+    fn utimens(
+        &self,
+        inode: &Inode,
+        fh: Option<u64>,
+        path: &Option<RelPath>,
+        a: &SetAttr,
+    ) -> R<()> {
+        let times = [SetTime::to_timespec(a.atime), SetTime::to_timespec(a.mtime)];
         match (fh.map(|fh| self.files.get(fh)).transpose()?, path) {
             (Some(h), _) => sys::futimens(&h.file, &times)?,
             (None, Some(p)) if inode.kind == libc::S_IFLNK => self.utimens_symlink(p, &times)?,
             (None, None) if inode.kind == libc::S_IFLNK => return Err(FsError(libc::ENOENT)),
             (None, _) => sys::utimens_fd(&inode.fd, &times)?,
         }
-        self.log(path, |path| MetaOp::Utimens { path, atime: a.atime, mtime: a.mtime })
+        self.log(path, |path| MetaOp::Utimens {
+            path,
+            atime: a.atime,
+            mtime: a.mtime,
+        })
     }
 
     /// A symlink's own times: `utimensat(dir, name, AT_SYMLINK_NOFOLLOW)` under its parent.
@@ -102,7 +124,11 @@ impl PassFs {
             return Ok((ino, st));
         }
         let pst = sys::fstat(&parent.fd)?;
-        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
+        let gid = if pst.st_mode & libc::S_ISGID != 0 {
+            pst.st_gid
+        } else {
+            ctx.gid
+        };
         let inode = self.inodes.get(ino)?;
         sys::chown_fd(&inode.fd, ctx.uid, gid)?;
         Ok((ino, sys::fstat(&inode.fd)?))
@@ -120,11 +146,17 @@ impl PassFs {
         if st.st_mode & kill != 0 {
             let mode = st.st_mode & 0o7777 & !kill;
             sys::chmod_fd(&inode.fd, mode)?;
-            self.rec.meta(MetaOp::Chmod { path: path.clone(), mode })?;
+            self.rec.meta(MetaOp::Chmod {
+                path: path.clone(),
+                mode,
+            })?;
         }
         let caps = OsStr::new("security.capability");
         match sys::removexattr(&inode.fd, caps) {
-            Ok(()) => self.rec.meta(MetaOp::RemoveXattr { path, name: caps.as_bytes().to_vec() })?,
+            Ok(()) => self.rec.meta(MetaOp::RemoveXattr {
+                path,
+                name: caps.as_bytes().to_vec(),
+            })?,
             Err(FsError(libc::ENODATA | libc::EOPNOTSUPP)) => {}
             Err(e) => return Err(e),
         }
@@ -136,21 +168,40 @@ impl PassFs {
         if st.st_uid == 0 && st.st_gid == 0 {
             return Ok(());
         }
-        let op = MetaOp::Chown { path: path.clone(), uid: Some(st.st_uid), gid: Some(st.st_gid) };
+        let op = MetaOp::Chown {
+            path: path.clone(),
+            uid: Some(st.st_uid),
+            gid: Some(st.st_gid),
+        };
         self.rec.meta(op).map_err(Into::into)
     }
 
     /// Creates a special file (fifo, socket, device) or an empty regular file.
-    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> R<(u64, libc::stat)> {
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> R<(u64, libc::stat)> {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::mknodat(&p.fd, name, mode, rdev)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
         let op = if mode & libc::S_IFMT == libc::S_IFREG {
             self.rec.track(st.st_ino, &path)?;
-            MetaOp::Create { path: path.clone(), file: st.st_ino, mode: mode & 0o7777 }
+            MetaOp::Create {
+                path: path.clone(),
+                file: st.st_ino,
+                mode: mode & 0o7777,
+            }
         } else {
-            MetaOp::Mknod { path: path.clone(), mode, rdev }
+            MetaOp::Mknod {
+                path: path.clone(),
+                mode,
+                rdev,
+            }
         };
         self.rec.meta(op)?;
         self.record_owner(&path, &st)?;
@@ -163,18 +214,30 @@ impl PassFs {
         let path = self.child_path(&p, name)?;
         sys::mkdirat(&p.fd, name, mode)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
-        self.rec.meta(MetaOp::Mkdir { path: path.clone(), mode: mode & 0o7777 })?;
+        self.rec.meta(MetaOp::Mkdir {
+            path: path.clone(),
+            mode: mode & 0o7777,
+        })?;
         self.record_owner(&path, &st)?;
         Ok((ino, st))
     }
 
     /// Creates a symbolic link `parent/name -> target`.
-    pub fn symlink(&self, ctx: Ctx, parent: u64, name: &OsStr, target: &OsStr) -> R<(u64, libc::stat)> {
+    pub fn symlink(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        target: &OsStr,
+    ) -> R<(u64, libc::stat)> {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::symlinkat(target, &p.fd, name)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
-        self.rec.meta(MetaOp::Symlink { path: path.clone(), target: target.as_bytes().to_vec() })?;
+        self.rec.meta(MetaOp::Symlink {
+            path: path.clone(),
+            target: target.as_bytes().to_vec(),
+        })?;
         self.record_owner(&path, &st)?;
         Ok((ino, st))
     }
@@ -186,7 +249,13 @@ impl PassFs {
         let path = self.child_path(&p, name)?;
         let last_link = st.st_nlink <= 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR;
         sys::unlinkat(&p.fd, name, false)?;
-        self.rec.meta(MetaOp::Unlink { path, file: st.st_ino, last_link }).map_err(Into::into)
+        self.rec
+            .meta(MetaOp::Unlink {
+                path,
+                file: st.st_ino,
+                last_link,
+            })
+            .map_err(Into::into)
     }
 
     /// Removes an empty directory.
@@ -194,21 +263,37 @@ impl PassFs {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::unlinkat(&p.fd, name, true)?;
-        self.rec.meta(MetaOp::Rmdir { path })
-            .map_err(Into::into)
+        self.rec.meta(MetaOp::Rmdir { path }).map_err(Into::into)
     }
 
     /// Renames, honouring RENAME_NOREPLACE and RENAME_EXCHANGE.
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> R<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> R<()> {
         let (p, np) = (self.inodes.get(parent)?, self.inodes.get(newparent)?);
         let from = self.child_path(&p, name)?;
         let to = self.child_path(&np, newname)?;
         let replaced = sys::fstatat(&np.fd, newname).ok();
         sys::renameat2(&p.fd, name, &np.fd, newname, flags)?;
-        self.rec.meta(MetaOp::Rename { from, to: to.clone(), flags })?;
+        self.rec.meta(MetaOp::Rename {
+            from,
+            to: to.clone(),
+            flags,
+        })?;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if let Some(old) = replaced.filter(|s| !exchange && s.st_nlink <= 1 && s.st_mode & libc::S_IFMT == libc::S_IFREG) {
-            self.rec.meta(MetaOp::Unlink { path: to, file: old.st_ino, last_link: true })?;
+        if let Some(old) = replaced
+            .filter(|s| !exchange && s.st_nlink <= 1 && s.st_mode & libc::S_IFMT == libc::S_IFREG)
+        {
+            self.rec.meta(MetaOp::Unlink {
+                path: to,
+                file: old.st_ino,
+                last_link: true,
+            })?;
         }
         Ok(())
     }
@@ -226,7 +311,9 @@ impl PassFs {
     /// Opens a directory; its entries are read by the first `readdir`.
     pub fn opendir(&self, ino: u64) -> R<u64> {
         self.inodes.get(ino)?;
-        Ok(self.dirs.insert(DirHandle { entries: Vec::new() }))
+        Ok(self.dirs.insert(DirHandle {
+            entries: Vec::new(),
+        }))
     }
 
     /// The entries of directory handle `fh` to page through; reading from offset 0 (a
@@ -265,7 +352,12 @@ impl PassFs {
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> R<()> {
         let inode = self.xattr_inode(ino)?;
         let path = self.rel_path(&inode)?;
-        let op = MetaOp::SetXattr { path, name: name.as_bytes().to_vec(), value: value.to_vec(), flags };
+        let op = MetaOp::SetXattr {
+            path,
+            name: name.as_bytes().to_vec(),
+            value: value.to_vec(),
+            flags,
+        };
         sys::setxattr(&inode.fd, name, value, flags)?;
         self.rec.meta(op).map_err(Into::into)
     }
@@ -275,7 +367,12 @@ impl PassFs {
         let inode = self.xattr_inode(ino)?;
         let path = self.rel_path(&inode)?;
         sys::removexattr(&inode.fd, name)?;
-        self.rec.meta(MetaOp::RemoveXattr { path, name: name.as_bytes().to_vec() }).map_err(Into::into)
+        self.rec
+            .meta(MetaOp::RemoveXattr {
+                path,
+                name: name.as_bytes().to_vec(),
+            })
+            .map_err(Into::into)
     }
 
     /// Symlinks can't carry user xattrs through `/proc/self/fd`: refuse clearly.

@@ -32,7 +32,11 @@ fn stat_at(dir: libc::c_int, name: &CString, flags: libc::c_int) -> R<libc::stat
 /// `stat` of the inode behind an fd (O_PATH fds included), not following symlinks.
 pub fn fstat(fd: &impl AsRawFd) -> R<libc::stat> {
     let empty = CString::default();
-    stat_at(fd.as_raw_fd(), &empty, libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW)
+    stat_at(
+        fd.as_raw_fd(),
+        &empty,
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+    )
 }
 
 /// `stat` of `name` in directory `dir`, not following symlinks.
@@ -43,7 +47,8 @@ pub fn fstatat(dir: &impl AsRawFd, name: &OsStr) -> R<libc::stat> {
 /// Opens `name` in `dir` with raw `open(2)` flags and creation mode.
 pub fn openat(dir: &impl AsRawFd, name: &OsStr, flags: libc::c_int, mode: u32) -> R<OwnedFd> {
     let c = cstr(name)?;
-    let fd = check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
+    let fd =
+        check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
@@ -102,7 +107,13 @@ pub fn renameat2(
 ) -> R<()> {
     let (o, n) = (cstr(old)?, cstr(new)?);
     let rc = unsafe {
-        libc::renameat2(old_dir.as_raw_fd(), o.as_ptr(), new_dir.as_raw_fd(), n.as_ptr(), flags)
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
     };
     check(rc).map(drop)
 }
@@ -112,7 +123,13 @@ pub fn link_fd(target: &impl AsRawFd, dir: &impl AsRawFd, name: &OsStr) -> R<()>
     let c = cstr(name)?;
     let empty = CString::default();
     let rc = unsafe {
-        libc::linkat(target.as_raw_fd(), empty.as_ptr(), dir.as_raw_fd(), c.as_ptr(), libc::AT_EMPTY_PATH)
+        libc::linkat(
+            target.as_raw_fd(),
+            empty.as_ptr(),
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
     };
     check(rc).map(drop)
 }
@@ -122,7 +139,12 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> R<Vec<u8>> {
     let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
     let empty = CString::default();
     let n = unsafe {
-        libc::readlinkat(fd.as_raw_fd(), empty.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
     };
     if n < 0 {
         return Err(FsError::last());
@@ -160,7 +182,14 @@ pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
 /// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`: a symlink's own times.
 pub fn utimensat_nofollow(dir: &impl AsRawFd, name: &OsStr, times: &[libc::timespec; 2]) -> R<()> {
     let c = cstr(name)?;
-    let rc = unsafe { libc::utimensat(dir.as_raw_fd(), c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let rc = unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     check(rc).map(drop)
 }
 
@@ -224,7 +253,11 @@ fn size_result(n: isize) -> R<usize> {
 pub fn getxattr(fd: &impl AsRawFd, name: &OsStr, size: usize) -> R<Vec<u8>> {
     let (p, n) = (proc_c(fd), cstr(name)?);
     let mut buf = vec![0u8; size];
-    let ptr = if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    let ptr = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
     let len = size_result(unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), ptr, size) })?;
     buf.truncate(if size == 0 { 0 } else { len });
     if size == 0 {
@@ -238,7 +271,11 @@ pub fn getxattr(fd: &impl AsRawFd, name: &OsStr, size: usize) -> R<Vec<u8>> {
 pub fn listxattr(fd: &impl AsRawFd, size: usize) -> R<Vec<u8>> {
     let p = proc_c(fd);
     let mut buf = vec![0u8; size];
-    let ptr = if size == 0 { std::ptr::null_mut() } else { buf.as_mut_ptr().cast() };
+    let ptr = if size == 0 {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
     let len = size_result(unsafe { libc::listxattr(p.as_ptr(), ptr, size) })?;
     if size == 0 {
         return Ok(vec![0; len]);
@@ -250,7 +287,15 @@ pub fn listxattr(fd: &impl AsRawFd, size: usize) -> R<Vec<u8>> {
 /// `setxattr` through `/proc/self/fd/N`.
 pub fn setxattr(fd: &impl AsRawFd, name: &OsStr, value: &[u8], flags: i32) -> R<()> {
     let (p, n) = (proc_c(fd), cstr(name)?);
-    let rc = unsafe { libc::setxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), flags) };
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
     check(rc).map(drop)
 }
 
@@ -291,7 +336,11 @@ pub fn read_dir(dir: &impl AsRawFd) -> R<Vec<DirEntry>> {
         }
         let ent = unsafe { &*ent };
         let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
-        out.push(DirEntry { ino: ent.d_ino, kind: ent.d_type, name: name.to_bytes().to_vec() });
+        out.push(DirEntry {
+            ino: ent.d_ino,
+            kind: ent.d_type,
+            name: name.to_bytes().to_vec(),
+        });
     }
 }
 

@@ -27,21 +27,45 @@ pub enum SetTime {
     Now,
 }
 
+impl SetTime {
+    /// The `timespec` `utimensat` wants for an optional time (`None`: UTIME_OMIT).
+    pub fn to_timespec(t: Option<SetTime>) -> libc::timespec {
+        let (tv_sec, tv_nsec) = match t {
+            None => (0, libc::UTIME_OMIT),
+            Some(SetTime::Now) => (0, libc::UTIME_NOW),
+            Some(SetTime::At(Timestamp { secs, nanos })) => (secs, nanos as i64),
+        };
+        libc::timespec { tv_sec, tv_nsec }
+    }
+}
+
 /// One metadata operation, as recorded in the ordered log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaOp {
     /// A regular file was created (empty) with this mode.
-    Create { path: RelPath, file: FileId, mode: u32 },
+    Create {
+        path: RelPath,
+        file: FileId,
+        mode: u32,
+    },
     /// A fifo or other special file was created.
     Mknod { path: RelPath, mode: u32, rdev: u64 },
     /// A directory was created.
     Mkdir { path: RelPath, mode: u32 },
     /// A name was removed; `last_link` when the file itself went away.
-    Unlink { path: RelPath, file: FileId, last_link: bool },
+    Unlink {
+        path: RelPath,
+        file: FileId,
+        last_link: bool,
+    },
     /// A directory was removed.
     Rmdir { path: RelPath },
     /// A rename; `flags` are the `renameat2` flags (NOREPLACE, EXCHANGE).
-    Rename { from: RelPath, to: RelPath, flags: u32 },
+    Rename {
+        from: RelPath,
+        to: RelPath,
+        flags: u32,
+    },
     /// A symbolic link was created.
     Symlink { path: RelPath, target: Vec<u8> },
     /// A hard link `to` was made to the existing name `from`.
@@ -49,11 +73,23 @@ pub enum MetaOp {
     /// Permission bits changed.
     Chmod { path: RelPath, mode: u32 },
     /// Ownership changed (`None` leaves that id alone).
-    Chown { path: RelPath, uid: Option<u32>, gid: Option<u32> },
+    Chown {
+        path: RelPath,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
     /// The file was truncated or extended to `size`.
-    Truncate { path: RelPath, file: FileId, size: u64 },
+    Truncate {
+        path: RelPath,
+        file: FileId,
+        size: u64,
+    },
     /// Access and/or modification times were set (`None`: left alone).
-    Utimens { path: RelPath, atime: Option<SetTime>, mtime: Option<SetTime> },
+    Utimens {
+        path: RelPath,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    },
     /// An extended attribute was set.
     SetXattr {
         path: RelPath,

@@ -4,9 +4,9 @@
 
 use crate::beneath::open_beneath;
 use crate::hashtree::HashTree;
-use crate::preimage::Preimages;
-use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::journal::op::Timestamp;
+use crate::journal::{FileEntry, FileId, RangeSet};
+use crate::preimage::Preimages;
 use crate::wire::{compress_range, Encoding, FileUpdate, Message, RangeData};
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -63,7 +63,14 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
     let file = match open_beneath(root, &p.entry.path, flags, 0) {
         Ok(fd) => File::from(fd),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)) => return Ok(None),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ELOOP | libc::ENOTDIR)
+            ) =>
+        {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     };
     let md = file.metadata()?;
@@ -71,7 +78,11 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         return Ok(None);
     }
     let size = md.len();
-    let mut sent = if p.whole { RangeSet::from_range(0, size) } else { p.entry.ranges.clone() };
+    let mut sent = if p.whole {
+        RangeSet::from_range(0, size)
+    } else {
+        p.entry.ranges.clone()
+    };
     sent.truncate(size);
     let pre = p.pre.filter(|_| !p.whole && sent.len_bytes() <= DICT_LIMIT);
     let ranges = read_ranges(&file, &sent, p.level, pre.map(|x| (x, p.file)))?;
@@ -85,16 +96,31 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         base: p.base,
         size,
         mode: md.mode() & 0o7777,
-        mtime: Timestamp { secs: md.mtime(), nanos: md.mtime_nsec() as u32 },
+        mtime: Timestamp {
+            secs: md.mtime(),
+            nanos: md.mtime_nsec() as u32,
+        },
         ranges: Vec::new(),
         hash,
     };
-    Ok(Some(Built { frames: into_frames(update, ranges), hash, sent, payload, tree, hash_read }))
+    Ok(Some(Built {
+        frames: into_frames(update, ranges),
+        hash,
+        sent,
+        payload,
+        tree,
+        hash_read,
+    }))
 }
 
 /// Brings the tree up to date with the dirty ranges (and any size change), or hashes
 /// the whole file when there is none. Returns the tree and the bytes read.
-fn hash_tree(file: &File, tree: Option<HashTree>, dirty: &RangeSet, size: u64) -> std::io::Result<(HashTree, u64)> {
+fn hash_tree(
+    file: &File,
+    tree: Option<HashTree>,
+    dirty: &RangeSet,
+    size: u64,
+) -> std::io::Result<(HashTree, u64)> {
     let Some(mut tree) = tree else {
         return Ok((HashTree::from_file(file)?, size));
     };
@@ -106,7 +132,12 @@ fn hash_tree(file: &File, tree: Option<HashTree>, dirty: &RangeSet, size: u64) -
 
 /// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes, each against its
 /// pre-image when that is known.
-fn read_ranges(file: &File, set: &RangeSet, level: i32, pre: Option<(&Preimages, FileId)>) -> std::io::Result<Vec<RangeData>> {
+fn read_ranges(
+    file: &File,
+    set: &RangeSet,
+    level: i32,
+    pre: Option<(&Preimages, FileId)>,
+) -> std::io::Result<Vec<RangeData>> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     for (start, end) in set.iter() {
@@ -123,14 +154,22 @@ fn read_ranges(file: &File, set: &RangeSet, level: i32, pre: Option<(&Preimages,
 }
 
 /// The smaller of plain zstd and a delta against the piece's pre-image (if known).
-fn compress_piece(off: u64, bytes: &[u8], level: i32, pre: Option<(&Preimages, FileId)>) -> RangeData {
+fn compress_piece(
+    off: u64,
+    bytes: &[u8],
+    level: i32,
+    pre: Option<(&Preimages, FileId)>,
+) -> RangeData {
     let plain = compress_range(off, bytes, level);
     let old = pre.and_then(|(p, file)| p.get(file, off, off + bytes.len() as u64));
     let delta = old.and_then(|old| crate::delta::encode(bytes, &old, level).ok());
     match delta {
-        Some(d) if d.len() < plain.data.len() => {
-            RangeData { offset: off, len: bytes.len() as u64, encoding: Encoding::ZstdDict, data: d }
-        }
+        Some(d) if d.len() < plain.data.len() => RangeData {
+            offset: off,
+            len: bytes.len() as u64,
+            encoding: Encoding::ZstdDict,
+            data: d,
+        },
         _ => plain,
     }
 }
@@ -142,7 +181,10 @@ fn into_frames(mut update: FileUpdate, ranges: Vec<RangeData>) -> Vec<Message> {
     let mut bytes = 0;
     for r in ranges {
         if bytes + r.data.len() > FRAME_BUDGET && !cur.is_empty() {
-            frames.push(Message::UpdatePart { id: update.id, ranges: std::mem::take(&mut cur) });
+            frames.push(Message::UpdatePart {
+                id: update.id,
+                ranges: std::mem::take(&mut cur),
+            });
             bytes = 0;
         }
         bytes += r.data.len();
@@ -174,17 +216,35 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(100, 200), (9_000_000, 20_000_000)]);
-        let p = Plan { file: ino, entry: &e, id: 7, whole: false, base: None, level: 3, tree: None, pre: None };
+        let p = Plan {
+            file: ino,
+            entry: &e,
+            id: 7,
+            whole: false,
+            base: None,
+            level: 3,
+            tree: None,
+            pre: None,
+        };
         let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
-        assert_eq!(b.sent.iter().collect::<Vec<_>>(), vec![(100, 200), (9_000_000, 10_000_000)]);
-        let Some(Message::FileUpdate(u)) = b.frames.last() else { panic!("last frame is the update") };
+        assert_eq!(
+            b.sent.iter().collect::<Vec<_>>(),
+            vec![(100, 200), (9_000_000, 10_000_000)]
+        );
+        let Some(Message::FileUpdate(u)) = b.frames.last() else {
+            panic!("last frame is the update")
+        };
         assert_eq!((u.id, u.size), (7, 10_000_000));
-        let all: Vec<_> = b.frames.iter().flat_map(|m| match m {
-            Message::UpdatePart { ranges, .. } => ranges.clone(),
-            Message::FileUpdate(u) => u.ranges.clone(),
-            _ => vec![],
-        }).collect();
+        let all: Vec<_> = b
+            .frames
+            .iter()
+            .flat_map(|m| match m {
+                Message::UpdatePart { ranges, .. } => ranges.clone(),
+                Message::FileUpdate(u) => u.ranges.clone(),
+                _ => vec![],
+            })
+            .collect();
         let total: u64 = all.iter().map(|r| r.len).sum();
         assert_eq!(total, 100 + 1_000_000);
         for r in &all {
@@ -204,15 +264,45 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(0, 8 << 20)]);
-        let first = build(&root, Plan { file: ino, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None, pre: None });
+        let first = build(
+            &root,
+            Plan {
+                file: ino,
+                entry: &e,
+                id: 1,
+                whole: false,
+                base: None,
+                level: 3,
+                tree: None,
+                pre: None,
+            },
+        );
         let first = first.unwrap().unwrap();
         data[3 << 20] = 9;
-        std::fs::OpenOptions::new().write(true).open(t.path().join("f")).unwrap().write_all_at(&[9], 3 << 20).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(t.path().join("f"))
+            .unwrap()
+            .write_all_at(&[9], 3 << 20)
+            .unwrap();
         let e = entry("f", &[(3 << 20, (3 << 20) + 1)]);
-        let p = Plan { file: ino, entry: &e, id: 2, whole: false, base: None, level: 3, tree: Some(first.tree), pre: None };
+        let p = Plan {
+            file: ino,
+            entry: &e,
+            id: 2,
+            whole: false,
+            base: None,
+            level: 3,
+            tree: Some(first.tree),
+            pre: None,
+        };
         let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
-        assert!(b.hash_read <= 1 << 20, "read {} bytes to hash a 1-byte edit", b.hash_read);
+        assert!(
+            b.hash_read <= 1 << 20,
+            "read {} bytes to hash a 1-byte edit",
+            b.hash_read
+        );
     }
 
     #[test]
@@ -225,7 +315,16 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[]);
-        let p = Plan { file: ino, entry: &e, id: 1, whole: true, base: None, level: 1, tree: None, pre: None };
+        let p = Plan {
+            file: ino,
+            entry: &e,
+            id: 1,
+            whole: true,
+            base: None,
+            level: 1,
+            tree: None,
+            pre: None,
+        };
         let b = build(&root, p).unwrap().unwrap();
         assert!(b.frames.len() > 2, "{} frames", b.frames.len());
         assert!(matches!(b.frames[0], Message::UpdatePart { id: 1, .. }));
@@ -236,9 +335,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = File::open(t.path()).unwrap();
         let e = entry("gone", &[(0, 1)]);
-        let p = || Plan { file: 1, entry: &e, id: 1, whole: false, base: None, level: 3, tree: None, pre: None };
+        let p = || Plan {
+            file: 1,
+            entry: &e,
+            id: 1,
+            whole: false,
+            base: None,
+            level: 3,
+            tree: None,
+            pre: None,
+        };
         assert!(build(&root, p()).unwrap().is_none());
         std::fs::write(t.path().join("gone"), b"x").unwrap();
-        assert!(build(&root, p()).unwrap().is_none(), "another inode at the path is not this file");
+        assert!(
+            build(&root, p()).unwrap().is_none(),
+            "another inode at the path is not this file"
+        );
     }
 }

@@ -17,21 +17,36 @@ pub fn coalesce(ops: &[(u64, MetaOp)], pending: &HashSet<RelPath>) -> Vec<(u64, 
     let mut keep = vec![true; ops.len()];
     cancel_short_lived(ops, &mut keep);
     for (k, (_, op)) in ops.iter().enumerate() {
-        if let MetaOp::Utimens { path, atime: None, mtime: Some(_) } = op {
+        if let MetaOp::Utimens {
+            path,
+            atime: None,
+            mtime: Some(_),
+        } = op
+        {
             keep[k] &= !pending.contains(path);
         }
     }
-    ops.iter().zip(keep).filter(|(_, k)| *k).map(|(o, _)| o.clone()).collect()
+    ops.iter()
+        .zip(keep)
+        .filter(|(_, k)| *k)
+        .map(|(o, _)| o.clone())
+        .collect()
 }
 
 /// Marks Create … Unlink pairs of one file (with only attribute ops on it between) void.
 fn cancel_short_lived(ops: &[(u64, MetaOp)], keep: &mut [bool]) {
     for (i, (_, op)) in ops.iter().enumerate() {
-        let MetaOp::Create { path, file, .. } = op else { continue };
+        let MetaOp::Create { path, file, .. } = op else {
+            continue;
+        };
         let mut between = Vec::new();
         for (j, (_, later)) in ops.iter().enumerate().skip(i + 1) {
             match later {
-                MetaOp::Unlink { path: p, file: f, last_link: true } if p == path && f == file => {
+                MetaOp::Unlink {
+                    path: p,
+                    file: f,
+                    last_link: true,
+                } if p == path && f == file => {
                     for k in between.iter().copied().chain([i, j]) {
                         keep[k] = false;
                     }
@@ -87,7 +102,11 @@ mod tests {
         RelPath::from_bytes(s.as_bytes()).unwrap()
     }
     fn mtime(p: &str) -> MetaOp {
-        MetaOp::Utimens { path: rp(p), atime: None, mtime: Some(SetTime::At(Timestamp { secs: 1, nanos: 0 })) }
+        MetaOp::Utimens {
+            path: rp(p),
+            atime: None,
+            mtime: Some(SetTime::At(Timestamp { secs: 1, nanos: 0 })),
+        }
     }
     fn seqs(v: &[(u64, MetaOp)]) -> Vec<u64> {
         v.iter().map(|(s, _)| *s).collect()
@@ -96,12 +115,45 @@ mod tests {
     #[test]
     fn created_then_deleted_costs_nothing() {
         let ops = vec![
-            (1, MetaOp::Mkdir { path: rp("d"), mode: 0o755 }),
-            (2, MetaOp::Create { path: rp("d/tmp"), file: 9, mode: 0o644 }),
-            (3, MetaOp::Chmod { path: rp("d/tmp"), mode: 0o600 }),
+            (
+                1,
+                MetaOp::Mkdir {
+                    path: rp("d"),
+                    mode: 0o755,
+                },
+            ),
+            (
+                2,
+                MetaOp::Create {
+                    path: rp("d/tmp"),
+                    file: 9,
+                    mode: 0o644,
+                },
+            ),
+            (
+                3,
+                MetaOp::Chmod {
+                    path: rp("d/tmp"),
+                    mode: 0o600,
+                },
+            ),
             (4, mtime("d/tmp")),
-            (5, MetaOp::Unlink { path: rp("d/tmp"), file: 9, last_link: true }),
-            (6, MetaOp::Create { path: rp("d/keep"), file: 10, mode: 0o644 }),
+            (
+                5,
+                MetaOp::Unlink {
+                    path: rp("d/tmp"),
+                    file: 9,
+                    last_link: true,
+                },
+            ),
+            (
+                6,
+                MetaOp::Create {
+                    path: rp("d/keep"),
+                    file: 10,
+                    mode: 0o644,
+                },
+            ),
         ];
         assert_eq!(seqs(&coalesce(&ops, &HashSet::new())), [1, 6]);
     }
@@ -109,12 +161,53 @@ mod tests {
     #[test]
     fn renamed_or_linked_files_are_kept() {
         let ops = vec![
-            (1, MetaOp::Create { path: rp("a"), file: 9, mode: 0o644 }),
-            (2, MetaOp::Link { from: rp("a"), to: rp("b") }),
-            (3, MetaOp::Unlink { path: rp("a"), file: 9, last_link: true }),
-            (4, MetaOp::Create { path: rp("c"), file: 11, mode: 0o644 }),
-            (5, MetaOp::Rename { from: rp("c"), to: rp("e"), flags: 0 }),
-            (6, MetaOp::Unlink { path: rp("c"), file: 11, last_link: true }),
+            (
+                1,
+                MetaOp::Create {
+                    path: rp("a"),
+                    file: 9,
+                    mode: 0o644,
+                },
+            ),
+            (
+                2,
+                MetaOp::Link {
+                    from: rp("a"),
+                    to: rp("b"),
+                },
+            ),
+            (
+                3,
+                MetaOp::Unlink {
+                    path: rp("a"),
+                    file: 9,
+                    last_link: true,
+                },
+            ),
+            (
+                4,
+                MetaOp::Create {
+                    path: rp("c"),
+                    file: 11,
+                    mode: 0o644,
+                },
+            ),
+            (
+                5,
+                MetaOp::Rename {
+                    from: rp("c"),
+                    to: rp("e"),
+                    flags: 0,
+                },
+            ),
+            (
+                6,
+                MetaOp::Unlink {
+                    path: rp("c"),
+                    file: 11,
+                    last_link: true,
+                },
+            ),
         ];
         assert_eq!(seqs(&coalesce(&ops, &HashSet::new())), [1, 2, 3, 4, 5, 6]);
     }
@@ -122,7 +215,11 @@ mod tests {
     #[test]
     fn mtime_flushes_of_files_with_pending_data_go() {
         let ops = vec![(1, mtime("f")), (2, mtime("g"))];
-        let atime = MetaOp::Utimens { path: rp("f"), atime: Some(SetTime::Now), mtime: None };
+        let atime = MetaOp::Utimens {
+            path: rp("f"),
+            atime: Some(SetTime::Now),
+            mtime: None,
+        };
         let mut with_atime = ops.clone();
         with_atime.push((3, atime));
         let pending: HashSet<RelPath> = [rp("f")].into();

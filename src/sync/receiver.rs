@@ -6,7 +6,9 @@ use super::{Stats, SyncConfig, SyncError};
 use crate::apply::Applier;
 use crate::journal::MetaOp;
 use crate::net::NetHandle;
-use crate::wire::{check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData, STREAM_PROTOCOL};
+use crate::wire::{
+    check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData, STREAM_PROTOCOL,
+};
 use futures::StreamExt;
 use libp2p::PeerId;
 use std::collections::HashMap;
@@ -49,11 +51,16 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     let hello = fs.recv().await?.ok_or(SyncError::Closed)?;
     if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
         tracing::warn!(%peer, "refusing sync stream: {e}");
-        let _ = fs.send(&Message::Refused { reason: e.to_string() }).await;
+        let _ = fs
+            .send(&Message::Refused {
+                reason: e.to_string(),
+            })
+            .await;
         let _ = fs.close().await;
         return Err(e.into());
     }
-    fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone())).await?;
+    fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
+        .await?;
     let mut parts = Parts::default();
     while let Some(msg) = fs.recv().await? {
         tracing::debug!(%peer, kind = msg.kind(), "received");
@@ -64,7 +71,11 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     Ok(())
 }
 
-async fn handle(msg: Message, parts: &mut Parts, r: &Receiver) -> Result<Option<Message>, SyncError> {
+async fn handle(
+    msg: Message,
+    parts: &mut Parts,
+    r: &Receiver,
+) -> Result<Option<Message>, SyncError> {
     match msg {
         Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r).await)),
         Message::Meta { seq, op } => Ok(Some(apply_meta(vec![(seq, op)], r).await)),
@@ -80,7 +91,10 @@ async fn handle(msg: Message, parts: &mut Parts, r: &Receiver) -> Result<Option<
             }))
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
-        other => Err(SyncError::Protocol(format!("unexpected {} on a sync stream", other.kind()))),
+        other => Err(SyncError::Protocol(format!(
+            "unexpected {} on a sync stream",
+            other.kind()
+        ))),
     }
 }
 
@@ -105,7 +119,12 @@ async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver) -> Message {
         Message::Ack(AckKind::Meta(last))
     })
     .await;
-    res.unwrap_or_else(|e| nack(AckKind::Meta(0), NackReason::Io(format!("applier task: {e}"))))
+    res.unwrap_or_else(|e| {
+        nack(
+            AckKind::Meta(0),
+            NackReason::Io(format!("applier task: {e}")),
+        )
+    })
 }
 
 async fn apply_update(u: FileUpdate, r: &Receiver) -> Message {
@@ -121,7 +140,10 @@ async fn apply_update(u: FileUpdate, r: &Receiver) -> Message {
             tracing::info!(update = id, "refusing update: {e}");
             nack(AckKind::Update(id), e.nack_reason())
         }
-        Err(e) => nack(AckKind::Update(id), NackReason::Io(format!("applier task: {e}"))),
+        Err(e) => nack(
+            AckKind::Update(id),
+            NackReason::Io(format!("applier task: {e}")),
+        ),
     }
 }
 
@@ -136,7 +158,9 @@ impl Parts {
     fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
         self.bytes += ranges.iter().map(|r| r.data.len()).sum::<usize>();
         if self.bytes > MAX_ASSEMBLY {
-            return Err(SyncError::Protocol(format!("update parts exceed {MAX_ASSEMBLY} bytes")));
+            return Err(SyncError::Protocol(format!(
+                "update parts exceed {MAX_ASSEMBLY} bytes"
+            )));
         }
         self.by_id.entry(id).or_default().extend(ranges);
         Ok(())
@@ -149,7 +173,10 @@ impl Parts {
         ranges.append(&mut u.ranges);
         let mut prev = 0u64;
         for r in &ranges {
-            let end = r.end().filter(|e| *e <= u.size).ok_or("part range beyond the file size")?;
+            let end = r
+                .end()
+                .filter(|e| *e <= u.size)
+                .ok_or("part range beyond the file size")?;
             if r.offset < prev {
                 return Err("part ranges overlap or are out of order".into());
             }

@@ -4,12 +4,12 @@
 
 use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
-use crate::path::RelPath;
-use crate::hashtree::HashTree;
-use crate::preimage::Preimages;
 use super::{Stats, SyncConfig, SyncError};
+use crate::hashtree::HashTree;
 use crate::journal::{FileId, Journal, RangeSet, Snapshot};
 use crate::net::NetHandle;
+use crate::path::RelPath;
+use crate::preimage::Preimages;
 use crate::wire::{check_hello, AckKind, FramedStream, Message, NackReason, STREAM_PROTOCOL};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -77,15 +77,17 @@ impl Quiet {
             if s.0 != e.version {
                 (s.0, s.1) = (e.version, now);
             }
-            let closed = self.closed.get(file).is_some_and(|t| {
-                now - *t >= CLOSE_GRACE && (*t >= s.1 || now - s.1 >= settle / 4)
-            });
+            let closed = self
+                .closed
+                .get(file)
+                .is_some_and(|t| now - *t >= CLOSE_GRACE && (*t >= s.1 || now - s.1 >= settle / 4));
             let due = closed || now - s.1 >= settle || now - s.2 >= MAX_DELAY;
             if due && !self.retry_at.contains_key(file) {
                 out.push(*file);
             }
         }
-        self.closed.retain(|f, _| snap.files.contains_key(f) && !out.contains(f));
+        self.closed
+            .retain(|f, _| snap.files.contains_key(f) && !out.contains(f));
         out
     }
 }
@@ -108,7 +110,9 @@ const MEASURE_MIN: u64 = 64 << 10;
 
 impl State {
     fn level(&self, default: i32) -> i32 {
-        self.link_bps.map(crate::delta::level_for_throughput).unwrap_or(default)
+        self.link_bps
+            .map(crate::delta::level_for_throughput)
+            .unwrap_or(default)
     }
 
     fn measure(&mut self, bytes: u64, since: Instant) {
@@ -158,7 +162,8 @@ async fn session(
         .await
         .map_err(|_| SyncError::Protocol("opening a stream timed out".into()))??;
     let mut fs = FramedStream::new(stream);
-    fs.send(&Message::hello(s.cfg.folder_id, s.cfg.node_name.clone())).await?;
+    fs.send(&Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
+        .await?;
     let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     tracing::info!(peer = %s.peer, "sending to {name}");
@@ -185,7 +190,10 @@ async fn wait_for_work(rx: &mut UnboundedReceiver<FileId>, q: &mut Quiet, tick: 
 /// One round: metadata operations, then ready files.
 async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     let snap = s.journal.snapshot();
-    s.stats.queued.store((snap.files.len() + snap.meta.len()) as u64, Ordering::Relaxed);
+    s.stats.queued.store(
+        (snap.files.len() + snap.meta.len()) as u64,
+        Ordering::Relaxed,
+    );
     if !meta_due(st, &snap) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
     }
@@ -231,14 +239,22 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
                 s.journal.ack_meta(upto)?;
                 Stats::add(&s.stats.meta_acked, chunk.len() as u64);
             }
-            Message::Nack { of: AckKind::Meta(seq), reason } => {
+            Message::Nack {
+                of: AckKind::Meta(seq),
+                reason,
+            } => {
                 tracing::warn!("peer could not apply metadata op #{seq}: {reason:?}; dropping it");
                 s.stats.error(format!("peer refused op #{seq}: {reason:?}"));
                 Stats::add(&s.stats.conflicts, 1);
                 s.journal.ack_meta(seq)?;
                 return Ok(false);
             }
-            other => return Err(SyncError::Protocol(format!("expected a meta ack, got {}", other.kind()))),
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "expected a meta ack, got {}",
+                    other.kind()
+                )))
+            }
         }
     }
     s.journal.ack_meta(last)?;
@@ -280,14 +296,37 @@ async fn send_one(
     file: FileId,
     whole: bool,
 ) -> Result<Option<InFlight>, SyncError> {
-    let Some(entry) = snap.files.get(&file).cloned() else { return Ok(None) };
+    let Some(entry) = snap.files.get(&file).cloned() else {
+        return Ok(None);
+    };
     st.next_id += 1;
-    let (id, root, level, pre) = (st.next_id, s.root.clone(), st.level(s.cfg.level), s.pre.clone());
-    let base = if whole { None } else { st.peer_hash.get(&file).copied() };
+    let (id, root, level, pre) = (
+        st.next_id,
+        s.root.clone(),
+        st.level(s.cfg.level),
+        s.pre.clone(),
+    );
+    let base = if whole {
+        None
+    } else {
+        st.peer_hash.get(&file).copied()
+    };
     let version = entry.version;
     let tree = if whole { None } else { st.trees.remove(&file) };
     let built: Option<Built> = tokio::task::spawn_blocking(move || {
-        build(&*root, Plan { file, entry: &entry, id, whole, base, level, tree, pre: pre.as_deref() })
+        build(
+            &*root,
+            Plan {
+                file,
+                entry: &entry,
+                id,
+                whole,
+                base,
+                level,
+                tree,
+                pre: pre.as_deref(),
+            },
+        )
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
@@ -302,12 +341,28 @@ async fn send_one(
         tracing::debug!(file, "changed while being read; waiting for it to settle");
         return Ok(None);
     }
-    tracing::debug!(file, id, whole, frames = b.frames.len(), payload = b.payload, hash_read = b.hash_read, "sending update");
+    tracing::debug!(
+        file,
+        id,
+        whole,
+        frames = b.frames.len(),
+        payload = b.payload,
+        hash_read = b.hash_read,
+        "sending update"
+    );
     fs.send_all(&b.frames).await?;
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.in_flight, 1);
     let (payload, at) = (b.payload, Instant::now());
-    Ok(Some(InFlight { file, version, sent: b.sent, hash: b.hash, whole, payload, at }))
+    Ok(Some(InFlight {
+        file,
+        version,
+        sent: b.sent,
+        hash: b.hash,
+        whole,
+        payload,
+        at,
+    }))
 }
 
 fn on_reply(
@@ -319,10 +374,20 @@ fn on_reply(
 ) -> Result<(), SyncError> {
     let (id, nack) = match reply {
         Message::Ack(AckKind::Update(id)) => (id, None),
-        Message::Nack { of: AckKind::Update(id), reason } => (id, Some(reason)),
-        other => return Err(SyncError::Protocol(format!("expected an update ack, got {}", other.kind()))),
+        Message::Nack {
+            of: AckKind::Update(id),
+            reason,
+        } => (id, Some(reason)),
+        other => {
+            return Err(SyncError::Protocol(format!(
+                "expected an update ack, got {}",
+                other.kind()
+            )))
+        }
     };
-    let f = inflight.remove(&id).ok_or_else(|| SyncError::Protocol(format!("ack for unknown update {id}")))?;
+    let f = inflight
+        .remove(&id)
+        .ok_or_else(|| SyncError::Protocol(format!("ack for unknown update {id}")))?;
     tracing::debug!(file = f.file, id, ?nack, "reply");
     s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match nack {
@@ -341,15 +406,30 @@ fn on_reply(
 }
 
 /// A refused update falls back to the whole file once; a refused whole file waits.
-fn on_nack(s: &Sender, st: &mut State, f: InFlight, reason: NackReason, queue: &mut VecDeque<(FileId, bool)>) {
+fn on_nack(
+    s: &Sender,
+    st: &mut State,
+    f: InFlight,
+    reason: NackReason,
+    queue: &mut VecDeque<(FileId, bool)>,
+) {
     Stats::add(&s.stats.nacked, 1);
     st.peer_hash.remove(&f.file);
     if !f.whole {
-        tracing::debug!(file = f.file, "peer refused a range update ({reason:?}); sending the whole file");
+        tracing::debug!(
+            file = f.file,
+            "peer refused a range update ({reason:?}); sending the whole file"
+        );
         queue.push_back((f.file, true));
         return;
     }
-    tracing::warn!(file = f.file, "peer refused the whole file: {reason:?}; retrying later");
-    s.stats.error(format!("peer refused file {}: {reason:?}", f.file));
-    st.quiet.retry_at.insert(f.file, Instant::now() + RETRY_AFTER);
+    tracing::warn!(
+        file = f.file,
+        "peer refused the whole file: {reason:?}; retrying later"
+    );
+    s.stats
+        .error(format!("peer refused file {}: {reason:?}", f.file));
+    st.quiet
+        .retry_at
+        .insert(f.file, Instant::now() + RETRY_AFTER);
 }

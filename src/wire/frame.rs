@@ -26,7 +26,10 @@ pub fn encode_frame(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireError> {
 
 /// Writes several messages as consecutive frames with one write and one flush, so many
 /// small messages share transport packets.
-pub async fn write_frames<W: AsyncWrite + Unpin>(w: &mut W, msgs: &[Message]) -> Result<(), WireError> {
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msgs: &[Message],
+) -> Result<(), WireError> {
     let mut buf = Vec::new();
     for msg in msgs {
         encode_frame(msg, &mut buf)?;

@@ -24,13 +24,21 @@ pub fn is_fuse_mounted(path: &Path) -> bool {
 
 /// Detaches whatever is mounted at `path` (ignores errors).
 pub fn force_unmount(path: &Path) {
-    let _ = Command::new("umount").arg("-l").arg(path).stderr(Stdio::null()).status();
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// Runs `syncfs` with arguments, panicking with its stderr on failure.
 pub fn syncfs(args: &[&str]) -> String {
     let out = Command::new(bin()).args(args).output().expect("run syncfs");
-    assert!(out.status.success(), "syncfs {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "syncfs {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -60,7 +68,12 @@ impl Node {
         let mut args = vec!["init", store.to_str().unwrap()];
         args.extend_from_slice(extra);
         syncfs(&args);
-        Node { tmp, store, mnt, child: None }
+        Node {
+            tmp,
+            store,
+            mnt,
+            child: None,
+        }
     }
 
     /// The backing data directory.
@@ -80,11 +93,22 @@ impl Node {
 
     /// Starts `syncfs mount` with extra environment variables (e.g. `SYNCFS_FAULT`).
     pub fn mount_with(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.tmp.path().join("mount.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("mount.log"))
+            .unwrap();
         let child = Command::new(bin())
-            .args(["mount", self.store.to_str().unwrap(), self.mnt.to_str().unwrap()])
+            .args([
+                "mount",
+                self.store.to_str().unwrap(),
+                self.mnt.to_str().unwrap(),
+            ])
             .envs(env.iter().copied())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -96,7 +120,11 @@ impl Node {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("syncfs mount exited early ({st}): {}", self.log());
             }
-            assert!(Instant::now() < deadline, "mount did not come up: {}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "mount did not come up: {}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -113,12 +141,18 @@ impl Node {
 
     /// Stops the daemon with SIGTERM and waits for a clean unmount.
     pub fn unmount(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = child.try_wait().unwrap() {
-                assert!(st.success(), "syncfs mount exited with {st}: {}", self.log());
+                assert!(
+                    st.success(),
+                    "syncfs mount exited with {st}: {}",
+                    self.log()
+                );
                 break;
             }
             if Instant::now() > deadline {
@@ -134,7 +168,9 @@ impl Node {
 
     /// True if the daemon process has exited (e.g. an injected fault aborted it).
     pub fn has_exited(&mut self) -> bool {
-        self.child.as_mut().is_none_or(|c| c.try_wait().unwrap().is_some())
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
     }
 
     /// Kills the daemon with SIGKILL (the mount stays behind, stale).
@@ -173,7 +209,11 @@ pub fn journal_snapshot(store: &Path) -> syncfs::journal::Snapshot {
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// `key: value` from `syncfs id` output.
@@ -200,7 +240,13 @@ pub fn set_config(store: &Path, key: &str, value: &str) {
     let text = std::fs::read_to_string(&p).unwrap();
     let out: Vec<String> = text
         .lines()
-        .map(|l| if l.starts_with(&format!("{key} =")) { format!("{key} = {value}") } else { l.to_string() })
+        .map(|l| {
+            if l.starts_with(&format!("{key} =")) {
+                format!("{key} = {value}")
+            } else {
+                l.to_string()
+            }
+        })
         .collect();
     std::fs::write(&p, out.join("\n") + "\n").unwrap();
 }
@@ -237,8 +283,11 @@ impl Proxy {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(a) = conn else { continue };
-                let Ok(z) = std::net::TcpStream::connect(("127.0.0.1", target)) else { continue };
-                for (mut from, mut to) in [(a.try_clone().unwrap(), z.try_clone().unwrap()), (z, a)] {
+                let Ok(z) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [(a.try_clone().unwrap(), z.try_clone().unwrap()), (z, a)]
+                {
                     let b = b.clone();
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
@@ -288,10 +337,17 @@ impl Pair {
             (pb, pa)
         };
         for (n, listen, peer_port, peer) in [(&a, pa, to_b, &b), (&b, pb, to_a, &a)] {
-            set_config(&n.store, "listen", &format!("[\"/ip4/127.0.0.1/tcp/{listen}\"]"));
+            set_config(
+                &n.store,
+                "listen",
+                &format!("[\"/ip4/127.0.0.1/tcp/{listen}\"]"),
+            );
             set_config(&n.store, "mdns", "false");
             set_config(&n.store, "settle_ms", "100");
-            let addr = format!("/ip4/127.0.0.1/tcp/{peer_port}/p2p/{}", peer_id(&peer.store));
+            let addr = format!(
+                "/ip4/127.0.0.1/tcp/{peer_port}/p2p/{}",
+                peer_id(&peer.store)
+            );
             syncfs(&["add-peer", n.store.to_str().unwrap(), &addr]);
         }
         Pair { a, b, proxies }
@@ -308,5 +364,7 @@ impl Pair {
 
 /// BLAKE3 of a file's content, or None if unreadable.
 pub fn hash_of(path: &Path) -> Option<[u8; 32]> {
-    std::fs::read(path).ok().map(|d| *blake3::hash(&d).as_bytes())
+    std::fs::read(path)
+        .ok()
+        .map(|d| *blake3::hash(&d).as_bytes())
 }
