@@ -22,7 +22,7 @@ use std::sync::Mutex;
 
 /// Saved old bytes of one file: a sparse file at the same offsets, and what it holds.
 struct Saved {
-    file: File,
+    file: Option<File>,
     saved: RangeSet,
     tainted: RangeSet,
 }
@@ -50,40 +50,39 @@ impl Preimages {
         };
         let mut inner = p.inner.lock().unwrap();
         for (file, ranges) in tainted {
-            let s = p.saved_for(&mut inner.0, file)?;
-            s.tainted = ranges;
+            Self::saved_for(&mut inner.0, file).tainted = ranges;
         }
         drop(inner);
         Ok(p)
     }
 
-    fn saved_for<'a>(
-        &self,
-        map: &'a mut HashMap<FileId, Saved>,
-        file: FileId,
-    ) -> io::Result<&'a mut Saved> {
-        if !map.contains_key(&file) {
-            let path = self.dir.join(file.to_string());
+    fn saved_for<'a>(map: &'a mut HashMap<FileId, Saved>, file: FileId) -> &'a mut Saved {
+        map.entry(file).or_insert_with(|| Saved {
+            file: None,
+            saved: RangeSet::new(),
+            tainted: RangeSet::new(),
+        })
+    }
+
+    /// The sparse file holding `file`'s old bytes, created at the first save.
+    fn backing_file<'a>(dir: &Path, s: &'a mut Saved, file: FileId) -> io::Result<&'a File> {
+        if s.file.is_none() {
+            let path = dir.join(file.to_string());
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(true)
                 .open(path)?;
-            map.insert(
-                file,
-                Saved {
-                    file: f,
-                    saved: RangeSet::new(),
-                    tainted: RangeSet::new(),
-                },
-            );
+            s.file = Some(f);
         }
-        Ok(map.get_mut(&file).expect("inserted above"))
+        Ok(s.file.as_ref().expect("set above"))
     }
 
     /// Before `[start, end)` of `backing` (now `size` bytes long) is overwritten: saves
-    /// its old bytes that are not saved, not tainted, and exist.
+    /// its old bytes that are not saved, not tainted, and exist. Bytes past the end are
+    /// new since the last ack: the peer has nothing there, so they become tainted (a
+    /// later overwrite must not pass them off as what the peer holds).
     pub fn before_write(
         &self,
         file: FileId,
@@ -92,13 +91,19 @@ impl Preimages {
         start: u64,
         end: u64,
     ) -> io::Result<()> {
-        let end = end.min(size);
         if start >= end {
             return Ok(());
         }
         let mut guard = self.inner.lock().unwrap();
         let (map, total) = &mut *guard;
-        let s = self.saved_for(map, file)?;
+        let s = Self::saved_for(map, file);
+        if end > size {
+            s.tainted.insert(start.max(size), end);
+        }
+        let end = end.min(size);
+        if start >= end {
+            return Ok(());
+        }
         let mut todo = RangeSet::from_range(start, end).difference(&s.saved);
         todo.remove_set(&s.tainted);
         let need = todo.len_bytes();
@@ -106,10 +111,11 @@ impl Preimages {
             return Ok(());
         }
         let mut buf = Vec::new();
+        let dst = Self::backing_file(&self.dir, s, file)?;
         for (a, b) in todo.iter() {
             buf.resize((b - a) as usize, 0);
             backing.read_exact_at(&mut buf, a)?;
-            s.file.write_all_at(&buf, a)?;
+            dst.write_all_at(&buf, a)?;
         }
         s.saved.insert_set(&todo);
         *total += need;
@@ -120,11 +126,11 @@ impl Preimages {
     pub fn get(&self, file: FileId, start: u64, end: u64) -> Option<Vec<u8>> {
         let guard = self.inner.lock().unwrap();
         let s = guard.0.get(&file)?;
-        if !s.saved.covers(start, end) {
+        if !s.saved.covers(start, end) || s.tainted.intersects(start, end) {
             return None;
         }
         let mut buf = vec![0u8; (end - start) as usize];
-        s.file.read_exact_at(&mut buf, start).ok()?;
+        s.file.as_ref()?.read_exact_at(&mut buf, start).ok()?;
         Some(buf)
     }
 
@@ -137,8 +143,10 @@ impl Preimages {
             s.saved.remove_set(ranges);
             s.tainted.remove_set(ranges);
             *total -= before - s.saved.len_bytes();
-            for (a, b) in ranges.iter() {
-                punch(&s.file, a, b);
+            if let Some(f) = &s.file {
+                for (a, b) in ranges.iter() {
+                    punch(f, a, b);
+                }
             }
             if s.saved.is_empty() && s.tainted.is_empty() {
                 map.remove(&file);
@@ -194,6 +202,21 @@ mod tests {
         p.release(7, &RangeSet::from_range(0, 10_000));
         assert_eq!(p.bytes(), 0);
         assert!(p.get(7, 100, 200).is_none());
+    }
+
+    #[test]
+    fn bytes_new_since_the_ack_are_never_offered_as_old() {
+        let (t, f) = setup(&[1u8; 100]);
+        let p = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        p.before_write(7, &f, 100, 50, 200).unwrap(); // 100..200 are new: the peer has none
+        f.write_all_at(&[2u8; 150], 50).unwrap();
+        p.before_write(7, &f, 200, 150, 180).unwrap(); // overwriting new bytes saves nothing
+        assert_eq!(p.get(7, 50, 100).unwrap(), vec![1u8; 50]);
+        assert!(p.get(7, 150, 180).is_none());
+        assert!(p.get(7, 90, 110).is_none());
+        p.release(7, &RangeSet::from_range(0, 200)); // acked: the peer has it all now
+        p.before_write(7, &f, 200, 150, 180).unwrap();
+        assert_eq!(p.get(7, 150, 180).unwrap(), vec![2u8; 30]);
     }
 
     #[test]
