@@ -148,7 +148,11 @@ impl Applier {
         ranges: &Ranges<'_>,
     ) -> std::io::Result<([u8; 32], [u8; 32], Option<HashTree>)> {
         let st = sys::fstat(file).map_err(|e| std::io::Error::from_raw_os_error(e.0))?;
-        let Some(mut tree) = self.trees.get(&Stamp::of(&st)) else {
+        let tree = self.trees.get(&Stamp::of(&st));
+        if tree.is_some() {
+            sys::advise_random(file); // only the touched leaves are read
+        }
+        let Some(mut tree) = tree else {
             tracing::debug!(path = %u.path, "verify: full pass (no hash tree for this state)");
             let (current, result) = verify_pass(file, u.size, ranges)?;
             return Ok((current, result, None));

@@ -218,6 +218,12 @@ pub fn lseek(fd: &impl AsRawFd, offset: i64, whence: i32) -> R<i64> {
     Ok(rc)
 }
 
+/// Tells the kernel reads of `fd` will be sparse (no readahead): updates read only the
+/// changed ranges and hash-tree leaves of what may be a very large file.
+pub fn advise_random(fd: &impl AsRawFd) {
+    unsafe { libc::posix_fadvise(fd.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+}
+
 /// `fsync` or `fdatasync`.
 pub fn fsync(fd: &impl AsRawFd, datasync: bool) -> R<()> {
     let rc = unsafe {

@@ -77,6 +77,9 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     if !md.is_file() || md.ino() != p.file {
         return Ok(None);
     }
+    if p.tree.is_some() && !p.whole {
+        crate::fs::sys::advise_random(&file); // only dirty ranges and their leaves are read
+    }
     let size = md.len();
     let mut sent = if p.whole {
         RangeSet::from_range(0, size)
