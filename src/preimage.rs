@@ -122,6 +122,13 @@ impl Preimages {
         Ok(())
     }
 
+    /// True if the old bytes of all of `[start, end)` are saved (and none unknown).
+    pub fn covers(&self, file: FileId, start: u64, end: u64) -> bool {
+        let guard = self.inner.lock().unwrap();
+        let s = guard.0.get(&file);
+        s.is_some_and(|s| s.saved.covers(start, end) && !s.tainted.intersects(start, end))
+    }
+
     /// The old bytes of `[start, end)`, if all of them are saved.
     pub fn get(&self, file: FileId, start: u64, end: u64) -> Option<Vec<u8>> {
         let guard = self.inner.lock().unwrap();

@@ -88,7 +88,16 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     };
     sent.truncate(size);
     let pre = p.pre.filter(|_| !p.whole && sent.len_bytes() <= DICT_LIMIT);
-    let ranges = read_ranges(&file, &sent, p.level, pre.map(|x| (x, p.file)))?;
+    let dirty = sent.clone();
+    if let Some(pre) = pre {
+        sent = merge_spans(&sent, pre, p.file);
+    }
+    let old = pre.map(|x| Old {
+        pre: x,
+        file: p.file,
+        dirty: &dirty,
+    });
+    let ranges = read_ranges(&file, &sent, p.level, old.as_ref())?;
     let (tree, hash_read) = hash_tree(&file, p.tree, &p.entry.ranges, size)?;
     let hash = tree.root();
     let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
@@ -133,13 +142,66 @@ fn hash_tree(
     Ok((tree, stats.bytes_read))
 }
 
+/// Largest clean gap merged between two dirty ranges into one span.
+const GAP: u64 = 64 << 10;
+
+/// Nearby dirty ranges whose old bytes are all known are merged, with the clean bytes
+/// between them (which the peer holds as they are), into spans of at most [`PIECE`]:
+/// one delta frame per span instead of one per range (SQLite pages, VM images).
+fn merge_spans(set: &RangeSet, pre: &Preimages, file: FileId) -> RangeSet {
+    let mut out = RangeSet::new();
+    let mut cur: Option<(u64, u64)> = None;
+    for (a, b) in set.iter() {
+        let known = pre.covers(file, a, b);
+        match cur {
+            Some((s, e)) if known && a - e <= GAP && b - s <= PIECE => cur = Some((s, b)),
+            _ => {
+                if let Some((s, e)) = cur.take() {
+                    out.insert(s, e);
+                }
+                if known {
+                    cur = Some((a, b));
+                } else {
+                    out.insert(a, b);
+                }
+            }
+        }
+    }
+    if let Some((s, e)) = cur {
+        out.insert(s, e);
+    }
+    out
+}
+
+/// Where a piece's old bytes (what the peer holds) come from: the pre-images of its
+/// dirty parts, and the current bytes of its clean parts.
+struct Old<'a> {
+    pre: &'a Preimages,
+    file: FileId,
+    dirty: &'a RangeSet,
+}
+
+impl Old<'_> {
+    /// The peer's bytes of `[off, off + cur.len())`, if every dirty part's are known.
+    fn of(&self, off: u64, cur: &[u8]) -> Option<Vec<u8>> {
+        let end = off + cur.len() as u64;
+        let mut old = cur.to_vec();
+        for (a, b) in self.dirty.iter().filter(|(a, b)| *a < end && *b > off) {
+            let (a, b) = (a.max(off), b.min(end));
+            let bytes = self.pre.get(self.file, a, b)?;
+            old[(a - off) as usize..(b - off) as usize].copy_from_slice(&bytes);
+        }
+        Some(old)
+    }
+}
+
 /// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes, each against its
-/// pre-image when that is known.
+/// old bytes when those are known.
 fn read_ranges(
     file: &File,
     set: &RangeSet,
     level: i32,
-    pre: Option<(&Preimages, FileId)>,
+    old: Option<&Old<'_>>,
 ) -> std::io::Result<Vec<RangeData>> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
@@ -149,22 +211,17 @@ fn read_ranges(
             let len = (end - off).min(PIECE) as usize;
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, off)?;
-            out.push(compress_piece(off, &buf, level, pre));
+            let base = old.and_then(|o| o.of(off, &buf));
+            out.push(compress_piece(off, &buf, level, base));
             off += len as u64;
         }
     }
     Ok(out)
 }
 
-/// The smaller of plain zstd and a delta against the piece's pre-image (if known).
-fn compress_piece(
-    off: u64,
-    bytes: &[u8],
-    level: i32,
-    pre: Option<(&Preimages, FileId)>,
-) -> RangeData {
+/// The smaller of plain zstd and a delta against the piece's old bytes (if known).
+fn compress_piece(off: u64, bytes: &[u8], level: i32, old: Option<Vec<u8>>) -> RangeData {
     let plain = compress_range(off, bytes, level);
-    let old = pre.and_then(|(p, file)| p.get(file, off, off + bytes.len() as u64));
     let delta = old.and_then(|old| crate::delta::encode(bytes, &old, level).ok());
     match delta {
         Some(d) if d.len() < plain.data.len() => RangeData {
