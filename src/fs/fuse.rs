@@ -48,6 +48,13 @@ impl FuseAdapter {
         }
     }
 
+    fn attr_reply(&self, r: Result<libc::stat, FsError>, reply: ReplyAttr) {
+        match r {
+            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn entry(&self, r: Result<(u64, libc::stat), FsError>, reply: ReplyEntry) {
         match r {
             Ok((_, st)) => reply.entry(&TTL, &self.attr(&st), Generation(0)),
@@ -70,6 +77,13 @@ fn ctx(req: &Request) -> Ctx {
 fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn data(r: Result<Vec<u8>, FsError>, reply: ReplyData) {
+    match r {
+        Ok(d) => reply.data(&d),
         Err(e) => reply.error(errno(e)),
     }
 }
@@ -166,10 +180,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.attr_reply(self.fs.getattr(ino.0), reply);
     }
 
     fn setattr(
@@ -200,17 +211,11 @@ impl Filesystem for FuseAdapter {
             mtime: set_time(mtime),
             kill_priv,
         };
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), &a) {
-            Ok(st) => reply.attr(&TTL, &self.attr(&st)),
-            Err(e) => reply.error(errno(e)),
-        }
+        self.attr_reply(self.fs.setattr(ino.0, fh.map(|f| f.0), &a), reply);
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(e)),
-        }
+        data(self.fs.readlink(ino.0), reply);
     }
 
     fn mknod(
@@ -310,10 +315,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno(e)),
-        }
+        data(self.fs.read(fh.0, offset, size), reply);
     }
 
     fn write(
