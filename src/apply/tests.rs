@@ -1120,3 +1120,66 @@ fn successive_updates_verify_through_the_hash_tree() {
         .unwrap();
     assert_eq!(e.read("f"), new);
 }
+
+/// `update` with its ranges turned into one joint delta against `old`.
+fn joint_update(path: &str, old: &[u8], new: &[u8], ranges: &[(u64, u64)]) -> FileUpdate {
+    let mut u = update(path, Some(old), new, ranges);
+    let (mut n, mut o) = (Vec::new(), Vec::new());
+    for r in &mut u.ranges {
+        let (a, b) = (r.offset as usize, (r.offset + r.len) as usize);
+        n.extend_from_slice(&new[a..b]);
+        o.extend_from_slice(&old[a..b]);
+        r.encoding = Encoding::Joint;
+        r.data.clear();
+    }
+    u.ranges[0].data = crate::delta::encode(&n, &o, 3).unwrap();
+    u
+}
+
+#[test]
+fn joint_deltas_decode_across_ranges() {
+    let e = Env::new();
+    let a = e.applier();
+    let old = pseudo_random(1 << 20, 12);
+    fs::write(e.p("db"), &old).unwrap();
+    let mut new = old.clone();
+    let ranges: Vec<(u64, u64)> = (0..100).map(|i| (i * 8192 + 4096, 4096)).collect();
+    for &(off, _) in &ranges {
+        new[off as usize + 17] ^= 0x5A;
+    }
+    let u = joint_update("db", &old, &new, &ranges);
+    let wire = u.ranges[0].data.len();
+    assert!(wire < 1500, "100 one-byte page changes cost {wire} bytes");
+    a.apply_update(&u).unwrap();
+    assert_eq!(e.read("db"), new);
+    assert!(e.staged().is_empty());
+}
+
+#[test]
+fn bad_joint_deltas_are_refused_and_change_nothing() {
+    let e = Env::new();
+    let a = e.applier();
+    let old = pseudo_random(64 << 10, 13);
+    fs::write(e.p("db"), &old).unwrap();
+    let mut new = old.clone();
+    new[100] ^= 1;
+    new[9000] ^= 1;
+    let ranges = [(0, 4096), (8192, 4096)];
+    // Data on a later joint range: a malformed update.
+    let mut u = joint_update("db", &old, &new, &ranges);
+    u.ranges[1].data = vec![1];
+    assert!(matches!(a.apply_update(&u), Err(ApplyError::BadRequest(_))));
+    // Made against other old bytes: a mismatch, so the sender falls back to the file.
+    let mut other = old.clone();
+    other[8200] ^= 1;
+    let u = joint_update("db", &other, &new, &ranges);
+    let err = a.apply_update(&u).unwrap_err();
+    assert!(matches!(err.nack_reason(), NackReason::HashMismatch), "{err}");
+    // Corrupt payload.
+    let mut u = joint_update("db", &old, &new, &ranges);
+    let n = u.ranges[0].data.len();
+    u.ranges[0].data[n - 3] ^= 0xFF;
+    assert!(a.apply_update(&u).is_err());
+    assert_eq!(e.read("db"), old);
+    assert!(e.staged().is_empty());
+}

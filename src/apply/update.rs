@@ -60,16 +60,23 @@ impl<'a> Ranges<'a> {
     /// so they are decoded now, before anything overwrites those bytes.
     fn decode(u: &'a FileUpdate, target: Option<&File>) -> Result<Ranges<'a>, ApplyError> {
         let total: u64 = u.ranges.iter().map(|r| r.len).sum();
-        let has_delta = u.ranges.iter().any(|r| r.encoding == Encoding::ZstdDict);
-        if has_delta && total > CACHE_LIMIT {
+        if u.ranges.iter().any(is_delta) && total > CACHE_LIMIT {
             return Err(ApplyError::BadRequest(format!(
                 "{}: deltas over {CACHE_LIMIT} bytes",
                 u.path
             )));
         }
+        let joint = decode_joint(u, target)?;
+        let mut at = 0;
         let mut cache = (total <= CACHE_LIMIT).then(Vec::new);
-        for i in 0..u.ranges.len() {
-            let bytes = decode_range(u, i, target)?;
+        for (i, r) in u.ranges.iter().enumerate() {
+            let bytes = match (&joint, r.encoding) {
+                (Some(j), Encoding::Joint) => {
+                    at += r.len as usize;
+                    j[at - r.len as usize..at].to_vec()
+                }
+                _ => decode_range(u, i, target)?,
+            };
             if let Some(c) = cache.as_mut() {
                 c.push(bytes);
             }
@@ -90,12 +97,12 @@ impl<'a> Ranges<'a> {
         let (u, Some(cache)) = (self.u, &self.cache) else {
             return Cow::Borrowed(self.u);
         };
-        if u.ranges.iter().all(|r| r.encoding != Encoding::ZstdDict) {
+        if !u.ranges.iter().any(is_delta) {
             return Cow::Borrowed(u);
         }
         let mut staged = u.clone();
         for (r, bytes) in staged.ranges.iter_mut().zip(cache) {
-            if r.encoding == Encoding::ZstdDict {
+            if is_delta(r) {
                 *r = RangeData {
                     offset: r.offset,
                     len: r.len,
@@ -106,6 +113,42 @@ impl<'a> Ranges<'a> {
         }
         Cow::Owned(staged)
     }
+}
+
+/// True for ranges decoded against the receiver's old bytes.
+fn is_delta(r: &RangeData) -> bool {
+    matches!(r.encoding, Encoding::ZstdDict | Encoding::Joint)
+}
+
+/// The concatenated new bytes of the update's `Joint` ranges, decoded against this
+/// side's current bytes of those ranges (`None` if it has none).
+fn decode_joint(u: &FileUpdate, target: Option<&File>) -> Result<Option<Vec<u8>>, ApplyError> {
+    let mut joint = u.ranges.iter().filter(|r| r.encoding == Encoding::Joint);
+    let Some(first) = joint.next() else {
+        return Ok(None);
+    };
+    if joint.clone().any(|r| !r.data.is_empty()) {
+        return Err(ApplyError::BadRequest(format!(
+            "{}: only the first joint range may carry data",
+            u.path
+        )));
+    }
+    let mismatch = || ApplyError::HashMismatch {
+        path: u.path.clone(),
+    };
+    let file = target.ok_or_else(mismatch)?;
+    let mut old = Vec::new();
+    for r in std::iter::once(first).chain(joint) {
+        let at = old.len();
+        old.resize(at + r.len as usize, 0);
+        file.read_exact_at(&mut old[at..], r.offset)
+            .map_err(|_| mismatch())?;
+    }
+    let bytes = crate::delta::decode(&first.data, &old, old.len()).map_err(|e| match e {
+        crate::delta::DeltaError::WrongBase => mismatch(),
+        e => ApplyError::BadRequest(format!("{}: joint delta: {e}", u.path)),
+    })?;
+    Ok(Some(bytes))
 }
 
 fn decode_range(u: &FileUpdate, i: usize, target: Option<&File>) -> Result<Vec<u8>, ApplyError> {

@@ -1,20 +1,21 @@
 //! Building a file update from the backing store: the journal's dirty ranges (or the
-//! whole file) read, zstd-compressed, split into frames, with the BLAKE3 hash of the
-//! whole new content.
+//! whole file) read, as one joint delta where the peer's old bytes are known and raw
+//! otherwise (the stream compression squeezes them), split into frames, with the BLAKE3
+//! hash of the whole new content.
 
 use crate::beneath::open_beneath;
 use crate::hashtree::HashTree;
 use crate::journal::op::Timestamp;
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::preimage::Preimages;
-use crate::wire::{compress_range, Encoding, FileUpdate, Message, RangeData};
+use crate::wire::{Encoding, FileUpdate, Message, RangeData};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Uncompressed bytes per range piece.
 const PIECE: u64 = 1 << 20;
-/// Compressed bytes per frame before starting a new `UpdatePart`.
+/// Range bytes per frame before starting a new `UpdatePart`.
 const FRAME_BUDGET: usize = 4 << 20;
 
 /// An update ready to send.
@@ -25,7 +26,7 @@ pub struct Built {
     pub hash: [u8; 32],
     /// The byte ranges this update carries (acked as such).
     pub sent: RangeSet,
-    /// Payload bytes (compressed range data) in the frames.
+    /// Payload bytes (range data, before stream compression) in the frames.
     pub payload: u64,
     /// The file's hash tree as read for this update (kept for the next one).
     pub tree: HashTree,
@@ -54,8 +55,8 @@ pub struct Plan<'a> {
     pub pre: Option<&'a Preimages>,
 }
 
-/// Dirty bytes above which ranges go without a dictionary (the peer must hold the
-/// decoded ranges in memory before it overwrites their old bytes).
+/// Bytes to send above which ranges go without a delta (the peer must hold the decoded
+/// ranges in memory before it overwrites their old bytes; it refuses more).
 pub const DICT_LIMIT: u64 = 64 << 20;
 
 /// Builds the update, or `None` if the file is gone or is no longer this file.
@@ -87,11 +88,15 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         p.entry.ranges.clone()
     };
     sent.truncate(size);
-    let pre = p.pre.filter(|_| !p.whole && sent.len_bytes() <= DICT_LIMIT);
     let dirty = sent.clone();
-    if let Some(pre) = pre {
-        sent = merge_spans(&sent, pre, p.file);
-    }
+    let pre = p.pre.filter(|_| !p.whole).and_then(|pre| {
+        let merged = merge_spans(&sent, pre, p.file);
+        (merged.len_bytes() <= DICT_LIMIT).then(|| (pre, merged))
+    });
+    let pre = pre.map(|(pre, merged)| {
+        sent = merged;
+        pre
+    });
     let old = pre.map(|x| Old {
         pre: x,
         file: p.file,
@@ -195,8 +200,9 @@ impl Old<'_> {
     }
 }
 
-/// Reads and compresses `set`, in pieces of at most [`PIECE`] bytes, each against its
-/// old bytes when those are known.
+/// Reads `set` in pieces of at most [`PIECE`] bytes. Pieces whose old bytes are all
+/// known go as one joint delta (see [`Encoding::Joint`]); the others go raw, for the
+/// stream compression to squeeze along with everything else sent.
 fn read_ranges(
     file: &File,
     set: &RangeSet,
@@ -204,34 +210,37 @@ fn read_ranges(
     old: Option<&Old<'_>>,
 ) -> std::io::Result<Vec<RangeData>> {
     let mut out = Vec::new();
-    let mut buf = Vec::new();
+    let (mut new_joint, mut old_joint, mut first) = (Vec::new(), Vec::new(), None);
     for (start, end) in set.iter() {
         let mut off = start;
         while off < end {
             let len = (end - off).min(PIECE) as usize;
-            buf.resize(len, 0);
+            let mut buf = vec![0; len];
             file.read_exact_at(&mut buf, off)?;
-            let base = old.and_then(|o| o.of(off, &buf));
-            out.push(compress_piece(off, &buf, level, base));
+            let encoding = match old.and_then(|o| o.of(off, &buf)) {
+                Some(o) => {
+                    old_joint.extend_from_slice(&o);
+                    new_joint.extend_from_slice(&buf);
+                    first.get_or_insert(out.len());
+                    buf.clear();
+                    Encoding::Joint
+                }
+                None => Encoding::Raw,
+            };
+            out.push(RangeData {
+                offset: off,
+                len: len as u64,
+                encoding,
+                data: buf,
+            });
             off += len as u64;
         }
     }
-    Ok(out)
-}
-
-/// The smaller of plain zstd and a delta against the piece's old bytes (if known).
-fn compress_piece(off: u64, bytes: &[u8], level: i32, old: Option<Vec<u8>>) -> RangeData {
-    let plain = compress_range(off, bytes, level);
-    let delta = old.and_then(|old| crate::delta::encode(bytes, &old, level).ok());
-    match delta {
-        Some(d) if d.len() < plain.data.len() => RangeData {
-            offset: off,
-            len: bytes.len() as u64,
-            encoding: Encoding::ZstdDict,
-            data: d,
-        },
-        _ => plain,
+    if let Some(i) = first {
+        out[i].data = crate::delta::encode(&new_joint, &old_joint, level)
+            .map_err(|e| std::io::Error::other(format!("delta: {e}")))?;
     }
+    Ok(out)
 }
 
 /// Splits ranges into `UpdatePart` frames within the budget; the last frame is the update.

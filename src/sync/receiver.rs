@@ -14,7 +14,9 @@ use libp2p::PeerId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Compressed bytes of update parts one stream may hold while assembling.
+/// zstd level of the reply stream (acks are tiny and alike).
+const REPLY_LEVEL: i32 = 3;
+/// Range bytes of update parts one stream may hold while assembling.
 const MAX_ASSEMBLY: usize = 2 << 30;
 
 /// Everything the receiver needs.
@@ -61,13 +63,18 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     }
     fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
         .await?;
+    fs.compress(REPLY_LEVEL)?;
     let mut parts = Parts::default();
     while let Some(msg) = fs.recv().await? {
         tracing::debug!(%peer, kind = msg.kind(), "received");
         if let Some(reply) = handle(msg, &mut parts, r).await? {
-            fs.send(&reply).await?;
+            fs.queue(&reply)?;
+        }
+        if !fs.input_pending() {
+            fs.flush().await?; // replies to a burst of updates travel together
         }
     }
+    fs.flush().await?;
     Ok(())
 }
 

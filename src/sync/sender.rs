@@ -20,7 +20,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Updates sent and not yet acknowledged, at most.
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = 256;
+/// Payload bytes sent and not yet acknowledged, at most (one update may exceed it).
+const WINDOW_BYTES: u64 = 16 << 20;
+/// Queued frames are written once this many bytes wait (else before waiting for acks).
+const FLUSH_AT: usize = 256 << 10;
 /// Metadata operations per `MetaBatch`.
 const META_BATCH: usize = 512;
 /// A file that never goes quiet is sent anyway after this long.
@@ -166,6 +170,7 @@ async fn session(
         .await?;
     let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
+    fs.compress(st.level(s.cfg.level))?;
     tracing::info!(peer = %s.peer, "sending to {name}");
     s.stats.linked.store(true, Ordering::Relaxed);
     *backoff = Duration::from_millis(200);
@@ -271,23 +276,34 @@ async fn send_files(
     let mut queue: VecDeque<(FileId, bool)> = ready.into_iter().map(|f| (f, false)).collect();
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     loop {
-        if inflight.len() < WINDOW {
+        let bytes: u64 = inflight.values().map(|f| f.payload).sum();
+        if inflight.len() < WINDOW && bytes < WINDOW_BYTES {
             if let Some((file, whole)) = queue.pop_front() {
                 if let Some(f) = send_one(s, fs, st, snap, file, whole).await? {
                     inflight.insert(st.next_id, f);
                 }
+                if fs.queued() >= FLUSH_AT {
+                    fs.flush().await?;
+                }
                 continue;
             }
         }
+        fs.flush().await?;
         if inflight.is_empty() {
             return Ok(());
         }
-        let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
-        on_reply(s, st, reply, &mut inflight, &mut queue)?;
+        // Every reply that already arrived is taken before sending more.
+        loop {
+            let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
+            on_reply(s, st, reply, &mut inflight, &mut queue)?;
+            if !fs.input_pending() {
+                break;
+            }
+        }
     }
 }
 
-/// Builds and sends one update; `None` if there was nothing (left) to send.
+/// Builds one update and queues its frames; `None` if there was nothing (left) to send.
 async fn send_one(
     s: &Sender,
     fs: &mut Stream,
@@ -350,7 +366,10 @@ async fn send_one(
         hash_read = b.hash_read,
         "sending update"
     );
-    fs.send_all(&b.frames).await?;
+    fs.set_level(level)?;
+    for m in &b.frames {
+        fs.queue(m)?;
+    }
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.in_flight, 1);
     let (payload, at) = (b.payload, Instant::now());

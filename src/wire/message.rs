@@ -129,13 +129,18 @@ pub struct RangeData {
 /// How a [`RangeData`]'s bytes are encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Encoding {
-    /// The bytes themselves.
+    /// The bytes themselves (the stream compression still applies to them).
     Raw,
     /// A zstd stream of the bytes.
     Zstd,
-    /// Reserved: zstd with the receiver's old bytes of the same range as dictionary.
-    /// Version-1 senders must not send it; receivers nack it as `BadRequest`.
+    /// A delta (`crate::delta`) against the receiver's current bytes of the same range.
     ZstdDict,
+    /// Part of the update's joint delta: the first `Joint` range's data is one delta of
+    /// the concatenated new bytes of all `Joint` ranges (in order) against the
+    /// receiver's current bytes of the same ranges, concatenated; later `Joint` ranges
+    /// carry no data. One stream for hundreds of scattered pages costs a fraction of
+    /// one delta per page.
+    Joint,
 }
 
 impl Message {

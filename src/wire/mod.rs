@@ -28,6 +28,7 @@
 //! [`RelPath`]: crate::path::RelPath
 
 mod codec;
+pub mod compress;
 mod error;
 mod frame;
 mod message;
@@ -41,14 +42,14 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame, write_frames, FramedStream};
 pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
-pub use range::{compress_range, decompress_range, decompress_range_with_dict};
+pub use range::{compress_range, decompress_range};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/1";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/2";
 
 /// Largest encoded message (frame payload, excluding the 4-byte length prefix), in bytes.
 pub const MAX_FRAME: usize = 16 << 20;

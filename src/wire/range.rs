@@ -24,25 +24,17 @@ pub fn compress_range(offset: u64, bytes: &[u8], level: i32) -> RangeData {
 
 /// Decodes a range to exactly `r.len` bytes. Decompression is capped at the declared
 /// length: data that expands to more (or less) is an error, never a larger allocation.
-/// [`Encoding::ZstdDict`] is reserved and yields [`WireError::Unsupported`].
+/// Deltas ([`Encoding::ZstdDict`], [`Encoding::Joint`]) need the receiver's old bytes
+/// (`crate::delta`) and yield [`WireError::Unsupported`] here.
 pub fn decompress_range(r: &RangeData) -> Result<Vec<u8>, WireError> {
     let declared = declared_len(r)?;
     match r.encoding {
         Encoding::Raw => exact(r.len, r.data.clone()),
         Encoding::Zstd => exact(r.len, unzstd(&r.data, declared)?),
-        Encoding::ZstdDict => Err(WireError::Unsupported(
-            "zstd-with-dictionary ranges (reserved)",
-        )),
+        Encoding::ZstdDict | Encoding::Joint => {
+            Err(WireError::Unsupported("a delta needs the old bytes"))
+        }
     }
-}
-
-/// Reserved for [`Encoding::ZstdDict`] (the receiver's old bytes of the same range as
-/// dictionary). Not implemented in protocol version 1: `ZstdDict` ranges yield
-/// [`WireError::Unsupported`]; other encodings decode as [`decompress_range`] does
-/// and `dict` is ignored.
-pub fn decompress_range_with_dict(r: &RangeData, dict: &[u8]) -> Result<Vec<u8>, WireError> {
-    let _ = dict;
-    decompress_range(r)
 }
 
 /// The declared length as a buffer size, refusing anything over [`MAX_RANGE_LEN`].

@@ -549,17 +549,19 @@ fn decompression_bomb_is_an_error() {
 }
 
 #[test]
-fn zstd_dict_is_reserved() {
-    let r = RangeData {
-        offset: 0,
-        len: 4,
-        encoding: Encoding::ZstdDict,
-        data: vec![1],
-    };
-    assert!(matches!(
-        decompress_range_with_dict(&r, b"abcd").unwrap_err(),
-        WireError::Unsupported(_)
-    ));
+fn deltas_need_the_old_bytes() {
+    for encoding in [Encoding::ZstdDict, Encoding::Joint] {
+        let r = RangeData {
+            offset: 0,
+            len: 4,
+            encoding,
+            data: vec![1],
+        };
+        assert!(matches!(
+            decompress_range(&r).unwrap_err(),
+            WireError::Unsupported(_)
+        ));
+    }
 }
 
 #[test]
@@ -573,14 +575,15 @@ fn handshake_checks() {
         check_hello(&Message::hello([4; 16], "p"), &folder),
         Err(WireError::FolderMismatch)
     ));
-    let v2 = Message::Hello {
-        version: 2,
+    let other = Message::Hello {
+        version: PROTOCOL_VERSION + 1,
         folder_id: folder,
         node_name: "p".into(),
     };
     assert!(matches!(
-        check_hello(&v2, &folder),
-        Err(WireError::VersionMismatch { ours: 1, theirs: 2 })
+        check_hello(&other, &folder),
+        Err(WireError::VersionMismatch { ours, theirs })
+            if ours == PROTOCOL_VERSION && theirs == ours + 1
     ));
     let refused = Message::Refused {
         reason: "no".into(),
@@ -676,4 +679,46 @@ proptest! {
         bytes[i] = b;
         let _ = decode(&bytes);
     }
+}
+
+#[test]
+fn compressed_streams_round_trip_and_shrink_repeats() {
+    let path = RelPath::from_bytes(b"dir/a-long-file-name-that-every-op-repeats.txt").unwrap();
+    let ops: Vec<Message> = (0..200u64)
+        .map(|seq| Message::Meta {
+            seq,
+            op: MetaOp::Unlink {
+                path: path.clone(),
+                file: seq,
+                last_link: true,
+            },
+        })
+        .collect();
+    let mut plain = FramedStream::new(Cursor::new(Vec::new()));
+    let mut packed = FramedStream::new(Cursor::new(Vec::new()));
+    packed.compress(3).unwrap();
+    block_on(async {
+        plain.send(&Message::Ping(9)).await.unwrap();
+        packed.send(&Message::Ping(9)).await.unwrap();
+        plain.send_all(&ops).await.unwrap();
+        for m in &ops {
+            packed.queue(m).unwrap();
+        }
+        packed.flush().await.unwrap();
+    });
+    let (a, b) = (plain.into_inner().into_inner(), packed.into_inner().into_inner());
+    assert!(b.len() * 2 < a.len(), "compressed {} vs {}", b.len(), a.len());
+    let mut r = FramedStream::new(Cursor::new(b.clone()));
+    r.compress(1).unwrap();
+    block_on(async {
+        assert_eq!(r.recv().await.unwrap(), Some(Message::Ping(9)));
+        for m in &ops {
+            assert_eq!(r.recv().await.unwrap().as_ref(), Some(m));
+        }
+        assert_eq!(r.recv().await.unwrap(), None);
+    });
+    // A reader that did not switch compression on cannot take these frames for plain ones.
+    let mut wrong = FramedStream::new(Cursor::new(b));
+    assert_eq!(block_on(wrong.recv()).unwrap(), Some(Message::Ping(9)), "tiny: raw");
+    assert!(block_on(wrong.recv()).is_err());
 }

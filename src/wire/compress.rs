@@ -1,0 +1,184 @@
+//! Stream compression of frame payloads: after the handshake, each direction of a
+//! stream is one zstd stream, flushed at the end of every frame, so each frame decodes
+//! as soon as it arrives while every frame is compressed against the ones before it
+//! (like `rsync -z` or `ssh -C`). A thousand small files then cost about what one
+//! archive of them would, and repeated message fields (paths, acks) almost nothing.
+
+use super::{WireError, MAX_FRAME};
+use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective as EndDirective};
+use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
+
+/// Window of the stream (8 MiB): how far back a frame may refer. The receiver refuses
+/// streams asking for more, which bounds its memory.
+pub const WINDOW_LOG: u32 = 23;
+
+/// Largest compressed frame payload: what zstd may need for a [`MAX_FRAME`] payload.
+pub fn max_compressed() -> usize {
+    zstd_safe::compress_bound(MAX_FRAME) + 1024
+}
+
+/// The sending half: one zstd stream across frames.
+pub struct Compressor {
+    cctx: CCtx<'static>,
+}
+
+impl std::fmt::Debug for Compressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Compressor")
+    }
+}
+
+impl Compressor {
+    /// A stream compressing at zstd `level`.
+    pub fn new(level: i32) -> Result<Compressor, WireError> {
+        let mut cctx = CCtx::try_create().ok_or_else(|| zerr("out of memory"))?;
+        for p in [
+            CParameter::CompressionLevel(level),
+            CParameter::WindowLog(WINDOW_LOG),
+            CParameter::ChecksumFlag(false),
+        ] {
+            cctx.set_parameter(p).map_err(code)?;
+        }
+        Ok(Compressor { cctx })
+    }
+
+    /// Changes the level for the frames that follow (zstd allows this mid-stream).
+    pub fn set_level(&mut self, level: i32) -> Result<(), WireError> {
+        self.cctx
+            .set_parameter(CParameter::CompressionLevel(level))
+            .map_err(code)?;
+        Ok(())
+    }
+
+    /// Compresses one frame payload and flushes, appending the bytes to `out`.
+    pub fn frame(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        let start = out.len();
+        out.resize(start + zstd_safe::compress_bound(payload.len()) + 64, 0);
+        let mut input = InBuffer::around(payload);
+        let mut pos = start;
+        loop {
+            let mut ob = OutBuffer::around_pos(&mut out[..], pos);
+            let left = self
+                .cctx
+                .compress_stream2(&mut ob, &mut input, EndDirective::ZSTD_e_flush)
+                .map_err(code)?;
+            pos = ob.pos();
+            if left == 0 && input.pos() == payload.len() {
+                out.truncate(pos);
+                return Ok(());
+            }
+            if pos == out.len() {
+                out.resize(out.len() + (64 << 10), 0);
+            }
+        }
+    }
+}
+
+/// The receiving half: decodes each frame's bytes to its payload, never producing more
+/// than [`MAX_FRAME`] bytes for one frame.
+pub struct Decompressor {
+    dctx: DCtx<'static>,
+}
+
+impl std::fmt::Debug for Decompressor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Decompressor")
+    }
+}
+
+impl Decompressor {
+    /// A fresh stream decoder.
+    pub fn new() -> Result<Decompressor, WireError> {
+        let mut dctx = DCtx::try_create().ok_or_else(|| zerr("out of memory"))?;
+        dctx.set_parameter(DParameter::WindowLogMax(WINDOW_LOG))
+            .map_err(code)?;
+        Ok(Decompressor { dctx })
+    }
+
+    /// Decodes one frame's compressed bytes. A frame that does not end on a flush (its
+    /// payload is incomplete) or that expands beyond [`MAX_FRAME`] is an error.
+    pub fn frame(&mut self, data: &[u8]) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![0u8; (data.len() * 4).clamp(4096, MAX_FRAME + 1)];
+        let mut input = InBuffer::around(data);
+        let mut pos = 0;
+        loop {
+            let mut ob = OutBuffer::around_pos(&mut out[..], pos);
+            self.dctx
+                .decompress_stream(&mut ob, &mut input)
+                .map_err(code)?;
+            pos = ob.pos();
+            if pos > MAX_FRAME {
+                return Err(WireError::FrameTooLarge {
+                    len: pos as u64,
+                    max: MAX_FRAME,
+                });
+            }
+            if pos < out.len() && input.pos() == data.len() {
+                out.truncate(pos);
+                return Ok(out);
+            }
+            if pos == out.len() {
+                let grown = (out.len() * 2).min(MAX_FRAME + 1);
+                out.resize(grown, 0);
+            }
+        }
+    }
+}
+
+fn code(c: zstd_safe::ErrorCode) -> WireError {
+    zerr(zstd_safe::get_error_name(c))
+}
+
+fn zerr(what: &str) -> WireError {
+    WireError::Decompress(format!("stream compression: {what}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_share_context() {
+        let (mut c, mut d) = (Compressor::new(3).unwrap(), Decompressor::new().unwrap());
+        let mut x = 1u64;
+        let text: Vec<u8> = (0..60_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                b"0123456789abcdef"[(x >> 60) as usize]
+            })
+            .collect();
+        let mut sizes = Vec::new();
+        for _ in 0..2 {
+            let mut out = Vec::new();
+            c.frame(&text, &mut out).unwrap();
+            sizes.push(out.len());
+            assert_eq!(d.frame(&out).unwrap(), text);
+        }
+        assert!(sizes[1] * 10 < sizes[0], "second copy is a match: {sizes:?}");
+        let mut out = Vec::new();
+        c.frame(b"", &mut out).unwrap();
+        assert_eq!(d.frame(&out).unwrap(), b"");
+    }
+
+    #[test]
+    fn garbage_and_bombs_are_errors() {
+        let mut d = Decompressor::new().unwrap();
+        assert!(d.frame(b"not zstd at all").is_err());
+        let mut c = Compressor::new(1).unwrap();
+        let mut out = Vec::new();
+        c.frame(&vec![0u8; MAX_FRAME + 1], &mut out).unwrap();
+        let mut d = Decompressor::new().unwrap();
+        assert!(matches!(d.frame(&out), Err(WireError::FrameTooLarge { .. })));
+    }
+
+    #[test]
+    fn a_cut_frame_is_an_error_or_short() {
+        let mut c = Compressor::new(3).unwrap();
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut out = Vec::new();
+        c.frame(&payload, &mut out).unwrap();
+        let mut d = Decompressor::new().unwrap();
+        let got = d.frame(&out[..out.len() / 2]);
+        assert!(got.map_or(true, |g| g != payload));
+    }
+}
