@@ -1174,7 +1174,10 @@ fn bad_joint_deltas_are_refused_and_change_nothing() {
     other[8200] ^= 1;
     let u = joint_update("db", &other, &new, &ranges);
     let err = a.apply_update(&u).unwrap_err();
-    assert!(matches!(err.nack_reason(), NackReason::HashMismatch), "{err}");
+    assert!(
+        matches!(err.nack_reason(), NackReason::HashMismatch),
+        "{err}"
+    );
     // Corrupt payload.
     let mut u = joint_update("db", &old, &new, &ranges);
     let n = u.ranges[0].data.len();

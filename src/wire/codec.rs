@@ -22,6 +22,19 @@ pub fn encode(msg: &Message) -> Result<Vec<u8>, WireError> {
     })
 }
 
+/// Encodes `msg` without validating it (for a message whose data was moved aside).
+pub(super) fn encode_unchecked(msg: &Message) -> Result<Vec<u8>, WireError> {
+    codec().serialize(msg).map_err(|e| match *e {
+        bincode::ErrorKind::SizeLimit => WireError::MessageTooLarge { max: MAX_FRAME },
+        _ => WireError::Encode(e),
+    })
+}
+
+/// Decodes a payload without validating it; the caller validates once it is whole.
+pub(super) fn decode_unchecked(bytes: &[u8]) -> Result<Message, WireError> {
+    codec().deserialize(bytes).map_err(WireError::Decode)
+}
+
 /// Decodes one frame payload and validates the message. All of `bytes` must be used.
 pub fn decode(bytes: &[u8]) -> Result<Message, WireError> {
     if bytes.len() > MAX_FRAME {

@@ -1,8 +1,8 @@
-//! Stream compression of frame payloads: after the handshake, each direction of a
-//! stream is one zstd stream, flushed at the end of every frame, so each frame decodes
-//! as soon as it arrives while every frame is compressed against the ones before it
-//! (like `rsync -z` or `ssh -C`). A thousand small files then cost about what one
-//! archive of them would, and repeated message fields (paths, acks) almost nothing.
+//! Stream compression: after the handshake, each direction of a stream is one zstd
+//! stream, flushed at the end of every block of frames, so each block decodes as soon as
+//! it arrives while every block is compressed against the ones before it (like
+//! `rsync -z` or `ssh -C`). A thousand small files then cost about what one archive of
+//! them would, and repeated message fields (paths, ids) almost nothing.
 
 use super::{WireError, MAX_FRAME};
 use zstd::zstd_safe::{self, zstd_sys::ZSTD_EndDirective as EndDirective};
@@ -12,9 +12,12 @@ use zstd::zstd_safe::{CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 /// streams asking for more, which bounds its memory.
 pub const WINDOW_LOG: u32 = 23;
 
-/// Largest compressed frame payload: what zstd may need for a [`MAX_FRAME`] payload.
+/// Largest decoded block: one frame of [`MAX_FRAME`] payload with its length prefixes.
+pub const MAX_BLOCK: usize = MAX_FRAME + 64;
+
+/// Largest compressed block: what zstd may need for a [`MAX_BLOCK`] input.
 pub fn max_compressed() -> usize {
-    zstd_safe::compress_bound(MAX_FRAME) + 1024
+    zstd_safe::compress_bound(MAX_BLOCK) + 1024
 }
 
 /// The sending half: one zstd stream across frames.
@@ -50,8 +53,8 @@ impl Compressor {
         Ok(())
     }
 
-    /// Compresses one frame payload and flushes, appending the bytes to `out`.
-    pub fn frame(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    /// Compresses one block and flushes, appending the bytes to `out`.
+    pub fn block(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
         let start = out.len();
         out.resize(start + zstd_safe::compress_bound(payload.len()) + 64, 0);
         let mut input = InBuffer::around(payload);
@@ -74,8 +77,8 @@ impl Compressor {
     }
 }
 
-/// The receiving half: decodes each frame's bytes to its payload, never producing more
-/// than [`MAX_FRAME`] bytes for one frame.
+/// The receiving half: decodes each block, never producing more than [`MAX_BLOCK`]
+/// bytes for one.
 pub struct Decompressor {
     dctx: DCtx<'static>,
 }
@@ -95,10 +98,10 @@ impl Decompressor {
         Ok(Decompressor { dctx })
     }
 
-    /// Decodes one frame's compressed bytes. A frame that does not end on a flush (its
-    /// payload is incomplete) or that expands beyond [`MAX_FRAME`] is an error.
-    pub fn frame(&mut self, data: &[u8]) -> Result<Vec<u8>, WireError> {
-        let mut out = vec![0u8; (data.len() * 4).clamp(4096, MAX_FRAME + 1)];
+    /// Decodes one block's compressed bytes. A block that expands beyond [`MAX_BLOCK`]
+    /// is an error; one cut short decodes short (its frames then fail to parse).
+    pub fn block(&mut self, data: &[u8]) -> Result<Vec<u8>, WireError> {
+        let mut out = vec![0u8; (data.len() * 4).clamp(4096, MAX_BLOCK + 1)];
         let mut input = InBuffer::around(data);
         let mut pos = 0;
         loop {
@@ -107,10 +110,10 @@ impl Decompressor {
                 .decompress_stream(&mut ob, &mut input)
                 .map_err(code)?;
             pos = ob.pos();
-            if pos > MAX_FRAME {
+            if pos > MAX_BLOCK {
                 return Err(WireError::FrameTooLarge {
                     len: pos as u64,
-                    max: MAX_FRAME,
+                    max: MAX_BLOCK,
                 });
             }
             if pos < out.len() && input.pos() == data.len() {
@@ -118,7 +121,7 @@ impl Decompressor {
                 return Ok(out);
             }
             if pos == out.len() {
-                let grown = (out.len() * 2).min(MAX_FRAME + 1);
+                let grown = (out.len() * 2).min(MAX_BLOCK + 1);
                 out.resize(grown, 0);
             }
         }
@@ -143,32 +146,40 @@ mod tests {
         let mut x = 1u64;
         let text: Vec<u8> = (0..60_000)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 b"0123456789abcdef"[(x >> 60) as usize]
             })
             .collect();
         let mut sizes = Vec::new();
         for _ in 0..2 {
             let mut out = Vec::new();
-            c.frame(&text, &mut out).unwrap();
+            c.block(&text, &mut out).unwrap();
             sizes.push(out.len());
-            assert_eq!(d.frame(&out).unwrap(), text);
+            assert_eq!(d.block(&out).unwrap(), text);
         }
-        assert!(sizes[1] * 10 < sizes[0], "second copy is a match: {sizes:?}");
+        assert!(
+            sizes[1] * 10 < sizes[0],
+            "second copy is a match: {sizes:?}"
+        );
         let mut out = Vec::new();
-        c.frame(b"", &mut out).unwrap();
-        assert_eq!(d.frame(&out).unwrap(), b"");
+        c.block(b"", &mut out).unwrap();
+        assert_eq!(d.block(&out).unwrap(), b"");
     }
 
     #[test]
     fn garbage_and_bombs_are_errors() {
         let mut d = Decompressor::new().unwrap();
-        assert!(d.frame(b"not zstd at all").is_err());
+        assert!(d.block(b"not zstd at all").is_err());
         let mut c = Compressor::new(1).unwrap();
         let mut out = Vec::new();
-        c.frame(&vec![0u8; MAX_FRAME + 1], &mut out).unwrap();
+        c.block(&vec![0u8; MAX_BLOCK + 1], &mut out).unwrap();
         let mut d = Decompressor::new().unwrap();
-        assert!(matches!(d.frame(&out), Err(WireError::FrameTooLarge { .. })));
+        assert!(matches!(
+            d.block(&out),
+            Err(WireError::FrameTooLarge { .. })
+        ));
     }
 
     #[test]
@@ -176,9 +187,9 @@ mod tests {
         let mut c = Compressor::new(3).unwrap();
         let payload: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut out = Vec::new();
-        c.frame(&payload, &mut out).unwrap();
+        c.block(&payload, &mut out).unwrap();
         let mut d = Decompressor::new().unwrap();
-        let got = d.frame(&out[..out.len() / 2]);
+        let got = d.block(&out[..out.len() / 2]);
         assert!(got.map_or(true, |g| g != payload));
     }
 }

@@ -28,11 +28,13 @@
 //! [`RelPath`]: crate::path::RelPath
 
 mod codec;
+mod columns;
 pub mod compress;
 mod error;
 mod frame;
 mod message;
 mod range;
+mod stream;
 mod validate;
 
 #[cfg(test)]
@@ -40,9 +42,10 @@ mod tests;
 
 pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
-pub use frame::{encode_frame, read_frame, write_frame, write_frames, FramedStream};
+pub use frame::{encode_frame, read_frame, write_frame, write_frames};
 pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
 pub use range::{compress_range, decompress_range};
+pub use stream::FramedStream;
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).

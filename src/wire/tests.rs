@@ -706,8 +706,16 @@ fn compressed_streams_round_trip_and_shrink_repeats() {
         }
         packed.flush().await.unwrap();
     });
-    let (a, b) = (plain.into_inner().into_inner(), packed.into_inner().into_inner());
-    assert!(b.len() * 2 < a.len(), "compressed {} vs {}", b.len(), a.len());
+    let (a, b) = (
+        plain.into_inner().into_inner(),
+        packed.into_inner().into_inner(),
+    );
+    assert!(
+        b.len() * 2 < a.len(),
+        "compressed {} vs {}",
+        b.len(),
+        a.len()
+    );
     let mut r = FramedStream::new(Cursor::new(b.clone()));
     r.compress(1).unwrap();
     block_on(async {
@@ -719,6 +727,35 @@ fn compressed_streams_round_trip_and_shrink_repeats() {
     });
     // A reader that did not switch compression on cannot take these frames for plain ones.
     let mut wrong = FramedStream::new(Cursor::new(b));
-    assert_eq!(block_on(wrong.recv()).unwrap(), Some(Message::Ping(9)), "tiny: raw");
+    assert_eq!(
+        block_on(wrong.recv()).unwrap(),
+        Some(Message::Ping(9)),
+        "tiny: raw"
+    );
     assert!(block_on(wrong.recv()).is_err());
+}
+
+#[test]
+fn a_block_ending_inside_a_frame_is_an_error() {
+    let mut frames = Vec::new();
+    for i in 0..6 {
+        encode_frame(&Message::Ping(i), &mut frames).unwrap();
+    }
+    frames.extend_from_slice(&100u32.to_le_bytes());
+    frames.extend_from_slice(&[0; 10]); // a frame of 100 bytes cut after 10
+    let mut block = (frames.len() as u32).to_le_bytes().to_vec(); // the frames' length
+    block.extend_from_slice(&frames);
+    let mut c = compress::Compressor::new(3).unwrap();
+    let mut body = Vec::new();
+    c.block(&block, &mut body).unwrap();
+    let mut wire = (body.len() as u32 | 1 << 31).to_le_bytes().to_vec();
+    wire.extend_from_slice(&body);
+    let mut r = FramedStream::new(Cursor::new(wire));
+    r.compress(3).unwrap();
+    block_on(async {
+        for i in 0..6 {
+            assert_eq!(r.recv().await.unwrap(), Some(Message::Ping(i)));
+        }
+        assert!(matches!(r.recv().await, Err(WireError::Truncated { .. })));
+    });
 }

@@ -1,0 +1,264 @@
+//! [`FramedStream`]: a bidirectional stream of [`Message`] frames, with outgoing frames
+//! queued and written at [`FramedStream::flush`], and (after the handshake) stream
+//! compression.
+//!
+//! Once compression is on, the stream carries *blocks*. A block header is a `u32`
+//! little-endian length; with bit 31 clear it is an ordinary frame (a tiny message,
+//! sent as is), with bit 31 set the `len & !bit31` bytes that follow are the zstd
+//! stream's output (see [`super::compress`]) for
+//!
+//! ```text
+//! headers_len: u32 LE | frames with their raw range bytes taken out | those bytes
+//! ```
+//!
+//! flushed after the frames and after the bytes (see [`super::columns`]). All frames
+//! queued between two flushes share one block, so a burst of small updates is
+//! compressed like one archive.
+
+use super::columns::{refill, strip};
+use super::compress::{max_compressed, Compressor, Decompressor, MAX_BLOCK};
+use super::frame::{encode_frame, read_frame, read_len, read_payload};
+use super::{decode, Message, WireError, MAX_FRAME};
+use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Set in a block header when the block is compressed.
+const COMPRESSED: u32 = 1 << 31;
+/// Runs of frames shorter than this go uncompressed (a flushed zstd block costs more).
+const MIN_COMPRESS: usize = 64;
+
+/// A bidirectional stream speaking [`Message`] frames; see the module docs.
+#[derive(Debug)]
+pub struct FramedStream<S> {
+    inner: BufReader<S>,
+    /// Frames queued for the next block (without their raw range bytes when compressed).
+    raw: Vec<u8>,
+    /// The raw range bytes taken out of the queued frames.
+    data: Vec<u8>,
+    /// Bytes ready to write.
+    out: Vec<u8>,
+    comp: Option<Compressor>,
+    decomp: Option<Decompressor>,
+    /// The decoded block being read: next frame at `at`, frames end at `frames_end`,
+    /// next range bytes at `data_at`.
+    block: Vec<u8>,
+    at: usize,
+    frames_end: usize,
+    data_at: usize,
+}
+
+impl<S: AsyncRead> FramedStream<S> {
+    /// Wraps a stream positioned at a frame boundary.
+    pub fn new(inner: S) -> Self {
+        FramedStream {
+            inner: BufReader::with_capacity(64 << 10, inner),
+            raw: Vec::new(),
+            data: Vec::new(),
+            out: Vec::new(),
+            comp: None,
+            decomp: None,
+            block: Vec::new(),
+            at: 0,
+            frames_end: 0,
+            data_at: 0,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn get_ref(&self) -> &S {
+        self.inner.get_ref()
+    }
+
+    /// Unwraps the underlying stream (bytes read ahead are lost).
+    pub fn into_inner(self) -> S {
+        self.inner.into_inner()
+    }
+
+    /// Compresses every later block in both directions at zstd `level`. Both sides call
+    /// it right after the handshake, so that no block is compressed on one side only.
+    pub fn compress(&mut self, level: i32) -> Result<(), WireError> {
+        self.seal()?;
+        self.comp = Some(Compressor::new(level)?);
+        self.decomp = Some(Decompressor::new()?);
+        Ok(())
+    }
+
+    /// Changes the compression level of later blocks (no-op before [`Self::compress`]).
+    pub fn set_level(&mut self, level: i32) -> Result<(), WireError> {
+        match &mut self.comp {
+            Some(c) => c.set_level(level),
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes `msg` as a frame queued for the next [`FramedStream::flush`].
+    pub fn queue(&mut self, msg: &Message) -> Result<(), WireError> {
+        if self.comp.is_none() {
+            return encode_frame(msg, &mut self.out);
+        }
+        let mut data = Vec::new();
+        let frame = strip(msg, &mut data)?;
+        if 8 + self.raw.len() + self.data.len() + frame.len() + data.len() > MAX_BLOCK {
+            self.seal()?;
+        }
+        self.raw
+            .extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        self.raw.extend_from_slice(&frame);
+        self.data.append(&mut data);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued(&self) -> usize {
+        self.raw.len() + self.data.len() + self.out.len()
+    }
+
+    /// True if part of a next frame already arrived (reading it will not wait long).
+    pub fn input_pending(&self) -> bool {
+        self.at < self.frames_end || !self.inner.buffer().is_empty()
+    }
+
+    /// Moves the queued frames into the output: as one compressed block, or as plain
+    /// frames when they are a few tiny messages.
+    fn seal(&mut self) -> Result<(), WireError> {
+        let Some(comp) = &mut self.comp else {
+            return Ok(());
+        };
+        if self.data.is_empty() && self.raw.len() < MIN_COMPRESS {
+            self.out.append(&mut self.raw);
+            return Ok(());
+        }
+        let head = self.out.len();
+        self.out.extend_from_slice(&[0; 4]);
+        let mut frames = (self.raw.len() as u32).to_le_bytes().to_vec();
+        frames.append(&mut self.raw);
+        comp.block(&frames, &mut self.out)?;
+        if !self.data.is_empty() {
+            comp.block(&self.data, &mut self.out)?;
+            self.data.clear();
+        }
+        let len = (self.out.len() - head - 4) as u32 | COMPRESSED;
+        self.out[head..head + 4].copy_from_slice(&len.to_le_bytes());
+        Ok(())
+    }
+
+    /// The next frame of the decoded block, if any is left; an error if the block ends
+    /// inside a frame or holds bytes no frame claims.
+    fn next_in_block(&mut self) -> Result<Option<Message>, WireError> {
+        if self.at == self.frames_end {
+            if self.data_at != self.block.len() {
+                return Err(WireError::Decompress("block bytes no frame claims".into()));
+            }
+            return Ok(None);
+        }
+        let (len, start) = self.len_at(self.at, self.frames_end)?; // data_at >= frames_end
+        self.at = start + len;
+        refill(
+            &self.block[start..start + len],
+            &self.block,
+            &mut self.data_at,
+        )
+        .map(Some)
+    }
+
+    /// A `u32` length at `at` and the payload it announces, both within `end`.
+    fn len_at(&self, at: usize, end: usize) -> Result<(usize, usize), WireError> {
+        let rest = &self.block[at..end];
+        let head: [u8; 4] = rest
+            .get(..4)
+            .ok_or(WireError::Truncated {
+                expected: 4,
+                got: rest.len(),
+            })?
+            .try_into()
+            .expect("four bytes");
+        let len = u32::from_le_bytes(head) as usize;
+        if len > rest.len() - 4 {
+            return Err(WireError::Truncated {
+                expected: len,
+                got: rest.len() - 4,
+            });
+        }
+        Ok((len, at + 4))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
+    /// Writes every queued frame and flushes.
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        self.seal()?;
+        if !self.out.is_empty() {
+            self.inner.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Sends one message now (with anything queued before it).
+    pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
+        self.queue(msg)?;
+        self.flush().await
+    }
+
+    /// Sends several messages with one write and one flush.
+    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), WireError> {
+        for m in msgs {
+            self.queue(m)?;
+        }
+        self.flush().await
+    }
+
+    /// Receives one message; `Ok(None)` when the peer closed cleanly (see [`read_frame`]).
+    pub async fn recv(&mut self) -> Result<Option<Message>, WireError> {
+        if self.decomp.is_none() {
+            return read_frame(&mut self.inner).await;
+        }
+        loop {
+            if let Some(msg) = self.next_in_block()? {
+                return Ok(Some(msg));
+            }
+            let Some(len) = read_len(&mut self.inner, u32::MAX as usize).await? else {
+                return Ok(None);
+            };
+            if len & COMPRESSED as usize == 0 {
+                return self.plain(len).await.map(Some);
+            }
+            self.read_block(len & !(COMPRESSED as usize)).await?;
+        }
+    }
+
+    /// Reads the payload of a plain frame of `len` bytes.
+    async fn plain(&mut self, len: usize) -> Result<Message, WireError> {
+        if len > MAX_FRAME {
+            return Err(WireError::FrameTooLarge {
+                len: len as u64,
+                max: MAX_FRAME,
+            });
+        }
+        decode(&read_payload(&mut self.inner, len).await?)
+    }
+
+    /// Reads and decodes a compressed block of `len` bytes.
+    async fn read_block(&mut self, len: usize) -> Result<(), WireError> {
+        if len > max_compressed() {
+            return Err(WireError::FrameTooLarge {
+                len: len as u64,
+                max: max_compressed(),
+            });
+        }
+        let data = read_payload(&mut self.inner, len).await?;
+        let decomp = self.decomp.as_mut().expect("compression is on");
+        self.block = decomp.block(&data)?;
+        let (frames_len, start) = self.len_at(0, self.block.len())?;
+        (self.at, self.frames_end) = (start, start + frames_len);
+        self.data_at = self.frames_end;
+        Ok(())
+    }
+
+    /// Flushes and closes the write side.
+    pub async fn close(&mut self) -> Result<(), WireError> {
+        self.flush().await?;
+        self.inner.close().await?;
+        Ok(())
+    }
+}
