@@ -20,9 +20,12 @@ pub fn max_compressed() -> usize {
     zstd_safe::compress_bound(MAX_BLOCK) + 1024
 }
 
-/// The sending half: one zstd stream across frames.
+/// The sending half: one zstd stream across blocks.
 pub struct Compressor {
     cctx: CCtx<'static>,
+    level: i32,
+    /// A level to switch to before the next block.
+    next: Option<i32>,
 }
 
 impl std::fmt::Debug for Compressor {
@@ -42,19 +45,40 @@ impl Compressor {
         ] {
             cctx.set_parameter(p).map_err(code)?;
         }
-        Ok(Compressor { cctx })
+        Ok(Compressor {
+            cctx,
+            level,
+            next: None,
+        })
     }
 
-    /// Changes the level for the frames that follow (zstd allows this mid-stream).
+    /// Compresses later blocks at `level`. A single-threaded zstd context applies a new
+    /// level only from its next frame, so a change ends the current frame (which costs
+    /// the history: the window starts empty again) before the next block.
     pub fn set_level(&mut self, level: i32) -> Result<(), WireError> {
-        self.cctx
-            .set_parameter(CParameter::CompressionLevel(level))
-            .map_err(code)?;
+        self.next = (level != self.level).then_some(level);
         Ok(())
     }
 
     /// Compresses one block and flushes, appending the bytes to `out`.
     pub fn block(&mut self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+        if let Some(level) = self.next.take() {
+            self.run(&[], out, EndDirective::ZSTD_e_end)?;
+            self.cctx
+                .set_parameter(CParameter::CompressionLevel(level))
+                .map_err(code)?;
+            self.level = level;
+        }
+        self.run(payload, out, EndDirective::ZSTD_e_flush)
+    }
+
+    /// Feeds all of `payload` with `how`, until zstd has nothing left to write.
+    fn run(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<u8>,
+        how: EndDirective,
+    ) -> Result<(), WireError> {
         let start = out.len();
         out.resize(start + zstd_safe::compress_bound(payload.len()) + 64, 0);
         let mut input = InBuffer::around(payload);
@@ -63,7 +87,7 @@ impl Compressor {
             let mut ob = OutBuffer::around_pos(&mut out[..], pos);
             let left = self
                 .cctx
-                .compress_stream2(&mut ob, &mut input, EndDirective::ZSTD_e_flush)
+                .compress_stream2(&mut ob, &mut input, how)
                 .map_err(code)?;
             pos = ob.pos();
             if left == 0 && input.pos() == payload.len() {
@@ -166,6 +190,19 @@ mod tests {
         let mut out = Vec::new();
         c.block(b"", &mut out).unwrap();
         assert_eq!(d.block(&out).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_level_change_starts_a_new_frame_that_still_decodes() {
+        let (mut c, mut d) = (Compressor::new(1).unwrap(), Decompressor::new().unwrap());
+        let text: Vec<u8> = (0..50_000u32).map(|i| (i % 97) as u8).collect();
+        for level in [1, 1, 19, 19, 3] {
+            c.set_level(level).unwrap();
+            let mut out = Vec::new();
+            c.block(&text, &mut out).unwrap();
+            assert_eq!(d.block(&out).unwrap(), text, "level {level}");
+        }
+        assert_eq!(c.level, 3);
     }
 
     #[test]
