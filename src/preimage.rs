@@ -81,8 +81,10 @@ impl Preimages {
 
     /// Before `[start, end)` of `backing` (now `size` bytes long) is overwritten: saves
     /// its old bytes that are not saved, not tainted, and exist. Bytes past the end are
-    /// new since the last ack: the peer has nothing there, so they become tainted (a
-    /// later overwrite must not pass them off as what the peer holds).
+    /// new since the last ack, and so is the hole a write past the end leaves: the peer
+    /// has nothing there, so they become tainted (a later overwrite must not pass them
+    /// off as what the peer holds: the writeback cache flushes pages out of order, so a
+    /// file being copied in gets its holes filled after its end moved past them).
     pub fn before_write(
         &self,
         file: FileId,
@@ -98,7 +100,7 @@ impl Preimages {
         let (map, total) = &mut *guard;
         let s = Self::saved_for(map, file);
         if end > size {
-            s.tainted.insert(start.max(size), end);
+            s.tainted.insert(size, end);
         }
         let end = end.min(size);
         if start >= end {
@@ -241,5 +243,27 @@ mod tests {
         p.before_write(7, &f, 10_000, 1000, 2000).unwrap(); // over the cap: not saved
         assert!(p.get(7, 1000, 2000).is_none());
         assert_eq!(p.bytes(), 100);
+    }
+
+    #[test]
+    fn holes_left_by_writes_past_the_end_are_unknown() {
+        // Pages flushed out of order: the end moves to 3000 first, then the hole below
+        // it is written. The peer never had those zeros.
+        let (t, f) = setup(&[1u8; 1000]);
+        let p = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        p.before_write(7, &f, 1000, 2000, 3000).unwrap();
+        f.set_len(3000).unwrap();
+        p.before_write(7, &f, 3000, 1000, 2000).unwrap();
+        assert!(
+            p.get(7, 1000, 2000).is_none(),
+            "the hole is new since the ack"
+        );
+        assert!(!p.covers(7, 1500, 1600));
+        p.before_write(7, &f, 3000, 0, 500).unwrap();
+        assert_eq!(
+            p.get(7, 0, 500).unwrap(),
+            vec![1u8; 500],
+            "old bytes still known"
+        );
     }
 }
