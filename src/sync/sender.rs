@@ -6,7 +6,7 @@ use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
 use super::{Stats, SyncConfig, SyncError};
 use crate::hashtree::HashTree;
-use crate::journal::{FileId, Journal, RangeSet, Snapshot};
+use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
 use crate::path::RelPath;
 use crate::preimage::Preimages;
@@ -119,6 +119,24 @@ impl State {
             .unwrap_or(default)
     }
 
+    /// Drops what is known of files created (or last unlinked) in `ops`: their inode
+    /// numbers may have been another file's, whose hash the peer no longer holds.
+    fn forget_new_files(&mut self, ops: &[(u64, MetaOp)]) {
+        for (_, op) in ops {
+            let file = match op {
+                MetaOp::Create { file, .. } => file,
+                MetaOp::Unlink {
+                    file,
+                    last_link: true,
+                    ..
+                } => file,
+                _ => continue,
+            };
+            self.peer_hash.remove(file);
+            self.trees.remove(file);
+        }
+    }
+
     fn measure(&mut self, bytes: u64, since: Instant) {
         let secs = since.elapsed().as_secs_f64();
         if bytes < MEASURE_MIN || secs <= 0.0 {
@@ -204,6 +222,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     }
     if !snap.meta.is_empty() {
         st.meta_seen = None;
+        st.forget_new_files(&snap.meta);
         if !send_meta(s, fs, &snap).await? {
             return Ok(()); // an op was refused: start over from a fresh snapshot
         }
@@ -451,4 +470,46 @@ fn on_nack(
     st.quiet
         .retry_at
         .insert(f.file, Instant::now() + RETRY_AFTER);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_inode_number_starts_without_the_old_files_hash() {
+        let mut st = State::default();
+        for f in [5, 6, 7] {
+            st.peer_hash.insert(f, [1; 32]);
+        }
+        let path = RelPath::from_bytes(b"x").unwrap();
+        st.forget_new_files(&[
+            (
+                1,
+                MetaOp::Create {
+                    path: path.clone(),
+                    file: 5,
+                    mode: 0o644,
+                },
+            ),
+            (
+                2,
+                MetaOp::Unlink {
+                    path: path.clone(),
+                    file: 6,
+                    last_link: true,
+                },
+            ),
+            (
+                3,
+                MetaOp::Unlink {
+                    path,
+                    file: 7,
+                    last_link: false,
+                },
+            ),
+        ]);
+        let left: Vec<_> = st.peer_hash.keys().copied().collect();
+        assert_eq!(left, vec![7], "a file that keeps a link keeps its hash");
+    }
 }
