@@ -179,6 +179,11 @@ impl HashTree {
         *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
     }
 
+    /// Memory the tree holds, in bytes.
+    pub fn mem_bytes(&self) -> usize {
+        std::mem::size_of::<HashTree>() + self.leaves.len() * 32
+    }
+
     /// The content length in bytes.
     pub fn len(&self) -> u64 {
         self.len

@@ -27,6 +27,8 @@
 //! - [`apply`]: the receiver's applier: stage, verify BLAKE3, replay crash-safely.
 //! - [`beneath`]: resolving store-relative paths that can never escape the data root.
 //! - [`sync`]: the sender: quiet files and metadata ops from the journal to the peer.
+//! - [`hashtree`], [`treecache`]: incremental whole-file BLAKE3, bounded per-file trees.
+//! - [`delta`], [`preimage`]: zstd deltas against the old bytes the peer holds.
 //! - [`cli`]: command-line definitions and commands.
 
 pub mod apply;
@@ -44,4 +46,5 @@ pub mod path;
 pub mod preimage;
 pub mod store;
 pub mod sync;
+pub mod treecache;
 pub mod wire;

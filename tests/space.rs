@@ -30,10 +30,14 @@ fn overhead_stays_bounded_over_thousands_of_edits() {
             )
             .unwrap();
         }
+        let ok = wait_until(30, || {
+            hash_of(&p.b.data().join("f.bin")) == hash_of(&p.a.data().join("f.bin"))
+        });
         assert!(
-            wait_until(30, || hash_of(&p.b.data().join("f.bin"))
-                == hash_of(&p.a.data().join("f.bin"))),
-            "round {round}"
+            ok,
+            "round {round}\nA:\n{}\nB:\n{}",
+            common::tail(&p.a.log(), 40),
+            common::tail(&p.b.log(), 40)
         );
     }
     // let the last acks and a journal checkpoint land

@@ -4,7 +4,7 @@
 //! (a local write through the mount) makes the next update hash the file in full.
 
 use crate::hashtree::HashTree;
-use std::collections::HashMap;
+use crate::treecache::TreeCache;
 use std::sync::Mutex;
 
 /// What identifies one state of a file's content.
@@ -28,10 +28,10 @@ impl Stamp {
     }
 }
 
-/// Trees by inode, each with the stamp it is valid for.
+/// Trees by inode, each with the stamp it is valid for (memory bounded).
 #[derive(Default)]
 pub(super) struct Trees {
-    map: Mutex<HashMap<u64, (Stamp, HashTree)>>,
+    map: Mutex<TreeCache<u64, Stamp>>,
 }
 
 impl Trees {
@@ -49,13 +49,13 @@ impl Trees {
     /// The content did not change (an attribute op): a tree valid at `before` is valid at `after`.
     pub(super) fn restamp(&self, before: &Stamp, after: Stamp) {
         let mut map = self.map.lock().unwrap();
-        if let Some(e) = map.get_mut(&before.ino).filter(|(s, _)| s == before) {
-            e.0 = after;
+        if let Some(s) = map.extra_mut(&before.ino).filter(|s| *s == before) {
+            *s = after;
         }
     }
 
     /// Remembers `tree` as the content of the file with `stamp`.
     pub(super) fn put(&self, stamp: Stamp, tree: HashTree) {
-        self.map.lock().unwrap().insert(stamp.ino, (stamp, tree));
+        self.map.lock().unwrap().insert(stamp.ino, stamp, tree);
     }
 }

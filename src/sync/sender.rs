@@ -5,11 +5,11 @@
 use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
 use super::{Stats, SyncConfig, SyncError};
-use crate::hashtree::HashTree;
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
 use crate::path::RelPath;
 use crate::preimage::Preimages;
+use crate::treecache::TreeCache;
 use crate::wire::{check_hello, AckKind, FramedStream, Message, NackReason, STREAM_PROTOCOL};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -101,7 +101,7 @@ impl Quiet {
 struct State {
     quiet: Quiet,
     peer_hash: HashMap<FileId, [u8; 32]>,
-    trees: HashMap<FileId, HashTree>,
+    trees: TreeCache<FileId, ()>,
     /// The newest metadata op seen, when it was first seen, and since when ops wait.
     meta_seen: Option<(u64, Instant, Instant)>,
     next_id: u64,
@@ -347,7 +347,10 @@ async fn send_one(
         st.peer_hash.get(&file).copied()
     };
     let version = entry.version;
-    let tree = if whole { None } else { st.trees.remove(&file) };
+    let tree = match whole {
+        true => None,
+        false => st.trees.remove(&file).map(|(_, t)| t),
+    };
     let built: Option<Built> = tokio::task::spawn_blocking(move || {
         build(
             &*root,
@@ -370,7 +373,7 @@ async fn send_one(
         return Ok(None);
     };
     // Kept even if the update is dropped below: bytes a racing write changed are dirty.
-    st.trees.insert(file, b.tree.clone());
+    st.trees.insert(file, (), b.tree.clone());
     // A write recorded since the snapshot may have torn what was read: wait for quiet.
     if s.journal.entry(file).map(|e| e.version) != Some(version) {
         tracing::debug!(file, "changed while being read; waiting for it to settle");

@@ -368,3 +368,10 @@ pub fn hash_of(path: &Path) -> Option<[u8; 32]> {
         .ok()
         .map(|d| *blake3::hash(&d).as_bytes())
 }
+
+/// The last `n` lines of `text` (for failure messages).
+#[allow(dead_code)]
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
