@@ -119,12 +119,13 @@ impl State {
             .unwrap_or(default)
     }
 
-    /// Drops what is known of files created (or last unlinked) in `ops`: their inode
-    /// numbers may have been another file's, whose hash the peer no longer holds.
+    /// Drops what is known of files created, truncated or last unlinked in `ops`: a new
+    /// file's inode number may have been another file's, and a truncate changes the
+    /// peer's content (it applies the op) away from the hash last acknowledged.
     fn forget_new_files(&mut self, ops: &[(u64, MetaOp)]) {
         for (_, op) in ops {
             let file = match op {
-                MetaOp::Create { file, .. } => file,
+                MetaOp::Create { file, .. } | MetaOp::Truncate { file, .. } => file,
                 MetaOp::Unlink {
                     file,
                     last_link: true,
@@ -480,9 +481,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_reused_inode_number_starts_without_the_old_files_hash() {
+    fn created_truncated_or_gone_files_start_without_the_old_hash() {
         let mut st = State::default();
-        for f in [5, 6, 7] {
+        for f in [5, 6, 7, 8] {
             st.peer_hash.insert(f, [1; 32]);
         }
         let path = RelPath::from_bytes(b"x").unwrap();
@@ -506,9 +507,17 @@ mod tests {
             (
                 3,
                 MetaOp::Unlink {
-                    path,
+                    path: path.clone(),
                     file: 7,
                     last_link: false,
+                },
+            ),
+            (
+                4,
+                MetaOp::Truncate {
+                    path,
+                    file: 8,
+                    size: 0,
                 },
             ),
         ]);
