@@ -217,21 +217,20 @@ fn read_ranges(
             let len = (end - off).min(PIECE) as usize;
             let mut buf = vec![0; len];
             file.read_exact_at(&mut buf, off)?;
-            let encoding = match old.and_then(|o| o.of(off, &buf)) {
+            let (encoding, data) = match old.and_then(|o| o.of(off, &buf)) {
                 Some(o) => {
                     old_joint.extend_from_slice(&o);
                     new_joint.extend_from_slice(&buf);
                     first.get_or_insert(out.len());
-                    buf.clear();
-                    Encoding::Joint
+                    (Encoding::Joint, Vec::new()) // the piece's buffer is freed here
                 }
-                None => Encoding::Raw,
+                None => (Encoding::Raw, buf),
             };
             out.push(RangeData {
                 offset: off,
                 len: len as u64,
                 encoding,
-                data: buf,
+                data,
             });
             off += len as u64;
         }
@@ -269,6 +268,20 @@ mod tests {
     use super::*;
     use crate::path::RelPath;
 
+    /// A plan for the dirty ranges (or `whole` file) at zstd level 3, no tree, no pre-images.
+    fn plan(file: FileId, entry: &FileEntry, id: u64, whole: bool) -> Plan<'_> {
+        Plan {
+            file,
+            entry,
+            id,
+            whole,
+            base: None,
+            level: 3,
+            tree: None,
+            pre: None,
+        }
+    }
+
     fn entry(path: &str, ranges: &[(u64, u64)]) -> FileEntry {
         let mut e = FileEntry::new(RelPath::from_bytes(path.as_bytes()).unwrap());
         for &(s, t) in ranges {
@@ -285,17 +298,7 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(100, 200), (9_000_000, 20_000_000)]);
-        let p = Plan {
-            file: ino,
-            entry: &e,
-            id: 7,
-            whole: false,
-            base: None,
-            level: 3,
-            tree: None,
-            pre: None,
-        };
-        let b = build(&root, p).unwrap().unwrap();
+        let b = build(&root, plan(ino, &e, 7, false)).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
         assert_eq!(
             b.sent.iter().collect::<Vec<_>>(),
@@ -333,20 +336,7 @@ mod tests {
         let root = File::open(t.path()).unwrap();
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[(0, 8 << 20)]);
-        let first = build(
-            &root,
-            Plan {
-                file: ino,
-                entry: &e,
-                id: 1,
-                whole: false,
-                base: None,
-                level: 3,
-                tree: None,
-                pre: None,
-            },
-        );
-        let first = first.unwrap().unwrap();
+        let first = build(&root, plan(ino, &e, 1, false)).unwrap().unwrap();
         data[3 << 20] = 9;
         std::fs::OpenOptions::new()
             .write(true)
@@ -356,14 +346,8 @@ mod tests {
             .unwrap();
         let e = entry("f", &[(3 << 20, (3 << 20) + 1)]);
         let p = Plan {
-            file: ino,
-            entry: &e,
-            id: 2,
-            whole: false,
-            base: None,
-            level: 3,
             tree: Some(first.tree),
-            pre: None,
+            ..plan(ino, &e, 2, false)
         };
         let b = build(&root, p).unwrap().unwrap();
         assert_eq!(b.hash, *blake3::hash(&data).as_bytes());
@@ -385,14 +369,8 @@ mod tests {
         let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
         let e = entry("f", &[]);
         let p = Plan {
-            file: ino,
-            entry: &e,
-            id: 1,
-            whole: true,
-            base: None,
             level: 1,
-            tree: None,
-            pre: None,
+            ..plan(ino, &e, 1, true)
         };
         let b = build(&root, p).unwrap().unwrap();
         assert!(b.frames.len() > 2, "{} frames", b.frames.len());
@@ -404,16 +382,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let root = File::open(t.path()).unwrap();
         let e = entry("gone", &[(0, 1)]);
-        let p = || Plan {
-            file: 1,
-            entry: &e,
-            id: 1,
-            whole: false,
-            base: None,
-            level: 3,
-            tree: None,
-            pre: None,
-        };
+        let p = || plan(1, &e, 1, false);
         assert!(build(&root, p()).unwrap().is_none());
         std::fs::write(t.path().join("gone"), b"x").unwrap();
         assert!(

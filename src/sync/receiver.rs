@@ -54,21 +54,21 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
         tracing::warn!(%peer, "refusing sync stream: {e}");
         let _ = fs
-            .send(&Message::Refused {
+            .send(Message::Refused {
                 reason: e.to_string(),
             })
             .await;
         let _ = fs.close().await;
         return Err(e.into());
     }
-    fs.send(&Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
+    fs.send(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
         .await?;
     fs.compress(REPLY_LEVEL)?;
     let mut parts = Parts::default();
     while let Some(msg) = fs.recv().await? {
         tracing::debug!(%peer, kind = msg.kind(), "received");
         if let Some(reply) = handle(msg, &mut parts, r).await? {
-            fs.queue(&reply)?;
+            fs.queue(reply)?;
         }
         if !fs.input_pending() {
             fs.flush().await?; // replies to a burst of updates travel together

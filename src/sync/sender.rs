@@ -122,7 +122,7 @@ impl State {
     /// Drops what is known of files created, truncated or last unlinked in `ops`: a new
     /// file's inode number may have been another file's, and a truncate changes the
     /// peer's content (it applies the op) away from the hash last acknowledged.
-    fn forget_new_files(&mut self, ops: &[(u64, MetaOp)]) {
+    fn forget_changed(&mut self, ops: &[(u64, MetaOp)]) {
         for (_, op) in ops {
             let file = match op {
                 MetaOp::Create { file, .. } | MetaOp::Truncate { file, .. } => file,
@@ -185,7 +185,7 @@ async fn session(
         .await
         .map_err(|_| SyncError::Protocol("opening a stream timed out".into()))??;
     let mut fs = FramedStream::new(stream);
-    fs.send(&Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
+    fs.send(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
         .await?;
     let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
@@ -223,7 +223,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     }
     if !snap.meta.is_empty() {
         st.meta_seen = None;
-        st.forget_new_files(&snap.meta);
+        st.forget_changed(&snap.meta);
         if !send_meta(s, fs, &snap).await? {
             return Ok(()); // an op was refused: start over from a fresh snapshot
         }
@@ -258,7 +258,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     let last = snap.meta.last().map(|(seq, _)| *seq).unwrap_or(0);
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
-        fs.send(&Message::MetaBatch(chunk.to_vec())).await?;
+        fs.send(Message::MetaBatch(chunk.to_vec())).await?;
         match fs.recv().await?.ok_or(SyncError::Closed)? {
             Message::Ack(AckKind::Meta(upto)) => {
                 s.journal.ack_meta(upto)?;
@@ -389,8 +389,8 @@ async fn send_one(
         hash_read = b.hash_read,
         "sending update"
     );
-    fs.set_level(level)?;
-    for m in &b.frames {
+    fs.set_level(level);
+    for m in b.frames {
         fs.queue(m)?;
     }
     Stats::add(&s.stats.sent_bytes, b.payload);
@@ -487,7 +487,7 @@ mod tests {
             st.peer_hash.insert(f, [1; 32]);
         }
         let path = RelPath::from_bytes(b"x").unwrap();
-        st.forget_new_files(&[
+        st.forget_changed(&[
             (
                 1,
                 MetaOp::Create {

@@ -17,12 +17,11 @@ fn ranges_mut(msg: &mut Message) -> Option<&mut Vec<RangeData>> {
     }
 }
 
-/// Validates `msg`, appends the bytes of its raw ranges to `data` and returns the
-/// encoding of the message without them.
-pub fn strip(msg: &Message, data: &mut Vec<u8>) -> Result<Vec<u8>, WireError> {
-    validate(msg)?;
+/// Validates `msg`, moves the bytes of its raw ranges to the end of `data` and returns
+/// the encoding of the message without them.
+pub fn strip(mut msg: Message, data: &mut Vec<u8>) -> Result<Vec<u8>, WireError> {
+    validate(&msg)?;
     let has_raw = |r: &RangeData| r.encoding == Encoding::Raw && !r.data.is_empty();
-    let mut msg = msg.clone();
     if let Some(ranges) = ranges_mut(&mut msg) {
         for r in ranges.iter_mut().filter(|r| has_raw(r)) {
             data.append(&mut r.data);
@@ -99,7 +98,7 @@ mod tests {
             range(30, Encoding::Raw, b"defg"),
         ]);
         let mut data = b"before".to_vec();
-        let head = strip(&msg, &mut data).unwrap();
+        let head = strip(msg.clone(), &mut data).unwrap();
         assert_eq!(data, b"beforeabcdefg");
         let mut at = 6;
         assert_eq!(refill(&head, &data, &mut at).unwrap(), msg);
@@ -107,7 +106,7 @@ mod tests {
         let mut at = 8;
         assert!(refill(&head, &data, &mut at).is_err(), "bytes run out");
         let plain = Message::Ping(3);
-        let head = strip(&plain, &mut data).unwrap();
+        let head = strip(plain.clone(), &mut data).unwrap();
         assert_eq!(refill(&head, &[], &mut 0).unwrap(), plain);
     }
 

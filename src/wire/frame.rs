@@ -11,7 +11,11 @@ use std::io::ErrorKind;
 
 /// Encodes `msg` and writes it as one frame, then flushes.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
-    write_frames(w, std::slice::from_ref(msg)).await
+    let mut buf = Vec::new();
+    encode_frame(msg, &mut buf)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
 }
 
 /// Appends the frame of `msg` (length prefix and payload) to `buf`.
@@ -21,21 +25,6 @@ pub fn encode_frame(msg: &Message, buf: &mut Vec<u8>) -> Result<(), WireError> {
         u32::try_from(payload.len()).map_err(|_| WireError::MessageTooLarge { max: MAX_FRAME })?;
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(&payload);
-    Ok(())
-}
-
-/// Writes several messages as consecutive frames with one write and one flush, so many
-/// small messages share transport packets.
-pub async fn write_frames<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    msgs: &[Message],
-) -> Result<(), WireError> {
-    let mut buf = Vec::new();
-    for msg in msgs {
-        encode_frame(msg, &mut buf)?;
-    }
-    w.write_all(&buf).await?;
-    w.flush().await?;
     Ok(())
 }
 

@@ -42,7 +42,7 @@ mod tests;
 
 pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
-pub use frame::{encode_frame, read_frame, write_frame, write_frames};
+pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
 pub use range::{compress_range, decompress_range};
 pub use stream::FramedStream;

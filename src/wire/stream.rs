@@ -83,17 +83,16 @@ impl<S: AsyncRead> FramedStream<S> {
     }
 
     /// Changes the compression level of later blocks (no-op before [`Self::compress`]).
-    pub fn set_level(&mut self, level: i32) -> Result<(), WireError> {
-        match &mut self.comp {
-            Some(c) => c.set_level(level),
-            None => Ok(()),
+    pub fn set_level(&mut self, level: i32) {
+        if let Some(c) = &mut self.comp {
+            c.set_level(level);
         }
     }
 
     /// Encodes `msg` as a frame queued for the next [`FramedStream::flush`].
-    pub fn queue(&mut self, msg: &Message) -> Result<(), WireError> {
+    pub fn queue(&mut self, msg: Message) -> Result<(), WireError> {
         if self.comp.is_none() {
-            return encode_frame(msg, &mut self.out);
+            return encode_frame(&msg, &mut self.out);
         }
         let mut data = Vec::new();
         let frame = strip(msg, &mut data)?;
@@ -150,7 +149,7 @@ impl<S: AsyncRead> FramedStream<S> {
             }
             return Ok(None);
         }
-        let (len, start) = self.len_at(self.at, self.frames_end)?; // data_at >= frames_end
+        let (len, start) = self.len_at(self.at, self.frames_end)?;
         self.at = start + len;
         refill(
             &self.block[start..start + len],
@@ -195,16 +194,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
     }
 
     /// Sends one message now (with anything queued before it).
-    pub async fn send(&mut self, msg: &Message) -> Result<(), WireError> {
+    pub async fn send(&mut self, msg: Message) -> Result<(), WireError> {
         self.queue(msg)?;
-        self.flush().await
-    }
-
-    /// Sends several messages with one write and one flush.
-    pub async fn send_all(&mut self, msgs: &[Message]) -> Result<(), WireError> {
-        for m in msgs {
-            self.queue(m)?;
-        }
         self.flush().await
     }
 

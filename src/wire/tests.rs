@@ -698,12 +698,13 @@ fn compressed_streams_round_trip_and_shrink_repeats() {
     let mut packed = FramedStream::new(Cursor::new(Vec::new()));
     packed.compress(3).unwrap();
     block_on(async {
-        plain.send(&Message::Ping(9)).await.unwrap();
-        packed.send(&Message::Ping(9)).await.unwrap();
-        plain.send_all(&ops).await.unwrap();
+        plain.send(Message::Ping(9)).await.unwrap();
+        packed.send(Message::Ping(9)).await.unwrap();
         for m in &ops {
-            packed.queue(m).unwrap();
+            plain.queue(m.clone()).unwrap();
+            packed.queue(m.clone()).unwrap();
         }
+        plain.flush().await.unwrap();
         packed.flush().await.unwrap();
     });
     let (a, b) = (
