@@ -10,6 +10,9 @@ fi
 need=()
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v umount >/dev/null || need+=(mount)
+for tool in git vim sqlite3 rsync; do   # real clients driven by tests/clients.rs
+    command -v "$tool" >/dev/null || need+=("$tool")
+done
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

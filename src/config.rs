@@ -49,6 +49,15 @@ pub struct Config {
     /// FUSE session threads.
     #[serde(default = "default_threads")]
     pub threads: usize,
+    /// Honour setuid/setgid bits of files in the mount (mounted `nosuid` otherwise).
+    #[serde(default)]
+    pub allow_suid: bool,
+    /// Honour device nodes in the mount (mounted `nodev` otherwise).
+    #[serde(default)]
+    pub allow_dev: bool,
+    /// Apply ownership (chown) sent by peers; never to uid or gid 0.
+    #[serde(default)]
+    pub sync_ownership: bool,
 }
 
 fn default_name() -> String {
@@ -81,6 +90,9 @@ impl Config {
             mdns: true,
             settle_ms: default_settle(),
             threads: default_threads(),
+            allow_suid: false,
+            allow_dev: false,
+            sync_ownership: false,
         }
     }
 
@@ -113,8 +125,14 @@ impl Config {
              \n# Discover allowlisted peers on the local network with mDNS.\nmdns = {}\n\
              \n# Send a file once it has been quiet (closed, or no writes) for this many milliseconds.\n\
              settle_ms = {}\n\
-             \n# FUSE session threads.\nthreads = {}\n",
-            self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads
+             \n# FUSE session threads.\nthreads = {}\n\
+             \n# Honour setuid/setgid bits and device nodes in the mount (off: mounted nosuid,nodev).\n\
+             allow_suid = {}\nallow_dev = {}\n\
+             \n# Apply file ownership sent by peers (never uid or gid 0). Off: files keep this\n\
+             # node's ownership, and setuid/setgid bits from peers are always stripped.\n\
+             sync_ownership = {}\n",
+            self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads,
+            self.allow_suid, self.allow_dev, self.sync_ownership
         )
     }
 }

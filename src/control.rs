@@ -69,6 +69,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     loop {
         let (conn, _) = listener.accept().await?;
         let status = Status {
@@ -114,11 +116,15 @@ pub fn format(s: &Status) -> String {
     } else {
         &v.last_error
     };
+    let mut stuck = String::new();
+    for line in &v.stuck {
+        stuck.push_str(&format!("stuck:       {line}\n"));
+    }
     format!(
         "mounted at:  {} (pid {})\npeer link:   {link}\nqueued:      {} (files and metadata ops pending)\n\
          in flight:   {}\nsent:        {} updates acked, {} refused, {} of range data\n\
          metadata:    {} ops acked\napplied:     {} from the peer\nconflicts:   {}\n\
-         overhead:    {} (journal {}, staging {}, pre-images {})\nlast error:  {err}\n",
+         overhead:    {} (journal {}, staging {}, pre-images {})\nlast error:  {err}\n{stuck}",
         s.mountpoint.display(), s.pid, v.queued, v.in_flight, v.acked, v.nacked, size(v.sent_bytes),
         v.meta_acked, v.applied, v.conflicts, size(o.total()), size(o.journal), size(o.staging), size(o.preimages),
     )

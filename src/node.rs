@@ -45,6 +45,11 @@ impl ApplyHooks for MountHooks {
             let _ = n.inval_entry(INodeNo(self.fs.fuse_ino(parent_backing_ino)), name);
         }
     }
+    fn grew(&self, backing_ino: u64, size: u64, last: u8) {
+        if let Some(n) = &self.notifier {
+            let _ = n.store(INodeNo(self.fs.fuse_ino(backing_ino)), size - 1, &[last]);
+        }
+    }
 }
 
 /// Options of one `mount` beyond the config file.
@@ -73,6 +78,7 @@ fn parse_addrs(v: &[String]) -> Result<Vec<Multiaddr>> {
 /// Mounts the store and syncs it until SIGINT/SIGTERM or an external unmount.
 pub fn run(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {
     let (store, mut cfg) = Store::open(dir)?;
+    store.secure()?;
     cfg.peers.extend(args.peers);
     if !args.listen.is_empty() {
         cfg.listen = args.listen;
@@ -112,7 +118,15 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         fs = fs.with_preimages(pre.clone()); // without a peer nothing is acked: no use
     }
     let fs = Arc::new(fs);
-    let mounted = mount::mount(fs.clone(), mountpoint, cfg.threads)
+    let opts = mount::MountOpts {
+        threads: cfg.threads,
+        suid: cfg.allow_suid,
+        dev: cfg.allow_dev,
+    };
+    // From here on files are created for the mount's users, with their modes as given
+    // (the kernel already applied the caller's umask).
+    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let mounted = mount::mount(fs.clone(), mountpoint, opts)
         .with_context(|| format!("mounting {}", mountpoint.display()))?;
     tracing::info!(
         "mounted {} at {}",
@@ -165,9 +179,10 @@ async fn start_sync(
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
     pre: Arc<Preimages>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let applier = Arc::new(
-        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?,
-    );
+    let mut applier =
+        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
+    applier.set_sync_ownership(cfg.sync_ownership);
+    let applier = Arc::new(applier);
     let peers = parse_addrs(&cfg.peers)?;
     let allow: Vec<PeerId> = peers
         .iter()
@@ -260,9 +275,10 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<net::NetEvent>) {
     }
 }
 
-/// umask 0 (the kernel already applied the caller's), and room for one fd per inode.
+/// umask 077 while the store's own files are made (0 once the mount starts), and room
+/// for one fd per inode.
 fn prepare_process() {
-    nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);

@@ -16,9 +16,17 @@ use crate::journal::{FileId, RangeSet};
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
+
+use crate::fs::sys;
+
+fn os_err(e: crate::fs::FsError) -> io::Error {
+    io::Error::from_raw_os_error(e.0)
+}
 
 /// Saved old bytes of one file: a sparse file at the same offsets, and what it holds.
 struct Saved {
@@ -29,7 +37,8 @@ struct Saved {
 
 /// The pre-images of one store.
 pub struct Preimages {
-    dir: PathBuf,
+    /// The directory (0700), opened: files are made and removed relative to it.
+    dir: OwnedFd,
     cap: u64,
     inner: Mutex<(HashMap<FileId, Saved>, u64)>,
 }
@@ -41,10 +50,12 @@ impl Preimages {
         cap: u64,
         tainted: impl IntoIterator<Item = (FileId, RangeSet)>,
     ) -> io::Result<Preimages> {
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::remove_dir_all(dir); // does not follow a symlink planted there
+        std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let fd = sys::openat(&sys::AtCwd, dir.as_os_str(), flags, 0).map_err(os_err)?;
         let p = Preimages {
-            dir: dir.to_path_buf(),
+            dir: fd,
             cap,
             inner: Mutex::new((HashMap::new(), 0)),
         };
@@ -65,16 +76,18 @@ impl Preimages {
     }
 
     /// The sparse file holding `file`'s old bytes, created at the first save.
-    fn backing_file<'a>(dir: &Path, s: &'a mut Saved, file: FileId) -> io::Result<&'a File> {
+    /// Made fresh (`O_EXCL | O_NOFOLLOW`, 0600) relative to the directory's fd: nothing
+    /// planted there is ever followed or written through.
+    fn backing_file<'a>(dir: &OwnedFd, s: &'a mut Saved, file: FileId) -> io::Result<&'a File> {
         if s.file.is_none() {
-            let path = dir.join(file.to_string());
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(path)?;
-            s.file = Some(f);
+            let name = std::ffi::OsString::from(file.to_string());
+            match sys::unlinkat(dir, &name, false) {
+                Err(e) if e.0 != libc::ENOENT => return Err(os_err(e)),
+                _ => {}
+            }
+            let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
+            let f = sys::openat(dir, &name, flags, 0o600).map_err(os_err)?;
+            s.file = Some(File::from(f));
         }
         Ok(s.file.as_ref().expect("set above"))
     }
@@ -159,7 +172,7 @@ impl Preimages {
             }
             if s.saved.is_empty() && s.tainted.is_empty() {
                 map.remove(&file);
-                let _ = std::fs::remove_file(self.dir.join(file.to_string()));
+                let _ = sys::unlinkat(&self.dir, std::ffi::OsStr::new(&file.to_string()), false);
             }
         }
     }

@@ -106,14 +106,11 @@ impl Store {
             return Err(StoreError::Exists(dir.to_path_buf()));
         }
         let store = Store::at(dir);
-        for d in [
-            store.dir.clone(),
-            store.data(),
-            store.journal(),
-            store.staging(),
-        ] {
+        std::fs::create_dir_all(&store.dir).map_err(io("creating", &store.dir))?;
+        for d in [store.data(), store.journal(), store.staging()] {
             std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
         }
+        store.secure()?;
         let key = Keypair::generate_ed25519();
         write_new(
             &store.key_file(),
@@ -124,7 +121,7 @@ impl Store {
         write_new(
             &store.config_file(),
             cfg.to_commented_toml().as_bytes(),
-            0o644,
+            0o600,
         )?;
         Ok((store, key.public().to_peer_id(), cfg))
     }
@@ -140,11 +137,35 @@ impl Store {
         Ok((store, cfg))
     }
 
+    /// Closes the store to other users: the store directory and the daemon's own
+    /// directories 0700, its files 0600 (stores made by older versions included). The
+    /// data directory keeps its mode: it is the mount's root.
+    pub fn secure(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &Path, mode: u32| match std::fs::symlink_metadata(p) {
+            Ok(md) if md.file_type().is_symlink() => Err(StoreError::Io {
+                what: "refusing a symlink at",
+                path: p.to_path_buf(),
+                source: std::io::Error::from_raw_os_error(libc::ELOOP),
+            }),
+            Ok(_) => std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+                .map_err(io("securing", p)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io("securing", p)(e)),
+        };
+        set(&self.dir, 0o700)?;
+        for d in [self.journal(), self.staging(), self.preimages()] {
+            set(&d, 0o700)?;
+        }
+        set(&self.key_file(), 0o600)?;
+        set(&self.config_file(), 0o600)
+    }
+
     /// Rewrites `config.toml` (with its comments) atomically.
     pub fn save_config(&self, cfg: &Config) -> Result<(), StoreError> {
         let tmp = self.dir.join("config.toml.tmp");
         let _ = std::fs::remove_file(&tmp);
-        write_new(&tmp, cfg.to_commented_toml().as_bytes(), 0o644)?;
+        write_new(&tmp, cfg.to_commented_toml().as_bytes(), 0o600)?;
         let path = self.config_file();
         std::fs::rename(&tmp, &path).map_err(io("replacing", &path))
     }

@@ -15,6 +15,28 @@ use std::os::unix::ffi::OsStrExt;
 
 type Res = Result<(), ApplyError>;
 
+/// Permission bits a peer may set: never setuid or setgid (a peer could otherwise plant
+/// a root-owned setuid binary that any local user runs).
+pub fn peer_perm(mode: u32) -> u32 {
+    mode & 0o1777
+}
+
+/// Extended attribute namespaces a peer may not touch: file capabilities, SELinux
+/// labels and other security state (`security.*`), and root-only data (`trusted.*`).
+fn forbidden_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"security.") || name.starts_with(b"trusted.")
+}
+
+fn refuse_xattr(path: &RelPath, name: &[u8]) -> Res {
+    if forbidden_xattr(name) {
+        return Err(ApplyError::BadRequest(format!(
+            "{path}: xattr {} refused (security.* and trusted.* are never taken from peers)",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(())
+}
+
 /// The renameat2 flags a peer may ask for.
 const RENAME_FLAGS: u32 = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
 
@@ -66,7 +88,7 @@ impl Applier {
             MetaOp::Create { path, mode, .. } => {
                 // mknod(S_IFREG) creates without opening, so an existing file is never
                 // truncated and a mode without u+w is no obstacle.
-                let perm = mode & 0o7777;
+                let perm = peer_perm(*mode);
                 self.make(path, "create", perm, |d, n| {
                     sys::mknodat(d, n, libc::S_IFREG | perm, 0)
                 })
@@ -80,13 +102,13 @@ impl Applier {
                         "{path}: mknod of type {kind:o} refused (only fifos, sockets and files)"
                     )));
                 }
-                let perm = mode & 0o7777;
+                let perm = peer_perm(*mode);
                 self.make(path, "mknod", perm, |d, n| {
                     sys::mknodat(d, n, kind | perm, *rdev)
                 })
             }
             MetaOp::Mkdir { path, mode } => {
-                let perm = mode & 0o7777;
+                let perm = peer_perm(*mode);
                 self.make(path, "mkdir", perm, |d, n| sys::mkdirat(d, n, perm))
             }
             MetaOp::Symlink { path, target } => {
@@ -108,12 +130,9 @@ impl Applier {
                     // Linux has no symlink permissions; nothing to do.
                     return Ok(());
                 }
-                sys::chmod_fd(&n.pfd, mode & 0o7777).map_err(os_err)
+                sys::chmod_fd(&n.pfd, peer_perm(*mode)).map_err(os_err)
             }),
-            MetaOp::Chown { path, uid, gid } => self.attr(path, "chown", |_, n| {
-                let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
-                sys::chown_fd(&n.pfd, u, g).map_err(os_err)
-            }),
+            MetaOp::Chown { path, uid, gid } => self.chown(path, *uid, *gid),
             MetaOp::Truncate { path, size, .. } => self.truncate(path, *size),
             MetaOp::Utimens { path, atime, mtime } => self.attr(path, "utimens", |a, n| {
                 let times = [SetTime::to_timespec(*atime), SetTime::to_timespec(*mtime)];
@@ -135,6 +154,7 @@ impl Applier {
             MetaOp::SetXattr {
                 path, name, value, ..
             } => {
+                refuse_xattr(path, name)?;
                 let cname = cstr(name, "an xattr name")?;
                 // The op's flags (XATTR_CREATE / XATTR_REPLACE) held on the sender when it
                 // ran; on a replay they would fail where the op already took effect, so
@@ -153,6 +173,7 @@ impl Applier {
                 })
             }
             MetaOp::RemoveXattr { path, name } => {
+                refuse_xattr(path, name)?;
                 let cname = cstr(name, "an xattr name")?;
                 self.attr(path, "removexattr", |a, n| {
                     a.with_xattr_path(path, n, |p, follow| {
@@ -327,12 +348,34 @@ impl Applier {
 
     /// An attribute op on an existing node (the root included). A missing node counts as
     /// applied: a later op, already replayed, removed it.
+    /// Ownership from the peer: only with `sync_ownership`, and never to uid or gid 0.
+    fn chown(&self, path: &RelPath, uid: Option<u32>, gid: Option<u32>) -> Res {
+        if !self.sync_ownership {
+            tracing::debug!("chown {path}: ignored (sync_ownership is off)");
+            return Ok(());
+        }
+        if uid == Some(0) || gid == Some(0) {
+            return Err(ApplyError::BadRequest(format!(
+                "{path}: chown to uid or gid 0 refused"
+            )));
+        }
+        self.attr(path, "chown", |_, n| {
+            let (u, g) = (uid.unwrap_or(u32::MAX), gid.unwrap_or(u32::MAX));
+            sys::chown_fd(&n.pfd, u, g).map_err(os_err)
+        })
+    }
+
     fn attr(
         &self,
         path: &RelPath,
         what: &'static str,
         f: impl FnOnce(&Self, &Node) -> io::Result<()>,
     ) -> Res {
+        if path.is_root() {
+            return Err(ApplyError::BadRequest(format!(
+                "{what} on the folder root refused"
+            )));
+        }
         let Some(node) = self.node(path, what)? else {
             return Ok(());
         };
@@ -425,6 +468,9 @@ impl Applier {
         }
         res.map_err(|e| ApplyError::io("truncating", path, e))?;
         self.hooks.invalidate_inode(node.st.st_ino);
+        if size > node.st.st_size as u64 {
+            self.hooks.grew(node.st.st_ino, size, 0); // the extension is zeros
+        }
         self.drop_name(path);
         Ok(())
     }

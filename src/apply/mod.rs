@@ -159,6 +159,10 @@ pub trait ApplyHooks: Send + Sync + 'static {
     fn invalidate_inode(&self, backing_ino: u64);
     /// A name in directory `parent_backing_ino` changed: drop the cached dentry.
     fn invalidate_entry(&self, parent_backing_ino: u64, name: &OsStr);
+    /// The file is now `size` bytes and its last byte is `last`. With the writeback
+    /// cache the kernel never takes a size from us for an inode it holds (open, or
+    /// reachable by another hard link): a store of that last byte grows its size.
+    fn grew(&self, _backing_ino: u64, _size: u64, _last: u8) {}
 }
 
 /// Hooks that do nothing: no mount is running (or tests).
@@ -206,9 +210,16 @@ pub struct Applier {
     serial: Mutex<()>,
     /// Hash trees of files as this applier last left them.
     trees: trees::Trees,
+    /// Apply ownership from the peer (`sync_ownership`; never uid or gid 0).
+    sync_ownership: bool,
 }
 
 impl Applier {
+    /// Applies ownership sent by the peer (off by default; uid and gid 0 always refused).
+    pub fn set_sync_ownership(&mut self, on: bool) {
+        self.sync_ownership = on;
+    }
+
     /// Opens the applier over `data` and `staging`, and recovers staged updates left by a crash.
     pub fn open(
         data: &Path,
@@ -232,6 +243,7 @@ impl Applier {
             fault: Fault::from_env(),
             serial: Mutex::new(()),
             trees: trees::Trees::default(),
+            sync_ownership: false,
         };
         if let Some(f) = applier.fault {
             tracing::warn!("SYNCFS_FAULT is set: the applier will abort at {f:?} (tests only)");

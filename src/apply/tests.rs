@@ -937,13 +937,16 @@ fn meta_attribute_ops_apply_and_reapply() {
         a.apply_meta(&op)
             .unwrap_or_else(|err| panic!("{}: {err}", op.kind()));
     }
-    // The root's attributes can change.
-    a.apply_meta(&MetaOp::Chmod {
-        path: RelPath::root(),
-        mode: 0o750,
-    })
-    .unwrap();
-    assert_eq!(mode(&e.data) & 0o7777, 0o750);
+    // The root's attributes are this node's own: a peer cannot change them.
+    let before = mode(&e.data);
+    let err = a
+        .apply_meta(&MetaOp::Chmod {
+            path: RelPath::root(),
+            mode: 0o777,
+        })
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+    assert_eq!(mode(&e.data), before);
     let err = a
         .apply_meta(&MetaOp::Truncate {
             path: RelPath::root(),
@@ -952,6 +955,72 @@ fn meta_attribute_ops_apply_and_reapply() {
         })
         .unwrap_err();
     assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+}
+
+#[test]
+fn a_peer_cannot_gain_privileges() {
+    let e = Env::new();
+    let a = e.applier();
+    // setuid and setgid bits are stripped on create, mkdir, mknod and chmod
+    a.apply_meta(&MetaOp::Create {
+        path: rp("suid"),
+        file: 1,
+        mode: 0o6755,
+    })
+    .unwrap();
+    assert_eq!(mode(&e.p("suid")) & 0o7777, 0o755);
+    a.apply_meta(&MetaOp::Mkdir {
+        path: rp("sgid"),
+        mode: 0o3775,
+    })
+    .unwrap();
+    assert_eq!(mode(&e.p("sgid")) & 0o7777, 0o1775);
+    a.apply_meta(&MetaOp::Chmod {
+        path: rp("suid"),
+        mode: 0o4711,
+    })
+    .unwrap();
+    assert_eq!(mode(&e.p("suid")) & 0o7777, 0o711);
+    // ownership is not applied (sync_ownership off), and never to root when on
+    let chown = |uid| MetaOp::Chown {
+        path: rp("suid"),
+        uid: Some(uid),
+        gid: Some(uid),
+    };
+    let owner = fs::metadata(e.p("suid")).unwrap().uid();
+    a.apply_meta(&chown(4242)).unwrap();
+    assert_eq!(
+        fs::metadata(e.p("suid")).unwrap().uid(),
+        owner,
+        "ignored when off"
+    );
+    let mut on = e.applier();
+    on.set_sync_ownership(true);
+    on.apply_meta(&chown(4242)).unwrap();
+    assert_eq!(
+        fs::metadata(e.p("suid")).unwrap().uid(),
+        4242,
+        "applied when on"
+    );
+    let err = on.apply_meta(&chown(0)).unwrap_err();
+    assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+    assert_eq!(fs::metadata(e.p("suid")).unwrap().uid(), 4242);
+    // security.* and trusted.* xattrs are refused
+    for name in [&b"security.capability"[..], b"trusted.overlay.opaque"] {
+        let err = a
+            .apply_meta(&MetaOp::SetXattr {
+                path: rp("suid"),
+                name: name.to_vec(),
+                value: vec![1, 0, 0, 2],
+                flags: 0,
+            })
+            .unwrap_err();
+        assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+        let c = std::ffi::CString::new(e.p("suid").as_os_str().as_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let got = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) };
+        assert!(got < 0, "{} was set", String::from_utf8_lossy(name));
+    }
 }
 
 #[test]

@@ -368,6 +368,12 @@ impl Applier {
         t.restore_mode = None;
         drop(hold);
         self.hooks.invalidate_inode(t.ino);
+        if u.size > 0 {
+            let mut last = [0u8];
+            if t.file.read_exact_at(&mut last, u.size - 1).is_ok() {
+                self.hooks.grew(t.ino, u.size, last[0]);
+            }
+        }
         // With the writeback cache the kernel trusts its cached size over ours: drop the
         // name too, so an inode nobody holds open is evicted and looked up afresh.
         if let Ok((dir, name)) = open_parent(&self.root, &u.path) {
@@ -392,7 +398,7 @@ impl Applier {
     /// Mode and mtime, then fsync (covers the data written before).
     fn set_attrs(&self, u: &FileUpdate, file: &File) -> Result<(), ApplyError> {
         let io = |what| move |e| ApplyError::io(what, &u.path, e);
-        sys::chmod_fd(file, u.mode & 0o7777).map_err(|e| io("chmod")(os_err(e)))?;
+        sys::chmod_fd(file, super::meta::peer_perm(u.mode)).map_err(|e| io("chmod")(os_err(e)))?;
         let times = [
             libc::timespec {
                 tv_sec: 0,
@@ -420,7 +426,7 @@ impl Applier {
             let (dir, name) = open_parent(&self.root, path)
                 .map_err(|e| ApplyError::resolve("opening the directory of", path, e))?;
             let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            match sys::openat(&dir, &name, flags, u.mode & 0o7777) {
+            match sys::openat(&dir, &name, flags, super::meta::peer_perm(u.mode)) {
                 Ok(fd) => {
                     let file = File::from(fd);
                     let st =

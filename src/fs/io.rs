@@ -61,7 +61,9 @@ impl PassFs {
     ) -> R<(u64, libc::stat, u64)> {
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
-        let bflags = self.backing_flags(flags) | libc::O_CREAT | (flags & libc::O_EXCL);
+        // O_NOFOLLOW: a symlink raced into the backing directory is never followed (ELOOP)
+        let bflags =
+            self.backing_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | (flags & libc::O_EXCL);
         let fd = sys::openat(&p.fd, name, bflags, mode)?;
         let (ino, st) = self.adopt(ctx, &p, name)?;
         self.rec.track(st.st_ino, &path)?;
@@ -140,6 +142,18 @@ impl PassFs {
         sys::fsync(&h.file, datasync)
     }
 
+    /// `fsyncdir`: the directory's entries, and the journal records of them, are made
+    /// durable.
+    pub fn fsyncdir(&self, ino: u64, datasync: bool) -> R<()> {
+        let inode = self.inodes.get(ino)?;
+        self.rec.sync()?;
+        let dir = sys::reopen(
+            &inode.fd,
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )?;
+        sys::fsync(&dir, datasync)
+    }
+
     /// Closes a handle; a writable one tells the recorder the file may be quiet.
     pub fn release(&self, fh: u64) {
         if let Some(h) = self.files.remove(fh) {
@@ -176,5 +190,31 @@ impl PassFs {
     /// Number of open file handles.
     pub fn open_files(&self) -> usize {
         self.files.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::inode::ROOT_INO;
+    use super::super::record::NullRecorder;
+    use super::super::{Ctx, FsOptions, PassFs};
+    use std::sync::Arc;
+
+    #[test]
+    fn create_never_follows_a_symlink_raced_into_the_backing_dir() {
+        let t = tempfile::tempdir().unwrap();
+        let (data, outside) = (t.path().join("data"), t.path().join("outside"));
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(&outside, b"not yours").unwrap();
+        // the name was free at LOOKUP; a symlink took it before CREATE
+        std::os::unix::fs::symlink(&outside, data.join("x")).unwrap();
+        let fs = PassFs::new(&data, Arc::new(NullRecorder), FsOptions { writeback: true }).unwrap();
+        let ctx = Ctx { uid: 0, gid: 0 };
+        let flags = libc::O_WRONLY | libc::O_TRUNC;
+        let err = fs
+            .create(ctx, ROOT_INO, std::ffi::OsStr::new("x"), 0o644, flags)
+            .unwrap_err();
+        assert_eq!(err.0, libc::ELOOP);
+        assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
     }
 }

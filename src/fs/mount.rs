@@ -125,8 +125,19 @@ pub fn clear_stale(mountpoint: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Mounts `fs` at `mountpoint` with `threads` session threads.
-pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, threads: usize) -> std::io::Result<Mounted> {
+/// How to mount.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MountOpts {
+    /// FUSE session threads.
+    pub threads: usize,
+    /// Honour setuid/setgid bits (`suid`; `nosuid` otherwise).
+    pub suid: bool,
+    /// Honour device nodes (`dev`; `nodev` otherwise).
+    pub dev: bool,
+}
+
+/// Mounts `fs` at `mountpoint`.
+pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, opts: MountOpts) -> std::io::Result<Mounted> {
     let mountpoint = &absolute(mountpoint)?;
     clear_stale(mountpoint)?;
     let mut cfg = Config::default();
@@ -134,11 +145,19 @@ pub fn mount(fs: Arc<PassFs>, mountpoint: &Path, threads: usize) -> std::io::Res
         MountOption::FSName("syncfs".into()),
         MountOption::Subtype("syncfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        if opts.dev {
+            MountOption::Dev
+        } else {
+            MountOption::NoDev
+        },
+        if opts.suid {
+            MountOption::Suid
+        } else {
+            MountOption::NoSuid
+        },
     ];
     cfg.acl = SessionACL::All;
-    cfg.n_threads = Some(threads.max(1));
+    cfg.n_threads = Some(opts.threads.max(1));
     let session = fuser::Session::new(FuseAdapter::new(fs.clone()), mountpoint, &cfg)?.spawn()?;
     Ok(Mounted {
         session: Some(session),

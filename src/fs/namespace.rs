@@ -249,13 +249,39 @@ impl PassFs {
         let path = self.child_path(&p, name)?;
         let last_link = st.st_nlink <= 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR;
         sys::unlinkat(&p.fd, name, false)?;
-        self.rec
-            .meta(MetaOp::Unlink {
-                path,
-                file: st.st_ino,
-                last_link,
-            })
-            .map_err(Into::into)
+        self.rec.meta(MetaOp::Unlink {
+            path: path.clone(),
+            file: st.st_ino,
+            last_link,
+        })?;
+        if !last_link && self.rec.lost_name(st.st_ino, &path) {
+            self.find_other_name(&p, &path, st.st_ino)?;
+        }
+        Ok(())
+    }
+
+    /// The journal knew `file` only by `gone` (a hard link made outside the mount
+    /// remains): tracks a remaining name in the same directory, where tools such as
+    /// git put them (link the temp file to its final name, unlink the temp name).
+    fn find_other_name(&self, dir: &Inode, gone: &RelPath, file: u64) -> R<()> {
+        let other = sys::read_dir(&dir.fd)?
+            .into_iter()
+            .find(|e| e.ino == file && e.name != b"." && e.name != b"..");
+        match other {
+            Some(e) => {
+                let (parent, _) = gone.split_last().ok_or(FsError(libc::EINVAL))?;
+                let path = parent
+                    .join(OsStr::from_bytes(&e.name))
+                    .map_err(|_| FsError(libc::EINVAL))?;
+                self.rec.track(file, &path).map_err(Into::into)
+            }
+            None => {
+                tracing::warn!(file, path = %gone.as_path().display(),
+                    "unlinked the only known name of a file that keeps other links; \
+                     its pending data waits until it is written or opened again");
+                Ok(())
+            }
+        }
     }
 
     /// Removes an empty directory.

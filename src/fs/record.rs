@@ -23,6 +23,11 @@ pub trait Recorder: Send + Sync + 'static {
     fn sync(&self) -> Result<(), RecordError>;
     /// A writable handle on `file` was closed: the file may now be quiet.
     fn closed(&self, _file: FileId) {}
+    /// True when `file` is tracked and `path` (just unlinked, other links remain) was
+    /// its only known name: the filesystem should tell where the file still lives.
+    fn lost_name(&self, _file: FileId, _path: &RelPath) -> bool {
+        false
+    }
 }
 
 /// Records nothing (for tests of the passthrough alone).
@@ -81,6 +86,11 @@ impl Recorder for JournalRecorder {
     }
     fn sync(&self) -> Result<(), RecordError> {
         self.journal.sync().map_err(rec_err)
+    }
+    fn lost_name(&self, file: FileId, path: &RelPath) -> bool {
+        self.journal
+            .entry(file)
+            .is_some_and(|e| &e.path == path && e.links.is_empty())
     }
     fn closed(&self, file: FileId) {
         if let Some(f) = &self.on_closed {

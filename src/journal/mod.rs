@@ -567,7 +567,9 @@ fn load(files: &sled::Tree, meta: &sled::Tree) -> Result<(State, Marker), Journa
         if &*k == MARKER_KEY {
             marker = decode(&v, "checkpoint marker")?;
         } else {
-            entries.insert(key_u64(&k, "files")?, decode(&v, "file entry")?);
+            let e =
+                FileEntry::decode(&v).map_err(|e| JournalError::encode("decode file entry", e))?;
+            entries.insert(key_u64(&k, "files")?, e);
         }
     }
     let mut ops = BTreeMap::new();

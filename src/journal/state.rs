@@ -21,9 +21,52 @@ pub struct FileEntry {
     pub size: Option<u64>,
     /// Bumped on every content change; an ack only fully applies to its version.
     pub version: u64,
+    /// Other names of the file (hard links made through the mount): when `path` is
+    /// unlinked or replaced, one of these takes over, so the data still has a name.
+    pub links: Vec<RelPath>,
+}
+
+/// [`FileEntry`] as stored before hard links were tracked (no `links`).
+#[derive(Deserialize)]
+struct FileEntryV0 {
+    path: RelPath,
+    ranges: RangeSet,
+    size: Option<u64>,
+    version: u64,
 }
 
 impl FileEntry {
+    /// Decodes a stored entry of either layout (bincode).
+    pub fn decode(b: &[u8]) -> Result<FileEntry, bincode::Error> {
+        bincode::deserialize(b).or_else(|e| {
+            let v0: FileEntryV0 = bincode::deserialize(b).map_err(|_| e)?;
+            Ok(FileEntry {
+                path: v0.path,
+                ranges: v0.ranges,
+                size: v0.size,
+                version: v0.version,
+                links: Vec::new(),
+            })
+        })
+    }
+
+    /// True if `p` is one of the file's names.
+    pub fn has_name(&self, p: &RelPath) -> bool {
+        &self.path == p || self.links.contains(p)
+    }
+
+    /// Drops the name `p` (unlinked or replaced); false if no name is left.
+    fn drop_name(&mut self, p: &RelPath) -> bool {
+        self.links.retain(|l| l != p);
+        if &self.path == p {
+            match self.links.pop() {
+                Some(l) => self.path = l,
+                None => return false,
+            }
+        }
+        true
+    }
+
     /// A clean entry at `path`.
     pub fn new(path: RelPath) -> FileEntry {
         FileEntry {
@@ -31,6 +74,7 @@ impl FileEntry {
             ranges: RangeSet::new(),
             size: None,
             version: 0,
+            links: Vec::new(),
         }
     }
 
@@ -135,7 +179,7 @@ impl State {
 
     /// True when `track(file, path)` would change nothing.
     pub fn is_tracked_at(&self, file: FileId, path: &RelPath) -> bool {
-        self.files.get(&file).is_some_and(|e| &e.path == path)
+        self.files.get(&file).is_some_and(|e| e.has_name(path))
     }
 
     /// True when a write of `[start, end)` to `file` adds nothing durable: the range
@@ -208,6 +252,8 @@ impl State {
                 last_link: true,
                 ..
             } => self.apply_forget(*file),
+            MetaOp::Unlink { path, file, .. } => self.apply_unlink_name(*file, path),
+            MetaOp::Link { from, to } => self.apply_link(from, to),
             MetaOp::Rename { from, to, flags } => self.apply_rename(from, to, *flags),
             MetaOp::Truncate { path, file, size } => {
                 if !self.is_tracked_at(*file, path) {
@@ -223,25 +269,61 @@ impl State {
     /// plain rename, entries that were at/below `to` were replaced and are dropped.
     fn apply_rename(&mut self, from: &RelPath, to: &RelPath, flags: u32) {
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let mut moves = Vec::new();
-        let mut replaced = Vec::new();
-        for (id, e) in &self.files {
-            if let Some(p) = e.path.rebase(from, to) {
-                moves.push((*id, p));
-            } else if let Some(p) = e.path.rebase(to, from) {
-                if exchange {
-                    moves.push((*id, p));
+        let mut gone = Vec::new();
+        for (id, e) in self.files.iter_mut() {
+            let before = (e.path.clone(), e.links.clone());
+            let names: Vec<RelPath> = std::iter::once(e.path.clone())
+                .chain(std::mem::take(&mut e.links))
+                .collect();
+            let mut kept = Vec::new();
+            for n in names {
+                if let Some(p) = n.rebase(from, to) {
+                    kept.push(p);
+                } else if let Some(p) = n.rebase(to, from) {
+                    if exchange {
+                        kept.push(p);
+                    } // else: replaced by the rename
                 } else {
-                    replaced.push(*id);
+                    kept.push(n);
                 }
             }
+            match kept.split_first() {
+                Some((first, rest)) => {
+                    e.path = first.clone();
+                    e.links = rest.to_vec();
+                }
+                None => gone.push(*id),
+            }
+            if (&e.path, &e.links) != (&before.0, &before.1) {
+                self.dirty.files.insert(*id);
+            }
         }
-        for id in replaced {
+        for id in gone {
             self.apply_forget(id);
         }
-        for (id, p) in moves {
-            self.files.get_mut(&id).expect("listed above").path = p;
-            self.dirty.files.insert(id);
+    }
+
+    /// A hard link `to` of the file named `from`: remembered as another name.
+    fn apply_link(&mut self, from: &RelPath, to: &RelPath) {
+        for (id, e) in self.files.iter_mut() {
+            if e.has_name(from) && !e.has_name(to) {
+                e.links.push(to.clone());
+                self.dirty.files.insert(*id);
+                return;
+            }
+        }
+    }
+
+    /// One name of `file` went, others stay: a remaining name becomes its path.
+    fn apply_unlink_name(&mut self, file: FileId, path: &RelPath) {
+        let Some(e) = self.files.get_mut(&file) else {
+            return;
+        };
+        if e.has_name(path) {
+            if !e.drop_name(path) {
+                tracing::warn!(file, "unlinked the only known name of a linked file");
+            }
+            self.dirty.files.insert(file);
         }
     }
 
@@ -366,6 +448,87 @@ mod tests {
         });
         assert_eq!(s.entry(1).unwrap().path, p("b"));
         assert!(s.entry(2).is_none());
+    }
+
+    #[test]
+    fn link_then_unlink_of_the_first_name_keeps_the_file_under_the_other() {
+        // git: write tmp_pack, link it to pack-X.pack, unlink tmp_pack.
+        let mut s = state();
+        s.push_meta(&MetaOp::Create {
+            path: p("tmp"),
+            file: 1,
+            mode: 0o444,
+        });
+        s.apply_write(1, 0, 100);
+        s.push_meta(&MetaOp::Link {
+            from: p("tmp"),
+            to: p("pack"),
+        });
+        s.push_meta(&MetaOp::Unlink {
+            path: p("tmp"),
+            file: 1,
+            last_link: false,
+        });
+        let e = s.entry(1).unwrap();
+        assert_eq!(e.path, p("pack"));
+        assert!(e.links.is_empty());
+        assert!(e.is_pending());
+    }
+
+    #[test]
+    fn rename_over_one_name_keeps_the_other_and_rebases_links() {
+        let mut s = state();
+        s.apply_track(1, &p("a/x"));
+        s.push_meta(&MetaOp::Link {
+            from: p("a/x"),
+            to: p("a/y"),
+        });
+        s.apply_track(2, &p("b"));
+        s.push_meta(&MetaOp::Rename {
+            from: p("b"),
+            to: p("a/x"),
+            flags: 0,
+        });
+        assert_eq!(s.entry(1).unwrap().path, p("a/y"));
+        s.push_meta(&MetaOp::Rename {
+            from: p("a"),
+            to: p("c"),
+            flags: 0,
+        });
+        assert_eq!(s.entry(1).unwrap().path, p("c/y"));
+        assert_eq!(s.entry(2).unwrap().path, p("c/x"));
+        assert!(s.is_tracked_at(1, &p("c/y")));
+    }
+
+    #[test]
+    fn entries_stored_without_links_still_decode() {
+        #[derive(Serialize)]
+        struct V0 {
+            path: RelPath,
+            ranges: RangeSet,
+            size: Option<u64>,
+            version: u64,
+        }
+        let mut ranges = RangeSet::new();
+        ranges.insert(3, 9);
+        let old = V0 {
+            path: p("d/f"),
+            ranges: ranges.clone(),
+            size: Some(9),
+            version: 4,
+        };
+        let e = FileEntry::decode(&bincode::serialize(&old).unwrap()).unwrap();
+        assert_eq!(
+            (e.path, e.ranges, e.size, e.version),
+            (p("d/f"), ranges, Some(9), 4)
+        );
+        assert!(e.links.is_empty());
+        let mut new = FileEntry::new(p("g"));
+        new.links.push(p("h"));
+        assert_eq!(
+            FileEntry::decode(&bincode::serialize(&new).unwrap()).unwrap(),
+            new
+        );
     }
 
     #[test]

@@ -215,7 +215,8 @@ fn create_append(path: &Path) -> Result<File, JournalError> {
     OpenOptions::new()
         .append(true)
         .create_new(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| JournalError::io(format!("create {}", path.display()), e))
 }

@@ -218,6 +218,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         (snap.files.len() + snap.meta.len()) as u64,
         Ordering::Relaxed,
     );
+    s.stats.keep_stuck(|f| snap.files.contains_key(&f));
     if !meta_due(st, &snap) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
     }
@@ -348,6 +349,7 @@ async fn send_one(
         st.peer_hash.get(&file).copied()
     };
     let version = entry.version;
+    let path = entry.path.clone();
     let tree = match whole {
         true => None,
         false => st.trees.remove(&file).map(|(_, t)| t),
@@ -370,9 +372,18 @@ async fn send_one(
     .await
     .map_err(|e| SyncError::Protocol(format!("build task: {e}")))??;
     let Some(b) = built else {
-        tracing::debug!(file, "nothing to send: the file is gone or replaced");
+        let why = format!(
+            "{}: not found at its journalled path (gone or replaced); waits for a change",
+            path.as_path().display()
+        );
+        if s.stats.set_stuck(file, Some(why.clone())) {
+            tracing::warn!(file, "cannot send: {why}");
+        }
+        let retry = Instant::now() + RETRY_AFTER;
+        st.quiet.retry_at.insert(file, retry);
         return Ok(None);
     };
+    s.stats.set_stuck(file, None);
     // Kept even if the update is dropped below: bytes a racing write changed are dirty.
     st.trees.insert(file, (), b.tree.clone());
     // A write recorded since the snapshot may have torn what was read: wait for quiet.

@@ -1,6 +1,7 @@
 //! Counters the syncer keeps for `syncfs status`: lock-free, shared by both directions.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -27,6 +28,8 @@ pub struct Stats {
     pub linked: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<String>,
+    /// Pending files that could not be sent, with why (path: reason).
+    pub stuck: Mutex<BTreeMap<u64, String>>,
 }
 
 /// A point-in-time copy of [`Stats`], for printing and the control socket.
@@ -52,6 +55,9 @@ pub struct StatsView {
     pub linked: bool,
     /// See [`Stats::last_error`].
     pub last_error: String,
+    /// Pending files that cannot be sent now, each as "path: reason".
+    #[serde(default)]
+    pub stuck: Vec<String>,
 }
 
 impl Stats {
@@ -63,6 +69,21 @@ impl Stats {
     /// Remembers an error for status.
     pub fn error(&self, e: impl std::fmt::Display) {
         *self.last_error.lock().unwrap() = e.to_string();
+    }
+
+    /// Marks `file` as stuck for `why` (shown by status), or clears it (`None`);
+    /// true when that changed whether it is stuck.
+    pub fn set_stuck(&self, file: u64, why: Option<String>) -> bool {
+        let mut m = self.stuck.lock().unwrap();
+        match why {
+            Some(w) => m.insert(file, w).is_none(),
+            None => m.remove(&file).is_some(),
+        }
+    }
+
+    /// Forgets stuck files that are no longer pending.
+    pub fn keep_stuck(&self, pending: impl Fn(u64) -> bool) {
+        self.stuck.lock().unwrap().retain(|f, _| pending(*f));
     }
 
     /// A consistent-enough copy of every counter.
@@ -79,6 +100,7 @@ impl Stats {
             conflicts: g(&self.conflicts),
             linked: self.linked.load(Ordering::Relaxed),
             last_error: self.last_error.lock().unwrap().clone(),
+            stuck: self.stuck.lock().unwrap().values().cloned().collect(),
         }
     }
 }
