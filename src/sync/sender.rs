@@ -150,6 +150,7 @@ impl State {
 
 struct InFlight {
     file: FileId,
+    path: RelPath,
     version: u64,
     sent: RangeSet,
     hash: [u8; 32],
@@ -383,7 +384,6 @@ async fn send_one(
         st.quiet.retry_at.insert(file, retry);
         return Ok(None);
     };
-    s.stats.set_stuck(file, None);
     // Kept even if the update is dropped below: bytes a racing write changed are dirty.
     st.trees.insert(file, (), b.tree.clone());
     // A write recorded since the snapshot may have torn what was read: wait for quiet.
@@ -409,6 +409,7 @@ async fn send_one(
     let (payload, at) = (b.payload, Instant::now());
     Ok(Some(InFlight {
         file,
+        path,
         version,
         sent: b.sent,
         hash: b.hash,
@@ -450,6 +451,7 @@ fn on_reply(
                 p.release(f.file, &f.sent);
             }
             st.peer_hash.insert(f.file, f.hash);
+            s.stats.set_stuck(f.file, None);
             st.measure(f.payload, f.at);
             Stats::add(&s.stats.acked, 1);
         }
@@ -482,6 +484,12 @@ fn on_nack(
     );
     s.stats
         .error(format!("peer refused file {}: {reason:?}", f.file));
+    let why = format!(
+        "{}: the peer refused it ({reason:?}); retrying every {} s",
+        f.path.as_path().display(),
+        RETRY_AFTER.as_secs()
+    );
+    s.stats.set_stuck(f.file, Some(why));
     st.quiet
         .retry_at
         .insert(f.file, Instant::now() + RETRY_AFTER);
