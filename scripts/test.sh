@@ -20,4 +20,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 [ -e /dev/fuse ] || modprobe fuse
 grep -q '^user_allow_other' /etc/fuse.conf 2>/dev/null || echo user_allow_other >> /etc/fuse.conf
-exec cargo test --locked "$@"
+exec cargo test --locked --features fault-injection "$@"

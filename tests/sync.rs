@@ -172,6 +172,7 @@ fn small_edit_in_big_file_sends_few_bytes() {
 }
 
 #[test]
+#[cfg(feature = "fault-injection")]
 fn applier_crash_between_stage_and_replay_and_before_ack() {
     for fault in ["apply:after-stage", "apply:after-replay"] {
         let mut p = Pair::new(false);

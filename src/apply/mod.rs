@@ -36,10 +36,11 @@
 //!
 //! # Fault injection (tests only)
 //!
-//! When the environment variable `SYNCFS_FAULT` (read once, in [`Applier::open`]) is
+//! Only in builds with the `fault-injection` cargo feature (and unit tests): when the
+//! environment variable `SYNCFS_FAULT` (read once, in [`Applier::open`]) is
 //! `apply:after-stage` or `apply:after-replay`, the process aborts at that point of
-//! [`Applier::apply_update`], so that crash tests can check recovery. Never set it
-//! in production.
+//! [`Applier::apply_update`], so that crash tests can check recovery. Release builds
+//! ignore the variable.
 //!
 //! [`FileUpdate`]: crate::wire::FileUpdate
 //! [`MAX_RANGE_LEN`]: crate::wire::MAX_RANGE_LEN
@@ -184,6 +185,13 @@ enum Fault {
 }
 
 impl Fault {
+    /// Without the `fault-injection` feature (release builds), never a fault.
+    #[cfg(not(any(test, feature = "fault-injection")))]
+    fn from_env() -> Option<Fault> {
+        None
+    }
+
+    #[cfg(any(test, feature = "fault-injection"))]
     fn from_env() -> Option<Fault> {
         match std::env::var("SYNCFS_FAULT").ok()?.as_str() {
             "apply:after-stage" => Some(Fault::AfterStage),
