@@ -45,6 +45,8 @@
 //! [`FileUpdate`]: crate::wire::FileUpdate
 //! [`MAX_RANGE_LEN`]: crate::wire::MAX_RANGE_LEN
 
+mod applied;
+pub use applied::Applied;
 mod meta;
 mod stage;
 mod trees;
@@ -220,6 +222,8 @@ pub struct Applier {
     trees: trees::Trees,
     /// Apply ownership from the peer (`sync_ownership`; never uid or gid 0).
     sync_ownership: bool,
+    /// Per peer: metadata ops applied up to which sequence number (`applied`).
+    applied: Mutex<std::collections::HashMap<String, applied::Applied>>,
 }
 
 impl Applier {
@@ -252,6 +256,7 @@ impl Applier {
             serial: Mutex::new(()),
             trees: trees::Trees::default(),
             sync_ownership: false,
+            applied: Mutex::new(Default::default()),
         };
         if let Some(f) = applier.fault {
             tracing::warn!("SYNCFS_FAULT is set: the applier will abort at {f:?} (tests only)");

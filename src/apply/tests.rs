@@ -1255,3 +1255,77 @@ fn bad_joint_deltas_are_refused_and_change_nothing() {
     assert_eq!(e.read("db"), old);
     assert!(e.staged().is_empty());
 }
+
+#[test]
+fn replayed_metadata_batches_are_applied_once() {
+    let e = Env::new();
+    let a = e.applier();
+    fs::write(e.p("a"), b"precious").unwrap();
+    let batch = [
+        (
+            1,
+            MetaOp::Rename {
+                from: rp("a"),
+                to: rp("b"),
+                flags: 0,
+            },
+        ),
+        (
+            2,
+            MetaOp::Create {
+                path: rp("a"),
+                file: 9,
+                mode: 0o644,
+            },
+        ),
+    ];
+    let run = |a: &Applier| {
+        for (seq, op) in &batch {
+            a.apply_meta_once("peerA", *seq, op).unwrap();
+        }
+        a.applied_upto("peerA", 2).unwrap();
+    };
+    run(&a);
+    run(&a); // resent after a lost ack
+    run(&e.applier()); // and after a restart: the record is durable
+    assert_eq!(e.read("b"), b"precious");
+    assert_eq!(e.read("a"), b"");
+    // another peer's sequence numbers are its own
+    assert!(a
+        .apply_meta_once("peerB", 1, &MetaOp::Mkdir { path: rp("d"), mode: 0o755 })
+        .unwrap());
+}
+
+#[test]
+fn an_exchange_interrupted_after_the_rename_is_not_swapped_back() {
+    let e = Env::new();
+    fs::write(e.p("x"), b"X").unwrap();
+    fs::write(e.p("y"), b"Y").unwrap();
+    let xch = MetaOp::Rename {
+        from: rp("x"),
+        to: rp("y"),
+        flags: libc::RENAME_EXCHANGE,
+    };
+    let a = e.applier();
+    assert!(a.apply_meta_once("p", 7, &xch).unwrap());
+    assert_eq!((e.read("x"), e.read("y")), (b"Y".to_vec(), b"X".to_vec()));
+    assert!(!a.apply_meta_once("p", 7, &xch).unwrap(), "a resend is skipped");
+    // a crash between the pending record and the final one: the record says "pending,
+    // x held inode i"; x now holds another inode, so the rename happened
+    let x_before = fs::metadata(e.p("x")).unwrap().ino();
+    let staging = e.data.parent().unwrap().join("staging");
+    let rec = Applied {
+        upto: 7,
+        pending: Some((8, x_before)),
+    };
+    let mut bytes = b"SYNCFSa1".to_vec();
+    bytes.extend(bincode::serialize(&rec).unwrap());
+    fs::write(staging.join("applied-p"), bytes).unwrap();
+    let b = e.applier();
+    std::fs::rename(e.p("x"), e.p("tmp")).unwrap(); // op 8 (x <-> y) had run:
+    std::fs::rename(e.p("y"), e.p("x")).unwrap();
+    std::fs::rename(e.p("tmp"), e.p("y")).unwrap();
+    assert!(!b.apply_meta_once("p", 8, &xch).unwrap(), "applied before the stop");
+    assert_eq!((e.read("x"), e.read("y")), (b"X".to_vec(), b"Y".to_vec()));
+    assert_eq!(b.applied("p").unwrap().upto, 8);
+}

@@ -67,7 +67,7 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
     let mut parts = Parts::default();
     while let Some(msg) = fs.recv().await? {
         tracing::debug!(%peer, kind = msg.kind(), "received");
-        if let Some(reply) = handle(msg, &mut parts, r).await? {
+        if let Some(reply) = handle(msg, &mut parts, r, &peer).await? {
             fs.queue(reply)?;
         }
         if !fs.input_pending() {
@@ -82,10 +82,11 @@ async fn handle(
     msg: Message,
     parts: &mut Parts,
     r: &Receiver,
+    peer: &PeerId,
 ) -> Result<Option<Message>, SyncError> {
     match msg {
-        Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r).await)),
-        Message::Meta { seq, op } => Ok(Some(apply_meta(vec![(seq, op)], r).await)),
+        Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r, peer).await)),
+        Message::Meta { seq, op } => Ok(Some(apply_meta(vec![(seq, op)], r, peer).await)),
         Message::UpdatePart { id, ranges } => {
             parts.add(id, ranges)?;
             Ok(None)
@@ -109,26 +110,38 @@ fn nack(of: AckKind, reason: NackReason) -> Message {
     Message::Nack { of, reason }
 }
 
-async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver) -> Message {
+/// Applies a batch exactly once (ops resent after a lost ack are skipped), then records
+/// the batch's last sequence number durably and acks it.
+async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver, peer: &PeerId) -> Message {
     let _one = r.lock.lock().await;
     let applier = r.applier.clone();
     let stats = r.stats.clone();
+    let peer = peer.to_string();
+    let first = ops.first().map_or(0, |(seq, _)| *seq);
     let res = tokio::task::spawn_blocking(move || {
         let mut last = 0;
         for (seq, op) in &ops {
-            if let Err(e) = applier.apply_meta(op) {
-                tracing::warn!("cannot apply op #{seq} ({}): {e}", op.kind());
-                return nack(AckKind::Meta(*seq), e.nack_reason());
+            match applier.apply_meta_once(&peer, *seq, op) {
+                Ok(true) => Stats::add(&stats.applied, 1),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("cannot apply op #{seq} ({}): {e}", op.kind());
+                    // a refused op is not applied again when resent
+                    let _ = applier.applied_upto(&peer, *seq);
+                    return nack(AckKind::Meta(*seq), e.nack_reason());
+                }
             }
-            Stats::add(&stats.applied, 1);
-            last = *seq;
+            last = last.max(*seq);
+        }
+        if let Err(e) = applier.applied_upto(&peer, last) {
+            return nack(AckKind::Meta(last), e.nack_reason());
         }
         Message::Ack(AckKind::Meta(last))
     })
     .await;
     res.unwrap_or_else(|e| {
         nack(
-            AckKind::Meta(0),
+            AckKind::Meta(first),
             NackReason::Io(format!("applier task: {e}")),
         )
     })

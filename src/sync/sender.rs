@@ -261,31 +261,54 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         fs.send(Message::MetaBatch(chunk.to_vec())).await?;
-        match fs.recv().await?.ok_or(SyncError::Closed)? {
-            Message::Ack(AckKind::Meta(upto)) => {
+        let sent = (chunk[0].0, chunk[chunk.len() - 1].0);
+        match meta_reply(fs, sent).await? {
+            Ok(upto) => {
                 s.journal.ack_meta(upto)?;
                 Stats::add(&s.stats.meta_acked, chunk.len() as u64);
             }
-            Message::Nack {
-                of: AckKind::Meta(seq),
-                reason,
-            } => {
+            Err((seq, reason)) => {
                 tracing::warn!("peer could not apply metadata op #{seq}: {reason:?}; dropping it");
                 s.stats.error(format!("peer refused op #{seq}: {reason:?}"));
                 Stats::add(&s.stats.conflicts, 1);
                 s.journal.ack_meta(seq)?;
                 return Ok(false);
             }
+        }
+    }
+    s.journal.ack_meta(last)?;
+    Ok(true)
+}
+
+/// The peer's answer to a batch of ops `sent = (first, last)`: `Ok(upto)` or the op it
+/// refused. Acks and nacks naming ops outside the batch (never sent) are ignored.
+async fn meta_reply(
+    fs: &mut Stream,
+    sent: (u64, u64),
+) -> Result<Result<u64, (u64, NackReason)>, SyncError> {
+    loop {
+        let (seq, nack) = match fs.recv().await?.ok_or(SyncError::Closed)? {
+            Message::Ack(AckKind::Meta(upto)) => (upto, None),
+            Message::Nack {
+                of: AckKind::Meta(seq),
+                reason,
+            } => (seq, Some(reason)),
             other => {
                 return Err(SyncError::Protocol(format!(
                     "expected a meta ack, got {}",
                     other.kind()
                 )))
             }
+        };
+        if seq < sent.0 || seq > sent.1 {
+            tracing::warn!("peer acked op #{seq}, not in the batch sent (#{}..#{}): ignored", sent.0, sent.1);
+            continue;
         }
+        return Ok(match nack {
+            None => Ok(seq),
+            Some(reason) => Err((seq, reason)),
+        });
     }
-    s.journal.ack_meta(last)?;
-    Ok(true)
 }
 
 async fn send_files(
@@ -439,9 +462,10 @@ fn on_reply(
             )))
         }
     };
-    let f = inflight
-        .remove(&id)
-        .ok_or_else(|| SyncError::Protocol(format!("ack for unknown update {id}")))?;
+    let Some(f) = inflight.remove(&id) else {
+        tracing::warn!("peer acked update {id}, which is not in flight: ignored");
+        return Ok(());
+    };
     tracing::debug!(file = f.file, id, ?nack, "reply");
     s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     match nack {
