@@ -58,6 +58,13 @@ pub struct Config {
     /// Apply ownership (chown) sent by peers; never to uid or gid 0.
     #[serde(default)]
     pub sync_ownership: bool,
+    /// Largest file a peer may make here, in MiB (at most 1 TiB).
+    #[serde(default = "default_max_file_mib")]
+    pub max_file_mib: u64,
+}
+
+fn default_max_file_mib() -> u64 {
+    1 << 20
 }
 
 fn default_name() -> String {
@@ -93,6 +100,7 @@ impl Config {
             allow_suid: false,
             allow_dev: false,
             sync_ownership: false,
+            max_file_mib: default_max_file_mib(),
         }
     }
 
@@ -130,9 +138,11 @@ impl Config {
              allow_suid = {}\nallow_dev = {}\n\
              \n# Apply file ownership sent by peers (never uid or gid 0). Off: files keep this\n\
              # node's ownership, and setuid/setgid bits from peers are always stripped.\n\
-             sync_ownership = {}\n",
+             sync_ownership = {}\n\
+             \n# Largest file a peer may make here, in MiB (at most 1048576, 1 TiB): updates and\n\
+             # truncates beyond it are refused before any work.\nmax_file_mib = {}\n",
             self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads,
-            self.allow_suid, self.allow_dev, self.sync_ownership
+            self.allow_suid, self.allow_dev, self.sync_ownership, self.max_file_mib
         )
     }
 }

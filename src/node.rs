@@ -182,6 +182,7 @@ async fn start_sync(
     let mut applier =
         Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
     applier.set_sync_ownership(cfg.sync_ownership);
+    applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
     let applier = Arc::new(applier);
     let peers = parse_addrs(&cfg.peers)?;
     let allow: Vec<PeerId> = peers

@@ -41,8 +41,17 @@ impl Applier {
         let now = self.node_ino(from);
         if let Some((p, ino)) = rec.pending.filter(|(p, _)| *p == seq) {
             if now != Some(ino) {
-                tracing::debug!(seq = p, "rename #{seq} applied before the last stop: skipped");
-                self.record_applied(peer, Applied { upto: seq, pending: None })?;
+                tracing::debug!(
+                    seq = p,
+                    "rename #{seq} applied before the last stop: skipped"
+                );
+                self.record_applied(
+                    peer,
+                    Applied {
+                        upto: seq,
+                        pending: None,
+                    },
+                )?;
                 return Ok(false);
             }
         }
@@ -51,7 +60,13 @@ impl Applier {
             self.record_applied(peer, rec)?;
         }
         self.apply_meta(op)?;
-        self.record_applied(peer, Applied { upto: seq, pending: None })?;
+        self.record_applied(
+            peer,
+            Applied {
+                upto: seq,
+                pending: None,
+            },
+        )?;
         Ok(true)
     }
 
@@ -59,7 +74,13 @@ impl Applier {
     pub fn applied_upto(&self, peer: &str, seq: u64) -> Result<(), ApplyError> {
         let rec = self.applied(peer)?;
         if seq > rec.upto {
-            self.record_applied(peer, Applied { upto: seq, pending: rec.pending })?;
+            self.record_applied(
+                peer,
+                Applied {
+                    upto: seq,
+                    pending: rec.pending,
+                },
+            )?;
         }
         Ok(())
     }
@@ -86,7 +107,11 @@ impl Applier {
         std::io::Read::read_to_end(&mut std::fs::File::from(fd), &mut bytes)
             .map_err(|e| ApplyError::io("reading", name.to_string_lossy(), e))?;
         let body = bytes.strip_prefix(&MAGIC[..]).ok_or_else(|| {
-            ApplyError::io("decoding", name.to_string_lossy(), std::io::ErrorKind::InvalidData.into())
+            ApplyError::io(
+                "decoding",
+                name.to_string_lossy(),
+                std::io::ErrorKind::InvalidData.into(),
+            )
         })?;
         bincode::deserialize(body).map_err(|e| {
             ApplyError::io("decoding", name.to_string_lossy(), std::io::Error::other(e))
@@ -101,13 +126,18 @@ impl Applier {
         };
         let _ = sys::unlinkat(&self.staging, &tmp, false);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-        let fd = sys::openat(&self.staging, &tmp, flags, 0o600).map_err(|e| io("creating")(os_err(e)))?;
+        let fd = sys::openat(&self.staging, &tmp, flags, 0o600)
+            .map_err(|e| io("creating")(os_err(e)))?;
         let mut f = std::fs::File::from(fd);
         let body = bincode::serialize(&a).map_err(|e| io("encoding")(std::io::Error::other(e)))?;
-        f.write_all(MAGIC).and_then(|()| f.write_all(&body)).map_err(io("writing"))?;
+        f.write_all(MAGIC)
+            .and_then(|()| f.write_all(&body))
+            .map_err(io("writing"))?;
         f.sync_all().map_err(io("fsync"))?;
-        sys::renameat2(&self.staging, &tmp, &self.staging, &name, 0).map_err(|e| io("renaming")(os_err(e)))?;
-        self.sync_dir(&self.staging).map_err(io("fsync the directory"))?;
+        sys::renameat2(&self.staging, &tmp, &self.staging, &name, 0)
+            .map_err(|e| io("renaming")(os_err(e)))?;
+        self.sync_dir(&self.staging)
+            .map_err(io("fsync the directory"))?;
         let mut cache = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         cache.insert(peer.to_string(), a);
         Ok(())
@@ -122,6 +152,9 @@ impl Applier {
 
 /// `applied-<peer>`: the peer id is base58, a safe file name.
 fn file_name(peer: &str) -> OsString {
-    let safe: String = peer.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    let safe: String = peer
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
     OsStr::new(&format!("applied-{safe}")).to_os_string()
 }

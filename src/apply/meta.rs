@@ -447,7 +447,7 @@ impl Applier {
 
     /// Truncate (or extend) a regular file.
     fn truncate(&self, path: &RelPath, size: u64) -> Res {
-        if size > i64::MAX as u64 {
+        if size > self.max_file_size {
             return Err(ApplyError::BadRequest(format!(
                 "{path}: size {size} too large"
             )));

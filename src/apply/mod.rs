@@ -222,6 +222,8 @@ pub struct Applier {
     trees: trees::Trees,
     /// Apply ownership from the peer (`sync_ownership`; never uid or gid 0).
     sync_ownership: bool,
+    /// Largest file a peer may make here (`max_file_mib`).
+    max_file_size: u64,
     /// Per peer: metadata ops applied up to which sequence number (`applied`).
     applied: Mutex<std::collections::HashMap<String, applied::Applied>>,
 }
@@ -230,6 +232,11 @@ impl Applier {
     /// Applies ownership sent by the peer (off by default; uid and gid 0 always refused).
     pub fn set_sync_ownership(&mut self, on: bool) {
         self.sync_ownership = on;
+    }
+
+    /// Caps the size of files a peer may make (never above [`crate::wire::MAX_FILE_SIZE`]).
+    pub fn set_max_file_size(&mut self, bytes: u64) {
+        self.max_file_size = bytes.min(crate::wire::MAX_FILE_SIZE);
     }
 
     /// Opens the applier over `data` and `staging`, and recovers staged updates left by a crash.
@@ -256,6 +263,7 @@ impl Applier {
             serial: Mutex::new(()),
             trees: trees::Trees::default(),
             sync_ownership: false,
+            max_file_size: crate::wire::MAX_FILE_SIZE,
             applied: Mutex::new(Default::default()),
         };
         if let Some(f) = applier.fault {

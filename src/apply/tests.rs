@@ -150,7 +150,12 @@ fn update_grows_with_zero_fill_across_chunks() {
     let tail = pseudo_random(CHUNK + 50, 4); // a range spanning a whole chunk and more
     let off = CHUNK - 10;
     new[off..off + tail.len()].copy_from_slice(&tail);
-    let u = update("g", Some(&old), &new, &[(off as u64, tail.len() as u64)]);
+    let end = (off + tail.len()) as u64; // the zeros after it are sent too
+    let spans = [
+        (off as u64, tail.len() as u64),
+        (end, new.len() as u64 - end),
+    ];
+    let u = update("g", Some(&old), &new, &spans);
     e.applier().apply_update(&u).unwrap();
     assert_eq!(e.read("g"), new);
 }
@@ -1292,7 +1297,14 @@ fn replayed_metadata_batches_are_applied_once() {
     assert_eq!(e.read("a"), b"");
     // another peer's sequence numbers are its own
     assert!(a
-        .apply_meta_once("peerB", 1, &MetaOp::Mkdir { path: rp("d"), mode: 0o755 })
+        .apply_meta_once(
+            "peerB",
+            1,
+            &MetaOp::Mkdir {
+                path: rp("d"),
+                mode: 0o755
+            }
+        )
         .unwrap());
 }
 
@@ -1309,7 +1321,10 @@ fn an_exchange_interrupted_after_the_rename_is_not_swapped_back() {
     let a = e.applier();
     assert!(a.apply_meta_once("p", 7, &xch).unwrap());
     assert_eq!((e.read("x"), e.read("y")), (b"Y".to_vec(), b"X".to_vec()));
-    assert!(!a.apply_meta_once("p", 7, &xch).unwrap(), "a resend is skipped");
+    assert!(
+        !a.apply_meta_once("p", 7, &xch).unwrap(),
+        "a resend is skipped"
+    );
     // a crash between the pending record and the final one: the record says "pending,
     // x held inode i"; x now holds another inode, so the rename happened
     let x_before = fs::metadata(e.p("x")).unwrap().ino();
@@ -1325,7 +1340,46 @@ fn an_exchange_interrupted_after_the_rename_is_not_swapped_back() {
     std::fs::rename(e.p("x"), e.p("tmp")).unwrap(); // op 8 (x <-> y) had run:
     std::fs::rename(e.p("y"), e.p("x")).unwrap();
     std::fs::rename(e.p("tmp"), e.p("y")).unwrap();
-    assert!(!b.apply_meta_once("p", 8, &xch).unwrap(), "applied before the stop");
+    assert!(
+        !b.apply_meta_once("p", 8, &xch).unwrap(),
+        "applied before the stop"
+    );
     assert_eq!((e.read("x"), e.read("y")), (b"X".to_vec(), b"Y".to_vec()));
     assert_eq!(b.applied("p").unwrap().upto, 8);
+}
+
+#[test]
+fn huge_sizes_are_refused_before_any_work() {
+    let e = Env::new();
+    let a = e.applier();
+    fs::write(e.p("f"), b"0123456789").unwrap();
+    let start = std::time::Instant::now();
+    // a size far past the file and the update's ranges (it would hash zeros for years)
+    let mut u = update("f", Some(b"0123456789"), b"0123456789", &[(0, 4)]);
+    u.size = 1 << 62;
+    let err = a.apply_update(&u).unwrap_err();
+    assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+    // within the protocol's limit but past the current size and the ranges' end
+    u.size = 1 << 30;
+    let err = a.apply_update(&u).unwrap_err();
+    assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+    // a truncate past the configured maximum
+    let mut small = e.applier();
+    small.set_max_file_size(1 << 20);
+    let t = |size| MetaOp::Truncate {
+        path: rp("f"),
+        file: 1,
+        size,
+    };
+    for (ap, size) in [(&a, 1u64 << 62), (&small, 2 << 20)] {
+        let err = ap.apply_meta(&t(size)).unwrap_err();
+        assert!(matches!(err, ApplyError::BadRequest(_)), "{err}");
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    assert_eq!(e.read("f"), b"0123456789", "nothing changed");
+    // a legitimate growth still applies
+    let new = b"0123456789abcdef";
+    a.apply_update(&update("f", Some(b"0123456789"), new, &[(10, 6)]))
+        .unwrap();
+    assert_eq!(e.read("f"), new);
 }

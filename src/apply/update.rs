@@ -26,7 +26,7 @@ pub(super) fn check_update(u: &FileUpdate) -> Result<(), ApplyError> {
     if u.path.is_root() {
         return bad("an update cannot name the root".into());
     }
-    if u.size > i64::MAX as u64 {
+    if u.size > crate::wire::MAX_FILE_SIZE {
         return bad(format!("size {} too large", u.size));
     }
     let mut prev = 0u64;
@@ -264,6 +264,27 @@ fn overlay_read(
     Ok(())
 }
 
+impl Applier {
+    /// Sizes are bounded before any work: at most the configured maximum, and at most
+    /// the file's current size or the end of the update's last range (a file only grows
+    /// by bytes that are sent; a refused update comes again whole).
+    fn check_size(&self, u: &FileUpdate, t: &Target) -> Result<(), ApplyError> {
+        let cur = t
+            .file
+            .metadata()
+            .map_err(|e| ApplyError::io("stat", &u.path, e))?
+            .len();
+        let sent_end = u.ranges.last().and_then(|r| r.end()).unwrap_or(0);
+        if u.size > self.max_file_size || u.size > cur.max(sent_end) {
+            return Err(ApplyError::BadRequest(format!(
+                "{}: size {} refused (now {cur}, ranges end at {sent_end}, limit {})",
+                u.path, u.size, self.max_file_size
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The backing file an update applies to.
 struct Target {
     file: File,
@@ -282,6 +303,10 @@ impl Applier {
         check_update(u)?;
         // 1. The target, beneath the root (deltas decode against its current bytes).
         let mut t = self.open_target(u, u.base.is_none())?;
+        if let Err(e) = self.check_size(u, &t) {
+            undo_create(&t);
+            return Err(e);
+        }
         // 2. Decompress every range (capped at its declared length).
         let ranges = match Ranges::decode(u, Some(&t.file)) {
             Ok(r) => r,

@@ -7,7 +7,8 @@ use crate::apply::Applier;
 use crate::journal::MetaOp;
 use crate::net::NetHandle;
 use crate::wire::{
-    check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData, STREAM_PROTOCOL,
+    check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData,
+    MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, STREAM_PROTOCOL,
 };
 use futures::StreamExt;
 use libp2p::PeerId;
@@ -16,8 +17,11 @@ use std::sync::Arc;
 
 /// zstd level of the reply stream (acks are tiny and alike).
 const REPLY_LEVEL: i32 = 3;
-/// Range bytes of update parts one stream may hold while assembling.
+/// Bytes of update parts one stream may hold while assembling (data plus
+/// [`RANGE_COST`] per range).
 const MAX_ASSEMBLY: usize = 2 << 30;
+/// What one range costs in memory beyond its data (the struct and its allocation).
+const RANGE_COST: usize = 64;
 
 /// Everything the receiver needs.
 #[derive(Clone)]
@@ -174,23 +178,41 @@ struct Parts {
     bytes: usize,
 }
 
+/// Memory a set of ranges holds.
+fn cost(ranges: &[RangeData]) -> usize {
+    ranges.iter().map(|r| r.data.len() + RANGE_COST).sum()
+}
+
 impl Parts {
     fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
-        self.bytes += ranges.iter().map(|r| r.data.len()).sum::<usize>();
+        self.bytes += cost(&ranges);
         if self.bytes > MAX_ASSEMBLY {
             return Err(SyncError::Protocol(format!(
-                "update parts exceed {MAX_ASSEMBLY} bytes"
+                "update parts exceed {MAX_ASSEMBLY} bytes of memory"
             )));
         }
-        self.by_id.entry(id).or_default().extend(ranges);
+        let held = self.by_id.entry(id).or_default();
+        held.extend(ranges);
+        if held.len() > MAX_UPDATE_RANGES {
+            return Err(SyncError::Protocol(format!(
+                "update {id} has more than {MAX_UPDATE_RANGES} ranges"
+            )));
+        }
         Ok(())
     }
 
     /// The update with its parts' ranges in front, checked sorted, disjoint, within size.
     fn assemble(&mut self, mut u: FileUpdate) -> Result<FileUpdate, String> {
         let mut ranges = self.by_id.remove(&u.id).unwrap_or_default();
-        self.bytes -= ranges.iter().map(|r| r.data.len()).sum::<usize>();
+        self.bytes -= cost(&ranges);
         ranges.append(&mut u.ranges);
+        if ranges.len() > MAX_UPDATE_RANGES {
+            return Err(format!("more than {MAX_UPDATE_RANGES} ranges"));
+        }
+        let span: u64 = ranges.iter().map(|r| r.len).sum();
+        if span > MAX_UPDATE_SPAN {
+            return Err(format!("ranges span {span} bytes, limit {MAX_UPDATE_SPAN}"));
+        }
         let mut prev = 0u64;
         for r in &ranges {
             let end = r

@@ -301,7 +301,11 @@ async fn meta_reply(
             }
         };
         if seq < sent.0 || seq > sent.1 {
-            tracing::warn!("peer acked op #{seq}, not in the batch sent (#{}..#{}): ignored", sent.0, sent.1);
+            tracing::warn!(
+                "peer acked op #{seq}, not in the batch sent (#{}..#{}): ignored",
+                sent.0,
+                sent.1
+            );
             continue;
         }
         return Ok(match nack {

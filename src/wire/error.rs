@@ -89,6 +89,16 @@ pub enum Violation {
         /// The limit.
         max: usize,
     },
+    /// A number is above its limit.
+    #[error("{field} is {value}, limit {max}")]
+    TooLarge {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A byte field that must not be empty is.
     #[error("{0} is empty")]
     Empty(&'static str),

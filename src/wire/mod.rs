@@ -64,6 +64,14 @@ pub const MAX_RANGE_LEN: usize = MAX_FRAME;
 /// Largest sum of the uncompressed range lengths of one [`FileUpdate`], in bytes.
 pub const MAX_UPDATE_SPAN: u64 = 1 << 30;
 
+/// Most ranges one update may carry, its parts included (each costs memory to hold
+/// whatever its data length).
+pub const MAX_UPDATE_RANGES: usize = 1 << 20;
+
+/// Largest file size a peer may ask for, in bytes (1 TiB); a store's `max_file_mib`
+/// may set a lower one.
+pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
 /// Longest [`Message::Hello`] `node_name`, in bytes.
 pub const MAX_NODE_NAME: usize = 255;
 

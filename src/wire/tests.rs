@@ -760,3 +760,24 @@ fn a_block_ending_inside_a_frame_is_an_error() {
         assert!(matches!(r.recv().await, Err(WireError::Truncated { .. })));
     });
 }
+
+#[test]
+fn rejects_sizes_past_the_file_size_limit() {
+    assert_eq!(
+        validated(update("a", 1 << 62, vec![raw(0, b"xyz")])),
+        Violation::TooLarge {
+            field: "size",
+            value: 1 << 62,
+            max: MAX_FILE_SIZE,
+        }
+    );
+    let t = Message::Meta {
+        seq: 1,
+        op: MetaOp::Truncate {
+            path: path("a"),
+            file: 1,
+            size: 1 << 62,
+        },
+    };
+    assert!(encode(&t).is_err(), "a truncate to 2^62 is refused");
+}

@@ -2,8 +2,9 @@
 //! decoded from the wire and to every message before it is encoded.
 
 use super::{
-    Encoding, FileUpdate, Message, NackReason, RangeData, Violation, MAX_NODE_NAME, MAX_RANGE_LEN,
-    MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_SPAN, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    Encoding, FileUpdate, Message, NackReason, RangeData, Violation, MAX_FILE_SIZE, MAX_NODE_NAME,
+    MAX_RANGE_LEN, MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
+    MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::journal::op::{MetaOp, SetTime, Timestamp};
 use crate::path::RelPath;
@@ -64,6 +65,7 @@ fn validate_nack(reason: &NackReason) -> Result<(), Violation> {
 fn validate_update(u: &FileUpdate) -> Result<(), Violation> {
     not_root("path", &u.path)?;
     check_time(&u.mtime)?;
+    max_len("ranges", u.ranges.len(), MAX_UPDATE_RANGES)?;
     let mut prev_end = 0u64;
     let mut total = 0u64;
     for (index, r) in u.ranges.iter().enumerate() {
@@ -75,6 +77,18 @@ fn validate_update(u: &FileUpdate) -> Result<(), Violation> {
                 max: MAX_UPDATE_SPAN,
             })?;
     }
+    check_size(u.size)
+}
+
+/// A file size within the protocol's limit.
+fn check_size(size: u64) -> Result<(), Violation> {
+    if size > MAX_FILE_SIZE {
+        return Err(Violation::TooLarge {
+            field: "size",
+            value: size,
+            max: MAX_FILE_SIZE,
+        });
+    }
     Ok(())
 }
 
@@ -82,6 +96,7 @@ fn validate_part(ranges: &[RangeData]) -> Result<(), Violation> {
     if ranges.is_empty() {
         return Err(Violation::Empty("ranges"));
     }
+    max_len("ranges", ranges.len(), MAX_UPDATE_RANGES)?;
     let mut prev_end = 0u64;
     for (index, r) in ranges.iter().enumerate() {
         prev_end = check_range(index, r, prev_end, u64::MAX)?;
@@ -164,7 +179,8 @@ fn validate_op(op: &MetaOp) -> Result<(), Violation> {
             max_len("xattr value", value.len(), MAX_XATTR_VALUE)
         }
         MetaOp::RemoveXattr { name, .. } => check_name("xattr name", name, MAX_XATTR_NAME),
-        MetaOp::Chmod { .. } | MetaOp::Chown { .. } | MetaOp::Truncate { .. } => Ok(()),
+        MetaOp::Truncate { size, .. } => check_size(*size),
+        MetaOp::Chmod { .. } | MetaOp::Chown { .. } => Ok(()),
     }
 }
 
