@@ -110,6 +110,10 @@ impl EventLoop {
                 self.redial_due();
                 let _ = reply.send(Ok(()));
             }
+            Command::Disconnect(peer) => {
+                tracing::info!(%peer, "closing the connection to a silent peer");
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
             Command::Shutdown => {}
         }
     }

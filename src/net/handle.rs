@@ -25,6 +25,8 @@ pub(crate) enum Command {
         addr: Multiaddr,
         reply: Reply<()>,
     },
+    /// Close every connection to the peer (a dead link); it is redialed as usual.
+    Disconnect(PeerId),
     /// Stop the event loop (closes all connections).
     Shutdown,
 }
@@ -119,6 +121,12 @@ impl NetHandle {
             .clone()
             .accept(proto)
             .map_err(|_| NetError::AlreadyAccepting(protocol.to_string()))
+    }
+
+    /// Closes the connections to `peer` (say, one found dead: a half-open TCP
+    /// connection may look alive for many minutes); the peer is redialed as usual.
+    pub async fn disconnect(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::Disconnect(peer)).await;
     }
 
     /// Stops the event loop, closing all connections. Other clones of this

@@ -13,6 +13,9 @@ pub mod receiver;
 pub mod sender;
 pub mod stats;
 
+#[cfg(test)]
+mod hostile_tests;
+
 use crate::wire::WireError;
 pub use stats::Stats;
 use std::time::Duration;
@@ -51,4 +54,32 @@ pub enum SyncError {
     /// The journal failed.
     #[error("journal: {0}")]
     Journal(#[from] crate::journal::JournalError),
+    /// Nothing came from the peer for this long (a dead or half-open link).
+    #[error("link: the peer was silent for {0:?}")]
+    Silent(Duration),
+}
+
+/// A silent peer ends a receiving stream after this long: senders ping every
+/// [`PING_EVERY`] while idle.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle sender pings this often.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
+/// flight take at [`MIN_RATE`].
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The slowest link rate assumed when waiting for acks, in bytes per second.
+pub const MIN_RATE: u64 = 16 << 10;
+
+/// Waits for the next message, at most `limit`.
+pub async fn recv_within<S>(
+    fs: &mut crate::wire::FramedStream<S>,
+    limit: Duration,
+) -> Result<crate::wire::Message, SyncError>
+where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(limit, fs.recv()).await {
+        Ok(r) => r?.ok_or(SyncError::Closed),
+        Err(_) => Err(SyncError::Silent(limit)),
+    }
 }

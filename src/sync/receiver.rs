@@ -2,7 +2,7 @@
 //! metadata batch and (assembled) file update to the applier, replying with an ack only
 //! once the applier reports it durable, or a nack with the reason.
 
-use super::{Stats, SyncConfig, SyncError};
+use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
 use crate::apply::Applier;
 use crate::journal::MetaOp;
 use crate::net::NetHandle;
@@ -52,9 +52,12 @@ pub async fn run(net: NetHandle, r: Receiver) -> Result<(), SyncError> {
 }
 
 /// Serves one peer stream until it closes.
-pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result<(), SyncError> {
+pub async fn serve<S>(peer: PeerId, stream: S, r: &Receiver) -> Result<(), SyncError>
+where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
     let mut fs = FramedStream::new(stream);
-    let hello = fs.recv().await?.ok_or(SyncError::Closed)?;
+    let hello = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
         tracing::warn!(%peer, "refusing sync stream: {e}");
         let _ = fs
@@ -69,7 +72,11 @@ pub async fn serve(peer: PeerId, stream: libp2p::Stream, r: &Receiver) -> Result
         .await?;
     fs.compress(REPLY_LEVEL)?;
     let mut parts = Parts::default();
-    while let Some(msg) = fs.recv().await? {
+    loop {
+        let msg = match recv_within(&mut fs, READ_TIMEOUT).await {
+            Err(SyncError::Closed) => break,
+            r => r?,
+        };
         tracing::debug!(%peer, kind = msg.kind(), "received");
         if let Some(reply) = handle(msg, &mut parts, r, &peer).await? {
             fs.queue(reply)?;

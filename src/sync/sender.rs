@@ -4,7 +4,7 @@
 
 use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
-use super::{Stats, SyncConfig, SyncError};
+use super::{recv_within, Stats, SyncConfig, SyncError, MIN_RATE, PING_EVERY, REPLY_TIMEOUT};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
 use crate::path::RelPath;
@@ -169,6 +169,9 @@ pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
         if let Err(e) = result {
             tracing::warn!(peer = %s.peer, "sync session ended: {e}");
             s.stats.error(&e);
+            if matches!(e, SyncError::Silent(_)) {
+                s.net.disconnect(s.peer).await; // a dead link: redial, don't reuse it
+            }
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(10));
@@ -188,16 +191,34 @@ async fn session(
     let mut fs = FramedStream::new(stream);
     fs.send(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
         .await?;
-    let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
+    let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
     tracing::info!(peer = %s.peer, "sending to {name}");
     s.stats.linked.store(true, Ordering::Relaxed);
     *backoff = Duration::from_millis(200);
     let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
+    let mut pinged = Instant::now();
     loop {
         round(s, &mut fs, st).await?;
+        if pinged.elapsed() >= PING_EVERY {
+            ping(&mut fs, st).await?;
+            pinged = Instant::now();
+        }
         wait_for_work(quiet, &mut st.quiet, tick).await;
+    }
+}
+
+/// Proves the link alive (and keeps the peer's read timeout from firing while idle).
+async fn ping(fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    st.next_id += 1;
+    fs.send(Message::Ping(st.next_id)).await?;
+    match recv_within(fs, REPLY_TIMEOUT).await? {
+        Message::Pong(n) if n == st.next_id => Ok(()),
+        other => Err(SyncError::Protocol(format!(
+            "expected a pong, got {}",
+            other.kind()
+        ))),
     }
 }
 
@@ -282,12 +303,15 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
 
 /// The peer's answer to a batch of ops `sent = (first, last)`: `Ok(upto)` or the op it
 /// refused. Acks and nacks naming ops outside the batch (never sent) are ignored.
-async fn meta_reply(
-    fs: &mut Stream,
+async fn meta_reply<S>(
+    fs: &mut FramedStream<S>,
     sent: (u64, u64),
-) -> Result<Result<u64, (u64, NackReason)>, SyncError> {
+) -> Result<Result<u64, (u64, NackReason)>, SyncError>
+where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
     loop {
-        let (seq, nack) = match fs.recv().await?.ok_or(SyncError::Closed)? {
+        let (seq, nack) = match recv_within(fs, REPLY_TIMEOUT).await? {
             Message::Ack(AckKind::Meta(upto)) => (upto, None),
             Message::Nack {
                 of: AckKind::Meta(seq),
@@ -342,8 +366,10 @@ async fn send_files(
             return Ok(());
         }
         // Every reply that already arrived is taken before sending more.
+        let bytes: u64 = inflight.values().map(|f| f.payload).sum();
+        let limit = REPLY_TIMEOUT + Duration::from_secs(bytes / MIN_RATE);
         loop {
-            let reply = fs.recv().await?.ok_or(SyncError::Closed)?;
+            let reply = recv_within(fs, limit).await?;
             on_reply(s, st, reply, &mut inflight, &mut queue)?;
             if !fs.input_pending() {
                 break;
@@ -570,5 +596,18 @@ mod tests {
         ]);
         let left: Vec<_> = st.peer_hash.keys().copied().collect();
         assert_eq!(left, vec![7], "a file that keeps a link keeps its hash");
+    }
+
+    #[tokio::test]
+    async fn acks_for_ops_never_sent_are_ignored() {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut ours, mut peer) = (FramedStream::new(a.compat()), FramedStream::new(b.compat()));
+        for bogus in [999, 3] {
+            peer.send(Message::Ack(AckKind::Meta(bogus))).await.unwrap();
+        }
+        peer.send(Message::Ack(AckKind::Meta(7))).await.unwrap();
+        let got = meta_reply(&mut ours, (5, 7)).await.unwrap();
+        assert_eq!(got.unwrap(), 7, "only the ack of the batch sent counts");
     }
 }

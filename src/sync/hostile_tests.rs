@@ -1,0 +1,220 @@
+//! A hostile peer, built from the crate's own wire module and speaking the real
+//! protocol over an in-memory stream, against a real receiver and applier (no FUSE, no
+//! sockets). After each attack the receiver answers with a clear refusal, applies
+//! nothing unsafe, and still applies the valid traffic that follows.
+
+use super::receiver::{serve, Receiver};
+use super::{SyncConfig, SyncError};
+use crate::apply::{Applier, NoHooks};
+use crate::journal::op::{MetaOp, Timestamp};
+use crate::path::RelPath;
+use crate::wire::{
+    compress_range, AckKind, Encoding, FileUpdate, FramedStream, Message, RangeData,
+};
+use libp2p::PeerId;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+type Peer = FramedStream<Compat<tokio::io::DuplexStream>>;
+const FOLDER: [u8; 16] = [7; 16];
+
+fn rp(s: &str) -> RelPath {
+    RelPath::from_bytes(s.as_bytes()).unwrap()
+}
+
+struct Env {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    receiver: Receiver,
+}
+
+fn env() -> Env {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&staging).unwrap();
+    let mut applier = Applier::open(&data, &staging, Arc::new(NoHooks)).unwrap();
+    applier.set_sync_ownership(true);
+    applier.set_max_file_size(1 << 30);
+    let receiver = Receiver {
+        applier: Arc::new(applier),
+        cfg: SyncConfig {
+            folder_id: FOLDER,
+            node_name: "victim".into(),
+            settle: Duration::from_millis(10),
+            level: 3,
+        },
+        stats: Default::default(),
+        lock: Default::default(),
+    };
+    Env {
+        _tmp: tmp,
+        data,
+        receiver,
+    }
+}
+
+/// Starts the receiver on one end of a pipe; returns the other end after `Hello`.
+async fn connect(e: &Env) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
+    let (ours, theirs) = tokio::io::duplex(64 << 20);
+    let r = e.receiver.clone();
+    let task = tokio::spawn(async move { serve(PeerId::random(), theirs.compat(), &r).await });
+    let mut fs = FramedStream::new(ours.compat());
+    fs.send(Message::hello(FOLDER, "mallory")).await.unwrap();
+    assert!(matches!(
+        fs.recv().await.unwrap(),
+        Some(Message::Hello { .. })
+    ));
+    fs.compress(3).unwrap();
+    (fs, task)
+}
+
+async fn ask(fs: &mut Peer, m: Message) -> Message {
+    fs.send(m).await.unwrap();
+    fs.recv().await.unwrap().expect("a reply")
+}
+
+async fn op(fs: &mut Peer, seq: u64, op: MetaOp) -> Message {
+    ask(fs, Message::MetaBatch(vec![(seq, op)])).await
+}
+
+fn refused(m: &Message) -> bool {
+    matches!(m, Message::Nack { .. })
+}
+
+fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
+    FileUpdate {
+        id,
+        file: 1,
+        path: rp(path),
+        base: None,
+        size: content.len() as u64,
+        mode: 0o100644,
+        mtime: Timestamp {
+            secs: 1_700_000_000,
+            nanos: 0,
+        },
+        ranges: vec![compress_range(0, content, 3)],
+        hash: *blake3::hash(content).as_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
+    let e = env();
+    let (mut fs, task) = connect(&e).await;
+    let p = |n: &str| e.data.join(n);
+    // a setuid mode: created without the bit
+    let create = MetaOp::Create {
+        path: rp("suid"),
+        file: 1,
+        mode: 0o4755,
+    };
+    assert_eq!(op(&mut fs, 1, create).await, Message::Ack(AckKind::Meta(1)));
+    assert_eq!(std::fs::metadata(p("suid")).unwrap().mode() & 0o7777, 0o755);
+    // chown to 0: refused (ownership on, but never root)
+    let chown = |uid| MetaOp::Chown {
+        path: rp("suid"),
+        uid: Some(uid),
+        gid: Some(uid),
+    };
+    assert_eq!(
+        op(&mut fs, 2, chown(4242)).await,
+        Message::Ack(AckKind::Meta(2))
+    );
+    assert!(refused(&op(&mut fs, 3, chown(0)).await));
+    assert_eq!(std::fs::metadata(p("suid")).unwrap().uid(), 4242);
+    // a security.capability xattr: refused
+    let cap = MetaOp::SetXattr {
+        path: rp("suid"),
+        name: b"security.capability".to_vec(),
+        value: vec![1, 0, 0, 2, 0xff, 0xff, 0xff, 0xff],
+        flags: 0,
+    };
+    assert!(refused(&op(&mut fs, 4, cap).await));
+    // sizes far past the file and the update: refused before any work
+    let trunc = MetaOp::Truncate {
+        path: rp("suid"),
+        file: 1,
+        size: 1 << 40,
+    };
+    assert!(refused(&op(&mut fs, 5, trunc).await));
+    let mut huge = valid_update(10, "suid", b"abc");
+    huge.size = 1 << 40;
+    huge.hash = [0; 32];
+    let start = std::time::Instant::now();
+    assert!(refused(&ask(&mut fs, Message::FileUpdate(huge)).await));
+    assert!(start.elapsed() < Duration::from_secs(2), "refused at once");
+    assert_eq!(std::fs::metadata(p("suid")).unwrap().len(), 0);
+    // 550,000 empty zstd ranges in one frame, then its update: refused, memory counted
+    let empty: Vec<RangeData> = (0..550_000u64)
+        .map(|i| RangeData {
+            offset: i * 4,
+            len: 4,
+            encoding: Encoding::Zstd,
+            data: Vec::new(),
+        })
+        .collect();
+    fs.send(Message::UpdatePart {
+        id: 11,
+        ranges: empty,
+    })
+    .await
+    .unwrap();
+    let mut tail = valid_update(11, "bomb", b"");
+    tail.size = 550_000 * 4;
+    tail.ranges.clear();
+    assert!(refused(&ask(&mut fs, Message::FileUpdate(tail)).await));
+    assert!(!p("bomb").exists(), "nothing of it is visible");
+    // a replayed metadata batch with renames: applied once
+    std::fs::write(p("a"), b"precious").unwrap();
+    let batch = vec![
+        (
+            20,
+            MetaOp::Rename {
+                from: rp("a"),
+                to: rp("b"),
+                flags: 0,
+            },
+        ),
+        (
+            21,
+            MetaOp::Create {
+                path: rp("a"),
+                file: 2,
+                mode: 0o644,
+            },
+        ),
+    ];
+    for _ in 0..2 {
+        let reply = ask(&mut fs, Message::MetaBatch(batch.clone())).await;
+        assert_eq!(reply, Message::Ack(AckKind::Meta(21)));
+    }
+    assert_eq!(std::fs::read(p("b")).unwrap(), b"precious");
+    // and valid traffic still applies
+    let ok = ask(
+        &mut fs,
+        Message::FileUpdate(valid_update(30, "fine", b"hello")),
+    )
+    .await;
+    assert_eq!(ok, Message::Ack(AckKind::Update(30)));
+    assert_eq!(std::fs::read(p("fine")).unwrap(), b"hello");
+    drop(fs);
+    assert!(
+        task.await.unwrap().is_ok(),
+        "the stream ended cleanly when closed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_peer_ends_the_stream() {
+    let e = env();
+    let (fs, task) = connect(&e).await;
+    let res = tokio::time::timeout(Duration::from_secs(120), task).await;
+    let err = res.expect("ended by itself").unwrap().unwrap_err();
+    assert!(matches!(err, SyncError::Silent(_)), "{err}");
+    drop(fs);
+}
