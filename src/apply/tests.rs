@@ -1383,3 +1383,74 @@ fn huge_sizes_are_refused_before_any_work() {
         .unwrap();
     assert_eq!(e.read("f"), new);
 }
+
+/// Records, at each hold, whether a path exists.
+struct SeeHooks(PathBuf, Arc<Mutex<Vec<bool>>>);
+
+impl ApplyHooks for SeeHooks {
+    fn hold(&self, _ino: u64) -> Box<dyn std::any::Any + Send> {
+        let seen = fs::symlink_metadata(&self.0).is_ok();
+        self.1.lock().unwrap().push(seen);
+        Box::new(())
+    }
+    fn invalidate_inode(&self, _ino: u64) {}
+    fn invalidate_entry(&self, _parent: u64, _name: &OsStr) {}
+}
+
+#[test]
+fn a_new_file_has_no_name_until_verified_and_written() {
+    let e = Env::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = e.with_hooks(Arc::new(SeeHooks(e.p("new"), seen.clone())));
+    // refused: nothing was ever visible
+    let mut bad = update("new", None, b"content", &[(0, 7)]);
+    bad.hash = [9; 32];
+    assert!(a.apply_update(&bad).is_err());
+    assert!(fs::symlink_metadata(e.p("new")).is_err());
+    // applied: nameless while verified and written, complete after
+    a.apply_update(&update("new", None, b"content", &[(0, 7)]))
+        .unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![false],
+        "held once, while nameless"
+    );
+    assert_eq!(e.read("new"), b"content");
+    assert_eq!(mode(&e.p("new")) & 0o7777, 0o640);
+}
+
+/// At the first hold, appends to a file (a local write that slipped in while hashing).
+struct SlipHooks(PathBuf, Arc<Mutex<u32>>);
+
+impl ApplyHooks for SlipHooks {
+    fn hold(&self, _ino: u64) -> Box<dyn std::any::Any + Send> {
+        let mut n = self.1.lock().unwrap();
+        if *n == 0 {
+            let mut f = fs::OpenOptions::new().append(true).open(&self.0).unwrap();
+            std::io::Write::write_all(&mut f, b"+local").unwrap();
+        }
+        *n += 1;
+        Box::new(())
+    }
+    fn invalidate_inode(&self, _ino: u64) {}
+    fn invalidate_entry(&self, _parent: u64, _name: &OsStr) {}
+}
+
+#[test]
+fn the_mount_is_not_held_while_verifying() {
+    let e = Env::new();
+    fs::write(e.p("f"), b"before").unwrap();
+    let holds = Arc::new(Mutex::new(0));
+    let a = e.with_hooks(Arc::new(SlipHooks(e.p("f"), holds.clone())));
+    // a refused update is refused by its hash alone: the file was never held
+    let mut bad = update("f", Some(b"before"), b"AFTER!", &[(0, 6)]);
+    bad.hash = [3; 32];
+    assert!(a.apply_update(&bad).is_err());
+    assert_eq!(*holds.lock().unwrap(), 0, "held while verifying");
+    // a local write between the hash and the hold: refused, the local bytes kept
+    let err = a
+        .apply_update(&update("f", Some(b"before"), b"AFTER!", &[(0, 6)]))
+        .unwrap_err();
+    assert!(matches!(err, ApplyError::UnknownBase { .. }), "{err}");
+    assert_eq!(e.read("f"), b"before+local");
+}

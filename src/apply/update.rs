@@ -10,7 +10,7 @@ use crate::hashtree::HashTree;
 use crate::path::RelPath;
 use crate::wire::{decompress_range, Encoding, FileUpdate, RangeData, WireError, MAX_RANGE_LEN};
 use std::borrow::Cow;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -265,6 +265,12 @@ fn overlay_read(
 }
 
 impl Applier {
+    /// The target's (inode, size, mtime, ctime): any write changes it.
+    fn stamp(&self, t: &Target, path: &RelPath) -> Result<Stamp, ApplyError> {
+        let st = sys::fstat(&t.file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+        Ok(Stamp::of(&st))
+    }
+
     /// Sizes are bounded before any work: at most the configured maximum, and at most
     /// the file's current size or the end of the update's last range (a file only grows
     /// by bytes that are sent; a refused update comes again whole).
@@ -292,6 +298,8 @@ struct Target {
     ino: u64,
     /// Set when we created the file: its directory and name (to fsync / undo).
     created: Option<(OwnedFd, OsString)>,
+    /// The created file is still unnamed (`O_TMPFILE`): `done` links it in.
+    unnamed: bool,
     /// The file's mode if we added `u+rw` to write it.
     restore_mode: Option<u32>,
 }
@@ -334,22 +342,16 @@ impl Applier {
         stage: &mut Stage<'_>,
         t: &mut Target,
     ) -> Result<(), ApplyError> {
-        // Rule 5: held from verification to the fsynced replay, so that no local write
-        // slips between the check and the replay and nobody reads a half-applied file.
-        let hold = self.hooks.hold(t.ino);
         // 4. Hashes of the current content and of the result: from the file's tree when
-        //    it is known (only touched leaves are read), else one streaming pass.
+        //    it is known (only touched leaves are read), else one streaming pass. The
+        //    mount is not held meanwhile (readers of the file never wait on a hash).
+        let before = self.stamp(t, &u.path)?;
         let (current, result, tree) = self
             .hashes(&t.file, u, ranges)
             .map_err(|e| ApplyError::io("reading", &u.path, e))?;
-        if current == u.hash {
-            // A resend of an update already applied (we crashed before acking).
-            stage.finish()?;
-            self.set_attrs(u, &t.file)?;
-            self.remember(&t.file, tree);
-            return self.done(u, t, hold);
-        }
-        let refused = if u.base.is_some_and(|b| b != current) {
+        let refused = if current == u.hash {
+            None // a resend of an update already applied (we crashed before acking)
+        } else if u.base.is_some_and(|b| b != current) {
             Some(ApplyError::UnknownBase {
                 path: u.path.clone(),
             })
@@ -363,6 +365,22 @@ impl Applier {
         if let Some(e) = refused {
             undo_create(t); // nothing was written
             return Err(e);
+        }
+        // Rule 5: held from here to the fsynced replay, so that nobody reads a
+        // half-applied file; a local write that slipped in while hashing is caught by
+        // the file's stamp, and the update is refused (the sender sends it again).
+        let hold = self.hooks.hold(t.ino);
+        if self.stamp(t, &u.path)? != before {
+            undo_create(t);
+            return Err(ApplyError::UnknownBase {
+                path: u.path.clone(),
+            });
+        }
+        if current == u.hash {
+            stage.finish()?;
+            self.set_attrs(u, &t.file)?;
+            self.remember(&t.file, tree);
+            return self.done(u, t, hold);
         }
         // 5. Rule 2: the stage is verified, durably.
         stage.mark_verified()?;
@@ -384,6 +402,12 @@ impl Applier {
         hold: Box<dyn std::any::Any + Send>,
     ) -> Result<(), ApplyError> {
         if let Some((dir, name)) = &t.created {
+            if t.unnamed {
+                // verified and durable: now it gets its name (a name taken meanwhile by
+                // a local create is not replaced: refused, the sender tries again)
+                sys::link_fd(&t.file, dir, name)
+                    .map_err(|e| ApplyError::io("linking in", &u.path, os_err(e)))?;
+            }
             self.sync_dir(dir)
                 .map_err(|e| ApplyError::io("fsync the directory of", &u.path, e))?;
             if let Ok(st) = sys::fstat(dir) {
@@ -450,8 +474,28 @@ impl Applier {
             }
             let (dir, name) = open_parent(&self.root, path)
                 .map_err(|e| ApplyError::resolve("opening the directory of", path, e))?;
+            let perm = super::meta::peer_perm(u.mode);
+            // Unnamed until verified and written (linked in by `done`): nobody sees an
+            // empty or partial file with the peer's mode.
+            let tmp = sys::openat(&dir, OsStr::new("."), libc::O_TMPFILE | libc::O_RDWR, perm);
+            if let Ok(fd) = tmp {
+                let file = File::from(fd);
+                let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+                let pfd = file
+                    .try_clone()
+                    .map_err(|e| ApplyError::io("opening", path, e))?
+                    .into();
+                return Ok(Target {
+                    file,
+                    pfd,
+                    ino: st.st_ino,
+                    created: Some((dir, name)),
+                    unnamed: true,
+                    restore_mode: None,
+                });
+            }
             let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
-            match sys::openat(&dir, &name, flags, super::meta::peer_perm(u.mode)) {
+            match sys::openat(&dir, &name, flags, perm) {
                 Ok(fd) => {
                     let file = File::from(fd);
                     let st =
@@ -463,6 +507,7 @@ impl Applier {
                         pfd,
                         ino: st.st_ino,
                         created: Some((dir, name)),
+                        unnamed: false,
                         restore_mode: None,
                     });
                 }
@@ -491,6 +536,7 @@ impl Applier {
             pfd,
             ino: st.st_ino,
             created: None,
+            unnamed: false,
             restore_mode,
         })
     }
@@ -514,7 +560,7 @@ impl Applier {
 
 /// Removes the target if this update created it (it was refused before any write).
 fn undo_create(t: &Target) {
-    if let Some((dir, name)) = &t.created {
+    if let Some((dir, name)) = t.created.as_ref().filter(|_| !t.unnamed) {
         let _ = sys::unlinkat(dir, name, false);
     }
 }

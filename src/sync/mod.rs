@@ -61,7 +61,7 @@ pub enum SyncError {
 
 /// A silent peer ends a receiving stream after this long: senders ping every
 /// [`PING_EVERY`] while idle.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// An idle sender pings this often.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
 /// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
