@@ -161,3 +161,76 @@ fn xattr_key(op: &MetaOp) -> Option<(&RelPath, &[u8])> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::op::SetTime;
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes()).unwrap()
+    }
+
+    fn log(ops: Vec<MetaOp>) -> BTreeMap<u64, MetaOp> {
+        (1..).zip(ops).collect()
+    }
+
+    fn chown(uid: Option<u32>, gid: Option<u32>) -> MetaOp {
+        MetaOp::Chown {
+            path: rp("f"),
+            uid,
+            gid,
+        }
+    }
+
+    fn xattr(name: &str, value: Option<&str>) -> MetaOp {
+        let (path, name) = (rp("f"), name.as_bytes().to_vec());
+        match value {
+            Some(v) => MetaOp::SetXattr {
+                path,
+                name,
+                value: v.as_bytes().to_vec(),
+                flags: 0,
+            },
+            None => MetaOp::RemoveXattr { path, name },
+        }
+    }
+
+    #[test]
+    fn chown_keeps_the_ids_the_new_op_leaves_alone() {
+        let meta = log(vec![chown(Some(5), Some(6))]);
+        let p = plan(&meta, 0, 2, chown(None, Some(7)));
+        assert_eq!(p.op, chown(Some(5), Some(7)));
+        assert_eq!(p.void, [1]);
+        assert!(plan(&meta, 1, 2, chown(None, Some(7))).void.is_empty());
+    }
+
+    #[test]
+    fn xattrs_merge_per_name() {
+        let meta = log(vec![xattr("user.a", Some("1")), xattr("user.b", Some("2"))]);
+        let p = plan(&meta, 0, 3, xattr("user.a", None));
+        assert_eq!((p.op, p.void), (xattr("user.a", None), vec![1]));
+    }
+
+    #[test]
+    fn a_truncate_keeps_times_apart() {
+        let t = MetaOp::Utimens {
+            path: rp("f"),
+            atime: None,
+            mtime: Some(SetTime::Now),
+        };
+        let trunc = MetaOp::Truncate {
+            path: rp("f"),
+            file: 1,
+            size: 0,
+        };
+        let meta = log(vec![t.clone(), trunc]);
+        assert!(plan(&meta, 0, 3, t.clone()).void.is_empty());
+        let chmod = |mode| MetaOp::Chmod {
+            path: rp("f"),
+            mode,
+        };
+        let meta = log(vec![chmod(0o600), t]);
+        assert_eq!(plan(&meta, 0, 3, chmod(0o644)).void, [1]);
+    }
+}
