@@ -3,7 +3,8 @@
 //!
 //! - an `Unlink` of a file's last link whose `Create` (same path and file) is unsent
 //!   voids the `Create`, the attribute ops on exactly that path between, and itself;
-//!   the same for an `Rmdir` whose `Mkdir` is unsent;
+//!   the same for a symlink or special file (`Symlink`, `Mknod` at the path) and for an
+//!   `Rmdir` whose `Mkdir` is unsent;
 //! - a `Chmod`, `Chown`, `Utimens`, `SetXattr` or `RemoveXattr` replaces an unsent
 //!   earlier one of the same kind on the same path (and xattr name), taking over the
 //!   fields it leaves unset.
@@ -36,12 +37,13 @@ pub fn plan(meta: &BTreeMap<u64, MetaOp>, floor: u64, seq: u64, op: MetaOp) -> P
             path,
             file,
             last_link: true,
-        } => find_birth(
-            meta,
-            floor,
-            path,
-            |o| matches!(o, MetaOp::Create { path: p, file: f, .. } if p == path && f == file),
-        ),
+        } => find_birth(meta, floor, path, |o| match o {
+            MetaOp::Create {
+                path: p, file: f, ..
+            } => p == path && f == file,
+            MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. } => p == path,
+            _ => false,
+        }),
         MetaOp::Rmdir { path } => find_birth(
             meta,
             floor,
@@ -194,6 +196,29 @@ mod tests {
             },
             None => MetaOp::RemoveXattr { path, name },
         }
+    }
+
+    #[test]
+    fn symlinks_and_fifos_cancel_out_too() {
+        let meta = log(vec![
+            MetaOp::Symlink {
+                path: rp("l"),
+                target: b"x".to_vec(),
+            },
+            MetaOp::Mknod {
+                path: rp("p"),
+                mode: libc::S_IFIFO | 0o644,
+                rdev: 0,
+            },
+        ]);
+        let unlink = |p: &str| MetaOp::Unlink {
+            path: rp(p),
+            file: 9,
+            last_link: true,
+        };
+        assert_eq!(plan(&meta, 0, 3, unlink("l")).void, [1, 3]);
+        assert_eq!(plan(&meta, 0, 3, unlink("p")).void, [2, 3]);
+        assert!(plan(&meta, 2, 3, unlink("p")).void.is_empty());
     }
 
     #[test]
