@@ -21,12 +21,24 @@ pub struct Inode {
     pub backing_ino: u64,
     /// The `S_IFMT` bits of the inode.
     pub kind: u32,
+    /// The directory and name it was last looked up or renamed to through the mount: a
+    /// hint for finding the path of a non-directory when `/proc` cannot give it.
+    pub last_name: Mutex<Option<(Arc<Inode>, Vec<u8>)>>,
 }
 
 impl Inode {
     /// `/proc/self/fd/N` path that reopens this inode.
     pub fn proc_path(&self) -> String {
         format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+
+    /// Remembers `parent/name` as where this inode was last seen (directories find
+    /// their path through `..` and need no hint).
+    fn name_is(&self, parent: &Arc<Inode>, name: &OsStr) {
+        if self.kind != libc::S_IFDIR {
+            let hint = (parent.clone(), name.as_encoded_bytes().to_vec());
+            *self.last_name.lock().unwrap() = Some(hint);
+        }
     }
 }
 
@@ -49,6 +61,7 @@ impl InodeTable {
             fd: root_fd,
             backing_ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
+            last_name: Mutex::new(None),
         });
         let mut map = HashMap::new();
         map.insert(
@@ -82,10 +95,11 @@ impl InodeTable {
     }
 
     /// Looks `name` up under `parent`, takes one kernel reference, returns its stat.
-    pub fn lookup(&self, parent: &Inode, name: &OsStr) -> Result<(u64, libc::stat), FsError> {
+    pub fn lookup(&self, parent: &Arc<Inode>, name: &OsStr) -> Result<(u64, libc::stat), FsError> {
         let st = sys::fstatat(&parent.fd, name)?;
         let ino = self.fuse_ino(st.st_ino);
-        if self.bump(ino, st.st_ino) {
+        if let Some(inode) = self.bump(ino, st.st_ino) {
+            inode.name_is(parent, name);
             return Ok((ino, st));
         }
         let fd = sys::open_path(&parent.fd, name)?;
@@ -95,6 +109,7 @@ impl InodeTable {
             fd,
             backing_ino: st.st_ino,
             kind: st.st_mode & libc::S_IFMT,
+            last_name: Mutex::new(None),
         };
         let mut map = self.map.lock().unwrap();
         let e = map.entry(ino).or_insert_with(|| Entry {
@@ -102,18 +117,36 @@ impl InodeTable {
             lookups: 0,
         });
         e.lookups += 1;
+        e.inode.name_is(parent, name);
         Ok((ino, st))
     }
 
-    /// Adds a reference to an inode already held (same backing inode); false if absent.
-    fn bump(&self, ino: u64, backing: u64) -> bool {
+    /// Notes that the held inode now at `parent/name` (if any) lives there, after a
+    /// rename through the mount.
+    pub fn renamed(&self, parent: &Arc<Inode>, name: &OsStr) {
+        let Ok(st) = sys::fstatat(&parent.fd, name) else {
+            return;
+        };
+        let found = self
+            .map
+            .lock()
+            .unwrap()
+            .get(&self.fuse_ino(st.st_ino))
+            .map(|e| e.inode.clone());
+        if let Some(inode) = found.filter(|i| i.backing_ino == st.st_ino) {
+            inode.name_is(parent, name);
+        }
+    }
+
+    /// Adds a reference to an inode already held (same backing inode).
+    fn bump(&self, ino: u64, backing: u64) -> Option<Arc<Inode>> {
         let mut map = self.map.lock().unwrap();
         match map.get_mut(&ino) {
             Some(e) if e.inode.backing_ino == backing => {
                 e.lookups += 1;
-                true
+                Some(e.inode.clone())
             }
-            _ => false,
+            _ => None,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod gate;
 pub mod handle;
 pub mod inode;
 mod io;
+mod longpath;
 pub mod mount;
 mod namespace;
 pub mod record;
@@ -166,7 +167,10 @@ impl PassFs {
         if sys::fstat(&inode.fd)?.st_nlink == 0 {
             return Err(FsError(libc::ENOENT));
         }
-        let abs = sys::readlink_path(&inode.proc_path())?;
+        let abs = match sys::readlink_path(&inode.proc_path()) {
+            Err(FsError(libc::ENAMETOOLONG)) => return self.walk_path(inode),
+            r => r?,
+        };
         let root = self.root.as_os_str().as_encoded_bytes();
         let rest = abs.strip_prefix(root).ok_or(FsError(libc::ENOENT))?;
         let rest = match rest {

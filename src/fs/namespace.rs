@@ -9,6 +9,7 @@ use crate::journal::op::SetTime;
 use crate::path::RelPath;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
 type R<T> = Result<T, FsError>;
 
@@ -118,7 +119,12 @@ impl PassFs {
     }
 
     /// Gives a freshly created `name` in `parent` to the caller and looks it up.
-    pub(super) fn adopt(&self, ctx: Ctx, parent: &Inode, name: &OsStr) -> R<(u64, libc::stat)> {
+    pub(super) fn adopt(
+        &self,
+        ctx: Ctx,
+        parent: &Arc<Inode>,
+        name: &OsStr,
+    ) -> R<(u64, libc::stat)> {
         let (ino, st) = self.inodes.lookup(parent, name)?;
         if !self.is_root || (ctx.uid == 0 && ctx.gid == 0) {
             return Ok((ino, st));
@@ -306,6 +312,10 @@ impl PassFs {
         let to = self.child_path(&np, newname)?;
         let replaced = sys::fstatat(&np.fd, newname).ok();
         sys::renameat2(&p.fd, name, &np.fd, newname, flags)?;
+        self.inodes.renamed(&np, newname);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            self.inodes.renamed(&p, name);
+        }
         self.rec.meta(MetaOp::Rename {
             from,
             to: to.clone(),

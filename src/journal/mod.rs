@@ -32,6 +32,7 @@
 //! version ([`Journal::ack_file`]). Acks are not logged: a kill -9 may resurrect acked
 //! ranges or ops, which are then simply sent again.
 
+pub mod cancel;
 pub mod op;
 pub mod ranges;
 pub mod state;
@@ -166,6 +167,9 @@ struct Locked {
     rotated: Vec<(u64, Arc<File>)>,
     /// Bumped whenever the directory changes (rotation); see `sync`.
     dir_epoch: u64,
+    /// Highest metadata sequence number the sender may have sent (in memory only; at
+    /// open, the highest one loaded): ops at or below it are never dropped.
+    sent_upto: u64,
 }
 
 struct Inner {
@@ -208,11 +212,13 @@ impl Journal {
         let last_gen = replay_logs(dir, marker.folded_gen, &mut state)?;
         retire_active(dir)?;
         let wal = Wal::create(dir, last_gen.max(marker.folded_gen) + 1)?;
+        let sent_upto = state.next_seq() - 1;
         let locked = Locked {
             state,
             wal,
             rotated: Vec::new(),
             dir_epoch: 1,
+            sent_upto,
         };
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -276,12 +282,28 @@ impl Journal {
         l.log_and_apply(Record::Size { file, size })
     }
 
-    /// Appends a metadata operation; returns its sequence number.
+    /// Appends a metadata operation; returns its sequence number. Unsent ops it makes
+    /// void (see [`cancel`]) are dropped, and so is the op itself when it cancels out:
+    /// the drop is logged after the op, so a replay decides exactly the same.
     pub fn record_meta(&self, op: MetaOp) -> Result<u64, JournalError> {
         let mut l = self.inner().lock();
         let seq = l.state.next_seq();
-        l.log_and_apply(Record::Meta { seq, op })?;
+        let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op);
+        l.log_and_apply(Record::Meta { seq, op: plan.op })?;
+        if !plan.void.is_empty() {
+            l.log_and_apply(Record::Drop { seqs: plan.void })?;
+        }
         Ok(seq)
+    }
+
+    /// The sender is about to send the pending ops up to `upto_seq`: from now on none
+    /// of them is dropped or merged. Returns how many ops `<= upto_seq` are still
+    /// pending, so the caller can tell whether a drop made before this call took ops
+    /// from its snapshot (then it must take a fresh one).
+    pub fn mark_sent(&self, upto_seq: u64) -> usize {
+        let mut l = self.inner().lock();
+        l.sent_upto = l.sent_upto.max(upto_seq);
+        l.state.meta().range(..=upto_seq).count()
     }
 
     /// Drops `file` and its pending ranges (its last link is gone).

@@ -122,4 +122,43 @@ impl MetaOp {
             MetaOp::RemoveXattr { .. } => "removexattr",
         }
     }
+
+    /// The path of an attribute-only op (chmod, chown, utimens, truncate, xattrs).
+    pub fn attr_path(&self) -> Option<&RelPath> {
+        match self {
+            MetaOp::Chmod { path, .. }
+            | MetaOp::Chown { path, .. }
+            | MetaOp::Utimens { path, .. }
+            | MetaOp::Truncate { path, .. }
+            | MetaOp::SetXattr { path, .. }
+            | MetaOp::RemoveXattr { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
+    /// True for an attribute-only op on exactly `path`.
+    pub fn is_attr_op_on(&self, path: &RelPath) -> bool {
+        self.attr_path() == Some(path)
+    }
+
+    /// True if the op names `path`, something below it or a directory above it, in any
+    /// role.
+    pub fn mentions(&self, path: &RelPath) -> bool {
+        let hit = |p: &RelPath| p.starts_with(path) || path.starts_with(p);
+        match self {
+            MetaOp::Rename { from, to, .. } | MetaOp::Link { from, to } => hit(from) || hit(to),
+            MetaOp::Create { path: p, .. }
+            | MetaOp::Mknod { path: p, .. }
+            | MetaOp::Mkdir { path: p, .. }
+            | MetaOp::Unlink { path: p, .. }
+            | MetaOp::Rmdir { path: p }
+            | MetaOp::Symlink { path: p, .. }
+            | MetaOp::Chmod { path: p, .. }
+            | MetaOp::Chown { path: p, .. }
+            | MetaOp::Truncate { path: p, .. }
+            | MetaOp::Utimens { path: p, .. }
+            | MetaOp::SetXattr { path: p, .. }
+            | MetaOp::RemoveXattr { path: p, .. } => hit(p),
+        }
+    }
 }

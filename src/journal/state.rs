@@ -174,6 +174,16 @@ impl State {
             Record::Size { file, size } => self.apply_size(*file, *size),
             Record::Meta { seq, op } => self.apply_meta(*seq, op),
             Record::Forget { file } => self.apply_forget(*file),
+            Record::Drop { seqs } => self.apply_drop(seqs),
+        }
+    }
+
+    /// Removes metadata ops made void before they were sent (see [`Record::Drop`]).
+    pub fn apply_drop(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            if self.meta.remove(seq).is_some() {
+                self.dirty.meta.insert(*seq);
+            }
         }
     }
 

@@ -42,6 +42,10 @@ pub enum Record {
     Meta { seq: u64, op: MetaOp },
     /// The last link of `file` is gone.
     Forget { file: FileId },
+    /// Metadata ops made void before they were sent (a file created and removed, an
+    /// attribute set again): removed from the pending log. Logged, so that a replay
+    /// drops exactly what the live journal dropped. Kept last: older logs still decode.
+    Drop { seqs: Vec<u64> },
 }
 
 /// The active log: an `O_APPEND` file plus its generation and size.

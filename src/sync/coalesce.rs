@@ -52,44 +52,11 @@ fn cancel_short_lived(ops: &[(u64, MetaOp)], keep: &mut [bool]) {
                     }
                     break;
                 }
-                o if attr_op_on(o, path) => between.push(j),
-                o if mentions(o, path) => break,
+                o if o.is_attr_op_on(path) => between.push(j),
+                o if o.mentions(path) => break,
                 _ => {}
             }
         }
-    }
-}
-
-/// True for an attribute-only op on exactly `path`.
-fn attr_op_on(op: &MetaOp, path: &RelPath) -> bool {
-    match op {
-        MetaOp::Chmod { path: p, .. }
-        | MetaOp::Chown { path: p, .. }
-        | MetaOp::Utimens { path: p, .. }
-        | MetaOp::Truncate { path: p, .. }
-        | MetaOp::SetXattr { path: p, .. }
-        | MetaOp::RemoveXattr { path: p, .. } => p == path,
-        _ => false,
-    }
-}
-
-/// True if `op` names `path` (or something below it) in any role.
-fn mentions(op: &MetaOp, path: &RelPath) -> bool {
-    let hit = |p: &RelPath| p.starts_with(path) || path.starts_with(p);
-    match op {
-        MetaOp::Rename { from, to, .. } | MetaOp::Link { from, to } => hit(from) || hit(to),
-        MetaOp::Create { path: p, .. }
-        | MetaOp::Mknod { path: p, .. }
-        | MetaOp::Mkdir { path: p, .. }
-        | MetaOp::Unlink { path: p, .. }
-        | MetaOp::Rmdir { path: p }
-        | MetaOp::Symlink { path: p, .. }
-        | MetaOp::Chmod { path: p, .. }
-        | MetaOp::Chown { path: p, .. }
-        | MetaOp::Truncate { path: p, .. }
-        | MetaOp::Utimens { path: p, .. }
-        | MetaOp::SetXattr { path: p, .. }
-        | MetaOp::RemoveXattr { path: p, .. } => hit(p),
     }
 }
 

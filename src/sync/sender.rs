@@ -248,7 +248,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         st.meta_seen = None;
         st.forget_changed(&snap.meta);
         if !send_meta(s, fs, &snap).await? {
-            return Ok(()); // an op was refused: start over from a fresh snapshot
+            return Ok(()); // refused or cancelled meanwhile: start over from a fresh snapshot
         }
     }
     let ready = st.quiet.ready(&snap, s.cfg.settle);
@@ -274,11 +274,16 @@ fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
 }
 
 /// Sends the snapshot's ops (coalesced) in batches; false if the peer refused one (it is
-/// dropped as a conflict). Ops coalesced away are acknowledged in the journal too.
+/// dropped as a conflict) or the journal cancelled some of them since the snapshot (a
+/// fresh one is needed). Ops coalesced away are acknowledged in the journal too.
 async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool, SyncError> {
+    let last = snap.meta.last().map(|(seq, _)| *seq).unwrap_or(0);
+    // Before anything goes out: the journal must no longer drop what we send.
+    if s.journal.mark_sent(last) != snap.meta.len() {
+        return Ok(false);
+    }
     let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
     let ops = coalesce(&snap.meta, &pending);
-    let last = snap.meta.last().map(|(seq, _)| *seq).unwrap_or(0);
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         fs.send(Message::MetaBatch(chunk.to_vec())).await?;

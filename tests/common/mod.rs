@@ -61,8 +61,21 @@ impl Node {
 
     /// A new store, `init` given extra arguments.
     pub fn with_init(extra: &[&str]) -> Node {
+        Node::init_under("", extra)
+    }
+
+    /// A new store whose directory sits below `sub` (a relative path, made here) in
+    /// the temp dir, e.g. to give the store a long absolute path; the mount point
+    /// stays short.
+    pub fn with_store_under(sub: &str) -> Node {
+        Node::init_under(sub, &[])
+    }
+
+    fn init_under(sub: &str, extra: &[&str]) -> Node {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let store = tmp.path().join("store");
+        let parent = tmp.path().join(sub);
+        std::fs::create_dir_all(&parent).unwrap();
+        let store = parent.join("store");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let mut args = vec!["init", store.to_str().unwrap()];

@@ -1,0 +1,261 @@
+//! Ops made void while still unsent, found when a new op is recorded, so that the
+//! journal stays bounded while no peer takes them:
+//!
+//! - an `Unlink` of a file's last link whose `Create` (same path and file) is unsent
+//!   voids the `Create`, the attribute ops on exactly that path between, and itself;
+//!   the same for a symlink or special file (`Symlink`, `Mknod` at the path) and for an
+//!   `Rmdir` whose `Mkdir` is unsent;
+//! - a `Chmod`, `Chown`, `Utimens`, `SetXattr` or `RemoveXattr` replaces an unsent
+//!   earlier one of the same kind on the same path (and xattr name), taking over the
+//!   fields it leaves unset.
+//!
+//! The search stops at an op naming the path in another role (rename, link, create …),
+//! as [`crate::sync::coalesce`] does at send time, and at the sent watermark: an op the
+//! sender may have sent is never touched. Pure: no I/O, no state change.
+
+use super::op::MetaOp;
+use crate::path::RelPath;
+use std::collections::BTreeMap;
+
+/// Pending ops looked at, newest first, when searching for what a new op voids.
+const WINDOW: usize = 1024;
+
+/// What recording a new op does to the pending log.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The op to record (a merge carries fields over from the op it replaces).
+    pub op: MetaOp,
+    /// Sequence numbers to drop, possibly including the new op's own.
+    pub void: Vec<u64>,
+}
+
+/// Decides what `op`, about to be recorded as `seq`, voids among the pending ops
+/// `meta` above `floor` (the highest sequence number the sender may have sent).
+pub fn plan(meta: &BTreeMap<u64, MetaOp>, floor: u64, seq: u64, op: MetaOp) -> Plan {
+    let birth = match &op {
+        MetaOp::Unlink {
+            path,
+            file,
+            last_link: true,
+        } => find_birth(meta, floor, path, |o| match o {
+            MetaOp::Create {
+                path: p, file: f, ..
+            } => p == path && f == file,
+            MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. } => p == path,
+            _ => false,
+        }),
+        MetaOp::Rmdir { path } => find_birth(
+            meta,
+            floor,
+            path,
+            |o| matches!(o, MetaOp::Mkdir { path: p, .. } if p == path),
+        ),
+        _ => return merge(meta, floor, op),
+    };
+    let void = birth.map_or_else(Vec::new, |mut v| {
+        v.push(seq);
+        v
+    });
+    Plan { op, void }
+}
+
+/// Unsent pending ops, newest first, at most [`WINDOW`].
+fn unsent(meta: &BTreeMap<u64, MetaOp>, floor: u64) -> impl Iterator<Item = (&u64, &MetaOp)> {
+    meta.range(floor.saturating_add(1)..).rev().take(WINDOW)
+}
+
+/// The sequence numbers of the op `born` matches and of the attribute ops on `path`
+/// after it, when nothing else mentions `path` in between.
+fn find_birth(
+    meta: &BTreeMap<u64, MetaOp>,
+    floor: u64,
+    path: &RelPath,
+    born: impl Fn(&MetaOp) -> bool,
+) -> Option<Vec<u64>> {
+    let mut seqs = Vec::new();
+    for (s, o) in unsent(meta, floor) {
+        if born(o) {
+            seqs.push(*s);
+            return Some(seqs);
+        }
+        if o.is_attr_op_on(path) {
+            seqs.push(*s);
+        } else if o.mentions(path) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Merges an attribute op into the newest unsent one of the same kind on its path.
+fn merge(meta: &BTreeMap<u64, MetaOp>, floor: u64, op: MetaOp) -> Plan {
+    let Some(path) = op.attr_path() else {
+        return Plan { op, void: vec![] };
+    };
+    for (s, o) in unsent(meta, floor) {
+        if let Some(m) = merged(&op, o) {
+            return Plan {
+                op: m,
+                void: vec![*s],
+            };
+        }
+        if blocks_merge(&op, o, path) {
+            break;
+        }
+    }
+    Plan { op, void: vec![] }
+}
+
+/// True when `o` stands between `op` and an earlier op on `path` it would replace:
+/// it names the path in a namespace role, or (for times) truncates it, which sets
+/// the mtime an older `Utimens` field would otherwise override.
+fn blocks_merge(op: &MetaOp, o: &MetaOp, path: &RelPath) -> bool {
+    let truncates = matches!(o, MetaOp::Truncate { path: p, .. } if p == path);
+    (o.attr_path().is_none() && o.mentions(path))
+        || (truncates && matches!(op, MetaOp::Utimens { .. }))
+}
+
+/// `new` recorded after `old`, as one op, when both set the same attribute of the
+/// same path (the new op's fields win; the ones it leaves unset keep the old value).
+fn merged(new: &MetaOp, old: &MetaOp) -> Option<MetaOp> {
+    use MetaOp::*;
+    match (new, old) {
+        (Chmod { path, .. }, Chmod { path: q, .. }) if path == q => Some(new.clone()),
+        (
+            Chown { path, uid, gid },
+            Chown {
+                path: q,
+                uid: u,
+                gid: g,
+            },
+        ) if path == q => Some(Chown {
+            path: path.clone(),
+            uid: uid.or(*u),
+            gid: gid.or(*g),
+        }),
+        (
+            Utimens { path, atime, mtime },
+            Utimens {
+                path: q,
+                atime: a,
+                mtime: m,
+            },
+        ) if path == q => Some(Utimens {
+            path: path.clone(),
+            atime: atime.or(*a),
+            mtime: mtime.or(*m),
+        }),
+        (SetXattr { .. } | RemoveXattr { .. }, SetXattr { .. } | RemoveXattr { .. })
+            if xattr_key(new) == xattr_key(old) =>
+        {
+            Some(new.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The path and name an xattr op sets or removes.
+fn xattr_key(op: &MetaOp) -> Option<(&RelPath, &[u8])> {
+    match op {
+        MetaOp::SetXattr { path, name, .. } | MetaOp::RemoveXattr { path, name } => {
+            Some((path, name))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::op::SetTime;
+
+    fn rp(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes()).unwrap()
+    }
+
+    fn log(ops: Vec<MetaOp>) -> BTreeMap<u64, MetaOp> {
+        (1..).zip(ops).collect()
+    }
+
+    fn chown(uid: Option<u32>, gid: Option<u32>) -> MetaOp {
+        MetaOp::Chown {
+            path: rp("f"),
+            uid,
+            gid,
+        }
+    }
+
+    fn xattr(name: &str, value: Option<&str>) -> MetaOp {
+        let (path, name) = (rp("f"), name.as_bytes().to_vec());
+        match value {
+            Some(v) => MetaOp::SetXattr {
+                path,
+                name,
+                value: v.as_bytes().to_vec(),
+                flags: 0,
+            },
+            None => MetaOp::RemoveXattr { path, name },
+        }
+    }
+
+    #[test]
+    fn symlinks_and_fifos_cancel_out_too() {
+        let meta = log(vec![
+            MetaOp::Symlink {
+                path: rp("l"),
+                target: b"x".to_vec(),
+            },
+            MetaOp::Mknod {
+                path: rp("p"),
+                mode: libc::S_IFIFO | 0o644,
+                rdev: 0,
+            },
+        ]);
+        let unlink = |p: &str| MetaOp::Unlink {
+            path: rp(p),
+            file: 9,
+            last_link: true,
+        };
+        assert_eq!(plan(&meta, 0, 3, unlink("l")).void, [1, 3]);
+        assert_eq!(plan(&meta, 0, 3, unlink("p")).void, [2, 3]);
+        assert!(plan(&meta, 2, 3, unlink("p")).void.is_empty());
+    }
+
+    #[test]
+    fn chown_keeps_the_ids_the_new_op_leaves_alone() {
+        let meta = log(vec![chown(Some(5), Some(6))]);
+        let p = plan(&meta, 0, 2, chown(None, Some(7)));
+        assert_eq!(p.op, chown(Some(5), Some(7)));
+        assert_eq!(p.void, [1]);
+        assert!(plan(&meta, 1, 2, chown(None, Some(7))).void.is_empty());
+    }
+
+    #[test]
+    fn xattrs_merge_per_name() {
+        let meta = log(vec![xattr("user.a", Some("1")), xattr("user.b", Some("2"))]);
+        let p = plan(&meta, 0, 3, xattr("user.a", None));
+        assert_eq!((p.op, p.void), (xattr("user.a", None), vec![1]));
+    }
+
+    #[test]
+    fn a_truncate_keeps_times_apart() {
+        let t = MetaOp::Utimens {
+            path: rp("f"),
+            atime: None,
+            mtime: Some(SetTime::Now),
+        };
+        let trunc = MetaOp::Truncate {
+            path: rp("f"),
+            file: 1,
+            size: 0,
+        };
+        let meta = log(vec![t.clone(), trunc]);
+        assert!(plan(&meta, 0, 3, t.clone()).void.is_empty());
+        let chmod = |mode| MetaOp::Chmod {
+            path: rp("f"),
+            mode,
+        };
+        let meta = log(vec![chmod(0o600), t]);
+        assert_eq!(plan(&meta, 0, 3, chmod(0o644)).void, [1]);
+    }
+}
