@@ -210,6 +210,7 @@ async fn start_sync(
         cfg: sync_cfg.clone(),
         stats: stats.clone(),
         lock: Arc::default(),
+        budgets: Arc::default(),
     };
     let net2 = net.clone();
     tasks.push(tokio::spawn(async move {

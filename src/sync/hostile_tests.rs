@@ -49,6 +49,7 @@ fn env() -> Env {
         },
         stats: Default::default(),
         lock: Default::default(),
+        budgets: Default::default(),
     };
     Env {
         _tmp: tmp,
@@ -58,10 +59,10 @@ fn env() -> Env {
 }
 
 /// Starts the receiver on one end of a pipe; returns the other end after `Hello`.
-async fn connect(e: &Env) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
+async fn connect(e: &Env, who: PeerId) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
     let (ours, theirs) = tokio::io::duplex(64 << 20);
     let r = e.receiver.clone();
-    let task = tokio::spawn(async move { serve(PeerId::random(), theirs.compat(), &r).await });
+    let task = tokio::spawn(async move { serve(who, theirs.compat(), &r).await });
     let mut fs = FramedStream::new(ours.compat());
     fs.send(Message::hello(FOLDER, "mallory")).await.unwrap();
     assert!(matches!(
@@ -105,7 +106,8 @@ fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
 #[tokio::test]
 async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
     let e = env();
-    let (mut fs, task) = connect(&e).await;
+    let mallory = PeerId::random();
+    let (mut fs, task) = connect(&e, mallory).await;
     let p = |n: &str| e.data.join(n);
     // a setuid mode: created without the bit
     let create = MetaOp::Create {
@@ -169,6 +171,8 @@ async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
     tail.ranges.clear();
     assert!(refused(&ask(&mut fs, Message::FileUpdate(tail)).await));
     assert!(!p("bomb").exists(), "nothing of it is visible");
+    let peer_memory = e.receiver.budgets.of(mallory).held();
+    assert_eq!(peer_memory, 0, "its memory was counted and given back");
     // a replayed metadata batch with renames: applied once
     std::fs::write(p("a"), b"precious").unwrap();
     let batch = vec![
@@ -212,7 +216,7 @@ async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_ends_the_stream() {
     let e = env();
-    let (fs, task) = connect(&e).await;
+    let (fs, task) = connect(&e, PeerId::random()).await;
     let res = tokio::time::timeout(Duration::from_secs(120), task).await;
     let err = res.expect("ended by itself").unwrap().unwrap_err();
     assert!(matches!(err, SyncError::Silent(_)), "{err}");

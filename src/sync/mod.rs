@@ -7,6 +7,7 @@
 //! The journal clears a range only after the peer's ack for exactly that range and
 //! version ([`crate::journal::Journal::ack_file`]).
 
+pub mod budget;
 pub mod build;
 pub mod coalesce;
 pub mod receiver;

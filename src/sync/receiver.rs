@@ -2,6 +2,7 @@
 //! metadata batch and (assembled) file update to the applier, replying with an ack only
 //! once the applier reports it durable, or a nack with the reason.
 
+use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
 use crate::apply::Applier;
 use crate::journal::MetaOp;
@@ -17,9 +18,6 @@ use std::sync::Arc;
 
 /// zstd level of the reply stream (acks are tiny and alike).
 const REPLY_LEVEL: i32 = 3;
-/// Bytes of update parts one stream may hold while assembling (data plus
-/// [`RANGE_COST`] per range).
-const MAX_ASSEMBLY: usize = 2 << 30;
 /// What one range costs in memory beyond its data (the struct and its allocation).
 const RANGE_COST: usize = 64;
 
@@ -34,14 +32,21 @@ pub struct Receiver {
     pub stats: Arc<Stats>,
     /// One update applies at a time, whatever stream it came on.
     pub lock: Arc<tokio::sync::Mutex<()>>,
+    /// Per peer: how many streams, and how much memory for update parts.
+    pub budgets: Arc<Budgets>,
 }
 
 /// Accepts sync streams forever, serving each on its own task.
 pub async fn run(net: NetHandle, r: Receiver) -> Result<(), SyncError> {
     let mut incoming = net.accept(STREAM_PROTOCOL)?;
     while let Some((peer, stream)) = incoming.next().await {
+        let Some(slot) = r.budgets.stream(peer) else {
+            tracing::warn!(%peer, "refusing a sync stream: {MAX_STREAMS_PER_PEER} already open");
+            continue; // dropped: the stream is reset
+        };
         let r = r.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if let Err(e) = serve(peer, stream, &r).await {
                 tracing::warn!(%peer, "incoming sync stream ended: {e}");
                 r.stats.error(&e);
@@ -71,7 +76,7 @@ where
     fs.send(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
         .await?;
     fs.compress(REPLY_LEVEL)?;
-    let mut parts = Parts::default();
+    let mut parts = Parts::new(r.budgets.of(peer));
     loop {
         let msg = match recv_within(&mut fs, READ_TIMEOUT).await {
             Err(SyncError::Closed) => break,
@@ -179,10 +184,18 @@ async fn apply_update(u: FileUpdate, r: &Receiver) -> Message {
 }
 
 /// Ranges of multi-frame updates, held until their final `FileUpdate` arrives.
-#[derive(Default)]
+/// Ranges of multi-frame updates, held until their final `FileUpdate` arrives; their
+/// memory is charged to the peer's budget (shared by all its streams).
 struct Parts {
     by_id: HashMap<u64, Vec<RangeData>>,
     bytes: usize,
+    budget: Arc<PeerBudget>,
+}
+
+impl Drop for Parts {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
 }
 
 /// Memory a set of ranges holds.
@@ -191,13 +204,22 @@ fn cost(ranges: &[RangeData]) -> usize {
 }
 
 impl Parts {
+    fn new(budget: Arc<PeerBudget>) -> Parts {
+        Parts {
+            by_id: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
     fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
-        self.bytes += cost(&ranges);
-        if self.bytes > MAX_ASSEMBLY {
+        let n = cost(&ranges);
+        if !self.budget.take(n) {
             return Err(SyncError::Protocol(format!(
-                "update parts exceed {MAX_ASSEMBLY} bytes of memory"
+                "update parts exceed the peer's {MAX_PEER_MEMORY} bytes of memory"
             )));
         }
+        self.bytes += n;
         let held = self.by_id.entry(id).or_default();
         held.extend(ranges);
         if held.len() > MAX_UPDATE_RANGES {
@@ -211,7 +233,9 @@ impl Parts {
     /// The update with its parts' ranges in front, checked sorted, disjoint, within size.
     fn assemble(&mut self, mut u: FileUpdate) -> Result<FileUpdate, String> {
         let mut ranges = self.by_id.remove(&u.id).unwrap_or_default();
-        self.bytes -= cost(&ranges);
+        let n = cost(&ranges);
+        self.bytes -= n;
+        self.budget.give(n);
         ranges.append(&mut u.ranges);
         if ranges.len() > MAX_UPDATE_RANGES {
             return Err(format!("more than {MAX_UPDATE_RANGES} ranges"));
