@@ -25,6 +25,16 @@ pub struct Applied {
     pub pending: Option<(u64, u64)>,
 }
 
+impl Applied {
+    /// Everything up to `seq` applied, nothing pending.
+    fn done(seq: u64) -> Applied {
+        Applied {
+            upto: seq,
+            pending: None,
+        }
+    }
+}
+
 impl Applier {
     /// Applies op `seq` of `peer` exactly once (see the module docs); `Ok(false)` if it
     /// was applied before and skipped.
@@ -45,13 +55,7 @@ impl Applier {
                     seq = p,
                     "rename #{seq} applied before the last stop: skipped"
                 );
-                self.record_applied(
-                    peer,
-                    Applied {
-                        upto: seq,
-                        pending: None,
-                    },
-                )?;
+                self.record_applied(peer, Applied::done(seq))?;
                 return Ok(false);
             }
         }
@@ -60,13 +64,7 @@ impl Applier {
             self.record_applied(peer, rec)?;
         }
         self.apply_meta(op)?;
-        self.record_applied(
-            peer,
-            Applied {
-                upto: seq,
-                pending: None,
-            },
-        )?;
+        self.record_applied(peer, Applied::done(seq))?;
         Ok(true)
     }
 
