@@ -3,7 +3,7 @@
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{mdns, noise, tcp, yamux, PeerId, Swarm, SwarmBuilder};
+use libp2p::{connection_limits, mdns, noise, tcp, yamux, PeerId, Swarm, SwarmBuilder};
 
 use super::{NetConfig, NetError, IDLE_CONNECTION_TIMEOUT};
 
@@ -16,6 +16,22 @@ pub(crate) struct Behaviour {
     pub(crate) stream: libp2p_stream::Behaviour,
     /// Local-network discovery, when enabled.
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Caps on handshakes in progress and connections per peer: a flood of half-made
+    /// connections (before the PeerId is even known) cannot exhaust us.
+    pub(crate) limits: connection_limits::Behaviour,
+}
+
+/// Incoming handshakes in progress, at most.
+pub(crate) const MAX_PENDING_INCOMING: u32 = 16;
+/// Established connections per peer, at most.
+pub(crate) const MAX_PER_PEER: u32 = 4;
+
+fn limits() -> connection_limits::Behaviour {
+    let l = connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+        .with_max_pending_outgoing(Some(MAX_PENDING_INCOMING))
+        .with_max_established_per_peer(Some(MAX_PER_PEER));
+    connection_limits::Behaviour::new(l)
 }
 
 /// Builds the swarm; `extra_allowed` (the configured peers) join `cfg.allow`.
@@ -58,5 +74,6 @@ fn new_behaviour(
         allow,
         stream: libp2p_stream::Behaviour::new(),
         mdns: Toggle::from(mdns),
+        limits: limits(),
     })
 }

@@ -203,3 +203,55 @@ async fn bad_inputs_are_typed_errors() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(matches!(a.connected_peers().await, Err(NetError::Closed)));
 }
+
+#[tokio::test]
+async fn a_flood_of_unfinished_handshakes_is_cut_off_and_peers_still_connect() {
+    use tokio::io::AsyncReadExt as _;
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+    let (_a, _ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
+    let port = a_addr
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    // 40 connections that never say a word: past the cap, they are closed at once
+    let mut socks = Vec::new();
+    for _ in 0..40 {
+        socks.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut closed = 0;
+    for s in &mut socks {
+        let mut buf = [0u8; 64];
+        loop {
+            match timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(Ok(_)) => continue, // the multistream header: keep reading
+                Err(_) => break,       // still open, waiting for us
+            }
+        }
+    }
+    let cap = super::behaviour::MAX_PENDING_INCOMING as usize;
+    assert!(
+        closed >= 40 - cap,
+        "only {closed} of 40 stalled handshakes were cut off"
+    );
+    // an allowed peer still gets in
+    let (b, mut eb, _) = node(config(kb, vec![], vec![a_addr])).await;
+    drop(socks);
+    wait_for(
+        &mut eb,
+        |e| matches!(e, NetEvent::PeerConnected(p, _) if *p == pa),
+    )
+    .await;
+    assert_eq!(b.connected_peers().await.unwrap(), vec![pa]);
+}
