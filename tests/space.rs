@@ -35,7 +35,9 @@ fn overhead_stays_bounded_over_thousands_of_edits() {
         });
         assert!(
             ok,
-            "round {round}\nA:\n{}\nB:\n{}",
+            "round {round}\nA status: {:?}\nB status: {:?}\nA:\n{}\nB:\n{}",
+            syncfs::control::query(&p.a.store.join("control.sock")).map(|s| s.stats),
+            syncfs::control::query(&p.b.store.join("control.sock")).map(|s| s.stats),
             common::tail(&p.a.log(), 120),
             common::tail(&p.b.log(), 120)
         );

@@ -2,6 +2,7 @@
 //! Every write is recorded in the journal before the backing `pwrite`.
 
 use super::handle::FileHandle;
+use super::WriteDone;
 use super::{sys, Ctx, FsError, PassFs};
 use crate::journal::op::MetaOp;
 use std::ffi::OsStr;
@@ -119,6 +120,7 @@ impl PassFs {
         } else {
             0
         };
+        let _done = WriteDone(&*self.rec, h.file_id);
         self.rec.write(h.file_id, offset.min(eof), end)?;
         self.save_preimage(&h, eof, offset, end);
         h.file.write_all_at(data, offset)?;
@@ -170,14 +172,17 @@ impl PassFs {
         }
         let h = self.files.get(fh)?;
         let end = offset.checked_add(len).ok_or(FsError(libc::EFBIG))?;
-        if mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 {
-            self.rec.write(h.file_id, offset, end)?;
-            self.save_preimage(&h, sys::fstat(&h.file)?.st_size as u64, offset, end);
-        } else if mode & libc::FALLOC_FL_KEEP_SIZE == 0 {
-            let size = sys::fstat(&h.file)?.st_size as u64;
-            if end > size {
-                self.rec.write(h.file_id, size, end)?;
-            }
+        let zeroes = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
+        let size = sys::fstat(&h.file)?.st_size as u64;
+        let (a, b) = match () {
+            _ if zeroes => (offset, end),
+            _ if mode & libc::FALLOC_FL_KEEP_SIZE == 0 && end > size => (size, end),
+            _ => (end, end), // nothing changes; still in flight until done
+        };
+        let _done = WriteDone(&*self.rec, h.file_id);
+        self.rec.write(h.file_id, a, b)?;
+        if zeroes {
+            self.save_preimage(&h, size, offset, end);
         }
         sys::fallocate(&h.file, mode, offset, len)
     }

@@ -188,3 +188,13 @@ impl PassFs {
             .map_err(|_| FsError(libc::EINVAL))
     }
 }
+
+/// Tells the recorder a write is over when dropped (after the backing change, and on
+/// every error path): made just before the matching [`Recorder::write`].
+pub(crate) struct WriteDone<'a>(pub(crate) &'a dyn Recorder, pub(crate) u64);
+
+impl Drop for WriteDone<'_> {
+    fn drop(&mut self) {
+        self.0.write_done(self.1);
+    }
+}

@@ -74,9 +74,14 @@ impl PassFs {
             self.rec.track(file, p)?;
         }
         let cur = sys::fstat(&inode.fd)?.st_size as u64;
-        if size > cur {
-            self.rec.write(file, cur, size)?; // the new zeros are changed bytes too
-        }
+        let _done = super::WriteDone(&*self.rec, file);
+        // the new zeros are changed bytes too; a cut is in flight until done as well
+        let (a, b) = if size > cur {
+            (cur, size)
+        } else {
+            (size, size)
+        };
+        self.rec.write(file, a, b)?;
         self.rec.size(file, size)?; // before the backing change: covered even after a kill
         match fh.map(|fh| self.files.get(fh)).transpose()? {
             Some(h) if h.writable => sys::ftruncate(&h.file, size)?,

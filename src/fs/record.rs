@@ -13,8 +13,11 @@ pub struct RecordError(pub String);
 pub trait Recorder: Send + Sync + 'static {
     /// The file with this id lives at `path` (called before its first recorded write).
     fn track(&self, file: FileId, path: &RelPath) -> Result<(), RecordError>;
-    /// Bytes `[start, end)` of `file` are about to be written.
+    /// Bytes `[start, end)` of `file` are about to be written. Every call, whatever it
+    /// returns, is followed by [`Recorder::write_done`] once the backing write is over.
     fn write(&self, file: FileId, start: u64, end: u64) -> Result<(), RecordError>;
+    /// The write announced by the last matching [`Recorder::write`] is over.
+    fn write_done(&self, _file: FileId) {}
     /// `file` is about to get this size.
     fn size(&self, file: FileId, size: u64) -> Result<(), RecordError>;
     /// A metadata operation is about to happen (or just did, for creations).
@@ -80,6 +83,9 @@ impl Recorder for JournalRecorder {
     }
     fn size(&self, file: FileId, size: u64) -> Result<(), RecordError> {
         self.journal.record_size(file, size).map_err(rec_err)
+    }
+    fn write_done(&self, file: FileId) {
+        self.journal.write_done(file);
     }
     fn meta(&self, op: MetaOp) -> Result<(), RecordError> {
         self.journal.record_meta(op).map(drop).map_err(rec_err)

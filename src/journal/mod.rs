@@ -170,6 +170,8 @@ struct Locked {
     /// Highest metadata sequence number the sender may have sent (in memory only; at
     /// open, the highest one loaded): ops at or below it are never dropped.
     sent_upto: u64,
+    /// Writes recorded and not yet done on the backing file, by file (in memory only).
+    writing: std::collections::HashMap<FileId, u32>,
 }
 
 struct Inner {
@@ -219,6 +221,7 @@ impl Journal {
             rotated: Vec::new(),
             dir_epoch: 1,
             sent_upto,
+            writing: Default::default(),
         };
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -257,10 +260,11 @@ impl Journal {
     /// Writes to untracked files (never tracked, or whose last link is gone, e.g. an
     /// unlinked file still open) are not journalled.
     pub fn record_write(&self, file: FileId, start: u64, end: u64) -> Result<(), JournalError> {
+        let mut l = self.inner().lock();
+        *l.writing.entry(file).or_default() += 1; // until `write_done`, whatever follows
         if start > end {
             return Err(JournalError::InvalidRange { file, start, end });
         }
-        let mut l = self.inner().lock();
         if start == end || !l.state.files().contains_key(&file) {
             return Ok(());
         }
@@ -271,6 +275,24 @@ impl Journal {
         l.log_and_apply(Record::Write { file, start, end })?;
         self.inner().nudge_if_large(&l);
         Ok(())
+    }
+
+    /// The write recorded by the matching [`Journal::record_write`] reached the backing
+    /// file (or failed). Call exactly once per `record_write`, whatever it returned.
+    pub fn write_done(&self, file: FileId) {
+        let mut l = self.inner().lock();
+        if let Some(n) = l.writing.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                l.writing.remove(&file);
+            }
+        }
+    }
+
+    /// True while a recorded write of `file` has not reached the backing file: a read
+    /// of it now could see the old bytes of a range the journal already has as dirty.
+    pub fn is_writing(&self, file: FileId) -> bool {
+        self.inner().lock().writing.contains_key(&file)
     }
 
     /// Records that `file` was truncated or extended to `size` (ignored if untracked).

@@ -513,3 +513,21 @@ fn replay_after_crash_drops_what_the_live_journal_dropped() {
     assert_eq!(j.snapshot().meta.len(), 7);
     j.close().unwrap();
 }
+
+#[test]
+fn a_recorded_write_is_in_flight_until_done() {
+    let t = tempfile::tempdir().unwrap();
+    let j = Journal::open(&t.path().join("j")).unwrap();
+    j.track(5, &RelPath::from_bytes(b"f").unwrap()).unwrap();
+    assert!(!j.is_writing(5));
+    j.record_write(5, 0, 10).unwrap();
+    j.record_write(5, 0, 10).unwrap(); // covered: still in flight
+    j.record_write(6, 0, 10).unwrap(); // untracked: counted all the same
+    assert!(j.is_writing(5) && j.is_writing(6));
+    j.write_done(5);
+    assert!(j.is_writing(5), "one write is still going");
+    j.write_done(5);
+    j.write_done(6);
+    assert!(!j.is_writing(5) && !j.is_writing(6));
+    j.close().unwrap();
+}

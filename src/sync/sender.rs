@@ -395,6 +395,12 @@ async fn send_one(
     let Some(entry) = snap.files.get(&file).cloned() else {
         return Ok(None);
     };
+    // A write recorded but not yet in the backing file would be read as its old bytes,
+    // and the ack would then clear its range: the file waits for the next round.
+    if s.journal.is_writing(file) {
+        tracing::debug!(file, "a write is in progress; waiting for it");
+        return Ok(None);
+    }
     st.next_id += 1;
     let (id, root, level, pre) = (
         st.next_id,
