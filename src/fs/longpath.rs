@@ -74,9 +74,13 @@ impl PassFs {
 /// the mount) fails with ENAMETOOLONG, as `/proc` did: never ENOENT, which would
 /// read as "unlinked" and let the operation through unjournaled.
 fn name_in(dir: &OwnedFd, ino: u64) -> R<Vec<u8>> {
-    sys::read_dir(dir)?
+    find_name(dir, ino)?.ok_or(TOO_LONG)
+}
+
+/// A name of inode `ino` in the directory `dir`, if it has one there.
+pub(super) fn find_name(dir: &OwnedFd, ino: u64) -> R<Option<Vec<u8>>> {
+    Ok(sys::read_dir(dir)?
         .into_iter()
         .find(|e| e.ino == ino && e.name != b"." && e.name != b"..")
-        .map(|e| e.name)
-        .ok_or(TOO_LONG)
+        .map(|e| e.name))
 }

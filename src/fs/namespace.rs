@@ -275,14 +275,11 @@ impl PassFs {
     /// remains): tracks a remaining name in the same directory, where tools such as
     /// git put them (link the temp file to its final name, unlink the temp name).
     fn find_other_name(&self, dir: &Inode, gone: &RelPath, file: u64) -> R<()> {
-        let other = sys::read_dir(&dir.fd)?
-            .into_iter()
-            .find(|e| e.ino == file && e.name != b"." && e.name != b"..");
-        match other {
-            Some(e) => {
+        match super::longpath::find_name(&dir.fd, file)? {
+            Some(name) => {
                 let (parent, _) = gone.split_last().ok_or(FsError(libc::EINVAL))?;
                 let path = parent
-                    .join(OsStr::from_bytes(&e.name))
+                    .join(OsStr::from_bytes(&name))
                     .map_err(|_| FsError(libc::EINVAL))?;
                 self.rec.track(file, &path).map_err(Into::into)
             }
