@@ -26,6 +26,10 @@ pub enum Command {
         /// Join an existing folder: the peer's folder id (see `syncfs id`).
         #[arg(long)]
         join: Option<String>,
+        /// Adopt this existing folder in place as the synced folder's content (nothing is
+        /// copied or moved). Two computers that already hold the folder start from it.
+        #[arg(long)]
+        data: Option<PathBuf>,
         /// Listen address (multiaddr) instead of the default /ip4/0.0.0.0/tcp/4801.
         #[arg(long)]
         listen: Vec<String>,
@@ -69,6 +73,26 @@ pub enum Command {
         /// The store.
         store: PathBuf,
     },
+    /// List the versions kept in the archive (replaced or deleted by a peer's change).
+    Versions {
+        /// The store.
+        store: PathBuf,
+        /// Only versions of this path (store-relative) and below.
+        path: Option<PathBuf>,
+    },
+    /// Copy a kept version back: to `--to`, or over PATH in the running mount.
+    Restore {
+        /// The store.
+        store: PathBuf,
+        /// The file's store-relative path.
+        path: PathBuf,
+        /// Which version (as listed by `syncfs versions`); the newest if not given.
+        #[arg(long)]
+        version: Option<String>,
+        /// Where to write it (default: PATH inside the running mount).
+        #[arg(long)]
+        to: Option<PathBuf>,
+    },
 }
 
 /// Runs a parsed command line.
@@ -77,9 +101,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init {
             store,
             join,
+            data,
             listen,
             peer,
-        } => init(&store, join.as_deref(), listen, peer),
+        } => init(&store, join.as_deref(), data.as_deref(), listen, peer),
         Command::AddPeer { store, addr } => add_peer(&store, &addr),
         Command::Id { store } => id(&store),
         Command::Mount {
@@ -97,14 +122,27 @@ pub fn run(cli: Cli) -> Result<()> {
         ),
         Command::Journal { store } => journal(&store),
         Command::Status { store } => status(&store),
+        Command::Versions { store, path } => versions(&store, path.as_deref()),
+        Command::Restore {
+            store,
+            path,
+            version,
+            to,
+        } => restore(&store, &path, version.as_deref(), to),
     }
 }
 
-fn init(dir: &Path, join: Option<&str>, listen: Vec<String>, peers: Vec<String>) -> Result<()> {
+fn init(
+    dir: &Path,
+    join: Option<&str>,
+    data: Option<&Path>,
+    listen: Vec<String>,
+    peers: Vec<String>,
+) -> Result<()> {
     for a in listen.iter().chain(&peers) {
         check_addr(a)?;
     }
-    let (store, peer, mut cfg) = Store::init(dir, join)?;
+    let (store, peer, mut cfg) = Store::init(dir, join, data)?;
     if !listen.is_empty() || !peers.is_empty() {
         if !listen.is_empty() {
             cfg.listen = listen;
@@ -115,6 +153,7 @@ fn init(dir: &Path, join: Option<&str>, listen: Vec<String>, peers: Vec<String>)
     println!("initialised store {}", store.dir.display());
     println!("peer id:   {peer}");
     println!("folder id: {}", cfg.folder_id);
+    println!("folder:    {}", store.data().display());
     println!("config:    {}", store.config_file().display());
     Ok(())
 }
@@ -174,6 +213,49 @@ fn status(dir: &Path) -> Result<()> {
     let o = crate::control::Overhead::measure(&store.dir);
     println!("overhead:    {}", crate::control::size(o.total()));
     journal(dir)
+}
+
+fn versions(dir: &Path, path: Option<&Path>) -> Result<()> {
+    let (store, _) = Store::open(dir)?;
+    let kept = crate::versions::list(&store.versions(), path)
+        .with_context(|| format!("reading {}", store.versions().display()))?;
+    if kept.is_empty() {
+        println!("no versions kept");
+    }
+    for k in kept {
+        println!("{}  {}  {}", k.when, crate::control::size(k.size), k.path);
+    }
+    Ok(())
+}
+
+fn restore(dir: &Path, path: &Path, version: Option<&str>, to: Option<PathBuf>) -> Result<()> {
+    let (store, _) = Store::open(dir)?;
+    let kept = crate::versions::list(&store.versions(), Some(path))?;
+    let pick = kept
+        .iter()
+        .filter(|k| Path::new(&k.path) == path && version.is_none_or(|v| k.when == v))
+        .next_back()
+        .with_context(|| {
+            format!(
+                "no kept version of {} (see `syncfs versions`)",
+                path.display()
+            )
+        })?;
+    let dest = match to {
+        Some(t) => t,
+        None => crate::control::query(&store.control_socket())
+            .map(|s| s.mountpoint.join(path))
+            .context("the store is not mounted: say where to write the version with --to")?,
+    };
+    std::fs::copy(&pick.file, &dest)
+        .with_context(|| format!("copying {} to {}", pick.file.display(), dest.display()))?;
+    println!(
+        "restored {} of {} to {}",
+        pick.when,
+        pick.path,
+        dest.display()
+    );
+    Ok(())
 }
 
 fn mount_cmd(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {

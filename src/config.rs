@@ -61,6 +61,20 @@ pub struct Config {
     /// Largest file a peer may make here, in MiB (at most 1 TiB).
     #[serde(default = "default_max_file_mib")]
     pub max_file_mib: u64,
+    /// Days a replaced or deleted version stays in `STORE/versions`.
+    #[serde(default = "default_versions_days")]
+    pub versions_days: u64,
+    /// Most MiB the version archive may hold (the oldest versions go first).
+    #[serde(default = "default_versions_max_mib")]
+    pub versions_max_mib: u64,
+}
+
+fn default_versions_days() -> u64 {
+    30
+}
+
+fn default_versions_max_mib() -> u64 {
+    10 << 10
 }
 
 fn default_max_file_mib() -> u64 {
@@ -101,6 +115,8 @@ impl Config {
             allow_dev: false,
             sync_ownership: false,
             max_file_mib: default_max_file_mib(),
+            versions_days: default_versions_days(),
+            versions_max_mib: default_versions_max_mib(),
         }
     }
 
@@ -140,9 +156,14 @@ impl Config {
              # node's ownership, and setuid/setgid bits from peers are always stripped.\n\
              sync_ownership = {}\n\
              \n# Largest file a peer may make here, in MiB (at most 1048576, 1 TiB): updates and\n\
-             # truncates beyond it are refused before any work.\nmax_file_mib = {}\n",
+             # truncates beyond it are refused before any work.\nmax_file_mib = {}\n\
+             \n# The version archive (STORE/versions) keeps every version a peer's change replaced\n\
+             # or deleted, and the losers of first pairings: for this many days, and up to this\n\
+             # many MiB (the oldest go first). `syncfs versions` lists them.\n\
+             versions_days = {}\nversions_max_mib = {}\n",
             self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads,
-            self.allow_suid, self.allow_dev, self.sync_ownership, self.max_file_mib
+            self.allow_suid, self.allow_dev, self.sync_ownership, self.max_file_mib,
+            self.versions_days, self.versions_max_mib
         )
     }
 }

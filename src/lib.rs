@@ -29,6 +29,9 @@
 //! - [`sync`]: the sender: quiet files and metadata ops from the journal to the peer.
 //! - [`hashtree`], [`treecache`]: incremental whole-file BLAKE3, bounded per-file trees.
 //! - [`delta`], [`preimage`]: zstd deltas against the old bytes the peer holds.
+//! - [`vv`]: version vectors (which version of an entry descends from which).
+//! - [`scan`]: the mount-time scan for changes made while not mounted.
+//! - [`versions`]: the archive of replaced and deleted versions.
 //! - [`cli`]: command-line definitions and commands.
 
 pub mod apply;
@@ -44,7 +47,10 @@ pub mod net;
 pub mod node;
 pub mod path;
 pub mod preimage;
+pub mod scan;
 pub mod store;
 pub mod sync;
 pub mod treecache;
+pub mod versions;
+pub mod vv;
 pub mod wire;

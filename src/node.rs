@@ -12,7 +12,9 @@ use crate::journal::Journal;
 use crate::net::{self, NetConfig, NetHandle};
 use crate::preimage::Preimages;
 use crate::store::{folder_id_bytes, Store};
+use crate::sync::check::Checker;
 use crate::sync::{receiver, sender, Stats, SyncConfig};
+use crate::versions::Archive;
 use anyhow::{anyhow, Context, Result};
 use fuser::{INodeNo, Notifier};
 use libp2p::multiaddr::Protocol;
@@ -103,6 +105,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         let _ = quiet_tx.send(f);
     });
     let rec = Arc::new(JournalRecorder::new(journal.clone(), Some(on_closed)));
+    scan(&store, &journal)?;
     let tainted = journal
         .snapshot()
         .files
@@ -170,6 +173,22 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Finds changes made to the folder while it was not mounted (the first time: indexes
+/// what is there), before the mount or the syncer can see it.
+fn scan(store: &Store, journal: &Journal) -> Result<()> {
+    let node = crate::vv::node_id(&store.keypair()?.public().to_peer_id().to_bytes());
+    let progress = crate::scan::Progress::default();
+    let data = store.data();
+    crate::scan::Scan {
+        data: &data,
+        journal,
+        node,
+        progress: &progress,
+    }
+    .run()
+    .with_context(|| format!("scanning {}", data.display()))
+}
+
 async fn start_sync(
     store: &Store,
     cfg: &Config,
@@ -183,6 +202,9 @@ async fn start_sync(
         Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
     applier.set_sync_ownership(cfg.sync_ownership);
     applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
+    let archive = Archive::open(&store.versions(), cfg.versions_days, cfg.versions_max_mib)
+        .context("opening the version archive")?;
+    applier.set_archive(archive);
     let applier = Arc::new(applier);
     let peers = parse_addrs(&cfg.peers)?;
     let allow: Vec<PeerId> = peers
@@ -203,14 +225,24 @@ async fn start_sync(
         node_name: cfg.name.clone(),
         settle: Duration::from_millis(cfg.settle_ms),
         level: 3,
+        node: crate::vv::node_id(&net.local_peer_id().to_bytes()),
+        peer_bytes: net.local_peer_id().to_bytes(),
+        peer_text: net.local_peer_id().to_string(),
     };
     let mut tasks = vec![tokio::spawn(log_events(events))];
+    let check = Checker {
+        journal: journal.clone(),
+        root: Arc::new(open_path_dir(&store.data())?),
+        applier: applier.clone(),
+        cfg: sync_cfg.clone(),
+    };
     let r = receiver::Receiver {
         applier,
         cfg: sync_cfg.clone(),
         stats: stats.clone(),
         lock: Arc::default(),
         budgets: Arc::default(),
+        check,
     };
     let net2 = net.clone();
     tasks.push(tokio::spawn(async move {
@@ -252,13 +284,7 @@ fn start_senders(
             allow.len()
         );
     }
-    let root = crate::fs::sys::openat(
-        &crate::fs::sys::AtCwd,
-        data.as_os_str(),
-        libc::O_PATH | libc::O_DIRECTORY,
-        0,
-    )
-    .map_err(|e| anyhow!("opening {}: errno {}", data.display(), e.0))?;
+    let root = open_path_dir(data)?;
     let s = sender::Sender {
         net,
         peer,
@@ -269,6 +295,13 @@ fn start_senders(
         pre: Some(pre),
     };
     Ok(vec![tokio::spawn(sender::run(s, quiet_rx))])
+}
+
+/// An `O_PATH` fd of the directory `dir`.
+fn open_path_dir(dir: &Path) -> Result<std::os::fd::OwnedFd> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    crate::fs::sys::openat(&crate::fs::sys::AtCwd, dir.as_os_str(), flags, 0)
+        .map_err(|e| anyhow!("opening {}: errno {}", dir.display(), e.0))
 }
 
 async fn log_events(mut events: tokio::sync::mpsc::Receiver<net::NetEvent>) {

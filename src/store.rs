@@ -62,9 +62,14 @@ impl Store {
         }
     }
 
-    /// The backing data directory.
+    /// The backing data directory: `STORE/data`, or the adopted folder it links to
+    /// (`init --data`).
     pub fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        let link = self.dir.join("data");
+        match std::fs::read_link(&link) {
+            Ok(target) => target,
+            Err(_) => link,
+        }
     }
     /// The journal directory.
     pub fn journal(&self) -> PathBuf {
@@ -77,6 +82,10 @@ impl Store {
     /// Old bytes of regions overwritten since the last ack (rebuilt at each mount).
     pub fn preimages(&self) -> PathBuf {
         self.dir.join("preimages")
+    }
+    /// The archive of replaced and deleted versions.
+    pub fn versions(&self) -> PathBuf {
+        self.dir.join("versions")
     }
     /// The identity key file.
     pub fn key_file(&self) -> PathBuf {
@@ -91,8 +100,27 @@ impl Store {
         self.dir.join("control.sock")
     }
 
-    /// Creates a new store; `join` is a peer's folder id to share.
-    pub fn init(dir: &Path, join: Option<&str>) -> Result<(Store, PeerId, Config), StoreError> {
+    /// Creates a new store; `join` is a peer's folder id to share; `data` an existing
+    /// folder to adopt in place (nothing is copied or moved; `STORE/data` links to it).
+    pub fn init(
+        dir: &Path,
+        join: Option<&str>,
+        data: Option<&Path>,
+    ) -> Result<(Store, PeerId, Config), StoreError> {
+        let data = match data {
+            Some(d) => {
+                let abs = std::fs::canonicalize(d).map_err(io("adopting", d))?;
+                if !abs.is_dir() {
+                    return Err(StoreError::Io {
+                        what: "adopting (not a directory)",
+                        path: abs,
+                        source: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+                    });
+                }
+                Some(abs)
+            }
+            None => None,
+        };
         let folder_id = match join {
             Some(id) => parse_folder_id(id)?,
             None => hex(&rand::random::<[u8; 16]>()),
@@ -107,7 +135,14 @@ impl Store {
         }
         let store = Store::at(dir);
         std::fs::create_dir_all(&store.dir).map_err(io("creating", &store.dir))?;
-        for d in [store.data(), store.journal(), store.staging()] {
+        match &data {
+            Some(target) => {
+                let link = store.dir.join("data");
+                std::os::unix::fs::symlink(target, &link).map_err(io("linking", &link))?;
+            }
+            None => std::fs::create_dir_all(store.data()).map_err(io("creating", &store.data()))?,
+        }
+        for d in [store.journal(), store.staging()] {
             std::fs::create_dir_all(&d).map_err(io("creating", &d))?;
         }
         store.secure()?;
@@ -221,7 +256,7 @@ mod tests {
     fn init_creates_layout_and_refuses_overwrite() {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().join("s");
-        let (store, peer, cfg) = Store::init(&dir, None).unwrap();
+        let (store, peer, cfg) = Store::init(&dir, None, None).unwrap();
         assert!(store.data().is_dir() && store.journal().is_dir());
         let mode = std::fs::metadata(store.key_file())
             .unwrap()
@@ -231,7 +266,7 @@ mod tests {
         assert_eq!(store.keypair().unwrap().public().to_peer_id(), peer);
         assert_eq!(Store::open(&dir).unwrap().1, cfg);
         assert!(matches!(
-            Store::init(&dir, None),
+            Store::init(&dir, None, None),
             Err(StoreError::Exists(_))
         ));
     }
@@ -240,8 +275,8 @@ mod tests {
     fn join_takes_the_folder_id() {
         let t = tempfile::tempdir().unwrap();
         let id = "00112233445566778899AABBCCDDEEFF";
-        let (_, _, cfg) = Store::init(&t.path().join("s"), Some(id)).unwrap();
+        let (_, _, cfg) = Store::init(&t.path().join("s"), Some(id), None).unwrap();
         assert_eq!(cfg.folder_id, id.to_ascii_lowercase());
-        assert!(Store::init(&t.path().join("t"), Some("xyz")).is_err());
+        assert!(Store::init(&t.path().join("t"), Some("xyz"), None).is_err());
     }
 }

@@ -57,9 +57,9 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 /// A directory entry an op works on: its directory and name.
-struct Entry {
-    dir: OwnedFd,
-    name: OsString,
+pub(super) struct Entry {
+    pub(super) dir: OwnedFd,
+    pub(super) name: OsString,
 }
 
 impl Entry {
@@ -196,7 +196,7 @@ impl Applier {
     }
 
     /// The entry's directory (readable if we may, so that it can be fsynced) and name.
-    fn entry(&self, path: &RelPath) -> io::Result<Entry> {
+    pub(super) fn entry(&self, path: &RelPath) -> io::Result<Entry> {
         let Some((parent, name)) = path.split_last() else {
             return open_parent(&self.root, path).map(|(dir, name)| Entry { dir, name });
         };
@@ -213,7 +213,7 @@ impl Applier {
     }
 
     /// After a namespace change in `e.dir`: durable, and the kernel's dentry dropped.
-    fn entry_changed(&self, path: &RelPath, e: &Entry) -> Res {
+    pub(super) fn entry_changed(&self, path: &RelPath, e: &Entry) -> Res {
         self.sync_dir(&e.dir)
             .map_err(|err| ApplyError::io("fsync the directory of", path, err))?;
         if let Ok(st) = sys::fstat(&e.dir) {

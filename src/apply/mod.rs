@@ -47,6 +47,8 @@
 
 mod applied;
 pub use applied::Applied;
+mod aside;
+pub use aside::{Aside, SetAside};
 mod meta;
 mod stage;
 mod trees;
@@ -226,6 +228,8 @@ pub struct Applier {
     max_file_size: u64,
     /// Per peer: metadata ops applied up to which sequence number (`applied`).
     applied: Mutex<std::collections::HashMap<String, applied::Applied>>,
+    /// Where replaced and deleted versions go (none: they are not kept).
+    archive: Option<crate::versions::Archive>,
 }
 
 impl Applier {
@@ -265,6 +269,7 @@ impl Applier {
             sync_ownership: false,
             max_file_size: crate::wire::MAX_FILE_SIZE,
             applied: Mutex::new(Default::default()),
+            archive: None,
         };
         if let Some(f) = applier.fault {
             tracing::warn!("SYNCFS_FAULT is set: the applier will abort at {f:?} (tests only)");

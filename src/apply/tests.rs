@@ -81,6 +81,7 @@ fn update(path: &str, old: Option<&[u8]>, new: &[u8], spans: &[(u64, u64)]) -> F
         },
         ranges,
         hash: hash(new),
+        vv: vec![],
     }
 }
 

@@ -33,6 +33,7 @@
 //! ranges or ops, which are then simply sent again.
 
 pub mod cancel;
+pub mod index;
 pub mod op;
 pub mod ranges;
 pub mod state;
@@ -179,6 +180,7 @@ struct Inner {
     files: sled::Tree,
     meta: sled::Tree,
     db: sled::Db,
+    index: index::Index,
     locked: Mutex<Locked>,
     /// Serialises checkpoints.
     ckpt: Mutex<()>,
@@ -227,6 +229,7 @@ impl Journal {
             dir: dir.to_path_buf(),
             files,
             meta,
+            index: index::Index::open(&db)?,
             db,
             locked: Mutex::new(locked),
             ckpt: Mutex::new(()),
@@ -242,6 +245,73 @@ impl Journal {
 
     fn inner(&self) -> &Inner {
         &self.handle.inner
+    }
+
+    /// The index of every entry and its version (see [`index`]).
+    pub fn index(&self) -> &index::Index {
+        &self.inner().index
+    }
+
+    /// True if `file` has changes recorded and not yet acknowledged by the peer.
+    pub fn is_pending(&self, file: FileId) -> bool {
+        let l = self.inner().lock();
+        l.state.entry(file).is_some_and(|e| e.is_pending())
+    }
+
+    /// A peer's rename moved files this journal tracks: they follow it (no op is
+    /// queued: the peer made the change).
+    pub fn peer_renamed(&self, from: &RelPath, to: &RelPath) -> Result<(), JournalError> {
+        let mut l = self.inner().lock();
+        let moved: Vec<(FileId, RelPath)> = l
+            .state
+            .files()
+            .iter()
+            .filter_map(|(id, e)| e.path.rebase(from, to).map(|p| (*id, p)))
+            .collect();
+        for (file, path) in moved {
+            l.log_and_apply(Record::Track { file, path })?;
+        }
+        Ok(())
+    }
+
+    /// A file this node made itself outside the mount (a conflict copy): journaled as a
+    /// local create with all its bytes dirty, so that it reaches the peer.
+    pub fn local_new_file(
+        &self,
+        file: FileId,
+        path: &RelPath,
+        mode: u32,
+        size: u64,
+    ) -> Result<(), JournalError> {
+        self.record_meta(MetaOp::Create {
+            path: path.clone(),
+            file,
+            mode,
+        })?;
+        self.want_whole(file, path, size)
+    }
+
+    /// The whole of `file` (at `path`, `size` bytes) is to be sent: a peer asked for it,
+    /// or it changed while syncfs was not watching.
+    pub fn want_whole(&self, file: FileId, path: &RelPath, size: u64) -> Result<(), JournalError> {
+        self.track(file, path)?;
+        self.record_size(file, size)?;
+        if size > 0 {
+            let r = self.record_write(file, 0, size);
+            self.write_done(file);
+            r?;
+        }
+        Ok(())
+    }
+
+    /// True if an unacknowledged metadata operation changes `path` (or moves or
+    /// removes a directory above it).
+    pub fn has_pending_op(&self, path: &RelPath) -> bool {
+        let l = self.inner().lock();
+        l.state
+            .meta()
+            .values()
+            .any(|op| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
     }
 
     /// Records that `file` lives at `path` (no-op if already known there).

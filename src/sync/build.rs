@@ -119,6 +119,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         },
         ranges: Vec::new(),
         hash,
+        vv: Vec::new(), // set by the sender as it sends (sync::fold)
     };
     Ok(Some(Built {
         frames: into_frames(update, ranges),

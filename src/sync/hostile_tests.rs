@@ -3,13 +3,16 @@
 //! sockets). After each attack the receiver answers with a clear refusal, applies
 //! nothing unsafe, and still applies the valid traffic that follows.
 
+use super::check::Checker;
 use super::receiver::{serve, Receiver};
 use super::{SyncConfig, SyncError};
 use crate::apply::{Applier, NoHooks};
+use crate::fs::sys;
 use crate::journal::op::{MetaOp, Timestamp};
+use crate::journal::Journal;
 use crate::path::RelPath;
 use crate::wire::{
-    compress_range, AckKind, Encoding, FileUpdate, FramedStream, Message, RangeData,
+    compress_range, AckKind, Encoding, FileUpdate, FramedStream, Message, MetaItem, RangeData,
 };
 use libp2p::PeerId;
 use std::os::unix::fs::MetadataExt;
@@ -39,14 +42,26 @@ fn env() -> Env {
     let mut applier = Applier::open(&data, &staging, Arc::new(NoHooks)).unwrap();
     applier.set_sync_ownership(true);
     applier.set_max_file_size(1 << 30);
+    let applier = Arc::new(applier);
+    let cfg = SyncConfig {
+        folder_id: FOLDER,
+        node_name: "victim".into(),
+        settle: Duration::from_millis(10),
+        level: 3,
+        node: 1,
+        peer_bytes: b"victim".to_vec(),
+        peer_text: "victim".into(),
+    };
+    let check = Checker {
+        journal: Journal::open(&tmp.path().join("journal")).unwrap(),
+        root: Arc::new(sys::openat(&sys::AtCwd, data.as_os_str(), libc::O_PATH, 0).unwrap()),
+        applier: applier.clone(),
+        cfg: cfg.clone(),
+    };
     let receiver = Receiver {
-        applier: Arc::new(applier),
-        cfg: SyncConfig {
-            folder_id: FOLDER,
-            node_name: "victim".into(),
-            settle: Duration::from_millis(10),
-            level: 3,
-        },
+        applier,
+        check,
+        cfg,
         stats: Default::default(),
         lock: Default::default(),
         budgets: Default::default(),
@@ -79,7 +94,15 @@ async fn ask(fs: &mut Peer, m: Message) -> Message {
 }
 
 async fn op(fs: &mut Peer, seq: u64, op: MetaOp) -> Message {
-    ask(fs, Message::MetaBatch(vec![(seq, op)])).await
+    ask(fs, Message::MetaBatch(vec![item(seq, op)])).await
+}
+
+fn item(seq: u64, op: MetaOp) -> MetaItem {
+    MetaItem {
+        seq,
+        op,
+        vv: vec![],
+    }
 }
 
 fn refused(m: &Message) -> bool {
@@ -100,7 +123,14 @@ fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
         },
         ranges: vec![compress_range(0, content, 3)],
         hash: *blake3::hash(content).as_bytes(),
+        vv: vec![(99, next_version())],
     }
+}
+
+/// A fresh counter: each update the fake peer sends is a new version of its file.
+fn next_version() -> u64 {
+    static CLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    CLOCK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[tokio::test]
@@ -194,7 +224,8 @@ async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
         ),
     ];
     for _ in 0..2 {
-        let reply = ask(&mut fs, Message::MetaBatch(batch.clone())).await;
+        let items = batch.iter().map(|(s, o)| item(*s, o.clone())).collect();
+        let reply = ask(&mut fs, Message::MetaBatch(items)).await;
         assert_eq!(reply, Message::Ack(AckKind::Meta(21)));
     }
     assert_eq!(std::fs::read(p("b")).unwrap(), b"precious");

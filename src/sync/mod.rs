@@ -9,10 +9,13 @@
 
 pub mod budget;
 pub mod build;
+pub mod check;
 pub mod coalesce;
+pub mod fold;
 pub mod receiver;
 pub mod sender;
 pub mod stats;
+pub mod verdict;
 
 #[cfg(test)]
 mod hostile_tests;
@@ -32,6 +35,12 @@ pub struct SyncConfig {
     pub settle: Duration,
     /// zstd level for range data.
     pub level: i32,
+    /// This node's id in version vectors.
+    pub node: crate::vv::NodeId,
+    /// This node's PeerId, as bytes (the tie-break between concurrent edits).
+    pub peer_bytes: Vec<u8>,
+    /// This node's PeerId, as text (in conflict copies' names).
+    pub peer_text: String,
 }
 
 /// Why a sync session ended.

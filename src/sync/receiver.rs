@@ -3,12 +3,13 @@
 //! once the applier reports it durable, or a nack with the reason.
 
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
+use super::check::{Checker, Step};
 use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
 use crate::apply::Applier;
-use crate::journal::MetaOp;
 use crate::net::NetHandle;
+use crate::vv::VersionVector;
 use crate::wire::{
-    check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData,
+    check_hello, AckKind, FileUpdate, FramedStream, Message, MetaItem, NackReason, RangeData,
     MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, STREAM_PROTOCOL,
 };
 use futures::StreamExt;
@@ -34,6 +35,8 @@ pub struct Receiver {
     pub lock: Arc<tokio::sync::Mutex<()>>,
     /// Per peer: how many streams, and how much memory for update parts.
     pub budgets: Arc<Budgets>,
+    /// Checks each change against the index before it is applied.
+    pub check: Checker,
 }
 
 /// Accepts sync streams forever, serving each on its own task.
@@ -102,7 +105,7 @@ async fn handle(
 ) -> Result<Option<Message>, SyncError> {
     match msg {
         Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r, peer).await)),
-        Message::Meta { seq, op } => Ok(Some(apply_meta(vec![(seq, op)], r, peer).await)),
+        Message::Meta(item) => Ok(Some(apply_meta(vec![item], r, peer).await)),
         Message::UpdatePart { id, ranges } => {
             parts.add(id, ranges)?;
             Ok(None)
@@ -110,11 +113,12 @@ async fn handle(
         Message::FileUpdate(u) => {
             let id = u.id;
             Ok(Some(match parts.assemble(u) {
-                Ok(u) => apply_update(u, r).await,
+                Ok(u) => apply_update(u, r, peer).await,
                 Err(why) => nack(AckKind::Update(id), NackReason::BadRequest(why)),
             }))
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
+        Message::Index { entries, upto, .. } => Ok(Some(take_index(entries, upto, r, peer).await?)),
         other => Err(SyncError::Protocol(format!(
             "unexpected {} on a sync stream",
             other.kind()
@@ -128,16 +132,18 @@ fn nack(of: AckKind, reason: NackReason) -> Message {
 
 /// Applies a batch exactly once (ops resent after a lost ack are skipped), then records
 /// the batch's last sequence number durably and acks it.
-async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver, peer: &PeerId) -> Message {
+async fn apply_meta(ops: Vec<MetaItem>, r: &Receiver, peer: &PeerId) -> Message {
     let _one = r.lock.lock().await;
     let applier = r.applier.clone();
     let stats = r.stats.clone();
-    let peer = peer.to_string();
-    let first = ops.first().map_or(0, |(seq, _)| *seq);
+    let check = r.check.clone();
+    let (bytes, peer) = (peer.to_bytes(), peer.to_string());
+    let first = ops.first().map_or(0, |i| i.seq);
     let res = tokio::task::spawn_blocking(move || {
         let mut last = 0;
-        for (seq, op) in &ops {
-            match applier.apply_meta_once(&peer, *seq, op) {
+        for MetaItem { seq, op, vv } in &ops {
+            let vv = VersionVector::from_pairs(vv.iter().copied());
+            match gated_op(&applier, &check, &peer, &bytes, *seq, op, &vv) {
                 Ok(true) => Stats::add(&stats.applied, 1),
                 Ok(false) => {}
                 Err(e) => {
@@ -163,15 +169,87 @@ async fn apply_meta(ops: Vec<(u64, MetaOp)>, r: &Receiver, peer: &PeerId) -> Mes
     })
 }
 
-async fn apply_update(u: FileUpdate, r: &Receiver) -> Message {
+/// Decides on each entry of the peer's index; replies with the files we want.
+async fn take_index(
+    entries: Vec<crate::wire::IndexItem>,
+    upto: u64,
+    r: &Receiver,
+    peer: &PeerId,
+) -> Result<Message, SyncError> {
     let _one = r.lock.lock().await;
-    let (applier, id) = (r.applier.clone(), u.id);
-    let res = tokio::task::spawn_blocking(move || applier.apply_update(&u)).await;
+    let (check, bytes) = (r.check.clone(), peer.to_bytes());
+    let want = tokio::task::spawn_blocking(move || {
+        let mut want = Vec::new();
+        for it in &entries {
+            match check.index_item(it, &bytes) {
+                Ok(true) => want.push(it.path.clone()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("index entry {}: {e}", it.path),
+            }
+        }
+        want
+    })
+    .await
+    .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
+    Ok(Message::IndexAck { upto, want })
+}
+
+/// One op through the gate, exactly once: `Ok(true)` if applied now.
+fn gated_op(
+    applier: &crate::apply::Applier,
+    check: &Checker,
+    peer: &str,
+    peer_bytes: &[u8],
+    seq: u64,
+    op: &crate::journal::MetaOp,
+    vv: &VersionVector,
+) -> Result<bool, crate::apply::ApplyError> {
+    if seq <= applier.applied(peer)?.upto {
+        return Ok(false); // resent after a lost ack
+    }
+    match check.before_op(op, vv, peer_bytes)? {
+        Step::Skip => {
+            tracing::info!("op #{seq} ({}) skipped: our version is newer", op.kind());
+            applier.applied_upto(peer, seq)?;
+            Ok(false)
+        }
+        Step::Refuse(r) => Err(crate::apply::ApplyError::BadRequest(format!("{r:?}"))),
+        Step::Apply => {
+            let done = applier.apply_meta_once(peer, seq, op)?;
+            check.after_op(op, vv)?;
+            Ok(done)
+        }
+    }
+}
+
+/// One update through the gate: `Ok(true)` if applied, `Ok(false)` if skipped.
+fn gated_update(
+    applier: &crate::apply::Applier,
+    check: &Checker,
+    u: &FileUpdate,
+    peer_bytes: &[u8],
+) -> Result<Result<bool, NackReason>, crate::apply::ApplyError> {
+    match check.before_update(u, peer_bytes)? {
+        Step::Skip => Ok(Ok(false)),
+        Step::Refuse(r) => Ok(Err(r)),
+        Step::Apply => {
+            applier.apply_update(u)?;
+            check.after_update(u)?;
+            Ok(Ok(true))
+        }
+    }
+}
+
+async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
+    let _one = r.lock.lock().await;
+    let (applier, check, id, bytes) = (r.applier.clone(), r.check.clone(), u.id, peer.to_bytes());
+    let res = tokio::task::spawn_blocking(move || gated_update(&applier, &check, &u, &bytes)).await;
     match res {
-        Ok(Ok(())) => {
-            Stats::add(&r.stats.applied, 1);
+        Ok(Ok(Ok(applied))) => {
+            Stats::add(&r.stats.applied, u64::from(applied));
             Message::Ack(AckKind::Update(id))
         }
+        Ok(Ok(Err(reason))) => nack(AckKind::Update(id), reason),
         Ok(Err(e)) => {
             tracing::info!(update = id, "refusing update: {e}");
             nack(AckKind::Update(id), e.nack_reason())

@@ -4,13 +4,16 @@
 
 use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
+use super::fold::{self, Origin};
 use super::{recv_within, Stats, SyncConfig, SyncError, MIN_RATE, PING_EVERY, REPLY_TIMEOUT};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::net::NetHandle;
 use crate::path::RelPath;
 use crate::preimage::Preimages;
 use crate::treecache::TreeCache;
-use crate::wire::{check_hello, AckKind, FramedStream, Message, NackReason, STREAM_PROTOCOL};
+use crate::wire::{
+    check_hello, AckKind, FramedStream, Message, MetaItem, NackReason, STREAM_PROTOCOL,
+};
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
@@ -195,6 +198,7 @@ async fn session(
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
     tracing::info!(peer = %s.peer, "sending to {name}");
+    exchange(s, &mut fs, st).await?;
     s.stats.linked.store(true, Ordering::Relaxed);
     *backoff = Duration::from_millis(200);
     let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
@@ -207,6 +211,70 @@ async fn session(
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
     }
+}
+
+/// Index entries per `Index` message.
+const INDEX_BATCH: usize = 4096;
+
+/// Sends the peer every index entry that changed since the last one it acknowledged
+/// (all of them at first contact), and queues the files it asks for.
+async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let ix = s.journal.index();
+    let peer = s.peer.to_string();
+    let mut after = ix.peer_acked(&peer)?;
+    let (mut sent, mut wanted) = (0usize, 0usize);
+    loop {
+        let batch = ix.changed_since(after, INDEX_BATCH)?;
+        let last = batch.len() < INDEX_BATCH;
+        let upto = batch.last().map_or(after, |(_, e)| e.seq);
+        sent += batch.len();
+        let entries = batch
+            .into_iter()
+            .map(|(p, e)| fold::to_item(p, e))
+            .collect();
+        fs.send(Message::Index {
+            entries,
+            upto,
+            last,
+        })
+        .await?;
+        let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
+        match recv_within(fs, limit).await? {
+            Message::IndexAck { upto: acked, want } if acked == upto => {
+                wanted += want.len();
+                for path in want {
+                    want_file(s, st, &path)?;
+                }
+                ix.set_peer_acked(&peer, upto)?;
+            }
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "expected an index ack for {upto}, got {}",
+                    other.kind()
+                )))
+            }
+        }
+        after = upto;
+        if last {
+            break;
+        }
+    }
+    tracing::info!(peer = %s.peer, entries = sent, wanted, "index exchanged");
+    Ok(())
+}
+
+/// The peer wants the whole file at `path`: it goes as a whole-file update.
+fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError> {
+    match fold::look(&*s.root, path) {
+        Some((crate::journal::index::Kind::File, stat)) => {
+            st.peer_hash.remove(&stat.st_ino);
+            st.trees.remove(&stat.st_ino);
+            s.journal
+                .want_whole(stat.st_ino, path, stat.st_size as u64)?;
+        }
+        _ => tracing::debug!("{path}: wanted by the peer, but not a file here now"),
+    }
+    Ok(())
 }
 
 /// Proves the link alive (and keeps the peer's read timeout from firing while idle).
@@ -283,10 +351,20 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         return Ok(false);
     }
     let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
-    let ops = coalesce(&snap.meta, &pending);
+    let mut ops = coalesce(&snap.meta, &pending);
+    ops.retain(|(_, op)| !stale_truncate(&*s.root, op));
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
-        fs.send(Message::MetaBatch(chunk.to_vec())).await?;
+        let mut items = Vec::with_capacity(chunk.len());
+        for (seq, op) in chunk {
+            let vv = fold::op(s.journal.index(), &*s.root, op, Origin::Local(s.cfg.node))?;
+            items.push(MetaItem {
+                seq: *seq,
+                op: op.clone(),
+                vv: vv.pairs().to_vec(),
+            });
+        }
+        fs.send(Message::MetaBatch(items)).await?;
         let sent = (chunk[0].0, chunk[chunk.len() - 1].0);
         match meta_reply(fs, sent).await? {
             Ok(upto) => {
@@ -304,6 +382,16 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     }
     s.journal.ack_meta(last)?;
     Ok(true)
+}
+
+/// A truncate of a file no longer at that path (renamed, or set aside as a conflict
+/// copy because the peer's version won): not sent, since it would cut the file the peer
+/// now has there. The file's update carries its size wherever it went.
+fn stale_truncate(root: &OwnedFd, op: &MetaOp) -> bool {
+    let MetaOp::Truncate { path, file, .. } = op else {
+        return false;
+    };
+    fold::look(root, path).is_none_or(|(_, st)| st.st_ino != *file)
 }
 
 /// The peer's answer to a batch of ops `sent = (first, last)`: `Ok(upto)` or the op it
@@ -448,12 +536,25 @@ async fn send_one(
         st.quiet.retry_at.insert(file, retry);
         return Ok(None);
     };
+    let mut b = b;
     // Kept even if the update is dropped below: bytes a racing write changed are dirty.
     st.trees.insert(file, (), b.tree.clone());
     // A write recorded since the snapshot may have torn what was read: wait for quiet.
     if s.journal.entry(file).map(|e| e.version) != Some(version) {
         tracing::debug!(file, "changed while being read; waiting for it to settle");
         return Ok(None);
+    }
+    if let Some(Message::FileUpdate(u)) = b.frames.last_mut() {
+        let ix = s.journal.index();
+        let vv = fold::update(
+            ix,
+            &*s.root,
+            &u.path,
+            u.hash,
+            u.size,
+            Origin::Local(s.cfg.node),
+        )?;
+        u.vv = vv.pairs().to_vec();
     }
     tracing::debug!(
         file,

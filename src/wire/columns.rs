@@ -73,6 +73,7 @@ mod tests {
             mtime: crate::journal::op::Timestamp { secs: 1, nanos: 2 },
             ranges,
             hash: [7; 32],
+            vv: vec![],
         })
     }
 

@@ -171,6 +171,9 @@ pub enum Violation {
     /// A metadata batch has no ops.
     #[error("metadata batch is empty")]
     EmptyBatch,
+    /// A version vector is not strictly sorted by node or holds a zero counter.
+    #[error("malformed version vector")]
+    BadVersion,
     /// Sequence numbers in a metadata batch do not strictly increase.
     #[error("metadata batch sequence {seq} does not increase")]
     SeqOrder {

@@ -27,14 +27,9 @@ pub enum Message {
     /// New content for one regular file.
     FileUpdate(FileUpdate),
     /// One metadata operation from the sender's ordered log.
-    Meta {
-        /// The op's sequence number in the sender's log.
-        seq: u64,
-        /// The operation.
-        op: MetaOp,
-    },
+    Meta(MetaItem),
     /// Several consecutive metadata operations, in log order (strictly increasing seq).
-    MetaBatch(Vec<(u64, MetaOp)>),
+    MetaBatch(Vec<MetaItem>),
     /// Something was applied durably.
     Ack(AckKind),
     /// Something could not be applied.
@@ -57,6 +52,74 @@ pub enum Message {
         /// The ranges, sorted and disjoint.
         ranges: Vec<RangeData>,
     },
+    /// Part of the sender's index: its entries changed after the change number the
+    /// receiver acknowledged last (all of them at first contact), in change order.
+    Index {
+        /// The entries.
+        entries: Vec<IndexItem>,
+        /// The change number of the last entry (the receiver acks it).
+        upto: u64,
+        /// True on the last part of this exchange.
+        last: bool,
+    },
+    /// The receiver holds the sender's index up to change number `upto`, and wants the
+    /// content of these files (which the sender then sends as whole-file updates).
+    IndexAck {
+        /// The change number acknowledged.
+        upto: u64,
+        /// Files whose content the receiver wants.
+        want: Vec<RelPath>,
+    },
+}
+
+/// A version vector on the wire: `(node, counter)` pairs, strictly sorted by node,
+/// every counter above 0 (see [`crate::vv`]).
+pub type WireVersion = Vec<(u64, u64)>;
+
+/// One metadata operation with its sequence number and the version it makes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaItem {
+    /// The op's sequence number in the sender's log.
+    pub seq: u64,
+    /// The operation.
+    pub op: MetaOp,
+    /// The version of the op's target path after the op (for a rename: of `to`).
+    pub vv: WireVersion,
+}
+
+/// What one index entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ItemKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// One entry of a peer's index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexItem {
+    /// Where the entry lives (never the root).
+    pub path: RelPath,
+    /// File, directory or symlink.
+    pub kind: ItemKind,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Modification time.
+    pub mtime: Timestamp,
+    /// Permission bits.
+    pub mode: u32,
+    /// BLAKE3 of the content (files) or target (symlinks); zeros for directories.
+    pub hash: [u8; 32],
+    /// Symlink target (empty otherwise).
+    #[serde(with = "serde_bytes")]
+    pub target: Vec<u8>,
+    /// The entry's version.
+    pub vv: WireVersion,
+    /// A tombstone: deleted at version `vv`.
+    pub deleted: bool,
 }
 
 /// What an [`Message::Ack`] or [`Message::Nack`] refers to.
@@ -110,6 +173,8 @@ pub struct FileUpdate {
     pub ranges: Vec<RangeData>,
     /// BLAKE3 of the whole new content.
     pub hash: [u8; 32],
+    /// The version this content is.
+    pub vv: WireVersion,
 }
 
 /// One contiguous run of new bytes.
@@ -166,6 +231,8 @@ impl Message {
             Message::Ping(_) => "ping",
             Message::Pong(_) => "pong",
             Message::UpdatePart { .. } => "update-part",
+            Message::Index { .. } => "index",
+            Message::IndexAck { .. } => "index-ack",
         }
     }
 }

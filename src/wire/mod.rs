@@ -43,16 +43,25 @@ mod tests;
 pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
-pub use message::{check_hello, AckKind, Encoding, FileUpdate, Message, NackReason, RangeData};
+pub use message::{
+    check_hello, AckKind, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason,
+    RangeData, WireVersion,
+};
 pub use range::{compress_range, decompress_range};
 pub use stream::FramedStream;
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/2";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/3";
+
+/// Most pairs in one version vector (nodes that ever changed one entry).
+pub const MAX_VV_PAIRS: usize = 64;
+
+/// Most entries in one `Index` message (and paths in one `IndexAck`).
+pub const MAX_INDEX_ITEMS: usize = 16 * 1024;
 
 /// Largest encoded message (frame payload, excluding the 4-byte length prefix), in bytes.
 pub const MAX_FRAME: usize = 16 << 20;

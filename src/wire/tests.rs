@@ -35,6 +35,7 @@ fn update(p: &str, size: u64, ranges: Vec<RangeData>) -> FileUpdate {
         mtime: ts(5, 6),
         ranges,
         hash: [0x22; 32],
+        vv: vec![(3, 9)],
     }
 }
 
@@ -134,7 +135,11 @@ fn all_messages() -> Vec<Message> {
             all_meta_ops()
                 .into_iter()
                 .enumerate()
-                .map(|(i, op)| (i as u64 + 3, op))
+                .map(|(i, op)| MetaItem {
+                    seq: i as u64 + 3,
+                    op,
+                    vv: vec![(1, 2), (5, 1)],
+                })
                 .collect(),
         ),
         Message::Ack(AckKind::Update(1)),
@@ -142,11 +147,13 @@ fn all_messages() -> Vec<Message> {
         Message::Ping(42),
         Message::Pong(42),
     ];
-    msgs.extend(
-        all_meta_ops()
-            .into_iter()
-            .map(|op| Message::Meta { seq: 1, op }),
-    );
+    msgs.extend(all_meta_ops().into_iter().map(|op| {
+        Message::Meta(MetaItem {
+            seq: 1,
+            op,
+            vv: vec![],
+        })
+    }));
     let reasons = [
         NackReason::HashMismatch,
         NackReason::UnknownBase,
@@ -241,6 +248,9 @@ fn pinned_file_update_encoding() {
         "0300000000000000", //   data length
         "78797a",           //   "xyz"
         "2222222222222222222222222222222222222222222222222222222222222222", // hash
+        "0100000000000000", // vv: one pair
+        "0300000000000000", //   node 3
+        "0900000000000000", //   counter 9
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -322,7 +332,7 @@ fn rejects_garbage_and_trailing_bytes() {
 fn rejects_huge_declared_collection_without_allocating() {
     // A FileUpdate whose range count claims u64::MAX entries.
     let mut bytes = encode(&Message::FileUpdate(update("a", 0, vec![]))).unwrap();
-    let count_at = bytes.len() - 32 - 8;
+    let count_at = bytes.len() - 24 - 32 - 8; // before the hash and the vv
     assert_eq!(bytes[count_at..count_at + 8], [0; 8]);
     bytes[count_at..count_at + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(matches!(decode_err(&bytes), WireError::Decode(_)));
@@ -464,37 +474,45 @@ fn rejects_bad_meta() {
         atime: Some(SetTime::At(ts(0, 1_000_000_000))),
         mtime: None,
     };
-    assert!(encode(&Message::Meta {
-        seq: 1,
-        op: bad_time
-    })
-    .is_err());
+    assert!(encode(&Message::Meta(item(1, bad_time))).is_err());
     let bad_link = MetaOp::Symlink {
         path: path("l"),
         target: b"a\0b".to_vec(),
     };
-    assert!(encode(&Message::Meta {
-        seq: 1,
-        op: bad_link
-    })
-    .is_err());
+    assert!(encode(&Message::Meta(item(1, bad_link))).is_err());
     let root_mkdir = MetaOp::Mkdir {
         path: RelPath::root(),
         mode: 0o755,
     };
-    assert!(encode(&Message::Meta {
-        seq: 1,
-        op: root_mkdir
-    })
-    .is_err());
+    assert!(encode(&Message::Meta(item(1, root_mkdir))).is_err());
     let rmdir = MetaOp::Rmdir { path: path("d") };
-    let unordered = vec![(2, rmdir.clone()), (2, rmdir)];
+    let unordered = vec![item(2, rmdir.clone()), item(2, rmdir.clone())];
     let err = encode(&Message::MetaBatch(unordered)).unwrap_err();
     assert!(
         matches!(err, WireError::Invalid(Violation::SeqOrder { seq: 2 })),
         "{err}"
     );
     assert!(encode(&Message::MetaBatch(vec![])).is_err());
+    for bad in [vec![(2, 1), (1, 1)], vec![(1, 1), (1, 2)], vec![(1, 0)]] {
+        let m = Message::Meta(MetaItem {
+            seq: 1,
+            op: rmdir.clone(),
+            vv: bad,
+        });
+        let err = encode(&m).unwrap_err();
+        assert!(
+            matches!(err, WireError::Invalid(Violation::BadVersion)),
+            "{err}"
+        );
+    }
+}
+
+fn item(seq: u64, op: MetaOp) -> MetaItem {
+    MetaItem {
+        seq,
+        op,
+        vv: vec![],
+    }
 }
 
 #[test]
@@ -638,6 +656,7 @@ fn arb_update() -> impl Strategy<Value = FileUpdate> {
                     mtime,
                     ranges,
                     hash,
+                    vv: vec![],
                 })
             },
         )
@@ -685,13 +704,13 @@ proptest! {
 fn compressed_streams_round_trip_and_shrink_repeats() {
     let path = RelPath::from_bytes(b"dir/a-long-file-name-that-every-op-repeats.txt").unwrap();
     let ops: Vec<Message> = (0..200u64)
-        .map(|seq| Message::Meta {
-            seq,
-            op: MetaOp::Unlink {
+        .map(|seq| {
+            let op = MetaOp::Unlink {
                 path: path.clone(),
                 file: seq,
                 last_link: true,
-            },
+            };
+            Message::Meta(item(seq, op))
         })
         .collect();
     let mut plain = FramedStream::new(Cursor::new(Vec::new()));
@@ -771,13 +790,137 @@ fn rejects_sizes_past_the_file_size_limit() {
             max: MAX_FILE_SIZE,
         }
     );
-    let t = Message::Meta {
-        seq: 1,
-        op: MetaOp::Truncate {
+    let t = Message::Meta(item(
+        1,
+        MetaOp::Truncate {
             path: path("a"),
             file: 1,
             size: 1 << 62,
         },
-    };
+    ));
     assert!(encode(&t).is_err(), "a truncate to 2^62 is refused");
+}
+
+#[test]
+fn pinned_meta_item_encoding() {
+    let msg = Message::Meta(MetaItem {
+        seq: 1,
+        op: MetaOp::Rmdir { path: path("d") },
+        vv: vec![(7, 2)],
+    });
+    let expected = concat!(
+        "03000000",         // variant 3: Meta
+        "0100000000000000", // seq
+        "04000000",         // op: variant 4, Rmdir
+        "0100000000000000", // path length
+        "64",               // "d"
+        "0100000000000000", // vv: one pair
+        "0700000000000000", //   node 7
+        "0200000000000000", //   counter 2
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
+fn pinned_index_encoding() {
+    let msg = Message::Index {
+        entries: vec![IndexItem {
+            path: path("d"),
+            kind: ItemKind::Dir,
+            size: 0,
+            mtime: ts(1, 2),
+            mode: 0o755,
+            hash: [0; 32],
+            target: vec![],
+            vv: vec![(7, 1)],
+            deleted: false,
+        }],
+        upto: 9,
+        last: true,
+    };
+    let expected = concat!(
+        "0a000000",                                                         // variant 10: Index
+        "0100000000000000",                                                 // one entry
+        "0100000000000000",                                                 //   path length
+        "64",                                                               //   "d"
+        "01000000",                                                         //   kind: Dir
+        "0000000000000000",                                                 //   size
+        "0100000000000000",                                                 //   mtime.secs
+        "02000000",                                                         //   mtime.nanos
+        "ed010000",                                                         //   mode 0o755
+        "0000000000000000000000000000000000000000000000000000000000000000", // hash
+        "0000000000000000",                                                 //   target: empty
+        "0100000000000000",                                                 //   vv: one pair
+        "0700000000000000",                                                 //     node 7
+        "0100000000000000",                                                 //     counter 1
+        "00",                                                               //   deleted: false
+        "0900000000000000",                                                 // upto
+        "01",                                                               // last: true
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let ack = Message::IndexAck {
+        upto: 5,
+        want: vec![path("a")],
+    };
+    let expected = concat!(
+        "0b000000",         // variant 11: IndexAck
+        "0500000000000000", // upto
+        "0100000000000000", // one path
+        "0100000000000000", //   length
+        "61",               //   "a"
+    );
+    assert_eq!(hex(&encode(&ack).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+}
+
+#[test]
+fn rejects_bad_index_entries() {
+    let good = IndexItem {
+        path: path("l"),
+        kind: ItemKind::Symlink,
+        size: 0,
+        mtime: ts(1, 2),
+        mode: 0o777,
+        hash: [1; 32],
+        target: b"t".to_vec(),
+        vv: vec![],
+        deleted: false,
+    };
+    let msg = |it: IndexItem| Message::Index {
+        entries: vec![it],
+        upto: 1,
+        last: true,
+    };
+    assert!(encode(&msg(good.clone())).is_ok());
+    let bad = [
+        IndexItem {
+            target: vec![],
+            ..good.clone()
+        },
+        IndexItem {
+            target: b"a\0b".to_vec(),
+            ..good.clone()
+        },
+        IndexItem {
+            kind: ItemKind::File,
+            ..good.clone()
+        },
+        IndexItem {
+            vv: vec![(1, 0)],
+            ..good.clone()
+        },
+        IndexItem {
+            path: RelPath::root(),
+            ..good.clone()
+        },
+        IndexItem {
+            size: u64::MAX,
+            ..good.clone()
+        },
+    ];
+    for b in bad {
+        assert!(encode(&msg(b.clone())).is_err(), "{b:?}");
+    }
 }

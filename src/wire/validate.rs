@@ -2,9 +2,9 @@
 //! decoded from the wire and to every message before it is encoded.
 
 use super::{
-    Encoding, FileUpdate, Message, NackReason, RangeData, Violation, MAX_FILE_SIZE, MAX_NODE_NAME,
-    MAX_RANGE_LEN, MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
-    MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, Violation,
+    MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_SYMLINK_TARGET,
+    MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::journal::op::{MetaOp, SetTime, Timestamp};
 use crate::path::RelPath;
@@ -16,8 +16,13 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Refused { reason } => max_len("reason", reason.len(), MAX_REASON),
         Message::FileUpdate(u) => validate_update(u),
         Message::UpdatePart { ranges, .. } => validate_part(ranges),
-        Message::Meta { op, .. } => validate_op(op),
+        Message::Meta(item) => validate_batch(std::slice::from_ref(item)),
         Message::MetaBatch(ops) => validate_batch(ops),
+        Message::Index { entries, .. } => validate_index(entries),
+        Message::IndexAck { want, .. } => {
+            max_len("want", want.len(), MAX_INDEX_ITEMS)?;
+            want.iter().try_for_each(|p| not_root("want", p))
+        }
         Message::Nack { reason, .. } => validate_nack(reason),
         Message::Ack(_) | Message::Ping(_) | Message::Pong(_) => Ok(()),
     }
@@ -77,7 +82,34 @@ fn validate_update(u: &FileUpdate) -> Result<(), Violation> {
                 max: MAX_UPDATE_SPAN,
             })?;
     }
-    check_size(u.size)
+    check_size(u.size)?;
+    check_vv(&u.vv)
+}
+
+/// At most [`MAX_VV_PAIRS`] pairs, strictly sorted by node, no zero counter.
+fn check_vv(vv: &[(u64, u64)]) -> Result<(), Violation> {
+    max_len("version vector", vv.len(), MAX_VV_PAIRS)?;
+    if vv.iter().any(|p| p.1 == 0) || vv.windows(2).any(|w| w[0].0 >= w[1].0) {
+        return Err(Violation::BadVersion);
+    }
+    Ok(())
+}
+
+fn validate_index(entries: &[IndexItem]) -> Result<(), Violation> {
+    max_len("index entries", entries.len(), MAX_INDEX_ITEMS)?;
+    for e in entries {
+        not_root("path", &e.path)?;
+        check_time(&e.mtime)?;
+        check_size(e.size)?;
+        check_vv(&e.vv)?;
+        match e.kind {
+            ItemKind::Symlink if !e.deleted => {
+                check_name("symlink target", &e.target, MAX_SYMLINK_TARGET)?
+            }
+            _ => max_len("symlink target", e.target.len(), 0)?,
+        }
+    }
+    Ok(())
 }
 
 /// A file size within the protocol's limit.
@@ -146,16 +178,19 @@ fn check_range_data(index: usize, r: &RangeData) -> Result<(), Violation> {
     }
 }
 
-fn validate_batch(ops: &[(u64, MetaOp)]) -> Result<(), Violation> {
+fn validate_batch(ops: &[MetaItem]) -> Result<(), Violation> {
     if ops.is_empty() {
         return Err(Violation::EmptyBatch);
     }
     for pair in ops.windows(2) {
-        if pair[1].0 <= pair[0].0 {
-            return Err(Violation::SeqOrder { seq: pair[1].0 });
+        if pair[1].seq <= pair[0].seq {
+            return Err(Violation::SeqOrder { seq: pair[1].seq });
         }
     }
-    ops.iter().try_for_each(|(_, op)| validate_op(op))
+    ops.iter().try_for_each(|i| {
+        check_vv(&i.vv)?;
+        validate_op(&i.op)
+    })
 }
 
 fn validate_op(op: &MetaOp) -> Result<(), Violation> {

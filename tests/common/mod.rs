@@ -282,6 +282,8 @@ pub struct Proxy {
     pub port: u16,
     /// Bytes forwarded so far.
     pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// While set, the link is down: connections are closed and new ones refused.
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Proxy {
@@ -292,31 +294,60 @@ impl Proxy {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bytes = Arc::new(AtomicU64::new(0));
-        let b = bytes.clone();
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, d) = (bytes.clone(), down.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(a) = conn else { continue };
+                if d.load(Ordering::Relaxed) {
+                    continue; // dropped: the link is down
+                }
                 let Ok(z) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
                 for (mut from, mut to) in [(a.try_clone().unwrap(), z.try_clone().unwrap()), (z, a)]
                 {
-                    let b = b.clone();
+                    let (b, d) = (b.clone(), d.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = [0u8; 65536];
-                        while let Ok(n) = from.read(&mut buf) {
-                            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                                break;
+                        let _ = from.set_read_timeout(Some(std::time::Duration::from_millis(100)));
+                        while !d.load(Ordering::Relaxed) {
+                            match from.read(&mut buf) {
+                                Ok(0) => break,
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        break;
+                                    }
+                                    b.fetch_add(n as u64, Ordering::Relaxed);
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock
+                                            | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => break,
                             }
-                            b.fetch_add(n as u64, Ordering::Relaxed);
                         }
                         let _ = to.shutdown(std::net::Shutdown::Both);
                     });
                 }
             }
         });
-        Proxy { port, bytes }
+        Proxy { port, bytes, down }
+    }
+
+    /// Takes the link down (open connections close, new ones are refused).
+    #[allow(dead_code)]
+    pub fn cut(&self) {
+        self.down.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Brings the link back.
+    #[allow(dead_code)]
+    pub fn heal(&self) {
+        self.down.store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes forwarded so far.
@@ -340,6 +371,20 @@ impl Pair {
     pub fn new(proxied: bool) -> Pair {
         let a = Node::new();
         let b = Node::with_init(&["--join", &folder_id(&a.store)]);
+        Pair::of(a, b, proxied)
+    }
+
+    /// Two stores adopting the existing folders `a` and `b` (`init --data`).
+    #[allow(dead_code)]
+    pub fn adopting(a: &Path, b: &Path, proxied: bool) -> Pair {
+        let na = Node::with_init(&["--data", a.to_str().unwrap()]);
+        let id = folder_id(&na.store);
+        let nb = Node::with_init(&["--join", &id, "--data", b.to_str().unwrap()]);
+        Pair::of(na, nb, proxied)
+    }
+
+    /// Configures `a` and `b` as each other's peer.
+    fn of(a: Node, b: Node, proxied: bool) -> Pair {
         let (pa, pb) = (free_port(), free_port());
         let mut proxies = Vec::new();
         let (to_b, to_a) = if proxied {

@@ -1,0 +1,335 @@
+//! The receiver's gate: every change from a peer is checked against the index before
+//! the applier applies it ([`super::verdict`]), the local version that loses is set
+//! aside (conflict copy or archive), and what was applied is folded into the index
+//! with the peer's version. Blocking (sled and file I/O): call it off the runtime.
+
+use super::fold::{self, Origin};
+use super::verdict::{conflict_name, decide, Loser, Side, Verdict};
+use super::SyncConfig;
+use crate::apply::{Applier, ApplyError, Aside};
+use crate::journal::index::Kind;
+use crate::journal::op::Timestamp;
+use crate::journal::{Journal, JournalError, MetaOp};
+use crate::path::RelPath;
+use crate::vv::{Order, VersionVector};
+use crate::wire::{FileUpdate, IndexItem, ItemKind, NackReason};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// What the receiver does with a peer's change.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Apply it (the losing local version, if any, is already set aside).
+    Apply,
+    /// Acknowledge it without applying: ours is newer, or the same, or won.
+    Skip,
+    /// Refuse it with this reason (the sender sends the whole file again).
+    Refuse(NackReason),
+}
+
+/// Everything the gate needs.
+#[derive(Clone)]
+pub struct Checker {
+    /// The local journal (the index, and what is pending).
+    pub journal: Journal,
+    /// `O_PATH` fd of the backing data directory.
+    pub root: Arc<OwnedFd>,
+    /// The applier (sets losers aside).
+    pub applier: Arc<Applier>,
+    /// This node's ids.
+    pub cfg: SyncConfig,
+}
+
+/// Our version of an entry.
+struct Ours {
+    vv: VersionVector,
+    deleted: bool,
+    hash: [u8; 32],
+    mtime: Timestamp,
+}
+
+/// Errors of the gate, as the applier's (they are nacked the same way).
+fn jerr(path: &RelPath) -> impl FnOnce(JournalError) -> ApplyError + '_ {
+    move |e| ApplyError::Io {
+        what: "indexing",
+        path: path.to_string(),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+impl Checker {
+    /// Our version of `path`: the index's, counted newer if changed locally since.
+    fn ours(&self, path: &RelPath) -> Result<Option<Ours>, ApplyError> {
+        let entry = self.journal.index().get(path).map_err(jerr(path))?;
+        let look = fold::look(&*self.root, path);
+        let Some((kind, st)) = look else {
+            let Some(e) = entry else { return Ok(None) };
+            let vv = self.pending_bump(e.vv, self.journal.has_pending_op(path));
+            let mtime = e.mtime;
+            return Ok(Some(Ours {
+                vv,
+                deleted: true,
+                hash: e.hash,
+                mtime,
+            }));
+        };
+        let stamp = fold::stamp(&st);
+        let known = entry.as_ref().filter(|e| !e.deleted && e.kind == kind);
+        // The indexed hash holds while the file's inode, size and mtime are the indexed
+        // ones (ctime is no sign: a hard link or a chmod changes it); else it is read.
+        let fresh = known.is_some_and(|e| {
+            let s = e.stamp;
+            (s.ino, s.size, s.mtime_ns) == (stamp.ino, stamp.size, stamp.mtime_ns)
+        });
+        let pending = self.journal.is_pending(st.st_ino) || self.journal.has_pending_op(path);
+        let hash = match (kind, known) {
+            (Kind::File, Some(e)) if fresh && !pending => e.hash,
+            (Kind::File, _) => self.applier.file_hash(path)?.unwrap_or([0; 32]),
+            (_, Some(e)) => e.hash,
+            _ => [0; 32],
+        };
+        let vv = entry.map(|e| e.vv).unwrap_or_default();
+        let vv = self.pending_bump(vv, pending);
+        Ok(Some(Ours {
+            vv,
+            deleted: false,
+            hash,
+            mtime: fold::mtime(&st),
+        }))
+    }
+
+    fn pending_bump(&self, vv: VersionVector, pending: bool) -> VersionVector {
+        match pending {
+            true => vv.bumped(self.cfg.node, u64::MAX),
+            false => vv,
+        }
+    }
+
+    fn verdict(&self, ours: Option<&Ours>, theirs: Side) -> Verdict {
+        let ours = ours.map(|o| Side {
+            vv: &o.vv,
+            deleted: o.deleted,
+            hash: o.hash,
+            mtime: o.mtime,
+            node: &self.cfg.peer_bytes,
+        });
+        decide(ours.as_ref(), &theirs)
+    }
+
+    /// Decides on a file update from `peer` and sets our losing version aside.
+    pub fn before_update(&self, u: &FileUpdate, peer: &[u8]) -> Result<Step, ApplyError> {
+        let vv = VersionVector::from_pairs(u.vv.iter().copied());
+        let ours = self.ours(&u.path)?;
+        let theirs = Side {
+            vv: &vv,
+            deleted: false,
+            hash: u.hash,
+            mtime: u.mtime,
+            node: peer,
+        };
+        let v = self.verdict(ours.as_ref(), theirs);
+        tracing::debug!(path = %u.path, ?v, "update verdict");
+        match v {
+            Verdict::Keep => Ok(Step::Skip),
+            Verdict::Merge => self.after_update(u).map(|_| Step::Skip),
+            Verdict::Take(Loser::Replaced) => {
+                let o = ours.as_ref().filter(|o| !o.deleted && o.hash != u.hash);
+                if u.base.is_none() && o.is_some() {
+                    self.applier.set_aside(&u.path, Aside::Archive)?;
+                }
+                Ok(Step::Apply)
+            }
+            Verdict::Take(_) if u.base.is_some() => Ok(Step::Refuse(NackReason::UnknownBase)),
+            Verdict::Take(Loser::Archive) => {
+                self.applier.set_aside(&u.path, Aside::Archive)?;
+                Ok(Step::Apply)
+            }
+            Verdict::Take(Loser::ConflictCopy) => {
+                let mtime = ours.map_or(u.mtime, |o| o.mtime);
+                self.conflict_copy(&u.path, mtime)?;
+                Ok(Step::Apply)
+            }
+        }
+    }
+
+    /// Renames our version of `path` to a conflict copy, journaled as a new local file.
+    fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<(), ApplyError> {
+        let Some((parent, leaf)) = path.split_last() else {
+            return Ok(());
+        };
+        let name = conflict_name(&leaf.to_string_lossy(), mtime, &self.cfg.peer_text);
+        let copy = parent
+            .join(std::ffi::OsStr::new(&name))
+            .map_err(|e| ApplyError::BadRequest(format!("{path}: conflict name: {e}")))?;
+        if let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? {
+            tracing::warn!("conflict: {path} was changed on both sides; ours is kept as {copy}");
+            self.journal
+                .local_new_file(s.ino, &copy, s.mode, s.size)
+                .map_err(jerr(path))?;
+        }
+        Ok(())
+    }
+
+    /// Folds an applied update into the index at the peer's version.
+    pub fn after_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        let vv = VersionVector::from_pairs(u.vv.iter().copied());
+        fold::update(
+            self.journal.index(),
+            &*self.root,
+            &u.path,
+            u.hash,
+            u.size,
+            Origin::Peer(&vv),
+        )
+        .map(|_| ())
+        .map_err(jerr(&u.path))
+    }
+
+    /// Decides on a metadata op from `peer` at version `vv`.
+    pub fn before_op(
+        &self,
+        op: &MetaOp,
+        vv: &VersionVector,
+        peer: &[u8],
+    ) -> Result<Step, ApplyError> {
+        match op {
+            MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } => {
+                let ours = self.ours(path)?;
+                let hash = ours.as_ref().map_or([0; 32], |o| o.hash);
+                let mtime = Timestamp { secs: 0, nanos: 0 };
+                let theirs = Side {
+                    vv,
+                    deleted: true,
+                    hash,
+                    mtime,
+                    node: peer,
+                };
+                match self.verdict(ours.as_ref(), theirs) {
+                    Verdict::Keep => Ok(Step::Skip), // our edit wins over their delete
+                    _ => {
+                        if matches!(
+                            op,
+                            MetaOp::Unlink {
+                                last_link: true,
+                                ..
+                            }
+                        ) {
+                            self.applier.set_aside(path, Aside::Archive)?;
+                        }
+                        Ok(Step::Apply)
+                    }
+                }
+            }
+            MetaOp::Truncate { path, .. } => {
+                let ours = self.ours(path)?;
+                let older = ours
+                    .is_some_and(|o| matches!(vv.compare(&o.vv), Order::Older | Order::Concurrent));
+                Ok(if older { Step::Skip } else { Step::Apply })
+            }
+            MetaOp::Rename { from, to, flags } if flags & libc::RENAME_EXCHANGE == 0 => {
+                if fold::look(&*self.root, from).is_some() && self.is_other_file(from, to) {
+                    self.applier.set_aside(to, Aside::Archive)?;
+                }
+                Ok(Step::Apply)
+            }
+            _ => Ok(Step::Apply),
+        }
+    }
+
+    /// True if `to` is a regular file other than the one at `from` (a rename replaces it).
+    fn is_other_file(&self, from: &RelPath, to: &RelPath) -> bool {
+        match (fold::look(&*self.root, from), fold::look(&*self.root, to)) {
+            (Some((_, a)), Some((Kind::File, b))) => a.st_ino != b.st_ino,
+            _ => false,
+        }
+    }
+
+    /// Folds an applied op into the index (and the journal follows a rename).
+    pub fn after_op(&self, op: &MetaOp, vv: &VersionVector) -> Result<(), ApplyError> {
+        if let MetaOp::Rename { from, to, flags } = op {
+            if flags & libc::RENAME_EXCHANGE == 0 {
+                self.journal.peer_renamed(from, to).map_err(jerr(to))?;
+            }
+        }
+        let path = op.attr_path().cloned().unwrap_or_else(RelPath::root);
+        fold::op(self.journal.index(), &*self.root, op, Origin::Peer(vv))
+            .map(|_| ())
+            .map_err(jerr(&path))
+    }
+}
+
+impl Checker {
+    /// Decides on one entry of the peer's index: applies what needs no data (deletes,
+    /// directories, symlinks, merged versions) and returns true if we want the file's
+    /// content (the peer then sends it whole, and [`Checker::before_update`] decides
+    /// again when it arrives).
+    pub fn index_item(&self, it: &IndexItem, peer: &[u8]) -> Result<bool, ApplyError> {
+        let vv = VersionVector::from_pairs(it.vv.iter().copied());
+        let ours = self.ours(&it.path)?;
+        let theirs = Side {
+            vv: &vv,
+            deleted: it.deleted,
+            hash: it.hash,
+            mtime: it.mtime,
+            node: peer,
+        };
+        let v = self.verdict(ours.as_ref(), theirs);
+        tracing::debug!(path = %it.path, ?v, "index verdict");
+        let ix = self.journal.index();
+        match v {
+            Verdict::Keep => Ok(false),
+            Verdict::Merge => fold::merge(ix, &it.path, &vv)
+                .map(|_| false)
+                .map_err(jerr(&it.path)),
+            Verdict::Take(_) if it.deleted => {
+                let op = match fold::look(&*self.root, &it.path) {
+                    Some((Kind::Dir, _)) => MetaOp::Rmdir {
+                        path: it.path.clone(),
+                    },
+                    Some((_, st)) => MetaOp::Unlink {
+                        path: it.path.clone(),
+                        file: st.st_ino,
+                        last_link: true,
+                    },
+                    None => return Ok(false),
+                };
+                self.applier.set_aside(&it.path, Aside::Archive)?;
+                match self.applier.apply_meta(&op) {
+                    Ok(()) => self.after_op(&op, &vv).map(|_| false),
+                    Err(e) => {
+                        tracing::info!("{}: not removed ({e}); kept", it.path);
+                        Ok(false)
+                    }
+                }
+            }
+            Verdict::Take(_) => match it.kind {
+                ItemKind::File => Ok(true),
+                ItemKind::Dir => {
+                    let op = MetaOp::Mkdir {
+                        path: it.path.clone(),
+                        mode: it.mode,
+                    };
+                    self.applier.apply_meta(&op)?;
+                    self.after_op(&op, &vv).map(|_| false)
+                }
+                ItemKind::Symlink => {
+                    if let Some((_, st)) = fold::look(&*self.root, &it.path) {
+                        self.applier.set_aside(&it.path, Aside::Archive)?;
+                        let gone = MetaOp::Unlink {
+                            path: it.path.clone(),
+                            file: st.st_ino,
+                            last_link: true,
+                        };
+                        self.applier.apply_meta(&gone)?;
+                    }
+                    let op = MetaOp::Symlink {
+                        path: it.path.clone(),
+                        target: it.target.clone(),
+                    };
+                    self.applier.apply_meta(&op)?;
+                    self.after_op(&op, &vv).map(|_| false)
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! Both sides change while the link is down (cut by counting proxies outside the
+//! program), then it comes back: nothing is lost, both trees end equal, the loser of a
+//! concurrent edit is kept as a conflict copy on both sides, an edit beats a delete, and
+//! the daemons go quiet afterwards.
+
+mod common;
+use common::{peer_id, wait_until, Pair};
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+/// Names and contents of every file below `root` (sorted).
+fn files(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                out.push((rel, fs::read(&p).unwrap_or_default()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn cut(p: &Pair) {
+    p.proxies.iter().for_each(|x| x.cut());
+}
+
+fn heal(p: &Pair) {
+    p.proxies.iter().for_each(|x| x.heal());
+}
+
+/// Waits until both mounts show the same files, and returns them.
+fn converged(p: &Pair, what: &str) -> Vec<(String, Vec<u8>)> {
+    let ok = wait_until(60, || files(&p.a.mnt) == files(&p.b.mnt));
+    let (a, b) = (files(&p.a.mnt), files(&p.b.mnt));
+    assert!(
+        ok,
+        "{what}: trees differ\nA: {:?}\nB: {:?}\nA log: {}\nB log: {}",
+        names(&a),
+        names(&b),
+        common::tail(&p.a.log(), 30),
+        common::tail(&p.b.log(), 30)
+    );
+    a
+}
+
+fn names(f: &[(String, Vec<u8>)]) -> Vec<String> {
+    f.iter()
+        .map(|(n, d)| format!("{n}={}", String::from_utf8_lossy(d)))
+        .collect()
+}
+
+/// Both sides hold `base`, then the link goes down.
+fn partitioned(names: &[&str]) -> Pair {
+    let p = Pair::mounted(true);
+    for n in names {
+        fs::write(p.a.m(n), b"base version\n").unwrap();
+    }
+    assert!(
+        wait_until(30, || names
+            .iter()
+            .all(
+                |n| fs::read(p.b.m(n)).ok().as_deref() == Some(&b"base version\n"[..])
+            )),
+        "the base reaches B"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    cut(&p);
+    std::thread::sleep(Duration::from_millis(300));
+    p
+}
+
+/// The daemons send nothing more than keepalives once they have converged.
+fn assert_quiet(p: &Pair) {
+    std::thread::sleep(Duration::from_secs(3));
+    let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    std::thread::sleep(Duration::from_secs(12));
+    let after: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    assert!(
+        after - before < 2_000,
+        "{} bytes in 12 s after convergence: the daemons did not settle",
+        after - before
+    );
+}
+
+#[test]
+fn concurrent_edits_keep_both_versions_on_both_sides() {
+    let mut p = partitioned(&["notes.txt"]);
+    fs::write(p.a.m("notes.txt"), b"edited on A\n").unwrap();
+    std::thread::sleep(Duration::from_millis(1100)); // B's edit is the newer one
+    fs::write(p.b.m("notes.txt"), b"edited on B, later\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    heal(&p);
+    let all = converged(&p, "after the partition");
+    let short: String = peer_id(&p.a.store).chars().take(7).collect();
+    let conflict = all.iter().find(|(n, _)| {
+        n.starts_with("notes.sync-conflict-") && n.ends_with(&format!("-{short}.txt"))
+    });
+    assert!(
+        conflict.is_some(),
+        "A's losing version is kept: {:?}",
+        names(&all)
+    );
+    assert_eq!(conflict.unwrap().1, b"edited on A\n");
+    let main = all.iter().find(|(n, _)| n == "notes.txt").unwrap();
+    assert_eq!(
+        main.1, b"edited on B, later\n",
+        "the newer edit wins on both"
+    );
+    assert_eq!(all.len(), 2, "{:?}", names(&all));
+    assert_quiet(&p);
+    p.a.unmount();
+    p.b.unmount();
+}
+
+#[test]
+fn an_edit_beats_a_concurrent_delete() {
+    let mut p = partitioned(&["doc.txt", "gone.txt"]);
+    fs::remove_file(p.a.m("doc.txt")).unwrap();
+    fs::write(p.b.m("doc.txt"), b"edited on B while A deleted it\n").unwrap();
+    fs::remove_file(p.b.m("gone.txt")).unwrap(); // a plain delete still goes through
+    std::thread::sleep(Duration::from_secs(1));
+    heal(&p);
+    let all = converged(&p, "after delete vs edit");
+    assert_eq!(
+        names(&all),
+        ["doc.txt=edited on B while A deleted it\n"],
+        "the edit survives on both, the unopposed delete too"
+    );
+    // the version A deleted is in A's archive? A deleted it itself: nothing to keep.
+    // B's gone.txt was deleted by B; A archived its copy when the delete arrived.
+    let kept = common::syncfs(&["versions", p.a.store.to_str().unwrap()]);
+    assert!(
+        kept.contains("gone.txt"),
+        "A keeps what B's delete removed:\n{kept}"
+    );
+    assert_quiet(&p);
+    p.a.unmount();
+    p.b.unmount();
+}
+
+/// Sets a file's mtime to `secs` after the epoch.
+fn set_mtime(p: &Path, secs: u64) {
+    let f = fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap();
+}
+
+/// A source-like tree of `n` files in a few directories.
+fn make_tree(root: &Path, n: usize) {
+    for i in 0..n {
+        let d = root.join(format!("dir{}", i % 7));
+        fs::create_dir_all(&d).unwrap();
+        let body = format!(
+            "// file {i}\n{}",
+            "fn main() { println!(\"hello\"); }\n".repeat(40 + i % 13)
+        );
+        fs::write(d.join(format!("f{i}.rs")), body).unwrap();
+        set_mtime(&d.join(format!("f{i}.rs")), 1_700_000_000);
+    }
+    std::os::unix::fs::symlink("dir0/f0.rs", root.join("link")).unwrap();
+}
+
+#[test]
+fn adopted_folders_pair_moving_only_the_differences() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    make_tree(&x, 300);
+    make_tree(&y, 300);
+    fs::write(x.join("only-on-a.txt"), b"A alone\n").unwrap();
+    fs::create_dir(y.join("only-on-b")).unwrap();
+    fs::write(y.join("only-on-b/file.txt"), b"B alone\n").unwrap();
+    // differing content: the newer mtime wins, the other goes to the archive
+    fs::write(x.join("dir1/f1.rs"), b"A's newer version\n").unwrap();
+    set_mtime(&x.join("dir1/f1.rs"), 1_800_000_000);
+    fs::write(y.join("dir2/f2.rs"), b"B's newer version\n").unwrap();
+    set_mtime(&y.join("dir2/f2.rs"), 1_800_000_000);
+    let mut p = Pair::adopting(&x, &y, true);
+    assert_eq!(
+        fs::read_link(p.a.store.join("data")).unwrap(),
+        x.canonicalize().unwrap()
+    );
+    p.a.mount();
+    p.b.mount();
+    let all = converged(&p, "after first pairing");
+    let get = |n: &str| all.iter().find(|(p, _)| p == n).map(|(_, d)| d.clone());
+    assert_eq!(get("only-on-a.txt").as_deref(), Some(&b"A alone\n"[..]));
+    assert_eq!(
+        get("only-on-b/file.txt").as_deref(),
+        Some(&b"B alone\n"[..])
+    );
+    assert_eq!(
+        get("dir1/f1.rs").as_deref(),
+        Some(&b"A's newer version\n"[..])
+    );
+    assert_eq!(
+        get("dir2/f2.rs").as_deref(),
+        Some(&b"B's newer version\n"[..])
+    );
+    assert_eq!(
+        fs::read_link(p.b.m("link")).unwrap(),
+        Path::new("dir0/f0.rs")
+    );
+    // nothing was copied or moved out of the adopted folders
+    assert_eq!(
+        fs::read(y.join("dir1/f1.rs")).unwrap(),
+        b"A's newer version\n"
+    );
+    let kept_b = common::syncfs(&["versions", p.b.store.to_str().unwrap()]);
+    assert!(
+        kept_b.contains("dir1/f1.rs"),
+        "B archived its older f1:\n{kept_b}"
+    );
+    let kept_a = common::syncfs(&["versions", p.a.store.to_str().unwrap()]);
+    assert!(
+        kept_a.contains("dir2/f2.rs"),
+        "A archived its older f2:\n{kept_a}"
+    );
+    // 300 unchanged files (about 1.3 MB) never crossed: only the index and the four
+    // differing files did
+    let wire: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    println!("first pairing of 300 mostly-same files: {wire} bytes on the wire");
+    assert!(
+        wire < 60_000,
+        "{wire} bytes on the wire for four small differences"
+    );
+    assert_quiet(&p);
+    p.a.unmount();
+    p.b.unmount();
+}
+
+#[test]
+fn edits_made_while_unmounted_reach_the_peer() {
+    let mut p = Pair::mounted(true);
+    for n in ["keep.txt", "edit.txt", "drop.txt"] {
+        fs::write(p.a.m(n), format!("{n} base\n")).unwrap();
+    }
+    assert!(wait_until(30, || fs::read(p.b.m("drop.txt")).is_ok()));
+    std::thread::sleep(Duration::from_millis(500));
+    p.b.unmount();
+    // behind syncfs's back, in B's backing folder
+    fs::write(
+        p.b.data().join("edit.txt"),
+        b"edited while B was unmounted\n",
+    )
+    .unwrap();
+    fs::remove_file(p.b.data().join("drop.txt")).unwrap();
+    fs::write(p.b.data().join("new.txt"), b"made while unmounted\n").unwrap();
+    p.b.mount();
+    let all = converged(&p, "after B's offline edits");
+    assert_eq!(
+        names(&all),
+        [
+            "edit.txt=edited while B was unmounted\n",
+            "keep.txt=keep.txt base\n",
+            "new.txt=made while unmounted\n"
+        ]
+    );
+    // A's next edit builds on B's, it does not overwrite it unseen
+    fs::write(p.a.m("edit.txt"), b"A edits after\n").unwrap();
+    assert!(wait_until(30, || fs::read(p.b.m("edit.txt")).unwrap()
+        == b"A edits after\n"));
+    assert_quiet(&p);
+    p.a.unmount();
+    p.b.unmount();
+}
