@@ -271,3 +271,55 @@ fn edits_made_while_unmounted_reach_the_peer() {
     p.a.unmount();
     p.b.unmount();
 }
+
+#[test]
+fn ten_thousand_unchanged_files_cost_little_at_first_contact_and_less_at_reconnect() {
+    const N: usize = 10_000;
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    for root in [&x, &y] {
+        for i in 0..N {
+            let d = root.join(format!("d{:03}", i % 400));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(
+                d.join(format!("file{i:05}.txt")),
+                format!("content of file {i}\n"),
+            )
+            .unwrap();
+        }
+    }
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    fs::write(p.a.m("marker"), b"done\n").unwrap();
+    assert!(
+        wait_until(120, || fs::read(p.b.m("marker")).is_ok()),
+        "the marker crosses"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let first: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.unmount();
+    p.b.unmount();
+    p.a.mount();
+    p.b.mount();
+    fs::write(p.a.m("marker"), b"again\n").unwrap();
+    assert!(wait_until(60, || fs::read(p.b.m("marker")).ok().as_deref()
+        == Some(&b"again\n"[..])));
+    std::thread::sleep(Duration::from_secs(2));
+    let second: u64 = p.proxies.iter().map(|x| x.count()).sum::<u64>() - first;
+    println!(
+        "{N} unchanged files: first contact {first} bytes ({} B/file), reconnect {second} bytes ({:.2} B/file)",
+        first / N as u64,
+        second as f64 / N as f64
+    );
+    assert!(
+        first < 10 * N as u64,
+        "first contact: {first} bytes for {N} files"
+    );
+    assert!(
+        second < 20_000,
+        "reconnect: {second} bytes for {N} unchanged files"
+    );
+    p.a.unmount();
+    p.b.unmount();
+}

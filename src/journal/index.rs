@@ -231,6 +231,48 @@ impl Index {
         Ok(out)
     }
 
+    /// The direct children of directory `dir` (the root: `RelPath::root()`).
+    pub fn children(&self, dir: &RelPath) -> Result<Vec<(RelPath, Entry)>, JournalError> {
+        let prefix = match dir.is_root() {
+            true => Vec::new(),
+            false => [dir.as_bytes(), b"/"].concat(),
+        };
+        let mut out = Vec::new();
+        for kv in self.entries.scan_prefix(&prefix) {
+            let (k, v) = kv.map_err(db("index scan"))?;
+            if k[prefix.len()..].contains(&b'/') {
+                continue;
+            }
+            let p = RelPath::from_bytes(&k)
+                .map_err(|e| JournalError::Corrupt(format!("index path: {e}")))?;
+            out.push((p, Entry::decode(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// One digest per directory that has entries: 16 bytes of BLAKE3 over its direct
+    /// children (name, kind, tombstone, mode, hash, version), in name order. Two nodes
+    /// whose directories hold the same versions compute the same digest.
+    pub fn digests(&self) -> Result<Vec<(RelPath, [u8; 16])>, JournalError> {
+        let mut dirs: std::collections::BTreeMap<Vec<u8>, blake3::Hasher> = Default::default();
+        for kv in self.all() {
+            let (path, e) = kv?;
+            let Some((parent, name)) = path.split_last() else {
+                continue;
+            };
+            let h = dirs.entry(parent.as_bytes().to_vec()).or_default();
+            feed(h, name.as_encoded_bytes(), &e);
+        }
+        dirs.into_iter()
+            .map(|(k, h)| {
+                let p = RelPath::from_bytes(&k)
+                    .map_err(|e| JournalError::Corrupt(format!("index path: {e}")))?;
+                let d: [u8; 16] = h.finalize().as_bytes()[..16].try_into().expect("16 bytes");
+                Ok((p, d))
+            })
+            .collect()
+    }
+
     /// Every entry, in path order (live and tombstones).
     pub fn all(&self) -> impl Iterator<Item = Result<(RelPath, Entry), JournalError>> + '_ {
         self.entries.iter().map(|kv| {
@@ -290,6 +332,20 @@ impl Index {
     }
 }
 
+/// Feeds one child into its directory's digest.
+fn feed(h: &mut blake3::Hasher, name: &[u8], e: &Entry) {
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name);
+    h.update(&[e.kind as u8, e.deleted as u8]);
+    h.update(&e.mode.to_le_bytes());
+    h.update(&e.hash);
+    for (n, c) in e.vv.pairs() {
+        h.update(&n.to_le_bytes());
+        h.update(&c.to_le_bytes());
+    }
+    h.update(&[0xff]);
+}
+
 fn db_err(context: &'static str) -> impl FnOnce(sled::Error) -> JournalError {
     move |e| JournalError::db(context, e)
 }
@@ -342,6 +398,47 @@ mod tests {
         let ix = Index::open(&db).unwrap();
         assert!(ix.tick().unwrap() > first + 1);
         assert_eq!(ix.get(&p("a")).unwrap().unwrap().hash, [7; 32]);
+    }
+
+    #[test]
+    fn equal_directories_have_equal_digests() {
+        let p = |s: &str| RelPath::from_bytes(s.as_bytes()).unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (db1, db2) = (
+            sled::open(d1.path()).unwrap(),
+            sled::open(d2.path()).unwrap(),
+        );
+        let (a, b) = (Index::open(&db1).unwrap(), Index::open(&db2).unwrap());
+        for ix in [&a, &b] {
+            for n in ["x/1", "x/2", "y/1", "top"] {
+                ix.put(&p(n), entry()).unwrap();
+            }
+        }
+        assert_eq!(a.digests().unwrap(), b.digests().unwrap());
+        b.put(
+            &p("y/1"),
+            Entry {
+                hash: [8; 32],
+                ..entry()
+            },
+        )
+        .unwrap();
+        let (da, db) = (a.digests().unwrap(), b.digests().unwrap());
+        let differ: Vec<String> = da
+            .iter()
+            .zip(&db)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| x.0.to_string())
+            .collect();
+        assert_eq!(differ, ["y"]);
+        let kids: Vec<String> = a
+            .children(&RelPath::root())
+            .unwrap()
+            .into_iter()
+            .map(|(p, _)| p.to_string())
+            .collect();
+        assert_eq!(kids, ["top"]);
+        assert_eq!(a.children(&p("x")).unwrap().len(), 2);
     }
 
     #[test]

@@ -119,6 +119,7 @@ async fn handle(
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
         Message::Index { entries, upto, .. } => Ok(Some(take_index(entries, upto, r, peer).await?)),
+        Message::Summary { dirs, .. } => Ok(Some(compare_summary(dirs, r).await?)),
         other => Err(SyncError::Protocol(format!(
             "unexpected {} on a sync stream",
             other.kind()
@@ -167,6 +168,26 @@ async fn apply_meta(ops: Vec<MetaItem>, r: &Receiver, peer: &PeerId) -> Message 
             NackReason::Io(format!("applier task: {e}")),
         )
     })
+}
+
+/// The directories of the peer's summary whose digest differs from ours.
+async fn compare_summary(
+    dirs: Vec<crate::wire::DirDigest>,
+    r: &Receiver,
+) -> Result<Message, SyncError> {
+    let journal = r.check.journal.clone();
+    let differ = tokio::task::spawn_blocking(move || {
+        let ours: HashMap<_, _> = journal.index().digests()?.into_iter().collect();
+        Ok::<_, crate::journal::JournalError>(
+            dirs.into_iter()
+                .filter(|d| ours.get(&d.path) != Some(&d.digest))
+                .map(|d| d.path)
+                .collect(),
+        )
+    })
+    .await
+    .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
+    Ok(Message::SummaryAck { differ })
 }
 
 /// Decides on each entry of the peer's index; replies with the files we want.

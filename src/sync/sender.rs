@@ -12,7 +12,7 @@ use crate::path::RelPath;
 use crate::preimage::Preimages;
 use crate::treecache::TreeCache;
 use crate::wire::{
-    check_hello, AckKind, FramedStream, Message, MetaItem, NackReason, STREAM_PROTOCOL,
+    check_hello, AckKind, DirDigest, FramedStream, Message, MetaItem, NackReason, STREAM_PROTOCOL,
 };
 use libp2p::PeerId;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -216,51 +216,118 @@ async fn session(
 /// Index entries per `Index` message.
 const INDEX_BATCH: usize = 4096;
 
-/// Sends the peer every index entry that changed since the last one it acknowledged
-/// (all of them at first contact), and queues the files it asks for.
+/// Sends the peer every index entry that changed since the last one it acknowledged,
+/// and queues the files it asks for. At first contact the whole index is described by
+/// per-directory digests first, and only the entries of directories that differ go.
 async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     let ix = s.journal.index();
     let peer = s.peer.to_string();
     let mut after = ix.peer_acked(&peer)?;
+    if after == 0 {
+        return first_contact(s, fs, st).await;
+    }
     let (mut sent, mut wanted) = (0usize, 0usize);
     loop {
         let batch = ix.changed_since(after, INDEX_BATCH)?;
         let last = batch.len() < INDEX_BATCH;
         let upto = batch.last().map_or(after, |(_, e)| e.seq);
         sent += batch.len();
-        let entries = batch
-            .into_iter()
-            .map(|(p, e)| fold::to_item(p, e))
-            .collect();
-        fs.send(Message::Index {
-            entries,
-            upto,
-            last,
-        })
-        .await?;
-        let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
-        match recv_within(fs, limit).await? {
-            Message::IndexAck { upto: acked, want } if acked == upto => {
-                wanted += want.len();
-                for path in want {
-                    want_file(s, st, &path)?;
-                }
-                ix.set_peer_acked(&peer, upto)?;
-            }
-            other => {
-                return Err(SyncError::Protocol(format!(
-                    "expected an index ack for {upto}, got {}",
-                    other.kind()
-                )))
-            }
-        }
+        wanted += send_index(s, fs, st, batch, upto, last).await?;
+        ix.set_peer_acked(&peer, upto)?;
         after = upto;
         if last {
             break;
         }
     }
-    tracing::info!(peer = %s.peer, entries = sent, wanted, "index exchanged");
+    tracing::info!(peer = %s.peer, entries = sent, wanted, "index changes exchanged");
     Ok(())
+}
+
+/// First contact: directory digests, then the entries of the directories that differ.
+async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let ix = s.journal.index();
+    let upto = ix.last_seq()?;
+    let digests = ix.digests()?;
+    let mut differ = Vec::new();
+    let mut chunks: Vec<_> = digests.chunks(INDEX_BATCH).collect();
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
+    let n = chunks.len();
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let dirs = chunk
+            .iter()
+            .map(|(path, digest)| DirDigest {
+                path: path.clone(),
+                digest: *digest,
+            })
+            .collect();
+        fs.send(Message::Summary {
+            dirs,
+            last: i + 1 == n,
+        })
+        .await?;
+        match recv_within(fs, REPLY_TIMEOUT).await? {
+            Message::SummaryAck { differ: d } => differ.extend(d),
+            other => return Err(unexpected("a summary ack", &other)),
+        }
+    }
+    let mut entries = Vec::new();
+    for dir in &differ {
+        entries.extend(ix.children(dir)?);
+    }
+    let (dirs, total) = (digests.len(), entries.len());
+    let mut wanted = 0;
+    let mut batches: Vec<Vec<_>> = Vec::new();
+    while !entries.is_empty() {
+        let rest = entries.split_off(entries.len().min(INDEX_BATCH));
+        batches.push(std::mem::replace(&mut entries, rest));
+    }
+    if batches.is_empty() {
+        batches.push(Vec::new());
+    }
+    let n = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
+    }
+    ix.set_peer_acked(&s.peer.to_string(), upto)?;
+    tracing::info!(peer = %s.peer, dirs, differ = differ.len(), entries = total, wanted, "index exchanged (first contact)");
+    Ok(())
+}
+
+fn unexpected(what: &str, got: &Message) -> SyncError {
+    SyncError::Protocol(format!("expected {what}, got {}", got.kind()))
+}
+
+/// Sends one `Index` message and queues the files the peer wants; returns how many.
+async fn send_index(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    batch: Vec<(RelPath, crate::journal::index::Entry)>,
+    upto: u64,
+    last: bool,
+) -> Result<usize, SyncError> {
+    let entries = batch
+        .into_iter()
+        .map(|(p, e)| fold::to_item(p, e))
+        .collect();
+    fs.send(Message::Index {
+        entries,
+        upto,
+        last,
+    })
+    .await?;
+    let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
+    match recv_within(fs, limit).await? {
+        Message::IndexAck { upto: acked, want } if acked == upto => {
+            for path in &want {
+                want_file(s, st, path)?;
+            }
+            Ok(want.len())
+        }
+        other => Err(unexpected("an index ack", &other)),
+    }
 }
 
 /// The peer wants the whole file at `path`: it goes as a whole-file update.

@@ -70,6 +70,30 @@ pub enum Message {
         /// Files whose content the receiver wants.
         want: Vec<RelPath>,
     },
+    /// At first contact, before any `Index`: a digest of each directory of the sender's
+    /// index, so that equal directories cost one digest instead of their entries.
+    Summary {
+        /// The directories (the root included), in path order.
+        dirs: Vec<DirDigest>,
+        /// True on the last part.
+        last: bool,
+    },
+    /// The directories of a `Summary` whose digest differs from the receiver's (or
+    /// that it lacks): the sender then sends their entries as `Index` messages.
+    SummaryAck {
+        /// The directories that differ.
+        differ: Vec<RelPath>,
+    },
+}
+
+/// One directory's digest: 16 bytes of BLAKE3 over its direct children's names, kinds,
+/// tombstone flags, modes, hashes and versions (`journal::index::Index::digests`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirDigest {
+    /// The directory (may be the root).
+    pub path: RelPath,
+    /// The digest.
+    pub digest: [u8; 16],
 }
 
 /// A version vector on the wire: `(node, counter)` pairs, strictly sorted by node,
@@ -233,6 +257,8 @@ impl Message {
             Message::UpdatePart { .. } => "update-part",
             Message::Index { .. } => "index",
             Message::IndexAck { .. } => "index-ack",
+            Message::Summary { .. } => "summary",
+            Message::SummaryAck { .. } => "summary-ack",
         }
     }
 }

@@ -44,8 +44,8 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{
-    check_hello, AckKind, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason,
-    RangeData, WireVersion,
+    check_hello, AckKind, DirDigest, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem,
+    NackReason, RangeData, WireVersion,
 };
 pub use range::{compress_range, decompress_range};
 pub use stream::FramedStream;

@@ -924,3 +924,34 @@ fn rejects_bad_index_entries() {
         assert!(encode(&msg(b.clone())).is_err(), "{b:?}");
     }
 }
+
+#[test]
+fn pinned_summary_encoding() {
+    let msg = Message::Summary {
+        dirs: vec![DirDigest {
+            path: RelPath::root(),
+            digest: [0xab; 16],
+        }],
+        last: true,
+    };
+    let expected = concat!(
+        "0c000000",                         // variant 12: Summary
+        "0100000000000000",                 // one directory
+        "0000000000000000",                 //   path: the root (empty)
+        "abababababababababababababababab", //   digest
+        "01",                               // last
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let ack = Message::SummaryAck {
+        differ: vec![path("d")],
+    };
+    let expected = concat!(
+        "0d000000",         // variant 13: SummaryAck
+        "0100000000000000", // one directory
+        "0100000000000000", //   length
+        "64",               //   "d"
+    );
+    assert_eq!(hex(&encode(&ack).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+}

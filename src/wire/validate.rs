@@ -19,6 +19,8 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Meta(item) => validate_batch(std::slice::from_ref(item)),
         Message::MetaBatch(ops) => validate_batch(ops),
         Message::Index { entries, .. } => validate_index(entries),
+        Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
+        Message::SummaryAck { differ } => max_len("differ", differ.len(), MAX_INDEX_ITEMS),
         Message::IndexAck { want, .. } => {
             max_len("want", want.len(), MAX_INDEX_ITEMS)?;
             want.iter().try_for_each(|p| not_root("want", p))
