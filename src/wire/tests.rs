@@ -32,7 +32,7 @@ fn update(p: &str, size: u64, ranges: Vec<RangeData>) -> FileUpdate {
         base: None,
         size,
         mode: 0o100644,
-        mtime: ts(5, 6),
+        mtime: ts(5, 6).into(),
         ranges,
         hash: [0x22; 32],
         vv: vec![(3, 9)],
@@ -137,7 +137,7 @@ fn all_messages() -> Vec<Message> {
                 .enumerate()
                 .map(|(i, op)| MetaItem {
                     seq: i as u64 + 3,
-                    op,
+                    op: op.into(),
                     vv: vec![(1, 2), (5, 1)],
                 })
                 .collect(),
@@ -150,7 +150,7 @@ fn all_messages() -> Vec<Message> {
     msgs.extend(all_meta_ops().into_iter().map(|op| {
         Message::Meta(MetaItem {
             seq: 1,
-            op,
+            op: op.into(),
             vv: vec![],
         })
     }));
@@ -496,7 +496,7 @@ fn rejects_bad_meta() {
     for bad in [vec![(2, 1), (1, 1)], vec![(1, 1), (1, 2)], vec![(1, 0)]] {
         let m = Message::Meta(MetaItem {
             seq: 1,
-            op: rmdir.clone(),
+            op: rmdir.clone().into(),
             vv: bad,
         });
         let err = encode(&m).unwrap_err();
@@ -510,7 +510,7 @@ fn rejects_bad_meta() {
 fn item(seq: u64, op: MetaOp) -> MetaItem {
     MetaItem {
         seq,
-        op,
+        op: op.into(),
         vv: vec![],
     }
 }
@@ -645,7 +645,7 @@ fn arb_update() -> impl Strategy<Value = FileUpdate> {
             |((id, file, p, base, extra), mode, secs, nanos, spec, hash)| {
                 let path = RelPath::from_bytes(p.as_bytes()).ok()?;
                 let (ranges, end) = build_ranges(spec);
-                let mtime = ts(secs, nanos);
+                let mtime = ts(secs, nanos).into();
                 Some(FileUpdate {
                     id,
                     file,
@@ -805,7 +805,7 @@ fn rejects_sizes_past_the_file_size_limit() {
 fn pinned_meta_item_encoding() {
     let msg = Message::Meta(MetaItem {
         seq: 1,
-        op: MetaOp::Rmdir { path: path("d") },
+        op: WireOp::Rmdir { path: path("d") },
         vv: vec![(7, 2)],
     });
     let expected = concat!(
@@ -829,7 +829,7 @@ fn pinned_index_encoding() {
             path: path("d"),
             kind: ItemKind::Dir,
             size: 0,
-            mtime: ts(1, 2),
+            mtime: ts(1, 2).into(),
             mode: 0o755,
             hash: [0; 32],
             target: vec![],
@@ -881,7 +881,7 @@ fn rejects_bad_index_entries() {
         path: path("l"),
         kind: ItemKind::Symlink,
         size: 0,
-        mtime: ts(1, 2),
+        mtime: ts(1, 2).into(),
         mode: 0o777,
         hash: [1; 32],
         target: b"t".to_vec(),
