@@ -823,6 +823,63 @@ fn pinned_meta_item_encoding() {
 }
 
 #[test]
+fn wire_ops_mirror_the_journal_ops_byte_for_byte() {
+    use bincode::Options;
+    for op in all_meta_ops() {
+        let wire = WireOp::from(op.clone());
+        assert_eq!(MetaOp::from(wire.clone()), op, "{}", op.kind());
+        // Before the wire had its own types it shipped `MetaOp` itself: the bytes of a
+        // `Meta` message must be exactly what they were then.
+        let journal_bytes = codec::codec().serialize(&op).unwrap();
+        assert_eq!(
+            codec::codec().serialize(&wire).unwrap(),
+            journal_bytes,
+            "{}",
+            op.kind()
+        );
+        let mut before = unhex("030000000500000000000000"); // Meta, seq 5
+        before.extend_from_slice(&journal_bytes);
+        before.extend_from_slice(&[0; 8]); // vv: no pairs
+        let msg = Message::Meta(MetaItem {
+            seq: 5,
+            op: wire,
+            vv: vec![],
+        });
+        assert_eq!(encode(&msg).unwrap(), before, "{}", op.kind());
+        assert_eq!(decode(&before).unwrap(), msg, "{}", op.kind());
+    }
+}
+
+#[test]
+fn pinned_utimens_encoding() {
+    let msg = Message::Meta(MetaItem {
+        seq: 1,
+        op: WireOp::Utimens {
+            path: path("a"),
+            atime: Some(WireSetTime::Now),
+            mtime: Some(WireSetTime::At(WireTime { secs: -1, nanos: 5 })),
+        },
+        vv: vec![],
+    });
+    let expected = concat!(
+        "03000000",         // variant 3: Meta
+        "0100000000000000", // seq
+        "0b000000",         // op: variant 11, Utimens
+        "0100000000000000", // path length
+        "61",               // "a"
+        "01",               // atime: Some
+        "01000000",         //   variant 1: Now
+        "01",               // mtime: Some
+        "00000000",         //   variant 0: At
+        "ffffffffffffffff", //   secs: -1
+        "05000000",         //   nanos
+        "0000000000000000", // vv: no pairs
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
 fn pinned_index_encoding() {
     let msg = Message::Index {
         entries: vec![IndexItem {
