@@ -105,6 +105,17 @@ pub enum JournalError {
     /// The database holds something the journal cannot understand.
     #[error("journal corrupt: {0}")]
     Corrupt(String),
+    /// A stored log or value is of a format newer than this build reads (a newer syncfs
+    /// wrote it): refused rather than misread.
+    #[error("{what} is of format {found}, this build reads formats up to {known}")]
+    UnknownFormat {
+        /// What was being read (an intent log names its file).
+        what: String,
+        /// The format it declares.
+        found: u32,
+        /// The newest format this build reads.
+        known: u32,
+    },
 }
 
 impl JournalError {

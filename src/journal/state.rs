@@ -168,7 +168,7 @@ impl State {
     /// Applies a replayed or freshly logged record.
     pub fn apply(&mut self, rec: &Record) {
         match rec {
-            Record::Header { .. } => {}
+            Record::Header { .. } | Record::Format { .. } => {}
             Record::Track { file, path } => self.apply_track(*file, path),
             Record::Write { file, start, end } => self.apply_write(*file, *start, *end),
             Record::Size { file, size } => self.apply_size(*file, *size),
