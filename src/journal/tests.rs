@@ -602,3 +602,54 @@ fn a_log_of_a_newer_format_is_refused() {
     // nothing was thrown away: the log is still there for a newer build
     assert!(dir.path().join(wal::ACTIVE_NAME).exists());
 }
+
+#[test]
+fn markers_carry_a_format_and_old_ones_still_decode() {
+    // An old marker is two bare u64s; this one starts with the bytes of the prefix.
+    let old = Marker {
+        folded_gen: 0xFFFE,
+        next_seq: 7,
+    };
+    let old_bytes = bincode::serialize(&old).unwrap();
+    assert_eq!((&old_bytes[..2], old_bytes.len()), (&STORED_MAGIC[..], 16));
+    assert_eq!(Marker::decode(&old_bytes).unwrap(), old);
+    let new = old.encode().unwrap();
+    assert_eq!(new[..3], [0xFE, 0xFF, MARKER_FORMAT]);
+    assert_ne!(new.len(), MARKER_V0_LEN);
+    assert_eq!(Marker::decode(&new).unwrap(), old);
+    let mut future = new.clone();
+    future[2] = 99;
+    assert!(matches!(
+        Marker::decode(&future),
+        Err(JournalError::UnknownFormat { found: 99, .. })
+    ));
+    assert!(Marker::decode(&new[..10]).is_err());
+}
+
+#[test]
+fn values_stored_without_a_format_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    j.record_meta(mkdir("d")).unwrap();
+    let before = j.snapshot();
+    j.close().unwrap();
+    // Store the marker and the entry as a build before formats did.
+    {
+        let db = open_db(&dir.path().join("db")).unwrap();
+        let files = db.open_tree("files").unwrap();
+        let m = Marker::decode(&files.get(MARKER_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(files.get(MARKER_KEY).unwrap().unwrap()[..2], STORED_MAGIC);
+        files
+            .insert(MARKER_KEY, bincode::serialize(&m).unwrap())
+            .unwrap();
+        let key = 1u64.to_be_bytes();
+        let e = FileEntry::decode(&files.get(key).unwrap().unwrap()).unwrap();
+        files.insert(key, bincode::serialize(&e).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(j.snapshot(), before);
+    j.close().unwrap();
+}
