@@ -78,7 +78,8 @@ fn update(path: &str, old: Option<&[u8]>, new: &[u8], spans: &[(u64, u64)]) -> F
         mtime: Timestamp {
             secs: 1_600_000_000,
             nanos: 123_456_789,
-        },
+        }
+        .into(),
         ranges,
         hash: hash(new),
         vv: vec![],

@@ -61,6 +61,24 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
 const CHECKPOINT_LOG_BYTES: u64 = 64 * 1024 * 1024;
 /// sled key (in the "files" tree, not 8 bytes long so never a `FileId`) of the marker.
 const MARKER_KEY: &[u8] = b"checkpoint";
+/// Leads every value of the `files` tree (file entries, the checkpoint marker) since
+/// formats were recorded, followed by one format byte, then the bincode encoding.
+///
+/// Values stored before have no prefix and must still decode, so the prefix has to be
+/// one no such value starts with:
+/// - a file entry (either old layout) starts with its path, whose bincode encoding
+///   starts with its length as a little-endian u64. That length is at most
+///   [`MAX_REL_PATH`](crate::path::MAX_REL_PATH) (16 KiB, checked when decoding), so
+///   its second byte is at most 0x40, never 0xFF. (One byte would not do: the first
+///   byte of a length is anything, and `[0xFE, 1]` is how a 510-byte path starts.)
+/// - the old marker is two u64s, any bytes at all, but exactly 16 of them; a prefixed
+///   marker never is ([`Marker::decode`] tells them apart by length).
+const STORED_MAGIC: [u8; 2] = [0xFE, 0xFF];
+const _: () = assert!(crate::path::MAX_REL_PATH < 0xFF00, "see STORED_MAGIC");
+/// Format byte of the checkpoint marker.
+const MARKER_FORMAT: u8 = 1;
+/// Length of a marker stored before formats were recorded (two u64s).
+const MARKER_V0_LEN: usize = 16;
 
 /// Errors of the journal, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +123,17 @@ pub enum JournalError {
     /// The database holds something the journal cannot understand.
     #[error("journal corrupt: {0}")]
     Corrupt(String),
+    /// A stored log or value is of a format newer than this build reads (a newer syncfs
+    /// wrote it): refused rather than misread.
+    #[error("{what} is of format {found}, this build reads formats up to {known}")]
+    UnknownFormat {
+        /// What was being read (an intent log names its file).
+        what: String,
+        /// The format it declares.
+        found: u32,
+        /// The newest format this build reads.
+        known: u32,
+    },
 }
 
 impl JournalError {
@@ -140,12 +169,40 @@ pub struct Snapshot {
 }
 
 /// Checkpoint marker stored in sled.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Marker {
     /// Logs of this generation and below are folded into sled.
     folded_gen: u64,
     /// Next metadata sequence number.
     next_seq: u64,
+}
+
+impl Marker {
+    /// `[STORED_MAGIC, MARKER_FORMAT]` then bincode: 19 bytes, never the 16 of an old
+    /// marker (a later format must keep its length other than 16 too).
+    fn encode(&self) -> Result<Vec<u8>, JournalError> {
+        encode_versioned(MARKER_FORMAT, self, "checkpoint marker")
+    }
+
+    /// Decodes a marker of this format, or an old one (exactly 16 bytes, no prefix:
+    /// its first bytes may look like the prefix, so its length decides).
+    fn decode(b: &[u8]) -> Result<Marker, JournalError> {
+        if b.len() == MARKER_V0_LEN {
+            return decode(b, "checkpoint marker");
+        }
+        match split_versioned(b) {
+            Some((MARKER_FORMAT, body)) => decode(body, "checkpoint marker"),
+            Some((found, _)) => Err(JournalError::UnknownFormat {
+                what: "the journal's checkpoint marker".into(),
+                found: found.into(),
+                known: MARKER_FORMAT.into(),
+            }),
+            None => Err(JournalError::Corrupt(format!(
+                "checkpoint marker of {} bytes without a format",
+                b.len()
+            ))),
+        }
+    }
 }
 
 /// The journal handle: cheap to clone, shared by all filesystem threads. When the
@@ -568,7 +625,7 @@ impl Inner {
         let mut files = sled::Batch::default();
         for (id, entry) in &delta.files {
             match entry {
-                Some(e) => files.insert(&id.to_be_bytes()[..], encode(e, "file entry")?),
+                Some(e) => files.insert(&id.to_be_bytes()[..], e.encode()?),
                 None => files.remove(&id.to_be_bytes()[..]),
             }
         }
@@ -576,7 +633,7 @@ impl Inner {
             folded_gen,
             next_seq: delta.next_seq,
         };
-        files.insert(MARKER_KEY, encode(&marker, "checkpoint marker")?);
+        files.insert(MARKER_KEY, marker.encode()?);
         self.files
             .apply_batch(files)
             .map_err(|e| JournalError::db("store file entries", e))?;
@@ -679,11 +736,9 @@ fn load(files: &sled::Tree, meta: &sled::Tree) -> Result<(State, Marker), Journa
     for kv in files.iter() {
         let (k, v) = kv.map_err(|e| JournalError::db("read files", e))?;
         if &*k == MARKER_KEY {
-            marker = decode(&v, "checkpoint marker")?;
+            marker = Marker::decode(&v)?;
         } else {
-            let e =
-                FileEntry::decode(&v).map_err(|e| JournalError::encode("decode file entry", e))?;
-            entries.insert(key_u64(&k, "files")?, e);
+            entries.insert(key_u64(&k, "files")?, FileEntry::decode(&v)?);
         }
     }
     let mut ops = BTreeMap::new();
@@ -760,6 +815,27 @@ fn encode<T: serde::Serialize>(v: &T, what: &str) -> Result<Vec<u8>, JournalErro
 
 fn decode<T: serde::de::DeserializeOwned>(b: &[u8], what: &str) -> Result<T, JournalError> {
     bincode::deserialize(b).map_err(|e| JournalError::encode(format!("decode {what}"), e))
+}
+
+/// `[STORED_MAGIC, format]` then the bincode encoding of `v`.
+fn encode_versioned<T: serde::Serialize>(
+    format: u8,
+    v: &T,
+    what: &str,
+) -> Result<Vec<u8>, JournalError> {
+    let mut out = vec![STORED_MAGIC[0], STORED_MAGIC[1], format];
+    bincode::serialize_into(&mut out, v)
+        .map_err(|e| JournalError::encode(format!("encode {what}"), e))?;
+    Ok(out)
+}
+
+/// The format byte and the rest of a value with the [`STORED_MAGIC`] prefix, or `None`
+/// for a value stored before formats were recorded.
+fn split_versioned(b: &[u8]) -> Option<(u8, &[u8])> {
+    match b {
+        [m0, m1, format, body @ ..] if [*m0, *m1] == STORED_MAGIC => Some((*format, body)),
+        _ => None,
+    }
 }
 
 fn key_u64(k: &[u8], tree: &str) -> Result<u64, JournalError> {

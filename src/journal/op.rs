@@ -1,6 +1,7 @@
 //! The journal's record types: file identity, metadata operations and timestamps.
-//! Shared by the journal (which stores them), the wire protocol (which ships them)
-//! and the applier (which replays them).
+//! Used by the journal (which stores them) and the applier (which replays them). The
+//! wire protocol ships its own mirror of them (`wire::WireOp`, `wire::WireTime`),
+//! converted with `From` in the wire module; nothing here depends on the wire.
 
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,7 @@
 use super::op::{FileId, MetaOp};
 use super::ranges::RangeSet;
 use super::wal::Record;
+use super::JournalError;
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,6 +27,10 @@ pub struct FileEntry {
     pub links: Vec<RelPath>,
 }
 
+/// Format byte of a stored [`FileEntry`] (after the `files` tree's prefix, see
+/// `STORED_MAGIC` in the journal module).
+pub const ENTRY_FORMAT: u8 = 1;
+
 /// [`FileEntry`] as stored before hard links were tracked (no `links`).
 #[derive(Deserialize)]
 struct FileEntryV0 {
@@ -36,8 +41,28 @@ struct FileEntryV0 {
 }
 
 impl FileEntry {
-    /// Decodes a stored entry of either layout (bincode).
-    pub fn decode(b: &[u8]) -> Result<FileEntry, bincode::Error> {
+    /// Encodes the entry for sled: the format prefix, then bincode.
+    pub fn encode(&self) -> Result<Vec<u8>, JournalError> {
+        super::encode_versioned(ENTRY_FORMAT, self, "file entry")
+    }
+
+    /// Decodes a stored entry: one of [`ENTRY_FORMAT`], or one stored before formats
+    /// were recorded (no prefix; with or without `links`). A newer format is refused.
+    pub fn decode(b: &[u8]) -> Result<FileEntry, JournalError> {
+        match super::split_versioned(b) {
+            Some((ENTRY_FORMAT, body)) => super::decode(body, "file entry"),
+            Some((found, _)) => Err(JournalError::UnknownFormat {
+                what: "a stored file entry".into(),
+                found: found.into(),
+                known: ENTRY_FORMAT.into(),
+            }),
+            None => Self::decode_unversioned(b)
+                .map_err(|e| JournalError::encode("decode file entry", e)),
+        }
+    }
+
+    /// Decodes an entry stored before formats were recorded, of either layout.
+    fn decode_unversioned(b: &[u8]) -> Result<FileEntry, bincode::Error> {
         bincode::deserialize(b).or_else(|e| {
             let v0: FileEntryV0 = bincode::deserialize(b).map_err(|_| e)?;
             Ok(FileEntry {
@@ -168,7 +193,7 @@ impl State {
     /// Applies a replayed or freshly logged record.
     pub fn apply(&mut self, rec: &Record) {
         match rec {
-            Record::Header { .. } => {}
+            Record::Header { .. } | Record::Format { .. } => {}
             Record::Track { file, path } => self.apply_track(*file, path),
             Record::Write { file, start, end } => self.apply_write(*file, *start, *end),
             Record::Size { file, size } => self.apply_size(*file, *size),
@@ -539,6 +564,35 @@ mod tests {
             FileEntry::decode(&bincode::serialize(&new).unwrap()).unwrap(),
             new
         );
+    }
+
+    #[test]
+    fn entries_carry_a_format_and_old_ones_still_decode() {
+        let mut e = FileEntry::new(p("g"));
+        e.links.push(p("h"));
+        e.ranges.insert(1, 2);
+        let new = e.encode().unwrap();
+        assert_eq!(new[..3], [0xFE, 0xFF, ENTRY_FORMAT]);
+        assert_eq!(FileEntry::decode(&new).unwrap(), e);
+        let mut future = new.clone();
+        future[2] = 99;
+        assert!(matches!(
+            FileEntry::decode(&future),
+            Err(JournalError::UnknownFormat { found: 99, .. })
+        ));
+        // Old values start with their path's u64 length: 510 bytes start [0xFE, 1],
+        // the longest path [0, 0x40]; none starts with the prefix.
+        let path_of = |len: usize| -> String {
+            (0..len)
+                .map(|i| if i % 200 == 199 { '/' } else { 'a' })
+                .collect()
+        };
+        for (len, start) in [(510, [0xFE, 1]), (crate::path::MAX_REL_PATH, [0, 0x40])] {
+            let old = FileEntry::new(p(&path_of(len)));
+            let bytes = bincode::serialize(&old).unwrap();
+            assert_eq!(bytes[..2], start);
+            assert_eq!(FileEntry::decode(&bytes).unwrap(), old);
+        }
     }
 
     #[test]

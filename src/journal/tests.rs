@@ -531,3 +531,125 @@ fn a_recorded_write_is_in_flight_until_done() {
     assert!(!j.is_writing(5) && !j.is_writing(6));
     j.close().unwrap();
 }
+
+/// Rewrites the active intent log with its header, then `format` (if any), then its
+/// records.
+fn rewrite_log(dir: &Path, format: Option<u32>) {
+    let path = dir.join(wal::ACTIVE_NAME);
+    let log = wal::decode_log(&std::fs::read(&path).unwrap());
+    assert_eq!(log.format, wal::FORMAT, "a new log names its format");
+    let mut recs = vec![Record::Header {
+        gen: log.gen.unwrap(),
+    }];
+    recs.extend(format.map(|version| Record::Format { version }));
+    recs.extend(log.records);
+    let bytes: Vec<u8> = recs
+        .iter()
+        .flat_map(|r| wal::encode_frame(r).unwrap())
+        .collect();
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[test]
+fn a_log_without_a_format_still_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    j.record_meta(mkdir("d")).unwrap();
+    j.crash();
+    rewrite_log(dir.path(), None); // as written before logs named their format
+    let log = wal::read_log(&dir.path().join(wal::ACTIVE_NAME)).unwrap();
+    assert_eq!((log.format, log.records.len()), (1, 3));
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(0, 10)]);
+    assert_eq!(pending(&j), vec![mkdir("d")]);
+    j.close().unwrap();
+}
+
+#[test]
+fn a_log_of_a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    j.crash();
+    rewrite_log(dir.path(), Some(99));
+    let log = wal::decode_log(&std::fs::read(dir.path().join(wal::ACTIVE_NAME)).unwrap());
+    assert_eq!(
+        (log.format, log.records.len()),
+        (99, 0),
+        "nothing read past it"
+    );
+
+    let err = Journal::open(dir.path())
+        .err()
+        .expect("a format-99 log is refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(
+            err,
+            JournalError::UnknownFormat {
+                found: 99,
+                known: wal::FORMAT,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(msg.contains("intent.log") && msg.contains("99"), "{msg}");
+    // nothing was thrown away: the log is still there for a newer build
+    assert!(dir.path().join(wal::ACTIVE_NAME).exists());
+}
+
+#[test]
+fn markers_carry_a_format_and_old_ones_still_decode() {
+    // An old marker is two bare u64s; this one starts with the bytes of the prefix.
+    let old = Marker {
+        folded_gen: 0xFFFE,
+        next_seq: 7,
+    };
+    let old_bytes = bincode::serialize(&old).unwrap();
+    assert_eq!((&old_bytes[..2], old_bytes.len()), (&STORED_MAGIC[..], 16));
+    assert_eq!(Marker::decode(&old_bytes).unwrap(), old);
+    let new = old.encode().unwrap();
+    assert_eq!(new[..3], [0xFE, 0xFF, MARKER_FORMAT]);
+    assert_ne!(new.len(), MARKER_V0_LEN);
+    assert_eq!(Marker::decode(&new).unwrap(), old);
+    let mut future = new.clone();
+    future[2] = 99;
+    assert!(matches!(
+        Marker::decode(&future),
+        Err(JournalError::UnknownFormat { found: 99, .. })
+    ));
+    assert!(Marker::decode(&new[..10]).is_err());
+}
+
+#[test]
+fn values_stored_without_a_format_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("f")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    j.record_meta(mkdir("d")).unwrap();
+    let before = j.snapshot();
+    j.close().unwrap();
+    // Store the marker and the entry as a build before formats did.
+    {
+        let db = open_db(&dir.path().join("db")).unwrap();
+        let files = db.open_tree("files").unwrap();
+        let m = Marker::decode(&files.get(MARKER_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(files.get(MARKER_KEY).unwrap().unwrap()[..2], STORED_MAGIC);
+        files
+            .insert(MARKER_KEY, bincode::serialize(&m).unwrap())
+            .unwrap();
+        let key = 1u64.to_be_bytes();
+        let e = FileEntry::decode(&files.get(key).unwrap().unwrap()).unwrap();
+        files.insert(key, bincode::serialize(&e).unwrap()).unwrap();
+        db.flush().unwrap();
+    }
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(j.snapshot(), before);
+    j.close().unwrap();
+}

@@ -4,7 +4,12 @@
 //! payload), then the bincode-encoded [`Record`]. Each frame is appended with one
 //! `write(2)` on an `O_APPEND` descriptor, so once the call returns the record is in
 //! the kernel page cache and survives a kill of the process. Every log file starts
-//! with a [`Record::Header`] naming its generation.
+//! with a [`Record::Header`] naming its generation, then a [`Record::Format`] naming
+//! the format of the records after it ([`FORMAT`]). A log without a `Format` record
+//! (written before formats were recorded) is format 1; a log of a format above
+//! [`FORMAT`] is refused ([`read_log`] fails naming the file and both formats) rather
+//! than misread. Every future format must keep `Header` and `Format` (variants 0 and 7)
+//! as they are.
 //!
 //! Reading stops at the first torn or corrupt frame; everything before it is kept.
 
@@ -26,6 +31,9 @@ const NEW_NAME: &str = "intent.log.new";
 const MAX_RECORD: u32 = 64 * 1024 * 1024;
 /// Frame header size: length + checksum.
 const FRAME_HEADER: usize = 8;
+/// Format of the records this build writes and reads. A log without a
+/// [`Record::Format`] is format 1.
+pub const FORMAT: u32 = 1;
 
 /// One entry of the intent log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,8 +52,12 @@ pub enum Record {
     Forget { file: FileId },
     /// Metadata ops made void before they were sent (a file created and removed, an
     /// attribute set again): removed from the pending log. Logged, so that a replay
-    /// drops exactly what the live journal dropped. Kept last: older logs still decode.
+    /// drops exactly what the live journal dropped. Added after the variants above:
+    /// older logs still decode.
     Drop { seqs: Vec<u64> },
+    /// Second record of every log since formats were recorded: the format of the
+    /// records after it. Kept last, so the variant indices of the others never change.
+    Format { version: u32 },
 }
 
 /// The active log: an `O_APPEND` file plus its generation and size.
@@ -59,6 +71,9 @@ pub struct Wal {
 pub struct LogContents {
     /// Generation from the header, or `None` for an empty/headerless file.
     pub gen: Option<u64>,
+    /// The log's format: from its [`Record::Format`], 1 when it has none. Records of a
+    /// format above [`FORMAT`] are not read.
+    pub format: u32,
     /// Records after the header, up to the first torn or corrupt frame.
     pub records: Vec<Record>,
     /// True when reading stopped at a torn or corrupt frame.
@@ -77,6 +92,7 @@ impl Wal {
             bytes: 0,
         };
         wal.append(&Record::Header { gen })?;
+        wal.append(&Record::Format { version: FORMAT })?;
         let active = dir.join(ACTIVE_NAME);
         std::fs::rename(&tmp, &active)
             .map_err(|e| JournalError::io(format!("install {}", active.display()), e))?;
@@ -147,7 +163,8 @@ pub fn encode_frame(rec: &Record) -> Result<Vec<u8>, JournalError> {
     Ok(buf)
 }
 
-/// Reads a log file; a missing file reads as empty.
+/// Reads a log file; a missing file reads as empty. A log of a format newer than
+/// [`FORMAT`] is an error.
 pub fn read_log(path: &Path) -> Result<LogContents, JournalError> {
     let mut data = Vec::new();
     match File::open(path) {
@@ -158,26 +175,47 @@ pub fn read_log(path: &Path) -> Result<LogContents, JournalError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(JournalError::io(format!("open {}", path.display()), e)),
     }
-    Ok(decode_log(&data))
+    let log = decode_log(&data);
+    if log.format > FORMAT {
+        return Err(JournalError::UnknownFormat {
+            what: format!("intent log {}", path.display()),
+            found: log.format,
+            known: FORMAT,
+        });
+    }
+    Ok(log)
 }
 
-/// Decodes frames from `data` until the end or the first bad frame.
+/// Decodes frames from `data` until the end, the first bad frame, or a [`Record::Format`]
+/// above [`FORMAT`] (the caller refuses such a log).
 pub fn decode_log(data: &[u8]) -> LogContents {
     let mut out = LogContents {
         gen: None,
+        format: 1,
         records: Vec::new(),
         torn: false,
     };
     let mut pos = 0;
+    let mut after_header = false; // the last record read was the header
     while pos < data.len() {
         let Some((rec, used)) = decode_frame(&data[pos..]) else {
             out.torn = true;
             break;
         };
         pos += used;
+        let next_to_header = std::mem::replace(&mut after_header, false);
         match (out.gen, rec) {
-            (None, Record::Header { gen }) => out.gen = Some(gen),
-            (None, _) | (Some(_), Record::Header { .. }) => {
+            (None, Record::Header { gen }) => {
+                out.gen = Some(gen);
+                after_header = true;
+            }
+            (Some(_), Record::Format { version }) if next_to_header => {
+                out.format = version;
+                if version > FORMAT {
+                    break; // not ours to read
+                }
+            }
+            (None, _) | (Some(_), Record::Header { .. } | Record::Format { .. }) => {
                 out.torn = true;
                 break;
             }
@@ -255,6 +293,35 @@ mod tests {
         let n = flipped.len();
         flipped[n - 1] ^= 0xff;
         assert_eq!(decode_log(&flipped).records.len(), 1);
+    }
+
+    #[test]
+    fn the_format_follows_the_header_or_the_log_is_format_1() {
+        let frames = |recs: &[Record]| -> Vec<u8> {
+            recs.iter().flat_map(|r| encode_frame(r).unwrap()).collect()
+        };
+        let (header, write) = (Record::Header { gen: 3 }, Record::Size { file: 1, size: 5 });
+        let format = |version| Record::Format { version };
+        let log = decode_log(&frames(&[header.clone(), format(FORMAT), write.clone()]));
+        assert_eq!(
+            (log.format, &log.records, log.torn),
+            (FORMAT, &vec![write.clone()], false)
+        );
+        let log = decode_log(&frames(&[header.clone(), write.clone()]));
+        assert_eq!(
+            (log.format, &log.records, log.torn),
+            (1, &vec![write.clone()], false)
+        );
+        // anywhere else it is out of place: read as the end of the log
+        let log = decode_log(&frames(&[
+            header.clone(),
+            write.clone(),
+            format(1),
+            write.clone(),
+        ]));
+        assert_eq!((log.records.len(), log.torn), (1, true));
+        let log = decode_log(&frames(&[header, format(99), write]));
+        assert_eq!((log.format, log.records.len()), (99, 0));
     }
 
     #[test]

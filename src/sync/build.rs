@@ -5,10 +5,9 @@
 
 use crate::beneath::open_beneath;
 use crate::hashtree::HashTree;
-use crate::journal::op::Timestamp;
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::preimage::Preimages;
-use crate::wire::{Encoding, FileUpdate, Message, RangeData};
+use crate::wire::{Encoding, FileUpdate, Message, RangeData, WireTime};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -113,7 +112,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         base: p.base,
         size,
         mode: md.mode() & 0o7777,
-        mtime: Timestamp {
+        mtime: WireTime {
             secs: md.mtime(),
             nanos: md.mtime_nsec() as u32,
         },

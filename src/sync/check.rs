@@ -124,7 +124,7 @@ impl Checker {
             vv: &vv,
             deleted: false,
             hash: u.hash,
-            mtime: u.mtime,
+            mtime: u.mtime.into(),
             node: peer,
         };
         let v = self.verdict(ours.as_ref(), theirs);
@@ -145,7 +145,7 @@ impl Checker {
                 Ok(Step::Apply)
             }
             Verdict::Take(Loser::ConflictCopy) => {
-                let mtime = ours.map_or(u.mtime, |o| o.mtime);
+                let mtime = ours.map_or(u.mtime.into(), |o| o.mtime);
                 self.conflict_copy(&u.path, mtime)?;
                 Ok(Step::Apply)
             }
@@ -270,7 +270,7 @@ impl Checker {
             vv: &vv,
             deleted: it.deleted,
             hash: it.hash,
-            mtime: it.mtime,
+            mtime: it.mtime.into(),
             node: peer,
         };
         let v = self.verdict(ours.as_ref(), theirs);

@@ -239,7 +239,7 @@ pub fn to_item(path: RelPath, e: Entry) -> crate::wire::IndexItem {
             Kind::Symlink => ItemKind::Symlink,
         },
         size: if e.deleted { 0 } else { e.size },
-        mtime: e.mtime,
+        mtime: e.mtime.into(),
         mode: e.mode,
         hash: e.hash,
         target: if e.deleted { Vec::new() } else { e.target },

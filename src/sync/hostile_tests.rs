@@ -100,7 +100,7 @@ async fn op(fs: &mut Peer, seq: u64, op: MetaOp) -> Message {
 fn item(seq: u64, op: MetaOp) -> MetaItem {
     MetaItem {
         seq,
-        op,
+        op: op.into(),
         vv: vec![],
     }
 }
@@ -120,7 +120,8 @@ fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
         mtime: Timestamp {
             secs: 1_700_000_000,
             nanos: 0,
-        },
+        }
+        .into(),
         ranges: vec![compress_range(0, content, 3)],
         hash: *blake3::hash(content).as_bytes(),
         vv: vec![(99, next_version())],

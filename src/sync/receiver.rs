@@ -144,7 +144,8 @@ async fn apply_meta(ops: Vec<MetaItem>, r: &Receiver, peer: &PeerId) -> Message 
         let mut last = 0;
         for MetaItem { seq, op, vv } in &ops {
             let vv = VersionVector::from_pairs(vv.iter().copied());
-            match gated_op(&applier, &check, &peer, &bytes, *seq, op, &vv) {
+            let op = crate::journal::MetaOp::from(op.clone());
+            match gated_op(&applier, &check, &peer, &bytes, *seq, &op, &vv) {
                 Ok(true) => Stats::add(&stats.applied, 1),
                 Ok(false) => {}
                 Err(e) => {

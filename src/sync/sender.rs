@@ -427,7 +427,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
             let vv = fold::op(s.journal.index(), &*s.root, op, Origin::Local(s.cfg.node))?;
             items.push(MetaItem {
                 seq: *seq,
-                op: op.clone(),
+                op: op.clone().into(),
                 vv: vv.pairs().to_vec(),
             });
         }

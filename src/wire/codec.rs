@@ -5,7 +5,7 @@ use super::{Message, WireError, MAX_FRAME};
 use bincode::Options;
 
 /// The one and only bincode configuration of the wire format.
-fn codec() -> impl Options {
+pub(super) fn codec() -> impl Options {
     bincode::DefaultOptions::new()
         .with_little_endian()
         .with_fixint_encoding()

@@ -70,7 +70,7 @@ mod tests {
             base: None,
             size: 100,
             mode: 0o644,
-            mtime: crate::journal::op::Timestamp { secs: 1, nanos: 2 },
+            mtime: crate::wire::WireTime { secs: 1, nanos: 2 },
             ranges,
             hash: [7; 32],
             vv: vec![],

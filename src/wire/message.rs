@@ -2,8 +2,7 @@
 //! appending a variant or field) needs a new [`PROTOCOL_VERSION`] (see
 //! `docs/PROTOCOL.md`).
 
-use super::{WireError, PROTOCOL_VERSION};
-use crate::journal::op::{FileId, MetaOp, Timestamp};
+use super::{WireError, WireOp, WireTime, PROTOCOL_VERSION};
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +105,7 @@ pub struct MetaItem {
     /// The op's sequence number in the sender's log.
     pub seq: u64,
     /// The operation.
-    pub op: MetaOp,
+    pub op: WireOp,
     /// The version of the op's target path after the op (for a rename: of `to`).
     pub vv: WireVersion,
 }
@@ -132,7 +131,7 @@ pub struct IndexItem {
     /// Size in bytes (files).
     pub size: u64,
     /// Modification time.
-    pub mtime: Timestamp,
+    pub mtime: WireTime,
     /// Permission bits.
     pub mode: u32,
     /// BLAKE3 of the content (files) or target (symlinks); zeros for directories.
@@ -180,8 +179,8 @@ pub enum NackReason {
 pub struct FileUpdate {
     /// The sender's id for this update, echoed in the ack or nack.
     pub id: u64,
-    /// The file's identity on the sender.
-    pub file: FileId,
+    /// The file's identity (inode) on the sender.
+    pub file: u64,
     /// Where the file lives (store-relative; never the root).
     pub path: RelPath,
     /// BLAKE3 of the content the sender believes the receiver holds; `None`: start from
@@ -192,7 +191,7 @@ pub struct FileUpdate {
     /// The file's mode bits.
     pub mode: u32,
     /// The file's modification time after the update.
-    pub mtime: Timestamp,
+    pub mtime: WireTime,
     /// The changed bytes: sorted, non-overlapping, inside `size`.
     pub ranges: Vec<RangeData>,
     /// BLAKE3 of the whole new content.

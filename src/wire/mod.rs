@@ -33,6 +33,7 @@ pub mod compress;
 mod error;
 mod frame;
 mod message;
+mod op;
 mod range;
 mod stream;
 mod validate;
@@ -47,6 +48,7 @@ pub use message::{
     check_hello, AckKind, DirDigest, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem,
     NackReason, RangeData, WireVersion,
 };
+pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};
 pub use stream::FramedStream;
 

@@ -3,10 +3,10 @@
 
 use super::{
     Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, Violation,
-    MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_SYMLINK_TARGET,
-    MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    WireOp, WireSetTime, WireTime, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN,
+    MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS,
+    MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
-use crate::journal::op::{MetaOp, SetTime, Timestamp};
 use crate::path::RelPath;
 
 /// Checks every rule for `msg`.
@@ -44,7 +44,7 @@ fn not_root(field: &'static str, path: &RelPath) -> Result<(), Violation> {
     Ok(())
 }
 
-fn check_time(t: &Timestamp) -> Result<(), Violation> {
+fn check_time(t: &WireTime) -> Result<(), Violation> {
     if t.nanos >= 1_000_000_000 {
         return Err(Violation::BadNanos(t.nanos));
     }
@@ -195,35 +195,35 @@ fn validate_batch(ops: &[MetaItem]) -> Result<(), Violation> {
     })
 }
 
-fn validate_op(op: &MetaOp) -> Result<(), Violation> {
+fn validate_op(op: &WireOp) -> Result<(), Violation> {
     match op {
-        MetaOp::Create { path, .. }
-        | MetaOp::Mknod { path, .. }
-        | MetaOp::Mkdir { path, .. }
-        | MetaOp::Unlink { path, .. }
-        | MetaOp::Rmdir { path } => not_root("path", path),
-        MetaOp::Rename { from, to, .. } | MetaOp::Link { from, to } => {
+        WireOp::Create { path, .. }
+        | WireOp::Mknod { path, .. }
+        | WireOp::Mkdir { path, .. }
+        | WireOp::Unlink { path, .. }
+        | WireOp::Rmdir { path } => not_root("path", path),
+        WireOp::Rename { from, to, .. } | WireOp::Link { from, to } => {
             not_root("from", from)?;
             not_root("to", to)
         }
-        MetaOp::Symlink { path, target } => {
+        WireOp::Symlink { path, target } => {
             not_root("path", path)?;
             check_name("symlink target", target, MAX_SYMLINK_TARGET)
         }
-        MetaOp::Utimens { atime, mtime, .. } => check_set_time(atime).and(check_set_time(mtime)),
-        MetaOp::SetXattr { name, value, .. } => {
+        WireOp::Utimens { atime, mtime, .. } => check_set_time(atime).and(check_set_time(mtime)),
+        WireOp::SetXattr { name, value, .. } => {
             check_name("xattr name", name, MAX_XATTR_NAME)?;
             max_len("xattr value", value.len(), MAX_XATTR_VALUE)
         }
-        MetaOp::RemoveXattr { name, .. } => check_name("xattr name", name, MAX_XATTR_NAME),
-        MetaOp::Truncate { size, .. } => check_size(*size),
-        MetaOp::Chmod { .. } | MetaOp::Chown { .. } => Ok(()),
+        WireOp::RemoveXattr { name, .. } => check_name("xattr name", name, MAX_XATTR_NAME),
+        WireOp::Truncate { size, .. } => check_size(*size),
+        WireOp::Chmod { .. } | WireOp::Chown { .. } => Ok(()),
     }
 }
 
-fn check_set_time(t: &Option<SetTime>) -> Result<(), Violation> {
+fn check_set_time(t: &Option<WireSetTime>) -> Result<(), Violation> {
     match t {
-        Some(SetTime::At(ts)) => check_time(ts),
+        Some(WireSetTime::At(ts)) => check_time(ts),
         _ => Ok(()),
     }
 }
