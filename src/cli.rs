@@ -212,7 +212,15 @@ fn status(dir: &Path) -> Result<()> {
     println!("not mounted");
     let o = crate::control::Overhead::measure(&store.dir);
     println!("overhead:    {}", crate::control::size(o.total()));
-    journal(dir)
+    let j = open_journal(&store)?;
+    let copies = crate::control::conflict_copies(&j);
+    println!("conflicts:   {} (copies in the folder)", copies.len());
+    for c in copies {
+        println!("conflict:    {c}");
+    }
+    print!("{}", format_snapshot(&j.snapshot()));
+    j.close()?;
+    Ok(())
 }
 
 fn versions(dir: &Path, path: Option<&Path>) -> Result<()> {

@@ -58,6 +58,9 @@ pub struct Status {
     pub stats: StatsView,
     /// On-disk overhead.
     pub overhead: Overhead,
+    /// Conflict copies in the folder (store-relative paths).
+    #[serde(default)]
+    pub conflict_copies: Vec<String>,
 }
 
 /// Serves `status` requests on `socket` until the task is dropped.
@@ -66,6 +69,7 @@ pub async fn serve(
     store: PathBuf,
     mountpoint: PathBuf,
     stats: Arc<Stats>,
+    journal: crate::journal::Journal,
 ) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
@@ -78,8 +82,17 @@ pub async fn serve(
             pid: std::process::id(),
             stats: stats.view(),
             overhead: Overhead::measure(&store),
+            conflict_copies: conflict_copies(&journal),
         };
         tokio::spawn(answer(conn, status));
+    }
+}
+
+/// The conflict copies the index knows of.
+pub fn conflict_copies(journal: &crate::journal::Journal) -> Vec<String> {
+    match journal.index().conflict_copies() {
+        Ok(v) => v.into_iter().map(|p| p.to_string()).collect(),
+        Err(e) => vec![format!("(index unreadable: {e})")],
     }
 }
 
@@ -120,13 +133,16 @@ pub fn format(s: &Status) -> String {
     for line in &v.stuck {
         stuck.push_str(&format!("stuck:       {line}\n"));
     }
+    for c in &s.conflict_copies {
+        stuck.push_str(&format!("conflict:    {c}\n"));
+    }
     format!(
         "mounted at:  {} (pid {})\npeer link:   {link}\nqueued:      {} (files and metadata ops pending)\n\
          in flight:   {}\nsent:        {} updates acked, {} refused, {} of range data\n\
-         metadata:    {} ops acked\napplied:     {} from the peer\nconflicts:   {}\n\
+         metadata:    {} ops acked\napplied:     {} from the peer\nconflicts:   {} (copies in the folder)\n\
          overhead:    {} (journal {}, staging {}, pre-images {})\nlast error:  {err}\n{stuck}",
         s.mountpoint.display(), s.pid, v.queued, v.in_flight, v.acked, v.nacked, size(v.sent_bytes),
-        v.meta_acked, v.applied, v.conflicts, size(o.total()), size(o.journal), size(o.staging), size(o.preimages),
+        v.meta_acked, v.applied, s.conflict_copies.len(), size(o.total()), size(o.journal), size(o.staging), size(o.preimages),
     )
 }
 

@@ -156,6 +156,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         store.dir.clone(),
         mountpoint.to_path_buf(),
         stats,
+        journal.clone(),
     );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = control.await {

@@ -73,6 +73,7 @@ impl Scan<'_> {
     /// Scans the whole folder once.
     pub fn run(&self) -> Result<(), ScanError> {
         self.progress.running.store(1, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let ix = self.journal.index();
         let adopt = !ix.flag(SCANNED)?;
         if adopt {
@@ -93,6 +94,7 @@ impl Scan<'_> {
             entries = self.progress.seen.load(Ordering::Relaxed),
             changed = self.progress.changed.load(Ordering::Relaxed),
             hashed = self.progress.hashed.load(Ordering::Relaxed),
+            ms = started.elapsed().as_millis() as u64,
             "scan done"
         );
         Ok(())
@@ -200,7 +202,7 @@ impl Scan<'_> {
             }
             Kind::Symlink => {
                 if known {
-                    j.record_meta(unlink(path, md.ino()))?;
+                    j.record_meta(unlink(path, 0))?;
                 }
                 j.record_meta(MetaOp::Symlink {
                     path: path.clone(),
@@ -225,9 +227,11 @@ impl Scan<'_> {
         }
         for (path, e) in gone.into_iter().rev() {
             tracing::info!("{path} deleted while not mounted: journaled");
+            // File id 0 (no inode has it): the inode number may already belong to a
+            // file created meanwhile (found by this scan), which must stay tracked.
             let op = match e.kind {
                 Kind::Dir => MetaOp::Rmdir { path: path.clone() },
-                _ => unlink(&path, e.stamp.ino),
+                _ => unlink(&path, 0),
             };
             self.journal.record_meta(op)?;
             self.progress.changed.fetch_add(1, Ordering::Relaxed);
@@ -288,6 +292,7 @@ fn blank(kind: Kind) -> Entry {
         deleted: false,
         stamp: Stamp::default(),
         seq: 0,
+        moved_to: None,
     }
 }
 

@@ -45,8 +45,8 @@ fn converged(p: &Pair, what: &str) -> Vec<(String, Vec<u8>)> {
         "{what}: trees differ\nA: {:?}\nB: {:?}\nA log: {}\nB log: {}",
         names(&a),
         names(&b),
-        common::tail(&p.a.log(), 30),
-        common::tail(&p.b.log(), 30)
+        common::tail(&p.a.log(), 60),
+        common::tail(&p.b.log(), 60)
     );
     a
 }
@@ -115,6 +115,14 @@ fn concurrent_edits_keep_both_versions_on_both_sides() {
         "the newer edit wins on both"
     );
     assert_eq!(all.len(), 2, "{:?}", names(&all));
+    for n in [&p.a, &p.b] {
+        let status = common::syncfs(&["status", n.store.to_str().unwrap()]);
+        assert!(
+            status.contains("conflicts:   1 ")
+                && status.contains(&format!("conflict:    {}", conflict.unwrap().0)),
+            "status lists the conflict on both sides:\n{status}"
+        );
+    }
     assert_quiet(&p);
     p.a.unmount();
     p.b.unmount();
@@ -320,6 +328,20 @@ fn ten_thousand_unchanged_files_cost_little_at_first_contact_and_less_at_reconne
         second < 20_000,
         "reconnect: {second} bytes for {N} unchanged files"
     );
+    p.a.unmount();
+    p.b.unmount();
+}
+
+#[test]
+fn a_rename_and_a_concurrent_edit_end_as_the_edit_under_the_new_name() {
+    let mut p = partitioned(&["draft.txt"]);
+    fs::rename(p.a.m("draft.txt"), p.a.m("final.txt")).unwrap();
+    fs::write(p.b.m("draft.txt"), b"edited on B meanwhile\n").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    heal(&p);
+    let all = converged(&p, "after rename vs edit");
+    assert_eq!(names(&all), ["final.txt=edited on B meanwhile\n"]);
+    assert_quiet(&p);
     p.a.unmount();
     p.b.unmount();
 }

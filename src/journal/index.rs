@@ -68,6 +68,9 @@ pub struct Entry {
     pub stamp: Stamp,
     /// Local change number when last changed (not sent).
     pub seq: u64,
+    /// For a tombstone left by a local rename: where the entry went (not sent). An
+    /// edit of the old name that arrives after the rename is applied there.
+    pub moved_to: Option<RelPath>,
 }
 
 impl Entry {
@@ -77,6 +80,7 @@ impl Entry {
             deleted: true,
             vv,
             stamp: Stamp::default(),
+            moved_to: None,
             ..self.clone()
         }
     }
@@ -273,6 +277,23 @@ impl Index {
             .collect()
     }
 
+    /// Live conflict copies (`NAME.sync-conflict-...`), in path order.
+    pub fn conflict_copies(&self) -> Result<Vec<RelPath>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.all() {
+            let (p, e) = kv?;
+            let copy = p.split_last().is_some_and(|(_, n)| {
+                n.as_encoded_bytes()
+                    .windows(15)
+                    .any(|w| w == b".sync-conflict-")
+            });
+            if copy && !e.deleted {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every entry, in path order (live and tombstones).
     pub fn all(&self) -> impl Iterator<Item = Result<(RelPath, Entry), JournalError>> + '_ {
         self.entries.iter().map(|kv| {
@@ -373,6 +394,7 @@ mod tests {
             deleted: false,
             stamp: Stamp::default(),
             seq: 0,
+            moved_to: None,
         }
     }
 

@@ -152,6 +152,32 @@ impl Checker {
         }
     }
 
+    /// An edit of a file that we renamed meanwhile (it did not see the rename): the
+    /// path the update should go to, if the file there is still what we renamed.
+    pub fn redirect(&self, u: &FileUpdate) -> Result<Option<RelPath>, ApplyError> {
+        let ix = self.journal.index();
+        let Some(gone) = ix.get(&u.path).map_err(jerr(&u.path))? else {
+            return Ok(None);
+        };
+        let Some(to) = gone.moved_to.clone().filter(|_| gone.deleted) else {
+            return Ok(None);
+        };
+        if fold::look(&*self.root, &u.path).is_some() {
+            return Ok(None); // something new lives at the old name
+        }
+        let vv = VersionVector::from_pairs(u.vv.iter().copied());
+        let there = ix.get(&to).map_err(jerr(&to))?;
+        let same = there.is_some_and(|e| !e.deleted && e.kind == Kind::File && e.hash == gone.hash);
+        if same && vv.compare(&gone.vv) == Order::Concurrent {
+            tracing::info!(
+                "{}: edited on the peer, renamed here to {to}: the edit goes there",
+                u.path
+            );
+            return Ok(Some(to));
+        }
+        Ok(None)
+    }
+
     /// Renames our version of `path` to a conflict copy, journaled as a new local file.
     fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<(), ApplyError> {
         let Some((parent, leaf)) = path.split_last() else {

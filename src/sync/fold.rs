@@ -74,6 +74,7 @@ fn fresh(kind: Kind, mode: u32) -> Entry {
         deleted: false,
         stamp: Stamp::default(),
         seq: 0,
+        moved_to: None,
     }
 }
 
@@ -172,7 +173,9 @@ fn rename(
         }
         if flags & libc::RENAME_EXCHANGE == 0 && ix.get(&p)?.is_some_and(|e| !e.deleted) {
             let vv = origin.next(ix, Some(&e))?;
-            ix.put(&p, e.tombstone(vv))?;
+            let mut t = e.tombstone(vv);
+            t.moved_to = Some(np.clone());
+            ix.put(&p, t)?;
         }
     }
     Ok(result)

@@ -251,6 +251,15 @@ fn gated_update(
     u: &FileUpdate,
     peer_bytes: &[u8],
 ) -> Result<Result<bool, NackReason>, crate::apply::ApplyError> {
+    if let Some(to) = check.redirect(u)? {
+        let u = FileUpdate {
+            path: to,
+            ..u.clone()
+        };
+        applier.apply_update(&u)?;
+        check.after_update(&u)?;
+        return Ok(Ok(true));
+    }
     match check.before_update(u, peer_bytes)? {
         Step::Skip => Ok(Ok(false)),
         Step::Refuse(r) => Ok(Err(r)),

@@ -308,8 +308,11 @@ async fn send_index(
     upto: u64,
     last: bool,
 ) -> Result<usize, SyncError> {
+    // Entries with unsent local changes go by the journal (ops and updates, with their
+    // versions): sent here too, they would race their own ops at the peer.
     let entries = batch
         .into_iter()
+        .filter(|(p, _)| !pending_here(s, p))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
     fs.send(Message::Index {
@@ -328,6 +331,12 @@ async fn send_index(
         }
         other => Err(unexpected("an index ack", &other)),
     }
+}
+
+/// True if the journal holds unsent changes to `path`.
+fn pending_here(s: &Sender, path: &RelPath) -> bool {
+    s.journal.has_pending_op(path)
+        || fold::look(&*s.root, path).is_some_and(|(_, st)| s.journal.is_pending(st.st_ino))
 }
 
 /// The peer wants the whole file at `path`: it goes as a whole-file update.

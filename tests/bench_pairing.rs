@@ -1,0 +1,239 @@
+//! Benchmark (not a timed test; run by `scripts/bench-pairing.sh`): the first pairing of
+//! two mostly-same adopted folders, beside rsync -z over the same pair, the index cost per
+//! unchanged file at first contact and at reconnect, and the mount-time scan of unchanged
+//! files beside `find -ls` over the same tree. Bytes are counted by proxies outside the
+//! programs (TCP payload; TCP/IP headers not included, for both tools alike).
+
+mod common;
+use common::{wait_until, Pair, Proxy};
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A source-like tree: `n` text files in directories of 25.
+fn make_tree(root: &Path, n: usize) {
+    for i in 0..n {
+        let d = root.join(format!("src{:04}", i / 25));
+        fs::create_dir_all(&d).unwrap();
+        let body = format!(
+            "// module {i}\n{}",
+            "pub fn item() -> usize { 42 }\n".repeat(20 + i % 60)
+        );
+        fs::write(d.join(format!("m{i}.rs")), body).unwrap();
+    }
+}
+
+/// The same changes on one side: 1% of the files rewritten with a line changed, a few new.
+fn change(root: &Path, n: usize) {
+    for i in (0..n).step_by(100) {
+        let p = root.join(format!("src{:04}/m{i}.rs", i / 25));
+        let mut body = fs::read_to_string(&p).unwrap();
+        body.insert_str(0, "// changed on one side\n");
+        fs::write(&p, body).unwrap();
+    }
+    for i in 0..10 {
+        fs::write(
+            root.join(format!("new{i}.txt")),
+            format!("new file {i}\n").repeat(50),
+        )
+        .unwrap();
+    }
+}
+
+fn same(a: &Path, b: &Path) -> bool {
+    Command::new("diff")
+        .args(["-rq"])
+        .arg(a)
+        .arg(b)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// rsync -z from `src` to a copy of `dst`, through a counting proxy; returns the bytes.
+fn rsync_bytes(src: &Path, dst: &Path) -> u64 {
+    let t = tempfile::tempdir().unwrap();
+    let conf = t.path().join("rsyncd.conf");
+    fs::write(
+        &conf,
+        format!(
+            "use chroot = no\n[m]\npath = {}\nread only = false\nuid = root\ngid = root\n",
+            dst.display()
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let mut d = Command::new("rsync")
+        .args([
+            "--daemon",
+            "--no-detach",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
+        .arg(&conf)
+        .spawn()
+        .expect("rsync daemon");
+    std::thread::sleep(Duration::from_millis(500));
+    let proxy = Proxy::start(port);
+    let ok = Command::new("rsync")
+        .args(["-az", "--delete"])
+        .arg(format!("{}/", src.display()))
+        .arg(format!("rsync://127.0.0.1:{}/m/", proxy.port))
+        .status()
+        .unwrap()
+        .success();
+    let _ = d.kill();
+    assert!(ok, "rsync failed");
+    proxy.count()
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    assert!(Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The scan time logged by the daemon's last "scan done" line, in ms.
+fn scan_ms(log: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("scan done"))
+        .unwrap_or("");
+    let plain: String = line.chars().filter(|c| c.is_ascii()).collect();
+    plain
+        .split_whitespace()
+        .find_map(|w| {
+            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .strip_prefix("ms=")
+                .map(|v| v.to_string())
+        })
+        .map(|v| {
+            v.trim_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "benchmark: scripts/bench-pairing.sh"]
+fn pairing() {
+    let n = env("BENCH_FILES", 2_500);
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    make_tree(&x, n);
+    copy_tree(&x, &y);
+    change(&x, n);
+    let (rx, ry) = (t.path().join("rx"), t.path().join("ry"));
+    copy_tree(&x, &rx);
+    copy_tree(&y, &ry);
+    let rsync = rsync_bytes(&rx, &ry);
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    let start = Instant::now();
+    assert!(
+        wait_until(600, || same(&p.a.mnt, &p.b.mnt)),
+        "pairing converges"
+    );
+    let secs = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(2));
+    let syncfs = p.proxies.iter().map(|x| x.count()).sum::<u64>();
+    p.a.unmount();
+    p.b.unmount();
+    let before = p.proxies.iter().map(|x| x.count()).sum::<u64>();
+    p.a.mount();
+    p.b.mount();
+    std::thread::sleep(Duration::from_secs(5));
+    let reconnect = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
+    let scan = scan_ms(&p.a.log());
+    p.a.unmount();
+    p.b.unmount();
+    let t0 = Instant::now();
+    let out = Command::new("find")
+        .arg(&x)
+        .arg("-ls")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(out.success());
+    let find_ms = t0.elapsed().as_millis() as u64;
+    println!(
+        "pairing of {n} files, 1% changed on one side, 10 new (both adopted, then connected):"
+    );
+    println!("  syncfs until equal   {syncfs:>10} B  ({secs:.1} s)");
+    println!("  rsync -z (daemon)    {rsync:>10} B");
+    println!(
+        "  syncfs / rsync -z    {:>10.2}",
+        syncfs as f64 / rsync.max(1) as f64
+    );
+    println!(
+        "  reconnect, unchanged {reconnect:>10} B  ({:.2} B per file)",
+        reconnect as f64 / n as f64
+    );
+    println!("  mount-time scan      {scan:>10} ms (find -ls of the same tree: {find_ms} ms, ratio {:.1})", scan as f64 / find_ms.max(1) as f64);
+}
+
+#[test]
+#[ignore = "benchmark: scripts/bench-pairing.sh"]
+fn first_contact_and_scan_of_many_unchanged_files() {
+    let n = env("BENCH_UNCHANGED", 100_000);
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    make_tree(&x, n);
+    copy_tree(&x, &y);
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    fs::write(p.a.m("marker"), b"1").unwrap();
+    assert!(wait_until(600, || fs::read(p.b.m("marker")).is_ok()));
+    std::thread::sleep(Duration::from_secs(2));
+    let first = p.proxies.iter().map(|x| x.count()).sum::<u64>();
+    p.a.unmount();
+    p.b.unmount();
+    p.a.mount();
+    p.b.mount();
+    fs::write(p.a.m("marker"), b"2").unwrap();
+    assert!(wait_until(120, || fs::read(p.b.m("marker"))
+        .ok()
+        .as_deref()
+        == Some(&b"2"[..])));
+    std::thread::sleep(Duration::from_secs(2));
+    let second = p.proxies.iter().map(|x| x.count()).sum::<u64>() - first;
+    let scan = scan_ms(&p.a.log());
+    p.a.unmount();
+    p.b.unmount();
+    let t0 = Instant::now();
+    Command::new("find")
+        .arg(&x)
+        .arg("-ls")
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    let find_ms = t0.elapsed().as_millis() as u64;
+    println!("{n} unchanged files in two adopted folders:");
+    println!(
+        "  first contact        {first:>10} B  ({:.2} B per file, both ways)",
+        first as f64 / n as f64
+    );
+    println!(
+        "  reconnect            {second:>10} B  ({:.3} B per file)",
+        second as f64 / n as f64
+    );
+    println!("  mount-time scan      {scan:>10} ms (find -ls: {find_ms} ms, ratio {:.1}; goal < 2000 ms)", scan as f64 / find_ms.max(1) as f64);
+}
