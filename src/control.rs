@@ -193,6 +193,7 @@ mod tests {
             t.path().to_path_buf(),
             "/mnt".into(),
             stats,
+            crate::journal::Journal::open(&t.path().join("j")).unwrap(),
         ));
         let mut got = None;
         for _ in 0..100 {

@@ -287,8 +287,7 @@ fn start_senders(
     }
     let root = open_path_dir(data)?;
     let s = sender::Sender {
-        net,
-        peer,
+        link: Arc::new(crate::sync::link::NetLink { net, peer }),
         journal,
         root: Arc::new(root),
         cfg,

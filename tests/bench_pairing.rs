@@ -114,19 +114,20 @@ fn scan_ms(log: &str) -> u64 {
         .rev()
         .find(|l| l.contains("scan done"))
         .unwrap_or("");
-    let plain: String = line.chars().filter(|c| c.is_ascii()).collect();
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in line.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, c) if c.is_ascii_alphabetic() => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
     plain
         .split_whitespace()
-        .find_map(|w| {
-            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-                .strip_prefix("ms=")
-                .map(|v| v.to_string())
-        })
-        .map(|v| {
-            v.trim_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .unwrap_or(0)
-        })
+        .find_map(|w| w.strip_prefix("ms="))
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 

@@ -25,6 +25,8 @@ pub enum Step {
     Skip,
     /// Refuse it with this reason (the sender sends the whole file again).
     Refuse(NackReason),
+    /// A rename whose target we keep: only its source is removed here.
+    RemoveFrom,
 }
 
 /// Everything the gate needs.
@@ -253,10 +255,34 @@ impl Checker {
                 Ok(if older { Step::Skip } else { Step::Apply })
             }
             MetaOp::Rename { from, to, flags } if flags & libc::RENAME_EXCHANGE == 0 => {
-                if fold::look(&*self.root, from).is_some() && self.is_other_file(from, to) {
-                    self.applier.set_aside(to, Aside::Archive)?;
+                if fold::look(&*self.root, from).is_none() || !self.is_other_file(from, to) {
+                    return Ok(Step::Apply);
                 }
-                Ok(Step::Apply)
+                // A rename over our file: a new version of `to`, decided like an update.
+                let moved = self.ours(from)?;
+                let theirs = Side {
+                    vv,
+                    deleted: false,
+                    hash: moved.as_ref().map_or([0; 32], |m| m.hash),
+                    mtime: moved
+                        .as_ref()
+                        .map_or(Timestamp { secs: 0, nanos: 0 }, |m| m.mtime),
+                    node: peer,
+                };
+                let ours = self.ours(to)?;
+                match self.verdict(ours.as_ref(), theirs) {
+                    Verdict::Keep => {
+                        // ours stays at `to` (the peer gets it, and keeps its moved file
+                        // as a conflict copy); `from` is gone there: gone here too.
+                        tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
+                        self.applier.set_aside(from, Aside::Archive)?;
+                        Ok(Step::RemoveFrom)
+                    }
+                    _ => {
+                        self.applier.set_aside(to, Aside::Archive)?;
+                        Ok(Step::Apply)
+                    }
+                }
             }
             _ => Ok(Step::Apply),
         }

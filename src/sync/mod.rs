@@ -12,6 +12,7 @@ pub mod build;
 pub mod check;
 pub mod coalesce;
 pub mod fold;
+pub mod link;
 pub mod receiver;
 pub mod sender;
 pub mod stats;
@@ -19,6 +20,8 @@ pub mod verdict;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod sim_tests;
 
 use crate::wire::WireError;
 pub use stats::Stats;

@@ -236,6 +236,20 @@ fn gated_op(
             Ok(false)
         }
         Step::Refuse(r) => Err(crate::apply::ApplyError::BadRequest(format!("{r:?}"))),
+        Step::RemoveFrom => {
+            let crate::journal::MetaOp::Rename { from, .. } = op else {
+                return Ok(false);
+            };
+            let gone = crate::journal::MetaOp::Unlink {
+                path: from.clone(),
+                file: 0,
+                last_link: true,
+            };
+            applier.apply_meta(&gone)?;
+            check.after_op(&gone, vv)?;
+            applier.applied_upto(peer, seq)?;
+            Ok(true)
+        }
         Step::Apply => {
             let done = applier.apply_meta_once(peer, seq, op)?;
             check.after_op(op, vv)?;
@@ -261,7 +275,7 @@ fn gated_update(
         return Ok(Ok(true));
     }
     match check.before_update(u, peer_bytes)? {
-        Step::Skip => Ok(Ok(false)),
+        Step::Skip | Step::RemoveFrom => Ok(Ok(false)),
         Step::Refuse(r) => Ok(Err(r)),
         Step::Apply => {
             applier.apply_update(u)?;

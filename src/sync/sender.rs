@@ -5,22 +5,20 @@
 use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
 use super::fold::{self, Origin};
+use super::link::{Duplex, Link};
 use super::{recv_within, Stats, SyncConfig, SyncError, MIN_RATE, PING_EVERY, REPLY_TIMEOUT};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
-use crate::net::NetHandle;
 use crate::path::RelPath;
 use crate::preimage::Preimages;
 use crate::treecache::TreeCache;
-use crate::wire::{
-    check_hello, AckKind, DirDigest, FramedStream, Message, MetaItem, NackReason, STREAM_PROTOCOL,
-};
-use libp2p::PeerId;
+use crate::wire::{check_hello, AckKind, DirDigest, FramedStream, Message, MetaItem, NackReason};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
 
 /// Updates sent and not yet acknowledged, at most.
 pub const WINDOW: usize = 256;
@@ -46,10 +44,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Everything the sender needs.
 #[derive(Clone)]
 pub struct Sender {
-    /// The network.
-    pub net: NetHandle,
-    /// The peer to send to.
-    pub peer: PeerId,
+    /// The peer to send to, and how to reach it.
+    pub link: Arc<dyn Link>,
     /// The local journal.
     pub journal: Journal,
     /// `O_PATH` fd of the backing data directory.
@@ -62,7 +58,7 @@ pub struct Sender {
     pub pre: Option<Arc<Preimages>>,
 }
 
-type Stream = FramedStream<libp2p::Stream>;
+type Stream = FramedStream<Box<dyn Duplex>>;
 
 /// When each pending file last changed, and which were closed since.
 #[derive(Default)]
@@ -170,10 +166,10 @@ pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
         let result = session(&s, &mut quiet, &mut st, &mut backoff).await;
         s.stats.linked.store(false, Ordering::Relaxed);
         if let Err(e) = result {
-            tracing::warn!(peer = %s.peer, "sync session ended: {e}");
+            tracing::warn!(peer = %s.link.peer(), "sync session ended: {e}");
             s.stats.error(&e);
             if matches!(e, SyncError::Silent(_)) {
-                s.net.disconnect(s.peer).await; // a dead link: redial, don't reuse it
+                s.link.reset().await; // a dead link: redial, don't reuse it
             }
         }
         tokio::time::sleep(backoff).await;
@@ -187,17 +183,13 @@ async fn session(
     st: &mut State,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
-    let open = s.net.open_stream(s.peer, STREAM_PROTOCOL);
-    let stream = tokio::time::timeout(Duration::from_secs(15), open)
-        .await
-        .map_err(|_| SyncError::Protocol("opening a stream timed out".into()))??;
-    let mut fs = FramedStream::new(stream);
+    let mut fs = FramedStream::new(s.link.open().await?);
     fs.send(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
         .await?;
     let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
-    tracing::info!(peer = %s.peer, "sending to {name}");
+    tracing::info!(peer = %s.link.peer(), "sending to {name}");
     exchange(s, &mut fs, st).await?;
     s.stats.linked.store(true, Ordering::Relaxed);
     *backoff = Duration::from_millis(200);
@@ -221,7 +213,7 @@ const INDEX_BATCH: usize = 4096;
 /// per-directory digests first, and only the entries of directories that differ go.
 async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     let ix = s.journal.index();
-    let peer = s.peer.to_string();
+    let peer = s.link.peer();
     let mut after = ix.peer_acked(&peer)?;
     if after == 0 {
         return first_contact(s, fs, st).await;
@@ -239,7 +231,7 @@ async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Syn
             break;
         }
     }
-    tracing::info!(peer = %s.peer, entries = sent, wanted, "index changes exchanged");
+    tracing::info!(peer = %s.link.peer(), entries = sent, wanted, "index changes exchanged");
     Ok(())
 }
 
@@ -290,8 +282,8 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     for (i, batch) in batches.into_iter().enumerate() {
         wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
     }
-    ix.set_peer_acked(&s.peer.to_string(), upto)?;
-    tracing::info!(peer = %s.peer, dirs, differ = differ.len(), entries = total, wanted, "index exchanged (first contact)");
+    ix.set_peer_acked(&s.link.peer(), upto)?;
+    tracing::info!(peer = %s.link.peer(), dirs, differ = differ.len(), entries = total, wanted, "index exchanged (first contact)");
     Ok(())
 }
 
@@ -428,7 +420,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     }
     let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
     let mut ops = coalesce(&snap.meta, &pending);
-    ops.retain(|(_, op)| !stale_truncate(&*s.root, op));
+    ops.retain(|(_, op)| !stale_truncate(&*s.root, op) && !stale_unlink(s, op));
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
@@ -468,6 +460,17 @@ fn stale_truncate(root: &OwnedFd, op: &MetaOp) -> bool {
         return false;
     };
     fold::look(root, path).is_none_or(|(_, st)| st.st_ino != *file)
+}
+
+/// An unlink of a name where a file the journal does not know now lives: the peer's
+/// version came back there meanwhile (its edit beat our delete, see `sync::verdict`), so
+/// the unlink would delete the winner on the peer. A file created here again is tracked.
+fn stale_unlink(s: &Sender, op: &MetaOp) -> bool {
+    let MetaOp::Unlink { path, file, .. } = op else {
+        return false;
+    };
+    fold::look(&*s.root, path)
+        .is_some_and(|(_, st)| st.st_ino != *file && s.journal.entry(st.st_ino).is_none())
 }
 
 /// The peer's answer to a batch of ops `sent = (first, last)`: `Ok(upto)` or the op it

@@ -1,0 +1,412 @@
+//! Simulation: two nodes in one process, each with its own journal, index,
+//! applier and backing folder, joined by in-memory pipes (no FUSE, no sockets). Random
+//! edits on every node while the links are cut, then heal and quiesce: all trees are
+//! equal, every node's last version of every file survives somewhere (the file, a
+//! conflict copy or an archived version), and nothing more is sent.
+//!
+//! Local edits are made the way the mount makes them: the journal first, then the
+//! backing file. Time is real (the applier's blocking work would let paused time jump
+//! past reply deadlines); settle times are short.
+
+use super::check::Checker;
+use super::link::{Duplex, Link};
+use super::receiver::{serve, Receiver};
+use super::sender::{self, Sender};
+use super::{SyncConfig, SyncError};
+use crate::apply::{Applier, NoHooks};
+use crate::fs::sys;
+use crate::journal::{Journal, MetaOp};
+use crate::path::RelPath;
+use crate::versions::Archive;
+use futures::future::BoxFuture;
+use libp2p::PeerId;
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::task::JoinHandle;
+use tokio_util::compat::TokioAsyncReadCompatExt;
+
+const FOLDER: [u8; 16] = [9; 16];
+const FILES: usize = 4;
+
+struct Node {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    versions: PathBuf,
+    journal: Journal,
+    receiver: Receiver,
+    id: PeerId,
+    cfg: SyncConfig,
+    quiet: Mutex<Option<UnboundedSender<u64>>>,
+}
+
+fn node() -> Arc<Node> {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
+    std::fs::create_dir(&data).unwrap();
+    std::fs::create_dir(&staging).unwrap();
+    let versions = tmp.path().join("versions");
+    let journal = Journal::open(&tmp.path().join("journal")).unwrap();
+    let id = PeerId::random();
+    let cfg = SyncConfig {
+        folder_id: FOLDER,
+        node_name: id.to_string(),
+        settle: Duration::from_millis(20),
+        level: 3,
+        node: crate::vv::node_id(&id.to_bytes()),
+        peer_bytes: id.to_bytes(),
+        peer_text: id.to_string(),
+    };
+    let progress = crate::scan::Progress::default();
+    let scan = crate::scan::Scan {
+        data: &data,
+        journal: &journal,
+        node: cfg.node,
+        progress: &progress,
+    };
+    scan.run().unwrap();
+    let mut applier = Applier::open(&data, &staging, Arc::new(NoHooks)).unwrap();
+    applier.set_archive(Archive::open(&versions, 30, 1024).unwrap());
+    let applier = Arc::new(applier);
+    let root = sys::openat(
+        &sys::AtCwd,
+        data.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let check = Checker {
+        journal: journal.clone(),
+        root: Arc::new(root),
+        applier: applier.clone(),
+        cfg: cfg.clone(),
+    };
+    let receiver = Receiver {
+        applier,
+        cfg: cfg.clone(),
+        stats: Default::default(),
+        lock: Default::default(),
+        budgets: Default::default(),
+        check,
+    };
+    Arc::new(Node {
+        _tmp: tmp,
+        data,
+        versions,
+        journal,
+        receiver,
+        id,
+        cfg,
+        quiet: Mutex::new(None),
+    })
+}
+
+/// An in-memory link from one node to another; `up` cut means no stream opens and the
+/// open ones are dropped.
+struct MemLink {
+    from: PeerId,
+    to: Arc<Node>,
+    up: Arc<AtomicBool>,
+    serving: Mutex<Vec<JoinHandle<Result<(), SyncError>>>>,
+}
+
+impl MemLink {
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for t in self.serving.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Link for MemLink {
+    fn open(&self) -> BoxFuture<'_, Result<Box<dyn Duplex>, SyncError>> {
+        Box::pin(async move {
+            if !self.up.load(Ordering::SeqCst) {
+                return Err(SyncError::Protocol("link down".into()));
+            }
+            let (ours, theirs) = tokio::io::duplex(1 << 20);
+            let (from, r) = (self.from, self.to.receiver.clone());
+            let t = tokio::spawn(async move { serve(from, theirs.compat(), &r).await });
+            self.serving.lock().unwrap().push(t);
+            Ok(Box::new(ours.compat()) as Box<dyn Duplex>)
+        })
+    }
+
+    fn reset(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn peer(&self) -> String {
+        self.to.id.to_string()
+    }
+}
+
+/// Starts a sender from `a` to `b`.
+fn connect(a: &Arc<Node>, b: &Arc<Node>, up: &Arc<AtomicBool>) -> (Arc<MemLink>, JoinHandle<()>) {
+    let link = Arc::new(MemLink {
+        from: a.id,
+        to: b.clone(),
+        up: up.clone(),
+        serving: Mutex::new(Vec::new()),
+    });
+    let root = sys::openat(
+        &sys::AtCwd,
+        a.data.as_os_str(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )
+    .unwrap();
+    let s = Sender {
+        link: link.clone(),
+        journal: a.journal.clone(),
+        root: Arc::new(root),
+        cfg: a.cfg.clone(),
+        stats: Default::default(),
+        pre: None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    *a.quiet.lock().unwrap() = Some(tx);
+    (link, tokio::spawn(sender::run(s, rx)))
+}
+
+fn rp(s: &str) -> RelPath {
+    RelPath::from_bytes(s.as_bytes()).unwrap()
+}
+
+/// One local edit, as the mount would record it.
+#[derive(Clone, Debug)]
+enum Edit {
+    Write(usize),
+    Delete(usize),
+    Rename(usize, usize),
+}
+
+impl Node {
+    fn write(&self, f: usize, body: &str) {
+        let (path, full) = (rp(&format!("f{f}")), self.data.join(format!("f{f}")));
+        let j = &self.journal;
+        let ino = match std::fs::metadata(&full) {
+            Ok(md) => md.ino(),
+            Err(_) => {
+                std::fs::File::create(&full).unwrap();
+                let ino = std::fs::metadata(&full).unwrap().ino();
+                j.record_meta(MetaOp::Create {
+                    path: path.clone(),
+                    file: ino,
+                    mode: 0o644,
+                })
+                .unwrap();
+                ino
+            }
+        };
+        j.track(ino, &path).unwrap();
+        j.record_size(ino, body.len() as u64).unwrap();
+        j.record_write(ino, 0, body.len() as u64).unwrap();
+        std::fs::write(&full, body).unwrap();
+        j.write_done(ino);
+        if let Some(q) = &*self.quiet.lock().unwrap() {
+            let _ = q.send(ino);
+        }
+    }
+
+    fn apply(&self, e: &Edit, body: &str) {
+        let full = |f: usize| self.data.join(format!("f{f}"));
+        match *e {
+            Edit::Write(f) => self.write(f, body),
+            Edit::Delete(f) => {
+                let Ok(md) = std::fs::metadata(full(f)) else {
+                    return;
+                };
+                std::fs::remove_file(full(f)).unwrap();
+                let op = MetaOp::Unlink {
+                    path: rp(&format!("f{f}")),
+                    file: md.ino(),
+                    last_link: true,
+                };
+                self.journal.record_meta(op).unwrap();
+            }
+            Edit::Rename(a, b) => {
+                if a == b || !full(a).exists() || full(b).exists() {
+                    return;
+                }
+                std::fs::rename(full(a), full(b)).unwrap();
+                let op = MetaOp::Rename {
+                    from: rp(&format!("f{a}")),
+                    to: rp(&format!("f{b}")),
+                    flags: 0,
+                };
+                self.journal.record_meta(op).unwrap();
+            }
+        }
+    }
+
+    /// File name → content, of the folder.
+    fn tree(&self) -> BTreeMap<String, String> {
+        files_under(&self.data)
+    }
+
+    /// Every content kept anywhere on this node: the folder and the archive.
+    fn everything(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.tree().into_values().collect();
+        v.extend(files_under(&self.versions).into_values());
+        v
+    }
+}
+
+fn files_under(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            for (k, v) in files_under(&p) {
+                out.insert(format!("{}/{k}", e.file_name().to_string_lossy()), v);
+            }
+        } else {
+            out.insert(
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&p).unwrap_or_default(),
+            );
+        }
+    }
+    out
+}
+
+async fn settled(nodes: &[Arc<Node>], secs: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while tokio::time::Instant::now() < deadline {
+        let idle = nodes.iter().all(|n| {
+            let s = n.journal.snapshot();
+            s.files.is_empty() && s.meta.is_empty()
+        });
+        let t0 = nodes[0].tree();
+        if idle && nodes.iter().all(|n| n.tree() == t0) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+fn edits() -> impl Strategy<Value = Vec<Edit>> {
+    let e = prop_oneof![
+        4 => (0..FILES).prop_map(Edit::Write),
+        1 => (0..FILES).prop_map(Edit::Delete),
+        1 => (0..FILES, 0..FILES).prop_map(|(a, b)| Edit::Rename(a, b)),
+    ];
+    proptest::collection::vec(e, 1..6)
+}
+
+/// Runs one scenario: a shared start, a partition with `scripts[i]` on node i, a heal.
+fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let nodes: Vec<Arc<Node>> = (0..scripts.len()).map(|_| node()).collect();
+        let up = Arc::new(AtomicBool::new(true));
+        let mut links = Vec::new();
+        let mut tasks = Vec::new();
+        for (a, b) in [(0, 1), (1, 0)] {
+            let (l, t) = connect(&nodes[a], &nodes[b], &up);
+            links.push(l);
+            tasks.push(t);
+        }
+        for f in 0..FILES {
+            nodes[0].write(f, &format!("base {f}\n"));
+        }
+        prop_assert!(settled(&nodes, 30).await, "the base converges");
+        links.iter().for_each(|l| l.cut());
+        let mut heads = Vec::new();
+        for (n, script) in scripts.iter().enumerate() {
+            for (i, e) in script.iter().enumerate() {
+                nodes[n].apply(e, &format!("node {n} edit {i}\n"));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            // the versions this node wrote during the partition and still held
+            heads.extend(
+                nodes[n]
+                    .tree()
+                    .into_values()
+                    .filter(|v| v.starts_with("node ")),
+            );
+        }
+        up.store(true, Ordering::SeqCst);
+        let ok = settled(&nodes, 60).await;
+        let trees: Vec<_> = nodes.iter().map(|n| n.tree()).collect();
+        prop_assert!(ok, "after the heal the trees converge: {trees:#?}");
+        for h in &heads {
+            prop_assert!(
+                nodes.iter().any(|n| n.everything().contains(h)),
+                "version {h:?} was lost: {trees:#?}"
+            );
+        }
+        let acked = |n: &Node| n.receiver.stats.applied.load(Ordering::Relaxed);
+        let before: Vec<u64> = nodes.iter().map(|n| acked(n)).collect();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after: Vec<u64> = nodes.iter().map(|n| acked(n)).collect();
+        prop_assert_eq!(before, after, "nothing more is applied once settled");
+        for t in tasks {
+            t.abort();
+        }
+        links.iter().for_each(|l| l.cut());
+        Ok(())
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 0, failure_persistence: None, ..ProptestConfig::default() })]
+
+    // Finds divergences still open (issue 9): a local op folded after the receiver took
+    // the peer's version of the same path carries that version and wins over it. Run by
+    // hand: `cargo test --lib sim_tests -- --ignored`.
+    #[test]
+    #[ignore = "known divergence, see the regressions below"]
+    fn two_nodes_converge_after_a_partition_losing_nothing(a in edits(), b in edits()) {
+        scenario(vec![a, b])?;
+    }
+}
+
+/// Shrunk failures, kept.
+#[test]
+fn regression_concurrent_writes_of_one_file() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("syncfs=debug")
+        .with_test_writer()
+        .try_init();
+    scenario(vec![
+        vec![Edit::Write(2), Edit::Write(3)],
+        vec![Edit::Write(2)],
+    ])
+    .unwrap();
+}
+
+#[test]
+#[ignore = "known divergence: the peer's rename over our edit is folded after its receiver took our edit"]
+fn regression_edit_against_delete_and_rename_over() {
+    scenario(vec![
+        vec![Edit::Write(2); 5],
+        vec![Edit::Delete(2), Edit::Rename(0, 2)],
+    ])
+    .unwrap();
+}
+
+#[test]
+#[ignore = "known divergence, intermittent: the peer's unlink is folded after its receiver took our edit"]
+fn regression_edit_against_delete() {
+    scenario(vec![
+        vec![Edit::Write(3), Edit::Write(2)],
+        vec![Edit::Delete(2)],
+    ])
+    .unwrap();
+}
