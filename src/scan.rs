@@ -293,6 +293,7 @@ fn blank(kind: Kind) -> Entry {
         stamp: Stamp::default(),
         seq: 0,
         moved_to: None,
+        taken_at: 0,
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Entry {
     /// For a tombstone left by a local rename: where the entry went (not sent). An
     /// edit of the old name that arrives after the rename is applied there.
     pub moved_to: Option<RelPath>,
+    /// The journal's next op sequence number when a peer's version was last taken here
+    /// (not sent): local ops recorded before it were made against what it replaced.
+    pub taken_at: u64,
 }
 
 impl Entry {
@@ -188,6 +191,19 @@ impl Index {
             self.entries
                 .insert(path.as_bytes(), e.encode()?)
                 .map_err(db("index restamp"))?;
+        }
+        Ok(())
+    }
+
+    /// Notes that a peer's version was taken at `path` when the journal's next op
+    /// sequence number was `seq` (no new change number).
+    pub fn set_taken(&self, path: &RelPath, seq: u64) -> Result<(), JournalError> {
+        let _w = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(mut e) = self.get(path)? {
+            e.taken_at = seq;
+            self.entries
+                .insert(path.as_bytes(), e.encode()?)
+                .map_err(db("index taken"))?;
         }
         Ok(())
     }
@@ -395,6 +411,7 @@ mod tests {
             stamp: Stamp::default(),
             seq: 0,
             moved_to: None,
+            taken_at: 0,
         }
     }
 

@@ -309,6 +309,11 @@ impl Journal {
         &self.inner().index
     }
 
+    /// The sequence number the next metadata op will get.
+    pub fn next_seq(&self) -> u64 {
+        self.inner().lock().state.next_seq()
+    }
+
     /// True if `file` has changes recorded and not yet acknowledged by the peer.
     pub fn is_pending(&self, file: FileId) -> bool {
         let l = self.inner().lock();

@@ -198,6 +198,16 @@ impl Checker {
         Ok(())
     }
 
+    /// Notes that a peer's version now lives at `path`: local ops recorded before now
+    /// were made against what it replaced (the sender drops or narrows them).
+    fn taken(&self, path: &RelPath) -> Result<(), ApplyError> {
+        let seq = self.journal.next_seq();
+        self.journal
+            .index()
+            .set_taken(path, seq)
+            .map_err(jerr(path))
+    }
+
     /// Folds an applied update into the index at the peer's version.
     pub fn after_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
@@ -209,8 +219,8 @@ impl Checker {
             u.size,
             Origin::Peer(&vv),
         )
-        .map(|_| ())
-        .map_err(jerr(&u.path))
+        .map_err(jerr(&u.path))?;
+        self.taken(&u.path)
     }
 
     /// Decides on a metadata op from `peer` at version `vv`.
@@ -304,9 +314,11 @@ impl Checker {
             }
         }
         let path = op.attr_path().cloned().unwrap_or_else(RelPath::root);
-        fold::op(self.journal.index(), &*self.root, op, Origin::Peer(vv))
-            .map(|_| ())
-            .map_err(jerr(&path))
+        fold::op(self.journal.index(), &*self.root, op, Origin::Peer(vv)).map_err(jerr(&path))?;
+        for p in fold::targets(op) {
+            self.taken(p)?;
+        }
+        Ok(())
     }
 }
 

@@ -75,6 +75,7 @@ fn fresh(kind: Kind, mode: u32) -> Entry {
         stamp: Stamp::default(),
         seq: 0,
         moved_to: None,
+        taken_at: 0,
     }
 }
 
@@ -217,6 +218,26 @@ pub fn update(
     (e.vv, e.deleted, e.hash, e.size) = (vv.clone(), false, hash, size);
     ix.put(path, e)?;
     Ok(vv)
+}
+
+/// The paths whose version `op` changes (for a rename: both names).
+pub fn targets(op: &MetaOp) -> Vec<&RelPath> {
+    match op {
+        MetaOp::Rename { from, to, .. } => vec![from, to],
+        MetaOp::Link { to, .. } => vec![to],
+        MetaOp::Create { path, .. }
+        | MetaOp::Mknod { path, .. }
+        | MetaOp::Mkdir { path, .. }
+        | MetaOp::Unlink { path, .. }
+        | MetaOp::Rmdir { path }
+        | MetaOp::Symlink { path, .. }
+        | MetaOp::Chmod { path, .. }
+        | MetaOp::Chown { path, .. }
+        | MetaOp::Truncate { path, .. }
+        | MetaOp::Utimens { path, .. }
+        | MetaOp::SetXattr { path, .. }
+        | MetaOp::RemoveXattr { path, .. } => vec![path],
+    }
 }
 
 /// Merges a peer's version into the entry at `path` (same content: no data moved).

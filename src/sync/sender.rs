@@ -421,6 +421,10 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
     let mut ops = coalesce(&snap.meta, &pending);
     ops.retain(|(_, op)| !stale_truncate(&*s.root, op) && !stale_unlink(s, op));
+    let ops: Vec<(u64, MetaOp)> = ops
+        .into_iter()
+        .filter_map(|(seq, op)| narrow(s, seq, op))
+        .collect();
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
@@ -460,6 +464,36 @@ fn stale_truncate(root: &OwnedFd, op: &MetaOp) -> bool {
         return false;
     };
     fold::look(root, path).is_none_or(|(_, st)| st.st_ino != *file)
+}
+
+/// A local op recorded before the receiver took the peer's version of its target path
+/// lost to that version (see `sync::verdict`): it is not sent, since with today's
+/// version it would win over the version that beat it. A rename keeps its other half:
+/// the source is gone here, so it goes on the peer too.
+fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
+    let ix = s.journal.index();
+    let taken = |p: &RelPath| ix.get(p).ok().flatten().is_some_and(|e| e.taken_at > seq);
+    match &op {
+        MetaOp::Rename { from, to, flags } if *flags == 0 && taken(to) => {
+            tracing::info!(
+                "rename {from} -> {to}: the peer's {to} won meanwhile; only {from} goes"
+            );
+            let gone = MetaOp::Unlink {
+                path: from.clone(),
+                file: 0,
+                last_link: true,
+            };
+            Some((seq, gone))
+        }
+        _ if fold::targets(&op).into_iter().any(|p| taken(p)) => {
+            tracing::info!(
+                "op #{seq} ({}): the peer's version won meanwhile; not sent",
+                op.kind()
+            );
+            None
+        }
+        _ => Some((seq, op)),
+    }
 }
 
 /// An unlink of a name where a file the journal does not know now lives: the peer's

@@ -367,11 +367,12 @@ fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 40, max_shrink_iters: 0, failure_persistence: None, ..ProptestConfig::default() })]
 
-    // Finds divergences still open (issue 9): a local op folded after the receiver took
-    // the peer's version of the same path carries that version and wins over it. Run by
-    // hand: `cargo test --lib sim_tests -- --ignored`.
+    // Still finds divergences (issue 9 left open), e.g. a = [Write 0, Delete 0,
+    // Rename 2->1, Write 3, ...] against edits of the same files: one side ends with an
+    // empty f0. Run by hand: `cargo test --lib sim_tests -- --ignored`; the shrunk
+    // failures it found and that are fixed are the regressions below.
     #[test]
-    #[ignore = "known divergence, see the regressions below"]
+    #[ignore = "known divergences remain (issue 9)"]
     fn two_nodes_converge_after_a_partition_losing_nothing(a in edits(), b in edits()) {
         scenario(vec![a, b])?;
     }
@@ -392,7 +393,6 @@ fn regression_concurrent_writes_of_one_file() {
 }
 
 #[test]
-#[ignore = "known divergence: the peer's rename over our edit is folded after its receiver took our edit"]
 fn regression_edit_against_delete_and_rename_over() {
     scenario(vec![
         vec![Edit::Write(2); 5],
@@ -402,7 +402,6 @@ fn regression_edit_against_delete_and_rename_over() {
 }
 
 #[test]
-#[ignore = "known divergence, intermittent: the peer's unlink is folded after its receiver took our edit"]
 fn regression_edit_against_delete() {
     scenario(vec![
         vec![Edit::Write(3), Edit::Write(2)],
