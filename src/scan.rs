@@ -11,7 +11,7 @@ use crate::journal::index::{Entry, Kind, Stamp};
 use crate::journal::{Journal, JournalError, MetaOp};
 use crate::path::RelPath;
 use crate::sync::fold;
-use crate::vv::{NodeId, VersionVector};
+use crate::vv::NodeId;
 use std::collections::HashSet;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -144,8 +144,8 @@ impl Scan<'_> {
         if self.journal.is_pending(md.ino()) || self.journal.has_pending_op(path) {
             return Ok(()); // a change the journal already holds: sent (and indexed) soon
         }
-        let (hash, target) = self.hash(full, kind, md)?;
-        let mut e = old.clone().unwrap_or_else(|| blank(kind));
+        let (hash, target) = self.hash(full, kind)?;
+        let mut e = old.clone().unwrap_or_else(|| Entry::new(kind, 0));
         let same =
             old.is_some_and(|o| o.hash == hash && o.mode == md.permissions().mode() & 0o7777);
         (e.hash, e.target, e.stamp) = (hash, target, stamp);
@@ -239,12 +239,7 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn hash(
-        &self,
-        full: &Path,
-        kind: Kind,
-        md: &std::fs::Metadata,
-    ) -> Result<([u8; 32], Vec<u8>), ScanError> {
+    fn hash(&self, full: &Path, kind: Kind) -> Result<([u8; 32], Vec<u8>), ScanError> {
         Ok(match kind {
             Kind::Dir => ([0; 32], Vec::new()),
             Kind::Symlink => {
@@ -265,7 +260,6 @@ impl Scan<'_> {
                     h.update(&buf[..n]);
                     self.progress.hashed.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                let _ = md;
                 (*h.finalize().as_bytes(), Vec::new())
             }
         })
@@ -277,23 +271,6 @@ fn unlink(path: &RelPath, file: u64) -> MetaOp {
         path: path.clone(),
         file,
         last_link: true,
-    }
-}
-
-fn blank(kind: Kind) -> Entry {
-    Entry {
-        kind,
-        size: 0,
-        mtime: crate::journal::op::Timestamp { secs: 0, nanos: 0 },
-        mode: 0,
-        hash: [0; 32],
-        target: Vec::new(),
-        vv: VersionVector::new(),
-        deleted: false,
-        stamp: Stamp::default(),
-        seq: 0,
-        moved_to: None,
-        taken_at: 0,
     }
 }
 

@@ -77,6 +77,24 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A new, empty, never-versioned entry of `kind` with permission bits `mode`.
+    pub fn new(kind: Kind, mode: u32) -> Entry {
+        Entry {
+            kind,
+            size: 0,
+            mtime: Timestamp { secs: 0, nanos: 0 },
+            mode,
+            hash: *blake3::hash(b"").as_bytes(),
+            target: Vec::new(),
+            vv: VersionVector::new(),
+            deleted: false,
+            stamp: Stamp::default(),
+            seq: 0,
+            moved_to: None,
+            taken_at: 0,
+        }
+    }
+
     /// A tombstone for this entry at version `vv`.
     pub fn tombstone(&self, vv: VersionVector) -> Entry {
         Entry {
@@ -400,18 +418,11 @@ mod tests {
 
     fn entry() -> Entry {
         Entry {
-            kind: Kind::File,
             size: 3,
             mtime: Timestamp { secs: 1, nanos: 0 },
             mode: 0o644,
             hash: [7; 32],
-            target: vec![],
-            vv: VersionVector::new(),
-            deleted: false,
-            stamp: Stamp::default(),
-            seq: 0,
-            moved_to: None,
-            taken_at: 0,
+            ..Entry::new(Kind::File, 0)
         }
     }
 

@@ -62,23 +62,6 @@ pub fn mtime(st: &libc::stat) -> Timestamp {
     }
 }
 
-fn fresh(kind: Kind, mode: u32) -> Entry {
-    Entry {
-        kind,
-        size: 0,
-        mtime: Timestamp { secs: 0, nanos: 0 },
-        mode,
-        hash: *blake3::hash(b"").as_bytes(),
-        target: Vec::new(),
-        vv: VersionVector::new(),
-        deleted: false,
-        stamp: Stamp::default(),
-        seq: 0,
-        moved_to: None,
-        taken_at: 0,
-    }
-}
-
 /// Refreshes an entry's local view (mode, size, mtime, stamp) from the backing store.
 fn refresh(root: &impl AsRawFd, path: &RelPath, e: &mut Entry) {
     if let Some((kind, st)) = look(root, path) {
@@ -110,17 +93,17 @@ pub fn op(
         Ok::<_, JournalError>(vv)
     };
     match op {
-        MetaOp::Create { path, mode, .. } => put(path, &|_| fresh(Kind::File, *mode)),
-        MetaOp::Mkdir { path, mode } => put(path, &|_| fresh(Kind::Dir, *mode)),
+        MetaOp::Create { path, mode, .. } => put(path, &|_| Entry::new(Kind::File, *mode)),
+        MetaOp::Mkdir { path, mode } => put(path, &|_| Entry::new(Kind::Dir, *mode)),
         MetaOp::Symlink { path, target } => put(path, &|_| Entry {
             hash: *blake3::hash(target).as_bytes(),
             target: target.clone(),
-            ..fresh(Kind::Symlink, 0o777)
+            ..Entry::new(Kind::Symlink, 0o777)
         }),
         MetaOp::Link { from, to } => {
             let src = ix.get(from)?;
             put(to, &|_| {
-                src.clone().unwrap_or_else(|| fresh(Kind::File, 0o644))
+                src.clone().unwrap_or_else(|| Entry::new(Kind::File, 0o644))
             })
         }
         MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } => bury(ix, path, origin),
@@ -131,9 +114,9 @@ pub fn op(
         | MetaOp::Utimens { path, .. }
         | MetaOp::Truncate { path, .. }
         | MetaOp::SetXattr { path, .. }
-        | MetaOp::RemoveXattr { path, .. } => {
-            put(path, &|old| old.unwrap_or_else(|| fresh(Kind::File, 0o644)))
-        }
+        | MetaOp::RemoveXattr { path, .. } => put(path, &|old| {
+            old.unwrap_or_else(|| Entry::new(Kind::File, 0o644))
+        }),
     }
 }
 
@@ -141,7 +124,7 @@ pub fn op(
 fn bury(ix: &Index, path: &RelPath, origin: Origin) -> Result<VersionVector, JournalError> {
     let old = ix.get(path)?;
     let vv = origin.next(ix, old.as_ref())?;
-    let old = old.unwrap_or_else(|| fresh(Kind::File, 0));
+    let old = old.unwrap_or_else(|| Entry::new(Kind::File, 0));
     ix.put(path, old.tombstone(vv.clone()))?;
     Ok(vv)
 }
@@ -213,7 +196,7 @@ pub fn update(
 ) -> Result<VersionVector, JournalError> {
     let old = ix.get(path)?;
     let vv = origin.next(ix, old.as_ref())?;
-    let mut e = old.unwrap_or_else(|| fresh(Kind::File, 0o644));
+    let mut e = old.unwrap_or_else(|| Entry::new(Kind::File, 0o644));
     refresh(root, path, &mut e);
     (e.vv, e.deleted, e.hash, e.size) = (vv.clone(), false, hash, size);
     ix.put(path, e)?;
