@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
 /// Format byte in front of every stored index value.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 /// Clock counters reserved per durable write.
 const CLOCK_BLOCK: u64 = 1024;
 
@@ -74,6 +74,9 @@ pub struct Entry {
     /// The journal's next op sequence number when a peer's version was last taken here
     /// (not sent): local ops recorded before it were made against what it replaced.
     pub taken_at: u64,
+    /// With `moved_to`: the version the entry had when it was renamed away (not sent).
+    /// A peer's edit that descends from it is an edit of what we renamed.
+    pub moved_from: Option<VersionVector>,
 }
 
 impl Entry {
@@ -92,6 +95,7 @@ impl Entry {
             seq: 0,
             moved_to: None,
             taken_at: 0,
+            moved_from: None,
         }
     }
 
@@ -102,6 +106,7 @@ impl Entry {
             vv,
             stamp: Stamp::default(),
             moved_to: None,
+            moved_from: None,
             ..self.clone()
         }
     }
@@ -114,10 +119,11 @@ impl Entry {
     }
 
     fn decode(b: &[u8]) -> Result<Entry, JournalError> {
+        let bad = |e| JournalError::encode("index entry", e);
         match b.split_first() {
-            Some((&FORMAT, rest)) => {
-                bincode::deserialize(rest).map_err(|e| JournalError::encode("index entry", e))
-            }
+            Some((&FORMAT, rest)) => bincode::deserialize(rest).map_err(bad),
+            // format 1 lacked the trailing `moved_from`: an absent option is one 0 byte
+            Some((&1, rest)) => bincode::deserialize(&[rest, &[0]].concat()).map_err(bad),
             _ => Err(JournalError::Corrupt(
                 "index entry of unknown format".into(),
             )),
@@ -361,6 +367,40 @@ impl Index {
         Ok(())
     }
 
+    /// The version the journal's op `seq` was given when it was first folded (a resend
+    /// after a lost link must carry the same one, not fold the op twice).
+    pub fn op_version(&self, seq: u64) -> Result<Option<VersionVector>, JournalError> {
+        let Some(v) = self.meta.get(op_key(seq)).map_err(db("op version"))? else {
+            return Ok(None);
+        };
+        match v.split_first() {
+            Some((&FORMAT, rest)) => bincode::deserialize(rest)
+                .map(Some)
+                .map_err(|e| JournalError::Corrupt(format!("op version: {e}"))),
+            _ => Err(JournalError::Corrupt("op version of unknown format".into())),
+        }
+    }
+
+    /// Records the version op `seq` was given.
+    pub fn set_op_version(&self, seq: u64, vv: &VersionVector) -> Result<(), JournalError> {
+        let mut out = vec![FORMAT];
+        bincode::serialize_into(&mut out, vv).map_err(|e| JournalError::encode("op version", e))?;
+        self.meta
+            .insert(op_key(seq), out)
+            .map_err(db("op version"))?;
+        Ok(())
+    }
+
+    /// Forgets the versions of ops up to `seq` (acknowledged by the peer).
+    pub fn forget_op_versions(&self, seq: u64) -> Result<(), JournalError> {
+        for k in self.meta.range(op_key(0)..=op_key(seq)).keys() {
+            self.meta
+                .remove(k.map_err(db("op version"))?)
+                .map_err(db("op version"))?;
+        }
+        Ok(())
+    }
+
     /// A flag in the index's metadata (e.g. "adopted": the first scan is pending).
     pub fn flag(&self, name: &str) -> Result<bool, JournalError> {
         Ok(self
@@ -385,6 +425,12 @@ impl Index {
         self.entries.flush().map_err(db("index flush"))?;
         Ok(())
     }
+}
+
+fn op_key(seq: u64) -> [u8; 13] {
+    let mut k = *b"opvv/\0\0\0\0\0\0\0\0";
+    k[5..].copy_from_slice(&seq.to_be_bytes());
+    k
 }
 
 /// Feeds one child into its directory's digest.

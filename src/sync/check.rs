@@ -132,7 +132,10 @@ impl Checker {
         let v = self.verdict(ours.as_ref(), theirs);
         tracing::debug!(path = %u.path, ?v, "update verdict");
         match v {
-            Verdict::Keep => Ok(Step::Skip),
+            Verdict::Keep => {
+                self.answer(&u.path, ours.as_ref(), &vv)?;
+                Ok(Step::Skip)
+            }
             Verdict::Merge => self.after_update(u).map(|_| Step::Skip),
             Verdict::Take(Loser::Replaced) => {
                 let o = ours.as_ref().filter(|o| !o.deleted && o.hash != u.hash);
@@ -154,6 +157,30 @@ impl Checker {
         }
     }
 
+    /// Our version of `path` beat the peer's concurrent one, which the peer still holds:
+    /// unless the journal already sends ours, the file goes to the peer whole (there
+    /// the same verdict takes it and keeps theirs as the conflict copy).
+    fn answer(
+        &self,
+        path: &RelPath,
+        ours: Option<&Ours>,
+        theirs: &VersionVector,
+    ) -> Result<(), ApplyError> {
+        let Some(o) = ours.filter(|o| !o.deleted) else {
+            return Ok(());
+        };
+        if theirs.compare(&o.vv) != Order::Concurrent || o.vv.get(self.cfg.node) == u64::MAX {
+            return Ok(()); // older, or ours is pending: it goes anyway
+        }
+        let Some((Kind::File, st)) = fold::look(&*self.root, path) else {
+            return Ok(());
+        };
+        tracing::info!("{path}: our version beat the peer's concurrent one; sending it back");
+        self.journal
+            .want_whole(st.st_ino, path, st.st_size as u64)
+            .map_err(jerr(path))
+    }
+
     /// An edit of a file that we renamed meanwhile (it did not see the rename): the
     /// path the update should go to, if the file there is still what we renamed.
     pub fn redirect(&self, u: &FileUpdate) -> Result<Option<RelPath>, ApplyError> {
@@ -167,10 +194,20 @@ impl Checker {
         if fold::look(&*self.root, &u.path).is_some() {
             return Ok(None); // something new lives at the old name
         }
+        match fold::look(&*self.root, &to) {
+            Some((Kind::File, st)) if !self.journal.is_pending(st.st_ino) => {}
+            _ => return Ok(None), // gone, or edited here too (not yet indexed)
+        }
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         let there = ix.get(&to).map_err(jerr(&to))?;
         let same = there.is_some_and(|e| !e.deleted && e.kind == Kind::File && e.hash == gone.hash);
-        if same && vv.compare(&gone.vv) == Order::Concurrent {
+        // Only an edit made on top of the version we renamed follows it; any other is a
+        // new version of the old name, decided there.
+        let on_top = gone
+            .moved_from
+            .as_ref()
+            .is_some_and(|from| vv.dominates(from));
+        if same && on_top && vv.compare(&gone.vv) == Order::Concurrent {
             tracing::info!(
                 "{}: edited on the peer, renamed here to {to}: the edit goes there",
                 u.path
@@ -210,6 +247,17 @@ impl Checker {
 
     /// Folds an applied update into the index at the peer's version.
     pub fn after_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        self.fold_update(u)?;
+        self.taken(&u.path)
+    }
+
+    /// Folds an update applied where [`Checker::redirect`] sent it. Our rename that
+    /// took the file there is no loser: it still goes to the peer.
+    pub fn after_redirect(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        self.fold_update(u)
+    }
+
+    fn fold_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         fold::update(
             self.journal.index(),
@@ -220,7 +268,7 @@ impl Checker {
             Origin::Peer(&vv),
         )
         .map_err(jerr(&u.path))?;
-        self.taken(&u.path)
+        Ok(())
     }
 
     /// Decides on a metadata op from `peer` at version `vv`.
@@ -243,7 +291,11 @@ impl Checker {
                     node: peer,
                 };
                 match self.verdict(ours.as_ref(), theirs) {
-                    Verdict::Keep => Ok(Step::Skip), // our edit wins over their delete
+                    Verdict::Keep => {
+                        // our edit wins over their delete
+                        self.answer(path, ours.as_ref(), vv)?;
+                        Ok(Step::Skip)
+                    }
                     _ => {
                         if matches!(
                             op,
@@ -341,7 +393,7 @@ impl Checker {
         tracing::debug!(path = %it.path, ?v, "index verdict");
         let ix = self.journal.index();
         match v {
-            Verdict::Keep => Ok(false),
+            Verdict::Keep => self.answer(&it.path, ours.as_ref(), &vv).map(|_| false),
             Verdict::Merge => fold::merge(ix, &it.path, &vv)
                 .map(|_| false)
                 .map_err(jerr(&it.path)),

@@ -8,7 +8,7 @@ use crate::journal::index::{Entry, Index, Kind, Stamp};
 use crate::journal::op::Timestamp;
 use crate::journal::{JournalError, MetaOp};
 use crate::path::RelPath;
-use crate::vv::{NodeId, VersionVector};
+use crate::vv::{NodeId, Order, VersionVector};
 use std::os::fd::AsRawFd;
 
 /// Where a version comes from.
@@ -25,9 +25,18 @@ impl Origin<'_> {
         let base = old.map(|e| e.vv.clone()).unwrap_or_default();
         Ok(match self {
             Origin::Local(node) => base.bumped(*node, ix.tick()?),
+            // A peer's entry that beats our tombstone (it was created or edited
+            // there, concurrently or after): theirs as it is. Merged, our lost delete's
+            // counter would make their next version of it look concurrent with ours.
+            Origin::Peer(vv) if old.is_some_and(|e| e.deleted && beats(vv, &e.vv)) => (*vv).clone(),
             Origin::Peer(vv) => base.merged(vv),
         })
     }
+}
+
+/// True if a version at `theirs` replaces one at `ours` (newer or concurrent).
+fn beats(theirs: &VersionVector, ours: &VersionVector) -> bool {
+    matches!(theirs.compare(ours), Order::Newer | Order::Concurrent)
 }
 
 /// What the backing store shows at `path` now: kind, mode, size, mtime, stamp.
@@ -123,7 +132,11 @@ pub fn op(
 /// A tombstone at `path` (and below it).
 fn bury(ix: &Index, path: &RelPath, origin: Origin) -> Result<VersionVector, JournalError> {
     let old = ix.get(path)?;
-    let vv = origin.next(ix, old.as_ref())?;
+    let vv = match (origin, &old) {
+        // both deleted it: one tombstone that descends from both deletes
+        (Origin::Peer(vv), Some(e)) if e.deleted => e.vv.merged(vv),
+        _ => origin.next(ix, old.as_ref())?,
+    };
     let old = old.unwrap_or_else(|| Entry::new(Kind::File, 0));
     ix.put(path, old.tombstone(vv.clone()))?;
     Ok(vv)
@@ -159,6 +172,7 @@ fn rename(
             let vv = origin.next(ix, Some(&e))?;
             let mut t = e.tombstone(vv);
             t.moved_to = Some(np.clone());
+            t.moved_from = Some(e.vv.clone());
             ix.put(&p, t)?;
         }
     }

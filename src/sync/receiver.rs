@@ -271,7 +271,7 @@ fn gated_update(
             ..u.clone()
         };
         applier.apply_update(&u)?;
-        check.after_update(&u)?;
+        check.after_redirect(&u)?;
         return Ok(Ok(true));
     }
     match check.before_update(u, peer_bytes)? {

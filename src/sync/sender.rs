@@ -11,6 +11,7 @@ use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::path::RelPath;
 use crate::preimage::Preimages;
 use crate::treecache::TreeCache;
+use crate::vv::VersionVector;
 use crate::wire::{check_hello, AckKind, DirDigest, FramedStream, Message, MetaItem, NackReason};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
@@ -429,7 +430,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     for chunk in ops.chunks(META_BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
         for (seq, op) in chunk {
-            let vv = fold::op(s.journal.index(), &*s.root, op, Origin::Local(s.cfg.node))?;
+            let vv = version_of(s, *seq, op)?;
             items.push(MetaItem {
                 seq: *seq,
                 op: op.clone().into(),
@@ -440,20 +441,39 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         let sent = (chunk[0].0, chunk[chunk.len() - 1].0);
         match meta_reply(fs, sent).await? {
             Ok(upto) => {
-                s.journal.ack_meta(upto)?;
+                acked(s, upto)?;
                 Stats::add(&s.stats.meta_acked, chunk.len() as u64);
             }
             Err((seq, reason)) => {
                 tracing::warn!("peer could not apply metadata op #{seq}: {reason:?}; dropping it");
                 s.stats.error(format!("peer refused op #{seq}: {reason:?}"));
                 Stats::add(&s.stats.conflicts, 1);
-                s.journal.ack_meta(seq)?;
+                acked(s, seq)?;
                 return Ok(false);
             }
         }
     }
-    s.journal.ack_meta(last)?;
+    acked(s, last)?;
     Ok(true)
+}
+
+/// The peer has every op up to `seq`: the journal and the op versions let them go.
+fn acked(s: &Sender, seq: u64) -> Result<(), SyncError> {
+    s.journal.ack_meta(seq)?;
+    s.journal.index().forget_op_versions(seq)?;
+    Ok(())
+}
+
+/// The version of local op `seq`: folded into the index the first time it is sent,
+/// the same one again when a lost link makes it go again.
+fn version_of(s: &Sender, seq: u64, op: &MetaOp) -> Result<VersionVector, SyncError> {
+    let ix = s.journal.index();
+    if let Some(vv) = ix.op_version(seq)? {
+        return Ok(vv);
+    }
+    let vv = fold::op(ix, &*s.root, op, Origin::Local(s.cfg.node))?;
+    ix.set_op_version(seq, &vv)?;
+    Ok(vv)
 }
 
 /// A truncate of a file no longer at that path (renamed, or set aside as a conflict
@@ -484,6 +504,17 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
                 last_link: true,
             };
             Some((seq, gone))
+        }
+        MetaOp::Rename { from, to, flags } if *flags == 0 && taken(from) => {
+            // The peer's version lives at `from` now; what we moved to `to` is new
+            // there: it goes as a new file.
+            tracing::info!(
+                "rename {from} -> {to}: the peer's {from} won meanwhile; {to} goes whole"
+            );
+            if let Some((crate::journal::index::Kind::File, st)) = fold::look(&*s.root, to) {
+                let _ = s.journal.want_whole(st.st_ino, to, st.st_size as u64);
+            }
+            None
         }
         _ if fold::targets(&op).into_iter().any(|p| taken(p)) => {
             tracing::info!(
