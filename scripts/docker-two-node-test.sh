@@ -79,8 +79,10 @@ teardown() {
     [ -z "$left" ] || { echo "docker-two-node-test: left behind: $left" >&2; rc=1; }
     if [ "$rc" = 0 ]; then
         log "docker two-node test passed ($COMPOSE)"
+        echo "docker-two-node: 1 passed, 0 failed"
     else
         log "docker two-node test FAILED ($COMPOSE)"
+        echo "docker-two-node: 0 passed, 1 failed"
     fi
     exit "$rc"
 }
