@@ -59,6 +59,10 @@ teardown() {
     trap - EXIT INT TERM
     if [ "$up" = 1 ]; then
         if [ "$rc" != 0 ]; then
+            if [ -s "$tmp/tree1" ] && ! cmp -s "$tmp/tree1" "$tmp/tree2"; then
+                echo "---- node1's tree (<) against node2's (>): type mode size hash path ----"
+                diff "$tmp/tree1" "$tmp/tree2" | head -n 40
+            fi
             echo "---- last log lines of both nodes ----"
             dc logs --no-color --tail 40 2>&1 | cut -c1-400
         fi
