@@ -38,6 +38,11 @@ chmod 1777 "$root/tmp"
 # copy_libs PROGRAM: every library the dynamic loader resolves for it, at the same path.
 copy_libs() {
     local lib
+    if ldd "$1" 2>/dev/null | grep -q 'not found'; then
+        echo "docker-image.sh: $1 needs a library this machine lacks:" >&2
+        ldd "$1" | grep 'not found' >&2
+        exit 1
+    fi
     for lib in $(ldd "$1" | grep -oE '/[^ ]+' | sort -u); do
         [ -e "$root$lib" ] && continue
         mkdir -p "$root$(dirname "$lib")"
