@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
 /// Format byte in front of every stored index value.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 1;
 /// Clock counters reserved per durable write.
 const CLOCK_BLOCK: u64 = 1024;
 
@@ -68,15 +68,12 @@ pub struct Entry {
     pub stamp: Stamp,
     /// Local change number when last changed (not sent).
     pub seq: u64,
-    /// For a tombstone left by a local rename: where the entry went (not sent). An
-    /// edit of the old name that arrives after the rename is applied there.
+    /// For a tombstone left by a rename: where the entry went (not sent; shown by
+    /// diagnostics only: a rename counts as a delete and a new entry).
     pub moved_to: Option<RelPath>,
     /// The journal's next op sequence number when a peer's version was last taken here
     /// (not sent): local ops recorded before it were made against what it replaced.
     pub taken_at: u64,
-    /// With `moved_to`: the version the entry had when it was renamed away (not sent).
-    /// A peer's edit that descends from it is an edit of what we renamed.
-    pub moved_from: Option<VersionVector>,
 }
 
 impl Entry {
@@ -95,7 +92,6 @@ impl Entry {
             seq: 0,
             moved_to: None,
             taken_at: 0,
-            moved_from: None,
         }
     }
 
@@ -106,7 +102,6 @@ impl Entry {
             vv,
             stamp: Stamp::default(),
             moved_to: None,
-            moved_from: None,
             ..self.clone()
         }
     }
@@ -122,8 +117,6 @@ impl Entry {
         let bad = |e| JournalError::encode("index entry", e);
         match b.split_first() {
             Some((&FORMAT, rest)) => bincode::deserialize(rest).map_err(bad),
-            // format 1 lacked the trailing `moved_from`: an absent option is one 0 byte
-            Some((&1, rest)) => bincode::deserialize(&[rest, &[0]].concat()).map_err(bad),
             _ => Err(JournalError::Corrupt(
                 "index entry of unknown format".into(),
             )),

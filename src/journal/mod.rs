@@ -369,11 +369,16 @@ impl Journal {
     /// True if an unacknowledged metadata operation changes `path` (or moves or
     /// removes a directory above it).
     pub fn has_pending_op(&self, path: &RelPath) -> bool {
+        self.has_pending_op_from(path, 0)
+    }
+
+    /// Like [`Journal::has_pending_op`], counting only ops numbered `seq` or later.
+    pub fn has_pending_op_from(&self, path: &RelPath, seq: u64) -> bool {
         let l = self.inner().lock();
         l.state
             .meta()
-            .values()
-            .any(|op| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
+            .range(seq..)
+            .any(|(_, op)| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
     }
 
     /// Records that `file` lives at `path` (no-op if already known there).

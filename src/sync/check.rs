@@ -66,7 +66,7 @@ impl Checker {
         let look = fold::look(&*self.root, path);
         let Some((kind, st)) = look else {
             let Some(e) = entry else { return Ok(None) };
-            let vv = self.pending_bump(e.vv, self.journal.has_pending_op(path));
+            let vv = self.pending_bump(e.vv, self.journal.has_pending_op_from(path, e.taken_at));
             let mtime = e.mtime;
             return Ok(Some(Ours {
                 vv,
@@ -83,7 +83,10 @@ impl Checker {
             let s = e.stamp;
             (s.ino, s.size, s.mtime_ns) == (stamp.ino, stamp.size, stamp.mtime_ns)
         });
-        let pending = self.journal.is_pending(st.st_ino) || self.journal.has_pending_op(path);
+        // Ops recorded before a peer's version was taken here lost to it: not ours.
+        let since = entry.as_ref().map_or(0, |e| e.taken_at);
+        let pending =
+            self.journal.is_pending(st.st_ino) || self.journal.has_pending_op_from(path, since);
         let hash = match (kind, known) {
             (Kind::File, Some(e)) if fresh && !pending => e.hash,
             (Kind::File, _) => self.applier.file_hash(path)?.unwrap_or([0; 32]),
@@ -181,42 +184,6 @@ impl Checker {
             .map_err(jerr(path))
     }
 
-    /// An edit of a file that we renamed meanwhile (it did not see the rename): the
-    /// path the update should go to, if the file there is still what we renamed.
-    pub fn redirect(&self, u: &FileUpdate) -> Result<Option<RelPath>, ApplyError> {
-        let ix = self.journal.index();
-        let Some(gone) = ix.get(&u.path).map_err(jerr(&u.path))? else {
-            return Ok(None);
-        };
-        let Some(to) = gone.moved_to.clone().filter(|_| gone.deleted) else {
-            return Ok(None);
-        };
-        if fold::look(&*self.root, &u.path).is_some() {
-            return Ok(None); // something new lives at the old name
-        }
-        match fold::look(&*self.root, &to) {
-            Some((Kind::File, st)) if !self.journal.is_pending(st.st_ino) => {}
-            _ => return Ok(None), // gone, or edited here too (not yet indexed)
-        }
-        let vv = VersionVector::from_pairs(u.vv.iter().copied());
-        let there = ix.get(&to).map_err(jerr(&to))?;
-        let same = there.is_some_and(|e| !e.deleted && e.kind == Kind::File && e.hash == gone.hash);
-        // Only an edit made on top of the version we renamed follows it; any other is a
-        // new version of the old name, decided there.
-        let on_top = gone
-            .moved_from
-            .as_ref()
-            .is_some_and(|from| vv.dominates(from));
-        if same && on_top && vv.compare(&gone.vv) == Order::Concurrent {
-            tracing::info!(
-                "{}: edited on the peer, renamed here to {to}: the edit goes there",
-                u.path
-            );
-            return Ok(Some(to));
-        }
-        Ok(None)
-    }
-
     /// Renames our version of `path` to a conflict copy, journaled as a new local file.
     fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<(), ApplyError> {
         let Some((parent, leaf)) = path.split_last() else {
@@ -251,12 +218,6 @@ impl Checker {
         self.taken(&u.path)
     }
 
-    /// Folds an update applied where [`Checker::redirect`] sent it. Our rename that
-    /// took the file there is no loser: it still goes to the peer.
-    pub fn after_redirect(&self, u: &FileUpdate) -> Result<(), ApplyError> {
-        self.fold_update(u)
-    }
-
     fn fold_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         fold::update(
@@ -280,35 +241,14 @@ impl Checker {
     ) -> Result<Step, ApplyError> {
         match op {
             MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } => {
-                let ours = self.ours(path)?;
-                let hash = ours.as_ref().map_or([0; 32], |o| o.hash);
-                let mtime = Timestamp { secs: 0, nanos: 0 };
-                let theirs = Side {
-                    vv,
-                    deleted: true,
-                    hash,
-                    mtime,
-                    node: peer,
-                };
-                match self.verdict(ours.as_ref(), theirs) {
-                    Verdict::Keep => {
-                        // our edit wins over their delete
-                        self.answer(path, ours.as_ref(), vv)?;
-                        Ok(Step::Skip)
+                let last = matches!(
+                    op,
+                    MetaOp::Unlink {
+                        last_link: true,
+                        ..
                     }
-                    _ => {
-                        if matches!(
-                            op,
-                            MetaOp::Unlink {
-                                last_link: true,
-                                ..
-                            }
-                        ) {
-                            self.applier.set_aside(path, Aside::Archive)?;
-                        }
-                        Ok(Step::Apply)
-                    }
-                }
+                );
+                self.removal(path, vv, peer, last)
             }
             MetaOp::Truncate { path, .. } => {
                 let ours = self.ours(path)?;
@@ -317,7 +257,16 @@ impl Checker {
                 Ok(if older { Step::Skip } else { Step::Apply })
             }
             MetaOp::Rename { from, to, flags } if flags & libc::RENAME_EXCHANGE == 0 => {
-                if fold::look(&*self.root, from).is_none() || !self.is_other_file(from, to) {
+                if fold::look(&*self.root, from).is_none() {
+                    return Ok(Step::Apply);
+                }
+                if self.edited_here(from, vv, peer)? {
+                    // A rename is a delete of `from` and a new `to`: our concurrent edit
+                    // of `from` beats the delete and stays; the peer sends `to` whole.
+                    tracing::info!("rename {from} -> {to}: {from} was edited here; kept");
+                    return Ok(Step::Refuse(NackReason::MissingFile));
+                }
+                if !self.is_other_file(from, to) {
                     return Ok(Step::Apply);
                 }
                 // A rename over our file: a new version of `to`, decided like an update.
@@ -335,9 +284,10 @@ impl Checker {
                 match self.verdict(ours.as_ref(), theirs) {
                     Verdict::Keep => {
                         // ours stays at `to` (the peer gets it, and keeps its moved file
-                        // as a conflict copy); `from` is gone there: gone here too.
-                        tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
+                        // as a conflict copy); `from` is gone there: gone here too,
+                        // unless we edited it meanwhile (an edit beats a delete).
                         self.applier.set_aside(from, Aside::Archive)?;
+                        tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
                         Ok(Step::RemoveFrom)
                     }
                     _ => {
@@ -348,6 +298,57 @@ impl Checker {
             }
             _ => Ok(Step::Apply),
         }
+    }
+
+    /// Decides on the peer's removal of `path` at version `vv`: `Skip` if our version
+    /// wins (an edit beats a concurrent delete; it goes back to the peer), else `Apply`
+    /// with what is there archived first (`archive`: the last link of a file).
+    fn removal(
+        &self,
+        path: &RelPath,
+        vv: &VersionVector,
+        peer: &[u8],
+        archive: bool,
+    ) -> Result<Step, ApplyError> {
+        let ours = self.ours(path)?;
+        let theirs = Side {
+            vv,
+            deleted: true,
+            hash: ours.as_ref().map_or([0; 32], |o| o.hash),
+            mtime: Timestamp { secs: 0, nanos: 0 },
+            node: peer,
+        };
+        if self.verdict(ours.as_ref(), theirs) == Verdict::Keep {
+            self.answer(path, ours.as_ref(), vv)?;
+            return Ok(Step::Skip);
+        }
+        if archive {
+            self.applier.set_aside(path, Aside::Archive)?;
+        }
+        Ok(Step::Apply)
+    }
+
+    /// True if our version of `path` beats the peer's removal of it at `vv` (we edited
+    /// it concurrently); ours then goes back to the peer.
+    fn edited_here(
+        &self,
+        path: &RelPath,
+        vv: &VersionVector,
+        peer: &[u8],
+    ) -> Result<bool, ApplyError> {
+        let ours = self.ours(path)?;
+        let theirs = Side {
+            vv,
+            deleted: true,
+            hash: [0; 32],
+            mtime: Timestamp { secs: 0, nanos: 0 },
+            node: peer,
+        };
+        if self.verdict(ours.as_ref(), theirs) != Verdict::Keep {
+            return Ok(false);
+        }
+        self.answer(path, ours.as_ref(), vv)?;
+        Ok(true)
     }
 
     /// True if `to` is a regular file other than the one at `from` (a rename replaces it).

@@ -172,7 +172,6 @@ fn rename(
             let vv = origin.next(ix, Some(&e))?;
             let mut t = e.tombstone(vv);
             t.moved_to = Some(np.clone());
-            t.moved_from = Some(e.vv.clone());
             ix.put(&p, t)?;
         }
     }

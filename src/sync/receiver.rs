@@ -229,6 +229,21 @@ fn gated_op(
     if seq <= applier.applied(peer)?.upto {
         return Ok(false); // resent after a lost ack
     }
+    if let crate::journal::MetaOp::Rename { from, to, .. } = op {
+        // Without its source (deleted here meanwhile) a rename cannot make `to`; unless
+        // it is the one a crash interrupted, the peer sends `to` whole instead.
+        let interrupted = applier
+            .applied(peer)?
+            .pending
+            .is_some_and(|(p, _)| p == seq);
+        if !interrupted && super::fold::look(&*check.root, from).is_none() {
+            tracing::info!("rename {from} -> {to}: no {from} here; the peer sends {to} whole");
+            return Err(crate::apply::ApplyError::BadRequest(format!(
+                "{:?}",
+                NackReason::MissingFile
+            )));
+        }
+    }
     match check.before_op(op, vv, peer_bytes)? {
         Step::Skip => {
             tracing::info!("op #{seq} ({}) skipped: our version is newer", op.kind());
@@ -265,15 +280,6 @@ fn gated_update(
     u: &FileUpdate,
     peer_bytes: &[u8],
 ) -> Result<Result<bool, NackReason>, crate::apply::ApplyError> {
-    if let Some(to) = check.redirect(u)? {
-        let u = FileUpdate {
-            path: to,
-            ..u.clone()
-        };
-        applier.apply_update(&u)?;
-        check.after_redirect(&u)?;
-        return Ok(Ok(true));
-    }
     match check.before_update(u, peer_bytes)? {
         Step::Skip | Step::RemoveFrom => Ok(Ok(false)),
         Step::Refuse(r) => Ok(Err(r)),

@@ -448,6 +448,9 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
                 tracing::warn!("peer could not apply metadata op #{seq}: {reason:?}; dropping it");
                 s.stats.error(format!("peer refused op #{seq}: {reason:?}"));
                 Stats::add(&s.stats.conflicts, 1);
+                if let Some((_, op)) = chunk.iter().find(|(n, _)| *n == seq) {
+                    send_target_whole(s, op);
+                }
                 acked(s, seq)?;
                 return Ok(false);
             }
@@ -455,6 +458,20 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     }
     acked(s, last)?;
     Ok(true)
+}
+
+/// A rename or link the peer could not apply (it lacks the source: deleted there
+/// meanwhile): what it made here still goes, as a new file.
+fn send_target_whole(s: &Sender, op: &MetaOp) {
+    let (MetaOp::Rename { to, .. } | MetaOp::Link { to, .. }) = op else {
+        return;
+    };
+    if let Some((crate::journal::index::Kind::File, st)) = fold::look(&*s.root, to) {
+        tracing::info!("{to}: the peer could not make it from its source; sending it whole");
+        if let Err(e) = s.journal.want_whole(st.st_ino, to, st.st_size as u64) {
+            tracing::warn!("{to}: cannot queue it whole: {e}");
+        }
+    }
 }
 
 /// The peer has every op up to `seq`: the journal and the op versions let them go.
@@ -511,9 +528,7 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
             tracing::info!(
                 "rename {from} -> {to}: the peer's {from} won meanwhile; {to} goes whole"
             );
-            if let Some((crate::journal::index::Kind::File, st)) = fold::look(&*s.root, to) {
-                let _ = s.journal.want_whole(st.st_ino, to, st.st_size as u64);
-            }
+            send_target_whole(s, &op);
             None
         }
         _ if fold::targets(&op).into_iter().any(|p| taken(p)) => {

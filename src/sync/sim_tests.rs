@@ -346,7 +346,18 @@ fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
         up.store(true, Ordering::SeqCst);
         let ok = settled(&nodes, 60).await;
         let trees: Vec<_> = nodes.iter().map(|n| n.tree()).collect();
-        prop_assert!(ok, "after the heal the trees converge: {trees:#?}");
+        let queued: Vec<_> = nodes
+            .iter()
+            .map(|n| {
+                let s = n.journal.snapshot();
+                let files: Vec<_> = s.files.values().map(|e| e.path.to_string()).collect();
+                (files, s.meta)
+            })
+            .collect();
+        prop_assert!(
+            ok,
+            "after the heal the trees converge: {trees:#?}, queued {queued:?}"
+        );
         for h in &heads {
             prop_assert!(
                 nodes.iter().any(|n| n.everything().contains(h)),
@@ -366,15 +377,19 @@ fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, max_shrink_iters: 200, failure_persistence: None, ..ProptestConfig::default() })]
+/// Cases per run: 64 (a few seconds); `SIM_CASES=2000` for a long hunt.
+fn cases() -> u32 {
+    std::env::var("SIM_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
 
-    // Still finds divergences (issue 9 left open), e.g. a = [Write 0, Delete 0,
-    // Rename 2->1, Write 3, ...] against edits of the same files: one side ends with an
-    // empty f0. Run by hand: `cargo test --lib sim_tests -- --ignored`; the shrunk
-    // failures it found and that are fixed are the regressions below.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+    // Shrunk failures it found are kept as the regressions below.
     #[test]
-    #[ignore = "known divergences remain (issue 9)"]
     fn two_nodes_converge_after_a_partition_losing_nothing(a in edits(), b in edits()) {
         scenario(vec![a, b])?;
     }
@@ -447,6 +462,55 @@ fn regression_edit_against_edit_then_rename_over_a_deleted_name() {
     scenario(vec![
         vec![Edit::Write(2)],
         vec![Edit::Delete(1), Edit::Write(2), Edit::Rename(2, 1)],
+    ])
+    .unwrap();
+}
+
+#[test]
+fn regression_recreate_against_edit_and_delete() {
+    scenario(vec![
+        vec![Edit::Delete(1), Edit::Write(1)],
+        vec![Edit::Write(1), Edit::Delete(1)],
+    ])
+    .unwrap();
+}
+
+#[test]
+fn regression_delete_against_a_chain_of_renames() {
+    scenario(vec![
+        vec![Edit::Delete(0)],
+        vec![Edit::Delete(2), Edit::Rename(1, 2), Edit::Rename(0, 1)],
+    ])
+    .unwrap();
+}
+
+#[test]
+fn regression_rename_from_a_name_deleted_on_the_peer() {
+    scenario(vec![
+        vec![Edit::Delete(1), Edit::Rename(3, 1)],
+        vec![Edit::Delete(3)],
+    ])
+    .unwrap();
+}
+
+#[test]
+fn regression_rename_over_against_edit_delete_recreate() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("syncfs=debug")
+        .with_test_writer()
+        .try_init();
+    scenario(vec![
+        vec![Edit::Delete(0), Edit::Rename(2, 0)],
+        vec![Edit::Write(2), Edit::Delete(0), Edit::Write(0)],
+    ])
+    .unwrap();
+}
+
+#[test]
+fn regression_rename_over_from_a_name_deleted_on_the_peer() {
+    scenario(vec![
+        vec![Edit::Delete(2)],
+        vec![Edit::Delete(3), Edit::Rename(2, 3), Edit::Write(2)],
     ])
     .unwrap();
 }
