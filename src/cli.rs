@@ -209,10 +209,20 @@ fn status(dir: &Path) -> Result<()> {
         print!("{}", crate::control::format(&s));
         return Ok(());
     }
+    let j = match open_journal(&store) {
+        Ok(j) => j,
+        Err(e) => match crate::control::query(&store.control_socket()) {
+            // a daemon took the store meanwhile (it was starting): it answers now
+            Some(s) => {
+                print!("{}", crate::control::format(&s));
+                return Ok(());
+            }
+            None => return Err(e),
+        },
+    };
     println!("not mounted");
     let o = crate::control::Overhead::measure(&store.dir);
     println!("overhead:    {}", crate::control::size(o.total()));
-    let j = open_journal(&store)?;
     let copies = crate::control::conflict_copies(&j);
     println!("conflicts:   {} (copies in the folder)", copies.len());
     for c in copies {

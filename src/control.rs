@@ -61,16 +61,52 @@ pub struct Status {
     /// Conflict copies in the folder (store-relative paths).
     #[serde(default)]
     pub conflict_copies: Vec<String>,
+    /// The mount-time scan (the first one of an adopted folder hashes everything).
+    #[serde(default)]
+    pub scan: ScanView,
+}
+
+/// The mount-time scan's progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ScanView {
+    /// True while it runs (the folder is mounted once it is done).
+    pub running: bool,
+    /// Entries looked at so far.
+    pub seen: u64,
+    /// Bytes read and hashed so far.
+    pub hashed_bytes: u64,
+    /// Changes found and journaled so far.
+    pub changed: u64,
+}
+
+impl ScanView {
+    fn of(p: &crate::scan::Progress) -> ScanView {
+        use std::sync::atomic::Ordering::Relaxed;
+        ScanView {
+            running: p.running.load(Relaxed) != 0,
+            seen: p.seen.load(Relaxed),
+            hashed_bytes: p.hashed.load(Relaxed),
+            changed: p.changed.load(Relaxed),
+        }
+    }
+}
+
+/// What the daemon shares with the control socket.
+pub struct Sources {
+    /// The store directory (for the overhead).
+    pub store: PathBuf,
+    /// The mount point.
+    pub mountpoint: PathBuf,
+    /// The sync counters.
+    pub stats: Arc<Stats>,
+    /// The journal (conflict copies from the index).
+    pub journal: crate::journal::Journal,
+    /// The mount-time scan.
+    pub scan: Arc<crate::scan::Progress>,
 }
 
 /// Serves `status` requests on `socket` until the task is dropped.
-pub async fn serve(
-    socket: PathBuf,
-    store: PathBuf,
-    mountpoint: PathBuf,
-    stats: Arc<Stats>,
-    journal: crate::journal::Journal,
-) -> std::io::Result<()> {
+pub async fn serve(socket: PathBuf, src: Sources) -> std::io::Result<()> {
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)?;
     use std::os::unix::fs::PermissionsExt;
@@ -78,11 +114,12 @@ pub async fn serve(
     loop {
         let (conn, _) = listener.accept().await?;
         let status = Status {
-            mountpoint: mountpoint.clone(),
+            mountpoint: src.mountpoint.clone(),
             pid: std::process::id(),
-            stats: stats.view(),
-            overhead: Overhead::measure(&store),
-            conflict_copies: conflict_copies(&journal),
+            stats: src.stats.view(),
+            overhead: Overhead::measure(&src.store),
+            conflict_copies: conflict_copies(&src.journal),
+            scan: ScanView::of(&src.scan),
         };
         tokio::spawn(answer(conn, status));
     }
@@ -130,6 +167,15 @@ pub fn format(s: &Status) -> String {
         &v.last_error
     };
     let mut stuck = String::new();
+    let sc = &s.scan;
+    if sc.running {
+        stuck.push_str(&format!(
+            "scanning:    {} entries looked at, {} hashed, {} changes found (mounts when done)\n",
+            sc.seen,
+            size(sc.hashed_bytes),
+            sc.changed
+        ));
+    }
     for line in &v.stuck {
         stuck.push_str(&format!("stuck:       {line}\n"));
     }
@@ -188,12 +234,18 @@ mod tests {
         let sock = t.path().join("control.sock");
         let stats = Arc::new(Stats::default());
         Stats::add(&stats.acked, 3);
+        let scan = Arc::new(crate::scan::Progress::default());
+        scan.running.store(1, std::sync::atomic::Ordering::Relaxed);
+        scan.seen.store(1234, std::sync::atomic::Ordering::Relaxed);
         let srv = tokio::spawn(serve(
             sock.clone(),
-            t.path().to_path_buf(),
-            "/mnt".into(),
-            stats,
-            crate::journal::Journal::open(&t.path().join("j")).unwrap(),
+            Sources {
+                store: t.path().to_path_buf(),
+                mountpoint: "/mnt".into(),
+                stats,
+                journal: crate::journal::Journal::open(&t.path().join("j")).unwrap(),
+                scan,
+            },
         ));
         let mut got = None;
         for _ in 0..100 {
@@ -210,5 +262,7 @@ mod tests {
         let got = got.expect("the server answers");
         assert_eq!(got.stats.acked, 3);
         assert!(format(&got).contains("3 updates acked"));
+        assert!(got.scan.running && got.scan.seen == 1234);
+        assert!(format(&got).contains("scanning:    1234 entries looked at"));
     }
 }

@@ -105,7 +105,36 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         let _ = quiet_tx.send(f);
     });
     let rec = Arc::new(JournalRecorder::new(journal.clone(), Some(on_closed)));
-    scan(&store, &journal)?;
+    let stats = Arc::new(Stats::default());
+    let progress = Arc::new(crate::scan::Progress::default());
+    let control = crate::control::serve(
+        store.control_socket(),
+        crate::control::Sources {
+            store: store.dir.clone(),
+            mountpoint: mountpoint.to_path_buf(),
+            stats: stats.clone(),
+            journal: journal.clone(),
+            scan: progress.clone(),
+        },
+    );
+    // Up before the scan, so that `syncfs status` shows the scan's progress.
+    let control = tokio::spawn(async move {
+        if let Err(e) = control.await {
+            tracing::warn!("control socket: {e}");
+        }
+    });
+    let scanned = {
+        let (store, journal) = (store.clone(), journal.clone());
+        tokio::task::spawn_blocking(move || scan(&store, &journal, &progress)).await
+    };
+    if let Err(e) = scanned
+        .map_err(|e| anyhow!("scan task: {e}"))
+        .and_then(|r| r)
+    {
+        control.abort();
+        let _ = std::fs::remove_file(store.control_socket());
+        return Err(e);
+    }
     let tainted = journal
         .snapshot()
         .files
@@ -140,7 +169,6 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         fs,
         notifier: mounted.notifier(),
     });
-    let stats = Arc::new(Stats::default());
     let mut tasks = start_sync(
         &store,
         &cfg,
@@ -151,18 +179,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         pre,
     )
     .await?;
-    let control = crate::control::serve(
-        store.control_socket(),
-        store.dir.clone(),
-        mountpoint.to_path_buf(),
-        stats,
-        journal.clone(),
-    );
-    tasks.push(tokio::spawn(async move {
-        if let Err(e) = control.await {
-            tracing::warn!("control socket: {e}");
-        }
-    }));
+    tasks.push(control);
     wait_for_stop(&mounted).await?;
     for t in tasks {
         t.abort();
@@ -176,15 +193,14 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
 
 /// Finds changes made to the folder while it was not mounted (the first time: indexes
 /// what is there), before the mount or the syncer can see it.
-fn scan(store: &Store, journal: &Journal) -> Result<()> {
+fn scan(store: &Store, journal: &Journal, progress: &crate::scan::Progress) -> Result<()> {
     let node = crate::vv::node_id(&store.keypair()?.public().to_peer_id().to_bytes());
-    let progress = crate::scan::Progress::default();
     let data = store.data();
     crate::scan::Scan {
         data: &data,
         journal,
         node,
-        progress: &progress,
+        progress,
     }
     .run()
     .with_context(|| format!("scanning {}", data.display()))

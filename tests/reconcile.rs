@@ -353,3 +353,60 @@ fn a_rename_and_a_concurrent_edit_keep_both_names() {
     p.a.unmount();
     p.b.unmount();
 }
+
+#[test]
+fn the_first_scan_of_an_adopted_folder_shows_in_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("folder");
+    make_tree(&data, 20_000);
+    let mut n = common::Node::with_init(&["--data", data.to_str().unwrap()]);
+    let store = n.store.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poll = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // (before the daemon's control socket is up, status opens the journal)
+            let sock = store.join("control.sock");
+            while !sock.exists() && !done.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(common::bin())
+                    .args(["status", store.to_str().unwrap()])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if let Some(l) = text.lines().find(|l| l.starts_with("scanning:")) {
+                    seen.push(l.to_string());
+                }
+            }
+            seen
+        })
+    };
+    n.mount();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let lines = poll.join().unwrap();
+    let after = common::syncfs(&["status", n.store.to_str().unwrap()]);
+    n.unmount();
+    assert!(
+        !lines.is_empty(),
+        "status never showed the scan while it ran"
+    );
+    let counts: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect();
+    assert!(
+        counts.iter().any(|&c| c > 0),
+        "no progress shown: {lines:?}"
+    );
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "progress went back: {lines:?}"
+    );
+    assert!(
+        !after.contains("scanning:"),
+        "still scanning once mounted: {after}"
+    );
+}

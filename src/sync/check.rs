@@ -260,7 +260,7 @@ impl Checker {
                 if fold::look(&*self.root, from).is_none() {
                     return Ok(Step::Apply);
                 }
-                if self.edited_here(from, vv, peer)? {
+                if self.edited_here(from, vv)? {
                     // A rename is a delete of `from` and a new `to`: our concurrent edit
                     // of `from` beats the delete and stays; the peer sends `to` whole.
                     tracing::info!("rename {from} -> {to}: {from} was edited here; kept");
@@ -328,23 +328,14 @@ impl Checker {
         Ok(Step::Apply)
     }
 
-    /// True if our version of `path` beats the peer's removal of it at `vv` (we edited
-    /// it concurrently); ours then goes back to the peer.
-    fn edited_here(
-        &self,
-        path: &RelPath,
-        vv: &VersionVector,
-        peer: &[u8],
-    ) -> Result<bool, ApplyError> {
+    /// True if we changed `path` in ways the peer's op at `vv` has not seen (an edit
+    /// concurrent with its rename away); ours then goes back to the peer.
+    fn edited_here(&self, path: &RelPath, vv: &VersionVector) -> Result<bool, ApplyError> {
         let ours = self.ours(path)?;
-        let theirs = Side {
-            vv,
-            deleted: true,
-            hash: [0; 32],
-            mtime: Timestamp { secs: 0, nanos: 0 },
-            node: peer,
+        let Some(o) = ours.as_ref().filter(|o| !o.deleted) else {
+            return Ok(false);
         };
-        if self.verdict(ours.as_ref(), theirs) != Verdict::Keep {
+        if !matches!(vv.compare(&o.vv), Order::Concurrent | Order::Older) {
             return Ok(false);
         }
         self.answer(path, ours.as_ref(), vv)?;

@@ -86,6 +86,9 @@ where
             r => r?,
         };
         tracing::debug!(%peer, kind = msg.kind(), "received");
+        if !matches!(msg, Message::Ping(_)) {
+            Stats::add(&r.stats.received, 1);
+        }
         if let Some(reply) = handle(msg, &mut parts, r, &peer).await? {
             fs.queue(reply)?;
         }

@@ -24,6 +24,8 @@ pub struct Stats {
     pub applied: AtomicU64,
     /// Metadata operations the peer could not apply (kept as conflicts).
     pub conflicts: AtomicU64,
+    /// Messages received from the peer, keepalives not counted.
+    pub received: AtomicU64,
     /// A sending session to the peer is up.
     pub linked: AtomicBool,
     /// The last error, if any.
@@ -51,6 +53,9 @@ pub struct StatsView {
     pub applied: u64,
     /// See [`Stats::conflicts`].
     pub conflicts: u64,
+    /// See [`Stats::received`].
+    #[serde(default)]
+    pub received: u64,
     /// See [`Stats::linked`].
     pub linked: bool,
     /// See [`Stats::last_error`].
@@ -98,6 +103,7 @@ impl Stats {
             meta_acked: g(&self.meta_acked),
             applied: g(&self.applied),
             conflicts: g(&self.conflicts),
+            received: g(&self.received),
             linked: self.linked.load(Ordering::Relaxed),
             last_error: self.last_error.lock().unwrap().clone(),
             stuck: self.stuck.lock().unwrap().values().cloned().collect(),
