@@ -62,11 +62,18 @@ pub enum Command {
         #[arg(long)]
         listen: Vec<String>,
     },
-    /// Show a running mount's progress (queued, in flight, sent, peer link, conflicts,
-    /// on-disk overhead), or the pending journal when the store is not mounted.
+    /// Show a running mount's progress (phase, peer link, queued, in flight, sent and
+    /// received, rates and ETA, last sync, conflicts, errors, on-disk overhead), or the
+    /// pending journal when the store is not mounted.
     Status {
         /// The store.
         store: PathBuf,
+        /// Print one JSON object (field names documented in README.md).
+        #[arg(long, conflicts_with = "watch")]
+        json: bool,
+        /// Redraw every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
     },
     /// Print the pending dirty ranges and metadata operations (store not mounted).
     Journal {
@@ -121,7 +128,11 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Journal { store } => journal(&store),
-        Command::Status { store } => status(&store),
+        Command::Status { store, json, watch } => match (json, watch) {
+            (true, _) => status_json(&store),
+            (_, true) => crate::watch::run(&store),
+            _ => status(&store),
+        },
         Command::Versions { store, path } => versions(&store, path.as_deref()),
         Command::Restore {
             store,
@@ -230,6 +241,29 @@ fn status(dir: &Path) -> Result<()> {
     }
     print!("{}", format_snapshot(&j.snapshot()));
     j.close()?;
+    Ok(())
+}
+
+/// `status --json`: the daemon's status object, or `{"mounted": false, ...}`.
+fn status_json(dir: &Path) -> Result<()> {
+    let (store, _) = Store::open(dir)?;
+    if let Some(s) = crate::control::query(&store.control_socket()) {
+        let mut v = serde_json::to_value(&s)?;
+        v["mounted"] = true.into();
+        println!("{v}");
+        return Ok(());
+    }
+    let j = open_journal(&store)?;
+    let snap = j.snapshot();
+    let v = serde_json::json!({
+        "mounted": false,
+        "queued": snap.files.len() + snap.meta.len(),
+        "queued_ops": snap.meta.len(),
+        "conflict_copies": crate::control::conflict_copies(&j),
+        "overhead": crate::control::Overhead::measure(&store.dir),
+    });
+    j.close()?;
+    println!("{v}");
     Ok(())
 }
 

@@ -47,8 +47,8 @@ pub fn du(p: &Path) -> u64 {
     children.map(|e| du(&e.path())).sum()
 }
 
-/// What `status` answers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// What `status` answers (and `status --json` prints).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Status {
     /// The mount point.
     pub mountpoint: PathBuf,
@@ -64,6 +64,95 @@ pub struct Status {
     /// The mount-time scan (the first one of an adopted folder hashes everything).
     #[serde(default)]
     pub scan: ScanView,
+    /// What the daemon is doing: `scanning`, `connecting`, `reconciling`, `sending`,
+    /// `receiving` or `idle`.
+    #[serde(default)]
+    pub phase: String,
+    /// Transfer rates over the last few seconds.
+    #[serde(default)]
+    pub rates: Rates,
+    /// Seconds until the queue is sent at the current rate (`None`: idle or no rate yet).
+    #[serde(default)]
+    pub eta_secs: Option<u64>,
+}
+
+/// Bytes per second over the last few seconds.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rates {
+    /// Written to the link.
+    pub up: f64,
+    /// Read from the link.
+    pub down: f64,
+    /// File bytes sent (before compression).
+    pub file: f64,
+}
+
+/// One sample of the byte counters.
+#[derive(Clone, Copy)]
+struct Sample {
+    at: std::time::Instant,
+    wire_out: u64,
+    wire_in: u64,
+    raw: u64,
+}
+
+/// Samples of the last few seconds (taken twice a second).
+#[derive(Default)]
+struct Window(std::sync::Mutex<std::collections::VecDeque<Sample>>);
+
+/// How far back rates look.
+const WINDOW: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Window {
+    fn push(&self, v: &StatsView) {
+        let mut w = self.0.lock().unwrap();
+        let now = std::time::Instant::now();
+        w.push_back(Sample {
+            at: now,
+            wire_out: v.wire_out,
+            wire_in: v.wire_in,
+            raw: v.raw_sent,
+        });
+        while w.front().is_some_and(|s| now - s.at > WINDOW) {
+            w.pop_front();
+        }
+    }
+
+    /// Rates from the oldest sample to now (none before half a second of history).
+    fn rates(&self, v: &StatsView) -> Rates {
+        let w = self.0.lock().unwrap();
+        let Some(first) = w.front() else {
+            return Rates::default();
+        };
+        let secs = first.at.elapsed().as_secs_f64();
+        if secs < 0.5 {
+            return Rates::default();
+        }
+        let per = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+        Rates {
+            up: per(v.wire_out, first.wire_out),
+            down: per(v.wire_in, first.wire_in),
+            file: per(v.raw_sent, first.raw),
+        }
+    }
+}
+
+/// The phase a daemon is in.
+fn phase(v: &StatsView, scan: &ScanView) -> &'static str {
+    let recent = |ms: u64| crate::sync::stats::now_ms().saturating_sub(ms) < 2_000;
+    if scan.running {
+        "scanning"
+    } else if !v.linked {
+        "connecting"
+    } else if v.exchanging {
+        "reconciling"
+    } else if v.in_flight > 0 || v.queued > 0 {
+        "sending"
+    } else if recent(v.last_applied_ms) {
+        "receiving"
+    } else {
+        "idle"
+    }
 }
 
 /// The mount-time scan's progress.
@@ -111,17 +200,49 @@ pub async fn serve(socket: PathBuf, src: Sources) -> std::io::Result<()> {
     let listener = tokio::net::UnixListener::bind(&socket)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
+    let window = Arc::new(Window::default());
+    let sampler = {
+        let (window, stats) = (window.clone(), src.stats.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                window.push(&stats.view());
+            }
+        })
+    };
+    let _stop_sampler = AbortOnDrop(sampler);
     loop {
         let (conn, _) = listener.accept().await?;
-        let status = Status {
-            mountpoint: src.mountpoint.clone(),
-            pid: std::process::id(),
-            stats: src.stats.view(),
-            overhead: Overhead::measure(&src.store),
-            conflict_copies: conflict_copies(&src.journal),
-            scan: ScanView::of(&src.scan),
-        };
-        tokio::spawn(answer(conn, status));
+        tokio::spawn(answer(conn, status_of(&src, &window)));
+    }
+}
+
+/// Aborts a task when dropped (the sampler dies with the server).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn status_of(src: &Sources, window: &Window) -> Status {
+    let stats = src.stats.view();
+    let scan = ScanView::of(&src.scan);
+    let rates = window.rates(&stats);
+    let eta_secs = (stats.queued_bytes > 0 && rates.file > 0.0)
+        .then(|| (stats.queued_bytes as f64 / rates.file).ceil() as u64);
+    Status {
+        mountpoint: src.mountpoint.clone(),
+        pid: std::process::id(),
+        phase: phase(&stats, &scan).into(),
+        overhead: Overhead::measure(&src.store),
+        conflict_copies: conflict_copies(&src.journal),
+        scan,
+        rates,
+        eta_secs,
+        stats,
     }
 }
 
@@ -159,36 +280,132 @@ pub fn query(socket: &Path) -> Option<Status> {
 /// Human-readable status.
 pub fn format(s: &Status) -> String {
     let v = &s.stats;
-    let o = &s.overhead;
-    let link = if v.linked { "up" } else { "down" };
-    let err = if v.last_error.is_empty() {
-        "-"
-    } else {
-        &v.last_error
-    };
-    let mut stuck = String::new();
-    let sc = &s.scan;
-    if sc.running {
-        stuck.push_str(&format!(
-            "scanning:    {} entries looked at, {} hashed, {} changes found (mounts when done)\n",
-            sc.seen,
-            size(sc.hashed_bytes),
-            sc.changed
-        ));
+    let mut out = format!(
+        "mounted at:  {} (pid {})\nphase:       {}\n{}",
+        s.mountpoint.display(),
+        s.pid,
+        s.phase,
+        scan_line(&s.scan)
+    );
+    out += &peer_lines(v);
+    out += &format!(
+        "queued:      {} ({} files and metadata ops: {} of file data, {} ops)\n",
+        v.queued,
+        v.queued.saturating_sub(v.queued_ops),
+        size(v.queued_bytes),
+        v.queued_ops
+    );
+    out += &format!("in flight:   {}\n", v.in_flight);
+    for f in &v.flights {
+        let secs = crate::sync::stats::now_ms().saturating_sub(f.since_ms) as f64 / 1e3;
+        out += &format!(
+            "  sending    {} ({}, {} on the wire, {secs:.1} s)\n",
+            f.path,
+            size(f.bytes),
+            size(f.payload)
+        );
     }
-    for line in &v.stuck {
-        stuck.push_str(&format!("stuck:       {line}\n"));
-    }
+    out += &traffic_lines(s);
+    out += &format!(
+        "metadata:    {} ops acked\napplied:     {} from the peer\nlast sync:   {}\n",
+        v.meta_acked,
+        v.applied,
+        when(v.last_sync)
+    );
+    out += &format!(
+        "conflicts:   {} (copies in the folder)\n",
+        s.conflict_copies.len()
+    );
     for c in &s.conflict_copies {
-        stuck.push_str(&format!("conflict:    {c}\n"));
+        out += &format!("conflict:    {c}\n");
+    }
+    let o = &s.overhead;
+    out += &format!(
+        "overhead:    {} (journal {}, staging {}, pre-images {})\n",
+        size(o.total()),
+        size(o.journal),
+        size(o.staging),
+        size(o.preimages)
+    );
+    out + &error_lines(v)
+}
+
+fn scan_line(sc: &ScanView) -> String {
+    if !sc.running {
+        return String::new();
     }
     format!(
-        "mounted at:  {} (pid {})\npeer link:   {link}\nqueued:      {} (files and metadata ops pending)\n\
-         in flight:   {}\nsent:        {} updates acked, {} refused, {} of range data\n\
-         metadata:    {} ops acked\napplied:     {} from the peer\nconflicts:   {} (copies in the folder)\n\
-         overhead:    {} (journal {}, staging {}, pre-images {})\nlast error:  {err}\n{stuck}",
-        s.mountpoint.display(), s.pid, v.queued, v.in_flight, v.acked, v.nacked, size(v.sent_bytes),
-        v.meta_acked, v.applied, s.conflict_copies.len(), size(o.total()), size(o.journal), size(o.staging), size(o.preimages),
+        "scanning:    {} entries looked at, {} hashed, {} changes found (mounts when done)\n",
+        sc.seen,
+        size(sc.hashed_bytes),
+        sc.changed
+    )
+}
+
+fn peer_lines(v: &StatsView) -> String {
+    let link = if v.linked { "up" } else { "down" };
+    let mut out = format!("peer link:   {link}");
+    if v.rtt_us > 0 && v.linked {
+        out += &format!(", round trip {:.1} ms", v.rtt_us as f64 / 1e3);
+    }
+    if v.throughput > 0 {
+        out += &format!(", measured {}/s", size(v.throughput));
+    }
+    if !v.peer.is_empty() {
+        out += &format!("\npeer:        {}", v.peer);
+    }
+    out + "\n"
+}
+
+fn traffic_lines(s: &Status) -> String {
+    let v = &s.stats;
+    let ratio = match v.sent_bytes {
+        0 => "-".to_string(),
+        n => format!("{:.1}x", v.raw_sent as f64 / n as f64),
+    };
+    let eta = s.eta_secs.map_or(String::new(), |e| format!(", ETA {e} s"));
+    format!(
+        "sent:        {} updates acked, {} refused, {} of file data as {} of range data \
+         (ratio {ratio})\nwire:        {} out, {} in\nrate:        {}/s out, {}/s in, \
+         {}/s of file data{eta}\n",
+        v.acked,
+        v.nacked,
+        size(v.raw_sent),
+        size(v.sent_bytes),
+        size(v.wire_out),
+        size(v.wire_in),
+        size(s.rates.up as u64),
+        size(s.rates.down as u64),
+        size(s.rates.file as u64),
+    )
+}
+
+fn error_lines(v: &StatsView) -> String {
+    if v.errors.is_empty() {
+        return "errors:      -\n".into();
+    }
+    let mut out = String::new();
+    for e in &v.errors {
+        let mark = if e.resolved { " (resolved)" } else { "" };
+        out += &format!("error:       {}{mark}: {}\n", when(e.at), e.message);
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for Unix seconds (`never` for 0).
+fn when(secs: u64) -> String {
+    if secs == 0 {
+        return "never".into();
+    }
+    let t = crate::sync::verdict::utc_stamp(secs as i64);
+    format!(
+        "{}-{}-{} {}:{}:{} UTC",
+        &t[0..4],
+        &t[4..6],
+        &t[6..8],
+        &t[9..11],
+        &t[11..13],
+        &t[13..15]
     )
 }
 

@@ -53,4 +53,5 @@ pub mod sync;
 pub mod treecache;
 pub mod versions;
 pub mod vv;
+pub mod watch;
 pub mod wire;

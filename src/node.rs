@@ -224,6 +224,9 @@ async fn start_sync(
     applier.set_archive(archive);
     let applier = Arc::new(applier);
     let peers = parse_addrs(&cfg.peers)?;
+    if let Some(first) = peers.first() {
+        *stats.peer.lock().unwrap() = first.to_string();
+    }
     let allow: Vec<PeerId> = peers
         .iter()
         .map(|a| peer_of(a).ok_or_else(|| anyhow!("peer {a} lacks /p2p/<PeerId>")))

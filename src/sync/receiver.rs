@@ -64,7 +64,8 @@ pub async fn serve<S>(peer: PeerId, stream: S, r: &Receiver) -> Result<(), SyncE
 where
     S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
 {
-    let mut fs = FramedStream::new(stream);
+    let (out, inn) = (r.stats.wire_out.clone(), r.stats.wire_in.clone());
+    let mut fs = FramedStream::counting(stream, out, inn);
     let hello = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
         tracing::warn!(%peer, "refusing sync stream: {e}");
@@ -149,7 +150,13 @@ async fn apply_meta(ops: Vec<MetaItem>, r: &Receiver, peer: &PeerId) -> Message 
             let vv = VersionVector::from_pairs(vv.iter().copied());
             let op = crate::journal::MetaOp::from(op.clone());
             match gated_op(&applier, &check, &peer, &bytes, *seq, &op, &vv) {
-                Ok(true) => Stats::add(&stats.applied, 1),
+                Ok(true) => {
+                    Stats::add(&stats.applied, 1);
+                    let now = super::stats::now_ms();
+                    stats
+                        .last_applied_ms
+                        .store(now, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!("cannot apply op #{seq} ({}): {e}", op.kind());
@@ -301,6 +308,9 @@ async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
     match res {
         Ok(Ok(Ok(applied))) => {
             Stats::add(&r.stats.applied, u64::from(applied));
+            r.stats
+                .last_applied_ms
+                .store(super::stats::now_ms(), std::sync::atomic::Ordering::Relaxed);
             Message::Ack(AckKind::Update(id))
         }
         Ok(Ok(Err(reason))) => nack(AckKind::Update(id), reason),

@@ -146,6 +146,11 @@ impl State {
         let bps = bytes as f64 / secs;
         self.link_bps = Some(self.link_bps.map_or(bps, |old| 0.7 * old + 0.3 * bps));
     }
+
+    /// The smoothed throughput, bytes per second (0: not measured yet).
+    fn throughput(&self) -> u64 {
+        self.link_bps.unwrap_or(0.0) as u64
+    }
 }
 
 struct InFlight {
@@ -166,6 +171,9 @@ pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
     loop {
         let result = session(&s, &mut quiet, &mut st, &mut backoff).await;
         s.stats.linked.store(false, Ordering::Relaxed);
+        s.stats.exchanging.store(false, Ordering::Relaxed);
+        s.stats.flights.lock().unwrap().clear();
+        s.stats.in_flight.store(0, Ordering::Relaxed);
         if let Err(e) = result {
             tracing::warn!(peer = %s.link.peer(), "sync session ended: {e}");
             s.stats.error(&e);
@@ -184,22 +192,25 @@ async fn session(
     st: &mut State,
     backoff: &mut Duration,
 ) -> Result<(), SyncError> {
-    let mut fs = FramedStream::new(s.link.open().await?);
+    let (out, inn) = (s.stats.wire_out.clone(), s.stats.wire_in.clone());
+    let mut fs = FramedStream::counting(s.link.open().await?, out, inn);
     fs.send(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
         .await?;
     let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
     tracing::info!(peer = %s.link.peer(), "sending to {name}");
+    s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
-    s.stats.linked.store(true, Ordering::Relaxed);
+    s.stats.exchanging.store(false, Ordering::Relaxed);
+    s.stats.link_up();
     *backoff = Duration::from_millis(200);
     let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
     let mut pinged = Instant::now();
     loop {
         round(s, &mut fs, st).await?;
         if pinged.elapsed() >= PING_EVERY {
-            ping(&mut fs, st).await?;
+            ping(s, &mut fs, st).await?;
             pinged = Instant::now();
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
@@ -347,11 +358,16 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
 }
 
 /// Proves the link alive (and keeps the peer's read timeout from firing while idle).
-async fn ping(fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     st.next_id += 1;
+    let at = Instant::now();
     fs.send(Message::Ping(st.next_id)).await?;
     match recv_within(fs, REPLY_TIMEOUT).await? {
-        Message::Pong(n) if n == st.next_id => Ok(()),
+        Message::Pong(n) if n == st.next_id => {
+            let rtt = at.elapsed().as_micros() as u64;
+            s.stats.rtt_us.store(rtt.max(1), Ordering::Relaxed);
+            Ok(())
+        }
         other => Err(SyncError::Protocol(format!(
             "expected a pong, got {}",
             other.kind()
@@ -377,6 +393,15 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         (snap.files.len() + snap.meta.len()) as u64,
         Ordering::Relaxed,
     );
+    let dirty: u64 = snap.files.values().map(|e| e.ranges.len_bytes()).sum();
+    s.stats.queued_bytes.store(dirty, Ordering::Relaxed);
+    s.stats
+        .queued_ops
+        .store(snap.meta.len() as u64, Ordering::Relaxed);
+    if snap.files.is_empty() && snap.meta.is_empty() {
+        let now = super::stats::now_ms() / 1000;
+        s.stats.last_sync.store(now, Ordering::Relaxed); // in sync as of now
+    }
     s.stats.keep_stuck(|f| snap.files.contains_key(&f));
     if !meta_due(st, &snap) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
@@ -729,7 +754,17 @@ async fn send_one(
         fs.queue(m)?;
     }
     Stats::add(&s.stats.sent_bytes, b.payload);
+    Stats::add(&s.stats.raw_sent, b.sent.len_bytes());
     Stats::add(&s.stats.in_flight, 1);
+    s.stats.flights.lock().unwrap().insert(
+        id,
+        super::stats::FlightView {
+            path: path.to_string(),
+            bytes: b.sent.len_bytes(),
+            payload: b.payload,
+            since_ms: super::stats::now_ms(),
+        },
+    );
     let (payload, at) = (b.payload, Instant::now());
     Ok(Some(InFlight {
         file,
@@ -769,6 +804,7 @@ fn on_reply(
     };
     tracing::debug!(file = f.file, id, ?nack, "reply");
     s.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+    s.stats.flights.lock().unwrap().remove(&id);
     match nack {
         None => {
             s.journal.ack_file(f.file, f.version, &f.sent)?;
@@ -778,6 +814,7 @@ fn on_reply(
             st.peer_hash.insert(f.file, f.hash);
             s.stats.set_stuck(f.file, None);
             st.measure(f.payload, f.at);
+            s.stats.throughput.store(st.throughput(), Ordering::Relaxed);
             Stats::add(&s.stats.acked, 1);
         }
         Some(reason) => on_nack(s, st, f, reason, queue),

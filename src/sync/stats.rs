@@ -1,9 +1,9 @@
 //! Counters the syncer keeps for `syncfs status`: lock-free, shared by both directions.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Live counters.
 #[derive(Default, Debug)]
@@ -26,12 +26,73 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// Messages received from the peer, keepalives not counted.
     pub received: AtomicU64,
+    /// File bytes the sent updates carried (their dirty ranges), before compression.
+    pub raw_sent: AtomicU64,
+    /// Bytes this node's sync sessions wrote to and read from the link (shared with
+    /// the sessions' streams, which count as bytes pass).
+    pub wire_out: Arc<AtomicU64>,
+    /// See [`Stats::wire_out`].
+    pub wire_in: Arc<AtomicU64>,
+    /// Dirty bytes in the files queued at the last look.
+    pub queued_bytes: AtomicU64,
+    /// Metadata ops queued at the last look.
+    pub queued_ops: AtomicU64,
+    /// Round-trip time of the last keepalive, in microseconds (0: none yet).
+    pub rtt_us: AtomicU64,
+    /// Measured throughput to the peer, bytes per second (0: not measured yet).
+    pub throughput: AtomicU64,
+    /// When the queue last became empty with the link up (Unix seconds; 0: never).
+    pub last_sync: AtomicU64,
+    /// When a peer's change was last applied (Unix milliseconds).
+    pub last_applied_ms: AtomicU64,
+    /// The session is exchanging indexes (reconciling) right now.
+    pub exchanging: AtomicBool,
+    /// The peer's address as configured.
+    pub peer: Mutex<String>,
+    /// Recent errors, oldest first.
+    pub errors: Mutex<VecDeque<ErrorView>>,
+    /// Updates in flight, by update id.
+    pub flights: Mutex<BTreeMap<u64, FlightView>>,
     /// A sending session to the peer is up.
     pub linked: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<String>,
     /// Pending files that could not be sent, with why (path: reason).
     pub stuck: Mutex<BTreeMap<u64, String>>,
+}
+
+/// One recent error.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ErrorView {
+    /// When it happened (Unix seconds).
+    pub at: u64,
+    /// What happened.
+    pub message: String,
+    /// The condition is gone (e.g. the link came back up).
+    pub resolved: bool,
+}
+
+/// One update in flight.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlightView {
+    /// The file's path.
+    pub path: String,
+    /// File bytes the update carries (dirty ranges).
+    pub bytes: u64,
+    /// Bytes it takes on the wire (compressed payload).
+    pub payload: u64,
+    /// When it was sent (Unix milliseconds).
+    pub since_ms: u64,
+}
+
+/// Errors kept for status.
+const ERRORS_KEPT: usize = 10;
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A point-in-time copy of [`Stats`], for printing and the control socket.
@@ -63,6 +124,45 @@ pub struct StatsView {
     /// Pending files that cannot be sent now, each as "path: reason".
     #[serde(default)]
     pub stuck: Vec<String>,
+    /// See [`Stats::raw_sent`].
+    #[serde(default)]
+    pub raw_sent: u64,
+    /// See [`Stats::wire_out`].
+    #[serde(default)]
+    pub wire_out: u64,
+    /// See [`Stats::wire_in`].
+    #[serde(default)]
+    pub wire_in: u64,
+    /// See [`Stats::queued_bytes`].
+    #[serde(default)]
+    pub queued_bytes: u64,
+    /// See [`Stats::queued_ops`].
+    #[serde(default)]
+    pub queued_ops: u64,
+    /// See [`Stats::rtt_us`].
+    #[serde(default)]
+    pub rtt_us: u64,
+    /// See [`Stats::throughput`].
+    #[serde(default)]
+    pub throughput: u64,
+    /// See [`Stats::last_sync`].
+    #[serde(default)]
+    pub last_sync: u64,
+    /// See [`Stats::last_applied_ms`].
+    #[serde(default)]
+    pub last_applied_ms: u64,
+    /// See [`Stats::exchanging`].
+    #[serde(default)]
+    pub exchanging: bool,
+    /// See [`Stats::peer`].
+    #[serde(default)]
+    pub peer: String,
+    /// See [`Stats::errors`].
+    #[serde(default)]
+    pub errors: Vec<ErrorView>,
+    /// See [`Stats::flights`].
+    #[serde(default)]
+    pub flights: Vec<FlightView>,
 }
 
 impl Stats {
@@ -73,7 +173,32 @@ impl Stats {
 
     /// Remembers an error for status.
     pub fn error(&self, e: impl std::fmt::Display) {
-        *self.last_error.lock().unwrap() = e.to_string();
+        let message = e.to_string();
+        *self.last_error.lock().unwrap() = message.clone();
+        let mut errs = self.errors.lock().unwrap();
+        if errs
+            .back()
+            .is_some_and(|b| b.message == message && !b.resolved)
+        {
+            return; // the same error again (a retry loop): once is enough
+        }
+        errs.push_back(ErrorView {
+            at: now_ms() / 1000,
+            message,
+            resolved: false,
+        });
+        while errs.len() > ERRORS_KEPT {
+            errs.pop_front();
+        }
+    }
+
+    /// The link is up again: its errors (and the last error) are resolved.
+    pub fn link_up(&self) {
+        self.linked.store(true, Ordering::Relaxed);
+        self.last_error.lock().unwrap().clear();
+        for e in self.errors.lock().unwrap().iter_mut() {
+            e.resolved = true;
+        }
     }
 
     /// Marks `file` as stuck for `why` (shown by status), or clears it (`None`);
@@ -107,6 +232,19 @@ impl Stats {
             linked: self.linked.load(Ordering::Relaxed),
             last_error: self.last_error.lock().unwrap().clone(),
             stuck: self.stuck.lock().unwrap().values().cloned().collect(),
+            raw_sent: g(&self.raw_sent),
+            wire_out: g(&self.wire_out),
+            wire_in: g(&self.wire_in),
+            queued_bytes: g(&self.queued_bytes),
+            queued_ops: g(&self.queued_ops),
+            rtt_us: g(&self.rtt_us),
+            throughput: g(&self.throughput),
+            last_sync: g(&self.last_sync),
+            last_applied_ms: g(&self.last_applied_ms),
+            exchanging: self.exchanging.load(Ordering::Relaxed),
+            peer: self.peer.lock().unwrap().clone(),
+            errors: self.errors.lock().unwrap().iter().cloned().collect(),
+            flights: self.flights.lock().unwrap().values().cloned().collect(),
         }
     }
 }

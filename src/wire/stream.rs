@@ -20,6 +20,10 @@ use super::compress::{max_compressed, Compressor, Decompressor, MAX_BLOCK};
 use super::frame::{encode_frame, read_frame, read_len, read_payload};
 use super::{decode, Message, WireError, MAX_FRAME};
 use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 /// Set in a block header when the block is compressed.
 const COMPRESSED: u32 = 1 << 31;
@@ -29,7 +33,7 @@ const MIN_COMPRESS: usize = 64;
 /// A bidirectional stream speaking [`Message`] frames; see the module docs.
 #[derive(Debug)]
 pub struct FramedStream<S> {
-    inner: BufReader<S>,
+    inner: BufReader<Counted<S>>,
     /// Frames queued for the next block (without their raw range bytes when compressed).
     raw: Vec<u8>,
     /// The raw range bytes taken out of the queued frames.
@@ -46,9 +50,20 @@ pub struct FramedStream<S> {
     data_at: usize,
 }
 
-impl<S: AsyncRead> FramedStream<S> {
+impl<S: AsyncRead + Unpin> FramedStream<S> {
     /// Wraps a stream positioned at a frame boundary.
     pub fn new(inner: S) -> Self {
+        Self::counting(inner, Arc::default(), Arc::default())
+    }
+
+    /// Like [`FramedStream::new`], adding the bytes written to and read from the
+    /// stream to `written` and `read` as they pass (shared counters, e.g. for status).
+    pub fn counting(inner: S, written: Arc<AtomicU64>, read: Arc<AtomicU64>) -> Self {
+        let inner = Counted {
+            inner,
+            read,
+            written,
+        };
         FramedStream {
             inner: BufReader::with_capacity(64 << 10, inner),
             raw: Vec::new(),
@@ -65,12 +80,19 @@ impl<S: AsyncRead> FramedStream<S> {
 
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
-        self.inner.get_ref()
+        &self.inner.get_ref().inner
+    }
+
+    /// Bytes (written, read) through the underlying stream so far: what this session
+    /// put on and took off the link, frames and compression included.
+    pub fn counted(&self) -> (u64, u64) {
+        let c = self.inner.get_ref();
+        (c.written.load(Relaxed), c.read.load(Relaxed))
     }
 
     /// Unwraps the underlying stream (bytes read ahead are lost).
     pub fn into_inner(self) -> S {
-        self.inner.into_inner()
+        self.inner.into_inner().inner
     }
 
     /// Compresses every later block in both directions at zstd `level`. Both sides call
@@ -251,5 +273,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
         self.flush().await?;
         self.inner.close().await?;
         Ok(())
+    }
+}
+
+/// A stream that counts the bytes read from and written to it.
+#[derive(Debug)]
+struct Counted<S> {
+    inner: S,
+    read: Arc<AtomicU64>,
+    written: Arc<AtomicU64>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.read.fetch_add(*n as u64, Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &r {
+            self.written.fetch_add(*n as u64, Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
