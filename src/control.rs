@@ -64,6 +64,9 @@ pub struct Status {
     /// The mount-time scan (the first one of an adopted folder hashes everything).
     #[serde(default)]
     pub scan: ScanView,
+    /// The bandwidth limit, KiB/s each way (0: unlimited).
+    #[serde(default)]
+    pub bwlimit_kib: u64,
 }
 
 /// The mount-time scan's progress.
@@ -103,6 +106,8 @@ pub struct Sources {
     pub journal: crate::journal::Journal,
     /// The mount-time scan.
     pub scan: Arc<crate::scan::Progress>,
+    /// The bandwidth limit, KiB/s each way (0: unlimited).
+    pub bwlimit_kib: u64,
 }
 
 /// Serves `status` requests on `socket` until the task is dropped.
@@ -120,6 +125,7 @@ pub async fn serve(socket: PathBuf, src: Sources) -> std::io::Result<()> {
             overhead: Overhead::measure(&src.store),
             conflict_copies: conflict_copies(&src.journal),
             scan: ScanView::of(&src.scan),
+            bwlimit_kib: src.bwlimit_kib,
         };
         tokio::spawn(answer(conn, status));
     }
@@ -175,6 +181,9 @@ pub fn format(s: &Status) -> String {
             size(sc.hashed_bytes),
             sc.changed
         ));
+    }
+    if s.bwlimit_kib > 0 {
+        stuck.push_str(&format!("bwlimit:     {} KiB/s each way\n", s.bwlimit_kib));
     }
     for line in &v.stuck {
         stuck.push_str(&format!("stuck:       {line}\n"));
@@ -245,6 +254,7 @@ mod tests {
                 stats,
                 journal: crate::journal::Journal::open(&t.path().join("j")).unwrap(),
                 scan,
+                bwlimit_kib: 512,
             },
         ));
         let mut got = None;
@@ -264,5 +274,6 @@ mod tests {
         assert!(format(&got).contains("3 updates acked"));
         assert!(got.scan.running && got.scan.seen == 1234);
         assert!(format(&got).contains("scanning:    1234 entries looked at"));
+        assert!(format(&got).contains("bwlimit:     512 KiB/s each way"));
     }
 }
