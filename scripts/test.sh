@@ -13,6 +13,10 @@ command -v umount >/dev/null || need+=(mount)
 for tool in git vim sqlite3 rsync; do   # real clients driven by tests/clients.rs
     command -v "$tool" >/dev/null || need+=("$tool")
 done
+# tests/bwlimit.rs: two network namespaces and a veth pair, offloads switched off
+command -v ip >/dev/null || need+=(iproute2)
+command -v ethtool >/dev/null || need+=(ethtool)
+command -v nsenter >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -q

@@ -61,6 +61,10 @@ pub enum Command {
         /// Listen addresses for this run, replacing the config's (repeatable).
         #[arg(long)]
         listen: Vec<String>,
+        /// Bandwidth limit for this run, KiB/s each way (0: unlimited), replacing the
+        /// config's `bwlimit`.
+        #[arg(long, value_name = "KIB")]
+        bwlimit: Option<u64>,
     },
     /// Show a running mount's progress (phase, peer link, queued, in flight, sent and
     /// received, rates and ETA, last sync, conflicts, errors, on-disk overhead), or the
@@ -119,12 +123,14 @@ pub fn run(cli: Cli) -> Result<()> {
             mountpoint,
             peer,
             listen,
+            bwlimit,
         } => mount_cmd(
             &store,
             &mountpoint,
             MountArgs {
                 peers: peer,
                 listen,
+                bwlimit,
             },
         ),
         Command::Journal { store } => journal(&store),

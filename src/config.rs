@@ -67,6 +67,9 @@ pub struct Config {
     /// Most MiB the version archive may hold (the oldest versions go first).
     #[serde(default = "default_versions_max_mib")]
     pub versions_max_mib: u64,
+    /// Bandwidth limit per direction, in KiB/s (0: unlimited).
+    #[serde(default)]
+    pub bwlimit: u64,
 }
 
 fn default_versions_days() -> u64 {
@@ -117,6 +120,7 @@ impl Config {
             max_file_mib: default_max_file_mib(),
             versions_days: default_versions_days(),
             versions_max_mib: default_versions_max_mib(),
+            bwlimit: 0,
         }
     }
 
@@ -160,10 +164,13 @@ impl Config {
              \n# The version archive (STORE/versions) keeps every version a peer's change replaced\n\
              # or deleted, and the losers of first pairings: for this many days, and up to this\n\
              # many MiB (the oldest go first). `syncfs versions` lists them.\n\
-             versions_days = {}\nversions_max_mib = {}\n",
+             versions_days = {}\nversions_max_mib = {}\n\
+             \n# Bandwidth limit in KiB/s (like rsync's --bwlimit), each direction on its own:\n\
+             # what this node sends to its peers, and what it receives. 0: unlimited.\n\
+             # `syncfs mount --bwlimit KIB` overrides it for one run.\nbwlimit = {}\n",
             self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads,
             self.allow_suid, self.allow_dev, self.sync_ownership, self.max_file_mib,
-            self.versions_days, self.versions_max_mib
+            self.versions_days, self.versions_max_mib, self.bwlimit
         )
     }
 }

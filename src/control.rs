@@ -74,6 +74,9 @@ pub struct Status {
     /// Seconds until the queue is sent at the current rate (`None`: idle or no rate yet).
     #[serde(default)]
     pub eta_secs: Option<u64>,
+    /// The bandwidth limit, KiB/s each way (0: unlimited).
+    #[serde(default)]
+    pub bwlimit_kib: u64,
 }
 
 /// Bytes per second over the last few seconds.
@@ -192,6 +195,8 @@ pub struct Sources {
     pub journal: crate::journal::Journal,
     /// The mount-time scan.
     pub scan: Arc<crate::scan::Progress>,
+    /// The bandwidth limit, KiB/s each way (0: unlimited).
+    pub bwlimit_kib: u64,
 }
 
 /// Serves `status` requests on `socket` until the task is dropped.
@@ -243,6 +248,7 @@ fn status_of(src: &Sources, window: &Window) -> Status {
         rates,
         eta_secs,
         stats,
+        bwlimit_kib: src.bwlimit_kib,
     }
 }
 
@@ -288,6 +294,9 @@ pub fn format(s: &Status) -> String {
         scan_line(&s.scan)
     );
     out += &peer_lines(v);
+    if s.bwlimit_kib > 0 {
+        out += &format!("bwlimit:     {} KiB/s each way\n", s.bwlimit_kib);
+    }
     out += &format!(
         "queued:      {} ({} files and metadata ops: {} of file data, {} ops)\n",
         v.queued,
@@ -462,6 +471,7 @@ mod tests {
                 stats,
                 journal: crate::journal::Journal::open(&t.path().join("j")).unwrap(),
                 scan,
+                bwlimit_kib: 512,
             },
         ));
         let mut got = None;
@@ -481,5 +491,6 @@ mod tests {
         assert!(format(&got).contains("3 updates acked"));
         assert!(got.scan.running && got.scan.seen == 1234);
         assert!(format(&got).contains("scanning:    1234 entries looked at"));
+        assert!(format(&got).contains("bwlimit:     512 KiB/s each way"));
     }
 }

@@ -36,12 +36,14 @@
 
 pub mod apply;
 pub mod beneath;
+pub mod bwlimit;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod delta;
 pub mod fs;
 pub mod hashtree;
+pub mod ignores;
 pub mod journal;
 pub mod net;
 pub mod node;

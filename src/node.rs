@@ -4,15 +4,17 @@
 //! [`MountHooks`] (hold a file, invalidate the kernel's caches).
 
 use crate::apply::{Applier, ApplyHooks};
+use crate::bwlimit::BwLimit;
 use crate::config::Config;
 use crate::fs::mount::{self, Mounted};
 use crate::fs::record::JournalRecorder;
 use crate::fs::{FsOptions, PassFs};
 use crate::journal::Journal;
-use crate::net::{self, NetConfig, NetHandle};
+use crate::net::{self, NetConfig};
 use crate::preimage::Preimages;
 use crate::store::{folder_id_bytes, Store};
 use crate::sync::check::Checker;
+use crate::sync::link::NetLink;
 use crate::sync::{receiver, sender, Stats, SyncConfig};
 use crate::versions::Archive;
 use anyhow::{anyhow, Context, Result};
@@ -61,6 +63,8 @@ pub struct MountArgs {
     pub peers: Vec<String>,
     /// Listen addresses replacing the config's (`--listen`).
     pub listen: Vec<String>,
+    /// Bandwidth limit in KiB/s replacing the config's (`--bwlimit`).
+    pub bwlimit: Option<u64>,
 }
 
 /// The PeerId at the end of a peer multiaddr.
@@ -85,6 +89,9 @@ pub fn run(dir: &Path, mountpoint: &Path, args: MountArgs) -> Result<()> {
     if !args.listen.is_empty() {
         cfg.listen = args.listen;
     }
+    if let Some(kib) = args.bwlimit {
+        cfg.bwlimit = kib;
+    }
     prepare_process();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -100,6 +107,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
             store.journal().display()
         )
     })?;
+    journal.set_ignores(crate::ignores::Ignores::load(&store.data()));
     let (quiet_tx, quiet_rx) = tokio::sync::mpsc::unbounded_channel();
     let on_closed = Box::new(move |f| {
         let _ = quiet_tx.send(f);
@@ -115,6 +123,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
             stats: stats.clone(),
             journal: journal.clone(),
             scan: progress.clone(),
+            bwlimit_kib: cfg.bwlimit,
         },
     );
     // Up before the scan, so that `syncfs status` shows the scan's progress.
@@ -265,14 +274,19 @@ async fn start_sync(
         check,
     };
     let net2 = net.clone();
+    let limit = BwLimit::new(cfg.bwlimit);
+    if limit.kib() > 0 {
+        tracing::info!("bandwidth limit: {} KiB/s each way", limit.kib());
+    }
+    let limit2 = limit.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = receiver::run(net2, r).await {
+        if let Err(e) = receiver::run(net2, r, limit2).await {
             tracing::error!("receiver stopped: {e}");
         }
     }));
     let senders = start_senders(
         &store.data(),
-        net,
+        move |peer| NetLink { net, peer, limit },
         allow,
         journal,
         sync_cfg,
@@ -286,7 +300,7 @@ async fn start_sync(
 
 fn start_senders(
     data: &Path,
-    net: NetHandle,
+    link: impl FnOnce(PeerId) -> NetLink,
     allow: Vec<PeerId>,
     journal: Journal,
     cfg: SyncConfig,
@@ -306,7 +320,7 @@ fn start_senders(
     }
     let root = open_path_dir(data)?;
     let s = sender::Sender {
-        link: Arc::new(crate::sync::link::NetLink { net, peer }),
+        link: Arc::new(link(peer)),
         journal,
         root: Arc::new(root),
         cfg,

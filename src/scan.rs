@@ -6,6 +6,9 @@
 //! The first scan of a folder (adopted with `init --data`, or a store from before the
 //! index) indexes everything at the empty version and journals nothing: what both
 //! sides already hold is matched at first contact, not sent.
+//!
+//! Paths the ignore rules match (`.syncfsignore`) are skipped: neither indexed nor
+//! journaled, and an indexed entry that is now ignored is not taken for deleted.
 
 use crate::journal::index::{Entry, Kind, Stamp};
 use crate::journal::{Journal, JournalError, MetaOp};
@@ -116,6 +119,9 @@ impl Scan<'_> {
                 t if t.is_file() => Kind::File,
                 _ => continue, // fifos and sockets are not indexed
             };
+            if self.ignored(&path, kind == Kind::Dir) {
+                continue; // stays local: not indexed, not journaled, not looked into
+            }
             self.progress.seen.fetch_add(1, Ordering::Relaxed);
             seen.insert(path.as_bytes().to_vec());
             self.entry(&path, &full, kind, &md, adopt)?;
@@ -220,7 +226,11 @@ impl Scan<'_> {
         let mut gone = Vec::new();
         for kv in ix.all() {
             let (path, e) = kv?;
-            if !e.deleted && !seen.contains(path.as_bytes()) && !self.journal.has_pending_op(&path)
+            let ignored = self.ignored(&path, e.kind == Kind::Dir);
+            if !e.deleted
+                && !ignored
+                && !seen.contains(path.as_bytes())
+                && !self.journal.has_pending_op(&path)
             {
                 gone.push((path, e));
             }
@@ -237,6 +247,13 @@ impl Scan<'_> {
             self.progress.changed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// True if the journal's ignore rules keep `path` local.
+    fn ignored(&self, path: &RelPath, is_dir: bool) -> bool {
+        self.journal
+            .ignores()
+            .is_some_and(|i| i.matches(path, is_dir))
     }
 
     fn hash(&self, full: &Path, kind: Kind) -> Result<([u8; 32], Vec<u8>), ScanError> {

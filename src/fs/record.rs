@@ -57,7 +57,9 @@ impl Recorder for NullRecorder {
 /// Called with a file's id when a writable handle on it is closed.
 pub type OnClosed = Box<dyn Fn(FileId) + Send + Sync>;
 
-/// Records into the sled journal, and announces closed files (the syncer's cue).
+/// Records into the sled journal, and announces closed files (the syncer's cue). Paths
+/// the journal's ignore rules match are not recorded (see [`crate::ignores::local`]); a
+/// change to the ignore file reloads the rules at once.
 pub struct JournalRecorder {
     journal: crate::journal::Journal,
     on_closed: Option<OnClosed>,
@@ -76,6 +78,13 @@ fn rec_err(e: crate::journal::JournalError) -> RecordError {
 
 impl Recorder for JournalRecorder {
     fn track(&self, file: FileId, path: &RelPath) -> Result<(), RecordError> {
+        if self
+            .journal
+            .ignores()
+            .is_some_and(|i| i.matches(path, false))
+        {
+            return Ok(()); // untracked: its writes are not journaled
+        }
         self.journal.track(file, path).map_err(rec_err)
     }
     fn write(&self, file: FileId, start: u64, end: u64) -> Result<(), RecordError> {
@@ -88,7 +97,15 @@ impl Recorder for JournalRecorder {
         self.journal.write_done(file);
     }
     fn meta(&self, op: MetaOp) -> Result<(), RecordError> {
-        self.journal.record_meta(op).map(drop).map_err(rec_err)
+        let Some(ig) = self.journal.ignores() else {
+            return self.journal.record_meta(op).map(drop).map_err(rec_err);
+        };
+        let rules_changed = op.mentions(&ignore_file());
+        let r = crate::ignores::local::record_op(&self.journal, ig, op).map_err(rec_err);
+        if rules_changed {
+            ig.refresh();
+        }
+        r
     }
     fn sync(&self) -> Result<(), RecordError> {
         self.journal.sync().map_err(rec_err)
@@ -99,8 +116,21 @@ impl Recorder for JournalRecorder {
             .is_some_and(|e| &e.path == path && e.links.is_empty())
     }
     fn closed(&self, file: FileId) {
+        if let Some(ig) = self.journal.ignores() {
+            if self
+                .journal
+                .entry(file)
+                .is_some_and(|e| e.path == ignore_file())
+            {
+                ig.refresh();
+            }
+        }
         if let Some(f) = &self.on_closed {
             f(file);
         }
     }
+}
+
+fn ignore_file() -> RelPath {
+    RelPath::from_bytes(crate::ignores::IGNORE_FILE.as_bytes()).expect("a plain name")
 }

@@ -244,6 +244,8 @@ struct Inner {
     /// Last `dir_epoch` made durable by `sync`.
     synced_dir_epoch: AtomicU64,
     worker: Worker,
+    /// The folder's ignore rules, once set (see [`Journal::set_ignores`]).
+    ignores: std::sync::OnceLock<Arc<crate::ignores::Ignores>>,
 }
 
 /// The background checkpoint thread's control block.
@@ -292,6 +294,7 @@ impl Journal {
             ckpt: Mutex::new(()),
             synced_dir_epoch: AtomicU64::new(0),
             worker: Worker::default(),
+            ignores: Default::default(),
         });
         inner.checkpoint(true)?;
         spawn_worker(&inner)?;
@@ -307,6 +310,18 @@ impl Journal {
     /// The index of every entry and its version (see [`index`]).
     pub fn index(&self) -> &index::Index {
         &self.inner().index
+    }
+
+    /// Gives the journal's users (the mount's recorder, the scan, the syncer) the
+    /// folder's ignore rules: paths they match are not journaled, sent or applied.
+    /// Only the first call counts.
+    pub fn set_ignores(&self, ignores: Arc<crate::ignores::Ignores>) {
+        let _ = self.inner().ignores.set(ignores);
+    }
+
+    /// The ignore rules, if set.
+    pub fn ignores(&self) -> Option<&Arc<crate::ignores::Ignores>> {
+        self.inner().ignores.get()
     }
 
     /// The sequence number the next metadata op will get.

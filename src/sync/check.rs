@@ -123,6 +123,10 @@ impl Checker {
 
     /// Decides on a file update from `peer` and sets our losing version aside.
     pub fn before_update(&self, u: &FileUpdate, peer: &[u8]) -> Result<Step, ApplyError> {
+        if self.ignored(&u.path, false) {
+            tracing::info!("peer's update of {}: an ignored path here; skipped", u.path);
+            return Ok(Step::Skip);
+        }
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         let ours = self.ours(&u.path)?;
         let theirs = Side {
@@ -202,6 +206,14 @@ impl Checker {
         Ok(())
     }
 
+    /// True if `path` stays local here (`.syncfsignore`, re-read if it changed).
+    fn ignored(&self, path: &RelPath, is_dir: bool) -> bool {
+        self.journal.ignores().is_some_and(|i| {
+            i.refresh();
+            i.matches(path, is_dir)
+        })
+    }
+
     /// Notes that a peer's version now lives at `path`: local ops recorded before now
     /// were made against what it replaced (the sender drops or narrows them).
     fn taken(&self, path: &RelPath) -> Result<(), ApplyError> {
@@ -239,6 +251,12 @@ impl Checker {
         vv: &VersionVector,
         peer: &[u8],
     ) -> Result<Step, ApplyError> {
+        if let Some(ig) = self.journal.ignores() {
+            ig.refresh();
+            if let Some(step) = super::ignored::peer_op(ig, &self.root, op) {
+                return Ok(step);
+            }
+        }
         match op {
             MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } => {
                 let last = matches!(
@@ -249,6 +267,13 @@ impl Checker {
                     }
                 );
                 self.removal(path, vv, peer, last)
+            }
+            MetaOp::Create { path, .. } if fold::look(&*self.root, path).is_some() => {
+                // Something lives here already (ours, made concurrently: a replayed op
+                // never reaches the gate): the content follows as an update, decided
+                // against ours there.
+                tracing::info!("create {path}: exists here; decided when its content comes");
+                Ok(Step::Skip)
             }
             MetaOp::Truncate { path, .. } => {
                 let ours = self.ours(path)?;
@@ -289,6 +314,11 @@ impl Checker {
                         self.applier.set_aside(from, Aside::Archive)?;
                         tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
                         Ok(Step::RemoveFrom)
+                    }
+                    Verdict::Take(Loser::ConflictCopy) => {
+                        let mtime = ours.map_or(Timestamp { secs: 0, nanos: 0 }, |o| o.mtime);
+                        self.conflict_copy(to, mtime)?;
+                        Ok(Step::Apply)
                     }
                     _ => {
                         self.applier.set_aside(to, Aside::Archive)?;
@@ -372,6 +402,9 @@ impl Checker {
     /// content (the peer then sends it whole, and [`Checker::before_update`] decides
     /// again when it arrives).
     pub fn index_item(&self, it: &IndexItem, peer: &[u8]) -> Result<bool, ApplyError> {
+        if self.ignored(&it.path, matches!(it.kind, ItemKind::Dir)) {
+            return Ok(false); // stays local: neither taken nor asked for
+        }
         let vv = VersionVector::from_pairs(it.vv.iter().copied());
         let ours = self.ours(&it.path)?;
         let theirs = Side {

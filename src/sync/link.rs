@@ -2,11 +2,13 @@
 //! runs the same over libp2p ([`NetLink`]) and over in-memory pipes in tests.
 
 use super::SyncError;
+use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
 use crate::wire::STREAM_PROTOCOL;
 use futures::future::BoxFuture;
 use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::PeerId;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A bidirectional byte stream.
@@ -29,6 +31,8 @@ pub struct NetLink {
     pub net: NetHandle,
     /// The peer.
     pub peer: PeerId,
+    /// The node's bandwidth limit, which every stream is put under.
+    pub limit: Arc<BwLimit>,
 }
 
 impl Link for NetLink {
@@ -38,7 +42,7 @@ impl Link for NetLink {
             let stream = tokio::time::timeout(Duration::from_secs(15), open)
                 .await
                 .map_err(|_| SyncError::Protocol("opening a stream timed out".into()))??;
-            Ok(Box::new(stream) as Box<dyn Duplex>)
+            Ok(Box::new(self.limit.wrap(stream)) as Box<dyn Duplex>)
         })
     }
 

@@ -12,6 +12,7 @@ pub mod build;
 pub mod check;
 pub mod coalesce;
 pub mod fold;
+pub mod ignored;
 pub mod link;
 pub mod receiver;
 pub mod sender;

@@ -6,6 +6,7 @@ use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, Step};
 use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
 use crate::apply::Applier;
+use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
 use crate::vv::VersionVector;
 use crate::wire::{
@@ -39,15 +40,16 @@ pub struct Receiver {
     pub check: Checker,
 }
 
-/// Accepts sync streams forever, serving each on its own task.
-pub async fn run(net: NetHandle, r: Receiver) -> Result<(), SyncError> {
+/// Accepts sync streams forever, serving each on its own task under the node's
+/// bandwidth `limit`.
+pub async fn run(net: NetHandle, r: Receiver, limit: Arc<BwLimit>) -> Result<(), SyncError> {
     let mut incoming = net.accept(STREAM_PROTOCOL)?;
     while let Some((peer, stream)) = incoming.next().await {
         let Some(slot) = r.budgets.stream(peer) else {
             tracing::warn!(%peer, "refusing a sync stream: {MAX_STREAMS_PER_PEER} already open");
             continue; // dropped: the stream is reset
         };
-        let r = r.clone();
+        let (r, stream) = (r.clone(), limit.wrap(stream));
         tokio::spawn(async move {
             let _slot = slot;
             if let Err(e) = serve(peer, stream, &r).await {

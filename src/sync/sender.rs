@@ -316,7 +316,7 @@ async fn send_index(
     // versions): sent here too, they would race their own ops at the peer.
     let entries = batch
         .into_iter()
-        .filter(|(p, _)| !pending_here(s, p))
+        .filter(|(p, e)| !pending_here(s, p) && !super::ignored::entry_ignored(s, p, e.kind))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
     fs.send(Message::Index {
@@ -345,6 +345,9 @@ fn pending_here(s: &Sender, path: &RelPath) -> bool {
 
 /// The peer wants the whole file at `path`: it goes as a whole-file update.
 fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError> {
+    if super::ignored::entry_ignored(s, path, crate::journal::index::Kind::File) {
+        return Ok(()); // stays local
+    }
     match fold::look(&*s.root, path) {
         Some((crate::journal::index::Kind::File, stat)) => {
             st.peer_hash.remove(&stat.st_ino);
@@ -388,7 +391,9 @@ async fn wait_for_work(rx: &mut UnboundedReceiver<FileId>, q: &mut Quiet, tick: 
 
 /// One round: metadata operations, then ready files.
 async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
-    let snap = s.journal.snapshot();
+    super::ignored::refresh(s).await?;
+    let mut snap = s.journal.snapshot();
+    super::ignored::drop_files(s, &mut snap)?;
     s.stats.queued.store(
         (snap.files.len() + snap.meta.len()) as u64,
         Ordering::Relaxed,
@@ -447,6 +452,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
     let mut ops = coalesce(&snap.meta, &pending);
     ops.retain(|(_, op)| !stale_truncate(&*s.root, op) && !stale_unlink(s, op));
+    super::ignored::drop_ops(s, &mut ops);
     let ops: Vec<(u64, MetaOp)> = ops
         .into_iter()
         .filter_map(|(seq, op)| narrow(s, seq, op))

@@ -535,3 +535,15 @@ fn regression_quiet_after_a_new_file() {
     )
     .unwrap();
 }
+
+#[test]
+fn regression_new_file_against_new_file_renamed_over_it() {
+    scenario_from(
+        &[false; FILES],
+        vec![
+            vec![Edit::Write(4)],
+            vec![Edit::Write(3), Edit::Rename(3, 4)],
+        ],
+    )
+    .unwrap();
+}

@@ -82,7 +82,9 @@ fn concurrent(ours: &Side, theirs: &Side, same: bool) -> Verdict {
     {
         return Verdict::Keep;
     }
-    match ours.vv.disjoint(theirs.vv) {
+    // An unversioned side (adopted, never changed since) is a first pairing; two live
+    // versions, even of files made on each side independently, keep a conflict copy.
+    match ours.vv.pairs().is_empty() || theirs.vv.pairs().is_empty() {
         true => Verdict::Take(Loser::Archive),
         false => Verdict::Take(Loser::ConflictCopy),
     }

@@ -106,17 +106,32 @@ impl Node {
 
     /// Starts `syncfs mount` with extra environment variables (e.g. `SYNCFS_FAULT`).
     pub fn mount_with(&mut self, env: &[(&str, &str)]) {
+        self.mount_wrapped(&[], &[], env);
+    }
+
+    /// Starts `syncfs mount` with extra arguments, run through `wrap` (a command and
+    /// its arguments, e.g. `nsenter --net=...`) if given, and waits until it is up.
+    pub fn mount_wrapped(&mut self, wrap: &[&str], extra: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.tmp.path().join("mount.log"))
             .unwrap();
-        let child = Command::new(bin())
+        let mut cmd = match wrap.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = cmd
             .args([
                 "mount",
                 self.store.to_str().unwrap(),
                 self.mnt.to_str().unwrap(),
             ])
+            .args(extra)
             .envs(env.iter().copied())
             .env(
                 "RUST_LOG",

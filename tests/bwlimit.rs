@@ -1,0 +1,203 @@
+//! The bandwidth limit, measured outside the program: two daemons in two network
+//! namespaces joined by a veth pair (as scripts/bench-sync.sh does), bytes read from
+//! the veth's counters. Under `--bwlimit 512` (and `bwlimit = 512` in the receiver's
+//! config) a large transfer averages within 5% of 512 KiB/s over 10 s; without it the
+//! same transfer runs far faster (so the check can fail). Needs root and iproute2.
+
+mod common;
+
+use common::{folder_id, peer_id, set_config, syncfs, wait_until, Node};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const CAP_KIB: u64 = 512;
+const FILE_MIB: usize = 12;
+
+/// Two network namespaces and a veth pair between them; deleted on drop (the veth
+/// goes with its namespace).
+struct Net {
+    ns: [String; 2],
+    dev: [String; 2],
+    ip: [String; 2],
+}
+
+fn run(args: &[&str]) {
+    let st = Command::new(args[0]).args(&args[1..]).status();
+    assert!(st.is_ok_and(|s| s.success()), "{args:?} failed");
+}
+
+impl Net {
+    fn new() -> Net {
+        let id = std::process::id() % 100_000;
+        let net = Net {
+            ns: [format!("sfbw-a-{id}"), format!("sfbw-b-{id}")],
+            dev: [format!("sfbwa{id}"), format!("sfbwb{id}")],
+            ip: ["10.233.0.1".into(), "10.233.0.2".into()],
+        };
+        for ns in &net.ns {
+            run(&["ip", "netns", "add", ns]);
+        }
+        let (a, b) = (&net.dev[0], &net.dev[1]);
+        run(&[
+            "ip", "link", "add", a, "netns", &net.ns[0], "type", "veth", "peer", "name", b,
+            "netns", &net.ns[1],
+        ]);
+        for i in 0..2 {
+            let (ns, dev) = (&net.ns[i], &net.dev[i]);
+            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{}/24", net.ip[i]),
+                "dev",
+                dev,
+            ]);
+            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            // Segmentation offloads off: counters see real frames, one header each.
+            let _ = Command::new("ip")
+                .args([
+                    "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off",
+                ])
+                .args(["gro", "off"])
+                .output();
+        }
+        net
+    }
+
+    /// `nsenter --net=...` for namespace `i`.
+    fn enter(&self, i: usize) -> String {
+        format!("--net=/run/netns/{}", self.ns[i])
+    }
+
+    /// Bytes A's end of the veth has sent so far (A -> B), from `/proc/net/dev` as
+    /// seen in A's namespace (sysfs would show this namespace's devices).
+    fn tx_a(&self) -> u64 {
+        let out = Command::new("nsenter")
+            .args([&self.enter(0), "cat", "/proc/net/dev"])
+            .output()
+            .expect("nsenter");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{}:", self.dev[0])))
+            .unwrap_or_else(|| panic!("no {} in {text}", self.dev[0]));
+        let tx = line.split_whitespace().nth(8).expect("tx_bytes field");
+        tx.parse().expect("tx_bytes")
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for ns in &self.ns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A and B configured as each other's peer over the veth.
+fn pair(net: &Net) -> (Node, Node) {
+    let a = Node::new();
+    let b = Node::with_init(&["--join", &folder_id(&a.store)]);
+    for (n, i, peer) in [(&a, 0, &b), (&b, 1, &a)] {
+        let listen = format!("[\"/ip4/{}/tcp/4801\"]", net.ip[i]);
+        set_config(&n.store, "listen", &listen);
+        set_config(&n.store, "mdns", "false");
+        set_config(&n.store, "settle_ms", "100");
+        let addr = format!(
+            "/ip4/{}/tcp/4801/p2p/{}",
+            net.ip[1 - i],
+            peer_id(&peer.store)
+        );
+        syncfs(&["add-peer", n.store.to_str().unwrap(), &addr]);
+    }
+    (a, b)
+}
+
+fn random_file(path: &std::path::Path, mib: usize, seed: u64) {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; mib << 20];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(path, &data).unwrap();
+}
+
+/// Writes a random file through A and returns (A -> B bytes per second over `window`
+/// from 1 s after the transfer starts, seconds until B has the whole file).
+fn transfer(net: &Net, a: &Node, b: &Node, name: &str, window: Duration) -> (f64, f64) {
+    let before = net.tx_a();
+    let t0 = Instant::now();
+    random_file(&a.m(name), FILE_MIB, name.len() as u64 * 7919);
+    let want = common::hash_of(&a.m(name));
+    assert!(
+        wait_until(30, || net.tx_a() > before + (64 << 10)),
+        "no transfer started"
+    );
+    std::thread::sleep(Duration::from_secs(1).min(window));
+    let (s1, b1) = (Instant::now(), net.tx_a());
+    let arrived = || common::hash_of(&b.m(name)) == want;
+    let mut done = None;
+    while s1.elapsed() < window {
+        if done.is_none() && arrived() {
+            done = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rate = (net.tx_a() - b1) as f64 / s1.elapsed().as_secs_f64();
+    let deadline = (FILE_MIB as u64 * 1024 / CAP_KIB) * 2 + 30;
+    assert!(
+        done.is_some() || wait_until(deadline, arrived),
+        "B did not get {name} (A->B {} bytes so far): A: {}\nB: {}",
+        net.tx_a() - before,
+        common::tail(&a.log(), 15),
+        common::tail(&b.log(), 15)
+    );
+    let secs = done.unwrap_or_else(|| t0.elapsed()).as_secs_f64();
+    (rate, secs)
+}
+
+#[test]
+fn a_transfer_holds_the_cap_and_runs_free_without_it() {
+    let net = Net::new();
+    let (mut a, mut b) = pair(&net);
+    set_config(&b.store, "bwlimit", &CAP_KIB.to_string());
+    let cap = CAP_KIB.to_string();
+    a.mount_wrapped(&["nsenter", &net.enter(0)], &["--bwlimit", &cap], &[]);
+    b.mount_wrapped(&["nsenter", &net.enter(1)], &[], &[]);
+    let status = syncfs(&["status", a.store.to_str().unwrap()]);
+    assert!(
+        status.contains("bwlimit:     512 KiB/s each way"),
+        "{status}"
+    );
+
+    let (rate, secs) = transfer(&net, &a, &b, "capped.bin", Duration::from_secs(10));
+    eprintln!("measured {rate:.0} B/s");
+    let kib = rate / 1024.0;
+    eprintln!("capped: {kib:.1} KiB/s on the veth over 10 s; whole file in {secs:.1} s");
+    let cap = CAP_KIB as f64;
+    assert!(
+        (kib - cap).abs() <= cap * 0.05,
+        "average {kib:.1} KiB/s, cap {cap} KiB/s"
+    );
+
+    a.unmount();
+    b.unmount();
+    set_config(&b.store, "bwlimit", "0");
+    a.mount_wrapped(&["nsenter", &net.enter(0)], &[], &[]);
+    b.mount_wrapped(&["nsenter", &net.enter(1)], &[], &[]);
+    let (_, free_secs) = transfer(&net, &a, &b, "free.bin", Duration::ZERO);
+    let free_kib = (FILE_MIB << 10) as f64 / free_secs;
+    eprintln!("unlimited: whole file in {free_secs:.1} s ({free_kib:.0} KiB/s)");
+    assert!(
+        free_kib > 4.0 * cap,
+        "without the limit: only {free_kib:.0} KiB/s"
+    );
+    a.unmount();
+    b.unmount();
+}
