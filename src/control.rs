@@ -223,6 +223,23 @@ pub async fn serve(socket: PathBuf, src: Sources) -> std::io::Result<()> {
     }
 }
 
+/// Seconds until the queue is on the wire at the current outgoing rate: payload queued
+/// to the link and not yet written, plus the dirty bytes not yet in flight (at the
+/// compression seen so far).
+fn eta(v: &StatsView, r: &Rates) -> Option<u64> {
+    if v.queued_bytes == 0 || r.up <= 0.0 {
+        return None;
+    }
+    let flying: u64 = v.flights.iter().map(|f| f.bytes).sum();
+    let ratio = match v.raw_sent {
+        0 => 1.0,
+        raw => v.sent_bytes as f64 / raw as f64,
+    };
+    let unwritten = v.sent_bytes.saturating_sub(v.wire_out) as f64;
+    let waiting = v.queued_bytes.saturating_sub(flying) as f64 * ratio;
+    Some(((unwritten + waiting) / r.up).ceil() as u64)
+}
+
 /// Aborts a task when dropped (the sampler dies with the server).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -236,8 +253,7 @@ fn status_of(src: &Sources, window: &Window) -> Status {
     let stats = src.stats.view();
     let scan = ScanView::of(&src.scan);
     let rates = window.rates(&stats);
-    let eta_secs = (stats.queued_bytes > 0 && rates.file > 0.0)
-        .then(|| (stats.queued_bytes as f64 / rates.file).ceil() as u64);
+    let eta_secs = eta(&stats, &rates);
     Status {
         mountpoint: src.mountpoint.clone(),
         pid: std::process::id(),
@@ -298,7 +314,7 @@ pub fn format(s: &Status) -> String {
         out += &format!("bwlimit:     {} KiB/s each way\n", s.bwlimit_kib);
     }
     out += &format!(
-        "queued:      {} ({} files and metadata ops: {} of file data, {} ops)\n",
+        "queued:      {} ({} files with {} of file data, {} metadata ops)\n",
         v.queued,
         v.queued.saturating_sub(v.queued_ops),
         size(v.queued_bytes),

@@ -119,7 +119,9 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         store.control_socket(),
         crate::control::Sources {
             store: store.dir.clone(),
-            mountpoint: mountpoint.to_path_buf(),
+            mountpoint: mountpoint
+                .canonicalize()
+                .unwrap_or_else(|_| mountpoint.to_path_buf()),
             stats: stats.clone(),
             journal: journal.clone(),
             scan: progress.clone(),
