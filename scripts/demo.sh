@@ -58,7 +58,12 @@ start=$(date +%s%N)
 mkdir -p "$dir/mnt-b/docs" && echo "$msg" > "$dir/mnt-b/docs/reply.txt"
 wait_for "$dir/mnt-a/docs/reply.txt" "$msg"
 echo "B -> A: '$(cat "$dir/mnt-a/docs/reply.txt")' arrived in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+echo
+echo "syncfs status $dir/a:"
+sleep 1
+"$bin" status "$dir/a"
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-    echo "both mounts stay up; edit files in either and watch the other. Ctrl-C to stop."
+    echo "both mounts stay up; edit files in either and watch the other"
+    echo "(syncfs status --watch $dir/a in another terminal). Ctrl-C to stop."
     wait
 fi
