@@ -250,6 +250,15 @@ fn status(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The store's `log_level`, for commands that run the daemon (`None`: not one, or
+/// the config cannot be read: the command itself reports that).
+pub fn log_level(cli: &Cli) -> Option<String> {
+    match &cli.command {
+        Command::Mount { store, .. } => Store::open(store).ok().map(|(_, c)| c.log_level),
+        _ => None,
+    }
+}
+
 /// `status --json`: the daemon's status object, or `{"mounted": false, ...}`.
 fn status_json(dir: &Path) -> Result<()> {
     let (store, _) = Store::open(dir)?;

@@ -23,6 +23,16 @@ pub enum ConfigError {
         /// The cause.
         source: toml::de::Error,
     },
+    /// A setting has a value it cannot take.
+    #[error("config file {path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// The setting.
+        key: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// Everything a store is configured with.
@@ -70,6 +80,13 @@ pub struct Config {
     /// Bandwidth limit per direction, in KiB/s (0: unlimited).
     #[serde(default)]
     pub bwlimit: u64,
+    /// The daemon's default log filter (`RUST_LOG` wins).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+fn default_log_level() -> String {
+    "info".into()
 }
 
 fn default_versions_days() -> u64 {
@@ -121,6 +138,7 @@ impl Config {
             versions_days: default_versions_days(),
             versions_max_mib: default_versions_max_mib(),
             bwlimit: 0,
+            log_level: default_log_level(),
         }
     }
 
@@ -131,7 +149,18 @@ impl Config {
             path: p.clone(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: p, source })
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: p.clone(),
+            source,
+        })?;
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cfg.log_level) {
+            return Err(ConfigError::Invalid {
+                path: p,
+                key: "log_level",
+                message: format!("{:?} is not a log filter: {e}", cfg.log_level),
+            });
+        }
+        Ok(cfg)
     }
 
     /// The file text with comments explaining every setting.
@@ -167,10 +196,13 @@ impl Config {
              versions_days = {}\nversions_max_mib = {}\n\
              \n# Bandwidth limit in KiB/s (like rsync's --bwlimit), each direction on its own:\n\
              # what this node sends to its peers, and what it receives. 0: unlimited.\n\
-             # `syncfs mount --bwlimit KIB` overrides it for one run.\nbwlimit = {}\n",
+             # `syncfs mount --bwlimit KIB` overrides it for one run.\nbwlimit = {}\n\
+             \n# The daemon's log level (error, warn, info, debug, trace, or a filter such as\n\
+             # \"syncfs=debug,info\"); the RUST_LOG environment variable wins over it.\n\
+             log_level = {:?}\n",
             self.folder_id, self.name, q(&self.listen), q(&self.peers), self.mdns, self.settle_ms, self.threads,
             self.allow_suid, self.allow_dev, self.sync_ownership, self.max_file_mib,
-            self.versions_days, self.versions_max_mib, self.bwlimit
+            self.versions_days, self.versions_max_mib, self.bwlimit, self.log_level
         )
     }
 }
@@ -185,6 +217,23 @@ mod tests {
         c.peers = vec!["/ip4/127.0.0.1/tcp/1/p2p/x".into()];
         let back: Config = toml::from_str(&c.to_commented_toml()).unwrap();
         assert_eq!(back, c);
+    }
+
+    #[test]
+    fn bad_keys_and_values_name_the_key_and_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("config.toml");
+        let c = Config::new("00112233445566778899aabbccddeeff".into());
+        for (bad, key) in [
+            ("log_level = \"loud[\"\n", "log_level"),
+            ("bogus_key = 1\n", "bogus_key"),
+            ("settle_ms = \"fast\"\n", "settle_ms"),
+        ] {
+            let text = c.to_commented_toml().replace(&format!("\n{key} = "), "\n#");
+            std::fs::write(&f, format!("{text}{bad}")).unwrap();
+            let e = Config::load(&f).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("config.toml"), "{e}");
+        }
     }
 
     #[test]
