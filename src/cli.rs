@@ -70,7 +70,7 @@ pub enum Command {
     /// received, rates and ETA, last sync, conflicts, errors, on-disk overhead), or the
     /// pending journal when the store is not mounted.
     Status {
-        /// The store.
+        /// The store, or the mount point of a running mount.
         store: PathBuf,
         /// Print one JSON object (field names documented in README.md).
         #[arg(long, conflicts_with = "watch")]
@@ -134,11 +134,14 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         ),
         Command::Journal { store } => journal(&store),
-        Command::Status { store, json, watch } => match (json, watch) {
-            (true, _) => status_json(&store),
-            (_, true) => crate::watch::run(&store),
-            _ => status(&store),
-        },
+        Command::Status { store, json, watch } => {
+            let store = Store::resolve(&store); // a mount point names its store
+            match (json, watch) {
+                (true, _) => status_json(&store),
+                (_, true) => crate::watch::run(&store),
+                _ => status(&store),
+            }
+        }
         Command::Versions { store, path } => versions(&store, path.as_deref()),
         Command::Restore {
             store,

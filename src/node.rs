@@ -191,7 +191,11 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     )
     .await?;
     tasks.push(control);
+    if let Err(e) = store.register_mount(mountpoint) {
+        tracing::warn!("cannot record the mount for `syncfs status MOUNTPOINT`: {e}");
+    }
     wait_for_stop(&mounted).await?;
+    Store::unregister_mount(mountpoint);
     for t in tasks {
         t.abort();
     }

@@ -6,6 +6,7 @@ use crate::config::{Config, ConfigError};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use std::io::Write;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -59,6 +60,35 @@ impl Store {
     pub fn at(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Records that this store is mounted at `mountpoint`, so that commands given the
+    /// mount point find the store (`syncfs status ~/Sync`).
+    pub fn register_mount(&self, mountpoint: &Path) -> std::io::Result<()> {
+        let f = mount_record(mountpoint)?;
+        std::fs::create_dir_all(f.parent().unwrap_or(Path::new("/")))?;
+        let dir = self.dir.canonicalize()?;
+        std::fs::write(&f, dir.as_os_str().as_encoded_bytes())
+    }
+
+    /// Forgets the record of [`Store::register_mount`].
+    pub fn unregister_mount(mountpoint: &Path) {
+        if let Ok(f) = mount_record(mountpoint) {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    /// `path` itself if it is a store, else the store a running mount at `path`
+    /// recorded, else `path` (whose error then says it is not a store).
+    pub fn resolve(path: &Path) -> PathBuf {
+        if Store::at(path).config_file().exists() {
+            return path.to_path_buf();
+        }
+        let recorded = mount_record(path).and_then(std::fs::read);
+        match recorded {
+            Ok(b) => PathBuf::from(std::ffi::OsString::from_vec(b)),
+            Err(_) => path.to_path_buf(),
         }
     }
 
@@ -279,4 +309,12 @@ mod tests {
         assert_eq!(cfg.folder_id, id.to_ascii_lowercase());
         assert!(Store::init(&t.path().join("t"), Some("xyz"), None).is_err());
     }
+}
+
+/// Where the store mounted at `mountpoint` is recorded: `/run/syncfs/mounts/<BLAKE3 of
+/// the canonical mount point>` (root-only writable, like /run).
+fn mount_record(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    let canon = mountpoint.canonicalize()?;
+    let h = blake3::hash(canon.as_os_str().as_encoded_bytes());
+    Ok(PathBuf::from("/run/syncfs/mounts").join(&h.to_hex()[..32]))
 }

@@ -40,6 +40,11 @@ fn status_json_follows_errors_progress_and_conflicts() {
     );
     let down = status(&p.a.store);
     assert_eq!(down["mounted"], true);
+    let via_mount = status(&p.a.mnt);
+    assert_eq!(
+        via_mount["pid"], down["pid"],
+        "the mount point names its store"
+    );
     assert_eq!(down["phase"], "connecting", "{down}");
     p.proxies.iter().for_each(|x| x.heal());
     assert!(
