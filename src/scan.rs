@@ -37,6 +37,25 @@ pub struct Progress {
     pub running: AtomicU64,
 }
 
+/// What one walk of the folder collects.
+struct Walk {
+    /// Every path seen.
+    seen: HashSet<Vec<u8>>,
+    /// Files the index did not hold.
+    fresh: Vec<Fresh>,
+    /// The journal's next op number when the scan began.
+    before: u64,
+}
+
+/// A file the scan found that the index did not hold.
+struct Fresh {
+    path: RelPath,
+    ino: u64,
+    mode: u32,
+    size: u64,
+    hash: [u8; 32],
+}
+
 /// Errors of a scan.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -85,10 +104,14 @@ impl Scan<'_> {
                 self.data.display()
             );
         }
-        let mut seen = HashSet::new();
-        self.walk(Path::new(""), adopt, &mut seen)?;
+        let mut w = Walk {
+            seen: HashSet::new(),
+            fresh: Vec::new(),
+            before: self.journal.next_seq(),
+        };
+        self.walk(Path::new(""), adopt, &mut w)?;
         if !adopt {
-            self.find_deleted(&seen)?;
+            self.find_deleted(&w.seen, w.fresh)?;
         }
         ix.set_flag(SCANNED, true)?;
         ix.flush()?;
@@ -103,7 +126,7 @@ impl Scan<'_> {
         Ok(())
     }
 
-    fn walk(&self, rel: &Path, adopt: bool, seen: &mut HashSet<Vec<u8>>) -> Result<(), ScanError> {
+    fn walk(&self, rel: &Path, adopt: bool, w: &mut Walk) -> Result<(), ScanError> {
         let dir = self.data.join(rel);
         for ent in std::fs::read_dir(&dir).map_err(io(&dir))? {
             let ent = ent.map_err(io(&dir))?;
@@ -123,10 +146,10 @@ impl Scan<'_> {
                 continue; // stays local: not indexed, not journaled, not looked into
             }
             self.progress.seen.fetch_add(1, Ordering::Relaxed);
-            seen.insert(path.as_bytes().to_vec());
-            self.entry(&path, &full, kind, &md, adopt)?;
+            w.seen.insert(path.as_bytes().to_vec());
+            self.entry(&path, &full, kind, &md, adopt, w)?;
             if kind == Kind::Dir {
-                self.walk(&rel, adopt, seen)?;
+                self.walk(&rel, adopt, w)?;
             }
         }
         Ok(())
@@ -140,6 +163,7 @@ impl Scan<'_> {
         kind: Kind,
         md: &std::fs::Metadata,
         adopt: bool,
+        w: &mut Walk,
     ) -> Result<(), ScanError> {
         let ix = self.journal.index();
         let old = ix.get(path)?.filter(|e| !e.deleted && e.kind == kind);
@@ -147,7 +171,9 @@ impl Scan<'_> {
         if old.as_ref().is_some_and(|e| e.stamp == stamp) {
             return Ok(()); // unchanged: not even read
         }
-        if self.journal.is_pending(md.ino()) || self.journal.has_pending_op(path) {
+        // (ops this scan journaled, e.g. the mkdir of a new parent, do not count)
+        let held = self.journal.has_pending_op_before(path, w.before);
+        if self.journal.is_pending(md.ino()) || held {
             return Ok(()); // a change the journal already holds: sent (and indexed) soon
         }
         let (hash, target) = self.hash(full, kind)?;
@@ -163,7 +189,7 @@ impl Scan<'_> {
         }
         if !adopt {
             e.vv = e.vv.bumped(self.node, ix.tick()?);
-            self.journal_change(path, kind, md, &e)?;
+            self.journal_change(path, kind, md, &e, &mut w.fresh)?;
             self.progress.changed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(ix.put(path, e)?)
@@ -176,6 +202,7 @@ impl Scan<'_> {
         kind: Kind,
         md: &std::fs::Metadata,
         e: &Entry,
+        fresh: &mut Vec<Fresh>,
     ) -> Result<(), ScanError> {
         let j = self.journal;
         let known = j
@@ -184,16 +211,14 @@ impl Scan<'_> {
             .is_some_and(|o| !o.deleted && o.kind == kind);
         tracing::info!("{path} changed while not mounted: journaled");
         match kind {
-            Kind::File => {
-                if !known {
-                    j.record_meta(MetaOp::Create {
-                        path: path.clone(),
-                        file: md.ino(),
-                        mode: e.mode,
-                    })?;
-                }
-                j.want_whole(md.ino(), path, md.len())?;
-            }
+            Kind::File if !known => fresh.push(Fresh {
+                path: path.clone(),
+                ino: md.ino(),
+                mode: e.mode,
+                size: md.len(),
+                hash: e.hash,
+            }),
+            Kind::File => j.want_whole(md.ino(), path, md.len())?,
             Kind::Dir if !known => {
                 j.record_meta(MetaOp::Mkdir {
                     path: path.clone(),
@@ -221,7 +246,7 @@ impl Scan<'_> {
 
     /// Entries the index holds live that are gone from the folder: deleted while not
     /// mounted; journaled (children before their directory).
-    fn find_deleted(&self, seen: &HashSet<Vec<u8>>) -> Result<(), ScanError> {
+    fn find_deleted(&self, seen: &HashSet<Vec<u8>>, fresh: Vec<Fresh>) -> Result<(), ScanError> {
         let ix = self.journal.index();
         let mut gone = Vec::new();
         for kv in ix.all() {
@@ -235,6 +260,7 @@ impl Scan<'_> {
                 gone.push((path, e));
             }
         }
+        let gone = self.new_files(fresh, gone)?;
         for (path, e) in gone.into_iter().rev() {
             tracing::info!("{path} deleted while not mounted: journaled");
             // File id 0 (no inode has it): the inode number may already belong to a
@@ -247,6 +273,42 @@ impl Scan<'_> {
             self.progress.changed.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Journals the files new since the last scan: one with the content of a file that
+    /// is gone is that file renamed (no data moves); the others are new, sent whole.
+    /// Returns the gone entries not renamed.
+    fn new_files(
+        &self,
+        fresh: Vec<Fresh>,
+        gone: Vec<(RelPath, Entry)>,
+    ) -> Result<Vec<(RelPath, Entry)>, ScanError> {
+        let mut by_hash: std::collections::HashMap<([u8; 32], u64), RelPath> = gone
+            .iter()
+            .filter(|(_, e)| e.kind == Kind::File && e.size > 0)
+            .map(|(p, e)| ((e.hash, e.size), p.clone()))
+            .collect();
+        let mut renamed = HashSet::new();
+        let j = self.journal;
+        for f in fresh {
+            if let Some(from) = by_hash.remove(&(f.hash, f.size)) {
+                tracing::info!("{from} renamed to {} while not mounted: journaled", f.path);
+                let to = f.path;
+                renamed.insert(from.as_bytes().to_vec());
+                j.record_meta(MetaOp::Rename { from, to, flags: 0 })?;
+                continue;
+            }
+            j.record_meta(MetaOp::Create {
+                path: f.path.clone(),
+                file: f.ino,
+                mode: f.mode,
+            })?;
+            j.want_whole(f.ino, &f.path, f.size)?;
+        }
+        Ok(gone
+            .into_iter()
+            .filter(|(p, _)| !renamed.contains(p.as_bytes()))
+            .collect())
     }
 
     /// True if the journal's ignore rules keep `path` local.

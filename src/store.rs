@@ -277,6 +277,14 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
         .map_err(io("writing", path))
 }
 
+/// Where the store mounted at `mountpoint` is recorded: `/run/syncfs/mounts/<BLAKE3 of
+/// the canonical mount point>` (root-only writable, like /run).
+fn mount_record(mountpoint: &Path) -> std::io::Result<PathBuf> {
+    let canon = mountpoint.canonicalize()?;
+    let h = blake3::hash(canon.as_os_str().as_encoded_bytes());
+    Ok(PathBuf::from("/run/syncfs/mounts").join(&h.to_hex()[..32]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,12 +317,4 @@ mod tests {
         assert_eq!(cfg.folder_id, id.to_ascii_lowercase());
         assert!(Store::init(&t.path().join("t"), Some("xyz"), None).is_err());
     }
-}
-
-/// Where the store mounted at `mountpoint` is recorded: `/run/syncfs/mounts/<BLAKE3 of
-/// the canonical mount point>` (root-only writable, like /run).
-fn mount_record(mountpoint: &Path) -> std::io::Result<PathBuf> {
-    let canon = mountpoint.canonicalize()?;
-    let h = blake3::hash(canon.as_os_str().as_encoded_bytes());
-    Ok(PathBuf::from("/run/syncfs/mounts").join(&h.to_hex()[..32]))
 }

@@ -410,3 +410,76 @@ fn the_first_scan_of_an_adopted_folder_shows_in_status() {
         "still scanning once mounted: {after}"
     );
 }
+
+#[test]
+fn a_file_renamed_while_unmounted_moves_no_data() {
+    let mut p = Pair::mounted(true);
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    fs::write(p.a.m("big.bin"), &data).unwrap();
+    assert!(
+        wait_until(60, || fs::read(p.b.m("big.bin")).ok().as_deref()
+            == Some(&data[..])),
+        "the file reaches B"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    p.a.unmount();
+    fs::create_dir(p.a.data().join("moved")).unwrap();
+    fs::rename(p.a.data().join("big.bin"), p.a.data().join("moved/big.bin")).unwrap();
+    let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.mount();
+    assert!(
+        wait_until(60, || !p.b.m("big.bin").exists()
+            && fs::read(p.b.m("moved/big.bin")).ok().as_deref()
+                == Some(&data[..])),
+        "the rename reaches B:\nA: {}\nB: {}",
+        common::tail(&p.a.log(), 400),
+        common::tail(&p.b.log(), 400)
+    );
+    let bytes = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
+    p.a.unmount();
+    p.b.unmount();
+    assert!(
+        bytes < 256 << 10,
+        "{bytes} bytes crossed for a rename of a 4 MiB file made while unmounted"
+    );
+}
+
+#[test]
+fn adopted_folders_holding_a_file_under_different_names_copy_it_locally() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    let mut s = 0x9E37_79B9_7F4A_7C15u64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u8
+        })
+        .collect();
+    fs::create_dir_all(x.join("new")).unwrap();
+    fs::create_dir_all(y.join("old")).unwrap();
+    fs::write(x.join("new/name.bin"), &data).unwrap();
+    fs::write(y.join("old/name.bin"), &data).unwrap();
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    let all = converged(&p, "after first pairing");
+    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.unmount();
+    p.b.unmount();
+    let names: Vec<&str> = all.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["new/name.bin", "old/name.bin"]);
+    assert!(
+        bytes < 256 << 10,
+        "{bytes} bytes crossed for a 4 MiB file both sides held under two names"
+    );
+}

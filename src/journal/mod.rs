@@ -387,6 +387,15 @@ impl Journal {
         self.has_pending_op_from(path, 0)
     }
 
+    /// Like [`Journal::has_pending_op`], counting only ops numbered below `seq`.
+    pub fn has_pending_op_before(&self, path: &RelPath, seq: u64) -> bool {
+        let l = self.inner().lock();
+        l.state
+            .meta()
+            .range(..seq)
+            .any(|(_, op)| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
+    }
+
     /// Like [`Journal::has_pending_op`], counting only ops numbered `seq` or later.
     pub fn has_pending_op_from(&self, path: &RelPath, seq: u64) -> bool {
         let l = self.inner().lock();

@@ -14,6 +14,7 @@ pub mod coalesce;
 pub mod fold;
 pub mod ignored;
 pub mod link;
+pub mod local_copy;
 pub mod receiver;
 pub mod sender;
 pub mod stats;

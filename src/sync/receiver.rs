@@ -214,9 +214,19 @@ async fn take_index(
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
     let want = tokio::task::spawn_blocking(move || {
         let mut want = Vec::new();
+        let mut by_hash = super::local_copy::ByHash::default();
         for it in &entries {
+            let mut local =
+                |it| super::local_copy::make_from_local(&check, it, &bytes, &mut by_hash);
             match check.index_item(it, &bytes) {
-                Ok(true) => want.push(it.path.clone()),
+                Ok(true) => match local(it) {
+                    Ok(true) => {}
+                    Ok(false) => want.push(it.path.clone()),
+                    Err(e) => {
+                        tracing::info!("{}: not made from a local copy ({e})", it.path);
+                        want.push(it.path.clone());
+                    }
+                },
                 Ok(false) => {}
                 Err(e) => tracing::warn!("index entry {}: {e}", it.path),
             }

@@ -142,7 +142,8 @@ impl Node {
             .spawn()
             .expect("spawn syncfs mount");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // (the first scan of a big adopted folder runs before the mount comes up)
+        let deadline = Instant::now() + Duration::from_secs(180);
         // a stale mount left by a killed daemon answers ENOTCONN until the new one replaces it
         while syncfs::fs::mount::probe(&self.mnt) != syncfs::fs::mount::MountState::Live {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {

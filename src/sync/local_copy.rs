@@ -1,0 +1,93 @@
+//! Files the peer's index names that this node already holds under another path (a
+//! rename or a copy made while the two were apart, a directory moved): they are made
+//! from the local bytes, through the same gate and applier as a peer's update, and
+//! nothing crosses the link.
+
+use super::check::{Checker, Step};
+use crate::apply::ApplyError;
+use crate::beneath::open_beneath;
+use crate::path::RelPath;
+use crate::wire::{Encoding, FileUpdate, IndexItem, RangeData};
+use std::collections::HashMap;
+use std::io::Read;
+
+/// Larger files are sent by the peer (the local copy is read into memory).
+const MAX_LOCAL: u64 = 64 << 20;
+
+/// Live files of the index by content hash (built once per index batch, on first use).
+#[derive(Default)]
+pub struct ByHash(Option<HashMap<[u8; 32], RelPath>>);
+
+impl ByHash {
+    fn find(&mut self, check: &Checker, hash: &[u8; 32]) -> Option<RelPath> {
+        let map = self.0.get_or_insert_with(|| {
+            let mut m = HashMap::new();
+            for (p, e) in check.journal.index().all().flatten() {
+                let file = e.kind == crate::journal::index::Kind::File;
+                if file && !e.deleted && e.size > 0 && e.size <= MAX_LOCAL {
+                    m.entry(e.hash).or_insert(p);
+                }
+            }
+            m
+        });
+        map.get(hash).cloned()
+    }
+}
+
+/// Makes the file `it` names from a local file with the same content, if there is one
+/// (true: done, the peer need not send it).
+pub fn make_from_local(
+    check: &Checker,
+    it: &IndexItem,
+    peer: &[u8],
+    by_hash: &mut ByHash,
+) -> Result<bool, ApplyError> {
+    if it.size == 0 || it.size > MAX_LOCAL {
+        return Ok(false);
+    }
+    let Some(src) = by_hash.find(check, &it.hash).filter(|p| *p != it.path) else {
+        return Ok(false);
+    };
+    let Some(bytes) = read(check, &src, it.size) else {
+        return Ok(false);
+    };
+    if *blake3::hash(&bytes).as_bytes() != it.hash {
+        return Ok(false); // changed since it was indexed
+    }
+    let u = FileUpdate {
+        id: 0,
+        file: 0,
+        path: it.path.clone(),
+        base: None,
+        size: it.size,
+        mode: libc::S_IFREG | (it.mode & 0o7777),
+        mtime: it.mtime,
+        ranges: vec![RangeData {
+            offset: 0,
+            len: it.size,
+            encoding: Encoding::Raw,
+            data: bytes,
+        }],
+        hash: it.hash,
+        vv: it.vv.clone(),
+    };
+    if check.before_update(&u, peer)? != Step::Apply {
+        return Ok(true);
+    }
+    check.applier.apply_update(&u)?;
+    check.after_update(&u)?;
+    tracing::info!(
+        "{}: made from the local copy at {src}; nothing sent",
+        it.path
+    );
+    Ok(true)
+}
+
+/// The content of `path` if it is exactly `size` bytes.
+fn read(check: &Checker, path: &RelPath, size: u64) -> Option<Vec<u8>> {
+    let fd = open_beneath(&*check.root, path, libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok()?;
+    let mut f = std::fs::File::from(fd);
+    let mut buf = Vec::with_capacity(size as usize);
+    f.by_ref().take(size + 1).read_to_end(&mut buf).ok()?;
+    (buf.len() as u64 == size).then_some(buf)
+}
