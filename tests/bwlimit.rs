@@ -117,15 +117,7 @@ fn pair(net: &Net) -> (Node, Node) {
 }
 
 fn random_file(path: &std::path::Path, mib: usize, seed: u64) {
-    let mut x = seed | 1;
-    let mut data = vec![0u8; mib << 20];
-    for chunk in data.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(path, &data).unwrap();
+    std::fs::write(path, common::random_bytes(mib << 20, seed)).unwrap();
 }
 
 /// Writes a random file through A and returns (A -> B bytes per second over `window`

@@ -414,15 +414,7 @@ fn the_first_scan_of_an_adopted_folder_shows_in_status() {
 #[test]
 fn a_file_renamed_while_unmounted_moves_no_data() {
     let mut p = Pair::mounted(true);
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let data: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = common::random_bytes(4 << 20, 0x2545_F491_4F6C_DD1D);
     fs::write(p.a.m("big.bin"), &data).unwrap();
     assert!(
         wait_until(60, || fs::read(p.b.m("big.bin")).ok().as_deref()
@@ -456,15 +448,7 @@ fn a_file_renamed_while_unmounted_moves_no_data() {
 fn adopted_folders_holding_a_file_under_different_names_copy_it_locally() {
     let t = tempfile::tempdir().unwrap();
     let (x, y) = (t.path().join("x"), t.path().join("y"));
-    let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..4 << 20)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            s as u8
-        })
-        .collect();
+    let data = common::random_bytes(4 << 20, 0x9E37_79B9_7F4A_7C15);
     fs::create_dir_all(x.join("new")).unwrap();
     fs::create_dir_all(y.join("old")).unwrap();
     fs::write(x.join("new/name.bin"), &data).unwrap();

@@ -60,15 +60,7 @@ fn status_json_follows_errors_progress_and_conflicts() {
 
     // a large transfer: progress moves forward and the counts add up
     let size: u64 = 96 << 20;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let data: Vec<u8> = (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = common::random_bytes(size as usize, 0x9E37_79B9_7F4A_7C15);
     fs::write(p.a.m("big.bin"), &data).unwrap();
     let mut seen = Vec::new();
     let done = wait_until(120, || {

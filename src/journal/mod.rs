@@ -384,24 +384,24 @@ impl Journal {
     /// True if an unacknowledged metadata operation changes `path` (or moves or
     /// removes a directory above it).
     pub fn has_pending_op(&self, path: &RelPath) -> bool {
-        self.has_pending_op_from(path, 0)
+        self.pending_op_in(path, ..)
     }
 
     /// Like [`Journal::has_pending_op`], counting only ops numbered below `seq`.
     pub fn has_pending_op_before(&self, path: &RelPath, seq: u64) -> bool {
-        let l = self.inner().lock();
-        l.state
-            .meta()
-            .range(..seq)
-            .any(|(_, op)| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
+        self.pending_op_in(path, ..seq)
     }
 
     /// Like [`Journal::has_pending_op`], counting only ops numbered `seq` or later.
     pub fn has_pending_op_from(&self, path: &RelPath, seq: u64) -> bool {
+        self.pending_op_in(path, seq..)
+    }
+
+    fn pending_op_in(&self, path: &RelPath, seqs: impl std::ops::RangeBounds<u64>) -> bool {
         let l = self.inner().lock();
         l.state
             .meta()
-            .range(seq..)
+            .range(seqs)
             .any(|(_, op)| op.mentions(path) && op.attr_path().is_none_or(|p| p == path))
     }
 

@@ -436,6 +436,20 @@ impl Pair {
     }
 }
 
+/// `len` pseudo-random (incompressible) bytes from `seed` (xorshift64).
+#[allow(dead_code)]
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut data = vec![0u8; len];
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
 /// BLAKE3 of a file's content, or None if unreadable.
 pub fn hash_of(path: &Path) -> Option<[u8; 32]> {
     std::fs::read(path)
