@@ -320,13 +320,20 @@ pub fn format(s: &Status) -> String {
         size(v.queued_bytes),
         v.queued_ops
     );
+    out += &format!(
+        "incoming:    {} ({} of file data) queued on the peer for us\n",
+        v.incoming_files,
+        size(v.incoming_bytes)
+    );
     out += &format!("in flight:   {}\n", v.in_flight);
     for f in &v.flights {
         let secs = crate::sync::stats::now_ms().saturating_sub(f.since_ms) as f64 / 1e3;
+        let pct = (f.sent * 100).checked_div(f.payload).unwrap_or(0);
         out += &format!(
-            "  sending    {} ({}, {} on the wire, {secs:.1} s)\n",
+            "  sending    {} ({}; {} of {} on the wire, {pct}%, {secs:.1} s)\n",
             f.path,
             size(f.bytes),
+            size(f.sent),
             size(f.payload)
         );
     }
@@ -389,20 +396,33 @@ fn traffic_lines(s: &Status) -> String {
         n => format!("{:.1}x", v.raw_sent as f64 / n as f64),
     };
     let eta = s.eta_secs.map_or(String::new(), |e| format!(", ETA {e} s"));
-    format!(
-        "sent:        {} updates acked, {} refused, {} of file data as {} of range data \
+    let times = |a: u64, b: u64| match b {
+        0 => "-".to_string(),
+        b => format!("{:.1}x", a as f64 / b as f64),
+    };
+    let deltas = format!(
+        "deltas:      {} of file data went as {} of deltas against the peer's bytes \
+         (dedupe {}); file data to wire bytes {}\n",
+        size(v.delta_raw),
+        size(v.delta_payload),
+        times(v.delta_raw, v.delta_payload),
+        times(v.raw_sent, v.wire_out)
+    );
+    deltas
+        + &format!(
+            "sent:        {} updates acked, {} refused, {} of file data as {} of range data \
          (ratio {ratio})\nwire:        {} out, {} in\nrate:        {}/s out, {}/s in, \
          {}/s of file data{eta}\n",
-        v.acked,
-        v.nacked,
-        size(v.raw_sent),
-        size(v.sent_bytes),
-        size(v.wire_out),
-        size(v.wire_in),
-        size(s.rates.up as u64),
-        size(s.rates.down as u64),
-        size(s.rates.file as u64),
-    )
+            v.acked,
+            v.nacked,
+            size(v.raw_sent),
+            size(v.sent_bytes),
+            size(v.wire_out),
+            size(v.wire_in),
+            size(s.rates.up as u64),
+            size(s.rates.down as u64),
+            size(s.rates.file as u64),
+        )
 }
 
 fn error_lines(v: &StatsView) -> String {

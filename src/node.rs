@@ -134,9 +134,22 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
             tracing::warn!("control socket: {e}");
         }
     });
+    let mut stop = Stop::new()?;
     let scanned = {
-        let (store, journal) = (store.clone(), journal.clone());
-        tokio::task::spawn_blocking(move || scan(&store, &journal, &progress)).await
+        let (st, j, pr) = (store.clone(), journal.clone(), progress.clone());
+        let mut task = tokio::task::spawn_blocking(move || scan(&st, &j, &pr));
+        tokio::select! {
+            r = &mut task => r,
+            _ = stop.signalled() => {
+                tracing::info!("stopping during the scan");
+                progress.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = task.await;
+                control.abort();
+                let _ = std::fs::remove_file(store.control_socket());
+                journal.close()?;
+                return Ok(());
+            }
+        }
     };
     if let Err(e) = scanned
         .map_err(|e| anyhow!("scan task: {e}"))
@@ -194,7 +207,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     if let Err(e) = store.register_mount(mountpoint) {
         tracing::warn!("cannot record the mount for `syncfs status MOUNTPOINT`: {e}");
     }
-    wait_for_stop(&mounted).await?;
+    stop.or_unmounted(&mounted).await;
     Store::unregister_mount(mountpoint);
     for t in tasks {
         t.abort();
@@ -359,16 +372,38 @@ fn prepare_process() {
     }
 }
 
-/// Returns on SIGINT/SIGTERM, or when the mount goes away (external umount).
-async fn wait_for_stop(mounted: &Mounted) -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
+/// SIGINT and SIGTERM, caught from the daemon's start (before the scan and the mount),
+/// so that a stop asked for at any point is graceful: nothing is left mounted.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> Result<Stop> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Stop {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Returns at the first SIGINT/SIGTERM (at once if one came already).
+    async fn signalled(&mut self) {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => if mounted.is_finished() { break },
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
-    tracing::info!("stopping");
-    Ok(())
+
+    /// Returns on SIGINT/SIGTERM, or when the mount goes away (external umount).
+    async fn or_unmounted(&mut self, mounted: &Mounted) {
+        loop {
+            tokio::select! {
+                _ = self.signalled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => if mounted.is_finished() { break },
+            }
+        }
+        tracing::info!("stopping");
+    }
 }

@@ -14,9 +14,10 @@
 
 use crate::journal::{FileId, RangeSet};
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -33,6 +34,16 @@ struct Saved {
     file: Option<File>,
     saved: RangeSet,
     tainted: RangeSet,
+    /// The file is a replaced file's inode (see [`Preimages::adopt`]).
+    adopted: bool,
+}
+
+/// A file about to be replaced by a rename, hard-linked into the pre-image directory
+/// (see [`Preimages::hold`]).
+pub struct Held {
+    name: std::ffi::OsString,
+    file: FileId,
+    size: u64,
 }
 
 /// The pre-images of one store.
@@ -72,6 +83,7 @@ impl Preimages {
             file: None,
             saved: RangeSet::new(),
             tainted: RangeSet::new(),
+            adopted: false,
         })
     }
 
@@ -113,7 +125,10 @@ impl Preimages {
         let (map, total) = &mut *guard;
         let s = Self::saved_for(map, file);
         if end > size {
-            s.tainted.insert(size, end);
+            // saved bytes past the end were cut by a truncate: the peer still holds them
+            let mut new = RangeSet::from_range(size, end).difference(&s.saved);
+            new.remove_set(&s.tainted);
+            s.tainted.insert_set(&new);
         }
         let end = end.min(size);
         if start >= end {
@@ -125,16 +140,84 @@ impl Preimages {
         if need == 0 || *total + need > self.cap {
             return Ok(());
         }
-        let mut buf = Vec::new();
         let dst = Self::backing_file(&self.dir, s, file)?;
         for (a, b) in todo.iter() {
-            buf.resize((b - a) as usize, 0);
-            backing.read_exact_at(&mut buf, a)?;
-            dst.write_all_at(&buf, a)?;
+            copy(backing, dst, a, b - a)?;
         }
         s.saved.insert_set(&todo);
         *total += need;
         Ok(())
+    }
+
+    /// Before `backing` (now `size` bytes long) is cut to `new_size`: saves the bytes
+    /// cut off, as for an overwrite, so that a file rewritten from scratch (`O_TRUNC`,
+    /// `ftruncate(0)`) still goes as a delta against what the peer holds.
+    pub fn before_truncate(
+        &self,
+        file: FileId,
+        backing: &File,
+        size: u64,
+        new_size: u64,
+    ) -> io::Result<()> {
+        self.before_write(file, backing, size, new_size, size)
+    }
+
+    /// Before `dir/name` (a regular file with one link, `size` bytes, no pending
+    /// change: what the peer holds there) is replaced by a rename: keeps its inode by a
+    /// hard link, at no cost, for [`Preimages::adopt`] to take over.
+    pub fn hold(&self, dir: &impl AsRawFd, name: &OsStr) -> io::Result<Held> {
+        let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let f = sys::openat(dir, name, flags, 0).map_err(os_err)?;
+        let st = sys::fstat(&f).map_err(os_err)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_nlink != 1 {
+            return Err(io::Error::other("not a regular file with one link"));
+        }
+        let held = Held {
+            name: format!("held-{}", st.st_ino).into(),
+            file: st.st_ino,
+            size: st.st_size as u64,
+        };
+        let _ = sys::unlinkat(&self.dir, &held.name, false);
+        sys::link_fd(&f, &self.dir, &held.name).map_err(os_err)?;
+        Ok(held)
+    }
+
+    /// Drops a held file (the rename did not happen, or nothing adopted it).
+    pub fn drop_held(&self, held: Held) {
+        let _ = sys::unlinkat(&self.dir, &held.name, false);
+    }
+
+    /// `file` (`size` bytes, all of it new since the last ack) took the name of the
+    /// held file: the peer holds the held content there, so it becomes `file`'s
+    /// pre-image (a temp file + rename save then goes as a delta against it). Nothing
+    /// is adopted past the cap, or for a file the peer already has bytes of.
+    pub fn adopt(&self, file: FileId, size: u64, held: Held) {
+        let mut guard = self.inner.lock().unwrap();
+        let (map, total) = &mut *guard;
+        let s = Self::saved_for(map, file);
+        let new = s.saved.is_empty() && s.tainted.covers(0, size);
+        if !new || *total + held.size > self.cap {
+            drop(guard);
+            return self.drop_held(held);
+        }
+        let name = std::ffi::OsString::from(file.to_string());
+        let flags = libc::O_RDWR | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let moved = sys::renameat2(&self.dir, &held.name, &self.dir, &name, 0)
+            .and_then(|()| sys::openat(&self.dir, &name, flags, 0));
+        let Ok(f) = moved else {
+            drop(guard);
+            return self.drop_held(held);
+        };
+        s.file = Some(File::from(f));
+        s.adopted = true;
+        s.saved = RangeSet::from_range(0, held.size);
+        s.tainted = RangeSet::from_range(0, size);
+        s.tainted.remove(0, held.size);
+        *total += held.size;
+        if let Some(old) = map.remove(&held.file) {
+            *total -= old.saved.len_bytes();
+            let _ = sys::unlinkat(&self.dir, OsStr::new(&held.file.to_string()), false);
+        }
     }
 
     /// True if the old bytes of all of `[start, end)` are saved (and none unknown).
@@ -156,17 +239,22 @@ impl Preimages {
         Some(buf)
     }
 
-    /// The peer acknowledged `ranges`: what it holds there is the current content.
-    pub fn release(&self, file: FileId, ranges: &RangeSet) {
+    /// The peer acknowledged `ranges` of the file, now `size` bytes long: what it holds
+    /// there is the current content, and it holds nothing past `size`.
+    pub fn release(&self, file: FileId, ranges: &RangeSet, size: u64) {
         let mut guard = self.inner.lock().unwrap();
         let (map, total) = &mut *guard;
         if let Some(s) = map.get_mut(&file) {
+            let mut gone = ranges.clone();
+            gone.insert(size, u64::MAX); // bytes a truncate cut: of no more use
             let before = s.saved.len_bytes();
-            s.saved.remove_set(ranges);
+            s.saved.remove_set(&gone);
             s.tainted.remove_set(ranges);
             *total -= before - s.saved.len_bytes();
-            if let Some(f) = &s.file {
-                for (a, b) in ranges.iter() {
+            // an adopted file's inode was the replaced file's: a process may still have
+            // it open, so it is never punched, only unlinked once all of it is released
+            if let Some(f) = s.file.as_ref().filter(|_| !s.adopted) {
+                for (a, b) in gone.iter() {
                     punch(f, a, b);
                 }
             }
@@ -181,6 +269,32 @@ impl Preimages {
     pub fn bytes(&self) -> u64 {
         self.inner.lock().unwrap().1
     }
+}
+
+/// Copies `[off, off + len)` of `src` to the same offsets of `dst`: in the kernel where
+/// it can, else through a 1 MiB buffer.
+fn copy(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
+    match sys::copy_range(src, dst, off, len) {
+        Ok(()) => return Ok(()),
+        Err(e)
+            if !matches!(
+                e.0,
+                libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP
+            ) =>
+        {
+            return Err(os_err(e))
+        }
+        Err(_) => {}
+    }
+    let mut buf = vec![0u8; (len as usize).min(1 << 20)];
+    let mut at = off;
+    while at < off + len {
+        let n = ((off + len - at) as usize).min(buf.len());
+        src.read_exact_at(&mut buf[..n], at)?;
+        dst.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// Frees the space of `[a, b)` in a sparse file (best effort).
@@ -221,7 +335,7 @@ mod tests {
         assert!(p.get(7, 100, 301).is_none());
         p.before_write(7, &f, 10_000, 9_990, 20_000).unwrap(); // past the end: only what exists
         assert_eq!(p.bytes(), 210);
-        p.release(7, &RangeSet::from_range(0, 10_000));
+        p.release(7, &RangeSet::from_range(0, 10_000), 10_000);
         assert_eq!(p.bytes(), 0);
         assert!(p.get(7, 100, 200).is_none());
     }
@@ -236,7 +350,7 @@ mod tests {
         assert_eq!(p.get(7, 50, 100).unwrap(), vec![1u8; 50]);
         assert!(p.get(7, 150, 180).is_none());
         assert!(p.get(7, 90, 110).is_none());
-        p.release(7, &RangeSet::from_range(0, 200)); // acked: the peer has it all now
+        p.release(7, &RangeSet::from_range(0, 200), 200); // acked: the peer has it all now
         p.before_write(7, &f, 200, 150, 180).unwrap();
         assert_eq!(p.get(7, 150, 180).unwrap(), vec![2u8; 30]);
     }

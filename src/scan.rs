@@ -35,6 +35,8 @@ pub struct Progress {
     pub changed: AtomicU64,
     /// 1 while scanning, 0 when done.
     pub running: AtomicU64,
+    /// Set to stop the scan early (the daemon was told to stop).
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 /// What one walk of the folder collects.
@@ -70,6 +72,9 @@ pub enum ScanError {
     /// The journal failed.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// Stopped before the end ([`Progress::cancel`]); what was journaled stays valid.
+    #[error("scan stopped before the end")]
+    Cancelled,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
@@ -144,6 +149,9 @@ impl Scan<'_> {
             };
             if self.ignored(&path, kind == Kind::Dir) {
                 continue; // stays local: not indexed, not journaled, not looked into
+            }
+            if self.progress.cancel.load(Ordering::Relaxed) {
+                return Err(ScanError::Cancelled);
             }
             self.progress.seen.fetch_add(1, Ordering::Relaxed);
             w.seen.insert(path.as_bytes().to_vec());

@@ -46,7 +46,7 @@ fn draw_queue(bar: &ProgressBar, s: &Status, start: u64) {
     bar.set_position(done);
 }
 
-/// One bar per update in flight, estimated from the file-data rate.
+/// One bar per update in flight: its bytes written to the link, of its payload.
 fn draw_files(multi: &MultiProgress, bars: &mut BTreeMap<String, ProgressBar>, s: &Status) {
     bars.retain(|path, bar| {
         let keep = s.stats.flights.iter().any(|f| &f.path == path);
@@ -57,16 +57,16 @@ fn draw_files(multi: &MultiProgress, bars: &mut BTreeMap<String, ProgressBar>, s
     });
     for f in &s.stats.flights {
         let bar = bars.entry(f.path.clone()).or_insert_with(|| {
-            let b = multi.add(ProgressBar::new(f.bytes.max(1)));
-            let style =
-                ProgressStyle::with_template("  {msg:30} [{bar:30}] {bytes}/{total_bytes} (est.)")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let b = multi.add(ProgressBar::new(f.payload.max(1)));
+            let style = ProgressStyle::with_template(
+                "  {msg:30} [{bar:30}] {bytes}/{total_bytes} on the wire",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
             b.set_style(style);
             b.set_message(f.path.clone());
             b
         });
-        let secs = crate::sync::stats::now_ms().saturating_sub(f.since_ms) as f64 / 1e3;
-        let est = (s.rates.file * secs) as u64;
-        bar.set_position(est.min(f.bytes.saturating_sub(1)));
+        bar.set_length(f.payload.max(1));
+        bar.set_position(f.sent);
     }
 }

@@ -441,6 +441,36 @@ fn sigterm_unmounts_and_stale_mount_is_cleared() {
 }
 
 #[test]
+fn sigterm_during_the_first_scan_stops_cleanly() {
+    let mut n = common::Node::new();
+    for d in 0..40 {
+        let dir = n.data().join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..500 {
+            fs::write(
+                dir.join(format!("f{f}")),
+                common::random_bytes(4096, d * 1000 + f),
+            )
+            .unwrap();
+        }
+    }
+    n.spawn(&[], &[], &[]);
+    let sock = n.store.join("control.sock");
+    let scanning = common::wait_until(60, || {
+        syncfs::control::query(&sock).is_some_and(|s| s.scan.running && s.scan.seen > 0)
+    });
+    assert!(scanning, "status never showed the scan: {}", n.log());
+    n.unmount(); // SIGTERM: must exit 0 with nothing mounted
+    assert!(n.log().contains("stopping during the scan"), "{}", n.log());
+    n.mount(); // the next mount scans again and comes up
+    assert_eq!(
+        fs::read(n.m("d3/f7")).unwrap(),
+        common::random_bytes(4096, 3007)
+    );
+    n.unmount();
+}
+
+#[test]
 fn unprivileged_write_and_truncate_drop_setuid() {
     let n = mounted();
     let mode = |p: &str| fs::metadata(n.data().join(p)).unwrap().mode() & 0o7777;

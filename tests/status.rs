@@ -62,10 +62,11 @@ fn status_json_follows_errors_progress_and_conflicts() {
     let size: u64 = 96 << 20;
     let data = common::random_bytes(size as usize, 0x9E37_79B9_7F4A_7C15);
     fs::write(p.a.m("big.bin"), &data).unwrap();
-    let mut seen = Vec::new();
+    let (mut seen, mut seen_b) = (Vec::new(), Vec::new());
     let done = wait_until(120, || {
         let v = status(&p.a.store);
         seen.push(v.clone());
+        seen_b.push(status(&p.b.store));
         fs::metadata(p.b.m("big.bin")).is_ok_and(|m| m.len() == size)
             && u(&v, &["stats", "queued"]) == 0
             && u(&v, &["stats", "in_flight"]) == 0
@@ -80,6 +81,37 @@ fn status_json_follows_errors_progress_and_conflicts() {
     assert!(
         wire.windows(2).all(|w| w[0] <= w[1]),
         "wire bytes went back: {wire:?}"
+    );
+    // each update in flight shows how much of it the link carried: measured, moving on
+    let sent: Vec<(u64, u64)> = seen
+        .iter()
+        .filter_map(|v| v["stats"]["flights"].as_array()?.first().cloned())
+        .map(|f| (u(&f, &["sent"]), u(&f, &["payload"])))
+        .collect();
+    assert!(
+        sent.iter().any(|(s, p)| *s > 0 && s < p),
+        "no partial progress of the update in flight: {sent:?}"
+    );
+    assert!(
+        sent.iter().all(|(s, p)| s <= p),
+        "progress past the payload: {sent:?}"
+    );
+    // B hears what A has queued for it while the transfer runs, and that it emptied
+    assert!(
+        seen_b
+            .iter()
+            .any(|v| u(v, &["stats", "incoming_bytes"]) >= size / 2),
+        "B never saw A's queue: {:?}",
+        seen_b
+            .iter()
+            .map(|v| u(v, &["stats", "incoming_bytes"]))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        wait_until(10, || u(&status(&p.b.store), &["stats", "incoming_files"])
+            == 0),
+        "B still sees a queue on A: {}",
+        status(&p.b.store)
     );
     let steps = wire.windows(2).filter(|w| w[0] < w[1]).count();
     assert!(
@@ -104,6 +136,31 @@ fn status_json_follows_errors_progress_and_conflicts() {
     assert!(
         u(&on_b, &["stats", "wire_in"]) >= u(&last, &["stats", "sent_bytes"]),
         "B read what A sent: {on_b}"
+    );
+
+    // an edit of bytes the peer holds goes as a delta: the dedupe counters show it
+    let mut edited = data.clone();
+    edited[(1 << 20) + 100..(1 << 20) + 120].copy_from_slice(&[0x5a; 20]); // a page rewrite
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(p.a.m("big.bin"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &edited[1 << 20..(1 << 20) + 4096], 1 << 20)
+        .unwrap();
+    drop(f);
+    let want = *blake3::hash(&edited).as_bytes();
+    assert!(
+        wait_until(60, || common::hash_of(&p.b.m("big.bin")) == Some(want)),
+        "the edit did not arrive"
+    );
+    let after = status(&p.a.store);
+    let (raw, enc) = (
+        u(&after, &["stats", "delta_raw"]),
+        u(&after, &["stats", "delta_payload"]),
+    );
+    assert!(
+        raw >= 4096 && enc > 0 && enc < raw,
+        "dedupe counters: {after}"
     );
 
     // a conflict shows once made

@@ -39,6 +39,7 @@ impl PassFs {
         if writable {
             self.rec.track(inode.backing_ino, &self.rel_path(&inode)?)?;
             if flags & libc::O_TRUNC != 0 {
+                self.save_cut(&inode, 0);
                 self.rec.size(inode.backing_ino, 0)?;
             }
         }
@@ -137,6 +138,28 @@ impl PassFs {
         }
     }
 
+    /// Before `inode`'s file is cut to `size`: copies the bytes cut off aside as
+    /// pre-images (an optimisation, as for writes: a failure is only logged).
+    pub(super) fn save_cut(&self, inode: &super::inode::Inode, size: u64) {
+        let Some(p) = &self.pre else { return };
+        let saved = sys::reopen(&inode.fd, libc::O_RDONLY | libc::O_CLOEXEC)
+            .map(std::fs::File::from)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0))
+            .and_then(|f| {
+                let cur = f.metadata()?.len();
+                match size < cur {
+                    true => p.before_truncate(inode.backing_ino, &f, cur, size),
+                    false => Ok(()),
+                }
+            });
+        if let Err(e) = saved {
+            tracing::debug!(
+                file = inode.backing_ino,
+                "pre-image of a cut not saved: {e}"
+            );
+        }
+    }
+
     /// Makes the file and its journal entries durable.
     pub fn fsync(&self, fh: u64, datasync: bool) -> R<()> {
         let h = self.files.get(fh)?;
@@ -221,5 +244,54 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.0, libc::ELOOP);
         assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
+    }
+
+    /// Counts `sync` calls; fails them when `fail` is set.
+    struct SyncCounter {
+        syncs: std::sync::atomic::AtomicUsize,
+        fail: bool,
+    }
+
+    impl super::super::record::Recorder for SyncCounter {
+        fn track(&self, _: u64, _: &crate::path::RelPath) -> Result<(), RecordError> {
+            Ok(())
+        }
+        fn write(&self, _: u64, _: u64, _: u64) -> Result<(), RecordError> {
+            Ok(())
+        }
+        fn size(&self, _: u64, _: u64) -> Result<(), RecordError> {
+            Ok(())
+        }
+        fn meta(&self, _: crate::journal::op::MetaOp) -> Result<(), RecordError> {
+            Ok(())
+        }
+        fn sync(&self) -> Result<(), RecordError> {
+            self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match self.fail {
+                true => Err(RecordError("disk gone".into())),
+                false => Ok(()),
+            }
+        }
+    }
+    use super::super::record::RecordError;
+
+    #[test]
+    fn fsyncdir_makes_the_journal_durable_and_reports_its_failure() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("d")).unwrap();
+        for fail in [false, true] {
+            let rec = Arc::new(SyncCounter {
+                syncs: Default::default(),
+                fail,
+            });
+            let fs = PassFs::new(t.path(), rec.clone(), FsOptions { writeback: true }).unwrap();
+            let got = fs.fsyncdir(ROOT_INO, false);
+            assert_eq!(rec.syncs.load(std::sync::atomic::Ordering::SeqCst), 1);
+            assert_eq!(
+                got.is_err(),
+                fail,
+                "fsyncdir must fail when the journal cannot sync"
+            );
+        }
     }
 }

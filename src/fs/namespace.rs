@@ -82,6 +82,7 @@ impl PassFs {
             (size, size)
         };
         self.rec.write(file, a, b)?;
+        self.save_cut(inode, size);
         self.rec.size(file, size)?; // before the backing change: covered even after a kill
         match fh.map(|fh| self.files.get(fh)).transpose()? {
             Some(h) if h.writable => sys::ftruncate(&h.file, size)?,
@@ -313,27 +314,67 @@ impl PassFs {
         let from = self.child_path(&p, name)?;
         let to = self.child_path(&np, newname)?;
         let replaced = sys::fstatat(&np.fd, newname).ok();
-        sys::renameat2(&p.fd, name, &np.fd, newname, flags)?;
+        let held = self.hold_replaced(&p.fd, name, &np.fd, newname, replaced.as_ref(), flags);
+        if let Err(e) = sys::renameat2(&p.fd, name, &np.fd, newname, flags) {
+            if let (Some(pre), Some((_, _, h))) = (&self.pre, held) {
+                pre.drop_held(h);
+            }
+            return Err(e);
+        }
+        if let (Some(pre), Some((file, size, h))) = (&self.pre, held) {
+            pre.adopt(file, size, h);
+        }
         self.inodes.renamed(&np, newname);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.inodes.renamed(&p, name);
         }
-        self.rec.meta(MetaOp::Rename {
-            from,
-            to: to.clone(),
-            flags,
-        })?;
+        // A replaced entry other than a directory is recorded as unlinked first: the
+        // journal then knows a rename's target was free when no such unlink precedes
+        // it (see `journal::cancel`), and forgets the replaced file.
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if let Some(old) = replaced
-            .filter(|s| !exchange && s.st_nlink <= 1 && s.st_mode & libc::S_IFMT == libc::S_IFREG)
+        if let Some(old) =
+            replaced.filter(|s| !exchange && s.st_mode & libc::S_IFMT != libc::S_IFDIR)
         {
+            let regular = old.st_mode & libc::S_IFMT == libc::S_IFREG;
             self.rec.meta(MetaOp::Unlink {
-                path: to,
+                path: to.clone(),
                 file: old.st_ino,
-                last_link: true,
+                last_link: !regular || old.st_nlink <= 1,
             })?;
         }
+        self.rec.meta(MetaOp::Rename { from, to, flags })?;
         Ok(())
+    }
+
+    /// Before a plain rename of regular file `dir/name` over `newdir/newname`, a regular
+    /// file with one link and no pending change: holds the replaced file aside, so that
+    /// the new one goes as a delta against it (a temp file + rename save). Returns the
+    /// new file's id and size with what is held.
+    fn hold_replaced(
+        &self,
+        dir: &impl std::os::fd::AsRawFd,
+        name: &OsStr,
+        newdir: &impl std::os::fd::AsRawFd,
+        newname: &OsStr,
+        replaced: Option<&libc::stat>,
+        flags: u32,
+    ) -> Option<(u64, u64, crate::preimage::Held)> {
+        let pre = self.pre.as_ref()?;
+        let old = replaced.filter(|s| flags == 0 && s.st_mode & libc::S_IFMT == libc::S_IFREG)?;
+        if old.st_nlink != 1 || self.rec.is_pending(old.st_ino) {
+            return None;
+        }
+        let new = sys::fstatat(dir, name).ok()?;
+        if new.st_mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        match pre.hold(newdir, newname) {
+            Ok(h) => Some((new.st_ino, new.st_size as u64, h)),
+            Err(e) => {
+                tracing::debug!("replaced file not held as a pre-image: {e}");
+                None
+            }
+        }
     }
 
     /// Makes `newparent/newname` a hard link to `ino`.

@@ -26,6 +26,10 @@ pub trait Recorder: Send + Sync + 'static {
     fn sync(&self) -> Result<(), RecordError>;
     /// A writable handle on `file` was closed: the file may now be quiet.
     fn closed(&self, _file: FileId) {}
+    /// True when `file` has changes not yet acknowledged by the peer.
+    fn is_pending(&self, _file: FileId) -> bool {
+        false
+    }
     /// True when `file` is tracked and `path` (just unlinked, other links remain) was
     /// its only known name: the filesystem should tell where the file still lives.
     fn lost_name(&self, _file: FileId, _path: &RelPath) -> bool {
@@ -109,6 +113,9 @@ impl Recorder for JournalRecorder {
     }
     fn sync(&self) -> Result<(), RecordError> {
         self.journal.sync().map_err(rec_err)
+    }
+    fn is_pending(&self, file: FileId) -> bool {
+        self.journal.entry(file).is_some_and(|e| e.is_pending())
     }
     fn lost_name(&self, file: FileId, path: &RelPath) -> bool {
         self.journal

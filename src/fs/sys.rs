@@ -209,6 +209,24 @@ pub fn fallocate(fd: &impl AsRawFd, mode: i32, offset: u64, len: u64) -> R<()> {
     check(rc).map(drop)
 }
 
+/// Copies `[off, off + len)` of `src` to the same offsets of `dst` in the kernel
+/// (`copy_file_range`: no bytes through user space; a reflink where the filesystem can).
+pub fn copy_range(src: &impl AsRawFd, dst: &impl AsRawFd, off: u64, len: u64) -> R<()> {
+    let (mut a, mut b, mut left) = (off as i64, off as i64, len as usize);
+    while left > 0 {
+        let rc = unsafe {
+            libc::copy_file_range(src.as_raw_fd(), &mut a, dst.as_raw_fd(), &mut b, left, 0)
+        };
+        match rc {
+            n if n > 0 => left -= n as usize,
+            0 => return Err(FsError(libc::ENODATA)), // the source ended early
+            _ if FsError::last().0 == libc::EINTR => {}
+            _ => return Err(FsError::last()),
+        }
+    }
+    Ok(())
+}
+
 /// `lseek` (for SEEK_DATA / SEEK_HOLE).
 pub fn lseek(fd: &impl AsRawFd, offset: i64, whence: i32) -> R<i64> {
     let rc = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };

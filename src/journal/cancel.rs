@@ -1,8 +1,10 @@
 //! Ops made void while still unsent, found when a new op is recorded, so that the
 //! journal stays bounded while no peer takes them:
 //!
-//! - an `Unlink` of a file's last link whose `Create` (same path and file) is unsent
-//!   voids the `Create`, the attribute ops on exactly that path between, and itself;
+//! - an `Unlink` of a file's last link whose `Create` is unsent voids the `Create`,
+//!   the renames, links and unlinks of the file's other names between (a temp file
+//!   renamed, a hard link made and removed), the attribute ops on its names, and
+//!   itself;
 //!   the same for a symlink or special file (`Symlink`, `Mknod` at the path) and for an
 //!   `Rmdir` whose `Mkdir` is unsent;
 //! - a `Chmod`, `Chown`, `Utimens`, `SetXattr` or `RemoveXattr` replaces an unsent
@@ -13,7 +15,7 @@
 //! as [`crate::sync::coalesce`] does at send time, and at the sent watermark: an op the
 //! sender may have sent is never touched. Pure: no I/O, no state change.
 
-use super::op::MetaOp;
+use super::op::{FileId, MetaOp};
 use crate::path::RelPath;
 use std::collections::BTreeMap;
 
@@ -31,18 +33,24 @@ pub struct Plan {
 
 /// Decides what `op`, about to be recorded as `seq`, voids among the pending ops
 /// `meta` above `floor` (the highest sequence number the sender may have sent).
-pub fn plan(meta: &BTreeMap<u64, MetaOp>, floor: u64, seq: u64, op: MetaOp) -> Plan {
+pub fn plan(
+    meta: &BTreeMap<u64, MetaOp>,
+    floor: u64,
+    seq: u64,
+    op: MetaOp,
+    pending: &dyn Fn(FileId) -> bool,
+) -> Plan {
     let birth = match &op {
+        MetaOp::Rename { from, to, flags: 0 } => find_save(meta, floor, from, to, pending),
         MetaOp::Unlink {
             path,
             file,
             last_link: true,
-        } => find_birth(meta, floor, path, |o| match o {
-            MetaOp::Create {
-                path: p, file: f, ..
-            } => p == path && f == file,
-            MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. } => p == path,
-            _ => false,
+        } => find_file_birth(meta, floor, path, *file).or_else(|| {
+            find_birth(meta, floor, path, |o| {
+                matches!(o, MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. }
+                    if p == path)
+            })
         }),
         MetaOp::Rmdir { path } => find_birth(
             meta,
@@ -83,6 +91,91 @@ fn find_birth(
         } else if o.mentions(path) {
             return None;
         }
+    }
+    None
+}
+
+/// The whole unsent life of regular file `file`, walked back from the unlink of its
+/// last name `path`: its `Create`, the renames, links and other unlinks that moved its
+/// names, and the attribute ops on any of its names. `None` when anything else names
+/// one of them, or names a rename's target before the rename (a rename over an existing
+/// entry is recorded after an `Unlink` of that entry, so an untouched target was free),
+/// or when the birth is sent or outside the window.
+fn find_file_birth(
+    meta: &BTreeMap<u64, MetaOp>,
+    floor: u64,
+    path: &RelPath,
+    file: FileId,
+) -> Option<Vec<u64>> {
+    // the file's names just after the op looked at, and the names renames took over
+    let (mut names, mut fresh) = (vec![path.clone()], Vec::<RelPath>::new());
+    let mut seqs = Vec::new();
+    for (s, o) in unsent(meta, floor) {
+        let has = |p: &RelPath| names.contains(p);
+        match o {
+            MetaOp::Create {
+                path: p, file: f, ..
+            } if *f == file && has(p) => {
+                if names.len() > 1 {
+                    return None;
+                }
+                seqs.push(*s);
+                return Some(seqs);
+            }
+            MetaOp::Unlink {
+                path: p,
+                file: f,
+                last_link: false,
+            } if *f == file && !has(p) && !fresh.contains(p) => names.push(p.clone()),
+            MetaOp::Link { from, to } if has(from) && has(to) => names.retain(|n| n != to),
+            MetaOp::Rename { from, to, flags }
+                if flags & libc::RENAME_EXCHANGE == 0 && has(to) && !has(from) =>
+            {
+                names.retain(|n| n != to);
+                names.push(from.clone());
+                fresh.push(to.clone());
+            }
+            o if names.iter().any(|n| o.is_attr_op_on(n)) => {}
+            o if names.iter().chain(&fresh).any(|n| o.mentions(n)) => return None,
+            _ => continue,
+        }
+        seqs.push(*s);
+    }
+    None
+}
+
+/// A save by temp file and rename (`Create t`, writes, attribute ops on `t`, then `t`
+/// renamed over an existing `b`, recorded as `Unlink b` + `Rename t b`), all unsent: the
+/// new file's pending data update, now at `b`, rewrites `b` in place, so it can go as a
+/// delta against the peer's `b` (see `crate::preimage`). The `Create`, the `Unlink` and
+/// the attribute ops the update carries (mode, mtime, size) are void, and so is the
+/// rename. `None` for anything else on either name between, or a file with no pending
+/// data (its content then travels with the ops).
+fn find_save(
+    meta: &BTreeMap<u64, MetaOp>,
+    floor: u64,
+    from: &RelPath,
+    to: &RelPath,
+    pending: &dyn Fn(FileId) -> bool,
+) -> Option<Vec<u64>> {
+    let mut ops = unsent(meta, floor).filter(|(_, o)| o.mentions(from) || o.mentions(to));
+    let (s, replaced) = ops.next()?;
+    if !matches!(replaced, MetaOp::Unlink { path, last_link: true, .. } if path == to) {
+        return None;
+    }
+    let mut seqs = vec![*s];
+    for (s, o) in ops {
+        match o {
+            MetaOp::Chmod { path, .. } | MetaOp::Utimens { path, .. } if path == from => {}
+            MetaOp::Truncate { path, .. } if path == from => {}
+            MetaOp::Create { path, file, .. } if path == from && pending(*file) => {
+                seqs.push(*s);
+                return Some(seqs);
+            }
+            o if o.mentions(from) => return None,
+            _ => continue, // an older op on the replaced entry: it stands
+        }
+        seqs.push(*s);
     }
     None
 }
@@ -173,6 +266,11 @@ mod tests {
         RelPath::from_bytes(s.as_bytes()).unwrap()
     }
 
+    /// [`super::plan`] with every file's data pending.
+    fn plan(meta: &BTreeMap<u64, MetaOp>, floor: u64, seq: u64, op: MetaOp) -> Plan {
+        super::plan(meta, floor, seq, op, &|_| true)
+    }
+
     fn log(ops: Vec<MetaOp>) -> BTreeMap<u64, MetaOp> {
         (1..).zip(ops).collect()
     }
@@ -219,6 +317,92 @@ mod tests {
         assert_eq!(plan(&meta, 0, 3, unlink("l")).void, [1, 3]);
         assert_eq!(plan(&meta, 0, 3, unlink("p")).void, [2, 3]);
         assert!(plan(&meta, 2, 3, unlink("p")).void.is_empty());
+    }
+
+    #[test]
+    fn a_renamed_temp_file_cancels_out_unless_it_replaced_something() {
+        let create = MetaOp::Create {
+            path: rp("a"),
+            file: 9,
+            mode: 0o644,
+        };
+        let rename = MetaOp::Rename {
+            from: rp("a"),
+            to: rp("b"),
+            flags: 0,
+        };
+        let unlink = |p: &str, file| MetaOp::Unlink {
+            path: rp(p),
+            file,
+            last_link: true,
+        };
+        let chmod = MetaOp::Chmod {
+            path: rp("b"),
+            mode: 0o600,
+        };
+        let meta = log(vec![create.clone(), rename.clone(), chmod]);
+        assert_eq!(plan(&meta, 0, 4, unlink("b", 9)).void, [3, 2, 1, 4]);
+        assert!(
+            plan(&meta, 1, 4, unlink("b", 9)).void.is_empty(),
+            "create sent"
+        );
+        // b existed: the rename replaced it, which the peer must still see
+        let meta = log(vec![create, unlink("b", 5), rename]);
+        assert!(plan(&meta, 0, 4, unlink("b", 9)).void.is_empty());
+    }
+
+    #[test]
+    fn a_temp_file_saved_over_a_file_becomes_an_update_of_it() {
+        let t = rp("d/.doc.swp");
+        let meta = log(vec![
+            MetaOp::Create {
+                path: t.clone(),
+                file: 9,
+                mode: 0o600,
+            },
+            MetaOp::Chmod {
+                path: t.clone(),
+                mode: 0o644,
+            },
+            MetaOp::Unlink {
+                path: rp("d/doc"),
+                file: 5,
+                last_link: true,
+            },
+        ]);
+        let save = MetaOp::Rename {
+            from: t.clone(),
+            to: rp("d/doc"),
+            flags: 0,
+        };
+        assert_eq!(plan(&meta, 0, 4, save.clone()).void, [3, 2, 1, 4]);
+        let none = super::plan(&meta, 0, 4, save.clone(), &|_| false);
+        assert!(none.void.is_empty(), "an empty new file goes as ops");
+        assert!(
+            plan(&meta, 1, 4, save.clone()).void.is_empty(),
+            "create sent"
+        );
+        let mut owned = meta.clone();
+        owned.insert(
+            3,
+            MetaOp::Chown {
+                path: t,
+                uid: Some(1),
+                gid: None,
+            },
+        );
+        owned.insert(
+            4,
+            MetaOp::Unlink {
+                path: rp("d/doc"),
+                file: 5,
+                last_link: true,
+            },
+        );
+        assert!(
+            plan(&owned, 0, 5, save).void.is_empty(),
+            "a chown goes as ops"
+        );
     }
 
     #[test]

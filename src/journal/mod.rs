@@ -471,7 +471,9 @@ impl Journal {
     pub fn record_meta(&self, op: MetaOp) -> Result<u64, JournalError> {
         let mut l = self.inner().lock();
         let seq = l.state.next_seq();
-        let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op);
+        let files = l.state.files();
+        let pending = |f: FileId| files.get(&f).is_some_and(|e| e.is_pending());
+        let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op, &pending);
         l.log_and_apply(Record::Meta { seq, op: plan.op })?;
         if !plan.void.is_empty() {
             l.log_and_apply(Record::Drop { seqs: plan.void })?;

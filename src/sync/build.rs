@@ -31,6 +31,8 @@ pub struct Built {
     pub tree: HashTree,
     /// Bytes read to hash the file (only the changed leaves when a tree was given).
     pub hash_read: u64,
+    /// File bytes that went as a delta against the peer's, and the delta's size.
+    pub delta: (u64, u64),
 }
 
 /// What to send for one file.
@@ -105,6 +107,8 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     let (tree, hash_read) = hash_tree(&file, p.tree, &p.entry.ranges, size)?;
     let hash = tree.root();
     let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
+    let joint = ranges.iter().filter(|r| r.encoding == Encoding::Joint);
+    let delta = joint.fold((0, 0), |(n, p), r| (n + r.len, p + r.data.len() as u64));
     let update = FileUpdate {
         id: p.id,
         file: p.file,
@@ -127,6 +131,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         payload,
         tree,
         hash_read,
+        delta,
     }))
 }
 

@@ -193,10 +193,21 @@ impl Checker {
         let Some((parent, leaf)) = path.split_last() else {
             return Ok(());
         };
-        let name = conflict_name(&leaf.to_string_lossy(), mtime, &self.cfg.peer_text);
-        let copy = parent
-            .join(std::ffi::OsStr::new(&name))
-            .map_err(|e| ApplyError::BadRequest(format!("{path}: conflict name: {e}")))?;
+        // a second conflict of the same version in the same second takes `-2`, `-3` …
+        let leaf = leaf.to_string_lossy();
+        let (name, copy) = (1..)
+            .map(|n| {
+                let name = conflict_name(&leaf, mtime, &self.cfg.peer_text, n);
+                let copy = parent.join(std::ffi::OsStr::new(&name));
+                (name, copy)
+            })
+            .find(|(_, c)| {
+                c.as_ref()
+                    .map_or(true, |c| fold::look(&*self.root, c).is_none())
+            })
+            .expect("an endless range");
+        let copy =
+            copy.map_err(|e| ApplyError::BadRequest(format!("{path}: conflict name: {e}")))?;
         if let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? {
             tracing::warn!("conflict: {path} was changed on both sides; ours is kept as {copy}");
             self.journal

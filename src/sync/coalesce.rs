@@ -5,6 +5,9 @@
 //!   it in between and its `Unlink` go (its data was already dropped by the journal).
 //! - An mtime-only `Utimens` (the kernel's writeback flush) on a file with a pending
 //!   data update goes: the update carries the file's mtime.
+//! - A `Truncate` of a file with a pending data update goes: the update carries the
+//!   size, and the peer keeps the bytes the truncate cut until then, so the update can
+//!   go as a delta against them (a file rewritten from scratch).
 //!
 //! The caller still acknowledges every dropped op in the journal.
 
@@ -17,20 +20,26 @@ pub fn coalesce(ops: &[(u64, MetaOp)], pending: &HashSet<RelPath>) -> Vec<(u64, 
     let mut keep = vec![true; ops.len()];
     cancel_short_lived(ops, &mut keep);
     for (k, (_, op)) in ops.iter().enumerate() {
-        if let MetaOp::Utimens {
-            path,
-            atime: None,
-            mtime: Some(_),
-        } = op
-        {
-            keep[k] &= !pending.contains(path);
-        }
+        keep[k] &= !carried_by_update(op, pending);
     }
     ops.iter()
         .zip(keep)
         .filter(|(_, k)| *k)
         .map(|(o, _)| o.clone())
         .collect()
+}
+
+/// True for an op whose effect the pending data update of its file carries.
+pub fn carried_by_update(op: &MetaOp, pending: &HashSet<RelPath>) -> bool {
+    match op {
+        MetaOp::Utimens {
+            path,
+            atime: None,
+            mtime: Some(_),
+        }
+        | MetaOp::Truncate { path, .. } => pending.contains(path),
+        _ => false,
+    }
 }
 
 /// Marks Create … Unlink pairs of one file (with only attribute ops on it between) void.

@@ -16,6 +16,7 @@ use crate::wire::{
 use futures::StreamExt;
 use libp2p::PeerId;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// zstd level of the reply stream (acks are tiny and alike).
@@ -56,6 +57,8 @@ pub async fn run(net: NetHandle, r: Receiver, limit: Arc<BwLimit>) -> Result<(),
                 tracing::warn!(%peer, "incoming sync stream ended: {e}");
                 r.stats.error(&e);
             }
+            r.stats.incoming_files.store(0, Ordering::Relaxed); // unknown now
+            r.stats.incoming_bytes.store(0, Ordering::Relaxed);
         });
     }
     Ok(())
@@ -124,6 +127,11 @@ async fn handle(
             }))
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
+        Message::Queue { files, bytes } => {
+            r.stats.incoming_files.store(files, Ordering::Relaxed);
+            r.stats.incoming_bytes.store(bytes, Ordering::Relaxed);
+            Ok(None)
+        }
         Message::Index { entries, upto, .. } => Ok(Some(take_index(entries, upto, r, peer).await?)),
         Message::Summary { dirs, .. } => Ok(Some(compare_summary(dirs, r).await?)),
         other => Err(SyncError::Protocol(format!(

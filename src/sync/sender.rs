@@ -70,6 +70,13 @@ struct Quiet {
 }
 
 impl Quiet {
+    /// True when `file` was closed at least [`CLOSE_GRACE`] ago (and not sent since).
+    fn closed_a_while(&self, file: FileId) -> bool {
+        self.closed
+            .get(&file)
+            .is_some_and(|t| t.elapsed() >= CLOSE_GRACE)
+    }
+
     /// Files ready to send: closed, unchanged for `settle`, or pending too long.
     fn ready(&mut self, snap: &Snapshot, settle: Duration) -> Vec<FileId> {
         let now = Instant::now();
@@ -107,6 +114,8 @@ struct State {
     next_id: u64,
     /// Measured link throughput (bytes/s, smoothed), which picks the zstd level.
     link_bps: Option<f64>,
+    /// The queue last told to the peer (files, bytes), and when.
+    queue_told: Option<((u64, u64), Instant)>,
 }
 
 /// Updates smaller than this say more about latency than throughput: not measured.
@@ -122,8 +131,11 @@ impl State {
     /// Drops what is known of files created, truncated or last unlinked in `ops`: a new
     /// file's inode number may have been another file's, and a truncate changes the
     /// peer's content (it applies the op) away from the hash last acknowledged.
-    fn forget_changed(&mut self, ops: &[(u64, MetaOp)]) {
+    fn forget_changed(&mut self, ops: &[(u64, MetaOp)], pending: &HashSet<RelPath>) {
         for (_, op) in ops {
+            if super::coalesce::carried_by_update(op, pending) {
+                continue; // not sent: the peer keeps the content the hash names
+            }
             let file = match op {
                 MetaOp::Create { file, .. } | MetaOp::Truncate { file, .. } => file,
                 MetaOp::Unlink {
@@ -158,6 +170,8 @@ struct InFlight {
     path: RelPath,
     version: u64,
     sent: RangeSet,
+    /// The file's size as sent.
+    size: u64,
     hash: [u8; 32],
     whole: bool,
     payload: u64,
@@ -199,6 +213,7 @@ async fn session(
     let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
+    st.queue_told = None; // a new session: the peer knows nothing of our queue
     tracing::info!(peer = %s.link.peer(), "sending to {name}");
     s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
@@ -360,6 +375,31 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
     Ok(())
 }
 
+/// Tells the peer what is queued for it (`Message::Queue`, for its status) when that
+/// changed: at most once a second, but at once when the queue fills from empty, empties,
+/// or doubles in bytes (a big file being written ahead of its transfer).
+async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Result<(), SyncError> {
+    let due = match st.queue_told {
+        None => true,
+        Some((told, _)) if told == queue => false,
+        Some((told, at)) => {
+            told.0 == 0
+                || queue.0 == 0
+                || queue.1 / 2 >= told.1.max(1)
+                || at.elapsed() >= QUEUE_EVERY
+        }
+    };
+    if due {
+        let (files, bytes) = queue;
+        fs.send(Message::Queue { files, bytes }).await?;
+        st.queue_told = Some((queue, Instant::now()));
+    }
+    Ok(())
+}
+
+/// How often at most the peer hears of our queue.
+const QUEUE_EVERY: Duration = Duration::from_secs(1);
+
 /// Proves the link alive (and keeps the peer's read timeout from firing while idle).
 async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     st.next_id += 1;
@@ -408,12 +448,14 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         s.stats.last_sync.store(now, Ordering::Relaxed); // in sync as of now
     }
     s.stats.keep_stuck(|f| snap.files.contains_key(&f));
+    let queue = ((snap.files.len() + snap.meta.len()) as u64, dirty);
+    tell_queue(fs, st, queue).await?;
     if !meta_due(st, &snap) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
     }
     if !snap.meta.is_empty() {
         st.meta_seen = None;
-        st.forget_changed(&snap.meta);
+        st.forget_changed(&snap.meta, &pending_paths(&snap));
         if !send_meta(s, fs, &snap).await? {
             return Ok(()); // refused or cancelled meanwhile: start over from a fresh snapshot
         }
@@ -426,7 +468,9 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
 }
 
 /// True when the snapshot's metadata ops (if any) may go now: the log has been quiet
-/// for [`META_GRACE`], or ops have waited [`MAX_DELAY`].
+/// for [`META_GRACE`] and no file they create is still being written (a temp file
+/// renamed over its target once written folds into an update of the target, see
+/// `journal::cancel`, but not once its `Create` went), or ops have waited [`MAX_DELAY`].
 fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
     let Some(&(newest, _)) = snap.meta.last() else {
         st.meta_seen = None;
@@ -437,7 +481,19 @@ fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
     if *seq != newest {
         (*seq, *changed) = (newest, now);
     }
-    now - *changed >= META_GRACE || now - *since >= MAX_DELAY
+    let (changed, since) = (*changed, *since);
+    let writing = snap.meta.iter().any(|(_, op)| match op {
+        MetaOp::Create { file, .. } => {
+            snap.files.contains_key(file) && !st.quiet.closed_a_while(*file)
+        }
+        _ => false,
+    });
+    (now - changed >= META_GRACE && !writing) || now - since >= MAX_DELAY
+}
+
+/// The paths of the files with a pending data update.
+fn pending_paths(snap: &Snapshot) -> HashSet<RelPath> {
+    snap.files.values().map(|e| e.path.clone()).collect()
 }
 
 /// Sends the snapshot's ops (coalesced) in batches; false if the peer refused one (it is
@@ -449,8 +505,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
     if s.journal.mark_sent(last) != snap.meta.len() {
         return Ok(false);
     }
-    let pending: HashSet<RelPath> = snap.files.values().map(|e| e.path.clone()).collect();
-    let mut ops = coalesce(&snap.meta, &pending);
+    let mut ops = coalesce(&snap.meta, &pending_paths(snap));
     ops.retain(|(_, op)| !stale_truncate(&*s.root, op) && !stale_unlink(s, op));
     super::ignored::drop_ops(s, &mut ops);
     let ops: Vec<(u64, MetaOp)> = ops
@@ -542,6 +597,10 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
     let ix = s.journal.index();
     let taken = |p: &RelPath| ix.get(p).ok().flatten().is_some_and(|e| e.taken_at > seq);
     match &op {
+        MetaOp::Rename { from, to, flags } if *flags == 0 && taken(to) && taken(from) => {
+            tracing::info!("rename {from} -> {to}: the peer's versions of both won meanwhile");
+            None
+        }
         MetaOp::Rename { from, to, flags } if *flags == 0 && taken(to) => {
             tracing::info!(
                 "rename {from} -> {to}: the peer's {to} won meanwhile; only {from} goes"
@@ -686,10 +745,9 @@ async fn send_one(
         st.level(s.cfg.level),
         s.pre.clone(),
     );
-    let base = if whole {
-        None
-    } else {
-        st.peer_hash.get(&file).copied()
+    let base = match whole {
+        true => None,
+        false => (st.peer_hash.get(&file).copied()).or_else(|| agreed_hash(s, &entry.path)),
     };
     let version = entry.version;
     let path = entry.path.clone();
@@ -756,11 +814,14 @@ async fn send_one(
         "sending update"
     );
     fs.set_level(level);
+    let start_mark = s.stats.wire_out.load(Ordering::Relaxed) + fs.queued() as u64;
     for m in b.frames {
         fs.queue(m)?;
     }
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.raw_sent, b.sent.len_bytes());
+    Stats::add(&s.stats.delta_raw, b.delta.0);
+    Stats::add(&s.stats.delta_payload, b.delta.1);
     Stats::add(&s.stats.in_flight, 1);
     s.stats.flights.lock().unwrap().insert(
         id,
@@ -769,6 +830,8 @@ async fn send_one(
             bytes: b.sent.len_bytes(),
             payload: b.payload,
             since_ms: super::stats::now_ms(),
+            sent: 0,
+            start_mark,
         },
     );
     let (payload, at) = (b.payload, Instant::now());
@@ -776,6 +839,7 @@ async fn send_one(
         file,
         path,
         version,
+        size: b.tree.len(),
         sent: b.sent,
         hash: b.hash,
         whole,
@@ -815,7 +879,7 @@ fn on_reply(
         None => {
             s.journal.ack_file(f.file, f.version, &f.sent)?;
             if let Some(p) = &s.pre {
-                p.release(f.file, &f.sent);
+                p.release(f.file, &f.sent, f.size);
             }
             st.peer_hash.insert(f.file, f.hash);
             s.stats.set_stuck(f.file, None);
@@ -826,6 +890,15 @@ fn on_reply(
         Some(reason) => on_nack(s, st, f, reason, queue),
     }
     Ok(())
+}
+
+/// The content both sides last agreed on at `path`, from the index: the base of a
+/// file's first update in a session (the session's own acks are not known yet). If the
+/// peer holds something else it refuses the update (`UnknownBase`), and the whole file
+/// follows; without a base it would have to start from nothing.
+fn agreed_hash(s: &Sender, path: &RelPath) -> Option<[u8; 32]> {
+    let e = s.journal.index().get(path).ok().flatten()?;
+    (!e.deleted && e.kind == crate::journal::index::Kind::File).then_some(e.hash)
 }
 
 /// A refused update falls back to the whole file once; a refused whole file waits.
@@ -874,40 +947,43 @@ mod tests {
             st.peer_hash.insert(f, [1; 32]);
         }
         let path = RelPath::from_bytes(b"x").unwrap();
-        st.forget_changed(&[
-            (
-                1,
-                MetaOp::Create {
-                    path: path.clone(),
-                    file: 5,
-                    mode: 0o644,
-                },
-            ),
-            (
-                2,
-                MetaOp::Unlink {
-                    path: path.clone(),
-                    file: 6,
-                    last_link: true,
-                },
-            ),
-            (
-                3,
-                MetaOp::Unlink {
-                    path: path.clone(),
-                    file: 7,
-                    last_link: false,
-                },
-            ),
-            (
-                4,
-                MetaOp::Truncate {
-                    path,
-                    file: 8,
-                    size: 0,
-                },
-            ),
-        ]);
+        st.forget_changed(
+            &[
+                (
+                    1,
+                    MetaOp::Create {
+                        path: path.clone(),
+                        file: 5,
+                        mode: 0o644,
+                    },
+                ),
+                (
+                    2,
+                    MetaOp::Unlink {
+                        path: path.clone(),
+                        file: 6,
+                        last_link: true,
+                    },
+                ),
+                (
+                    3,
+                    MetaOp::Unlink {
+                        path: path.clone(),
+                        file: 7,
+                        last_link: false,
+                    },
+                ),
+                (
+                    4,
+                    MetaOp::Truncate {
+                        path,
+                        file: 8,
+                        size: 0,
+                    },
+                ),
+            ],
+            &HashSet::new(),
+        );
         let left: Vec<_> = st.peer_hash.keys().copied().collect();
         assert_eq!(left, vec![7], "a file that keeps a link keeps its hash");
     }

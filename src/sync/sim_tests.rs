@@ -232,10 +232,20 @@ impl Node {
                 self.journal.record_meta(op).unwrap();
             }
             Edit::Rename(a, b) => {
-                if a == b || !full(a).exists() || full(b).exists() {
+                if a == b || !full(a).exists() {
                     return;
                 }
+                // as `fs` does: a replaced file is recorded as unlinked first
+                let replaced = std::fs::metadata(full(b)).ok().map(|m| m.ino());
                 std::fs::rename(full(a), full(b)).unwrap();
+                if let Some(file) = replaced {
+                    let op = MetaOp::Unlink {
+                        path: rp(&format!("f{b}")),
+                        file,
+                        last_link: true,
+                    };
+                    self.journal.record_meta(op).unwrap();
+                }
                 let op = MetaOp::Rename {
                     from: rp(&format!("f{a}")),
                     to: rp(&format!("f{b}")),
@@ -544,6 +554,37 @@ fn regression_new_file_against_new_file_renamed_over_it() {
             vec![Edit::Write(4)],
             vec![Edit::Write(3), Edit::Rename(3, 4)],
         ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn regression_new_file_renamed_onto_a_name_the_peer_renamed_over() {
+    use Edit::*;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("syncfs=debug")
+        .with_test_writer()
+        .try_init();
+    scenario_from(
+        &[false, false, false, true, true],
+        vec![
+            vec![Rename(3, 1), Write(1), Rename(4, 1), Delete(4)],
+            vec![Write(0), Write(3), Rename(0, 1), Write(1), Delete(3)],
+        ],
+    )
+    .unwrap();
+}
+
+#[test]
+fn regression_edit_and_new_file_against_a_rename_onto_the_new_name() {
+    use Edit::*;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("syncfs=debug")
+        .with_test_writer()
+        .try_init();
+    scenario_from(
+        &[false, true, false, false, false],
+        vec![vec![Write(4), Write(1)], vec![Rename(1, 4)]],
     )
     .unwrap();
 }

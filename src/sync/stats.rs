@@ -57,6 +57,15 @@ pub struct Stats {
     pub linked: AtomicBool,
     /// The last error, if any.
     pub last_error: Mutex<String>,
+    /// What the peer said it has queued for us (files and ops; bytes): see
+    /// `wire::Message::Queue`. Zero while no session from the peer is up.
+    pub incoming_files: AtomicU64,
+    /// See [`Stats::incoming_files`].
+    pub incoming_bytes: AtomicU64,
+    /// File bytes sent as deltas against what the peer holds (joint deltas).
+    pub delta_raw: AtomicU64,
+    /// What those deltas took (their encoded size, before stream compression).
+    pub delta_payload: AtomicU64,
     /// Pending files that could not be sent, with why (path: reason).
     pub stuck: Mutex<BTreeMap<u64, String>>,
 }
@@ -83,6 +92,13 @@ pub struct FlightView {
     pub payload: u64,
     /// When it was sent (Unix milliseconds).
     pub since_ms: u64,
+    /// Bytes of it written to the link so far (measured: link bytes written since it
+    /// was queued, less what was queued ahead of it; at most `payload`).
+    #[serde(default)]
+    pub sent: u64,
+    /// The link's written-bytes count at which this update starts (not shown).
+    #[serde(skip)]
+    pub start_mark: u64,
 }
 
 /// Errors kept for status.
@@ -163,6 +179,18 @@ pub struct StatsView {
     /// See [`Stats::flights`].
     #[serde(default)]
     pub flights: Vec<FlightView>,
+    /// See [`Stats::incoming_files`].
+    #[serde(default)]
+    pub incoming_files: u64,
+    /// See [`Stats::incoming_bytes`].
+    #[serde(default)]
+    pub incoming_bytes: u64,
+    /// See [`Stats::delta_raw`].
+    #[serde(default)]
+    pub delta_raw: u64,
+    /// See [`Stats::delta_payload`].
+    #[serde(default)]
+    pub delta_payload: u64,
 }
 
 impl Stats {
@@ -244,7 +272,21 @@ impl Stats {
             exchanging: self.exchanging.load(Ordering::Relaxed),
             peer: self.peer.lock().unwrap().clone(),
             errors: self.errors.lock().unwrap().iter().cloned().collect(),
-            flights: self.flights.lock().unwrap().values().cloned().collect(),
+            flights: self.flights_now(),
+            incoming_files: g(&self.incoming_files),
+            incoming_bytes: g(&self.incoming_bytes),
+            delta_raw: g(&self.delta_raw),
+            delta_payload: g(&self.delta_payload),
         }
+    }
+
+    /// The updates in flight, with how much of each the link has carried.
+    fn flights_now(&self) -> Vec<FlightView> {
+        let written = self.wire_out.load(Ordering::Relaxed);
+        let mut v: Vec<FlightView> = self.flights.lock().unwrap().values().cloned().collect();
+        for f in &mut v {
+            f.sent = written.saturating_sub(f.start_mark).min(f.payload);
+        }
+        v
     }
 }

@@ -91,15 +91,21 @@ fn concurrent(ours: &Side, theirs: &Side, same: bool) -> Verdict {
 }
 
 /// `NAME.sync-conflict-YYYYMMDD-HHMMSS-<first 7 chars of peer>.EXT` for `name`, with
-/// the losing version's mtime (UTC) and its node's PeerId.
-pub fn conflict_name(name: &str, mtime: Timestamp, peer: &str) -> String {
+/// the losing version's mtime (UTC) and its node's PeerId; the `n`th copy (from 2 on,
+/// when that name is taken) ends `-<n>` before the extension.
+pub fn conflict_name(name: &str, mtime: Timestamp, peer: &str, n: u32) -> String {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
     let short: String = peer.chars().take(7).collect();
+    let nth = if n > 1 {
+        format!("-{n}")
+    } else {
+        String::new()
+    };
     format!(
-        "{stem}.sync-conflict-{}-{short}{ext}",
+        "{stem}.sync-conflict-{}-{short}{nth}{ext}",
         utc_stamp(mtime.secs)
     )
 }
@@ -205,16 +211,20 @@ mod tests {
             nanos: 0,
         }; // 2025-11-28 13:02:03
         assert_eq!(
-            conflict_name("notes.txt", t, "12D3KooWAbc"),
+            conflict_name("notes.txt", t, "12D3KooWAbc", 1),
             "notes.sync-conflict-20251128-130203-12D3Koo.txt"
         );
         assert_eq!(
-            conflict_name("Makefile", t, "x"),
+            conflict_name("Makefile", t, "x", 1),
             "Makefile.sync-conflict-20251128-130203-x"
         );
         assert_eq!(
-            conflict_name(".bashrc", t, "x"),
+            conflict_name(".bashrc", t, "x", 1),
             ".bashrc.sync-conflict-20251128-130203-x"
+        );
+        assert_eq!(
+            conflict_name("notes.txt", t, "x", 2),
+            "notes.sync-conflict-20251128-130203-x-2.txt"
         );
     }
 }

@@ -83,6 +83,15 @@ pub enum Message {
         /// The directories that differ.
         differ: Vec<RelPath>,
     },
+    /// What the sender has queued for the receiver (for its `syncfs status`): sent when
+    /// it changes, at most once a second (at once when it fills from empty, empties or
+    /// doubles in bytes). No reply.
+    Queue {
+        /// Files with pending data plus pending metadata ops.
+        files: u64,
+        /// Bytes of file data pending.
+        bytes: u64,
+    },
 }
 
 /// One directory's digest: 16 bytes of BLAKE3 over its direct children's names, kinds,
@@ -258,6 +267,7 @@ impl Message {
             Message::IndexAck { .. } => "index-ack",
             Message::Summary { .. } => "summary",
             Message::SummaryAck { .. } => "summary-ack",
+            Message::Queue { .. } => "queue",
         }
     }
 }

@@ -933,6 +933,21 @@ fn pinned_index_encoding() {
 }
 
 #[test]
+fn queue_notice_encoding_is_pinned() {
+    let msg = Message::Queue {
+        files: 3,
+        bytes: 0x1_0000,
+    };
+    let expected = concat!(
+        "0e000000",         // variant 14: Queue
+        "0300000000000000", // files
+        "0000010000000000", // bytes
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+}
+
+#[test]
 fn rejects_bad_index_entries() {
     let good = IndexItem {
         path: path("l"),

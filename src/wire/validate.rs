@@ -26,7 +26,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             want.iter().try_for_each(|p| not_root("want", p))
         }
         Message::Nack { reason, .. } => validate_nack(reason),
-        Message::Ack(_) | Message::Ping(_) | Message::Pong(_) => Ok(()),
+        Message::Ack(_) | Message::Ping(_) | Message::Pong(_) | Message::Queue { .. } => Ok(()),
     }
 }
 

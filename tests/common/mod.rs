@@ -112,6 +112,12 @@ impl Node {
     /// Starts `syncfs mount` with extra arguments, run through `wrap` (a command and
     /// its arguments, e.g. `nsenter --net=...`) if given, and waits until it is up.
     pub fn mount_wrapped(&mut self, wrap: &[&str], extra: &[&str], env: &[(&str, &str)]) {
+        self.spawn(wrap, extra, env);
+        self.wait_mounted();
+    }
+
+    /// Starts `syncfs mount` (see [`Node::mount_wrapped`]) without waiting for it.
+    pub fn spawn(&mut self, wrap: &[&str], extra: &[&str], env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -142,6 +148,10 @@ impl Node {
             .spawn()
             .expect("spawn syncfs mount");
         self.child = Some(child);
+    }
+
+    /// Waits until the daemon started by [`Node::spawn`] has its mount up.
+    pub fn wait_mounted(&mut self) {
         // (the first scan of a big adopted folder runs before the mount comes up)
         let deadline = Instant::now() + Duration::from_secs(180);
         // a stale mount left by a killed daemon answers ENOTCONN until the new one replaces it
