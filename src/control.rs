@@ -151,7 +151,7 @@ fn phase(v: &StatsView, scan: &ScanView) -> &'static str {
         "reconciling"
     } else if v.in_flight > 0 || v.queued > 0 {
         "sending"
-    } else if recent(v.last_applied_ms) {
+    } else if recent(v.last_applied_ms) || v.incoming_files > 0 {
         "receiving"
     } else {
         "idle"
@@ -402,21 +402,21 @@ fn traffic_lines(s: &Status) -> String {
     };
     let deltas = format!(
         "deltas:      {} of file data went as {} of deltas against the peer's bytes \
-         (dedupe {}); file data to wire bytes {}\n",
+         (dedupe {})\n",
         size(v.delta_raw),
         size(v.delta_payload),
         times(v.delta_raw, v.delta_payload),
-        times(v.raw_sent, v.wire_out)
     );
     deltas
         + &format!(
             "sent:        {} updates acked, {} refused, {} of file data as {} of range data \
-         (ratio {ratio})\nwire:        {} out, {} in\nrate:        {}/s out, {}/s in, \
+         (ratio {ratio})\nreceived:    {} of file data applied\nwire:        {} out, {} in\nrate:        {}/s out, {}/s in, \
          {}/s of file data{eta}\n",
             v.acked,
             v.nacked,
             size(v.raw_sent),
             size(v.sent_bytes),
+            size(v.raw_received),
             size(v.wire_out),
             size(v.wire_in),
             size(s.rates.up as u64),

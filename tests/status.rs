@@ -133,6 +133,7 @@ fn status_json_follows_errors_progress_and_conflicts() {
     assert!(u(&last, &["stats", "last_sync"]) > 0, "{last}");
     let on_b = status(&p.b.store);
     assert!(u(&on_b, &["stats", "applied"]) >= 2, "{on_b}");
+    assert!(u(&on_b, &["stats", "raw_received"]) >= size, "{on_b}");
     assert!(
         u(&on_b, &["stats", "wire_in"]) >= u(&last, &["stats", "sent_bytes"]),
         "B read what A sent: {on_b}"

@@ -324,10 +324,12 @@ fn gated_update(
 async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
     let _one = r.lock.lock().await;
     let (applier, check, id, bytes) = (r.applier.clone(), r.check.clone(), u.id, peer.to_bytes());
+    let raw: u64 = u.ranges.iter().map(|x| x.len).sum();
     let res = tokio::task::spawn_blocking(move || gated_update(&applier, &check, &u, &bytes)).await;
     match res {
         Ok(Ok(Ok(applied))) => {
             Stats::add(&r.stats.applied, u64::from(applied));
+            Stats::add(&r.stats.raw_received, if applied { raw } else { 0 });
             r.stats
                 .last_applied_ms
                 .store(super::stats::now_ms(), std::sync::atomic::Ordering::Relaxed);

@@ -62,6 +62,8 @@ pub struct Stats {
     pub incoming_files: AtomicU64,
     /// See [`Stats::incoming_files`].
     pub incoming_bytes: AtomicU64,
+    /// File bytes the peer's applied updates carried (their ranges), decoded.
+    pub raw_received: AtomicU64,
     /// File bytes sent as deltas against what the peer holds (joint deltas).
     pub delta_raw: AtomicU64,
     /// What those deltas took (their encoded size, before stream compression).
@@ -185,6 +187,9 @@ pub struct StatsView {
     /// See [`Stats::incoming_bytes`].
     #[serde(default)]
     pub incoming_bytes: u64,
+    /// See [`Stats::raw_received`].
+    #[serde(default)]
+    pub raw_received: u64,
     /// See [`Stats::delta_raw`].
     #[serde(default)]
     pub delta_raw: u64,
@@ -275,6 +280,7 @@ impl Stats {
             flights: self.flights_now(),
             incoming_files: g(&self.incoming_files),
             incoming_bytes: g(&self.incoming_bytes),
+            raw_received: g(&self.raw_received),
             delta_raw: g(&self.delta_raw),
             delta_payload: g(&self.delta_payload),
         }
