@@ -128,3 +128,28 @@ fn a_temp_file_and_rename_save_costs_what_changed() {
         "the temp name never shows on B"
     );
 }
+
+#[test]
+fn a_temp_file_renamed_over_a_symlink_replaces_it_on_the_peer() {
+    // as `sed -i` does to a symlink: the link becomes a regular file
+    let p = Pair::mounted(true);
+    synced(&p, "target", b"the target\n");
+    std::os::unix::fs::symlink("target", p.a.m("link")).unwrap();
+    assert!(
+        wait_until(60, || fs::symlink_metadata(p.b.m("link")).is_ok()),
+        "the symlink reaches B"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    fs::write(p.a.m(".link.tmp"), b"now a file\n").unwrap();
+    fs::rename(p.a.m(".link.tmp"), p.a.m("link")).unwrap();
+    let ok = wait_until(60, || {
+        fs::symlink_metadata(p.b.m("link")).is_ok_and(|m| m.is_file())
+            && fs::read(p.b.m("link")).is_ok_and(|b| b == b"now a file\n")
+    });
+    assert!(
+        ok,
+        "B still has the symlink\nB:\n{}",
+        common::tail(&p.b.log(), 40)
+    );
+    assert_eq!(fs::read(p.b.m("target")).unwrap(), b"the target\n");
+}

@@ -31,6 +31,14 @@ pub struct Plan {
     pub void: Vec<u64>,
 }
 
+/// What the journal knows beyond the log, for [`plan`].
+pub struct Known<'a> {
+    /// True when the file has a data update pending.
+    pub pending: &'a dyn Fn(FileId) -> bool,
+    /// True when both sides hold a regular file at the path (the index says so).
+    pub synced_file: &'a dyn Fn(&RelPath) -> bool,
+}
+
 /// Decides what `op`, about to be recorded as `seq`, voids among the pending ops
 /// `meta` above `floor` (the highest sequence number the sender may have sent).
 pub fn plan(
@@ -38,10 +46,12 @@ pub fn plan(
     floor: u64,
     seq: u64,
     op: MetaOp,
-    pending: &dyn Fn(FileId) -> bool,
+    known: &Known<'_>,
 ) -> Plan {
     let birth = match &op {
-        MetaOp::Rename { from, to, flags: 0 } => find_save(meta, floor, from, to, pending),
+        MetaOp::Rename { from, to, flags: 0 } if (known.synced_file)(to) => {
+            find_save(meta, floor, from, to, known.pending)
+        }
         MetaOp::Unlink {
             path,
             file,
@@ -145,7 +155,8 @@ fn find_file_birth(
 }
 
 /// A save by temp file and rename (`Create t`, writes, attribute ops on `t`, then `t`
-/// renamed over an existing `b`, recorded as `Unlink b` + `Rename t b`), all unsent: the
+/// renamed over a regular file `b` both sides hold, recorded as `Unlink b` +
+/// `Rename t b`), all unsent: the
 /// new file's pending data update, now at `b`, rewrites `b` in place, so it can go as a
 /// delta against the peer's `b` (see `crate::preimage`). The `Create`, the `Unlink` and
 /// the attribute ops the update carries (mode, mtime, size) are void, and so is the
@@ -266,9 +277,13 @@ mod tests {
         RelPath::from_bytes(s.as_bytes()).unwrap()
     }
 
-    /// [`super::plan`] with every file's data pending.
+    /// [`super::plan`] with every file's data pending and every path a synced file.
     fn plan(meta: &BTreeMap<u64, MetaOp>, floor: u64, seq: u64, op: MetaOp) -> Plan {
-        super::plan(meta, floor, seq, op, &|_| true)
+        let known = Known {
+            pending: &|_| true,
+            synced_file: &|_| true,
+        };
+        super::plan(meta, floor, seq, op, &known)
     }
 
     fn log(ops: Vec<MetaOp>) -> BTreeMap<u64, MetaOp> {
@@ -376,8 +391,21 @@ mod tests {
             flags: 0,
         };
         assert_eq!(plan(&meta, 0, 4, save.clone()).void, [3, 2, 1, 4]);
-        let none = super::plan(&meta, 0, 4, save.clone(), &|_| false);
+        let empty = Known {
+            pending: &|_| false,
+            synced_file: &|_| true,
+        };
+        let none = super::plan(&meta, 0, 4, save.clone(), &empty);
         assert!(none.void.is_empty(), "an empty new file goes as ops");
+        let symlink = Known {
+            pending: &|_| true,
+            synced_file: &|_| false,
+        };
+        let over_a_link = super::plan(&meta, 0, 4, save.clone(), &symlink);
+        assert!(
+            over_a_link.void.is_empty(),
+            "a symlink or new file replaced goes as ops"
+        );
         assert!(
             plan(&meta, 1, 4, save.clone()).void.is_empty(),
             "create sent"

@@ -473,7 +473,15 @@ impl Journal {
         let seq = l.state.next_seq();
         let files = l.state.files();
         let pending = |f: FileId| files.get(&f).is_some_and(|e| e.is_pending());
-        let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op, &pending);
+        let synced_file = |p: &RelPath| {
+            let e = self.index().get(p).ok().flatten();
+            e.is_some_and(|e| e.kind == index::Kind::File && !e.deleted)
+        };
+        let known = cancel::Known {
+            pending: &pending,
+            synced_file: &synced_file,
+        };
+        let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op, &known);
         l.log_and_apply(Record::Meta { seq, op: plan.op })?;
         if !plan.void.is_empty() {
             l.log_and_apply(Record::Drop { seqs: plan.void })?;
