@@ -16,6 +16,10 @@ pub struct Overhead {
     pub staging: u64,
     /// Old bytes kept for deltas.
     pub preimages: u64,
+    /// Replaced and deleted versions kept in the archive (`versions_days`,
+    /// `versions_max_mib` bound it).
+    #[serde(default)]
+    pub versions: u64,
 }
 
 impl Overhead {
@@ -25,12 +29,13 @@ impl Overhead {
             journal: du(&dir.join("journal")),
             staging: du(&dir.join("staging")),
             preimages: du(&dir.join("preimages")),
+            versions: du(&dir.join("versions")),
         }
     }
 
     /// The sum.
     pub fn total(&self) -> u64 {
-        self.journal + self.staging + self.preimages
+        self.journal + self.staging + self.preimages + self.versions
     }
 }
 
@@ -353,11 +358,12 @@ pub fn format(s: &Status) -> String {
     }
     let o = &s.overhead;
     out += &format!(
-        "overhead:    {} (journal {}, staging {}, pre-images {})\n",
+        "overhead:    {} (journal {}, staging {}, pre-images {}, kept versions {})\n",
         size(o.total()),
         size(o.journal),
         size(o.staging),
-        size(o.preimages)
+        size(o.preimages),
+        size(o.versions)
     );
     out + &error_lines(v)
 }
@@ -486,8 +492,11 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         std::fs::create_dir(t.path().join("journal")).unwrap();
         std::fs::write(t.path().join("journal/x"), vec![1u8; 100_000]).unwrap();
+        std::fs::create_dir(t.path().join("versions")).unwrap();
+        std::fs::write(t.path().join("versions/y"), vec![1u8; 50_000]).unwrap();
         let o = Overhead::measure(t.path());
-        assert!(o.journal >= 100_000 && o.total() == o.journal + o.staging + o.preimages);
+        assert!(o.journal >= 100_000 && o.versions >= 50_000);
+        assert_eq!(o.total(), o.journal + o.staging + o.preimages + o.versions);
     }
 
     #[tokio::test]

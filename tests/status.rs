@@ -180,6 +180,14 @@ fn status_json_follows_errors_progress_and_conflicts() {
         status(&p.a.store),
         status(&p.b.store)
     );
+    // a deleted file is kept in B's archive, which status counts
+    fs::remove_file(p.a.m("big.bin")).unwrap();
+    assert!(
+        wait_until(60, || !p.b.m("big.bin").exists()),
+        "the delete did not arrive"
+    );
+    let kept = status(&p.b.store);
+    assert!(u(&kept, &["overhead", "versions"]) >= size, "{kept}");
     p.a.unmount();
     p.b.unmount();
     let off = status(&p.a.store);
