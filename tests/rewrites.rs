@@ -37,6 +37,14 @@ fn cost_until(p: &Pair, name: &str, new: &[u8], before: u64) -> u64 {
     wire(p) - before
 }
 
+/// Waits for B to hold `new` as `name`, prints what `what` cost on the wire since
+/// `before`, and checks it stayed under [`BUDGET`].
+fn within_budget(p: &Pair, name: &str, new: &[u8], before: u64, what: &str) {
+    let cost = cost_until(p, name, new, before);
+    eprintln!("{what}: {cost} bytes on the wire");
+    assert!(cost < BUDGET, "{what} cost {cost} bytes, budget {BUDGET}");
+}
+
 /// The old content with `ins` inserted at `at`.
 fn inserted(old: &[u8], at: usize, ins: &[u8]) -> Vec<u8> {
     [&old[..at], ins, &old[at..]].concat()
@@ -54,9 +62,13 @@ fn an_insert_at_the_top_rewritten_with_o_trunc_costs_what_changed() {
     let new = inserted(&old, 0, &[b'!'; 100]);
     let before = wire(&p);
     fs::write(p.a.m("big.bin"), &new).unwrap(); // open(O_TRUNC) + write
-    let cost = cost_until(&p, "big.bin", &new, before);
-    eprintln!("100 B inserted at the top of 8 MiB, O_TRUNC rewrite: {cost} bytes on the wire");
-    assert!(cost < BUDGET, "rewrite cost {cost} bytes, budget {BUDGET}");
+    within_budget(
+        &p,
+        "big.bin",
+        &new,
+        before,
+        "100 B inserted at the top of 8 MiB, O_TRUNC rewrite",
+    );
 }
 
 #[test]
@@ -74,9 +86,13 @@ fn a_truncate_to_zero_then_rewrite_with_a_change_in_the_middle_costs_what_change
     f.set_len(0).unwrap(); // ftruncate: a Truncate op the update then carries
     f.write_all(&new).unwrap();
     drop(f);
-    let cost = cost_until(&p, "doc.bin", &new, before);
-    eprintln!("20 B changed in 8 MiB, ftruncate(0) + rewrite: {cost} bytes on the wire");
-    assert!(cost < BUDGET, "rewrite cost {cost} bytes, budget {BUDGET}");
+    within_budget(
+        &p,
+        "doc.bin",
+        &new,
+        before,
+        "20 B changed in 8 MiB, ftruncate(0) + rewrite",
+    );
 }
 
 #[test]
@@ -100,9 +116,13 @@ fn an_edit_after_a_restart_costs_what_changed() {
     )
     .unwrap();
     drop(f);
-    let cost = cost_until(&p, "img.bin", &new, before);
-    eprintln!("4 KiB edit in 8 MiB after a restart: {cost} bytes on the wire");
-    assert!(cost < BUDGET, "edit cost {cost} bytes, budget {BUDGET}");
+    within_budget(
+        &p,
+        "img.bin",
+        &new,
+        before,
+        "4 KiB edit in 8 MiB after a restart",
+    );
 }
 
 #[test]
@@ -120,9 +140,13 @@ fn a_temp_file_and_rename_save_costs_what_changed() {
     f.sync_all().unwrap();
     drop(f);
     fs::rename(&tmp, p.a.m("report.odt")).unwrap();
-    let cost = cost_until(&p, "report.odt", &new, before);
-    eprintln!("20 B changed in 8 MiB, temp file + rename save: {cost} bytes on the wire");
-    assert!(cost < BUDGET, "save cost {cost} bytes, budget {BUDGET}");
+    within_budget(
+        &p,
+        "report.odt",
+        &new,
+        before,
+        "20 B changed in 8 MiB, temp file + rename save",
+    );
     assert!(
         !p.b.m(".report.odt.tmp").exists(),
         "the temp name never shows on B"

@@ -417,13 +417,18 @@ proptest! {
     }
 }
 
-/// Shrunk failures, kept.
-#[test]
-fn regression_concurrent_writes_of_one_file() {
+/// Logs at debug level into the test's output (shown when a regression fails).
+fn debug_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("syncfs=debug")
         .with_test_writer()
         .try_init();
+}
+
+/// Shrunk failures, kept.
+#[test]
+fn regression_concurrent_writes_of_one_file() {
+    debug_logs();
     scenario(vec![
         vec![Edit::Write(2), Edit::Write(3)],
         vec![Edit::Write(2)],
@@ -451,10 +456,7 @@ fn regression_edit_against_delete() {
 
 #[test]
 fn regression_delete_against_delete_and_recreate() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario(vec![
         vec![Edit::Delete(2), Edit::Delete(3)],
         vec![Edit::Delete(2), Edit::Write(2), Edit::Write(3)],
@@ -464,10 +466,7 @@ fn regression_delete_against_delete_and_recreate() {
 
 #[test]
 fn regression_edit_against_delete_then_rename_over() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario(vec![
         vec![Edit::Write(3)],
         vec![Edit::Delete(0), Edit::Rename(3, 0)],
@@ -477,10 +476,7 @@ fn regression_edit_against_delete_then_rename_over() {
 
 #[test]
 fn regression_edit_against_edit_then_rename_over_a_deleted_name() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario(vec![
         vec![Edit::Write(2)],
         vec![Edit::Delete(1), Edit::Write(2), Edit::Rename(2, 1)],
@@ -517,10 +513,7 @@ fn regression_rename_from_a_name_deleted_on_the_peer() {
 
 #[test]
 fn regression_rename_over_against_edit_delete_recreate() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario(vec![
         vec![Edit::Delete(0), Edit::Rename(2, 0)],
         vec![Edit::Write(2), Edit::Delete(0), Edit::Write(0)],
@@ -561,10 +554,7 @@ fn regression_new_file_against_new_file_renamed_over_it() {
 #[test]
 fn regression_new_file_renamed_onto_a_name_the_peer_renamed_over() {
     use Edit::*;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario_from(
         &[false, false, false, true, true],
         vec![
@@ -578,10 +568,7 @@ fn regression_new_file_renamed_onto_a_name_the_peer_renamed_over() {
 #[test]
 fn regression_edit_and_new_file_against_a_rename_onto_the_new_name() {
     use Edit::*;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("syncfs=debug")
-        .with_test_writer()
-        .try_init();
+    debug_logs();
     scenario_from(
         &[false, true, false, false, false],
         vec![vec![Write(4), Write(1)], vec![Rename(1, 4)]],
