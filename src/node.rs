@@ -363,12 +363,28 @@ async fn log_events(mut events: tokio::sync::mpsc::Receiver<net::NetEvent>) {
 }
 
 /// umask 077 while the store's own files are made (0 once the mount starts), and room
-/// for one fd per inode.
+/// for one fd per inode the kernel holds: as root, up to the system's `nr_open` (an
+/// untar of 30,000 files through the mount ran out at a hard limit of 20,000).
 fn prepare_process() {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    if most > hard && setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
+        return;
+    }
+    let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    if hard < 100_000 {
+        tracing::warn!(
+            "open-file limit is {hard}: the mount holds one fd per file the kernel caches, \
+             so a tree of more files than that fails with EMFILE; raise it \
+             (ulimit -n, LimitNOFILE=, docker --ulimit nofile=)"
+        );
     }
 }
 

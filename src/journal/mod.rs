@@ -645,9 +645,18 @@ impl Inner {
         let gen = l.wal.gen();
         let old = wal::old_path(&self.dir, gen);
         let active = self.dir.join(wal::ACTIVE_NAME);
-        std::fs::rename(&active, &old)
-            .map_err(|e| JournalError::io(format!("rotate {}", active.display()), e))?;
-        let fresh = Wal::create(&self.dir, gen + 1)?;
+        // The fresh log is written first: if that fails (no fds, no space), the active
+        // log is untouched and the next checkpoint simply tries again.
+        let fresh = Wal::prepare(&self.dir, gen + 1)?;
+        if let Err(e) = std::fs::rename(&active, &old) {
+            Wal::discard_prepared(&self.dir);
+            return Err(JournalError::io(format!("rotate {}", active.display()), e));
+        }
+        if let Err(e) = Wal::install(&self.dir) {
+            let _ = std::fs::rename(&old, &active);
+            Wal::discard_prepared(&self.dir);
+            return Err(e);
+        }
         let prev = std::mem::replace(&mut l.wal, fresh);
         l.rotated.push((gen, prev.handle()));
         l.dir_epoch += 1;

@@ -697,3 +697,27 @@ fn values_stored_without_a_format_still_load() {
     assert_eq!(j.snapshot(), before);
     j.close().unwrap();
 }
+
+/// A checkpoint that cannot create the next log (no fds, no space) leaves the active
+/// log in place: later checkpoints succeed and nothing recorded is lost.
+#[test]
+fn a_failed_rotation_leaves_the_log_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    j.track(1, &p("a")).unwrap();
+    j.record_write(1, 0, 10).unwrap();
+    let blocker = dir.path().join("intent.log.new");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"makes the remove fail").unwrap();
+    assert!(j.checkpoint().is_err());
+    assert!(dir.path().join("intent.log").exists());
+    j.record_write(1, 20, 30).unwrap();
+    std::fs::remove_dir_all(&blocker).unwrap();
+    j.checkpoint().unwrap();
+    j.record_write(1, 40, 50).unwrap();
+    j.crash();
+
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(ranges_of(&j, 1), vec![(0, 10), (20, 30), (40, 50)]);
+    j.close().unwrap();
+}

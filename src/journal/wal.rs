@@ -84,8 +84,15 @@ impl Wal {
     /// Creates a fresh log of generation `gen` and installs it as `dir/intent.log`.
     /// The current active log, if any, must already have been renamed away.
     pub fn create(dir: &Path, gen: u64) -> Result<Wal, JournalError> {
-        let tmp = dir.join(NEW_NAME);
-        let file = create_append(&tmp)?;
+        let wal = Wal::prepare(dir, gen)?;
+        Wal::install(dir)?;
+        Ok(wal)
+    }
+
+    /// Writes a fresh log of generation `gen` under a temporary name, leaving the
+    /// active log alone: a failure here (no fds, no space) changes nothing.
+    pub fn prepare(dir: &Path, gen: u64) -> Result<Wal, JournalError> {
+        let file = create_append(&dir.join(NEW_NAME))?;
         let mut wal = Wal {
             file: Arc::new(file),
             gen,
@@ -93,10 +100,19 @@ impl Wal {
         };
         wal.append(&Record::Header { gen })?;
         wal.append(&Record::Format { version: FORMAT })?;
-        let active = dir.join(ACTIVE_NAME);
-        std::fs::rename(&tmp, &active)
-            .map_err(|e| JournalError::io(format!("install {}", active.display()), e))?;
         Ok(wal)
+    }
+
+    /// Makes the log written by [`Wal::prepare`] the active one.
+    pub fn install(dir: &Path) -> Result<(), JournalError> {
+        let active = dir.join(ACTIVE_NAME);
+        std::fs::rename(dir.join(NEW_NAME), &active)
+            .map_err(|e| JournalError::io(format!("install {}", active.display()), e))
+    }
+
+    /// Removes a prepared log that was never installed.
+    pub fn discard_prepared(dir: &Path) {
+        let _ = std::fs::remove_file(dir.join(NEW_NAME));
     }
 
     /// Appends one record with a single `write(2)`.
