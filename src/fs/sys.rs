@@ -8,6 +8,7 @@ use std::fs::File;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 type R<T> = Result<T, FsError>;
 
@@ -167,14 +168,49 @@ pub fn chown_fd(fd: &impl AsRawFd, uid: u32, gid: u32) -> R<()> {
     check(unsafe { libc::fchownat(fd.as_raw_fd(), empty.as_ptr(), uid, gid, flags) }).map(drop)
 }
 
-/// `chmod` through `/proc/self/fd/N` (works on `O_PATH` fds of non-symlinks).
+/// `fchmodat2(fd, "", AT_EMPTY_PATH)` (Linux 6.6+) on an `O_PATH` fd, else `chmod`
+/// through `/proc/self/fd/N` (works on `O_PATH` fds of non-symlinks, but walks a path).
 pub fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> R<()> {
+    static OLD_KERNEL: AtomicBool = AtomicBool::new(false);
+    if !OLD_KERNEL.load(Ordering::Relaxed) {
+        let empty = CString::default();
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                mode,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        match check(rc as libc::c_int) {
+            Err(FsError(libc::ENOSYS | libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
+            r => return r.map(drop),
+        }
+    }
     let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
     check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
 }
 
-/// `utimensat` through `/proc/self/fd/N`; each time may be UTIME_NOW or UTIME_OMIT.
+/// `utimensat(fd, "", AT_EMPTY_PATH)` on an `O_PATH` fd, else through
+/// `/proc/self/fd/N`; each time may be UTIME_NOW or UTIME_OMIT.
 pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
+    static OLD_KERNEL: AtomicBool = AtomicBool::new(false);
+    if !OLD_KERNEL.load(Ordering::Relaxed) {
+        let empty = CString::default();
+        let rc = unsafe {
+            libc::utimensat(
+                fd.as_raw_fd(),
+                empty.as_ptr(),
+                times.as_ptr(),
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        match check(rc) {
+            Err(FsError(libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
+            r => return r.map(drop),
+        }
+    }
     let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
     check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
 }

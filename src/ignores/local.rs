@@ -18,7 +18,11 @@ pub fn record_op(j: &Journal, ig: &Ignores, op: MetaOp) -> Result<(), JournalErr
             let Some((path, dir)) = target(&op) else {
                 return j.record_meta(op).map(drop);
             };
-            if !rules.matches(path, dir.unwrap_or_else(|| is_dir(data, path))) {
+            let ignored = match dir {
+                Some(d) => rules.matches(path, d),
+                None => rules.matches_at(data, path),
+            };
+            if !ignored {
                 return j.record_meta(op).map(drop);
             }
             if let MetaOp::Unlink {
@@ -36,8 +40,8 @@ pub fn record_op(j: &Journal, ig: &Ignores, op: MetaOp) -> Result<(), JournalErr
     let link = matches!(op, MetaOp::Link { .. });
     // After the op: `b` holds what was at `a` (and, for an exchange, `a` what was at `b`).
     let (ia, ib) = (
-        rules.matches(a, is_dir(data, if exchange { a } else { b })),
-        rules.matches(b, is_dir(data, b)),
+        rules.matches_as(data, a, if exchange { a } else { b }),
+        rules.matches_at(data, b),
     );
     match (ia, ib) {
         (false, false) => j.record_meta(op).map(drop),

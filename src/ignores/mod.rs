@@ -59,6 +59,23 @@ impl Rules {
             .is_ignore()
     }
 
+    /// Like [`Rules::matches`] for `path` below `data`, asking the backing folder whether
+    /// it is a directory only when the answer depends on it (a stat walks the whole path:
+    /// once per recorded op, it cost an untar through the mount 27,000 walks).
+    pub fn matches_at(&self, data: &Path, path: &RelPath) -> bool {
+        self.matches_as(data, path, path)
+    }
+
+    /// Like [`Rules::matches_at`], with `path` a directory if `kind_of` is one (a
+    /// rename's destination tells what its source was).
+    pub fn matches_as(&self, data: &Path, path: &RelPath, kind_of: &RelPath) -> bool {
+        let as_file = self.matches(path, false);
+        if as_file == self.matches(path, true) {
+            return as_file;
+        }
+        self.matches(path, is_dir(data, kind_of))
+    }
+
     fn same(&self, other: &Rules) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
@@ -109,7 +126,7 @@ impl Ignores {
     /// Like [`Ignores::matches`], looking at the backing folder for whether `path` is a
     /// directory (a missing path counts as a file).
     pub fn matches_now(&self, path: &RelPath) -> bool {
-        self.matches(path, is_dir(&self.data, path))
+        self.rules().matches_at(&self.data, path)
     }
 
     /// Re-reads the rules if the file changed (one `lstat` otherwise).
