@@ -21,21 +21,9 @@
 use crate::path::RelPath;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-
-/// `struct open_how` of `openat2(2)` (libc's is `#[non_exhaustive]`, so it cannot be
-/// built with a literal; the layout is fixed by the kernel ABI).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
+use crate::sys::{self, RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
 /// Opens `path` relative to the directory fd `root` with `open(2)` `flags` and creation
 /// `mode`, refusing to leave `root` and to follow any symbolic link (`ELOOP` for a
@@ -85,70 +73,23 @@ fn openat2_beneath(
     mode: u32,
 ) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
-        // openat2 refuses a mode without O_CREAT / O_TMPFILE.
-        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-            u64::from(mode & 0o7777)
-        } else {
-            0
-        },
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-    };
+    let resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
     // EAGAIN: the kernel saw a concurrent rename during a scoped lookup; retry a little.
     let mut tries = 0;
     loop {
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root.as_raw_fd(),
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        };
-        if rc >= 0 {
-            return Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) });
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EAGAIN) if tries < 8 => tries += 1,
-            _ => return Err(err),
+        match sys::openat2(root, &c, flags, mode, resolve) {
+            Err(sys::Errno(libc::EAGAIN)) if tries < 8 => tries += 1,
+            r => return r.map_err(io::Error::from),
         }
     }
 }
 
 fn openat_raw(dir: libc::c_int, name: &OsStr, flags: i32, mode: u32) -> io::Result<OwnedFd> {
-    let c =
-        CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    loop {
-        let fd = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
-        if fd >= 0 {
-            return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(err);
-        }
-    }
+    Ok(sys::openat(&sys::Raw(dir), name, flags, mode)?)
 }
 
 fn fstat_mode(fd: &impl AsRawFd) -> io::Result<u32> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-    let empty = CString::default();
-    let rc = unsafe {
-        libc::fstatat(
-            fd.as_raw_fd(),
-            empty.as_ptr(),
-            st.as_mut_ptr(),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { st.assume_init() }.st_mode)
+    Ok(sys::fstat(fd)?.st_mode)
 }
 
 /// The fallback for kernels without `openat2`: one component at a time, never following

@@ -52,6 +52,7 @@ pub mod preimage;
 pub mod scan;
 pub mod store;
 pub mod sync;
+pub mod sys;
 pub mod treecache;
 pub mod versions;
 pub mod vv;

@@ -3,10 +3,10 @@
 //! travel to the sender on an unbounded channel; the applier reaches the mount through
 //! [`MountHooks`] (hold a file, invalidate the kernel's caches).
 
-use crate::apply::{Applier, ApplyHooks};
+use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
 use crate::config::Config;
-use crate::fs::mount::{self, Mounted};
+use crate::fs::mount::{self, MountHooks, Mounted};
 use crate::fs::record::JournalRecorder;
 use crate::fs::{FsOptions, PassFs};
 use crate::journal::Journal;
@@ -18,43 +18,14 @@ use crate::sync::link::NetLink;
 use crate::sync::{receiver, sender, Stats, SyncConfig};
 use crate::versions::Archive;
 use anyhow::{anyhow, Context, Result};
-use fuser::{INodeNo, Notifier};
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Old bytes kept for deltas, at most (past it, ranges go without a dictionary).
 const PREIMAGE_CAP: u64 = 1 << 30;
-
-/// The applier's view of the local mount.
-pub struct MountHooks {
-    fs: Arc<PassFs>,
-    notifier: Option<Notifier>,
-}
-
-impl ApplyHooks for MountHooks {
-    fn hold(&self, backing_ino: u64) -> Box<dyn std::any::Any + Send> {
-        Box::new(self.fs.hold(backing_ino))
-    }
-    fn invalidate_inode(&self, backing_ino: u64) {
-        if let Some(n) = &self.notifier {
-            let _ = n.inval_inode(INodeNo(self.fs.fuse_ino(backing_ino)), 0, 0);
-        }
-    }
-    fn invalidate_entry(&self, parent_backing_ino: u64, name: &OsStr) {
-        if let Some(n) = &self.notifier {
-            let _ = n.inval_entry(INodeNo(self.fs.fuse_ino(parent_backing_ino)), name);
-        }
-    }
-    fn grew(&self, backing_ino: u64, size: u64, last: u8) {
-        if let Some(n) = &self.notifier {
-            let _ = n.store(INodeNo(self.fs.fuse_ino(backing_ino)), size - 1, &[last]);
-        }
-    }
-}
 
 /// Options of one `mount` beyond the config file.
 #[derive(Debug, Default, Clone)]
@@ -189,10 +160,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
         store.data().display(),
         mountpoint.display()
     );
-    let hooks = Arc::new(MountHooks {
-        fs,
-        notifier: mounted.notifier(),
-    });
+    let hooks = Arc::new(mounted.hooks());
     let mut tasks = start_sync(
         &store,
         &cfg,
@@ -352,7 +320,7 @@ fn start_senders(
 /// An `O_PATH` fd of the directory `dir`.
 fn open_path_dir(dir: &Path) -> Result<std::os::fd::OwnedFd> {
     let flags = libc::O_PATH | libc::O_DIRECTORY;
-    crate::fs::sys::openat(&crate::fs::sys::AtCwd, dir.as_os_str(), flags, 0)
+    crate::sys::openat(&crate::sys::AtCwd, dir.as_os_str(), flags, 0)
         .map_err(|e| anyhow!("opening {}: errno {}", dir.display(), e.0))
 }
 

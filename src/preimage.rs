@@ -23,9 +23,9 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::fs::sys;
+use crate::sys;
 
-fn os_err(e: crate::fs::FsError) -> io::Error {
+fn os_err(e: crate::sys::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.0)
 }
 
@@ -299,10 +299,9 @@ fn copy(src: &File, dst: &File, off: u64, len: u64) -> io::Result<()> {
 
 /// Frees the space of `[a, b)` in a sparse file (best effort).
 fn punch(f: &File, a: u64, b: u64) {
-    use std::os::fd::AsRawFd;
     let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     let len = b.saturating_sub(a).min(i64::MAX as u64);
-    unsafe { libc::fallocate(f.as_raw_fd(), mode, a as i64, len as i64) };
+    let _ = sys::fallocate(f, mode, a, len);
 }
 
 #[cfg(test)]

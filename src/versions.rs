@@ -6,8 +6,8 @@
 //! Layout: `versions/<store-relative path>~<YYYYMMDD-HHMMSS>` (UTC time of archiving,
 //! with `-N` appended when that name is taken), directories made as needed (0700).
 
-use crate::fs::sys;
 use crate::path::RelPath;
+use crate::sys;
 use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -36,7 +36,7 @@ pub struct Kept {
     pub file: PathBuf,
 }
 
-fn errno(e: crate::fs::FsError) -> io::Error {
+fn errno(e: crate::sys::Errno) -> io::Error {
     io::Error::from_raw_os_error(e.0)
 }
 

@@ -332,7 +332,11 @@ fn short_lived_files_cost_nothing() {
     std::thread::sleep(std::time::Duration::from_secs(2));
     let cost = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
     eprintln!("50 short-lived files: {cost} bytes on the wire");
-    assert!(cost < 1024, "short-lived files cost {cost} bytes");
+    assert!(
+        cost < 1024,
+        "short-lived files cost {cost} bytes; A's log:\n{}",
+        p.a.log()
+    );
     assert!(
         fs::read_dir(p.b.m("")).unwrap().count() == 1,
         "only warmup reached B"

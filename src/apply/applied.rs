@@ -7,8 +7,8 @@
 //! replay of a pending rename whose `from` no longer holds inode i was applied already.
 
 use super::{os_err, Applier, ApplyError};
-use crate::fs::sys;
 use crate::journal::op::MetaOp;
+use crate::sys;
 use serde::{Deserialize, Serialize};
 use std::ffi::{OsStr, OsString};
 use std::io::Write;

@@ -2,8 +2,8 @@
 //! conflict copy next to it, or moved into the version archive ([`crate::versions`]).
 
 use super::{os_err, Applier, ApplyError};
-use crate::fs::sys;
 use crate::path::RelPath;
+use crate::sys;
 use crate::versions::Archive;
 
 /// Where a local version goes.

@@ -5,9 +5,9 @@
 use super::trees::Stamp;
 use super::{is, os_err, reopen_writable, Applier, ApplyError};
 use crate::beneath::{open_beneath, open_parent};
-use crate::fs::sys;
 use crate::journal::op::{MetaOp, SetTime};
 use crate::path::RelPath;
+use crate::sys;
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -48,12 +48,12 @@ fn cstr(b: &[u8], what: &str) -> Result<CString, ApplyError> {
     CString::new(b).map_err(|_| ApplyError::BadRequest(format!("NUL byte in {what}")))
 }
 
-fn check(rc: libc::c_int) -> io::Result<()> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// An xattr name from the peer: refused if it holds a NUL byte.
+fn xattr_name(b: &[u8]) -> Result<&OsStr, ApplyError> {
+    if b.contains(&0) {
+        return Err(ApplyError::BadRequest("NUL byte in an xattr name".into()));
     }
+    Ok(OsStr::from_bytes(b))
 }
 
 /// A directory entry an op works on: its directory and name.
@@ -140,54 +140,30 @@ impl Applier {
                     return sys::utimens_fd(&n.pfd, &times).map_err(os_err);
                 }
                 let e = a.entry(path)?;
-                let c = CString::new(e.name.as_bytes())
-                    .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-                check(unsafe {
-                    libc::utimensat(
-                        e.dir.as_raw_fd(),
-                        c.as_ptr(),
-                        times.as_ptr(),
-                        libc::AT_SYMLINK_NOFOLLOW,
-                    )
-                })
+                sys::utimensat_nofollow(&e.dir, &e.name, &times).map_err(os_err)
             }),
             MetaOp::SetXattr {
                 path, name, value, ..
             } => {
                 refuse_xattr(path, name)?;
-                let cname = cstr(name, "an xattr name")?;
+                let cname = xattr_name(name)?;
                 // The op's flags (XATTR_CREATE / XATTR_REPLACE) held on the sender when it
                 // ran; on a replay they would fail where the op already took effect, so
                 // the value is simply set: the resulting state is the same.
                 self.attr(path, "setxattr", |a, n| {
                     a.with_xattr_path(path, n, |p, follow| {
-                        let (p, n, v) = (p.as_ptr(), cname.as_ptr(), value.as_ptr().cast());
-                        check(unsafe {
-                            if follow {
-                                libc::setxattr(p, n, v, value.len(), 0)
-                            } else {
-                                libc::lsetxattr(p, n, v, value.len(), 0)
-                            }
-                        })
+                        sys::setxattr_path(p, cname, value, follow).map_err(os_err)
                     })
                 })
             }
             MetaOp::RemoveXattr { path, name } => {
                 refuse_xattr(path, name)?;
-                let cname = cstr(name, "an xattr name")?;
+                let cname = xattr_name(name)?;
                 self.attr(path, "removexattr", |a, n| {
                     a.with_xattr_path(path, n, |p, follow| {
-                        let (p, n) = (p.as_ptr(), cname.as_ptr());
-                        let rc = unsafe {
-                            if follow {
-                                libc::removexattr(p, n)
-                            } else {
-                                libc::lremovexattr(p, n)
-                            }
-                        };
-                        match check(rc) {
-                            Err(e) if is(&e, libc::ENODATA) => Ok(()), // already gone
-                            r => r,
+                        match sys::removexattr_path(p, cname, follow) {
+                            Err(sys::Errno(libc::ENODATA)) => Ok(()), // already gone
+                            r => r.map_err(os_err),
                         }
                     })
                 })
@@ -229,7 +205,7 @@ impl Applier {
         path: &RelPath,
         what: &'static str,
         perm: u32,
-        create: impl FnOnce(&OwnedFd, &OsStr) -> Result<(), crate::fs::FsError>,
+        create: impl FnOnce(&OwnedFd, &OsStr) -> Result<(), crate::sys::Errno>,
     ) -> Res {
         let e = self
             .entry(path)
@@ -241,7 +217,7 @@ impl Applier {
                     set.map_err(|err| ApplyError::io("chmod", path, os_err(err)))?;
                 }
             }
-            Err(crate::fs::FsError(libc::EEXIST)) => {
+            Err(crate::sys::Errno(libc::EEXIST)) => {
                 tracing::debug!("{what} {path}: exists already (op replayed)");
             }
             Err(err) => return Err(ApplyError::resolve(what, path, os_err(err))),
@@ -261,7 +237,7 @@ impl Applier {
         };
         match sys::unlinkat(&e.dir, &e.name, dir) {
             Ok(()) => {}
-            Err(crate::fs::FsError(libc::ENOENT)) => {
+            Err(crate::sys::Errno(libc::ENOENT)) => {
                 tracing::debug!("{what} {path}: gone already (op replayed)");
                 return Ok(());
             }
@@ -292,7 +268,7 @@ impl Applier {
         };
         match sys::renameat2(&src.dir, &src.name, &dst.dir, &dst.name, flags) {
             Ok(()) => {}
-            Err(crate::fs::FsError(libc::ENOENT | libc::EEXIST))
+            Err(crate::sys::Errno(libc::ENOENT | libc::EEXIST))
                 if !src.exists() && dst.exists() =>
             {
                 tracing::debug!("rename {from} -> {to}: applied already");
@@ -316,22 +292,7 @@ impl Applier {
             }
             r => r.map_err(|e| ApplyError::resolve("link from", from, e))?,
         };
-        let (s, d) = (
-            CString::new(src.name.as_bytes())
-                .map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
-            CString::new(dst.name.as_bytes())
-                .map_err(|_| ApplyError::BadRequest("NUL in a name".into()))?,
-        );
-        let rc = unsafe {
-            libc::linkat(
-                src.dir.as_raw_fd(),
-                s.as_ptr(),
-                dst.dir.as_raw_fd(),
-                d.as_ptr(),
-                0,
-            )
-        };
-        match check(rc) {
+        match sys::linkat(&src.dir, &src.name, &dst.dir, &dst.name).map_err(os_err) {
             Ok(()) => {}
             Err(e) if is(&e, libc::EEXIST) => {
                 tracing::debug!("link {from} -> {to}: exists already (op replayed)");

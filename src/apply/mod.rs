@@ -58,9 +58,9 @@ mod update;
 mod tests;
 
 use crate::beneath::open_beneath;
-use crate::fs::sys;
-use crate::fs::FsError;
 use crate::path::RelPath;
+use crate::sys;
+use crate::sys::Errno;
 use crate::wire::{NackReason, MAX_REASON};
 use std::ffi::OsStr;
 use std::fs::File;
@@ -325,8 +325,7 @@ impl Applier {
     /// data filesystem.
     fn sync_dir(&self, dir: &impl AsRawFd) -> io::Result<()> {
         match sys::fsync(dir, false) {
-            Err(FsError(libc::EBADF)) => match sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY)
-            {
+            Err(Errno(libc::EBADF)) => match sys::reopen(dir, libc::O_RDONLY | libc::O_DIRECTORY) {
                 Ok(d) => d.sync_all(),
                 Err(_) => self.syncfs(),
             },
@@ -350,15 +349,12 @@ impl Applier {
     }
 
     fn syncfs(&self) -> io::Result<()> {
-        if unsafe { libc::syncfs(self.root.as_raw_fd()) } < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(sys::syncfs(&self.root)?)
     }
 }
 
-/// An errno from the `fs::sys` wrappers as an `io::Error`.
-fn os_err(e: FsError) -> io::Error {
+/// An errno from the `sys` wrappers as an `io::Error`.
+fn os_err(e: Errno) -> io::Error {
     io::Error::from_raw_os_error(e.0)
 }
 
@@ -373,7 +369,7 @@ fn is(e: &io::Error, errno: i32) -> bool {
 fn reopen_writable(pfd: &OwnedFd, st: &libc::stat, flags: i32) -> io::Result<(File, Option<u32>)> {
     match sys::reopen(pfd, flags) {
         Ok(f) => Ok((f, None)),
-        Err(FsError(libc::EACCES)) if st.st_uid == unsafe { libc::geteuid() } => {
+        Err(Errno(libc::EACCES)) if st.st_uid == unsafe { libc::geteuid() } => {
             let old = st.st_mode & 0o7777;
             sys::chmod_fd(pfd, old | 0o600).map_err(os_err)?;
             match sys::reopen(pfd, flags) {

@@ -7,7 +7,7 @@
 //! larger than `MAX_FRAME`.
 
 use super::{os_err, Applier, ApplyError};
-use crate::fs::sys;
+use crate::sys;
 use crate::wire::FileUpdate;
 use bincode::Options;
 use std::ffi::OsStr;
@@ -130,7 +130,7 @@ impl<'a> Stage<'a> {
         }
         let name = self.name();
         match sys::unlinkat(&self.applier.staging, OsStr::new(&name), false) {
-            Ok(()) | Err(crate::fs::FsError(libc::ENOENT)) => {}
+            Ok(()) | Err(crate::sys::Errno(libc::ENOENT)) => {}
             Err(e) => return Err(self.err("removing", os_err(e))),
         }
         let was = self.state;

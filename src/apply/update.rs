@@ -5,9 +5,9 @@ use super::stage::Stage;
 use super::trees::Stamp;
 use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
 use crate::beneath::{open_beneath, open_parent};
-use crate::fs::sys;
 use crate::hashtree::HashTree;
 use crate::path::RelPath;
+use crate::sys;
 use crate::wire::{decompress_range, Encoding, FileUpdate, RangeData, WireError, MAX_RANGE_LEN};
 use std::borrow::Cow;
 use std::ffi::{OsStr, OsString};
@@ -511,7 +511,7 @@ impl Applier {
                         restore_mode: None,
                     });
                 }
-                Err(crate::fs::FsError(libc::EEXIST)) => continue, // raced: open it
+                Err(crate::sys::Errno(libc::EEXIST)) => continue, // raced: open it
                 Err(e) => return Err(ApplyError::resolve("creating", path, os_err(e))),
             }
         }

@@ -13,9 +13,13 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tracing::Level;
 
-/// How long the kernel may cache attributes and names.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and names. Only this mount changes the
+/// backing folder while it is mounted, and the applier invalidates what it changes
+/// (see `mount::MountHooks`), so the cache may be long: a `find` or `diff -r` right after
+/// an untar then asks nothing of the daemon.
+const TTL: Duration = Duration::from_secs(30);
 
 /// Adapts [`PassFs`] to fuser's `Filesystem` trait.
 pub struct FuseAdapter {
@@ -63,8 +67,23 @@ impl FuseAdapter {
     }
 }
 
+/// The one place a failed operation is logged (at its level, inside the operation's
+/// span) and turned into the errno the kernel is told.
 fn errno(e: FsError) -> Errno {
-    Errno::from_i32(e.0)
+    let cause = e.source.as_ref().map(|s| s.to_string());
+    match e.level {
+        Level::ERROR => tracing::error!(errno = e.errno, cause, "{e}"),
+        Level::WARN => tracing::warn!(errno = e.errno, cause, "{e}"),
+        Level::INFO => tracing::info!(errno = e.errno, cause, "{e}"),
+        Level::DEBUG => tracing::debug!(errno = e.errno, cause, "{e}"),
+        _ => tracing::trace!(errno = e.errno, cause, "{e}"),
+    }
+    Errno::from_i32(e.errno)
+}
+
+/// The span of one kernel request: its operation and inode.
+fn span(op: &'static str, ino: u64) -> tracing::span::EnteredSpan {
+    tracing::debug_span!("fuse", op, ino).entered()
 }
 
 fn ctx(req: &Request) -> Ctx {
@@ -172,14 +191,17 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = span("lookup", parent.0);
         self.entry(self.fs.lookup(parent.0, name), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        let _span = span("forget", ino.0);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = span("getattr", ino.0);
         self.attr_reply(self.fs.getattr(ino.0), reply);
     }
 
@@ -201,6 +223,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let _span = span("setattr", ino.0);
         let kill_priv = size.is_some() && req.uid() != 0;
         let a = SetAttr {
             mode,
@@ -215,6 +238,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = span("readlink", ino.0);
         data(self.fs.readlink(ino.0), reply);
     }
 
@@ -228,6 +252,7 @@ impl Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
+        let _span = span("mknod", parent.0);
         self.entry(
             self.fs.mknod(ctx(req), parent.0, name, mode, rdev as u64),
             reply,
@@ -243,14 +268,17 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        let _span = span("mkdir", parent.0);
         self.entry(self.fs.mkdir(ctx(req), parent.0, name, mode), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("unlink", parent.0);
         empty(self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("rmdir", parent.0);
         empty(self.fs.rmdir(parent.0, name), reply);
     }
 
@@ -262,6 +290,7 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        let _span = span("symlink", parent.0);
         self.entry(
             self.fs
                 .symlink(ctx(req), parent.0, link_name, target.as_os_str()),
@@ -279,6 +308,7 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = span("rename", parent.0);
         empty(
             self.fs
                 .rename(parent.0, name, newparent.0, newname, flags.bits()),
@@ -294,10 +324,12 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let _span = span("link", ino.0);
         self.entry(self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _span = span("open", ino.0);
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(e)),
@@ -307,7 +339,7 @@ impl Filesystem for FuseAdapter {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -315,13 +347,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let _span = span("read", ino.0);
         data(self.fs.read(fh.0, offset, size), reply);
     }
 
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -330,6 +363,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        let _span = span("write", ino.0);
         let kill_priv = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
         match self.fs.write(fh.0, offset, data, kill_priv) {
             Ok(n) => reply.written(n),
@@ -340,11 +374,12 @@ impl Filesystem for FuseAdapter {
     fn flush(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _fh: FileHandle,
         _lo: LockOwner,
         reply: ReplyEmpty,
     ) {
+        let _span = span("flush", ino.0);
         // Nothing to do at close (no locks are kept here; with the writeback cache the
         // kernel writes dirty pages before it would ask): ENOSYS makes the kernel stop
         // asking, saving one round trip per close.
@@ -354,13 +389,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("release", ino.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -368,15 +404,17 @@ impl Filesystem for FuseAdapter {
     fn fsync(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fsync", ino.0);
         empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = span("opendir", ino.0);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -391,6 +429,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        let _span = span("readdir", ino.0);
         let dir = match self.fs.readdir(ino.0, fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(e)),
@@ -408,11 +447,12 @@ impl Filesystem for FuseAdapter {
     fn releasedir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        let _span = span("releasedir", ino.0);
         self.fs.releasedir(fh.0);
         reply.ok();
     }
@@ -425,10 +465,12 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fsyncdir", ino.0);
         empty(self.fs.fsyncdir(ino.0, datasync), reply);
     }
 
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = span("statfs", ino.0);
         match self.fs.statfs() {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -454,18 +496,22 @@ impl Filesystem for FuseAdapter {
         _pos: u32,
         reply: ReplyEmpty,
     ) {
+        let _span = span("setxattr", ino.0);
         empty(self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = span("getxattr", ino.0);
         xattr_reply(self.fs.getxattr(ino.0, name, size), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = span("listxattr", ino.0);
         xattr_reply(self.fs.listxattr(ino.0, size), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = span("removexattr", ino.0);
         empty(self.fs.removexattr(ino.0, name), reply);
     }
 
@@ -479,6 +525,7 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
+        let _span = span("create", parent.0);
         match self.fs.create(ctx(req), parent.0, name, mode, flags) {
             Ok((_, st, fh)) => reply.created(
                 &TTL,
@@ -494,25 +541,27 @@ impl Filesystem for FuseAdapter {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let _span = span("fallocate", ino.0);
         empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
         reply: ReplyLseek,
     ) {
+        let _span = span("lseek", ino.0);
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(off) => reply.offset(off),
             Err(e) => reply.error(errno(e)),

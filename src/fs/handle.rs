@@ -1,7 +1,7 @@
 //! Open file and directory handles, keyed by the `fh` number given to the kernel.
 
-use super::sys::DirEntry;
 use super::FsError;
+use crate::sys::DirEntry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,13 +57,13 @@ impl<T> Handles<T> {
             .unwrap()
             .get(&fh)
             .cloned()
-            .ok_or(FsError(libc::EBADF))
+            .ok_or(FsError::errno(libc::EBADF))
     }
 
     /// Replaces the handle `fh` (EBADF if it is not open).
     pub fn replace(&self, fh: u64, h: T) -> Result<(), FsError> {
         let mut map = self.map.write().unwrap();
-        let slot = map.get_mut(&fh).ok_or(FsError(libc::EBADF))?;
+        let slot = map.get_mut(&fh).ok_or(FsError::errno(libc::EBADF))?;
         *slot = Arc::new(h);
         Ok(())
     }

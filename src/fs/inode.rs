@@ -2,8 +2,8 @@
 //! by its FUSE inode number (the backing inode number, with root swapped to 1), so
 //! operations resolve with `*at()` calls and renames never invalidate anything.
 
-use super::sys;
 use super::FsError;
+use crate::sys;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -91,7 +91,7 @@ impl InodeTable {
         let map = self.map.lock().unwrap();
         map.get(&ino)
             .map(|e| e.inode.clone())
-            .ok_or(FsError(libc::ENOENT))
+            .ok_or(FsError::errno(libc::ENOENT))
     }
 
     /// Looks `name` up under `parent`, takes one kernel reference, returns its stat.

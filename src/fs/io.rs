@@ -109,7 +109,7 @@ impl PassFs {
         let h = self.files.get(fh)?;
         let end = offset
             .checked_add(data.len() as u64)
-            .ok_or(FsError(libc::EFBIG))?;
+            .ok_or(FsError::errno(libc::EFBIG))?;
         self.gate.wait(h.file_id);
         if kill_priv {
             self.kill_priv(&*self.inodes.get(h.ino)?)?;
@@ -164,7 +164,7 @@ impl PassFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> R<()> {
         let h = self.files.get(fh)?;
         self.rec.sync()?;
-        sys::fsync(&h.file, datasync)
+        sys::fsync(&h.file, datasync).map_err(FsError::from)
     }
 
     /// `fsyncdir`: the directory's entries, and the journal records of them, are made
@@ -176,7 +176,7 @@ impl PassFs {
             &inode.fd,
             libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
         )?;
-        sys::fsync(&dir, datasync)
+        sys::fsync(&dir, datasync).map_err(FsError::from)
     }
 
     /// Closes a handle; a writable one tells the recorder the file may be quiet.
@@ -191,10 +191,10 @@ impl PassFs {
     /// `fallocate`: preallocation, hole punching and zeroing (others: EOPNOTSUPP).
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> R<()> {
         if mode & !FALLOC_MODES_OK != 0 {
-            return Err(FsError(libc::EOPNOTSUPP));
+            return Err(FsError::errno(libc::EOPNOTSUPP));
         }
         let h = self.files.get(fh)?;
-        let end = offset.checked_add(len).ok_or(FsError(libc::EFBIG))?;
+        let end = offset.checked_add(len).ok_or(FsError::errno(libc::EFBIG))?;
         let zeroes = mode & (libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0;
         let size = sys::fstat(&h.file)?.st_size as u64;
         let (a, b) = match () {
@@ -207,12 +207,12 @@ impl PassFs {
         if zeroes {
             self.save_preimage(&h, size, offset, end);
         }
-        sys::fallocate(&h.file, mode, offset, len)
+        sys::fallocate(&h.file, mode, offset, len).map_err(FsError::from)
     }
 
     /// `lseek` for SEEK_DATA / SEEK_HOLE (and the plain whences).
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> R<i64> {
-        sys::lseek(&self.files.get(fh)?.file, offset, whence)
+        sys::lseek(&self.files.get(fh)?.file, offset, whence).map_err(FsError::from)
     }
 
     /// Number of open file handles.
@@ -242,7 +242,7 @@ mod tests {
         let err = fs
             .create(ctx, ROOT_INO, std::ffi::OsStr::new("x"), 0o644, flags)
             .unwrap_err();
-        assert_eq!(err.0, libc::ELOOP);
+        assert_eq!(err.errno, libc::ELOOP);
         assert_eq!(std::fs::read(&outside).unwrap(), b"not yours");
     }
 

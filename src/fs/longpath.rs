@@ -12,7 +12,13 @@ use std::os::unix::ffi::OsStrExt;
 
 type R<T> = Result<T, FsError>;
 
-const TOO_LONG: FsError = FsError(libc::ENAMETOOLONG);
+/// The path is too long for `/proc` and no other way found it.
+fn too_long() -> FsError {
+    FsError::new(
+        libc::ENAMETOOLONG,
+        "path of a held inode: too long, and no name hint",
+    )
+}
 
 impl PassFs {
     /// The store-relative path of `inode`, found without `/proc`.
@@ -24,15 +30,15 @@ impl PassFs {
         names.reverse();
         let joined = names.join(&b'/');
         if joined.len() > MAX_REL_PATH {
-            return Err(TOO_LONG);
+            return Err(too_long());
         }
-        RelPath::from_bytes(&joined).map_err(|_| TOO_LONG)
+        RelPath::from_bytes(&joined).map_err(|_| too_long())
     }
 
     /// The names from a non-directory up to the root, innermost first.
     fn file_names(&self, inode: &Inode) -> R<Vec<Vec<u8>>> {
         let hint = inode.last_name.lock().unwrap().clone();
-        let (parent, name) = hint.ok_or(TOO_LONG)?;
+        let (parent, name) = hint.ok_or_else(too_long)?;
         let still_there = sys::fstatat(&parent.fd, OsStr::from_bytes(&name))
             .is_ok_and(|st| st.st_ino == inode.backing_ino);
         let name = if still_there {
@@ -60,7 +66,7 @@ impl PassFs {
             }
             let up = dot(&cur, "..")?;
             if sys::fstat(&up)?.st_ino == st.st_ino || len > MAX_REL_PATH {
-                return Err(FsError(libc::ENOENT)); // reached `/`: not below the store
+                return Err(FsError::errno(libc::ENOENT)); // reached `/`: not below the store
             }
             let name = name_in(&up, st.st_ino)?;
             len += name.len() + 1;
@@ -74,7 +80,7 @@ impl PassFs {
 /// the mount) fails with ENAMETOOLONG, as `/proc` did: never ENOENT, which would
 /// read as "unlinked" and let the operation through unjournaled.
 fn name_in(dir: &OwnedFd, ino: u64) -> R<Vec<u8>> {
-    find_name(dir, ino)?.ok_or(TOO_LONG)
+    find_name(dir, ino)?.ok_or_else(too_long)
 }
 
 /// A name of inode `ino` in the directory `dir`, if it has one there.

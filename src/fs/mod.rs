@@ -5,6 +5,7 @@
 //! This module knows nothing of fuser: [`fuse`] is the thin adapter that turns kernel
 //! requests into calls here and errors into replies.
 
+mod error;
 pub mod fuse;
 pub mod gate;
 pub mod handle;
@@ -14,45 +15,17 @@ mod longpath;
 pub mod mount;
 mod namespace;
 pub mod record;
-pub mod sys;
 
 use crate::journal::op::SetTime;
 use crate::path::RelPath;
+use crate::sys;
+pub use error::FsError;
 use handle::{DirHandle, FileHandle, Handles};
 use inode::{Inode, InodeTable};
 pub use record::{NullRecorder, RecordError, Recorder};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// An errno from the backing filesystem (or chosen by us), replied to the kernel as is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("errno {0}")]
-pub struct FsError(pub i32);
-
-impl FsError {
-    /// The calling thread's current `errno`.
-    pub fn last() -> FsError {
-        FsError(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        )
-    }
-}
-
-impl From<std::io::Error> for FsError {
-    fn from(e: std::io::Error) -> FsError {
-        FsError(e.raw_os_error().unwrap_or(libc::EIO))
-    }
-}
-
-impl From<RecordError> for FsError {
-    fn from(e: RecordError) -> FsError {
-        tracing::error!("journal: {e}; refusing the operation");
-        FsError(libc::EIO)
-    }
-}
 
 /// Who asked: the requesting process's credentials.
 #[derive(Debug, Clone, Copy)]
@@ -156,7 +129,7 @@ impl PassFs {
     fn live_path(&self, inode: &Inode) -> Result<Option<RelPath>, FsError> {
         match self.rel_path(inode) {
             Ok(p) => Ok(Some(p)),
-            Err(FsError(libc::ENOENT)) => Ok(None),
+            Err(e) if e.is(libc::ENOENT) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -165,27 +138,27 @@ impl PassFs {
     /// for an unlinked inode, whose `/proc` link reads "... (deleted)").
     fn rel_path(&self, inode: &Inode) -> Result<RelPath, FsError> {
         if sys::fstat(&inode.fd)?.st_nlink == 0 {
-            return Err(FsError(libc::ENOENT));
+            return Err(FsError::errno(libc::ENOENT));
         }
         let abs = match sys::readlink_path(&inode.proc_path()) {
-            Err(FsError(libc::ENAMETOOLONG)) => return self.walk_path(inode),
+            Err(sys::Errno(libc::ENAMETOOLONG)) => return self.walk_path(inode),
             r => r?,
         };
         let root = self.root.as_os_str().as_encoded_bytes();
-        let rest = abs.strip_prefix(root).ok_or(FsError(libc::ENOENT))?;
+        let rest = abs.strip_prefix(root).ok_or(FsError::errno(libc::ENOENT))?;
         let rest = match rest {
             [] => rest,
             [b'/', tail @ ..] => tail,
-            _ => return Err(FsError(libc::ENOENT)),
+            _ => return Err(FsError::errno(libc::ENOENT)),
         };
-        RelPath::from_bytes(rest).map_err(|_| FsError(libc::ENOENT))
+        RelPath::from_bytes(rest).map_err(|_| FsError::errno(libc::ENOENT))
     }
 
     /// Path of `name` inside the held directory `parent`.
     fn child_path(&self, parent: &Inode, name: &std::ffi::OsStr) -> Result<RelPath, FsError> {
         self.rel_path(parent)?
             .join(name)
-            .map_err(|_| FsError(libc::EINVAL))
+            .map_err(|_| FsError::errno(libc::EINVAL))
     }
 }
 

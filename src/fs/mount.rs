@@ -3,7 +3,9 @@
 
 use super::fuse::FuseAdapter;
 use super::PassFs;
-use fuser::{BackgroundSession, Config, MountOption, Notifier, SessionACL};
+use crate::apply::ApplyHooks;
+use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, SessionACL};
+use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,6 +22,14 @@ impl Mounted {
         self.session.as_ref().map(|s| s.notifier())
     }
 
+    /// The applier's view of this mount: hold a file, invalidate the kernel's caches.
+    pub fn hooks(&self) -> MountHooks {
+        MountHooks {
+            fs: self.fs.clone(),
+            notifier: self.notifier(),
+        }
+    }
+
     /// True once the session ended (e.g. an external `umount`).
     pub fn is_finished(&self) -> bool {
         self.session.as_ref().is_none_or(|s| s.guard.is_finished())
@@ -30,6 +40,33 @@ impl Mounted {
         match self.session.take() {
             Some(s) => unmount_within(s, UNMOUNT_WAIT),
             None => Ok(()),
+        }
+    }
+}
+
+/// The applier's view of the local mount.
+pub struct MountHooks {
+    fs: Arc<PassFs>,
+    notifier: Option<Notifier>,
+}
+
+impl ApplyHooks for MountHooks {
+    fn hold(&self, backing_ino: u64) -> Box<dyn std::any::Any + Send> {
+        Box::new(self.fs.hold(backing_ino))
+    }
+    fn invalidate_inode(&self, backing_ino: u64) {
+        if let Some(n) = &self.notifier {
+            let _ = n.inval_inode(INodeNo(self.fs.fuse_ino(backing_ino)), 0, 0);
+        }
+    }
+    fn invalidate_entry(&self, parent_backing_ino: u64, name: &OsStr) {
+        if let Some(n) = &self.notifier {
+            let _ = n.inval_entry(INodeNo(self.fs.fuse_ino(parent_backing_ino)), name);
+        }
+    }
+    fn grew(&self, backing_ino: u64, size: u64, last: u8) {
+        if let Some(n) = &self.notifier {
+            let _ = n.store(INodeNo(self.fs.fuse_ino(backing_ino)), size - 1, &[last]);
         }
     }
 }

@@ -22,7 +22,7 @@ impl PassFs {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: u64) -> R<libc::stat> {
-        sys::fstat(&self.inodes.get(ino)?.fd)
+        sys::fstat(&self.inodes.get(ino)?.fd).map_err(FsError::from)
     }
 
     /// Applies attribute changes, recording each, and returns the new attributes.
@@ -57,7 +57,7 @@ impl PassFs {
         if a.atime.is_some() || a.mtime.is_some() {
             self.utimens(&inode, fh, &path, a)?;
         }
-        sys::fstat(&inode.fd)
+        sys::fstat(&inode.fd).map_err(FsError::from)
     }
 
     /// Records a metadata op on a file that still has a name (an unlinked one has none).
@@ -102,7 +102,9 @@ impl PassFs {
         match (fh.map(|fh| self.files.get(fh)).transpose()?, path) {
             (Some(h), _) => sys::futimens(&h.file, &times)?,
             (None, Some(p)) if inode.kind == libc::S_IFLNK => self.utimens_symlink(p, &times)?,
-            (None, None) if inode.kind == libc::S_IFLNK => return Err(FsError(libc::ENOENT)),
+            (None, None) if inode.kind == libc::S_IFLNK => {
+                return Err(FsError::errno(libc::ENOENT))
+            }
             (None, _) => sys::utimens_fd(&inode.fd, &times)?,
         }
         self.log(path, |path| MetaOp::Utimens {
@@ -116,12 +118,12 @@ impl PassFs {
     fn utimens_symlink(&self, path: &RelPath, times: &[libc::timespec; 2]) -> R<()> {
         let root = self.inodes.get(super::inode::ROOT_INO)?;
         let (dir, name) = crate::beneath::open_parent(&root.fd, path)?;
-        sys::utimensat_nofollow(&dir, &name, times)
+        sys::utimensat_nofollow(&dir, &name, times).map_err(FsError::from)
     }
 
     /// Target of the symlink `ino`.
     pub fn readlink(&self, ino: u64) -> R<Vec<u8>> {
-        sys::readlink_fd(&self.inodes.get(ino)?.fd)
+        sys::readlink_fd(&self.inodes.get(ino)?.fd).map_err(FsError::from)
     }
 
     /// Gives a freshly created `name` in `parent` to the caller and looks it up.
@@ -169,8 +171,8 @@ impl PassFs {
                 path,
                 name: caps.as_bytes().to_vec(),
             })?,
-            Err(FsError(libc::ENODATA | libc::EOPNOTSUPP)) => {}
-            Err(e) => return Err(e),
+            Err(sys::Errno(libc::ENODATA | libc::EOPNOTSUPP)) => {}
+            Err(e) => return Err(e.into()),
         }
         Ok(())
     }
@@ -278,10 +280,10 @@ impl PassFs {
     fn find_other_name(&self, dir: &Inode, gone: &RelPath, file: u64) -> R<()> {
         match super::longpath::find_name(&dir.fd, file)? {
             Some(name) => {
-                let (parent, _) = gone.split_last().ok_or(FsError(libc::EINVAL))?;
+                let (parent, _) = gone.split_last().ok_or(FsError::errno(libc::EINVAL))?;
                 let path = parent
                     .join(OsStr::from_bytes(&name))
-                    .map_err(|_| FsError(libc::EINVAL))?;
+                    .map_err(|_| FsError::errno(libc::EINVAL))?;
                 self.rec.track(file, &path).map_err(Into::into)
             }
             None => {
@@ -319,7 +321,7 @@ impl PassFs {
             if let (Some(pre), Some((_, _, h))) = (&self.pre, held) {
                 pre.drop_held(h);
             }
-            return Err(e);
+            return Err(e.into());
         }
         if let (Some(pre), Some((file, size, h))) = (&self.pre, held) {
             pre.adopt(file, size, h);
@@ -412,19 +414,19 @@ impl PassFs {
 
     /// Filesystem statistics of the backing store.
     pub fn statfs(&self) -> R<libc::statvfs> {
-        sys::fstatvfs(&self.inodes.get(super::inode::ROOT_INO)?.fd)
+        sys::fstatvfs(&self.inodes.get(super::inode::ROOT_INO)?.fd).map_err(FsError::from)
     }
 
     /// Reads an extended attribute (`size == 0`: only its length matters).
     pub fn getxattr(&self, ino: u64, name: &OsStr, size: u32) -> R<Vec<u8>> {
         let inode = self.xattr_inode(ino)?;
-        sys::getxattr(&inode.fd, name, size as usize)
+        sys::getxattr(&inode.fd, name, size as usize).map_err(FsError::from)
     }
 
     /// Lists extended attribute names (`size == 0`: only the length matters).
     pub fn listxattr(&self, ino: u64, size: u32) -> R<Vec<u8>> {
         let inode = self.xattr_inode(ino)?;
-        sys::listxattr(&inode.fd, size as usize)
+        sys::listxattr(&inode.fd, size as usize).map_err(FsError::from)
     }
 
     /// Sets an extended attribute.
@@ -458,7 +460,7 @@ impl PassFs {
     fn xattr_inode(&self, ino: u64) -> R<std::sync::Arc<Inode>> {
         let inode = self.inodes.get(ino)?;
         if inode.kind == libc::S_IFLNK {
-            return Err(FsError(libc::EOPNOTSUPP));
+            return Err(FsError::errno(libc::EOPNOTSUPP));
         }
         Ok(inode)
     }

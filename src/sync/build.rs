@@ -80,7 +80,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         return Ok(None);
     }
     if p.tree.is_some() && !p.whole {
-        crate::fs::sys::advise_random(&file); // only dirty ranges and their leaves are read
+        crate::sys::advise_random(&file); // only dirty ranges and their leaves are read
     }
     let size = md.len();
     let mut sent = if p.whole {

@@ -3,11 +3,11 @@
 //! clock) or as a peer's version (the receiver, as it applies them: merged vectors).
 
 use crate::beneath::open_beneath;
-use crate::fs::sys;
 use crate::journal::index::{Entry, Index, Kind, Stamp};
 use crate::journal::op::Timestamp;
 use crate::journal::{JournalError, MetaOp};
 use crate::path::RelPath;
+use crate::sys;
 use crate::vv::{NodeId, Order, VersionVector};
 use std::os::fd::AsRawFd;
 

@@ -7,10 +7,10 @@ use super::check::Checker;
 use super::receiver::{serve, Receiver};
 use super::{SyncConfig, SyncError};
 use crate::apply::{Applier, NoHooks};
-use crate::fs::sys;
 use crate::journal::op::{MetaOp, Timestamp};
 use crate::journal::Journal;
 use crate::path::RelPath;
+use crate::sys;
 use crate::wire::{
     compress_range, AckKind, Encoding, FileUpdate, FramedStream, Message, MetaItem, RangeData,
 };

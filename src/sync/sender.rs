@@ -376,17 +376,19 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
 }
 
 /// Tells the peer what is queued for it (`Message::Queue`, for its status) when that
-/// changed: at most once a second, but at once when the queue fills from empty, empties,
-/// or doubles in bytes (a big file being written ahead of its transfer).
+/// changed: at most once a second, but at once when it doubles in bytes (a big file
+/// being written ahead of its transfer), and after [`QUEUE_QUICK`] when it fills from
+/// empty or empties. That floor keeps files that live for a moment (an editor's swap
+/// file, made and removed) from costing two messages each.
 async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Result<(), SyncError> {
     let due = match st.queue_told {
         None => true,
         Some((told, _)) if told == queue => false,
         Some((told, at)) => {
-            told.0 == 0
-                || queue.0 == 0
-                || queue.1 / 2 >= told.1.max(1)
-                || at.elapsed() >= QUEUE_EVERY
+            let waited = at.elapsed();
+            let doubled = told.0 > 0 && queue.1 / 2 >= told.1.max(1);
+            let filled_or_emptied = told.0 == 0 || queue.0 == 0;
+            doubled || (filled_or_emptied && waited >= QUEUE_QUICK) || waited >= QUEUE_EVERY
         }
     };
     if due {
@@ -399,6 +401,8 @@ async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Resul
 
 /// How often at most the peer hears of our queue.
 const QUEUE_EVERY: Duration = Duration::from_secs(1);
+/// How soon at the earliest the peer hears of a queue that filled, emptied or doubled.
+const QUEUE_QUICK: Duration = Duration::from_millis(250);
 
 /// Proves the link alive (and keeps the peer's read timeout from firing while idle).
 async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {

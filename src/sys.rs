@@ -1,8 +1,8 @@
-//! Thin safe wrappers over the `*at()` system calls the passthrough needs. Each returns
-//! `FsError` carrying the raw errno, so callers reply with exactly what the backing
-//! filesystem said.
+//! The one syscall layer: thin safe wrappers over the `*at()` system calls that the
+//! mount (`fs`), the applier (`apply`), path resolution (`beneath`) and the store's own
+//! files use. Each returns [`Errno`], the raw errno, so that the mount can reply with
+//! exactly what the backing filesystem said and everyone else can add their context.
 
-use super::FsError;
 use std::ffi::{CString, OsStr};
 use std::fs::File;
 use std::mem::MaybeUninit;
@@ -10,15 +10,43 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-type R<T> = Result<T, FsError>;
+/// A failed system call: its errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{} (errno {})", std::io::Error::from_raw_os_error(*.0).kind(), .0)]
+pub struct Errno(pub i32);
+
+impl Errno {
+    /// The calling thread's current `errno`.
+    pub fn last() -> Errno {
+        Errno(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO),
+        )
+    }
+}
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Errno {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
+impl From<Errno> for std::io::Error {
+    fn from(e: Errno) -> std::io::Error {
+        std::io::Error::from_raw_os_error(e.0)
+    }
+}
+
+type R<T> = Result<T, Errno>;
 
 fn cstr(s: &OsStr) -> R<CString> {
-    CString::new(s.as_bytes()).map_err(|_| FsError(libc::EINVAL))
+    CString::new(s.as_bytes()).map_err(|_| Errno(libc::EINVAL))
 }
 
 fn check(rc: libc::c_int) -> R<libc::c_int> {
     if rc < 0 {
-        Err(FsError::last())
+        Err(Errno::last())
     } else {
         Ok(rc)
     }
@@ -46,11 +74,80 @@ pub fn fstatat(dir: &impl AsRawFd, name: &OsStr) -> R<libc::stat> {
 }
 
 /// Opens `name` in `dir` with raw `open(2)` flags and creation mode.
+/// Retries on `EINTR`.
 pub fn openat(dir: &impl AsRawFd, name: &OsStr, flags: libc::c_int, mode: u32) -> R<OwnedFd> {
     let c = cstr(name)?;
-    let fd =
-        check(unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) })?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    loop {
+        let fd =
+            unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+        match check(fd) {
+            Ok(fd) => return Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            Err(Errno(libc::EINTR)) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `openat2(2)` `resolve` flag: no magic links (`/proc/self/fd/N`) on the way.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `openat2(2)` `resolve` flag: no symbolic link anywhere on the way (`ELOOP`).
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// `openat2(2)` `resolve` flag: never leave `dir` (`EXDEV`).
+pub const RESOLVE_BENEATH: u64 = 0x08;
+
+/// `struct open_how` of `openat2(2)` (libc's is `#[non_exhaustive]`, so it cannot be
+/// built with a literal; the layout is fixed by the kernel ABI).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(2)`: opens `path` under `dir` with `flags` (plus `O_CLOEXEC`), creation
+/// `mode` and `resolve` flags. `ENOSYS` before Linux 5.6. Retries on `EINTR`.
+pub fn openat2(
+    dir: &impl AsRawFd,
+    path: &std::ffi::CStr,
+    flags: libc::c_int,
+    mode: u32,
+    resolve: u64,
+) -> R<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
+        // openat2 refuses a mode without O_CREAT / O_TMPFILE.
+        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
+            u64::from(mode & 0o7777)
+        } else {
+            0
+        },
+        resolve,
+    };
+    loop {
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dir.as_raw_fd(),
+                path.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        match rc {
+            fd if fd >= 0 => return Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) }),
+            _ if Errno::last().0 == libc::EINTR => continue,
+            _ => return Err(Errno::last()),
+        }
+    }
+}
+
+/// A raw fd number borrowed as `AsRawFd` (the caller keeps it open).
+pub struct Raw(pub libc::c_int);
+
+impl AsRawFd for Raw {
+    fn as_raw_fd(&self) -> libc::c_int {
+        self.0
+    }
 }
 
 /// An `O_PATH | O_NOFOLLOW` handle on `name` in `dir`.
@@ -148,7 +245,7 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> R<Vec<u8>> {
         )
     };
     if n < 0 {
-        return Err(FsError::last());
+        return Err(Errno::last());
     }
     buf.truncate(n as usize);
     Ok(buf)
@@ -158,7 +255,7 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> R<Vec<u8>> {
 pub fn readlink_path(path: &str) -> R<Vec<u8>> {
     std::fs::read_link(path)
         .map(|p| p.as_os_str().as_bytes().to_vec())
-        .map_err(FsError::from)
+        .map_err(Errno::from)
 }
 
 /// `fchownat(fd, "", uid, gid, AT_EMPTY_PATH)`; `u32::MAX` leaves an id alone.
@@ -184,7 +281,7 @@ pub fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> R<()> {
             )
         };
         match check(rc as libc::c_int) {
-            Err(FsError(libc::ENOSYS | libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
+            Err(Errno(libc::ENOSYS | libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
             r => return r.map(drop),
         }
     }
@@ -207,7 +304,7 @@ pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
             )
         };
         match check(rc) {
-            Err(FsError(libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
+            Err(Errno(libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
             r => return r.map(drop),
         }
     }
@@ -255,9 +352,9 @@ pub fn copy_range(src: &impl AsRawFd, dst: &impl AsRawFd, off: u64, len: u64) ->
         };
         match rc {
             n if n > 0 => left -= n as usize,
-            0 => return Err(FsError(libc::ENODATA)), // the source ended early
-            _ if FsError::last().0 == libc::EINTR => {}
-            _ => return Err(FsError::last()),
+            0 => return Err(Errno(libc::ENODATA)), // the source ended early
+            _ if Errno::last().0 == libc::EINTR => {}
+            _ => return Err(Errno::last()),
         }
     }
     Ok(())
@@ -267,7 +364,7 @@ pub fn copy_range(src: &impl AsRawFd, dst: &impl AsRawFd, off: u64, len: u64) ->
 pub fn lseek(fd: &impl AsRawFd, offset: i64, whence: i32) -> R<i64> {
     let rc = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
     if rc < 0 {
-        return Err(FsError::last());
+        return Err(Errno::last());
     }
     Ok(rc)
 }
@@ -303,7 +400,7 @@ fn proc_c(fd: &impl AsRawFd) -> CString {
 
 fn size_result(n: isize) -> R<usize> {
     if n < 0 {
-        Err(FsError::last())
+        Err(Errno::last())
     } else {
         Ok(n as usize)
     }
@@ -365,6 +462,49 @@ pub fn removexattr(fd: &impl AsRawFd, name: &OsStr) -> R<()> {
     check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) }).map(drop)
 }
 
+/// `setxattr` (`follow`) or `lsetxattr` of a path (a `/proc/self/fd/N[/name]` one).
+pub fn setxattr_path(path: &std::ffi::CStr, name: &OsStr, value: &[u8], follow: bool) -> R<()> {
+    let (p, n, v) = (path.as_ptr(), cstr(name)?, value.as_ptr().cast());
+    check(unsafe {
+        if follow {
+            libc::setxattr(p, n.as_ptr(), v, value.len(), 0)
+        } else {
+            libc::lsetxattr(p, n.as_ptr(), v, value.len(), 0)
+        }
+    })
+    .map(drop)
+}
+
+/// `removexattr` (`follow`) or `lremovexattr` of a path.
+pub fn removexattr_path(path: &std::ffi::CStr, name: &OsStr, follow: bool) -> R<()> {
+    let (p, n) = (path.as_ptr(), cstr(name)?);
+    check(unsafe {
+        if follow {
+            libc::removexattr(p, n.as_ptr())
+        } else {
+            libc::lremovexattr(p, n.as_ptr())
+        }
+    })
+    .map(drop)
+}
+
+/// `linkat(src_dir, src_name, dst_dir, dst_name, 0)`: a new name for an existing inode.
+pub fn linkat(
+    src_dir: &impl AsRawFd,
+    src_name: &OsStr,
+    dst_dir: &impl AsRawFd,
+    dst_name: &OsStr,
+) -> R<()> {
+    let (s, d) = (cstr(src_name)?, cstr(dst_name)?);
+    let (sd, dd) = (src_dir.as_raw_fd(), dst_dir.as_raw_fd());
+    check(unsafe { libc::linkat(sd, s.as_ptr(), dd, d.as_ptr(), 0) }).map(drop)
+}
+
+/// `syncfs(2)`: flushes the whole filesystem holding `fd`.
+pub fn syncfs(fd: &impl AsRawFd) -> R<()> {
+    check(unsafe { libc::syncfs(fd.as_raw_fd()) }).map(drop)
+}
+
 /// One directory entry: backing inode, `d_type`, name.
 #[derive(Debug, Clone)]
 pub struct DirEntry {
@@ -382,7 +522,7 @@ pub fn read_dir(dir: &impl AsRawFd) -> R<Vec<DirEntry>> {
     let raw = fd.as_raw_fd();
     let dirp = unsafe { libc::fdopendir(raw) };
     if dirp.is_null() {
-        return Err(FsError::last());
+        return Err(Errno::last());
     }
     std::mem::forget(fd); // owned by dirp now
     let mut out = Vec::new();
@@ -392,7 +532,7 @@ pub fn read_dir(dir: &impl AsRawFd) -> R<Vec<DirEntry>> {
         if ent.is_null() {
             let err = unsafe { *libc::__errno_location() };
             unsafe { libc::closedir(dirp) };
-            return if err == 0 { Ok(out) } else { Err(FsError(err)) };
+            return if err == 0 { Ok(out) } else { Err(Errno(err)) };
         }
         let ent = unsafe { &*ent };
         let name = unsafe { std::ffi::CStr::from_ptr(ent.d_name.as_ptr()) };
