@@ -255,7 +255,12 @@ impl Drop for AbortOnDrop {
 }
 
 fn status_of(src: &Sources, window: &Window) -> Status {
-    let stats = src.stats.view();
+    let mut stats = src.stats.view();
+    if !stats.linked {
+        // no session, so no sender counts the queue: the journal says what waits
+        let (files, bytes, ops) = src.journal.pending_counts();
+        (stats.queued, stats.queued_bytes, stats.queued_ops) = (files + ops, bytes, ops);
+    }
     let scan = ScanView::of(&src.scan);
     let rates = window.rates(&stats);
     let eta_secs = eta(&stats, &rates);
@@ -514,7 +519,7 @@ mod tests {
                 store: t.path().to_path_buf(),
                 mountpoint: "/mnt".into(),
                 stats,
-                journal: crate::journal::Journal::open(&t.path().join("j")).unwrap(),
+                journal: offline_journal(&t.path().join("j")),
                 scan,
                 bwlimit_kib: 512,
             },
@@ -537,5 +542,26 @@ mod tests {
         assert!(got.scan.running && got.scan.seen == 1234);
         assert!(format(&got).contains("scanning:    1234 entries looked at"));
         assert!(format(&got).contains("bwlimit:     512 KiB/s each way"));
+        // no session: the queue comes from the journal
+        assert!(
+            format(&got)
+                .contains("queued:      2 (1 files with 100 B of file data, 1 metadata ops)"),
+            "{}",
+            format(&got)
+        );
+    }
+
+    /// A journal holding one file with 100 dirty bytes and one metadata op.
+    fn offline_journal(dir: &std::path::Path) -> crate::journal::Journal {
+        let j = crate::journal::Journal::open(dir).unwrap();
+        let p = |s: &str| crate::path::RelPath::from_bytes(s.as_bytes()).unwrap();
+        j.track(5, &p("f")).unwrap();
+        j.record_write(5, 0, 100).unwrap();
+        let op = crate::journal::op::MetaOp::Mkdir {
+            path: p("d"),
+            mode: 0o755,
+        };
+        j.record_meta(op).unwrap();
+        j
     }
 }

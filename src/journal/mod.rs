@@ -518,6 +518,12 @@ impl Journal {
         self.inner().checkpoint(false)
     }
 
+    /// What is pending for the peer: files, their dirty bytes, metadata ops (without a
+    /// copy of them, for `status` while no session runs).
+    pub fn pending_counts(&self) -> (u64, u64, u64) {
+        self.inner().lock().state.pending_counts()
+    }
+
     /// A consistent copy of the pending files and metadata ops.
     pub fn snapshot(&self) -> Snapshot {
         let mut l = self.inner().lock();
