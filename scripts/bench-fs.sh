@@ -224,6 +224,9 @@ for mode in $MODES; do
     log "mode $mode"
     start_mode "$mode"
     mkdir -p "$W/plain-$N"
+    # warm-up, untimed: the first untar into a fresh filesystem ran twice as slow
+    for d in "$W/plain-$N" "$A_MNT"; do m_untar "$d"; done
+    [ "$mode" != peer ] || wait_idle "$A_STORE"
     for r in $(seq "$RUNS"); do
         for m in untar cycle git write read; do
             run_measure "$mode" "$m" "$W/plain-$N" plain
