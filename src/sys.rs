@@ -265,51 +265,54 @@ pub fn chown_fd(fd: &impl AsRawFd, uid: u32, gid: u32) -> R<()> {
     check(unsafe { libc::fchownat(fd.as_raw_fd(), empty.as_ptr(), uid, gid, flags) }).map(drop)
 }
 
+/// Runs `on_fd` (a call on the fd itself, with an empty path and `AT_EMPTY_PATH`) until
+/// the kernel refuses it with one of `unsupported` (set in `old` from then on), then
+/// `via_proc` on the fd's `/proc/self/fd/N` path, which works everywhere but walks it.
+fn on_fd_or_proc(
+    fd: &impl AsRawFd,
+    old: &AtomicBool,
+    unsupported: &[i32],
+    on_fd: impl FnOnce(&std::ffi::CStr) -> libc::c_int,
+    via_proc: impl FnOnce(&std::ffi::CStr) -> libc::c_int,
+) -> R<()> {
+    if !old.load(Ordering::Relaxed) {
+        match check(on_fd(&CString::default())) {
+            Err(e) if unsupported.contains(&e.0) => old.store(true, Ordering::Relaxed),
+            r => return r.map(drop),
+        }
+    }
+    check(via_proc(&proc_c(fd))).map(drop)
+}
+
 /// `fchmodat2(fd, "", AT_EMPTY_PATH)` (Linux 6.6+) on an `O_PATH` fd, else `chmod`
 /// through `/proc/self/fd/N` (works on `O_PATH` fds of non-symlinks, but walks a path).
 pub fn chmod_fd(fd: &impl AsRawFd, mode: u32) -> R<()> {
     static OLD_KERNEL: AtomicBool = AtomicBool::new(false);
-    if !OLD_KERNEL.load(Ordering::Relaxed) {
-        let empty = CString::default();
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_fchmodat2,
-                fd.as_raw_fd(),
-                empty.as_ptr(),
-                mode,
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        match check(rc as libc::c_int) {
-            Err(Errno(libc::ENOSYS | libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
-            r => return r.map(drop),
-        }
-    }
-    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
+    let raw = fd.as_raw_fd();
+    on_fd_or_proc(
+        fd,
+        &OLD_KERNEL,
+        &[libc::ENOSYS, libc::EINVAL],
+        |empty| unsafe {
+            let flags = libc::AT_EMPTY_PATH;
+            libc::syscall(libc::SYS_fchmodat2, raw, empty.as_ptr(), mode, flags) as libc::c_int
+        },
+        |path| unsafe { libc::chmod(path.as_ptr(), mode) },
+    )
 }
 
 /// `utimensat(fd, "", AT_EMPTY_PATH)` on an `O_PATH` fd, else through
 /// `/proc/self/fd/N`; each time may be UTIME_NOW or UTIME_OMIT.
 pub fn utimens_fd(fd: &impl AsRawFd, times: &[libc::timespec; 2]) -> R<()> {
     static OLD_KERNEL: AtomicBool = AtomicBool::new(false);
-    if !OLD_KERNEL.load(Ordering::Relaxed) {
-        let empty = CString::default();
-        let rc = unsafe {
-            libc::utimensat(
-                fd.as_raw_fd(),
-                empty.as_ptr(),
-                times.as_ptr(),
-                libc::AT_EMPTY_PATH,
-            )
-        };
-        match check(rc) {
-            Err(Errno(libc::EINVAL)) => OLD_KERNEL.store(true, Ordering::Relaxed),
-            r => return r.map(drop),
-        }
-    }
-    let p = CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
-    check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), times.as_ptr(), 0) }).map(drop)
+    let (raw, t) = (fd.as_raw_fd(), times.as_ptr());
+    on_fd_or_proc(
+        fd,
+        &OLD_KERNEL,
+        &[libc::EINVAL],
+        |empty| unsafe { libc::utimensat(raw, empty.as_ptr(), t, libc::AT_EMPTY_PATH) },
+        |path| unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), t, 0) },
+    )
 }
 
 /// `utimensat(dir, name, times, AT_SYMLINK_NOFOLLOW)`: a symlink's own times.
