@@ -46,6 +46,7 @@
 //! [`MAX_RANGE_LEN`]: crate::wire::MAX_RANGE_LEN
 
 mod applied;
+pub mod partial;
 pub use applied::Applied;
 mod aside;
 pub use aside::{Aside, SetAside};

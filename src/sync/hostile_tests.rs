@@ -85,6 +85,12 @@ async fn connect(e: &Env, who: PeerId) -> (Peer, tokio::task::JoinHandle<Result<
         Some(Message::Hello { .. })
     ));
     fs.compress(3).unwrap();
+    let staged = fs.recv().await.unwrap();
+    assert_eq!(
+        staged,
+        Some(Message::Staged(vec![])),
+        "nothing kept for a new peer"
+    );
     (fs, task)
 }
 

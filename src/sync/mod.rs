@@ -16,12 +16,15 @@ pub mod ignored;
 pub mod link;
 pub mod local_copy;
 pub mod receiver;
+pub mod resume;
 pub mod sender;
 pub mod stats;
 pub mod verdict;
 
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod sim_tests;
 

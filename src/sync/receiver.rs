@@ -5,6 +5,7 @@
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, Step};
 use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
+use crate::apply::partial::{PartKey, Parts as KeptParts};
 use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
@@ -85,7 +86,8 @@ where
     fs.send(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
         .await?;
     fs.compress(REPLY_LEVEL)?;
-    let mut parts = Parts::new(r.budgets.of(peer));
+    fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
+    let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
     loop {
         let msg = match recv_within(&mut fs, READ_TIMEOUT).await {
             Err(SyncError::Closed) => break,
@@ -115,16 +117,40 @@ async fn handle(
     match msg {
         Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r, peer).await)),
         Message::Meta(item) => Ok(Some(apply_meta(vec![item], r, peer).await)),
+        Message::UpdateStart {
+            id,
+            path,
+            base,
+            hash,
+            from,
+        } => {
+            parts.start(
+                id,
+                PartKey {
+                    peer: peer.to_string(),
+                    path,
+                    base,
+                    hash,
+                },
+                from,
+            );
+            Ok(None)
+        }
         Message::UpdatePart { id, ranges } => {
             parts.add(id, ranges)?;
             Ok(None)
         }
         Message::FileUpdate(u) => {
             let id = u.id;
-            Ok(Some(match parts.assemble(u) {
+            let kept = parts.kept.remove(&id);
+            let reply = match parts.assemble(u, kept.as_ref()) {
                 Ok(u) => apply_update(u, r, peer).await,
                 Err(why) => nack(AckKind::Update(id), NackReason::BadRequest(why)),
-            }))
+            };
+            if let Some(Ok(k)) = kept {
+                r.applier.parts_done(k); // applied or refused: not resumed
+            }
+            Ok(Some(reply))
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
         Message::Queue { files, bytes } => {
@@ -347,13 +373,34 @@ async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
     }
 }
 
-/// Ranges of multi-frame updates, held until their final `FileUpdate` arrives.
-/// Ranges of multi-frame updates, held until their final `FileUpdate` arrives; their
-/// memory is charged to the peer's budget (shared by all its streams).
+/// The updates from `peer` whose parts this node kept (none if they cannot be read).
+async fn held_parts(r: &Receiver, peer: &PeerId) -> Vec<crate::wire::StagedItem> {
+    let (applier, peer) = (r.applier.clone(), peer.to_string());
+    let held = tokio::task::spawn_blocking(move || applier.parts_held(&peer)).await;
+    match held {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => {
+            tracing::warn!("cannot list kept update parts: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::warn!("listing kept update parts: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Ranges of multi-frame updates until their final `FileUpdate` arrives: on disk for
+/// updates announced by `UpdateStart` (kept across sessions, so a cut transfer resumes;
+/// the small writes happen on this task), in memory otherwise. Memory is charged to the
+/// peer's budget (shared by all its streams).
 struct Parts {
     by_id: HashMap<u64, Vec<RangeData>>,
+    /// On-disk parts by update id; an error (no parts to resume) nacks the update.
+    kept: HashMap<u64, Result<KeptParts, String>>,
     bytes: usize,
     budget: Arc<PeerBudget>,
+    applier: Arc<Applier>,
 }
 
 impl Drop for Parts {
@@ -368,15 +415,33 @@ fn cost(ranges: &[RangeData]) -> usize {
 }
 
 impl Parts {
-    fn new(budget: Arc<PeerBudget>) -> Parts {
+    fn new(budget: Arc<PeerBudget>, applier: Arc<Applier>) -> Parts {
         Parts {
             by_id: HashMap::new(),
+            kept: HashMap::new(),
             bytes: 0,
             budget,
+            applier,
         }
     }
 
+    fn start(&mut self, id: u64, key: PartKey, from: u64) {
+        let kept = self.applier.parts_begin(&key, from).map_err(|e| {
+            tracing::info!(update = id, "cannot keep or resume its parts: {e}");
+            e.to_string()
+        });
+        if from > 0 && kept.is_ok() {
+            tracing::info!(update = id, "{}: resuming from byte {from}", key.path);
+        }
+        self.kept.insert(id, kept);
+    }
+
     fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
+        match self.kept.get_mut(&id) {
+            Some(Ok(_)) => return self.keep(id, ranges),
+            Some(Err(_)) => return Ok(()), // nacked at its FileUpdate
+            None => {}
+        }
         let n = cost(&ranges);
         if !self.budget.take(n) {
             return Err(SyncError::Protocol(format!(
@@ -394,32 +459,75 @@ impl Parts {
         Ok(())
     }
 
+    fn keep(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
+        let Some(Ok(k)) = self.kept.get_mut(&id) else {
+            return Ok(());
+        };
+        if k.ranges + ranges.len() > MAX_UPDATE_RANGES {
+            return Err(SyncError::Protocol(format!(
+                "update {id} has more than {MAX_UPDATE_RANGES} ranges"
+            )));
+        }
+        if let Err(e) = self.applier.parts_append(k, &ranges) {
+            tracing::warn!(update = id, "cannot keep its parts: {e}");
+            self.kept.insert(id, Err(e.to_string()));
+        }
+        Ok(())
+    }
+
     /// The update with its parts' ranges in front, checked sorted, disjoint, within size.
-    fn assemble(&mut self, mut u: FileUpdate) -> Result<FileUpdate, String> {
+    fn assemble(
+        &mut self,
+        mut u: FileUpdate,
+        kept: Option<&Result<KeptParts, String>>,
+    ) -> Result<FileUpdate, String> {
         let mut ranges = self.by_id.remove(&u.id).unwrap_or_default();
         let n = cost(&ranges);
         self.bytes -= n;
         self.budget.give(n);
+        if let Some(k) = kept {
+            ranges = self.read_kept(k)?;
+        }
         ranges.append(&mut u.ranges);
-        if ranges.len() > MAX_UPDATE_RANGES {
-            return Err(format!("more than {MAX_UPDATE_RANGES} ranges"));
-        }
-        let span: u64 = ranges.iter().map(|r| r.len).sum();
-        if span > MAX_UPDATE_SPAN {
-            return Err(format!("ranges span {span} bytes, limit {MAX_UPDATE_SPAN}"));
-        }
-        let mut prev = 0u64;
-        for r in &ranges {
-            let end = r
-                .end()
-                .filter(|e| *e <= u.size)
-                .ok_or("part range beyond the file size")?;
-            if r.offset < prev {
-                return Err("part ranges overlap or are out of order".into());
-            }
-            prev = end;
-        }
+        check_ranges(&ranges, u.size)?;
         u.ranges = ranges;
         Ok(u)
     }
+
+    /// The ranges kept on disk, charged to the budget while the update is applied.
+    fn read_kept(&mut self, k: &Result<KeptParts, String>) -> Result<Vec<RangeData>, String> {
+        let k = k.as_ref().map_err(|e| e.clone())?;
+        let ranges = self.applier.parts_read(k).map_err(|e| e.to_string())?;
+        if !self.budget.take(cost(&ranges)) {
+            return Err(format!(
+                "update parts exceed the peer's {MAX_PEER_MEMORY} bytes of memory"
+            ));
+        }
+        self.budget.give(cost(&ranges)); // the cap of parts held in memory, checked only
+        Ok(ranges)
+    }
+}
+
+/// Ranges of one update: at most [`MAX_UPDATE_RANGES`], spanning at most
+/// [`MAX_UPDATE_SPAN`], sorted, disjoint and within `size`.
+fn check_ranges(ranges: &[RangeData], size: u64) -> Result<(), String> {
+    if ranges.len() > MAX_UPDATE_RANGES {
+        return Err(format!("more than {MAX_UPDATE_RANGES} ranges"));
+    }
+    let span: u64 = ranges.iter().map(|r| r.len).sum();
+    if span > MAX_UPDATE_SPAN {
+        return Err(format!("ranges span {span} bytes, limit {MAX_UPDATE_SPAN}"));
+    }
+    let mut prev = 0u64;
+    for r in ranges {
+        let end = r
+            .end()
+            .filter(|e| *e <= size)
+            .ok_or("part range beyond the file size")?;
+        if r.offset < prev {
+            return Err("part ranges overlap or are out of order".into());
+        }
+        prev = end;
+    }
+    Ok(())
 }

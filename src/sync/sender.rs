@@ -116,6 +116,8 @@ struct State {
     link_bps: Option<f64>,
     /// The queue last told to the peer (files, bytes), and when.
     queue_told: Option<((u64, u64), Instant)>,
+    /// Parts of updates the peer kept from an earlier session (this session's handshake).
+    held: super::resume::Held,
 }
 
 /// Updates smaller than this say more about latency than throughput: not measured.
@@ -213,6 +215,10 @@ async fn session(
     let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     fs.compress(st.level(s.cfg.level))?;
+    st.held = match recv_within(&mut fs, REPLY_TIMEOUT).await? {
+        Message::Staged(items) => super::resume::held(items),
+        other => return Err(unexpected("staged", &other)),
+    };
     st.queue_told = None; // a new session: the peer knows nothing of our queue
     tracing::info!(peer = %s.link.peer(), "sending to {name}");
     s.stats.exchanging.store(true, Ordering::Relaxed);
@@ -749,9 +755,12 @@ async fn send_one(
         st.level(s.cfg.level),
         s.pre.clone(),
     );
-    let base = match whole {
-        true => None,
-        false => (st.peer_hash.get(&file).copied()).or_else(|| agreed_hash(s, &entry.path)),
+    // Parts the peer kept from a cut session were built on what it holds.
+    let kept_base = st.held.get(&entry.path).map(|h| h.base);
+    let base = match (whole, kept_base) {
+        (true, _) => None,
+        (false, Some(b)) => b,
+        (false, None) => (st.peer_hash.get(&file).copied()).or_else(|| agreed_hash(s, &entry.path)),
     };
     let version = entry.version;
     let path = entry.path.clone();
@@ -808,6 +817,16 @@ async fn send_one(
         )?;
         u.vv = vv.pairs().to_vec();
     }
+    let held = super::resume::announce(&mut b.frames, &mut st.held);
+    if held > 0 {
+        tracing::info!(
+            file,
+            id,
+            held,
+            "{path}: resuming; the peer holds {held} bytes of it"
+        );
+        b.payload -= held;
+    }
     tracing::debug!(
         file,
         id,
@@ -820,7 +839,11 @@ async fn send_one(
     fs.set_level(level);
     let start_mark = s.stats.wire_out.load(Ordering::Relaxed) + fs.queued() as u64;
     for m in b.frames {
+        let part = matches!(m, Message::UpdatePart { .. });
         fs.queue(m)?;
+        if part {
+            fs.end_block()?; // a cut then loses at most the part in flight
+        }
     }
     Stats::add(&s.stats.sent_bytes, b.payload);
     Stats::add(&s.stats.raw_sent, b.sent.len_bytes());

@@ -24,7 +24,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
@@ -34,18 +34,18 @@ use tokio_util::compat::TokioAsyncReadCompatExt;
 const FOLDER: [u8; 16] = [9; 16];
 const FILES: usize = 5;
 
-struct Node {
+pub(super) struct Node {
     _tmp: tempfile::TempDir,
-    data: PathBuf,
+    pub(super) data: PathBuf,
     versions: PathBuf,
     journal: Journal,
-    receiver: Receiver,
+    pub(super) receiver: Receiver,
     id: PeerId,
     cfg: SyncConfig,
     quiet: Mutex<Option<UnboundedSender<u64>>>,
 }
 
-fn node() -> Arc<Node> {
+pub(super) fn node() -> Arc<Node> {
     let tmp = tempfile::tempdir().unwrap();
     let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
     std::fs::create_dir(&data).unwrap();
@@ -108,11 +108,13 @@ fn node() -> Arc<Node> {
 
 /// An in-memory link from one node to another; `up` cut means no stream opens and the
 /// open ones are dropped.
-struct MemLink {
+pub(super) struct MemLink {
     from: PeerId,
     to: Arc<Node>,
     up: Arc<AtomicBool>,
     serving: Mutex<Vec<JoinHandle<Result<(), SyncError>>>>,
+    /// Bytes the sender may still write before the link breaks (`u64::MAX`: no limit).
+    pub(super) cut_after: Arc<AtomicU64>,
 }
 
 impl MemLink {
@@ -134,7 +136,8 @@ impl Link for MemLink {
             let (from, r) = (self.from, self.to.receiver.clone());
             let t = tokio::spawn(async move { serve(from, theirs.compat(), &r).await });
             self.serving.lock().unwrap().push(t);
-            Ok(Box::new(ours.compat()) as Box<dyn Duplex>)
+            let cut = (self.up.clone(), self.cut_after.clone());
+            Ok(Box::new(CutAfter(ours.compat(), cut)) as Box<dyn Duplex>)
         })
     }
 
@@ -147,13 +150,69 @@ impl Link for MemLink {
     }
 }
 
+/// A sender's stream that breaks (and takes the link down) once its byte budget is
+/// spent: a cut in the middle of a transfer.
+struct CutAfter<S>(S, (Arc<AtomicBool>, Arc<AtomicU64>));
+
+impl<S: futures::io::AsyncRead + Unpin> futures::io::AsyncRead for CutAfter<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<S: futures::io::AsyncWrite + Unpin> futures::io::AsyncWrite for CutAfter<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let left = self.1 .1.load(Ordering::SeqCst);
+        if left == 0 {
+            self.1 .0.store(false, Ordering::SeqCst);
+            let e = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "cut");
+            return std::task::Poll::Ready(Err(e));
+        }
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let r = std::pin::Pin::new(&mut self.0).poll_write(cx, &buf[..n]);
+        if let std::task::Poll::Ready(Ok(k)) = &r {
+            if left != u64::MAX {
+                self.1 .1.fetch_sub(*k as u64, Ordering::SeqCst);
+            }
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_close(cx)
+    }
+}
+
 /// Starts a sender from `a` to `b`.
-fn connect(a: &Arc<Node>, b: &Arc<Node>, up: &Arc<AtomicBool>) -> (Arc<MemLink>, JoinHandle<()>) {
+pub(super) fn connect(
+    a: &Arc<Node>,
+    b: &Arc<Node>,
+    up: &Arc<AtomicBool>,
+) -> (Arc<MemLink>, JoinHandle<()>) {
     let link = Arc::new(MemLink {
         from: a.id,
         to: b.clone(),
         up: up.clone(),
         serving: Mutex::new(Vec::new()),
+        cut_after: Arc::new(AtomicU64::new(u64::MAX)),
     });
     let root = sys::openat(
         &sys::AtCwd,
@@ -189,6 +248,10 @@ enum Edit {
 
 impl Node {
     fn write(&self, f: usize, body: &str) {
+        self.write_bytes(f, body.as_bytes());
+    }
+
+    pub(super) fn write_bytes(&self, f: usize, body: &[u8]) {
         let (path, full) = (rp(&format!("f{f}")), self.data.join(format!("f{f}")));
         let j = &self.journal;
         let ino = match std::fs::metadata(&full) {
@@ -418,7 +481,7 @@ proptest! {
 }
 
 /// Logs at debug level into the test's output (shown when a regression fails).
-fn debug_logs() {
+pub(super) fn debug_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter("syncfs=debug")
         .with_test_writer()

@@ -92,6 +92,39 @@ pub enum Message {
         /// Bytes of file data pending.
         bytes: u64,
     },
+    /// Precedes the `UpdatePart`s of a multi-part update: what they build, so that the
+    /// receiver can keep them on disk and a later session can resume after a cut.
+    UpdateStart {
+        /// The update id (of the parts and the final `FileUpdate`).
+        id: u64,
+        /// The file (as in the `FileUpdate`).
+        path: RelPath,
+        /// The base (as in the `FileUpdate`).
+        base: Option<[u8; 32]>,
+        /// BLAKE3 of the new content (as in the `FileUpdate`).
+        hash: [u8; 32],
+        /// Ranges ending at or before this offset are not sent: the receiver takes them
+        /// from the parts it kept of the same `path`, `base` and `hash` (see
+        /// `Message::Staged`). 0: a fresh start.
+        from: u64,
+    },
+    /// The receiver's second handshake message: the multi-part updates from this
+    /// sender it holds parts of (on disk, from an earlier session).
+    Staged(Vec<StagedItem>),
+}
+
+/// Parts of one multi-part update the receiver holds: every range ending at or before
+/// `upto` arrived.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedItem {
+    /// The file.
+    pub path: RelPath,
+    /// The update's base.
+    pub base: Option<[u8; 32]>,
+    /// The update's content hash.
+    pub hash: [u8; 32],
+    /// The end of the last range held.
+    pub upto: u64,
 }
 
 /// One directory's digest: 16 bytes of BLAKE3 over its direct children's names, kinds,
@@ -268,6 +301,8 @@ impl Message {
             Message::Summary { .. } => "summary",
             Message::SummaryAck { .. } => "summary-ack",
             Message::Queue { .. } => "queue",
+            Message::UpdateStart { .. } => "update-start",
+            Message::Staged(_) => "staged",
         }
     }
 }

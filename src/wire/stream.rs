@@ -128,6 +128,13 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
         Ok(())
     }
 
+    /// Ends the current block here: the frames queued so far decode on arrival, even
+    /// if the stream is cut before the next flush (the sender ends one after each
+    /// part of a multi-part update, so a cut loses at most the part in flight).
+    pub fn end_block(&mut self) -> Result<(), WireError> {
+        self.seal()
+    }
+
     /// Bytes queued and not yet written.
     pub fn queued(&self) -> usize {
         self.raw.len() + self.data.len() + self.out.len()

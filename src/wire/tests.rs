@@ -1027,3 +1027,51 @@ fn pinned_summary_encoding() {
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
 }
+
+#[test]
+fn pinned_resume_encodings() {
+    let msg = Message::UpdateStart {
+        id: 7,
+        path: RelPath::from_bytes(b"a").unwrap(),
+        base: None,
+        hash: [0x22; 32],
+        from: 0x10_0000,
+    };
+    let expected = concat!(
+        "0f000000",         // variant 15: UpdateStart
+        "0700000000000000", // id
+        "0100000000000000", // path length
+        "61",               // "a"
+        "00",               // base: None
+        "2222222222222222222222222222222222222222222222222222222222222222", // hash
+        "0000100000000000", // from: 1 MiB
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let msg = Message::Staged(vec![crate::wire::StagedItem {
+        path: RelPath::from_bytes(b"a").unwrap(),
+        base: Some([0x11; 32]),
+        hash: [0x22; 32],
+        upto: 5,
+    }]);
+    let expected = concat!(
+        "10000000",         // variant 16: Staged
+        "0100000000000000", // one item
+        "0100000000000000", //   path length
+        "61",               //   "a"
+        "01",               //   base: Some
+        "1111111111111111111111111111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222222222222222222222222222", // hash
+        "0500000000000000",                                                 //   upto
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let root = Message::UpdateStart {
+        id: 1,
+        path: RelPath::root(),
+        base: None,
+        hash: [0; 32],
+        from: 0,
+    };
+    assert!(encode(&root).is_err(), "an update of the root is refused");
+}

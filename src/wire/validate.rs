@@ -4,8 +4,8 @@
 use super::{
     Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, Violation,
     WireOp, WireSetTime, WireTime, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN,
-    MAX_REASON, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS,
-    MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    MAX_REASON, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
+    MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::path::RelPath;
 
@@ -26,6 +26,17 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             want.iter().try_for_each(|p| not_root("want", p))
         }
         Message::Nack { reason, .. } => validate_nack(reason),
+        Message::UpdateStart { path, from, .. } => {
+            not_root("update-start path", path)?;
+            within("update-start from", *from, MAX_FILE_SIZE)
+        }
+        Message::Staged(items) => {
+            max_len("staged", items.len(), MAX_STAGED_ITEMS)?;
+            items.iter().try_for_each(|i| {
+                not_root("staged path", &i.path)?;
+                within("staged upto", i.upto, MAX_FILE_SIZE)
+            })
+        }
         Message::Ack(_) | Message::Ping(_) | Message::Pong(_) | Message::Queue { .. } => Ok(()),
     }
 }
@@ -110,6 +121,14 @@ fn validate_index(entries: &[IndexItem]) -> Result<(), Violation> {
             }
             _ => max_len("symlink target", e.target.len(), 0)?,
         }
+    }
+    Ok(())
+}
+
+/// A number at most `max`.
+fn within(field: &'static str, value: u64, max: u64) -> Result<(), Violation> {
+    if value > max {
+        return Err(Violation::TooLarge { field, value, max });
     }
     Ok(())
 }
