@@ -13,7 +13,7 @@ command -v umount >/dev/null || need+=(mount)
 for tool in git vim sqlite3 rsync; do   # real clients driven by tests/clients.rs
     command -v "$tool" >/dev/null || need+=("$tool")
 done
-# tests/bwlimit.rs: two network namespaces and a veth pair, offloads switched off
+# tests/bwlimit.rs, tests/link_cut.rs: two network namespaces and a veth pair (tc shapes it)
 command -v ip >/dev/null || need+=(iproute2)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v nsenter >/dev/null || need+=(util-linux)

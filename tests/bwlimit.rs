@@ -6,115 +6,12 @@
 
 mod common;
 
-use common::{folder_id, peer_id, set_config, syncfs, wait_until, Node};
-use std::process::Command;
+use common::netns::{pair, Net};
+use common::{set_config, syncfs, wait_until, Node};
 use std::time::{Duration, Instant};
 
 const CAP_KIB: u64 = 512;
 const FILE_MIB: usize = 12;
-
-/// Two network namespaces and a veth pair between them; deleted on drop (the veth
-/// goes with its namespace).
-struct Net {
-    ns: [String; 2],
-    dev: [String; 2],
-    ip: [String; 2],
-}
-
-fn run(args: &[&str]) {
-    let st = Command::new(args[0]).args(&args[1..]).status();
-    assert!(st.is_ok_and(|s| s.success()), "{args:?} failed");
-}
-
-impl Net {
-    fn new() -> Net {
-        let id = std::process::id() % 100_000;
-        let net = Net {
-            ns: [format!("sfbw-a-{id}"), format!("sfbw-b-{id}")],
-            dev: [format!("sfbwa{id}"), format!("sfbwb{id}")],
-            ip: ["10.233.0.1".into(), "10.233.0.2".into()],
-        };
-        for ns in &net.ns {
-            run(&["ip", "netns", "add", ns]);
-        }
-        let (a, b) = (&net.dev[0], &net.dev[1]);
-        run(&[
-            "ip", "link", "add", a, "netns", &net.ns[0], "type", "veth", "peer", "name", b,
-            "netns", &net.ns[1],
-        ]);
-        for i in 0..2 {
-            let (ns, dev) = (&net.ns[i], &net.dev[i]);
-            run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{}/24", net.ip[i]),
-                "dev",
-                dev,
-            ]);
-            run(&["ip", "-n", ns, "link", "set", dev, "up"]);
-            // Segmentation offloads off: counters see real frames, one header each.
-            let _ = Command::new("ip")
-                .args([
-                    "netns", "exec", ns, "ethtool", "-K", dev, "tso", "off", "gso", "off",
-                ])
-                .args(["gro", "off"])
-                .output();
-        }
-        net
-    }
-
-    /// `nsenter --net=...` for namespace `i`.
-    fn enter(&self, i: usize) -> String {
-        format!("--net=/run/netns/{}", self.ns[i])
-    }
-
-    /// Bytes A's end of the veth has sent so far (A -> B), from `/proc/net/dev` as
-    /// seen in A's namespace (sysfs would show this namespace's devices).
-    fn tx_a(&self) -> u64 {
-        let out = Command::new("nsenter")
-            .args([&self.enter(0), "cat", "/proc/net/dev"])
-            .output()
-            .expect("nsenter");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix(&format!("{}:", self.dev[0])))
-            .unwrap_or_else(|| panic!("no {} in {text}", self.dev[0]));
-        let tx = line.split_whitespace().nth(8).expect("tx_bytes field");
-        tx.parse().expect("tx_bytes")
-    }
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        for ns in &self.ns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// A and B configured as each other's peer over the veth.
-fn pair(net: &Net) -> (Node, Node) {
-    let a = Node::new();
-    let b = Node::with_init(&["--join", &folder_id(&a.store)]);
-    for (n, i, peer) in [(&a, 0, &b), (&b, 1, &a)] {
-        let listen = format!("[\"/ip4/{}/tcp/4801\"]", net.ip[i]);
-        set_config(&n.store, "listen", &listen);
-        set_config(&n.store, "mdns", "false");
-        set_config(&n.store, "settle_ms", "100");
-        let addr = format!(
-            "/ip4/{}/tcp/4801/p2p/{}",
-            net.ip[1 - i],
-            peer_id(&peer.store)
-        );
-        syncfs(&["add-peer", n.store.to_str().unwrap(), &addr]);
-    }
-    (a, b)
-}
 
 fn random_file(path: &std::path::Path, mib: usize, seed: u64) {
     std::fs::write(path, common::random_bytes(mib << 20, seed)).unwrap();
@@ -156,7 +53,7 @@ fn transfer(net: &Net, a: &Node, b: &Node, name: &str, window: Duration) -> (f64
 
 #[test]
 fn a_transfer_holds_the_cap_and_runs_free_without_it() {
-    let net = Net::new();
+    let net = Net::new("bw", 0);
     let (mut a, mut b) = pair(&net);
     set_config(&b.store, "bwlimit", &CAP_KIB.to_string());
     let cap = CAP_KIB.to_string();

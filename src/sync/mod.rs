@@ -77,9 +77,15 @@ pub enum SyncError {
     Silent(Duration),
 }
 
-/// A silent peer ends a receiving stream after this long: senders ping every
+/// A receiving stream on which no byte arrived for this long ends: senders ping every
 /// [`PING_EVERY`] while idle.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(60);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// A sender whose writes move no byte for this long (plus time for the receiver to
+/// apply what it already has) takes the link for dead.
+pub const WRITE_STALL: Duration = Duration::from_secs(20);
+/// The slowest apply rate assumed of a receiver (bytes per second): while it applies
+/// it reads nothing, so the sender's writes may stall that long.
+pub const MIN_APPLY_RATE: u64 = 32 << 20;
 /// An idle sender pings this often.
 pub const PING_EVERY: Duration = Duration::from_secs(10);
 /// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
@@ -87,6 +93,29 @@ pub const PING_EVERY: Duration = Duration::from_secs(10);
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The slowest link rate assumed when waiting for acks, in bytes per second.
 pub const MIN_RATE: u64 = 16 << 10;
+
+/// Runs `fut` (a read or write on the stream `p` watches) unless no byte moves on the
+/// stream for `limit`, counted from the later of the last byte and the call: a dead
+/// or half-open link is noticed however slowly a healthy one would move.
+pub async fn unless_stalled<T>(
+    p: &crate::wire::Progress,
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    let start = tokio::time::Instant::now();
+    tokio::pin!(fut);
+    loop {
+        let deadline = p.last().max(start) + limit;
+        tokio::select! {
+            r = &mut fut => return r,
+            _ = tokio::time::sleep_until(deadline) => {
+                if p.last().max(start) + limit <= tokio::time::Instant::now() {
+                    return Err(SyncError::Silent(limit));
+                }
+            }
+        }
+    }
+}
 
 /// Waits for the next message, at most `limit`.
 pub async fn recv_within<S>(

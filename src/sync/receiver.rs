@@ -4,7 +4,9 @@
 
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, Step};
-use super::{recv_within, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT};
+use super::{
+    recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
+};
 use crate::apply::partial::{PartKey, Parts as KeptParts};
 use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
@@ -88,8 +90,10 @@ where
     fs.compress(REPLY_LEVEL)?;
     fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
+    let progress = fs.progress();
     loop {
-        let msg = match recv_within(&mut fs, READ_TIMEOUT).await {
+        let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
+        let msg = match unless_stalled(&progress, READ_TIMEOUT, next).await {
             Err(SyncError::Closed) => break,
             r => r?,
         };

@@ -6,7 +6,10 @@ use super::build::{build, Built, Plan};
 use super::coalesce::coalesce;
 use super::fold::{self, Origin};
 use super::link::{Duplex, Link};
-use super::{recv_within, Stats, SyncConfig, SyncError, MIN_RATE, PING_EVERY, REPLY_TIMEOUT};
+use super::{
+    recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
+    PING_EVERY, REPLY_TIMEOUT, WRITE_STALL,
+};
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::path::RelPath;
 use crate::preimage::Preimages;
@@ -178,6 +181,8 @@ struct InFlight {
     whole: bool,
     payload: u64,
     at: Instant,
+    /// All its frames were written: the receiver may be applying it.
+    flushed: bool,
 }
 
 /// Runs sessions to the peer forever, reconnecting with backoff.
@@ -708,12 +713,12 @@ async fn send_files(
                     inflight.insert(st.next_id, f);
                 }
                 if fs.queued() >= FLUSH_AT {
-                    fs.flush().await?;
+                    flush_watched(fs, &mut inflight).await?;
                 }
                 continue;
             }
         }
-        fs.flush().await?;
+        flush_watched(fs, &mut inflight).await?;
         if inflight.is_empty() {
             return Ok(());
         }
@@ -728,6 +733,25 @@ async fn send_files(
             }
         }
     }
+}
+
+/// Writes what is queued, unless the link stalls: no byte moves for [`WRITE_STALL`]
+/// plus the time the receiver may spend applying the updates it already has (it reads
+/// nothing meanwhile). Marks every update in flight as written.
+async fn flush_watched(
+    fs: &mut Stream,
+    inflight: &mut HashMap<u64, InFlight>,
+) -> Result<(), SyncError> {
+    let applying: u64 = inflight
+        .values()
+        .filter(|f| f.flushed)
+        .map(|f| f.payload)
+        .sum();
+    let limit = WRITE_STALL + Duration::from_secs(applying / MIN_APPLY_RATE);
+    let progress = fs.progress();
+    unless_stalled(&progress, limit, async { Ok(fs.flush().await?) }).await?;
+    inflight.values_mut().for_each(|f| f.flushed = true);
+    Ok(())
 }
 
 /// Builds one update and queues its frames; `None` if there was nothing (left) to send.
@@ -872,6 +896,7 @@ async fn send_one(
         whole,
         payload,
         at,
+        flushed: false,
     }))
 }
 

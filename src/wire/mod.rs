@@ -50,7 +50,7 @@ pub use message::{
 };
 pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};
-pub use stream::FramedStream;
+pub use stream::{FramedStream, Progress};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).

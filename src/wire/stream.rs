@@ -63,6 +63,7 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
             inner,
             read,
             written,
+            progress: Progress::new(),
         };
         FramedStream {
             inner: BufReader::with_capacity(64 << 10, inner),
@@ -88,6 +89,11 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
     pub fn counted(&self) -> (u64, u64) {
         let c = self.inner.get_ref();
         (c.written.load(Relaxed), c.read.load(Relaxed))
+    }
+
+    /// When bytes last moved on the stream (for watchdogs: see `sync::unless_stalled`).
+    pub fn progress(&self) -> Progress {
+        self.inner.get_ref().progress.clone()
     }
 
     /// Unwraps the underlying stream (bytes read ahead are lost).
@@ -283,12 +289,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
     }
 }
 
+/// When bytes last moved on a stream, either way (shared, so that a watchdog can read
+/// it while a read or write is pending). On tokio's clock, so paused-time tests see it.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    epoch: tokio::time::Instant,
+    /// Milliseconds from `epoch` to the last read or write that moved a byte.
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            epoch: tokio::time::Instant::now(),
+            last_ms: Arc::default(),
+        }
+    }
+
+    fn mark(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(ms, Relaxed);
+    }
+
+    /// When a byte last moved.
+    pub fn last(&self) -> tokio::time::Instant {
+        self.epoch + std::time::Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+}
+
 /// A stream that counts the bytes read from and written to it.
 #[derive(Debug)]
 struct Counted<S> {
     inner: S,
     read: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
+    progress: Progress,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -300,6 +335,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.read.fetch_add(*n as u64, Relaxed);
+            if *n > 0 {
+                self.progress.mark();
+            }
         }
         r
     }
@@ -314,6 +352,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         let r = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &r {
             self.written.fetch_add(*n as u64, Relaxed);
+            if *n > 0 {
+                self.progress.mark();
+            }
         }
         r
     }

@@ -2,6 +2,8 @@
 //! that unmount (and kill) whatever a test mounted, even when the test fails.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
