@@ -42,6 +42,8 @@ pub mod config;
 pub mod control;
 pub mod delta;
 pub mod fs;
+#[cfg(test)]
+pub(crate) mod fuzzing;
 pub mod hashtree;
 pub mod ignores;
 pub mod journal;

@@ -56,6 +56,8 @@ mod trees;
 mod update;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 use crate::beneath::open_beneath;

@@ -21,20 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
-type Peer = FramedStream<Compat<tokio::io::DuplexStream>>;
+pub(super) type Peer = FramedStream<Compat<tokio::io::DuplexStream>>;
 const FOLDER: [u8; 16] = [7; 16];
 
 fn rp(s: &str) -> RelPath {
     RelPath::from_bytes(s.as_bytes()).unwrap()
 }
 
-struct Env {
-    _tmp: tempfile::TempDir,
-    data: PathBuf,
+pub(super) struct Env {
+    pub(super) _tmp: tempfile::TempDir,
+    pub(super) data: PathBuf,
     receiver: Receiver,
 }
 
-fn env() -> Env {
+pub(super) fn env() -> Env {
     let tmp = tempfile::tempdir().unwrap();
     let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
     std::fs::create_dir(&data).unwrap();
@@ -74,7 +74,10 @@ fn env() -> Env {
 }
 
 /// Starts the receiver on one end of a pipe; returns the other end after `Hello`.
-async fn connect(e: &Env, who: PeerId) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
+pub(super) async fn connect(
+    e: &Env,
+    who: PeerId,
+) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
     let (ours, theirs) = tokio::io::duplex(64 << 20);
     let r = e.receiver.clone();
     let task = tokio::spawn(async move { serve(who, theirs.compat(), &r).await });
@@ -115,7 +118,7 @@ fn refused(m: &Message) -> bool {
     matches!(m, Message::Nack { .. })
 }
 
-fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
+pub(super) fn valid_update(id: u64, path: &str, content: &[u8]) -> FileUpdate {
     FileUpdate {
         id,
         file: 1,

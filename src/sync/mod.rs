@@ -22,6 +22,8 @@ pub mod stats;
 pub mod verdict;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
 mod resume_tests;

@@ -39,6 +39,8 @@ mod stream;
 mod validate;
 
 #[cfg(test)]
+mod fuzz_tests;
+#[cfg(test)]
 mod tests;
 
 pub use codec::{decode, encode};
