@@ -117,7 +117,7 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
                 let _ = task.await;
                 control.abort();
                 let _ = std::fs::remove_file(store.control_socket());
-                journal.close()?;
+                close_journal(journal);
                 return Ok(());
             }
         }
@@ -182,9 +182,17 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     }
     let _ = std::fs::remove_file(store.control_socket());
     mounted.unmount().context("unmounting")?;
-    journal.close()?;
+    close_journal(journal);
     tracing::info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Closes the journal with a final checkpoint. If that fails (a full disk, say), the
+/// intent log still holds every change and the next mount replays it: a warning.
+fn close_journal(journal: Journal) {
+    if let Err(e) = journal.close() {
+        tracing::warn!("final journal checkpoint failed ({e}); the intent log keeps every change for the next mount");
+    }
 }
 
 /// Finds changes made to the folder while it was not mounted (the first time: indexes

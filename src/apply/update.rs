@@ -436,6 +436,7 @@ impl Applier {
     /// Writes every range, cuts to `size`, sets mode and mtime, fsyncs. Idempotent.
     fn replay(&self, u: &FileUpdate, ranges: &Ranges<'_>, file: &File) -> Result<(), ApplyError> {
         let io = |what| move |e| ApplyError::io(what, &u.path, e);
+        reserve(u, file)?;
         for (i, r) in u.ranges.iter().enumerate() {
             file.write_all_at(&ranges.get(i)?, r.offset)
                 .map_err(io("writing"))?;
@@ -556,6 +557,20 @@ impl Applier {
         }
         self.done(u, &mut t, hold)
     }
+}
+
+/// Allocates the blocks every range will write before a byte is written, so that a
+/// full disk refuses the update whole instead of leaving it half-applied (filesystems
+/// without `fallocate` go on unreserved).
+fn reserve(u: &FileUpdate, file: &File) -> Result<(), ApplyError> {
+    for r in &u.ranges {
+        match sys::fallocate(file, libc::FALLOC_FL_KEEP_SIZE, r.offset, r.len) {
+            Ok(()) => {}
+            Err(e) if matches!(e.0, libc::EOPNOTSUPP | libc::ENOSYS) => return Ok(()),
+            Err(e) => return Err(ApplyError::io("reserving space for", &u.path, os_err(e))),
+        }
+    }
+    Ok(())
 }
 
 /// Removes the target if this update created it (it was refused before any write).

@@ -74,11 +74,12 @@ impl From<std::io::Error> for FsError {
     }
 }
 
-/// The journal could not record the change: the operation is refused (EIO), loudly.
+/// The journal could not record the change: the operation is refused, loudly (ENOSPC
+/// when the journal's disk is full, else EIO).
 impl From<RecordError> for FsError {
     fn from(e: RecordError) -> FsError {
         FsError {
-            errno: libc::EIO,
+            errno: if e.1 .0 { libc::ENOSPC } else { libc::EIO },
             message: Cow::Borrowed("journal refused the change; operation not done"),
             source: Some(Box::new(e)),
             level: Level::ERROR,
@@ -92,10 +93,19 @@ mod tests {
 
     #[test]
     fn a_journal_failure_is_an_eio_logged_as_an_error_with_its_cause() {
-        let e = FsError::from(RecordError("disk full".into()));
+        let e = FsError::from(RecordError::other("disk gone"));
         assert_eq!((e.errno, e.level), (libc::EIO, Level::ERROR));
         let cause = std::error::Error::source(&e).map(|s| s.to_string());
-        assert_eq!(cause.as_deref(), Some("recording change failed: disk full"));
+        assert_eq!(cause.as_deref(), Some("recording change failed: disk gone"));
+        let full = FsError::from(RecordError(
+            "no space".into(),
+            crate::fs::record::Full(true),
+        ));
+        assert_eq!(
+            full.errno,
+            libc::ENOSPC,
+            "a full journal disk is told as such"
+        );
     }
 
     #[test]

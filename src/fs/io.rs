@@ -268,7 +268,7 @@ mod tests {
         fn sync(&self) -> Result<(), RecordError> {
             self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             match self.fail {
-                true => Err(RecordError("disk gone".into())),
+                true => Err(RecordError::other("disk gone")),
                 false => Ok(()),
             }
         }

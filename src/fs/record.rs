@@ -4,10 +4,22 @@
 use crate::journal::op::{FileId, MetaOp};
 use crate::path::RelPath;
 
-/// A failure to record a change; the operation is refused with EIO.
+/// A failure to record a change; the operation is refused with EIO, or ENOSPC when
+/// the journal's disk is full (`full`).
 #[derive(Debug, thiserror::Error)]
 #[error("recording change failed: {0}")]
-pub struct RecordError(pub String);
+pub struct RecordError(pub String, pub Full);
+
+/// Whether a [`RecordError`] came from a full disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full(pub bool);
+
+impl RecordError {
+    /// A failure for another reason than a full disk.
+    pub fn other(why: impl Into<String>) -> RecordError {
+        RecordError(why.into(), Full(false))
+    }
+}
 
 /// Receives every change the filesystem makes to the backing store.
 pub trait Recorder: Send + Sync + 'static {
@@ -77,7 +89,7 @@ impl JournalRecorder {
 }
 
 fn rec_err(e: crate::journal::JournalError) -> RecordError {
-    RecordError(e.to_string())
+    RecordError(e.to_string(), Full(e.is_disk_full()))
 }
 
 impl Recorder for JournalRecorder {

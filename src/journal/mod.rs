@@ -157,6 +157,20 @@ impl JournalError {
             source,
         }
     }
+
+    /// True if the journal's disk is full (or its quota spent).
+    pub fn is_disk_full(&self) -> bool {
+        let io = match self {
+            JournalError::Io { source, .. } => Some(source),
+            JournalError::Db {
+                source: sled::Error::Io(source),
+                ..
+            } => Some(source),
+            _ => None,
+        };
+        io.and_then(|e| e.raw_os_error())
+            .is_some_and(|n| n == libc::ENOSPC || n == libc::EDQUOT)
+    }
 }
 
 /// A consistent copy of what is pending.
@@ -664,6 +678,7 @@ impl Inner {
             return Err(e);
         }
         let prev = std::mem::replace(&mut l.wal, fresh);
+        prev.shed_room(); // old logs wait for a checkpoint: they must not hold disk
         l.rotated.push((gen, prev.handle()));
         l.dir_epoch += 1;
         Ok(gen)

@@ -147,14 +147,14 @@ async fn handle(
         Message::FileUpdate(u) => {
             let id = u.id;
             let kept = parts.kept.remove(&id);
-            let reply = match parts.assemble(u, kept.as_ref()) {
-                Ok(u) => apply_update(u, r, peer).await,
-                Err(why) => nack(AckKind::Update(id), NackReason::BadRequest(why)),
-            };
+            let assembled = parts.assemble(u, kept.as_ref());
             if let Some(Ok(k)) = kept {
-                r.applier.parts_done(k); // applied or refused: not resumed
+                r.applier.parts_done(k); // in memory now: its disk space goes
             }
-            Ok(Some(reply))
+            Ok(Some(match assembled {
+                Ok(u) => apply_update(u, r, peer).await,
+                Err(why) => nack(AckKind::Update(id), why),
+            }))
         }
         Message::Ping(n) => Ok(Some(Message::Pong(n))),
         Message::Queue { files, bytes } => {
@@ -366,10 +366,7 @@ async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
             Message::Ack(AckKind::Update(id))
         }
         Ok(Ok(Err(reason))) => nack(AckKind::Update(id), reason),
-        Ok(Err(e)) => {
-            tracing::info!(update = id, "refusing update: {e}");
-            nack(AckKind::Update(id), e.nack_reason())
-        }
+        Ok(Err(e)) => refuse(id, e, r),
         Err(e) => nack(
             AckKind::Update(id),
             NackReason::Io(format!("applier task: {e}")),
@@ -394,6 +391,19 @@ async fn held_parts(r: &Receiver, peer: &PeerId) -> Vec<crate::wire::StagedItem>
     }
 }
 
+/// Nacks an update the applier refused. A local failure (a full disk, say) is this
+/// node's to fix: it goes to the log as a warning and to `status` as an error.
+fn refuse(id: u64, e: crate::apply::ApplyError, r: &Receiver) -> Message {
+    let reason = e.nack_reason();
+    if matches!(reason, NackReason::Io(_)) {
+        tracing::warn!(update = id, "cannot apply an update here: {e}");
+        r.stats.error(format!("cannot apply an update here: {e}"));
+    } else {
+        tracing::info!(update = id, "refusing update: {e}");
+    }
+    nack(AckKind::Update(id), reason)
+}
+
 /// Ranges of multi-frame updates until their final `FileUpdate` arrives: on disk for
 /// updates announced by `UpdateStart` (kept across sessions, so a cut transfer resumes;
 /// the small writes happen on this task), in memory otherwise. Memory is charged to the
@@ -401,7 +411,7 @@ async fn held_parts(r: &Receiver, peer: &PeerId) -> Vec<crate::wire::StagedItem>
 struct Parts {
     by_id: HashMap<u64, Vec<RangeData>>,
     /// On-disk parts by update id; an error (no parts to resume) nacks the update.
-    kept: HashMap<u64, Result<KeptParts, String>>,
+    kept: HashMap<u64, Result<KeptParts, NackReason>>,
     bytes: usize,
     budget: Arc<PeerBudget>,
     applier: Arc<Applier>,
@@ -431,8 +441,8 @@ impl Parts {
 
     fn start(&mut self, id: u64, key: PartKey, from: u64) {
         let kept = self.applier.parts_begin(&key, from).map_err(|e| {
-            tracing::info!(update = id, "cannot keep or resume its parts: {e}");
-            e.to_string()
+            tracing::warn!(update = id, "cannot keep or resume its parts: {e}");
+            e.nack_reason()
         });
         if from > 0 && kept.is_ok() {
             tracing::info!(update = id, "{}: resuming from byte {from}", key.path);
@@ -474,7 +484,7 @@ impl Parts {
         }
         if let Err(e) = self.applier.parts_append(k, &ranges) {
             tracing::warn!(update = id, "cannot keep its parts: {e}");
-            self.kept.insert(id, Err(e.to_string()));
+            self.kept.insert(id, Err(e.nack_reason()));
         }
         Ok(())
     }
@@ -483,8 +493,8 @@ impl Parts {
     fn assemble(
         &mut self,
         mut u: FileUpdate,
-        kept: Option<&Result<KeptParts, String>>,
-    ) -> Result<FileUpdate, String> {
+        kept: Option<&Result<KeptParts, NackReason>>,
+    ) -> Result<FileUpdate, NackReason> {
         let mut ranges = self.by_id.remove(&u.id).unwrap_or_default();
         let n = cost(&ranges);
         self.bytes -= n;
@@ -493,19 +503,21 @@ impl Parts {
             ranges = self.read_kept(k)?;
         }
         ranges.append(&mut u.ranges);
-        check_ranges(&ranges, u.size)?;
+        check_ranges(&ranges, u.size).map_err(NackReason::BadRequest)?;
         u.ranges = ranges;
         Ok(u)
     }
 
     /// The ranges kept on disk, charged to the budget while the update is applied.
-    fn read_kept(&mut self, k: &Result<KeptParts, String>) -> Result<Vec<RangeData>, String> {
+    fn read_kept(
+        &mut self,
+        k: &Result<KeptParts, NackReason>,
+    ) -> Result<Vec<RangeData>, NackReason> {
         let k = k.as_ref().map_err(|e| e.clone())?;
-        let ranges = self.applier.parts_read(k).map_err(|e| e.to_string())?;
+        let ranges = self.applier.parts_read(k).map_err(|e| e.nack_reason())?;
         if !self.budget.take(cost(&ranges)) {
-            return Err(format!(
-                "update parts exceed the peer's {MAX_PEER_MEMORY} bytes of memory"
-            ));
+            let why = format!("update parts exceed the peer's {MAX_PEER_MEMORY} bytes of memory");
+            return Err(NackReason::BadRequest(why));
         }
         self.budget.give(cost(&ranges)); // the cap of parts held in memory, checked only
         Ok(ranges)

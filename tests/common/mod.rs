@@ -53,6 +53,8 @@ pub struct Node {
     /// The mount point.
     pub mnt: PathBuf,
     child: Option<Child>,
+    /// A filesystem of its own the store sits on (unmounted on drop, after the daemon).
+    pub small_fs: Option<PathBuf>,
 }
 
 impl Node {
@@ -73,10 +75,38 @@ impl Node {
         Node::init_under(sub, &[])
     }
 
+    /// A new store on a tmpfs of its own of `mib` MiB (to fill it up).
+    pub fn on_tmpfs(mib: u64, extra: &[&str]) -> Node {
+        Node::init_in(
+            tempfile::tempdir().expect("tempdir"),
+            "small",
+            extra,
+            Some(mib),
+        )
+    }
+
     fn init_under(sub: &str, extra: &[&str]) -> Node {
-        let tmp = tempfile::tempdir().expect("tempdir");
+        Node::init_in(tempfile::tempdir().expect("tempdir"), sub, extra, None)
+    }
+
+    fn init_in(tmp: tempfile::TempDir, sub: &str, extra: &[&str], tmpfs: Option<u64>) -> Node {
         let parent = tmp.path().join(sub);
         std::fs::create_dir_all(&parent).unwrap();
+        let small_fs = tmpfs.map(|mib| {
+            let size = format!("size={mib}m");
+            let st = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &size,
+                    "tmpfs",
+                    parent.to_str().unwrap(),
+                ])
+                .status();
+            assert!(st.is_ok_and(|s| s.success()), "mounting a tmpfs");
+            parent.clone()
+        });
         let store = parent.join("store");
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
@@ -88,6 +118,7 @@ impl Node {
             store,
             mnt,
             child: None,
+            small_fs,
         }
     }
 
@@ -236,6 +267,9 @@ impl Drop for Node {
         }
         if is_fuse_mounted(&self.mnt) {
             force_unmount(&self.mnt);
+        }
+        if let Some(fs) = &self.small_fs {
+            let _ = Command::new("umount").arg("-l").arg(fs).status();
         }
     }
 }
@@ -412,7 +446,7 @@ impl Pair {
     }
 
     /// Configures `a` and `b` as each other's peer.
-    fn of(a: Node, b: Node, proxied: bool) -> Pair {
+    pub fn of(a: Node, b: Node, proxied: bool) -> Pair {
         let (pa, pb) = (free_port(), free_port());
         let mut proxies = Vec::new();
         let (to_b, to_a) = if proxied {
