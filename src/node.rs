@@ -260,6 +260,7 @@ async fn start_sync(
         applier: applier.clone(),
         cfg: sync_cfg.clone(),
     };
+    check.record_recovered(&applier.take_recovered());
     let r = receiver::Receiver {
         applier,
         cfg: sync_cfg.clone(),

@@ -233,6 +233,8 @@ pub struct Applier {
     applied: Mutex<std::collections::HashMap<String, applied::Applied>>,
     /// Where replaced and deleted versions go (none: they are not kept).
     archive: Option<crate::versions::Archive>,
+    /// Updates replayed by recovery (without their ranges), for the caller to record.
+    recovered: Mutex<Vec<crate::wire::FileUpdate>>,
 }
 
 impl Applier {
@@ -273,12 +275,19 @@ impl Applier {
             max_file_size: crate::wire::MAX_FILE_SIZE,
             applied: Mutex::new(Default::default()),
             archive: None,
+            recovered: Mutex::new(Vec::new()),
         };
         if let Some(f) = applier.fault {
             tracing::warn!("SYNCFS_FAULT is set: the applier will abort at {f:?} (tests only)");
         }
         applier.recover()?;
         Ok(applier)
+    }
+
+    /// The updates recovery replayed when this applier opened (their ranges dropped):
+    /// their new versions may not be recorded yet (the process died first).
+    pub fn take_recovered(&self) -> Vec<crate::wire::FileUpdate> {
+        std::mem::take(&mut self.recovered.lock().unwrap())
     }
 
     /// Hash of the file at `path` (BLAKE3 of the whole content), None if missing.

@@ -173,13 +173,17 @@ impl Applier {
                 tracing::info!("discarding unverified staged update {}", path.display());
             } else if s.ends_with(VERIFIED) {
                 match self.recover_one(name) {
-                    Ok(u) => tracing::info!(
-                        update = u.id,
-                        "recovered a verified update: replayed {} ({} bytes, {} ranges)",
-                        u.path,
-                        u.size,
-                        u.ranges.len()
-                    ),
+                    Ok(mut u) => {
+                        tracing::info!(
+                            update = u.id,
+                            "recovered a verified update: replayed {} ({} bytes, {} ranges)",
+                            u.path,
+                            u.size,
+                            u.ranges.len()
+                        );
+                        u.ranges = Vec::new(); // kept for its version, not its bytes
+                        self.recovered.lock().unwrap().push(u);
+                    }
                     // Not acked: the sender resends it.
                     Err(e) => tracing::warn!("dropping staged update {}: {e}", path.display()),
                 }

@@ -1124,6 +1124,12 @@ fn crash_points_are_recovered() {
         let a = e.applier();
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
         assert!(e.staged().is_empty(), "{fault}");
+        let listed: Vec<_> = a.take_recovered().iter().map(|r| r.hash).collect();
+        assert_eq!(
+            listed,
+            vec![u.hash],
+            "{fault}: recovery lists the update to record"
+        );
         a.apply_update(&u).unwrap(); // the unacked resend
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
     }
@@ -1455,4 +1461,31 @@ fn the_mount_is_not_held_while_verifying() {
         .unwrap_err();
     assert!(matches!(err, ApplyError::UnknownBase { .. }), "{err}");
     assert_eq!(e.read("f"), b"before+local");
+}
+
+/// The stage stays until the caller's record of the new version is made (a kill
+/// before the record leaves it for recovery, which lists it: `crash_points_are_recovered`).
+#[test]
+fn the_stage_outlives_the_callers_record() {
+    let env = Env::new();
+    fs::write(env.p("f"), b"old content").unwrap();
+    let u = update("f", Some(b"old content"), b"new content", &[(0, 11)]);
+    let a = env.applier();
+    let mut seen = None;
+    a.apply_update_then(&u, &mut || {
+        let staged = fs::read_dir(&env.staging).unwrap().count();
+        seen = Some((staged, fs::read(env.p("f")).unwrap()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        Some((1, b"new content".to_vec())),
+        "the record is made with the stage in place"
+    );
+    assert_eq!(
+        fs::read_dir(&env.staging).unwrap().count(),
+        0,
+        "then the stage goes"
+    );
 }

@@ -307,6 +307,18 @@ struct Target {
 impl Applier {
     /// Applies one file update; Ok means durable (fsynced) and verified: the caller acks.
     pub fn apply_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        self.apply_update_then(u, &mut || Ok(()))
+    }
+
+    /// [`Applier::apply_update`], running `after` (the caller's durable record of the
+    /// new version) once the file is in place and before its stage is removed: a crash
+    /// before `after` is done leaves the stage, which recovery replays and lists
+    /// ([`Applier::take_recovered`]) for the record to be made again.
+    pub fn apply_update_then(
+        &self,
+        u: &FileUpdate,
+        after: &mut dyn FnMut() -> Result<(), ApplyError>,
+    ) -> Result<(), ApplyError> {
         let _serial = self.lock();
         check_update(u)?;
         // 1. The target, beneath the root (deltas decode against its current bytes).
@@ -325,7 +337,7 @@ impl Applier {
         };
         // 3. Rule 1: stage durably before the target is written.
         let mut stage = Stage::create(self, &ranges.stageable())?;
-        let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t);
+        let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t, after);
         if res.is_err() {
             if let Some(mode) = t.restore_mode {
                 let _ = sys::chmod_fd(&t.pfd, mode);
@@ -341,6 +353,7 @@ impl Applier {
         ranges: &Ranges<'_>,
         stage: &mut Stage<'_>,
         t: &mut Target,
+        after: &mut dyn FnMut() -> Result<(), ApplyError>,
     ) -> Result<(), ApplyError> {
         // 4. Hashes of the current content and of the result: from the file's tree when
         //    it is known (only touched leaves are read), else one streaming pass. The
@@ -377,10 +390,11 @@ impl Applier {
             });
         }
         if current == u.hash {
-            stage.finish()?;
             self.set_attrs(u, &t.file)?;
             self.remember(&t.file, tree);
-            return self.done(u, t, hold);
+            self.done(u, t, hold)?;
+            after()?;
+            return stage.finish();
         }
         // 5. Rule 2: the stage is verified, durably.
         stage.mark_verified()?;
@@ -389,8 +403,9 @@ impl Applier {
         self.replay(u, ranges, &t.file)?;
         self.remember(&t.file, tree); // still held: no local write can slip in
         self.fault_point(Fault::AfterReplay);
-        stage.finish()?;
-        self.done(u, t, hold)
+        self.done(u, t, hold)?;
+        after()?; // the stage stays until the caller's record is durable
+        stage.finish()
     }
 
     /// Rule 4: the file (and a new name) are durable before the caller may ack; then the

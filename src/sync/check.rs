@@ -241,6 +241,23 @@ impl Checker {
         self.taken(&u.path)
     }
 
+    /// [`Checker::after_update`], flushed to disk: a kill -9 after this cannot make
+    /// the next scan take the peer's content for a local edit.
+    pub fn after_update_durably(&self, u: &FileUpdate) -> Result<(), ApplyError> {
+        self.after_update(u)?;
+        self.journal.index().flush().map_err(jerr(&u.path))
+    }
+
+    /// Records the versions of updates that recovery replayed (the process died before
+    /// recording them), so that the scan does not take them for local edits.
+    pub fn record_recovered(&self, updates: &[FileUpdate]) {
+        for u in updates {
+            if let Err(e) = self.after_update_durably(u) {
+                tracing::warn!("recording the recovered update of {}: {e}", u.path);
+            }
+        }
+    }
+
     fn fold_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         fold::update(

@@ -344,8 +344,8 @@ fn gated_update(
         Step::Skip | Step::RemoveFrom => Ok(Ok(false)),
         Step::Refuse(r) => Ok(Err(r)),
         Step::Apply => {
-            applier.apply_update(u)?;
-            check.after_update(u)?;
+            // The new version is in the index, durably, before the stage goes.
+            applier.apply_update_then(u, &mut || check.after_update_durably(u))?;
             Ok(Ok(true))
         }
     }
