@@ -261,7 +261,8 @@ pub fn folder_id_bytes(s: &str) -> Result<[u8; 16], StoreError> {
     Ok(out)
 }
 
-fn hex(b: &[u8]) -> String {
+/// Lower-case hex of `b` (file names made from hashes or random bytes).
+pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -61,11 +61,7 @@ fn codec() -> impl Options {
 fn name_of(k: &PartKey) -> String {
     let bytes = codec().serialize(k).expect("a key serializes");
     let h = blake3::hash(&bytes);
-    format!("{}{SUFFIX}", hex(&h.as_bytes()[..16]))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("{}{SUFFIX}", crate::store::hex(&h.as_bytes()[..16]))
 }
 
 fn bad(what: &str) -> io::Error {

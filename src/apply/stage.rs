@@ -82,10 +82,7 @@ impl<'a> Stage<'a> {
 
     /// Rule 1: the update is durable in `staging/` before the target is touched.
     pub(super) fn create(applier: &'a Applier, u: &FileUpdate) -> Result<Stage<'a>, ApplyError> {
-        let stem: String = rand::random::<[u8; 16]>()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let stem = crate::store::hex(&rand::random::<[u8; 16]>());
         let mut stage = Stage {
             applier,
             stem,

@@ -451,10 +451,8 @@ impl Parts {
     }
 
     fn add(&mut self, id: u64, ranges: Vec<RangeData>) -> Result<(), SyncError> {
-        match self.kept.get_mut(&id) {
-            Some(Ok(_)) => return self.keep(id, ranges),
-            Some(Err(_)) => return Ok(()), // nacked at its FileUpdate
-            None => {}
+        if self.kept.contains_key(&id) {
+            return self.keep(id, ranges); // on disk (or nacked at its FileUpdate)
         }
         let n = cost(&ranges);
         if !self.budget.take(n) {

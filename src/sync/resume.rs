@@ -28,7 +28,7 @@ pub fn announce(frames: &mut Vec<Message>, held: &mut Held) -> u64 {
     let (id, path, base, hash) = (u.id, u.path.clone(), u.base, u.hash);
     let upto = held
         .remove(&path)
-        .filter(|s| s.base == base && s.hash == hash && !joint(frames))
+        .filter(|s| s.base == base && s.hash == hash && !joint(frames.as_mut_slice()))
         .map_or(0, |s| s.upto);
     let dropped = if upto > 0 { leave_out(frames, upto) } else { 0 };
     let from = match dropped {
@@ -55,12 +55,11 @@ fn ranges_mut(m: &mut Message) -> Option<&mut Vec<RangeData>> {
 }
 
 /// A joint delta spans all its ranges: it cannot be cut.
-fn joint(frames: &[Message]) -> bool {
-    frames.iter().any(|m| match m {
-        Message::UpdatePart { ranges, .. } => ranges.iter().any(|r| r.encoding == Encoding::Joint),
-        Message::FileUpdate(u) => u.ranges.iter().any(|r| r.encoding == Encoding::Joint),
-        _ => false,
-    })
+fn joint(frames: &mut [Message]) -> bool {
+    frames
+        .iter_mut()
+        .filter_map(ranges_mut)
+        .any(|rs| rs.iter().any(|r| r.encoding == Encoding::Joint))
 }
 
 /// Drops every range ending at or before `upto` (and parts left empty); returns the
