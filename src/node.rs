@@ -3,7 +3,7 @@
 //! travel to the sender on an unbounded channel; the applier reaches the mount through
 //! [`MountHooks`] (hold a file, invalidate the kernel's caches).
 
-use crate::apply::Applier;
+use crate::apply::{Applier, ApplyHooks, NoHooks};
 use crate::bwlimit::BwLimit;
 use crate::config::Config;
 use crate::fs::mount::{self, MountHooks, Mounted};
@@ -107,8 +107,16 @@ async fn serve(store: Store, cfg: Config, mountpoint: &Path) -> Result<()> {
     });
     let mut stop = Stop::new()?;
     let scanned = {
-        let (st, j, pr) = (store.clone(), journal.clone(), progress.clone());
-        let mut task = tokio::task::spawn_blocking(move || scan(&st, &j, &pr));
+        let (st, j, pr, c) = (
+            store.clone(),
+            journal.clone(),
+            progress.clone(),
+            cfg.clone(),
+        );
+        let mut task = tokio::task::spawn_blocking(move || {
+            recover_applier(&st, &c, &j)?;
+            scan(&st, &j, &pr)
+        });
         tokio::select! {
             r = &mut task => r,
             _ = stop.signalled() => {
@@ -219,14 +227,7 @@ async fn start_sync(
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
     pre: Arc<Preimages>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
-    let mut applier =
-        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
-    applier.set_sync_ownership(cfg.sync_ownership);
-    applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
-    let archive = Archive::open(&store.versions(), cfg.versions_days, cfg.versions_max_mib)
-        .context("opening the version archive")?;
-    applier.set_archive(archive);
-    let applier = Arc::new(applier);
+    let applier = Arc::new(open_applier(store, cfg, hooks)?);
     let peers = parse_addrs(&cfg.peers)?;
     if let Some(first) = peers.first() {
         *stats.peer.lock().unwrap() = first.to_string();
@@ -244,23 +245,9 @@ async fn start_sync(
     };
     let (net, events) = net::start(net_cfg).await.context("starting the network")?;
     tracing::info!("peer id {}", net.local_peer_id());
-    let sync_cfg = SyncConfig {
-        folder_id: folder_id_bytes(&cfg.folder_id)?,
-        node_name: cfg.name.clone(),
-        settle: Duration::from_millis(cfg.settle_ms),
-        level: 3,
-        node: crate::vv::node_id(&net.local_peer_id().to_bytes()),
-        peer_bytes: net.local_peer_id().to_bytes(),
-        peer_text: net.local_peer_id().to_string(),
-    };
+    let sync_cfg = sync_config(cfg, net.local_peer_id())?;
     let mut tasks = vec![tokio::spawn(log_events(events))];
-    let check = Checker {
-        journal: journal.clone(),
-        root: Arc::new(open_path_dir(&store.data())?),
-        applier: applier.clone(),
-        cfg: sync_cfg.clone(),
-    };
-    check.record_recovered(&applier.take_recovered());
+    let check = checker(store, &journal, applier.clone(), &sync_cfg)?;
     let r = receiver::Receiver {
         applier,
         cfg: sync_cfg.clone(),
@@ -292,6 +279,54 @@ async fn start_sync(
     )?;
     tasks.extend(senders);
     Ok(tasks)
+}
+
+fn sync_config(cfg: &Config, me: PeerId) -> Result<SyncConfig> {
+    Ok(SyncConfig {
+        folder_id: folder_id_bytes(&cfg.folder_id)?,
+        node_name: cfg.name.clone(),
+        settle: Duration::from_millis(cfg.settle_ms),
+        level: 3,
+        node: crate::vv::node_id(&me.to_bytes()),
+        peer_bytes: me.to_bytes(),
+        peer_text: me.to_string(),
+    })
+}
+
+fn open_applier(store: &Store, cfg: &Config, hooks: Arc<dyn ApplyHooks>) -> Result<Applier> {
+    let mut applier =
+        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
+    applier.set_sync_ownership(cfg.sync_ownership);
+    applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
+    let archive = Archive::open(&store.versions(), cfg.versions_days, cfg.versions_max_mib)
+        .context("opening the version archive")?;
+    applier.set_archive(archive);
+    Ok(applier)
+}
+
+fn checker(
+    store: &Store,
+    journal: &Journal,
+    applier: Arc<Applier>,
+    sync_cfg: &SyncConfig,
+) -> Result<Checker> {
+    Ok(Checker {
+        journal: journal.clone(),
+        root: Arc::new(open_path_dir(&store.data())?),
+        applier,
+        cfg: sync_cfg.clone(),
+    })
+}
+
+/// Finishes what a kill left half done in the applier (replayed updates, a metadata
+/// batch in mid-apply) with no mount up yet, so that the scan after it does not take
+/// the peer's changes for local ones.
+fn recover_applier(store: &Store, cfg: &Config, journal: &Journal) -> Result<()> {
+    let me = store.keypair()?.public().to_peer_id();
+    let applier = Arc::new(open_applier(store, cfg, Arc::new(NoHooks))?);
+    let check = checker(store, journal, applier, &sync_config(cfg, me)?)?;
+    crate::sync::meta::recover(&check)
+        .context("finishing the applier's work cut short by the last stop")
 }
 
 fn start_senders(

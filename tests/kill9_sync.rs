@@ -65,15 +65,11 @@ fn changes(p: &Pair, rng: &mut StdRng, round: u64, model: &mut BTreeMap<String, 
     dir.sync_all().unwrap(); // the renames and deletes, confirmed
 }
 
-/// Known failure, kept as the reproducer (`cargo test --test kill9_sync -- --ignored`):
-/// a receiver killed between applying a peer's metadata op (marked applied durably)
-/// and flushing its index entry takes the result for a local change at its next scan
-/// ("s24 deleted while not mounted"), and the peer's next write of that file becomes a
-/// conflict copy: nothing is lost, but the confirmed write is displaced (round 5).
-/// File updates already keep their stage until the index entry is durable; metadata
-/// ops need the same order (index entry, then "applied").
+/// Before the receiver held each metadata batch and committed its index entries before
+/// "applied up to" (`sync::meta`), round 5 failed here: a receiver killed between
+/// applying a peer's op and flushing its index entry took the result for a local change
+/// at its next scan, and the peer's next write of that file became a conflict copy.
 #[test]
-#[ignore = "known failure: a kill between a peer op and its index entry makes a spurious conflict"]
 fn kill9_at_random_points_of_a_sync_loses_nothing_confirmed() {
     let rounds: u64 = std::env::var("KILL_ROUNDS")
         .ok()

@@ -25,19 +25,10 @@ pub struct Applied {
     pub pending: Option<(u64, u64)>,
 }
 
-impl Applied {
-    /// Everything up to `seq` applied, nothing pending.
-    fn done(seq: u64) -> Applied {
-        Applied {
-            upto: seq,
-            pending: None,
-        }
-    }
-}
-
 impl Applier {
     /// Applies op `seq` of `peer` exactly once (see the module docs); `Ok(false)` if it
-    /// was applied before and skipped.
+    /// was applied before and skipped. A rename leaves its "pending" mark for the
+    /// caller's [`Applier::applied_upto`], made once the op's index entry is durable.
     pub fn apply_meta_once(&self, peer: &str, seq: u64, op: &MetaOp) -> Result<bool, ApplyError> {
         let mut rec = self.applied(peer)?;
         if seq <= rec.upto {
@@ -51,11 +42,7 @@ impl Applier {
         let now = self.node_ino(from);
         if let Some((p, ino)) = rec.pending.filter(|(p, _)| *p == seq) {
             if now != Some(ino) {
-                tracing::debug!(
-                    seq = p,
-                    "rename #{seq} applied before the last stop: skipped"
-                );
-                self.record_applied(peer, Applied::done(seq))?;
+                tracing::debug!(seq = p, "rename #{seq} applied before the last stop");
                 return Ok(false);
             }
         }
@@ -64,11 +51,12 @@ impl Applier {
             self.record_applied(peer, rec)?;
         }
         self.apply_meta(op)?;
-        self.record_applied(peer, Applied::done(seq))?;
         Ok(true)
     }
 
-    /// Records that every op of `peer` up to `seq` is applied (end of a batch).
+    /// Records that every op of `peer` up to `seq` is applied. The caller makes their
+    /// index entries durable first: a kill between the two then replays ops whose
+    /// entries are missing, never the reverse (a change taken for a local one).
     pub fn applied_upto(&self, peer: &str, seq: u64) -> Result<(), ApplyError> {
         let rec = self.applied(peer)?;
         if seq > rec.upto {
@@ -76,7 +64,7 @@ impl Applier {
                 peer,
                 Applied {
                     upto: seq,
-                    pending: rec.pending,
+                    pending: rec.pending.filter(|(p, _)| *p > seq),
                 },
             )?;
         }
@@ -116,29 +104,49 @@ impl Applier {
         })
     }
 
-    /// Writes the record durably (temp file, fsync, rename, fsync the directory).
+    /// Writes the record durably.
     fn record_applied(&self, peer: &str, a: Applied) -> Result<(), ApplyError> {
-        let (name, tmp) = (file_name(peer), file_name(&format!("{peer}.tmp")));
+        let body = bincode::serialize(&a).map_err(|e| {
+            ApplyError::io(
+                "encoding",
+                "staging/applied record",
+                std::io::Error::other(e),
+            )
+        })?;
+        self.write_durably(&file_name(peer), MAGIC, &body)?;
+        let mut cache = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(peer.to_string(), a);
+        Ok(())
+    }
+
+    /// Replaces `staging/<name>` with `magic` + `body` durably: a temp file, fsync,
+    /// rename, fsync of the directory.
+    pub(super) fn write_durably(
+        &self,
+        name: &OsStr,
+        magic: &[u8],
+        body: &[u8],
+    ) -> Result<(), ApplyError> {
+        let mut tmp = name.to_os_string();
+        tmp.push(".tmp");
+        let shown = name.to_string_lossy().into_owned();
         let io = |what: &'static str| {
-            move |e: std::io::Error| ApplyError::io(what, "staging/applied record", e)
+            let shown = shown.clone();
+            move |e: std::io::Error| ApplyError::io(what, format!("staging/{shown}"), e)
         };
         let _ = sys::unlinkat(&self.staging, &tmp, false);
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
         let fd = sys::openat(&self.staging, &tmp, flags, 0o600)
             .map_err(|e| io("creating")(os_err(e)))?;
         let mut f = std::fs::File::from(fd);
-        let body = bincode::serialize(&a).map_err(|e| io("encoding")(std::io::Error::other(e)))?;
-        f.write_all(MAGIC)
-            .and_then(|()| f.write_all(&body))
+        f.write_all(magic)
+            .and_then(|()| f.write_all(body))
             .map_err(io("writing"))?;
         f.sync_all().map_err(io("fsync"))?;
-        sys::renameat2(&self.staging, &tmp, &self.staging, &name, 0)
+        sys::renameat2(&self.staging, &tmp, &self.staging, name, 0)
             .map_err(|e| io("renaming")(os_err(e)))?;
         self.sync_dir(&self.staging)
-            .map_err(io("fsync the directory"))?;
-        let mut cache = self.applied.lock().unwrap_or_else(|p| p.into_inner());
-        cache.insert(peer.to_string(), a);
-        Ok(())
+            .map_err(io("fsync the directory"))
     }
 
     /// The inode number `path` names now, not following a symlink (None if nothing).

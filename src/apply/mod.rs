@@ -46,8 +46,10 @@
 //! [`MAX_RANGE_LEN`]: crate::wire::MAX_RANGE_LEN
 
 mod applied;
+mod batch;
 pub mod partial;
 pub use applied::Applied;
+pub use batch::{HeldBatch, HeldOp, Marks, OpState};
 mod aside;
 pub use aside::{Aside, SetAside};
 mod meta;
@@ -234,7 +236,7 @@ pub struct Applier {
     /// Where replaced and deleted versions go (none: they are not kept).
     archive: Option<crate::versions::Archive>,
     /// Updates replayed by recovery (without their ranges), for the caller to record.
-    recovered: Mutex<Vec<crate::wire::FileUpdate>>,
+    recovered: Mutex<Vec<(std::ffi::OsString, crate::wire::FileUpdate)>>,
 }
 
 impl Applier {
@@ -285,9 +287,11 @@ impl Applier {
     }
 
     /// The updates recovery replayed when this applier opened (their ranges dropped):
-    /// their new versions may not be recorded yet (the process died first).
-    pub fn take_recovered(&self) -> Vec<crate::wire::FileUpdate> {
-        std::mem::take(&mut self.recovered.lock().unwrap())
+    /// their new versions may not be recorded yet (the process died first). Their
+    /// stages stay until [`Applier::forget_recovered`].
+    pub fn recovered(&self) -> Vec<crate::wire::FileUpdate> {
+        let held = self.recovered.lock().unwrap();
+        held.iter().map(|(_, u)| u.clone()).collect()
     }
 
     /// Hash of the file at `path` (BLAKE3 of the whole content), None if missing.

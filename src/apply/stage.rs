@@ -179,7 +179,10 @@ impl Applier {
                             u.ranges.len()
                         );
                         u.ranges = Vec::new(); // kept for its version, not its bytes
-                        self.recovered.lock().unwrap().push(u);
+                                               // kept until its index entry is durable (`forget_recovered`)
+                        let mut held = self.recovered.lock().unwrap();
+                        held.push((name.to_os_string(), u));
+                        continue;
                     }
                     // Not acked: the sender resends it.
                     Err(e) => tracing::warn!("dropping staged update {}: {e}", path.display()),
@@ -192,6 +195,26 @@ impl Applier {
             touched = true;
         }
         if touched {
+            self.sync_dir(&self.staging)
+                .map_err(|e| ApplyError::io("fsync", self.staging_path.display(), e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the `.verified` stages that recovery replayed, once the caller has made
+    /// their index entries durable: a kill before this replays them again.
+    pub fn forget_recovered(&self) -> Result<(), ApplyError> {
+        let held = std::mem::take(&mut *self.recovered.lock().unwrap());
+        for (name, _) in &held {
+            sys::unlinkat(&self.staging, name, false).map_err(|e| {
+                ApplyError::io(
+                    "removing",
+                    self.staging_path.join(name).display(),
+                    os_err(e),
+                )
+            })?;
+        }
+        if !held.is_empty() {
             self.sync_dir(&self.staging)
                 .map_err(|e| ApplyError::io("fsync", self.staging_path.display(), e))?;
         }

@@ -417,6 +417,12 @@ fn recovery_replays_verified_update() {
     assert_eq!(e.read("f"), new);
     assert_mtime(&e, "f");
     assert_eq!(e.read("c"), created);
+    assert_eq!(
+        e.staged().len(),
+        2,
+        "kept until their index entries are made"
+    );
+    a.forget_recovered().unwrap();
     assert!(e.staged().is_empty());
     // And a resend of it (never acked) is recognised as applied.
     a.apply_update(&u).unwrap();
@@ -1123,13 +1129,19 @@ fn crash_points_are_recovered() {
         // Restart: recovery replays the verified update.
         let a = e.applier();
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
-        assert!(e.staged().is_empty(), "{fault}");
-        let listed: Vec<_> = a.take_recovered().iter().map(|r| r.hash).collect();
+        let listed: Vec<_> = a.recovered().iter().map(|r| r.hash).collect();
         assert_eq!(
             listed,
             vec![u.hash],
             "{fault}: recovery lists the update to record"
         );
+        assert_eq!(e.staged().len(), 1, "{fault}: kept until recorded");
+        drop(a);
+        let a = e.applier(); // killed before the record: replayed again, still listed
+        assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
+        assert_eq!(a.recovered().len(), 1, "{fault}");
+        a.forget_recovered().unwrap();
+        assert!(e.staged().is_empty(), "{fault}");
         a.apply_update(&u).unwrap(); // the unacked resend
         assert_eq!(hash(&e.read("f")), u.hash, "{fault}");
     }
@@ -1353,7 +1365,12 @@ fn an_exchange_interrupted_after_the_rename_is_not_swapped_back() {
         "applied before the stop"
     );
     assert_eq!((e.read("x"), e.read("y")), (b"X".to_vec(), b"Y".to_vec()));
-    assert_eq!(b.applied("p").unwrap().upto, 8);
+    b.applied_upto("p", 8).unwrap(); // the caller's commit clears the mark
+    let cleared = Applied {
+        upto: 8,
+        pending: None,
+    };
+    assert_eq!(b.applied("p").unwrap(), cleared);
 }
 
 #[test]

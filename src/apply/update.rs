@@ -313,7 +313,7 @@ impl Applier {
     /// [`Applier::apply_update`], running `after` (the caller's durable record of the
     /// new version) once the file is in place and before its stage is removed: a crash
     /// before `after` is done leaves the stage, which recovery replays and lists
-    /// ([`Applier::take_recovered`]) for the record to be made again.
+    /// ([`Applier::recovered`]) for the record to be made again.
     pub fn apply_update_then(
         &self,
         u: &FileUpdate,

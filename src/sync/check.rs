@@ -248,6 +248,11 @@ impl Checker {
         self.journal.index().flush().map_err(jerr(&u.path))
     }
 
+    /// Makes every index entry written so far durable.
+    pub fn flush_index(&self) -> Result<(), ApplyError> {
+        self.journal.index().flush().map_err(jerr(&RelPath::root()))
+    }
+
     /// Records the versions of updates that recovery replayed (the process died before
     /// recording them), so that the scan does not take them for local edits.
     pub fn record_recovered(&self, updates: &[FileUpdate]) {

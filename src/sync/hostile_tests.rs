@@ -31,7 +31,7 @@ fn rp(s: &str) -> RelPath {
 pub(super) struct Env {
     pub(super) _tmp: tempfile::TempDir,
     pub(super) data: PathBuf,
-    receiver: Receiver,
+    pub(super) receiver: Receiver,
 }
 
 pub(super) fn env() -> Env {

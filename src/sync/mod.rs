@@ -15,6 +15,7 @@ pub mod fold;
 pub mod ignored;
 pub mod link;
 pub mod local_copy;
+pub mod meta;
 pub mod receiver;
 pub mod resume;
 pub mod sender;
@@ -25,6 +26,8 @@ pub mod verdict;
 mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;
+#[cfg(test)]
+mod meta_tests;
 #[cfg(test)]
 mod resume_tests;
 #[cfg(test)]

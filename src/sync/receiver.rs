@@ -11,9 +11,8 @@ use crate::apply::partial::{PartKey, Parts as KeptParts};
 use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
-use crate::vv::VersionVector;
 use crate::wire::{
-    check_hello, AckKind, FileUpdate, FramedStream, Message, MetaItem, NackReason, RangeData,
+    check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData,
     MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, STREAM_PROTOCOL,
 };
 use futures::StreamExt;
@@ -119,8 +118,8 @@ async fn handle(
     peer: &PeerId,
 ) -> Result<Option<Message>, SyncError> {
     match msg {
-        Message::MetaBatch(ops) => Ok(Some(apply_meta(ops, r, peer).await)),
-        Message::Meta(item) => Ok(Some(apply_meta(vec![item], r, peer).await)),
+        Message::MetaBatch(ops) => Ok(Some(super::meta::apply_batch(ops, r, peer).await)),
+        Message::Meta(item) => Ok(Some(super::meta::apply_batch(vec![item], r, peer).await)),
         Message::UpdateStart {
             id,
             path,
@@ -173,52 +172,6 @@ async fn handle(
 
 fn nack(of: AckKind, reason: NackReason) -> Message {
     Message::Nack { of, reason }
-}
-
-/// Applies a batch exactly once (ops resent after a lost ack are skipped), then records
-/// the batch's last sequence number durably and acks it.
-async fn apply_meta(ops: Vec<MetaItem>, r: &Receiver, peer: &PeerId) -> Message {
-    let _one = r.lock.lock().await;
-    let applier = r.applier.clone();
-    let stats = r.stats.clone();
-    let check = r.check.clone();
-    let (bytes, peer) = (peer.to_bytes(), peer.to_string());
-    let first = ops.first().map_or(0, |i| i.seq);
-    let res = tokio::task::spawn_blocking(move || {
-        let mut last = 0;
-        for MetaItem { seq, op, vv } in &ops {
-            let vv = VersionVector::from_pairs(vv.iter().copied());
-            let op = crate::journal::MetaOp::from(op.clone());
-            match gated_op(&applier, &check, &peer, &bytes, *seq, &op, &vv) {
-                Ok(true) => {
-                    Stats::add(&stats.applied, 1);
-                    let now = super::stats::now_ms();
-                    stats
-                        .last_applied_ms
-                        .store(now, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!("cannot apply op #{seq} ({}): {e}", op.kind());
-                    // a refused op is not applied again when resent
-                    let _ = applier.applied_upto(&peer, *seq);
-                    return nack(AckKind::Meta(*seq), e.nack_reason());
-                }
-            }
-            last = last.max(*seq);
-        }
-        if let Err(e) = applier.applied_upto(&peer, last) {
-            return nack(AckKind::Meta(last), e.nack_reason());
-        }
-        Message::Ack(AckKind::Meta(last))
-    })
-    .await;
-    res.unwrap_or_else(|e| {
-        nack(
-            AckKind::Meta(first),
-            NackReason::Io(format!("applier task: {e}")),
-        )
-    })
 }
 
 /// The directories of the peer's summary whose digest differs from ours.
@@ -274,63 +227,6 @@ async fn take_index(
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
     Ok(Message::IndexAck { upto, want })
-}
-
-/// One op through the gate, exactly once: `Ok(true)` if applied now.
-fn gated_op(
-    applier: &crate::apply::Applier,
-    check: &Checker,
-    peer: &str,
-    peer_bytes: &[u8],
-    seq: u64,
-    op: &crate::journal::MetaOp,
-    vv: &VersionVector,
-) -> Result<bool, crate::apply::ApplyError> {
-    if seq <= applier.applied(peer)?.upto {
-        return Ok(false); // resent after a lost ack
-    }
-    if let crate::journal::MetaOp::Rename { from, to, .. } = op {
-        // Without its source (deleted here meanwhile) a rename cannot make `to`; unless
-        // it is the one a crash interrupted, the peer sends `to` whole instead.
-        let interrupted = applier
-            .applied(peer)?
-            .pending
-            .is_some_and(|(p, _)| p == seq);
-        if !interrupted && super::fold::look(&*check.root, from).is_none() {
-            tracing::info!("rename {from} -> {to}: no {from} here; the peer sends {to} whole");
-            return Err(crate::apply::ApplyError::BadRequest(format!(
-                "{:?}",
-                NackReason::MissingFile
-            )));
-        }
-    }
-    match check.before_op(op, vv, peer_bytes)? {
-        Step::Skip => {
-            tracing::info!("op #{seq} ({}) skipped: our version is newer", op.kind());
-            applier.applied_upto(peer, seq)?;
-            Ok(false)
-        }
-        Step::Refuse(r) => Err(crate::apply::ApplyError::BadRequest(format!("{r:?}"))),
-        Step::RemoveFrom => {
-            let crate::journal::MetaOp::Rename { from, .. } = op else {
-                return Ok(false);
-            };
-            let gone = crate::journal::MetaOp::Unlink {
-                path: from.clone(),
-                file: 0,
-                last_link: true,
-            };
-            applier.apply_meta(&gone)?;
-            check.after_op(&gone, vv)?;
-            applier.applied_upto(peer, seq)?;
-            Ok(true)
-        }
-        Step::Apply => {
-            let done = applier.apply_meta_once(peer, seq, op)?;
-            check.after_op(op, vv)?;
-            Ok(done)
-        }
-    }
 }
 
 /// One update through the gate: `Ok(true)` if applied, `Ok(false)` if skipped.
