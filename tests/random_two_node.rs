@@ -9,8 +9,8 @@
 //!   both sides;
 //! - every version of a shared file that no writer saw and replaced is present
 //!   somewhere: in either tree (at any name: a conflict copy) or either version archive;
-//! - the daemons go idle: 10 s after the trees agree, a 20 s window carries only
-//!   keepalives (printed; at most `IDLE_BYTES`).
+//! - the daemons go idle: from 10 s after the changes stop (or from when the trees
+//!   agree, if later), a 20 s window carries only keepalives (at most `IDLE_BYTES`).
 //!
 //! `RANDOM_SEED` (1) and `RANDOM_SECS` (40) set the seed and the length of the random
 //! phase. Needs root, iproute2.
@@ -322,6 +322,10 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
     let (da, db) = (nodes[0].data(), nodes[1].data());
     let t_quiet = Instant::now();
     let same = wait_until(240, || tree(&da) == tree(&db));
+    for (n, node) in ["a", "b"].iter().zip(&nodes) {
+        let keep = std::env::temp_dir().join(format!("random_two_node-{n}.log"));
+        let _ = std::fs::write(&keep, node.log());
+    }
     let logs = || {
         format!(
             "A: {}\nB: {}",
@@ -336,7 +340,22 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
             .chain(tb.keys())
             .filter(|k| ta.get(*k) != tb.get(*k))
             .collect();
-        panic!("the trees differ at {differ:?}\n{}", logs());
+        let mut about = String::new();
+        for (n, node) in ["a", "b"].iter().zip(&nodes) {
+            let log = node.log();
+            for k in &differ {
+                let st = std::fs::metadata(node.data().join(k)).map(|m| m.len());
+                about += &format!("{n}: {k}: {st:?}, {:?}\n", ta.get(*k).or(tb.get(*k)));
+                let lines = log.lines().filter(|l| l.contains(k.as_str()));
+                let lines: Vec<_> = lines.collect();
+                about += &lines[lines.len().saturating_sub(12)..].join("\n");
+                about += "\n";
+            }
+        }
+        panic!(
+            "the trees differ at {differ:?}\n{about}\n(full logs in {})",
+            std::env::temp_dir().display()
+        );
     }
     eprintln!(
         "trees equal {:.1?} after the random phase",
@@ -391,11 +410,15 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
     assert!(lost.is_empty(), "versions lost: {lost:?}\n{}", logs());
     drop(model);
 
-    std::thread::sleep(Duration::from_secs(10));
+    let idle_from = t_quiet + Duration::from_secs(10);
+    std::thread::sleep(idle_from.saturating_duration_since(Instant::now()));
+    let start = t_quiet.elapsed();
     let before = net.tx(0) + net.tx(1);
     std::thread::sleep(Duration::from_secs(20));
     let idle = net.tx(0) + net.tx(1) - before;
-    eprintln!("idle: {idle} bytes on the link in 20 s, 10 s after the trees agreed");
+    eprintln!(
+        "idle: {idle} bytes on the link in the 20 s from {start:.1?} after the changes stopped"
+    );
     assert!(
         idle <= IDLE_BYTES,
         "still busy after quiet: {idle} bytes in 20 s\n{}",

@@ -24,6 +24,7 @@ use handle::{DirHandle, FileHandle, Handles};
 use inode::{Inode, InodeTable};
 pub use record::{NullRecorder, RecordError, Recorder};
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -137,13 +138,19 @@ impl PassFs {
     /// The store-relative path of a held inode, as the kernel resolves it now (ENOENT
     /// for an unlinked inode, whose `/proc` link reads "... (deleted)").
     fn rel_path(&self, inode: &Inode) -> Result<RelPath, FsError> {
-        if sys::fstat(&inode.fd)?.st_nlink == 0 {
+        let st = sys::fstat(&inode.fd)?;
+        if st.st_nlink == 0 {
             return Err(FsError::errno(libc::ENOENT));
         }
         let abs = match sys::readlink_path(&inode.proc_path()) {
             Err(sys::Errno(libc::ENAMETOOLONG)) => return self.walk_path(inode),
             r => r?,
         };
+        if abs.ends_with(DELETED) && !names(&abs, &st) {
+            // unlinked between the fstat and the readlink (or this link of a file with
+            // others): not a name, whatever the other links are
+            return Err(FsError::errno(libc::ENOENT));
+        }
         let root = self.root.as_os_str().as_encoded_bytes();
         let rest = abs.strip_prefix(root).ok_or(FsError::errno(libc::ENOENT))?;
         let rest = match rest {
@@ -160,6 +167,16 @@ impl PassFs {
             .join(name)
             .map_err(|_| FsError::errno(libc::EINVAL))
     }
+}
+
+/// What the kernel appends to the `/proc` link of an fd whose name was unlinked.
+const DELETED: &[u8] = b" (deleted)";
+
+/// True if the absolute path `abs` names the inode `st` (a real name that happens to
+/// end in " (deleted)").
+fn names(abs: &[u8], st: &libc::stat) -> bool {
+    let path = std::ffi::OsStr::from_bytes(abs);
+    sys::fstatat(&sys::AtCwd, path).is_ok_and(|s| (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino))
 }
 
 /// Tells the recorder a write is over when dropped (after the backing change, and on

@@ -147,13 +147,13 @@ impl Checker {
             Verdict::Take(Loser::Replaced) => {
                 let o = ours.as_ref().filter(|o| !o.deleted && o.hash != u.hash);
                 if u.base.is_none() && o.is_some() {
-                    self.applier.set_aside(&u.path, Aside::Archive)?;
+                    self.archive(&u.path)?;
                 }
                 Ok(Step::Apply)
             }
             Verdict::Take(_) if u.base.is_some() => Ok(Step::Refuse(NackReason::UnknownBase)),
             Verdict::Take(Loser::Archive) => {
-                self.applier.set_aside(&u.path, Aside::Archive)?;
+                self.archive(&u.path)?;
                 Ok(Step::Apply)
             }
             Verdict::Take(Loser::ConflictCopy) => {
@@ -246,6 +246,47 @@ impl Checker {
     pub fn after_update_durably(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         self.after_update(u)?;
         self.journal.index().flush().map_err(jerr(&u.path))
+    }
+
+    /// Moves our version of `path` into the version archive. The journal forgets it:
+    /// a pending local change of it has lost to the peer's, and its inode number must
+    /// not pass that change on to whatever file gets the number once the archive drops it.
+    fn archive(&self, path: &RelPath) -> Result<(), ApplyError> {
+        if let Some(s) = self.applier.set_aside(path, Aside::Archive)? {
+            self.journal.forget(s.ino).map_err(jerr(path))?;
+        }
+        Ok(())
+    }
+
+    /// What a peer's `op` may free: `O_PATH` fds of the files at its destructive targets,
+    /// taken before it is applied (see [`Checker::forget_freed`]).
+    pub fn doomed(&self, op: &MetaOp) -> Vec<OwnedFd> {
+        let path = match op {
+            MetaOp::Unlink { path, .. } => path,
+            MetaOp::Rename { to, flags, .. } if flags & libc::RENAME_EXCHANGE == 0 => to,
+            _ => return Vec::new(),
+        };
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        crate::beneath::open_beneath(&*self.root, path, flags, 0)
+            .ok()
+            .into_iter()
+            .collect()
+    }
+
+    /// Forgets, in the journal, the files a peer's op freed (no link left): their inode
+    /// numbers would otherwise carry a pending local change to the next file made here.
+    pub fn forget_freed(&self, doomed: Vec<OwnedFd>) -> Result<(), ApplyError> {
+        for fd in doomed {
+            let Ok(st) = crate::sys::fstat(&fd) else {
+                continue;
+            };
+            if st.st_nlink == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                self.journal
+                    .forget(st.st_ino)
+                    .map_err(jerr(&RelPath::root()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Makes every index entry written so far durable.
@@ -344,7 +385,7 @@ impl Checker {
                         // ours stays at `to` (the peer gets it, and keeps its moved file
                         // as a conflict copy); `from` is gone there: gone here too,
                         // unless we edited it meanwhile (an edit beats a delete).
-                        self.applier.set_aside(from, Aside::Archive)?;
+                        self.archive(from)?;
                         tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
                         Ok(Step::RemoveFrom)
                     }
@@ -354,7 +395,7 @@ impl Checker {
                         Ok(Step::Apply)
                     }
                     _ => {
-                        self.applier.set_aside(to, Aside::Archive)?;
+                        self.archive(to)?;
                         Ok(Step::Apply)
                     }
                 }
@@ -386,7 +427,7 @@ impl Checker {
             return Ok(Step::Skip);
         }
         if archive {
-            self.applier.set_aside(path, Aside::Archive)?;
+            self.archive(path)?;
         }
         Ok(Step::Apply)
     }
@@ -467,9 +508,13 @@ impl Checker {
                     },
                     None => return Ok(false),
                 };
-                self.applier.set_aside(&it.path, Aside::Archive)?;
+                self.archive(&it.path)?;
+                let doomed = self.doomed(&op);
                 match self.applier.apply_meta(&op) {
-                    Ok(()) => self.after_op(&op, &vv).map(|_| false),
+                    Ok(()) => {
+                        self.forget_freed(doomed)?;
+                        self.after_op(&op, &vv).map(|_| false)
+                    }
                     Err(e) => {
                         tracing::info!("{}: not removed ({e}); kept", it.path);
                         Ok(false)
@@ -488,7 +533,7 @@ impl Checker {
                 }
                 ItemKind::Symlink => {
                     if let Some((_, st)) = fold::look(&*self.root, &it.path) {
-                        self.applier.set_aside(&it.path, Aside::Archive)?;
+                        self.archive(&it.path)?;
                         let gone = MetaOp::Unlink {
                             path: it.path.clone(),
                             file: st.st_ino,

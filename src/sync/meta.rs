@@ -193,15 +193,19 @@ fn gated_op(
                 return Ok(false);
             }
             let gone = source_gone(op);
+            let doomed = check.doomed(&gone);
             applier.apply_meta(&gone)?;
             mark(OpState::RemovedFrom)?;
+            check.forget_freed(doomed)?;
             check.after_op(&gone, vv)?;
             Ok(true)
         }
         Step::Apply => {
             mark(OpState::Started)?;
+            let doomed = check.doomed(op);
             let done = applier.apply_meta_once(peer, seq, op)?;
             mark(OpState::Applied)?;
+            check.forget_freed(doomed)?;
             check.after_op(op, vv)?;
             if matches!(op, MetaOp::Rename { .. }) {
                 commit_rename(check, peer, seq)?;
