@@ -37,7 +37,9 @@ impl PassFs {
         self.gate.wait(inode.backing_ino);
         let writable = Self::is_writable(flags);
         if writable {
-            self.rec.track(inode.backing_ino, &self.rel_path(&inode)?)?;
+            if let Some(path) = self.live_path(&inode)? {
+                self.rec.track(inode.backing_ino, &path)?;
+            }
             if flags & libc::O_TRUNC != 0 {
                 self.save_cut(&inode, 0);
                 self.rec.size(inode.backing_ino, 0)?;

@@ -147,9 +147,12 @@ impl PassFs {
             r => r?,
         };
         if abs.ends_with(DELETED) && !names(&abs, &st) {
-            // unlinked between the fstat and the readlink (or this link of a file with
-            // others): not a name, whatever the other links are
-            return Err(FsError::errno(libc::ENOENT));
+            // this name was unlinked: meanwhile (the file has no name now), or it is one
+            // link of several (another link's name, found from where the inode was last
+            // seen, or ENOENT: never the stale name)
+            return self
+                .walk_path(inode)
+                .map_err(|_| FsError::errno(libc::ENOENT));
         }
         let root = self.root.as_os_str().as_encoded_bytes();
         let rest = abs.strip_prefix(root).ok_or(FsError::errno(libc::ENOENT))?;

@@ -382,10 +382,24 @@ impl PassFs {
     /// Makes `newparent/newname` a hard link to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> R<(u64, libc::stat)> {
         let (inode, np) = (self.inodes.get(ino)?, self.inodes.get(newparent)?);
-        let from = self.rel_path(&inode)?;
+        let from = self.live_path(&inode)?;
         let to = self.child_path(&np, newname)?;
         sys::link_fd(&inode.fd, &np.fd, newname)?;
-        self.rec.meta(MetaOp::Link { from, to })?;
+        match from {
+            Some(from) => self.rec.meta(MetaOp::Link { from, to })?,
+            // the name it was known by is gone and another is not found: `to` goes to
+            // the peer as a new file with the content
+            None => {
+                let st = sys::fstat(&inode.fd)?;
+                let (file, mode) = (st.st_ino, st.st_mode & 0o7777);
+                self.rec.meta(MetaOp::Create {
+                    path: to,
+                    file,
+                    mode,
+                })?;
+                self.rec.write(file, 0, st.st_size as u64)?;
+            }
+        }
         self.inodes.lookup(&np, newname)
     }
 

@@ -1,5 +1,6 @@
 //! Two network namespaces joined by a veth pair, for tests that need a real link to
-//! measure, slow down (`tc tbf`) or cut (`ip link set down`). Needs root and iproute2.
+//! measure, slow down (`tc tbf`) or cut (`ip link set down`, or `iptables` drops).
+//! Needs root, iproute2 and iptables.
 
 use super::{folder_id, peer_id, set_config, syncfs, Node};
 use std::process::Command;
@@ -74,6 +75,18 @@ impl Net {
     pub fn set_up(&self, i: usize, up: bool) {
         let state = if up { "up" } else { "down" };
         run(&["ip", "-n", &self.ns[i], "link", "set", &self.dev[i], state]);
+    }
+
+    /// Partitions the two (`iptables -j DROP` of everything arriving in either
+    /// namespace: packets vanish silently, as on a dead link) or heals them.
+    #[allow(dead_code)]
+    pub fn partition(&self, on: bool) {
+        let verb = if on { "-I" } else { "-D" };
+        for ns in &self.ns {
+            run(&[
+                "ip", "netns", "exec", ns, "iptables", verb, "INPUT", "-j", "DROP",
+            ]);
+        }
     }
 
     /// Shapes what end `i` sends to `rate` (a `tc` rate such as `200mbit`) with tbf.
