@@ -308,13 +308,14 @@ fn random_phase(net: &Net, nodes: &mut [Node; 2], model: &Arc<Mutex<Model>>, see
     );
 }
 
-/// Known failure, kept as the reproducer (`cargo test --test random_two_node --
-/// --ignored`): seeds 1, 2, 3, 4 and 5 pass, but seed 10 (four kill -9 of B under
-/// iptables partitions) ends with A holding empty `b/2`, `b/8`, `b/10` that B deleted:
-/// after B's kills, A takes B's later ops on its own files for concurrent with edits
-/// of A's ("b/0 was edited here", "our b/0 wins"), which A never made. Not yet found.
+/// Known failure, kept as the reproducer (`RANDOM_SEED=12 cargo test --test
+/// random_two_node -- --ignored`). Seeds 1-5, 10, 11 and 13 pass. Seed 12 (two kill -9
+/// under iptables partitions) ends with B keeping an empty `a/5` that A renamed to
+/// `a/10`: B refuses A's rename with "a/5 was edited here", an edit B never made, after
+/// refusing an update of `a/5` whose result did not match its hash. Seed 10 failed the
+/// same way before the sender flushed its local versions before sending them.
 #[test]
-#[ignore = "known failure (seed 10): kill -9 of a sender under partitions can leave the peer believing it edited the sender's files"]
+#[ignore = "known failure (seed 12): after kill -9 under partitions a node can believe it edited the peer's file"]
 fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_nothing() {
     let (seed, secs) = (env_or("RANDOM_SEED", 1), env_or("RANDOM_SECS", 40));
     let net = Net::new("rnd", 3);

@@ -538,6 +538,10 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
                 vv: vv.pairs().to_vec(),
             });
         }
+        // The versions leave only once durable here: a kill must not leave our index
+        // behind what the peer holds (we would take our own version, echoed back, for
+        // the peer's, and drop our pending ops as beaten by it).
+        s.journal.index().flush()?;
         fs.send(Message::MetaBatch(items)).await?;
         let sent = (chunk[0].0, chunk[chunk.len() - 1].0);
         match meta_reply(fs, sent).await? {
@@ -839,6 +843,7 @@ async fn send_one(
             u.size,
             Origin::Local(s.cfg.node),
         )?;
+        ix.flush()?; // durable before it leaves (see `send_meta`)
         u.vv = vv.pairs().to_vec();
     }
     let held = super::resume::announce(&mut b.frames, &mut st.held);
