@@ -245,7 +245,7 @@ impl Checker {
     /// the next scan take the peer's content for a local edit.
     pub fn after_update_durably(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         self.after_update(u)?;
-        self.journal.index().flush().map_err(jerr(&u.path))
+        self.flush_index()
     }
 
     /// Moves our version of `path` into the version archive. The journal forgets it:
@@ -260,33 +260,27 @@ impl Checker {
 
     /// What a peer's `op` may free: `O_PATH` fds of the files at its destructive targets,
     /// taken before it is applied (see [`Checker::forget_freed`]).
-    pub fn doomed(&self, op: &MetaOp) -> Vec<OwnedFd> {
+    pub fn doomed(&self, op: &MetaOp) -> Option<OwnedFd> {
         let path = match op {
             MetaOp::Unlink { path, .. } => path,
             MetaOp::Rename { to, flags, .. } if flags & libc::RENAME_EXCHANGE == 0 => to,
-            _ => return Vec::new(),
+            _ => return None,
         };
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
-        crate::beneath::open_beneath(&*self.root, path, flags, 0)
-            .ok()
-            .into_iter()
-            .collect()
+        crate::beneath::open_beneath(&*self.root, path, flags, 0).ok()
     }
 
-    /// Forgets, in the journal, the files a peer's op freed (no link left): their inode
-    /// numbers would otherwise carry a pending local change to the next file made here.
-    pub fn forget_freed(&self, doomed: Vec<OwnedFd>) -> Result<(), ApplyError> {
-        for fd in doomed {
-            let Ok(st) = crate::sys::fstat(&fd) else {
-                continue;
-            };
-            if st.st_nlink == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                self.journal
-                    .forget(st.st_ino)
-                    .map_err(jerr(&RelPath::root()))?;
-            }
+    /// Forgets, in the journal, the file a peer's op freed (no link left): its inode
+    /// number would otherwise carry a pending local change to the next file made here.
+    pub fn forget_freed(&self, doomed: Option<OwnedFd>) -> Result<(), ApplyError> {
+        let st = doomed.and_then(|fd| crate::sys::fstat(&fd).ok());
+        match st {
+            Some(st) if st.st_nlink == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG => self
+                .journal
+                .forget(st.st_ino)
+                .map_err(jerr(&RelPath::root())),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Makes every index entry written so far durable.

@@ -85,9 +85,15 @@ fn run_batch(
 
 /// Index entries first, then "applied up to `seq`", then the held batch goes.
 fn commit(check: &Checker, peer: &str, seq: u64) -> Result<(), ApplyError> {
-    check.flush_index()?;
-    check.applier.applied_upto(peer, seq)?;
+    durable_upto(check, peer, seq)?;
     check.applier.release_batch(peer)
+}
+
+/// Flushes the index, then records "applied up to `seq`" (which clears a rename's
+/// "pending" mark before the next op).
+fn durable_upto(check: &Checker, peer: &str, seq: u64) -> Result<(), ApplyError> {
+    check.flush_index()?;
+    check.applier.applied_upto(peer, seq)
 }
 
 /// Finishes what a killed daemon left half done, before the scan can see it: replays
@@ -163,16 +169,14 @@ fn gated_op(
     mark: &dyn Fn(OpState) -> Result<(), ApplyError>,
 ) -> Result<bool, ApplyError> {
     let applier: &Applier = &check.applier;
-    if seq <= applier.applied(peer)?.upto {
+    let rec = applier.applied(peer)?;
+    if seq <= rec.upto {
         return Ok(false); // resent after a lost ack
     }
     if let MetaOp::Rename { from, to, .. } = op {
         // Without its source (deleted here meanwhile) a rename cannot make `to`; unless
         // it is the one a crash interrupted, the peer sends `to` whole instead.
-        let interrupted = applier
-            .applied(peer)?
-            .pending
-            .is_some_and(|(p, _)| p == seq);
+        let interrupted = rec.pending.is_some_and(|(p, _)| p == seq);
         if !interrupted && super::fold::look(&*check.root, from).is_none() {
             tracing::info!("rename {from} -> {to}: no {from} here; the peer sends {to} whole");
             return Err(ApplyError::BadRequest(format!(
@@ -208,15 +212,9 @@ fn gated_op(
             check.forget_freed(doomed)?;
             check.after_op(op, vv)?;
             if matches!(op, MetaOp::Rename { .. }) {
-                commit_rename(check, peer, seq)?;
+                durable_upto(check, peer, seq)?;
             }
             Ok(done)
         }
     }
-}
-
-/// A rename's index entry is flushed and its "pending" mark cleared before the next op.
-fn commit_rename(check: &Checker, peer: &str, seq: u64) -> Result<(), ApplyError> {
-    check.flush_index()?;
-    check.applier.applied_upto(peer, seq)
 }
