@@ -54,6 +54,22 @@ struct Model {
     own: [BTreeMap<String, Hash>; 2],
     /// Versions of shared files that no writer has seen and replaced (hash -> which).
     unseen: HashMap<Hash, String>,
+    /// What the writers did to shared files, in order (for a failure's report).
+    history: Vec<String>,
+}
+
+/// Wall-clock time of day (UTC), as the daemons' logs print it.
+fn stamp() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let s = d.as_secs() % 86_400;
+    let us = d.subsec_micros();
+    format!("{:02}:{:02}:{:02}.{us:06}", s / 3600, s / 60 % 60, s % 60)
+}
+
+fn short(h: &Hash) -> String {
+    h[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One side's writer.
@@ -171,14 +187,22 @@ impl Writer {
         let len = self.rng.gen_range(0..50_000);
         let body = self.body(len);
         write_synced(&self.mnt.join(&tmp), &body);
+        let t_read = stamp();
         let seen = self.read(&rel).map(|b| hash(&b));
         std::fs::rename(self.mnt.join(&tmp), self.mnt.join(&rel)).unwrap();
+        let t_renamed = stamp();
         self.sync_dir("s");
         self.sync_dir(self.tag());
         let mut m = self.model.lock().unwrap();
         if let Some(h) = seen {
             m.unseen.remove(&h);
         }
+        m.history.push(format!(
+            "{t_read}..{t_renamed} {} saved {rel} = {} ({len} B), replacing {:?}",
+            self.tag(),
+            short(&hash(&body)),
+            seen.as_ref().map(short)
+        ));
         m.unseen
             .insert(hash(&body), format!("{rel} as saved by {}", self.tag()));
     }
@@ -186,11 +210,19 @@ impl Writer {
     fn delete_shared(&mut self) {
         let rel = format!("s/{}", self.rng.gen_range(0..SHARED));
         let seen = self.read(&rel).map(|b| hash(&b));
+        let t_read = stamp();
         if std::fs::remove_file(self.mnt.join(&rel)).is_ok() {
+            let t_removed = stamp();
             self.sync_dir("s");
+            let mut m = self.model.lock().unwrap();
             if let Some(h) = seen {
-                self.model.lock().unwrap().unseen.remove(&h);
+                m.unseen.remove(&h);
             }
+            m.history.push(format!(
+                "{t_read}..{t_removed} {} deleted {rel}, which held {:?}",
+                self.tag(),
+                seen.as_ref().map(short)
+            ));
         }
     }
 }
@@ -408,7 +440,17 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
         .unseen
         .iter()
         .filter(|(h, _)| !kept.contains(*h))
-        .map(|(_, what)| what)
+        .map(|(h, what)| format!("{what} ({})", short(h)))
+        .collect();
+    let lost_names: Vec<_> = lost
+        .iter()
+        .map(|w| w.split(' ').next().unwrap().to_string())
+        .collect();
+    let story: Vec<_> = model
+        .history
+        .iter()
+        .filter(|l| lost_names.iter().any(|n| l.contains(&format!(" {n} "))))
+        .cloned()
         .collect();
     let in_tree = contents(&da);
     let copies = tree(&da).keys().filter(|k| k.contains("conflict")).count();
@@ -422,7 +464,12 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
         model.unseen.len(),
         model.unseen.len() - archived,
     );
-    assert!(lost.is_empty(), "versions lost: {lost:?}\n{}", logs());
+    assert!(
+        lost.is_empty(),
+        "versions lost: {lost:?}\n{}\n{}",
+        story.join("\n"),
+        logs()
+    );
     drop(model);
 
     let idle_from = t_quiet + Duration::from_secs(10);

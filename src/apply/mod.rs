@@ -165,6 +165,11 @@ fn bounded(s: &str) -> String {
 pub trait ApplyHooks: Send + Sync + 'static {
     /// Blocks opens/reads/writes of this backing inode through the mount until the guard drops.
     fn hold(&self, backing_ino: u64) -> Box<dyn std::any::Any + Send>;
+    /// Blocks every change of names through the mount (create, rename, link, unlink,
+    /// mkdir...) until the guard drops: a peer's op is decided and applied meanwhile.
+    fn names(&self) -> Box<dyn std::any::Any + Send> {
+        Box::new(())
+    }
     /// The file's content changed behind the kernel's back: drop cached pages/attrs.
     fn invalidate_inode(&self, backing_ino: u64);
     /// A name in directory `parent_backing_ino` changed: drop the cached dentry.
@@ -284,6 +289,12 @@ impl Applier {
         }
         applier.recover()?;
         Ok(applier)
+    }
+
+    /// Holds the mount's names (no local create, rename or unlink) until dropped: a
+    /// peer's op is decided and applied against a namespace that cannot change under it.
+    pub fn hold_names(&self) -> Box<dyn std::any::Any + Send> {
+        self.hooks.names()
     }
 
     /// The updates recovery replayed when this applier opened (their ranges dropped):

@@ -63,6 +63,7 @@ impl PassFs {
         mode: u32,
         flags: i32,
     ) -> R<(u64, libc::stat, u64)> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         // O_NOFOLLOW: a symlink raced into the backing directory is never followed (ELOOP)

@@ -120,6 +120,11 @@ impl PassFs {
         self.gate.hold(backing_ino)
     }
 
+    /// Holds every change of names through the mount off until dropped (see `gate`).
+    pub fn names_alone(&self) -> gate::NamesGuard {
+        self.gate.names_alone()
+    }
+
     /// Drops `n` kernel references to `ino`.
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);

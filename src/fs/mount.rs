@@ -5,9 +5,9 @@ use super::fuse::FuseAdapter;
 use super::PassFs;
 use crate::apply::ApplyHooks;
 use fuser::{BackgroundSession, Config, INodeNo, MountOption, Notifier, SessionACL};
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A live mount; unmounts when dropped.
 pub struct Mounted {
@@ -27,6 +27,7 @@ impl Mounted {
         MountHooks {
             fs: self.fs.clone(),
             notifier: self.notifier(),
+            deferred: Arc::default(),
         }
     }
 
@@ -45,29 +46,78 @@ impl Mounted {
 }
 
 /// The applier's view of the local mount.
+#[derive(Clone)]
 pub struct MountHooks {
     fs: Arc<PassFs>,
     notifier: Option<Notifier>,
+    /// Notices to the kernel held back while the applier holds the names: the kernel
+    /// may need a directory lock that a local op waiting for the names holds.
+    deferred: Arc<Mutex<Option<Vec<Notice>>>>,
+}
+
+/// One notice to the kernel (see [`ApplyHooks`]).
+enum Notice {
+    Inode(u64),
+    Entry(u64, OsString),
+    Grew(u64, u64, u8),
+}
+
+/// The applier's hold of the names; sends the deferred notices once released.
+struct NamesHeld {
+    guard: Option<super::gate::NamesGuard>,
+    hooks: MountHooks,
+}
+
+impl Drop for NamesHeld {
+    fn drop(&mut self) {
+        let notices = self.hooks.deferred.lock().unwrap().take();
+        drop(self.guard.take());
+        for n in notices.into_iter().flatten() {
+            self.hooks.send(n);
+        }
+    }
+}
+
+impl MountHooks {
+    /// Sends `n` now, or keeps it for later while the names are held.
+    fn notice(&self, n: Notice) {
+        match self.deferred.lock().unwrap().as_mut() {
+            Some(later) => later.push(n),
+            None => self.send(n),
+        }
+    }
+
+    fn send(&self, n: Notice) {
+        let Some(no) = &self.notifier else { return };
+        let fuse = |b| INodeNo(self.fs.fuse_ino(b));
+        let _ = match n {
+            Notice::Inode(ino) => no.inval_inode(fuse(ino), 0, 0),
+            Notice::Entry(parent, name) => no.inval_entry(fuse(parent), &name),
+            Notice::Grew(ino, size, last) => no.store(fuse(ino), size - 1, &[last]),
+        };
+    }
 }
 
 impl ApplyHooks for MountHooks {
     fn hold(&self, backing_ino: u64) -> Box<dyn std::any::Any + Send> {
         Box::new(self.fs.hold(backing_ino))
     }
+    fn names(&self) -> Box<dyn std::any::Any + Send> {
+        let guard = self.fs.names_alone();
+        *self.deferred.lock().unwrap() = Some(Vec::new());
+        Box::new(NamesHeld {
+            guard: Some(guard),
+            hooks: self.clone(),
+        })
+    }
     fn invalidate_inode(&self, backing_ino: u64) {
-        if let Some(n) = &self.notifier {
-            let _ = n.inval_inode(INodeNo(self.fs.fuse_ino(backing_ino)), 0, 0);
-        }
+        self.notice(Notice::Inode(backing_ino));
     }
     fn invalidate_entry(&self, parent_backing_ino: u64, name: &OsStr) {
-        if let Some(n) = &self.notifier {
-            let _ = n.inval_entry(INodeNo(self.fs.fuse_ino(parent_backing_ino)), name);
-        }
+        self.notice(Notice::Entry(parent_backing_ino, name.to_os_string()));
     }
     fn grew(&self, backing_ino: u64, size: u64, last: u8) {
-        if let Some(n) = &self.notifier {
-            let _ = n.store(INodeNo(self.fs.fuse_ino(backing_ino)), size - 1, &[last]);
-        }
+        self.notice(Notice::Grew(backing_ino, size, last));
     }
 }
 

@@ -199,6 +199,7 @@ impl PassFs {
         mode: u32,
         rdev: u64,
     ) -> R<(u64, libc::stat)> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::mknodat(&p.fd, name, mode, rdev)?;
@@ -224,6 +225,7 @@ impl PassFs {
 
     /// Creates a directory.
     pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32) -> R<(u64, libc::stat)> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::mkdirat(&p.fd, name, mode)?;
@@ -244,6 +246,7 @@ impl PassFs {
         name: &OsStr,
         target: &OsStr,
     ) -> R<(u64, libc::stat)> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::symlinkat(target, &p.fd, name)?;
@@ -258,6 +261,7 @@ impl PassFs {
 
     /// Removes a non-directory name.
     pub fn unlink(&self, parent: u64, name: &OsStr) -> R<()> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let st = sys::fstatat(&p.fd, name)?;
         let path = self.child_path(&p, name)?;
@@ -297,6 +301,7 @@ impl PassFs {
 
     /// Removes an empty directory.
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> R<()> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let p = self.inodes.get(parent)?;
         let path = self.child_path(&p, name)?;
         sys::unlinkat(&p.fd, name, true)?;
@@ -312,6 +317,7 @@ impl PassFs {
         newname: &OsStr,
         flags: u32,
     ) -> R<()> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let (p, np) = (self.inodes.get(parent)?, self.inodes.get(newparent)?);
         let from = self.child_path(&p, name)?;
         let to = self.child_path(&np, newname)?;
@@ -381,6 +387,7 @@ impl PassFs {
 
     /// Makes `newparent/newname` a hard link to `ino`.
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> R<(u64, libc::stat)> {
+        let _names = self.gate.names_shared(); // see `gate`: no applier op meanwhile
         let (inode, np) = (self.inodes.get(ino)?, self.inodes.get(newparent)?);
         let from = self.live_path(&inode)?;
         let to = self.child_path(&np, newname)?;

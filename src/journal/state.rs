@@ -20,7 +20,9 @@ pub struct FileEntry {
     /// Size set by truncate/extension (then grown by writes past it) and not yet
     /// acknowledged; `None` when the size needs no explicit propagation.
     pub size: Option<u64>,
-    /// Bumped on every content change; an ack only fully applies to its version.
+    /// Set from the state's clock on every content change; an ack only fully applies
+    /// to its version. Unique across files and time, so an ack of a file that is gone
+    /// never matches a new file that got its inode number.
     pub version: u64,
     /// Other names of the file (hard links made through the mount): when `path` is
     /// unlinked or replaced, one of these takes over, so the data still has a name.
@@ -148,6 +150,8 @@ pub struct State {
     pending: BTreeSet<FileId>,
     meta: BTreeMap<u64, MetaOp>,
     next_seq: u64,
+    /// The last version handed out (see [`FileEntry::version`]).
+    clock: u64,
     touched: HashMap<FileId, Touched>,
     dirty: Dirty,
 }
@@ -165,11 +169,13 @@ impl State {
             .filter(|(_, e)| e.is_pending())
             .map(|(id, _)| *id)
             .collect();
+        let clock = files.values().map(|e| e.version).max().unwrap_or(0);
         State {
             files,
             pending,
             meta,
             next_seq: next_seq.max(max_seq).max(1),
+            clock,
             touched: HashMap::new(),
             dirty: Dirty::default(),
         }
@@ -266,8 +272,15 @@ impl State {
         }
     }
 
+    /// The next version from the clock.
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
     /// Marks `[start, end)` of `file` dirty (ignored for untracked files).
     pub fn apply_write(&mut self, file: FileId, start: u64, end: u64) {
+        let version = self.tick();
         let Some(e) = self.files.get_mut(&file) else {
             return;
         };
@@ -275,7 +288,7 @@ impl State {
         if let Some(s) = e.size.as_mut() {
             *s = (*s).max(end);
         }
-        e.version += 1;
+        e.version = version;
         self.dirty.files.insert(file);
         self.pending.insert(file);
         if let Some(t) = self.touched.get_mut(&file) {
@@ -285,13 +298,14 @@ impl State {
 
     /// Sets the size of `file`, dropping dirty bytes at or beyond it.
     pub fn apply_size(&mut self, file: FileId, size: u64) {
+        let version = self.tick();
         let Some(e) = self.files.get_mut(&file) else {
             return;
         };
         let changed_from = e.size.unwrap_or(size).min(size);
         e.size = Some(size);
         e.ranges.truncate(size);
-        e.version += 1;
+        e.version = version;
         self.dirty.files.insert(file);
         self.pending.insert(file);
         if let Some(t) = self.touched.get_mut(&file) {
@@ -645,6 +659,21 @@ mod tests {
         assert!(!s.ack_file(1, v, &snap[&1].ranges));
         let left: Vec<_> = s.entry(1).unwrap().ranges.iter().collect();
         assert_eq!(left, vec![(10, 20), (200, 300)]);
+    }
+
+    #[test]
+    fn an_ack_of_a_gone_file_leaves_a_new_file_with_its_inode_number_pending() {
+        let mut s = state();
+        s.apply_track(7, &p("old"));
+        s.apply_write(7, 0, 100);
+        let snap = s.snapshot_files();
+        s.apply_forget(7); // unlinked while its update was in flight
+        s.apply_track(7, &p("new")); // a new file got the inode number
+        s.apply_write(7, 0, 50);
+        assert!(!s.ack_file(7, snap[&7].version, &snap[&7].ranges));
+        let e = s.entry(7).unwrap();
+        assert_eq!(e.ranges.iter().collect::<Vec<_>>(), vec![(0, 50)]);
+        assert!(s.snapshot_files().contains_key(&7));
     }
 
     #[test]

@@ -436,6 +436,7 @@ impl Checker {
         if !matches!(vv.compare(&o.vv), Order::Concurrent | Order::Older) {
             return Ok(false);
         }
+        tracing::debug!(%path, ours = ?o.vv, theirs = ?vv, "edited here");
         self.answer(path, ours.as_ref(), vv)?;
         Ok(true)
     }

@@ -185,7 +185,11 @@ fn gated_op(
             )));
         }
     }
-    match check.before_op(op, vv, peer_bytes)? {
+    // No local create, rename or unlink between the decision and the op (see fs::gate).
+    let _names = applier.hold_names();
+    let step = check.before_op(op, vv, peer_bytes)?;
+    tracing::debug!(seq, ?op, ?vv, ?step, "peer op");
+    match step {
         Step::Skip => {
             tracing::info!("op #{seq} ({}) skipped: our version is newer", op.kind());
             mark(OpState::Skipped)?;

@@ -209,7 +209,10 @@ async fn take_index(
         for it in &entries {
             let mut local =
                 |it| super::local_copy::make_from_local(&check, it, &bytes, &mut by_hash);
-            match check.index_item(it, &bytes) {
+            let names = check.applier.hold_names(); // see fs::gate
+            let decided = check.index_item(it, &bytes);
+            drop(names);
+            match decided {
                 Ok(true) => match local(it) {
                     Ok(true) => {}
                     Ok(false) => want.push(it.path.clone()),

@@ -532,6 +532,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         let mut items = Vec::with_capacity(chunk.len());
         for (seq, op) in chunk {
             let vv = version_of(s, *seq, op)?;
+            tracing::debug!(seq, ?op, ?vv, "op sent");
             items.push(MetaItem {
                 seq: *seq,
                 op: op.clone().into(),
