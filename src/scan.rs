@@ -186,8 +186,10 @@ impl Scan<'_> {
         }
         let (hash, target) = self.hash(full, kind)?;
         let mut e = old.clone().unwrap_or_else(|| Entry::new(kind, 0));
-        let same =
-            old.is_some_and(|o| o.hash == hash && o.mode == md.permissions().mode() & 0o7777);
+        // (a directory's stamp moves with every entry made or removed in it: only its
+        // mode is a change of its own; indexes of old builds hold another hash for it)
+        let same_content = |o: &Entry| kind == Kind::Dir || o.hash == hash;
+        let same = old.is_some_and(|o| same_content(&o) && o.mode == md.permissions().mode() & 0o7777);
         (e.hash, e.target, e.stamp) = (hash, target, stamp);
         e.size = if kind == Kind::File { md.len() } else { 0 };
         e.mode = md.permissions().mode() & 0o7777;
@@ -328,7 +330,8 @@ impl Scan<'_> {
 
     fn hash(&self, full: &Path, kind: Kind) -> Result<([u8; 32], Vec<u8>), ScanError> {
         Ok(match kind {
-            Kind::Dir => ([0; 32], Vec::new()),
+            // as `Entry::new` has it (a directory's content is its entries)
+            Kind::Dir => (*blake3::hash(b"").as_bytes(), Vec::new()),
             Kind::Symlink => {
                 use std::os::unix::ffi::OsStrExt;
                 let t = std::fs::read_link(full).map_err(io(full))?;

@@ -641,6 +641,12 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
             send_target_whole(s, &op);
             None
         }
+        MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } if taken(path) && both_gone(s, path) => {
+            // The peer's version that won here was a delete too: ours goes all the same.
+            // Its version descends from every version of the path we sent (a create
+            // the peer may not have applied yet), so it deletes that there too.
+            Some((seq, op))
+        }
         _ if fold::targets(&op).into_iter().any(|p| taken(p)) => {
             tracing::info!(
                 "op #{seq} ({}): the peer's version won meanwhile; not sent",
@@ -650,6 +656,12 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
         }
         _ => Some((seq, op)),
     }
+}
+
+/// True if the index holds a delete at `path` and nothing is there.
+fn both_gone(s: &Sender, path: &RelPath) -> bool {
+    let ix = s.journal.index();
+    ix.get(path).ok().flatten().is_some_and(|e| e.deleted) && fold::look(&*s.root, path).is_none()
 }
 
 /// An unlink of a name where a file the journal does not know now lives: the peer's
