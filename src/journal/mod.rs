@@ -556,6 +556,16 @@ impl Journal {
         self.inner().lock().state.entry(file).cloned()
     }
 
+    /// Drops the ops `seqs` for good: the sender decided not to send them (carried by
+    /// an update, beaten, void). A later snapshot must not offer them again: sent then,
+    /// they would carry versions older than the ops after them that went first.
+    pub fn drop_unsent(&self, seqs: Vec<u64>) -> Result<(), JournalError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.inner().lock().log_and_apply(Record::Drop { seqs })
+    }
+
     /// Drops metadata ops with sequence numbers `<= upto_seq` (the peer has them).
     pub fn ack_meta(&self, upto_seq: u64) -> Result<(), JournalError> {
         self.inner().lock().state.ack_meta(upto_seq);

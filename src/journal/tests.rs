@@ -721,3 +721,20 @@ fn a_failed_rotation_leaves_the_log_in_place() {
     assert_eq!(ranges_of(&j, 1), vec![(0, 10), (20, 30), (40, 50)]);
     j.close().unwrap();
 }
+
+#[test]
+fn ops_dropped_unsent_stay_dropped_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path()).unwrap();
+    let a = j.record_meta(mkdir("a")).unwrap();
+    let b = j.record_meta(mkdir("b")).unwrap();
+    let c = j.record_meta(mkdir("c")).unwrap();
+    assert_eq!(j.mark_sent(c), 3);
+    j.drop_unsent(vec![b]).unwrap();
+    let left = |j: &Journal| j.snapshot().meta.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    assert_eq!(left(&j), vec![a, c]);
+    j.crash();
+    let j = Journal::open(dir.path()).unwrap();
+    assert_eq!(left(&j), vec![a, c], "not offered again after a restart");
+    j.close().unwrap();
+}

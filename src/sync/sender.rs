@@ -527,6 +527,9 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         .into_iter()
         .filter_map(|(seq, op)| narrow(s, seq, op))
         .collect();
+    let sent: HashSet<u64> = ops.iter().map(|(seq, _)| *seq).collect();
+    let unsent = snap.meta.iter().map(|(seq, _)| *seq);
+    s.journal.drop_unsent(unsent.filter(|seq| !sent.contains(seq)).collect())?;
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
