@@ -313,13 +313,16 @@ fn random_phase(net: &Net, nodes: &mut [Node; 2], model: &Arc<Mutex<Model>>, see
                     net.partition(on)
                 }
             };
+            let ms = rng.gen_range(500..6000);
+            eprintln!("{} link cut for {ms} ms", stamp());
             cut(true);
-            std::thread::sleep(Duration::from_millis(rng.gen_range(500..6000)));
+            std::thread::sleep(Duration::from_millis(ms));
             cut(false);
             cuts += 1;
         } else {
             let side = rng.gen_range(0..2);
             let _down = ups[side].write().unwrap();
+            eprintln!("{} restarting {}", stamp(), ["A", "B"][side]);
             if rng.gen_bool(0.5) {
                 nodes[side].kill9();
                 kills += 1;
