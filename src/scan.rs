@@ -189,7 +189,8 @@ impl Scan<'_> {
         // (a directory's stamp moves with every entry made or removed in it: only its
         // mode is a change of its own; indexes of old builds hold another hash for it)
         let same_content = |o: &Entry| kind == Kind::Dir || o.hash == hash;
-        let same = old.is_some_and(|o| same_content(&o) && o.mode == md.permissions().mode() & 0o7777);
+        let same =
+            old.is_some_and(|o| same_content(&o) && o.mode == md.permissions().mode() & 0o7777);
         (e.hash, e.target, e.stamp) = (hash, target, stamp);
         e.size = if kind == Kind::File { md.len() } else { 0 };
         e.mode = md.permissions().mode() & 0o7777;

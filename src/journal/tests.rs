@@ -731,7 +731,13 @@ fn ops_dropped_unsent_stay_dropped_after_a_crash() {
     let c = j.record_meta(mkdir("c")).unwrap();
     assert_eq!(j.mark_sent(c), 3);
     j.drop_unsent(vec![b]).unwrap();
-    let left = |j: &Journal| j.snapshot().meta.iter().map(|(s, _)| *s).collect::<Vec<_>>();
+    let left = |j: &Journal| {
+        j.snapshot()
+            .meta
+            .iter()
+            .map(|(s, _)| *s)
+            .collect::<Vec<_>>()
+    };
     assert_eq!(left(&j), vec![a, c]);
     j.crash();
     let j = Journal::open(dir.path()).unwrap();

@@ -117,7 +117,8 @@ fn a_peers_directory_whose_entries_changed_is_not_changed_here() {
     assert_eq!(d.vv, vv, "still the peer's version");
     let ops = check.journal.snapshot().meta;
     assert!(
-        ops.iter().all(|(_, op)| !matches!(op, MetaOp::Chmod { .. })),
+        ops.iter()
+            .all(|(_, op)| !matches!(op, MetaOp::Chmod { .. })),
         "no chmod journaled: {ops:?}"
     );
     assert!(check.journal.index().get(&rp("d/new")).unwrap().is_some());

@@ -529,7 +529,8 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         .collect();
     let sent: HashSet<u64> = ops.iter().map(|(seq, _)| *seq).collect();
     let unsent = snap.meta.iter().map(|(seq, _)| *seq);
-    s.journal.drop_unsent(unsent.filter(|seq| !sent.contains(seq)).collect())?;
+    s.journal
+        .drop_unsent(unsent.filter(|seq| !sent.contains(seq)).collect())?;
     Stats::add(&s.stats.meta_acked, (snap.meta.len() - ops.len()) as u64);
     for chunk in ops.chunks(META_BATCH) {
         let mut items = Vec::with_capacity(chunk.len());
@@ -644,7 +645,9 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
             send_target_whole(s, &op);
             None
         }
-        MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } if taken(path) && both_gone(s, path) => {
+        MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path }
+            if taken(path) && both_gone(s, path) =>
+        {
             // The peer's version that won here was a delete too: ours goes all the same.
             // Its version descends from every version of the path we sent (a create
             // the peer may not have applied yet), so it deletes that there too.
