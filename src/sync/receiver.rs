@@ -209,9 +209,10 @@ async fn take_index(
         for it in &entries {
             let mut local =
                 |it| super::local_copy::make_from_local(&check, it, &bytes, &mut by_hash);
-            let names = check.applier.hold_names(); // see fs::gate
-            let decided = check.index_item(it, &bytes);
-            drop(names);
+            let decided = {
+                let _names = check.applier.hold_names(); // see fs::gate
+                check.index_item(it, &bytes)
+            };
             match decided {
                 Ok(true) => match local(it) {
                     Ok(true) => {}

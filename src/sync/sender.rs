@@ -619,7 +619,8 @@ fn stale_truncate(root: &OwnedFd, op: &MetaOp) -> bool {
 /// the source is gone here, so it goes on the peer too.
 fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
     let ix = s.journal.index();
-    let taken = |p: &RelPath| ix.get(p).ok().flatten().is_some_and(|e| e.taken_at > seq);
+    let entry = |p: &RelPath| ix.get(p).ok().flatten();
+    let taken = |p: &RelPath| entry(p).is_some_and(|e| e.taken_at > seq);
     match &op {
         MetaOp::Rename { from, to, flags } if *flags == 0 && taken(to) && taken(from) => {
             tracing::info!("rename {from} -> {to}: the peer's versions of both won meanwhile");
@@ -646,7 +647,8 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
             None
         }
         MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path }
-            if taken(path) && both_gone(s, path) =>
+            if entry(path).is_some_and(|e| e.taken_at > seq && e.deleted)
+                && fold::look(&*s.root, path).is_none() =>
         {
             // The peer's version that won here was a delete too: ours goes all the same.
             // Its version descends from every version of the path we sent (a create
@@ -662,12 +664,6 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
         }
         _ => Some((seq, op)),
     }
-}
-
-/// True if the index holds a delete at `path` and nothing is there.
-fn both_gone(s: &Sender, path: &RelPath) -> bool {
-    let ix = s.journal.index();
-    ix.get(path).ok().flatten().is_some_and(|e| e.deleted) && fold::look(&*s.root, path).is_none()
 }
 
 /// An unlink of a name where a file the journal does not know now lives: the peer's
