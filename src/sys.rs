@@ -551,3 +551,35 @@ pub fn read_dir(dir: &impl AsRawFd) -> R<Vec<DirEntry>> {
 pub fn borrow(fd: &impl AsRawFd) -> BorrowedFd<'_> {
     unsafe { BorrowedFd::borrow_raw(fd.as_raw_fd()) }
 }
+
+/// `TCP_RTO_MAX_MS` (Linux 6.15, `linux/tcp.h`); not in `libc` yet.
+const TCP_RTO_MAX_MS: libc::c_int = 44;
+
+/// Caps the TCP retransmission timeout of the connected socket `sock` at `ms`
+/// milliseconds (1,000 to 120,000). Older kernels answer `ENOPROTOOPT`.
+pub fn set_tcp_rto_max(sock: &impl AsRawFd, ms: u32) -> R<()> {
+    let v = ms as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let p = (&v as *const libc::c_int).cast();
+    check(unsafe {
+        libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, TCP_RTO_MAX_MS, p, len)
+    })?;
+    Ok(())
+}
+
+/// The retransmission timeout cap of the TCP socket `sock`, in milliseconds.
+pub fn tcp_rto_max(sock: &impl AsRawFd) -> R<u32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let p = (&mut v as *mut libc::c_int).cast();
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_RTO_MAX_MS,
+            p,
+            &mut len,
+        )
+    })?;
+    Ok(v as u32)
+}

@@ -9,8 +9,9 @@
 //!   both sides;
 //! - every version of a shared file that no writer saw and replaced is present
 //!   somewhere: in either tree (at any name: a conflict copy) or either version archive;
-//! - the daemons go idle: from 10 s after the changes stop (or from when the trees
-//!   agree, if later), a 20 s window carries only keepalives (at most `IDLE_BYTES`).
+//! - the daemons go idle: the trees agree within 10 s of the changes stopping, and
+//!   from then (or from when the checks above end, if later) a 20 s window carries
+//!   only keepalives (at most `IDLE_BYTES`).
 //!
 //! `RANDOM_SEED` (1) and `RANDOM_SECS` (40) set the seed and the length of the random
 //! phase. Needs root, iproute2, iptables.
@@ -33,6 +34,9 @@ const SHARED: u64 = 8;
 /// Bytes both ways in the 20 s idle window: keepalives only (a ping each way every
 /// 10 s on each of the two streams is well under this).
 const IDLE_BYTES: u64 = 12_000;
+
+/// The trees agree, and the link carries only keepalives, this soon after the changes stop.
+const QUIET_WITHIN: Duration = Duration::from_secs(10);
 
 type Hash = [u8; 32];
 
@@ -404,10 +408,8 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
             std::env::temp_dir().display()
         );
     }
-    eprintln!(
-        "trees equal {:.1?} after the random phase",
-        t_quiet.elapsed()
-    );
+    let converged = t_quiet.elapsed();
+    eprintln!("trees equal {converged:.1?} after the random phase");
 
     let model = model.lock().unwrap();
     for side in 0..2 {
@@ -471,8 +473,13 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
         logs()
     );
     drop(model);
+    assert!(
+        converged <= QUIET_WITHIN,
+        "the trees agreed only {converged:.1?} after the changes stopped\n{}",
+        logs()
+    );
 
-    let idle_from = t_quiet + Duration::from_secs(10);
+    let idle_from = t_quiet + QUIET_WITHIN;
     std::thread::sleep(idle_from.saturating_duration_since(Instant::now()));
     let start = t_quiet.elapsed();
     let before = net.tx(0) + net.tx(1);

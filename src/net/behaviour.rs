@@ -5,7 +5,10 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{connection_limits, mdns, noise, tcp, yamux, PeerId, Swarm, SwarmBuilder};
 
-use super::{NetConfig, NetError, IDLE_CONNECTION_TIMEOUT};
+use libp2p::core::upgrade::Version;
+use libp2p::Transport;
+
+use super::{NetConfig, NetError, IDLE_CONNECTION_TIMEOUT, RTO_MAX_MS};
 
 /// Allowlist + generic streams + optional mDNS.
 #[derive(NetworkBehaviour)]
@@ -40,18 +43,31 @@ pub(crate) fn build_swarm(
     extra_allowed: impl Iterator<Item = PeerId>,
 ) -> Result<Swarm<Behaviour>, NetError> {
     let behaviour = new_behaviour(cfg, extra_allowed)?;
+    let noise = noise::Config::new(&cfg.keypair)?;
     let swarm = SwarmBuilder::with_existing_identity(cfg.keypair.clone())
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
+        .with_other_transport(|_| {
+            tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                .map(|s, _| capped(s))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+        })
+        .expect("infallible transport constructor")
         .with_behaviour(|_| behaviour)
         .expect("infallible behaviour constructor")
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// A new TCP connection (dialed or accepted), its retransmission timeout capped at
+/// [`RTO_MAX_MS`] where the kernel allows it.
+fn capped(s: tcp::tokio::TcpStream) -> tcp::tokio::TcpStream {
+    if let Err(e) = crate::sys::set_tcp_rto_max(&s.0, RTO_MAX_MS) {
+        tracing::debug!("TCP retransmission timeout left uncapped: {e}");
+    }
+    s
 }
 
 fn new_behaviour(

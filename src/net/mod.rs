@@ -44,6 +44,14 @@ pub const RECONNECT_INITIAL: Duration = Duration::from_millis(500);
 /// Upper bound of the reconnect delay.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
+/// The cap on each TCP connection's retransmission timeout, in milliseconds. By
+/// default the kernel doubles it at each loss up to 120 s, so after a few cuts a few
+/// seconds apart a restored link could stay silent for tens of seconds before the next
+/// retransmission; capped, lost data goes again within 2 s of the link coming back.
+/// Set where the kernel has `TCP_RTO_MAX_MS` (Linux 6.15); elsewhere the sync's own
+/// silence limits notice the link and redial.
+pub const RTO_MAX_MS: u32 = 2_000;
+
 /// How long an idle connection (no open streams) is kept alive.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
 

@@ -98,6 +98,60 @@ async fn open_stream_dials_allowed_peer_on_demand() {
     assert!(stream.is_ok(), "{stream:?}");
 }
 
+/// Ports (local, peer) of the IPv4 socket `fd`.
+fn ports(fd: i32) -> [Option<u16>; 2] {
+    let port = |f: unsafe extern "C" fn(i32, *mut libc::sockaddr, *mut libc::socklen_t) -> i32| {
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = unsafe { f(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) };
+        (rc == 0 && sa.sin_family == libc::AF_INET as u16).then(|| u16::from_be(sa.sin_port))
+    };
+    [port(libc::getsockname), port(libc::getpeername)]
+}
+
+/// The retransmission timeout caps of this process's connected TCP sockets from or to
+/// `port` (not the listening one).
+fn rto_caps(port: u16) -> Vec<u32> {
+    let mut caps = Vec::new();
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let sock = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if let Ok(cap) = crate::sys::tcp_rto_max(&sock) {
+            let [local, peer] = ports(fd);
+            if peer.is_some() && (local == Some(port) || peer == Some(port)) {
+                caps.push(cap);
+            }
+        }
+    }
+    caps
+}
+
+/// Both ends of a connection (dialed and accepted) retransmit lost data within
+/// `RTO_MAX_MS` of a restored link, however long it was cut.
+#[tokio::test]
+async fn connections_cap_their_retransmission_backoff() {
+    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+    let pa = ka.public().to_peer_id();
+    let (a, _ea, a_addr) = node(config(ka, vec![kb.public().to_peer_id()], vec![])).await;
+    let (b, _eb, _) = node(config(kb, vec![pa], vec![])).await;
+    b.add_peer(a_addr.clone()).await.unwrap();
+    let _incoming = a.accept(PROTO).unwrap();
+    let stream = timeout(LIMIT, b.open_stream(pa, PROTO)).await.unwrap();
+    assert!(stream.is_ok(), "{stream:?}");
+    let port = a_addr
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .unwrap();
+    let caps = rto_caps(port);
+    assert!(caps.len() >= 2, "both ends of the connection: {caps:?}");
+    assert!(caps.iter().all(|c| *c == super::RTO_MAX_MS), "{caps:?}");
+}
+
 #[tokio::test]
 async fn unallowlisted_peer_is_refused() {
     let (ka, kc) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
