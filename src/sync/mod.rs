@@ -80,6 +80,17 @@ pub enum SyncError {
     /// Nothing came from the peer for this long (a dead or half-open link).
     #[error("link: the peer was silent for {0:?}")]
     Silent(Duration),
+    /// The peer opened a new session while this one waited on a silent stream: it
+    /// restarted, and this session's connection may be dead without a word.
+    #[error("link: the peer started anew while this session waited on a silent stream")]
+    PeerRestarted,
+}
+
+impl SyncError {
+    /// True if the link itself is in doubt: it is dropped and redialed, not reused.
+    pub fn link_dead(&self) -> bool {
+        matches!(self, SyncError::Silent(_) | SyncError::PeerRestarted)
+    }
 }
 
 /// A receiving stream on which no byte arrived for this long ends: senders ping every

@@ -86,6 +86,8 @@ where
     }
     fs.send(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
         .await?;
+    Stats::add(&r.stats.peer_sessions, 1);
+    r.stats.peer_session_started.notify_waiters();
     fs.compress(REPLY_LEVEL)?;
     fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());

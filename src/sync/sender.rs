@@ -198,7 +198,7 @@ pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
         if let Err(e) = result {
             tracing::warn!(peer = %s.link.peer(), "sync session ended: {e}");
             s.stats.error(&e);
-            if matches!(e, SyncError::Silent(_)) {
+            if e.link_dead() {
                 s.link.reset().await; // a dead link: redial, don't reuse it
             }
         }
@@ -297,7 +297,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
             last: i + 1 == n,
         })
         .await?;
-        match recv_within(fs, REPLY_TIMEOUT).await? {
+        match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
             Message::SummaryAck { differ: d } => differ.extend(d),
             other => return Err(unexpected("a summary ack", &other)),
         }
@@ -352,7 +352,7 @@ async fn send_index(
     })
     .await?;
     let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
-    match recv_within(fs, limit).await? {
+    match recv_reply(&s.stats, fs, limit).await? {
         Message::IndexAck { upto: acked, want } if acked == upto => {
             for path in &want {
                 want_file(s, st, path)?;
@@ -420,7 +420,7 @@ async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncErr
     st.next_id += 1;
     let at = Instant::now();
     fs.send(Message::Ping(st.next_id)).await?;
-    match recv_within(fs, REPLY_TIMEOUT).await? {
+    match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
         Message::Pong(n) if n == st.next_id => {
             let rtt = at.elapsed().as_micros() as u64;
             s.stats.rtt_us.store(rtt.max(1), Ordering::Relaxed);
@@ -430,6 +430,39 @@ async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncErr
             "expected a pong, got {}",
             other.kind()
         ))),
+    }
+}
+
+/// A stream silent this long while the peer starts a new session is taken for dead.
+const STUCK_AFTER: Duration = Duration::from_secs(2);
+
+/// Waits for the peer's reply, at most `limit`. If meanwhile the peer opens a new
+/// session to us while this stream has been silent for [`STUCK_AFTER`], the peer
+/// restarted (or lost this connection): its old end may be gone without our side
+/// hearing it, so the session ends and the link is redialed rather than waited out.
+async fn recv_reply<S>(
+    stats: &Stats,
+    fs: &mut FramedStream<S>,
+    limit: Duration,
+) -> Result<Message, SyncError>
+where
+    S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
+{
+    let progress = fs.progress();
+    let seen = stats.peer_sessions.load(Ordering::Relaxed);
+    let recv = recv_within(fs, limit);
+    tokio::pin!(recv);
+    loop {
+        let started = stats.peer_session_started.notified();
+        let anew = stats.peer_sessions.load(Ordering::Relaxed) != seen;
+        if anew && progress.last() + STUCK_AFTER <= Instant::now() {
+            return Err(SyncError::PeerRestarted);
+        }
+        tokio::select! {
+            r = &mut recv => return r,
+            _ = started => {}
+            _ = tokio::time::sleep(STUCK_AFTER) => {}
+        }
     }
 }
 
@@ -549,7 +582,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         s.journal.index().flush()?;
         fs.send(Message::MetaBatch(items)).await?;
         let sent = (chunk[0].0, chunk[chunk.len() - 1].0);
-        match meta_reply(fs, sent).await? {
+        match meta_reply(&s.stats, fs, sent).await? {
             Ok(upto) => {
                 acked(s, upto)?;
                 Stats::add(&s.stats.meta_acked, chunk.len() as u64);
@@ -680,6 +713,7 @@ fn stale_unlink(s: &Sender, op: &MetaOp) -> bool {
 /// The peer's answer to a batch of ops `sent = (first, last)`: `Ok(upto)` or the op it
 /// refused. Acks and nacks naming ops outside the batch (never sent) are ignored.
 async fn meta_reply<S>(
+    stats: &Stats,
     fs: &mut FramedStream<S>,
     sent: (u64, u64),
 ) -> Result<Result<u64, (u64, NackReason)>, SyncError>
@@ -687,7 +721,7 @@ where
     S: futures::io::AsyncRead + futures::io::AsyncWrite + Unpin,
 {
     loop {
-        let (seq, nack) = match recv_within(fs, REPLY_TIMEOUT).await? {
+        let (seq, nack) = match recv_reply(stats, fs, REPLY_TIMEOUT).await? {
             Message::Ack(AckKind::Meta(upto)) => (upto, None),
             Message::Nack {
                 of: AckKind::Meta(seq),
@@ -745,7 +779,7 @@ async fn send_files(
         let bytes: u64 = inflight.values().map(|f| f.payload).sum();
         let limit = REPLY_TIMEOUT + Duration::from_secs(bytes / MIN_RATE);
         loop {
-            let reply = recv_within(fs, limit).await?;
+            let reply = recv_reply(&s.stats, fs, limit).await?;
             on_reply(s, st, reply, &mut inflight, &mut queue)?;
             if !fs.input_pending() {
                 break;
@@ -1069,7 +1103,50 @@ mod tests {
             peer.send(Message::Ack(AckKind::Meta(bogus))).await.unwrap();
         }
         peer.send(Message::Ack(AckKind::Meta(7))).await.unwrap();
-        let got = meta_reply(&mut ours, (5, 7)).await.unwrap();
+        let got = meta_reply(&Stats::default(), &mut ours, (5, 7))
+            .await
+            .unwrap();
         assert_eq!(got.unwrap(), 7, "only the ack of the batch sent counts");
+    }
+
+    /// A silent wait ends at once when the peer starts a new session (it restarted: the
+    /// old connection may be dead unheard); a stream that keeps talking is waited on.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_wait_ends_when_the_peer_starts_anew() {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (mut ours, mut peer) = (FramedStream::new(a.compat()), FramedStream::new(b.compat()));
+        let stats = Arc::new(Stats::default());
+        let restart = |stats: Arc<Stats>, after: u64| async move {
+            tokio::time::sleep(Duration::from_secs(after)).await;
+            Stats::add(&stats.peer_sessions, 1);
+            stats.peer_session_started.notify_waiters();
+        };
+        let t0 = Instant::now();
+        tokio::spawn(restart(stats.clone(), 5));
+        let err = recv_reply(&stats, &mut ours, REPLY_TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, SyncError::PeerRestarted), "{err}");
+        assert_eq!(
+            t0.elapsed().as_secs(),
+            5,
+            "at the new session, not the timeout"
+        );
+
+        tokio::spawn(restart(stats.clone(), 1)); // the stream spoke 0.5 s before it
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            peer.send(Message::Queue { files: 0, bytes: 0 })
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            peer.send(Message::Pong(1)).await.unwrap();
+            peer
+        });
+        let first = recv_reply(&stats, &mut ours, REPLY_TIMEOUT).await.unwrap();
+        assert!(matches!(first, Message::Queue { .. }));
+        let reply = recv_reply(&stats, &mut ours, REPLY_TIMEOUT).await.unwrap();
+        assert_eq!(reply, Message::Pong(1));
     }
 }

@@ -70,6 +70,10 @@ pub struct Stats {
     pub delta_payload: AtomicU64,
     /// Pending files that could not be sent, with why (path: reason).
     pub stuck: Mutex<BTreeMap<u64, String>>,
+    /// Sessions the peer opened to this node (its `Hello`s accepted).
+    pub peer_sessions: AtomicU64,
+    /// Wakes the sender when the peer opens a session (see `sender::recv_reply`).
+    pub peer_session_started: tokio::sync::Notify,
 }
 
 /// One recent error.
