@@ -46,6 +46,9 @@ impl PassFs {
             }
         }
         let file = sys::reopen(&inode.fd, self.backing_flags(flags))?;
+        if writable {
+            self.rec.opened(inode.backing_ino);
+        }
         Ok(self.files.insert(FileHandle {
             file,
             file_id: inode.backing_ino,
@@ -78,6 +81,7 @@ impl PassFs {
             mode: mode & 0o7777,
         })?;
         self.record_owner(&path, &st)?;
+        self.rec.opened(st.st_ino);
         let fh = FileHandle {
             file: fd.into(),
             file_id: st.st_ino,

@@ -36,6 +36,8 @@ pub trait Recorder: Send + Sync + 'static {
     fn meta(&self, op: MetaOp) -> Result<(), RecordError>;
     /// Everything recorded so far must survive a power cut (called from fsync).
     fn sync(&self) -> Result<(), RecordError>;
+    /// A writable handle on `file` was opened (before any write through it).
+    fn opened(&self, _file: FileId) {}
     /// A writable handle on `file` was closed: the file may now be quiet.
     fn closed(&self, _file: FileId) {}
     /// True when `file` has changes not yet acknowledged by the peer.
@@ -134,7 +136,11 @@ impl Recorder for JournalRecorder {
             .entry(file)
             .is_some_and(|e| &e.path == path && e.links.is_empty())
     }
+    fn opened(&self, file: FileId) {
+        self.journal.opened(file);
+    }
     fn closed(&self, file: FileId) {
+        self.journal.closed(file);
         if let Some(ig) = self.journal.ignores() {
             if self
                 .journal

@@ -244,6 +244,8 @@ struct Locked {
     sent_upto: u64,
     /// Writes recorded and not yet done on the backing file, by file (in memory only).
     writing: std::collections::HashMap<FileId, u32>,
+    /// Writable handles open through the mount, by file (in memory only).
+    open_writers: std::collections::HashMap<FileId, u32>,
 }
 
 struct Inner {
@@ -297,6 +299,7 @@ impl Journal {
             dir_epoch: 1,
             sent_upto,
             writing: Default::default(),
+            open_writers: Default::default(),
         };
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -462,6 +465,28 @@ impl Journal {
                 l.writing.remove(&file);
             }
         }
+    }
+
+    /// A writable handle on `file` was opened through the mount.
+    pub fn opened(&self, file: FileId) {
+        *self.inner().lock().open_writers.entry(file).or_default() += 1;
+    }
+
+    /// A writable handle on `file` was closed (one per [`Journal::opened`]).
+    pub fn closed(&self, file: FileId) {
+        let mut l = self.inner().lock();
+        if let Some(n) = l.open_writers.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                l.open_writers.remove(&file);
+            }
+        }
+    }
+
+    /// True while a writable handle on `file` is open through the mount: its content
+    /// may still change. Files the daemon itself wrote (conflict copies) never are.
+    pub fn open_for_write(&self, file: FileId) -> bool {
+        self.inner().lock().open_writers.contains_key(&file)
     }
 
     /// True while a recorded write of `file` has not reached the backing file: a read

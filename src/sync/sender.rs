@@ -44,6 +44,10 @@ const META_GRACE: Duration = Duration::from_millis(40);
 const TICK: Duration = Duration::from_millis(25);
 /// A file whose whole-file update was refused waits this long before a retry.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// A pending file not found at its journalled path is looked for again this soon: the
+/// op that moved or replaced it (a local rename, a peer's op applied here) is usually
+/// journalled or applied within moments, and until then the peer waits for the file.
+const LOOK_AGAIN: Duration = Duration::from_secs(1);
 
 /// Everything the sender needs.
 #[derive(Clone)]
@@ -64,7 +68,7 @@ pub struct Sender {
 
 type Stream = FramedStream<Box<dyn Duplex>>;
 
-/// When each pending file last changed, and which were closed since.
+/// When each pending file last changed, and when its writers last closed it.
 #[derive(Default)]
 struct Quiet {
     seen: HashMap<FileId, (u64, Instant, Instant)>,
@@ -73,15 +77,22 @@ struct Quiet {
 }
 
 impl Quiet {
-    /// True when `file` was closed at least [`CLOSE_GRACE`] ago (and not sent since).
-    fn closed_a_while(&self, file: FileId) -> bool {
+    /// True when a writable handle on `file` was closed less than [`CLOSE_GRACE`] ago:
+    /// a rename of a just-written temp file may be on its way.
+    fn closed_lately(&self, file: FileId) -> bool {
         self.closed
             .get(&file)
-            .is_some_and(|t| t.elapsed() >= CLOSE_GRACE)
+            .is_some_and(|t| t.elapsed() < CLOSE_GRACE)
     }
 
-    /// Files ready to send: closed, unchanged for `settle`, or pending too long.
-    fn ready(&mut self, snap: &Snapshot, settle: Duration) -> Vec<FileId> {
+    /// Files ready to send: closed (or with no writable handle open, per `open`) and
+    /// unchanged for [`CLOSE_GRACE`], unchanged for `settle`, or pending too long.
+    fn ready(
+        &mut self,
+        snap: &Snapshot,
+        settle: Duration,
+        open: &dyn Fn(FileId) -> bool,
+    ) -> Vec<FileId> {
         let now = Instant::now();
         self.seen.retain(|f, _| snap.files.contains_key(f));
         self.retry_at.retain(|_, t| *t > now);
@@ -95,13 +106,16 @@ impl Quiet {
                 .closed
                 .get(file)
                 .is_some_and(|t| now - *t >= CLOSE_GRACE && (*t >= s.1 || now - s.1 >= settle / 4));
-            let due = closed || now - s.1 >= settle || now - s.2 >= MAX_DELAY;
+            let shut = !open(*file) && now - s.1 >= CLOSE_GRACE;
+            let due = closed || shut || now - s.1 >= settle || now - s.2 >= MAX_DELAY;
             if due && !self.retry_at.contains_key(file) {
                 out.push(*file);
             }
         }
-        self.closed
-            .retain(|f, _| snap.files.contains_key(f) && !out.contains(f));
+        // A mark stays until the file has nothing pending: a file picked here may still
+        // not go (its update failed, or the session ended), and its create must not then
+        // wait as if the file were still being written (see `meta_due`).
+        self.closed.retain(|f, _| snap.files.contains_key(f));
         out
     }
 }
@@ -498,7 +512,8 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     s.stats.keep_stuck(|f| snap.files.contains_key(&f));
     let queue = ((snap.files.len() + snap.meta.len()) as u64, dirty);
     tell_queue(fs, st, queue).await?;
-    if !meta_due(st, &snap) {
+    let open = |f| s.journal.open_for_write(f);
+    if !meta_due(st, &snap, &open) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
     }
     if !snap.meta.is_empty() {
@@ -508,7 +523,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
             return Ok(()); // refused or cancelled meanwhile: start over from a fresh snapshot
         }
     }
-    let ready = st.quiet.ready(&snap, s.cfg.settle);
+    let ready = st.quiet.ready(&snap, s.cfg.settle, &open);
     if !ready.is_empty() {
         send_files(s, fs, st, &snap, ready).await?;
     }
@@ -516,10 +531,11 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
 }
 
 /// True when the snapshot's metadata ops (if any) may go now: the log has been quiet
-/// for [`META_GRACE`] and no file they create is still being written (a temp file
+/// for [`META_GRACE`] and no file they create is still being written (open for write
+/// through the mount, per `open`, or closed just now; a temp file
 /// renamed over its target once written folds into an update of the target, see
 /// `journal::cancel`, but not once its `Create` went), or ops have waited [`MAX_DELAY`].
-fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
+fn meta_due(st: &mut State, snap: &Snapshot, open: &dyn Fn(FileId) -> bool) -> bool {
     let Some(&(newest, _)) = snap.meta.last() else {
         st.meta_seen = None;
         return true;
@@ -532,7 +548,7 @@ fn meta_due(st: &mut State, snap: &Snapshot) -> bool {
     let (changed, since) = (*changed, *since);
     let writing = snap.meta.iter().any(|(_, op)| match op {
         MetaOp::Create { file, .. } => {
-            snap.files.contains_key(file) && !st.quiet.closed_a_while(*file)
+            snap.files.contains_key(file) && (open(*file) || st.quiet.closed_lately(*file))
         }
         _ => false,
     });
@@ -870,7 +886,7 @@ async fn send_one(
         if s.stats.set_stuck(file, Some(why.clone())) {
             tracing::warn!(file, "cannot send: {why}");
         }
-        let retry = Instant::now() + RETRY_AFTER;
+        let retry = Instant::now() + LOOK_AGAIN;
         st.quiet.retry_at.insert(file, retry);
         return Ok(None);
     };
@@ -1148,5 +1164,42 @@ mod tests {
         assert!(matches!(first, Message::Queue { .. }));
         let reply = recv_reply(&stats, &mut ours, REPLY_TIMEOUT).await.unwrap();
         assert_eq!(reply, Message::Pong(1));
+    }
+
+    /// A new file no handle has open for write (one the daemon wrote itself, such as a
+    /// conflict copy, or any file after a restart) goes at once, its create first; one
+    /// still open for write waits.
+    #[tokio::test(start_paused = true)]
+    async fn files_not_open_for_write_go_at_once() {
+        let path = RelPath::from_bytes(b"new").unwrap();
+        let mut entry = crate::journal::FileEntry::new(path.clone());
+        entry.ranges.insert(0, 10);
+        let snap = Snapshot {
+            files: [(7, entry)].into_iter().collect(),
+            meta: vec![(
+                1,
+                MetaOp::Create {
+                    path,
+                    file: 7,
+                    mode: 0o644,
+                },
+            )],
+        };
+        let settle = Duration::from_secs(1);
+        for open in [true, false] {
+            let open = move |_| open;
+            let mut st = State::default();
+            assert!(!meta_due(&mut st, &snap, &open), "the log is not quiet yet");
+            assert!(st.quiet.ready(&snap, settle, &open).is_empty());
+            tokio::time::advance(META_GRACE.max(CLOSE_GRACE)).await;
+            let due = meta_due(&mut st, &snap, &open);
+            let ready = st.quiet.ready(&snap, settle, &open);
+            if open(7) {
+                assert!(!due && ready.is_empty(), "still being written: waits");
+            } else {
+                assert!(due, "the create goes");
+                assert_eq!(ready, vec![7]);
+            }
+        }
     }
 }
