@@ -15,6 +15,9 @@
 #           (tag v1: older versions of the crates the registry holds twice, v2: newer)
 #   write   sequential write of BENCH_SIZE_MB MiB + fsync (MiB/s)
 #   read    sequential read of that file, caches dropped first (MiB/s)
+# In the alone mode each measure also runs through a bare passthrough mount (unless
+# BENCH_FLOOR=0): examples/passthrough.rs, syncfs's FUSE filesystem with nothing recorded,
+# so the table shows what FUSE itself costs here beside what syncfs adds.
 # Then, unless BENCH_PENDING=0: untar into a mount with BENCH_PENDING files pending for
 # an offline peer, beside untar into an empty mount (same peer offline), interleaved.
 #
@@ -26,7 +29,8 @@
 #
 # Environment: BENCH_RUNS=2, BENCH_MODES="alone peer", BENCH_SIZE_MB=1024,
 #   BENCH_PENDING=100000, BENCH_FS=loop, BENCH_IMG_GB=12, BENCH_DIR=/var/tmp,
-#   BENCH_BUILD=1 (0: don't cargo build), SYNCFS=path (binary), BENCH_KEEP=0.
+#   BENCH_BUILD=1 (0: don't cargo build), SYNCFS=path (binary), BENCH_KEEP=0,
+#   BENCH_FLOOR=1, PASSTHROUGH=path (the example's binary).
 # Needs root (loop mount, drop_caches, FUSE). Writes target/bench-fs.txt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +77,14 @@ if [ -n "${SYNCFS:-}" ]; then BIN=$SYNCFS; else
     [ "${BENCH_BUILD:-1}" = 0 ] || cargo build --release --bin syncfs >&2 || die "build failed"
 fi
 [ -x "$BIN" ] || die "no syncfs binary at $BIN"
+FLOOR=${BENCH_FLOOR:-1}
+if [ "$FLOOR" = 1 ]; then
+    if [ -n "${PASSTHROUGH:-}" ]; then PT=$PASSTHROUGH; else
+        PT=$REPO/target/release/examples/passthrough
+        [ "${BENCH_BUILD:-1}" = 0 ] || cargo build --release --example passthrough >&2 || die "build failed"
+    fi
+    [ -x "$PT" ] || die "no passthrough binary at $PT"
+fi
 
 if [ "$FSKIND" = loop ]; then
     truncate -s "${BENCH_IMG_GB:-12}G" "$TMP/fs.img"
@@ -158,6 +170,14 @@ wait_idle() { # store: until its daemon reports idle (bounded)
     done
     log "warning: $1 not idle after 300 s"
 }
+start_floor() { # a bare passthrough mount at $W/floor-$N; sets FLOOR_MNT
+    mkdir -p "$W/floor-back-$N" "$W/floor-$N"
+    "$PT" "$W/floor-back-$N" "$W/floor-$N" > "$TMP/floor-$N.log" 2>&1 &
+    PIDS+=($!); MNTS+=("$W/floor-$N")
+    for _ in $(seq 150); do mountpoint -q "$W/floor-$N" && break; sleep 0.2; done
+    mountpoint -q "$W/floor-$N" || die "the passthrough did not mount (see $TMP/floor-$N.log)"
+    FLOOR_MNT=$W/floor-$N
+}
 # A pair: A mounted; B (peer mode) joins A's folder on loopback.
 start_mode() { # alone | peer | offline
     N=$((N + 1))
@@ -224,13 +244,16 @@ for mode in $MODES; do
     log "mode $mode"
     start_mode "$mode"
     mkdir -p "$W/plain-$N"
+    FLOOR_MNT=""
+    [ "$FLOOR" != 1 ] || [ "$mode" != alone ] || start_floor
     # warm-up, untimed: the first untar into a fresh filesystem ran twice as slow
-    for d in "$W/plain-$N" "$A_MNT"; do m_untar "$d"; done
+    for d in "$W/plain-$N" "$A_MNT" $FLOOR_MNT; do m_untar "$d"; done
     [ "$mode" != peer ] || wait_idle "$A_STORE"
     for r in $(seq "$RUNS"); do
         for m in untar cycle git write read; do
             run_measure "$mode" "$m" "$W/plain-$N" plain
             run_measure "$mode" "$m" "$A_MNT" mount
+            [ -z "$FLOOR_MNT" ] || run_measure "$mode" "$m" "$FLOOR_MNT" floor
         done
     done
     stop_nodes
@@ -271,7 +294,13 @@ row() { # key label unit higher|lower goal
     p=$(median ${VAL[$k,plain]}); m=$(median ${VAL[$k,mount]})
     ratio=$(awk -v a="$m" -v b="$p" 'BEGIN { printf "%.2f", a / b }')
     ok=$(awk -v r="$ratio" -v g="$5" -v k="$4" 'BEGIN { print ((k == "higher") ? (r >= g) : (r <= g)) ? "ok" : "MISS" }')
-    printf '%-34s %12s %12s %8s %8s  %s\n' "$2" "$p $3" "$m $3" "$ratio" "$([ "$4" = higher ] && echo ">=" || echo "<=") $5" "$ok"
+    local floor=""
+    if [ -n "${VAL[$k,floor]:-}" ]; then
+        # shellcheck disable=SC2086
+        f=$(median ${VAL[$k,floor]})
+        floor=$(awk -v f="$f" -v b="$p" -v u="$3" 'BEGIN { printf "   FUSE floor %s %s (%.2f)", f, u, f / b }')
+    fi
+    printf '%-34s %12s %12s %8s %8s  %s%s\n' "$2" "$p $3" "$m $3" "$ratio" "$([ "$4" = higher ] && echo ">=" || echo "<=") $5" "$ok" "$floor"
 }
 {
     echo "syncfs bench-fs: $(git rev-parse --short HEAD 2>/dev/null) $(date -u '+%Y-%m-%d %H:%M UTC'), kernel $(uname -r), $(nproc) cpus"
