@@ -4,6 +4,7 @@
 //! here shows beside the plain directory and the full daemon.
 //!
 //! Usage: `passthrough BACKING_DIR MOUNTPOINT`; unmounts on SIGTERM or SIGINT.
+//! `PASSTHROUGH_THREADS` sets the FUSE session threads (4, the daemon's default).
 
 use nix::sys::signal::{SigSet, Signal};
 use std::path::PathBuf;
@@ -23,7 +24,10 @@ fn main() -> anyhow::Result<()> {
     signals.thread_block()?;
     let fs = PassFs::new(backing, Arc::new(NullRecorder), FsOptions { writeback: true })?;
     let opts = MountOpts {
-        threads: 4, // the daemon's default (`threads` in config.toml)
+        threads: std::env::var("PASSTHROUGH_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(4), // the daemon's default (`threads` in config.toml)
         suid: false,
         dev: false,
     };
