@@ -22,7 +22,11 @@ fn main() -> anyhow::Result<()> {
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGINT);
     signals.thread_block()?;
-    let fs = PassFs::new(backing, Arc::new(NullRecorder), FsOptions { writeback: true })?;
+    let fs = PassFs::new(
+        backing,
+        Arc::new(NullRecorder),
+        FsOptions { writeback: true },
+    )?;
     let opts = MountOpts {
         threads: std::env::var("PASSTHROUGH_THREADS")
             .ok()
