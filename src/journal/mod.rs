@@ -483,10 +483,10 @@ impl Journal {
         }
     }
 
-    /// True while a writable handle on `file` is open through the mount: its content
-    /// may still change. Files the daemon itself wrote (conflict copies) never are.
-    pub fn open_for_write(&self, file: FileId) -> bool {
-        self.inner().lock().open_writers.contains_key(&file)
+    /// The files a writable handle is open on through the mount: their content may
+    /// still change. Files the daemon itself wrote (conflict copies) never are.
+    pub fn open_for_write(&self) -> std::collections::HashSet<FileId> {
+        self.inner().lock().open_writers.keys().copied().collect()
     }
 
     /// True while a recorded write of `file` has not reached the backing file: a read

@@ -98,6 +98,16 @@ async fn open_stream_dials_allowed_peer_on_demand() {
     assert!(stream.is_ok(), "{stream:?}");
 }
 
+/// The TCP port of a listen address.
+fn tcp_port(addr: &Multiaddr) -> u16 {
+    addr.iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a TCP address")
+}
+
 /// Ports (local, peer) of the IPv4 socket `fd`.
 fn ports(fd: i32) -> [Option<u16>; 2] {
     let port = |f: unsafe extern "C" fn(i32, *mut libc::sockaddr, *mut libc::socklen_t) -> i32| {
@@ -140,13 +150,7 @@ async fn connections_cap_their_retransmission_backoff() {
     let _incoming = a.accept(PROTO).unwrap();
     let stream = timeout(LIMIT, b.open_stream(pa, PROTO)).await.unwrap();
     assert!(stream.is_ok(), "{stream:?}");
-    let port = a_addr
-        .iter()
-        .find_map(|p| match p {
-            Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .unwrap();
+    let port = tcp_port(&a_addr);
     let caps = rto_caps(port);
     assert!(caps.len() >= 2, "both ends of the connection: {caps:?}");
     assert!(caps.iter().all(|c| *c == super::RTO_MAX_MS), "{caps:?}");
@@ -264,13 +268,7 @@ async fn a_flood_of_unfinished_handshakes_is_cut_off_and_peers_still_connect() {
     let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
     let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
     let (_a, _ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
-    let port = a_addr
-        .iter()
-        .find_map(|p| match p {
-            Protocol::Tcp(port) => Some(port),
-            _ => None,
-        })
-        .unwrap();
+    let port = tcp_port(&a_addr);
     // 40 connections that never say a word: past the cap, they are closed at once
     let mut socks = Vec::new();
     for _ in 0..40 {

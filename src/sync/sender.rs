@@ -112,9 +112,8 @@ impl Quiet {
                 out.push(*file);
             }
         }
-        // A mark stays until the file has nothing pending: a file picked here may still
-        // not go (its update failed, or the session ended), and its create must not then
-        // wait as if the file were still being written (see `meta_due`).
+        // A mark stays until the file has nothing pending: a file picked here that did
+        // not go (its update failed, or the session ended) is picked again next round.
         self.closed.retain(|f, _| snap.files.contains_key(f));
         out
     }
@@ -512,7 +511,8 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     s.stats.keep_stuck(|f| snap.files.contains_key(&f));
     let queue = ((snap.files.len() + snap.meta.len()) as u64, dirty);
     tell_queue(fs, st, queue).await?;
-    let open = |f| s.journal.open_for_write(f);
+    let writers = s.journal.open_for_write(); // once a round: the journal's lock is FUSE's
+    let open = |f| writers.contains(&f);
     if !meta_due(st, &snap, &open) {
         return Ok(()); // files wait too: an update must not overtake its mkdir or create
     }
