@@ -56,6 +56,7 @@ mod meta;
 mod stage;
 mod trees;
 mod update;
+pub use update::Expect;
 
 #[cfg(test)]
 mod fuzz_tests;

@@ -291,6 +291,16 @@ impl Applier {
     }
 }
 
+/// What the checker judged to be at an update's path when it decided to take the
+/// update ([`crate::sync::check`]): the applier applies it to that and nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// No file (there was none, or ours was set aside): the update makes a new one.
+    Nothing,
+    /// This file (backing inode number): the update changes it in place.
+    File(u64),
+}
+
 /// The backing file an update applies to.
 struct Target {
     file: File,
@@ -307,16 +317,19 @@ struct Target {
 impl Applier {
     /// Applies one file update; Ok means durable (fsynced) and verified: the caller acks.
     pub fn apply_update(&self, u: &FileUpdate) -> Result<(), ApplyError> {
-        self.apply_update_then(u, &mut || Ok(()))
+        self.apply_update_then(u, None, &mut || Ok(()))
     }
 
     /// [`Applier::apply_update`], running `after` (the caller's durable record of the
     /// new version) once the file is in place and before its stage is removed: a crash
     /// before `after` is done leaves the stage, which recovery replays and lists
-    /// ([`Applier::recovered`]) for the record to be made again.
+    /// ([`Applier::recovered`]) for the record to be made again. With `expect`, the
+    /// update is refused (`UnknownBase`: sent again whole) unless its path still holds
+    /// what the checker judged there.
     pub fn apply_update_then(
         &self,
         u: &FileUpdate,
+        expect: Option<Expect>,
         after: &mut dyn FnMut() -> Result<(), ApplyError>,
     ) -> Result<(), ApplyError> {
         let _serial = self.lock();
@@ -337,7 +350,7 @@ impl Applier {
         };
         // 3. Rule 1: stage durably before the target is written.
         let mut stage = Stage::create(self, &ranges.stageable())?;
-        let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t, after);
+        let res = self.verify_and_replay(u, &ranges, &mut stage, &mut t, (expect, after));
         if res.is_err() {
             if let Some(mode) = t.restore_mode {
                 let _ = sys::chmod_fd(&t.pfd, mode);
@@ -353,7 +366,7 @@ impl Applier {
         ranges: &Ranges<'_>,
         stage: &mut Stage<'_>,
         t: &mut Target,
-        after: &mut dyn FnMut() -> Result<(), ApplyError>,
+        (expect, after): (Option<Expect>, &mut dyn FnMut() -> Result<(), ApplyError>),
     ) -> Result<(), ApplyError> {
         // 4. Hashes of the current content and of the result: from the file's tree when
         //    it is known (only touched leaves are read), else one streaming pass. The
@@ -382,8 +395,12 @@ impl Applier {
         // Rule 5: held from here to the fsynced replay, so that nobody reads a
         // half-applied file; a local write that slipped in while hashing is caught by
         // the file's stamp, and the update is refused (the sender sends it again).
+        // The names are held too, up to the caller's record of the new version: a local
+        // save renamed over the path since the checker's decision is caught here, and
+        // none lands between this check and that record.
+        let names = self.hooks.names();
         let hold = self.hooks.hold(t.ino);
-        if self.stamp(t, &u.path)? != before {
+        if self.stamp(t, &u.path)? != before || !self.as_judged(&u.path, t, expect) {
             undo_create(t);
             return Err(ApplyError::UnknownBase {
                 path: u.path.clone(),
@@ -394,6 +411,7 @@ impl Applier {
             self.remember(&t.file, tree);
             self.done(u, t, hold)?;
             after()?;
+            drop(names);
             return stage.finish();
         }
         // 5. Rule 2: the stage is verified, durably.
@@ -405,7 +423,27 @@ impl Applier {
         self.fault_point(Fault::AfterReplay);
         self.done(u, t, hold)?;
         after()?; // the stage stays until the caller's record is durable
+        drop(names);
         stage.finish()
+    }
+
+    /// True if `path` still holds what the checker judged there, and that is the target
+    /// (a created target is not named yet, or is named `path`).
+    fn as_judged(&self, path: &RelPath, t: &Target, expect: Option<Expect>) -> bool {
+        let flags = libc::O_PATH | libc::O_NOFOLLOW;
+        let now = open_beneath(&self.root, path, flags, 0)
+            .ok()
+            .and_then(|fd| sys::fstat(&fd).ok())
+            .map(|st| st.st_ino);
+        let here = match t.created {
+            Some(_) if t.unnamed => now.is_none(),
+            _ => now == Some(t.ino),
+        };
+        here && match expect {
+            None => true,
+            Some(Expect::Nothing) => t.created.is_some(),
+            Some(Expect::File(ino)) => t.created.is_none() && t.ino == ino,
+        }
     }
 
     /// Rule 4: the file (and a new name) are durable before the caller may ack; then the

@@ -6,7 +6,7 @@
 use super::fold::{self, Origin};
 use super::verdict::{conflict_name, decide, Loser, Side, Verdict};
 use super::SyncConfig;
-use crate::apply::{Applier, ApplyError, Aside};
+use crate::apply::{Applier, ApplyError, Aside, Expect};
 use crate::journal::index::Kind;
 use crate::journal::op::Timestamp;
 use crate::journal::{Journal, JournalError, MetaOp};
@@ -29,6 +29,17 @@ pub enum Step {
     RemoveFrom,
 }
 
+/// What the receiver does with a peer's file update.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpdateStep {
+    /// Apply it to what was judged at its path (a losing local version is set aside).
+    Apply(Expect),
+    /// Acknowledge it without applying: ours is newer, or the same, or won.
+    Skip,
+    /// Refuse it with this reason (the sender sends the whole file again).
+    Refuse(NackReason),
+}
+
 /// Everything the gate needs.
 #[derive(Clone)]
 pub struct Checker {
@@ -44,6 +55,8 @@ pub struct Checker {
 
 /// Our version of an entry.
 struct Ours {
+    /// The inode judged at the path (None: nothing there).
+    ino: Option<u64>,
     vv: VersionVector,
     deleted: bool,
     hash: [u8; 32],
@@ -69,6 +82,7 @@ impl Checker {
             let vv = self.pending_bump(e.vv, self.journal.has_pending_op_from(path, e.taken_at));
             let mtime = e.mtime;
             return Ok(Some(Ours {
+                ino: None,
                 vv,
                 deleted: true,
                 hash: e.hash,
@@ -96,6 +110,7 @@ impl Checker {
         let vv = entry.map(|e| e.vv).unwrap_or_default();
         let vv = self.pending_bump(vv, pending);
         Ok(Some(Ours {
+            ino: Some(st.st_ino),
             vv,
             deleted: false,
             hash,
@@ -121,11 +136,12 @@ impl Checker {
         decide(ours.as_ref(), &theirs)
     }
 
-    /// Decides on a file update from `peer` and sets our losing version aside.
-    pub fn before_update(&self, u: &FileUpdate, peer: &[u8]) -> Result<Step, ApplyError> {
+    /// Decides on a file update from `peer` and sets our losing version aside. The
+    /// applier then applies it only to what was judged here (see [`Expect`]).
+    pub fn before_update(&self, u: &FileUpdate, peer: &[u8]) -> Result<UpdateStep, ApplyError> {
         if self.ignored(&u.path, false) {
             tracing::info!("peer's update of {}: an ignored path here; skipped", u.path);
-            return Ok(Step::Skip);
+            return Ok(UpdateStep::Skip);
         }
         let vv = VersionVector::from_pairs(u.vv.iter().copied());
         let ours = self.ours(&u.path)?;
@@ -138,30 +154,29 @@ impl Checker {
         };
         let v = self.verdict(ours.as_ref(), theirs);
         tracing::debug!(path = %u.path, ?v, "update verdict");
-        match v {
+        let moved = match v {
             Verdict::Keep => {
                 self.answer(&u.path, ours.as_ref(), &vv)?;
-                Ok(Step::Skip)
+                return Ok(UpdateStep::Skip);
             }
-            Verdict::Merge => self.after_update(u).map(|_| Step::Skip),
+            Verdict::Merge => return self.after_update(u).map(|_| UpdateStep::Skip),
             Verdict::Take(Loser::Replaced) => {
                 let o = ours.as_ref().filter(|o| !o.deleted && o.hash != u.hash);
-                if u.base.is_none() && o.is_some() {
-                    self.archive(&u.path)?;
-                }
-                Ok(Step::Apply)
+                u.base.is_none() && o.is_some() && self.archive(&u.path)?
             }
-            Verdict::Take(_) if u.base.is_some() => Ok(Step::Refuse(NackReason::UnknownBase)),
-            Verdict::Take(Loser::Archive) => {
-                self.archive(&u.path)?;
-                Ok(Step::Apply)
+            Verdict::Take(_) if u.base.is_some() => {
+                return Ok(UpdateStep::Refuse(NackReason::UnknownBase))
             }
+            Verdict::Take(Loser::Archive) => self.archive(&u.path)?,
             Verdict::Take(Loser::ConflictCopy) => {
-                let mtime = ours.map_or(u.mtime.into(), |o| o.mtime);
-                self.conflict_copy(&u.path, mtime)?;
-                Ok(Step::Apply)
+                let mtime = ours.as_ref().map_or(u.mtime.into(), |o| o.mtime);
+                self.conflict_copy(&u.path, mtime)?
             }
-        }
+        };
+        let judged = ours.filter(|o| !o.deleted && !moved).and_then(|o| o.ino);
+        Ok(UpdateStep::Apply(
+            judged.map_or(Expect::Nothing, Expect::File),
+        ))
     }
 
     /// Our version of `path` beat the peer's concurrent one, which the peer still holds:
@@ -188,10 +203,11 @@ impl Checker {
             .map_err(jerr(path))
     }
 
-    /// Renames our version of `path` to a conflict copy, journaled as a new local file.
-    fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<(), ApplyError> {
+    /// Renames our version of `path` to a conflict copy, journaled as a new local file
+    /// (true if a file was moved).
+    fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<bool, ApplyError> {
         let Some((parent, leaf)) = path.split_last() else {
-            return Ok(());
+            return Ok(false);
         };
         // a second conflict of the same version in the same second takes `-2`, `-3` …
         let leaf = leaf.to_string_lossy();
@@ -208,13 +224,14 @@ impl Checker {
             .expect("an endless range");
         let copy =
             copy.map_err(|e| ApplyError::BadRequest(format!("{path}: conflict name: {e}")))?;
-        if let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? {
-            tracing::warn!("conflict: {path} was changed on both sides; ours is kept as {copy}");
-            self.journal
-                .local_new_file(s.ino, &copy, s.mode, s.size)
-                .map_err(jerr(path))?;
-        }
-        Ok(())
+        let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? else {
+            return Ok(false);
+        };
+        tracing::warn!("conflict: {path} was changed on both sides; ours is kept as {copy}");
+        self.journal
+            .local_new_file(s.ino, &copy, s.mode, s.size)
+            .map_err(jerr(path))?;
+        Ok(true)
     }
 
     /// True if `path` stays local here (`.syncfsignore`, re-read if it changed).
@@ -251,11 +268,13 @@ impl Checker {
     /// Moves our version of `path` into the version archive. The journal forgets it:
     /// a pending local change of it has lost to the peer's, and its inode number must
     /// not pass that change on to whatever file gets the number once the archive drops it.
-    fn archive(&self, path: &RelPath) -> Result<(), ApplyError> {
-        if let Some(s) = self.applier.set_aside(path, Aside::Archive)? {
-            self.journal.forget(s.ino).map_err(jerr(path))?;
-        }
-        Ok(())
+    /// True if a file was moved (an empty one, or any without an archive, stays).
+    fn archive(&self, path: &RelPath) -> Result<bool, ApplyError> {
+        let Some(s) = self.applier.set_aside(path, Aside::Archive)? else {
+            return Ok(false);
+        };
+        self.journal.forget(s.ino).map_err(jerr(path))?;
+        Ok(true)
     }
 
     /// What a peer's `op` may free: `O_PATH` fds of the files at its destructive targets,

@@ -3,7 +3,7 @@
 //! from the local bytes, through the same gate and applier as a peer's update, and
 //! nothing crosses the link.
 
-use super::check::{Checker, Step};
+use super::check::{Checker, UpdateStep};
 use crate::apply::ApplyError;
 use crate::beneath::open_beneath;
 use crate::path::RelPath;
@@ -71,11 +71,11 @@ pub fn make_from_local(
         hash: it.hash,
         vv: it.vv.clone(),
     };
-    if check.before_update(&u, peer)? != Step::Apply {
+    let UpdateStep::Apply(judged) = check.before_update(&u, peer)? else {
         return Ok(true);
-    }
-    check.applier.apply_update(&u)?;
-    check.after_update(&u)?;
+    };
+    let record = &mut || check.after_update(&u);
+    check.applier.apply_update_then(&u, Some(judged), record)?;
     tracing::info!(
         "{}: made from the local copy at {src}; nothing sent",
         it.path

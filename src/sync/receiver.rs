@@ -3,7 +3,7 @@
 //! once the applier reports it durable, or a nack with the reason.
 
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
-use super::check::{Checker, Step};
+use super::check::{Checker, UpdateStep};
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
 };
@@ -243,11 +243,12 @@ fn gated_update(
     peer_bytes: &[u8],
 ) -> Result<Result<bool, NackReason>, crate::apply::ApplyError> {
     match check.before_update(u, peer_bytes)? {
-        Step::Skip | Step::RemoveFrom => Ok(Ok(false)),
-        Step::Refuse(r) => Ok(Err(r)),
-        Step::Apply => {
+        UpdateStep::Skip => Ok(Ok(false)),
+        UpdateStep::Refuse(r) => Ok(Err(r)),
+        UpdateStep::Apply(judged) => {
             // The new version is in the index, durably, before the stage goes.
-            applier.apply_update_then(u, &mut || check.after_update_durably(u))?;
+            let record = &mut || check.after_update_durably(u);
+            applier.apply_update_then(u, Some(judged), record)?;
             Ok(Ok(true))
         }
     }
