@@ -29,6 +29,7 @@
 //! - [`sync`]: the sender: quiet files and metadata ops from the journal to the peer.
 //! - [`hashtree`], [`treecache`]: incremental whole-file BLAKE3, bounded per-file trees.
 //! - [`delta`], [`preimage`]: zstd deltas against the old bytes the peer holds.
+//! - [`chunks`]: content-defined chunk trees; finding what a peer lacks with no history.
 //! - [`vv`]: version vectors (which version of an entry descends from which).
 //! - [`scan`]: the mount-time scan for changes made while not mounted.
 //! - [`versions`]: the archive of replaced and deleted versions.
@@ -37,6 +38,7 @@
 pub mod apply;
 pub mod beneath;
 pub mod bwlimit;
+pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod control;

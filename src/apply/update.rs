@@ -400,7 +400,14 @@ impl Applier {
         // none lands between this check and that record.
         let names = self.hooks.names();
         let hold = self.hooks.hold(t.ino);
-        if self.stamp(t, &u.path)? != before || !self.as_judged(&u.path, t, expect) {
+        let judged = self.as_judged(&u.path, t, expect);
+        if !judged {
+            tracing::info!(
+                "{}: changed here since the update was decided; refused",
+                u.path
+            );
+        }
+        if self.stamp(t, &u.path)? != before || !judged {
             undo_create(t);
             return Err(ApplyError::UnknownBase {
                 path: u.path.clone(),

@@ -1,0 +1,64 @@
+//! Content-defined chunk trees of a file, and the exchange that finds which parts of a
+//! file a peer lacks when there is no shared history to delta against (first pairing,
+//! files changed on both sides while apart). Pure: no I/O beyond reading the bytes
+//! being cut, and no wire types (the sync layer carries [`Offer`]s and [`Answer`]s).
+//!
+//! A file is cut into leaves with FastCDC (2020), so that an insert or a delete moves
+//! no boundary far from it. Consecutive nodes are grouped into parents, with
+//! content-defined group boundaries too (after a child whose hash is 0 modulo
+//! [`FANOUT`]), level by level, up to a top level of at most [`TOP`] nodes. A node's
+//! hash covers its bytes (leaves) or its children (parents), so equal hashes mean equal
+//! bytes wherever they sit in either file.
+//!
+//! The side that needs the new version leads ([`Needs`]); it holds the old one. The
+//! other side ([`Offers`]) offers its top nodes. Each offered node is found among the
+//! needing side's own nodes at any level (then copied from its own bytes), expanded
+//! (its children are offered in the next round), or, for a leaf, asked for (its bytes
+//! come in the next round). One round per level; an unchanged subtree costs one hash.
+//! The result is a [`Piece`] list the needing side rebuilds the file from; the caller
+//! verifies the whole-file BLAKE3 of the result.
+
+mod exchange;
+mod tree;
+
+pub use exchange::{rebuild, Answer, Needs, Offers, Piece, Round};
+pub use tree::{Node, Tree};
+
+/// Leaf sizes for FastCDC: minimum, average, maximum (bytes). Chosen by benchmark
+/// (`chunks::tests::costs`, five seeds each, text-like data): at 128/512/4096, 100 B
+/// inserted at the top of 32 MiB cost 1,228 B, 20 B changed in 16 MiB 1,648 B and 4 KiB
+/// of random bytes in 64 MiB 4,736 B; at 256/1024/8192 1,229, 1,701 and 6,169 B; at
+/// 64/256/2048 1,321, 1,781 and 4,716 B (one more round).
+pub const LEAF_MIN: u32 = 128;
+/// Average leaf size: about what a one-byte change costs.
+pub const LEAF_AVG: u32 = 512;
+/// Largest leaf (also the largest literal the needing side accepts for one leaf).
+pub const LEAF_MAX: u32 = 4096;
+/// Average number of children of a parent.
+pub const FANOUT: u64 = 16;
+/// Most children of one parent (a group closes here whatever the hashes say).
+pub const MAX_GROUP: usize = 4 * FANOUT as usize;
+/// The top level has at most this many nodes.
+pub const TOP: usize = 16;
+
+/// One node as offered to the needing side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The node's hash (see [`Node::hash`]).
+    pub hash: u64,
+    /// Bytes it covers.
+    pub len: u64,
+    /// True for a leaf (it cannot be expanded; its bytes can be asked for).
+    pub leaf: bool,
+}
+
+/// A peer broke the exchange's rules (the caller falls back to sending the file whole).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChunkError {
+    /// The message does not fit the previous round (counts or lengths disagree).
+    #[error("chunk exchange: {0}")]
+    Mismatch(String),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The exchange run in memory between two versions: the rebuilt file is the new
+//! version, and what crossed (hashes, answers, leaf bytes) stays close to the change.
+
+use super::*;
+use proptest::prelude::*;
+
+/// Text-like bytes (lowercase letters, xorshift).
+fn text(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b'a' + (x % 26) as u8
+        })
+        .collect()
+}
+
+/// Wire-size estimate of one offer: 8-byte hash, length varint, leaf flag folded in.
+fn offer_bytes(o: &Offer) -> usize {
+    8 + (64 - (o.len << 1).leading_zeros() as usize)
+        .div_ceil(7)
+        .max(1)
+}
+
+struct Run {
+    rebuilt: Vec<u8>,
+    /// Offers, answers (2 bits each) and zstd-compressed leaf bytes.
+    cost: usize,
+    rounds: usize,
+}
+
+fn run(old: &[u8], new: &[u8]) -> Run {
+    let (a, b) = (Tree::from_bytes(old), Tree::from_bytes(new));
+    let mut offers = Offers::new(&b);
+    let mut needs = Needs::new(&a, new.len() as u64);
+    let top = offers.top();
+    let mut cost: usize = top.iter().map(offer_bytes).sum();
+    let mut answers = needs.first(&top).unwrap();
+    let mut rounds = 1;
+    while !needs.is_done() {
+        cost += answers.len().div_ceil(4);
+        let round = offers.next(&answers).unwrap();
+        let bytes: Vec<Vec<u8>> = round
+            .send
+            .iter()
+            .map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
+            .collect();
+        cost += round
+            .children
+            .iter()
+            .flatten()
+            .map(offer_bytes)
+            .sum::<usize>();
+        if !bytes.is_empty() {
+            cost += zstd::bulk::compress(&bytes.concat(), 3).unwrap().len();
+        }
+        answers = needs.next(round, bytes).unwrap();
+        rounds += 1;
+        assert!(rounds < 40, "the exchange does not end");
+    }
+    assert!(offers.next(&answers).unwrap() == Round::default() && offers.is_done());
+    let mut rebuilt = Vec::new();
+    let old_file = tempfile::tempfile().unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&old_file, old, 0).unwrap();
+    let n = rebuild(&needs.into_pieces(), &old_file, &mut rebuilt).unwrap();
+    assert_eq!(n, rebuilt.len() as u64);
+    Run {
+        rebuilt,
+        cost,
+        rounds,
+    }
+}
+
+#[test]
+fn an_insert_at_the_top_of_a_big_text_costs_about_one_leaf() {
+    let old = text(32 << 20, 1);
+    let mut new = old.clone();
+    new.splice(0..0, text(100, 2));
+    let r = run(&old, &new);
+    assert!(r.rebuilt == new);
+    eprintln!(
+        "100 B inserted at the top of 32 MiB: {} B in {} rounds",
+        r.cost, r.rounds
+    );
+    assert!(r.cost < 3000, "{} bytes", r.cost);
+}
+
+#[test]
+fn a_small_edit_in_the_middle_costs_about_one_leaf() {
+    let old = text(16 << 20, 3);
+    let mut new = old.clone();
+    new[8 << 20..(8 << 20) + 20].copy_from_slice(&text(20, 4));
+    let r = run(&old, &new);
+    assert!(r.rebuilt == new);
+    eprintln!(
+        "20 B changed in 16 MiB: {} B in {} rounds",
+        r.cost, r.rounds
+    );
+    assert!(r.cost < 2500, "{} bytes", r.cost);
+}
+
+#[test]
+fn unrelated_versions_and_empty_ones_rebuild_too() {
+    for (old, new) in [
+        (text(300_000, 5), text(200_000, 6)),
+        (Vec::new(), text(50_000, 7)),
+        (text(50_000, 8), Vec::new()),
+        (vec![0; 1 << 20], vec![0; 3 << 20]),
+    ] {
+        let r = run(&old, &new);
+        assert!(r.rebuilt == new, "{} -> {} bytes", old.len(), new.len());
+    }
+}
+
+#[test]
+fn a_peer_that_breaks_the_rounds_is_refused() {
+    let (old, new) = (text(200_000, 1), text(200_000, 2));
+    let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+    let mut offers = Offers::new(&b);
+    let top = offers.top();
+    // a top level that does not cover the size
+    assert!(Needs::new(&a, 5).first(&top).is_err());
+    let mut needs = Needs::new(&a, new.len() as u64);
+    let answers = needs.first(&top).unwrap();
+    // answers that do not match the offers
+    assert!(Offers::new(&b).next(&answers).is_err());
+    let round = offers.next(&answers).unwrap();
+    // children that do not add up to their parent
+    let mut bad = round.clone();
+    bad.children[0][0].len += 1;
+    let mut n2 = Needs::new(&a, new.len() as u64);
+    n2.first(&top).unwrap();
+    assert!(n2.next(bad, vec![]).is_err());
+    // leaf bytes asked for that never come (or come with the wrong length)
+    let mut answers = needs.next(round, vec![]).unwrap();
+    while !answers.contains(&Answer::Send) {
+        let round = offers.next(&answers).unwrap();
+        answers = needs.next(round, vec![]).unwrap();
+    }
+    let round = offers.next(&answers).unwrap();
+    assert!(!round.send.is_empty());
+    let short: Vec<Vec<u8>> = round
+        .send
+        .iter()
+        .map(|&(_, l)| vec![0; l as usize - 1])
+        .collect();
+    let mut n3 = needs;
+    assert!(n3.next(round, short).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    #[test]
+    fn any_edits_rebuild_the_new_version(
+        seed in 1u64..1000,
+        len in 0usize..300_000,
+        edits in proptest::collection::vec((0f64..1.0, 0usize..3, 0usize..5000), 0..6),
+    ) {
+        let old = text(len, seed);
+        let mut new = old.clone();
+        for (at, kind, n) in edits {
+            let at = (at * new.len() as f64) as usize;
+            let end = (at + n).min(new.len());
+            match kind {
+                0 => { new.splice(at..at, text(n, seed + 1)); }
+                1 => { new.drain(at..end); }
+                _ => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
+            }
+        }
+        prop_assert!(run(&old, &new).rebuilt == new);
+    }
+}
+
+/// Leaf sizes by benchmark: `cargo test --lib chunks::tests::costs -- --ignored --nocapture`
+/// prints the mean cost of each workload over five seeds.
+#[test]
+#[ignore]
+fn costs() {
+    type Edit = fn(&mut Vec<u8>, u64);
+    let work: [(&str, usize, Edit); 4] = [
+        ("100 B inserted at the top of 32 MiB", 32 << 20, |v, s| {
+            v.splice(0..0, text(100, s));
+        }),
+        ("20 B changed in the middle of 16 MiB", 16 << 20, |v, s| {
+            let at = v.len() / 2 + s as usize * 977;
+            v[at..at + 20].copy_from_slice(&text(20, s));
+        }),
+        (
+            "4 KiB of random bytes written into 64 MiB",
+            64 << 20,
+            |v, s| {
+                let at = (s as usize * 7_777_777) % (v.len() - 4096);
+                let noise: Vec<u8> = text(4096, s).iter().map(|b| b.wrapping_mul(7)).collect();
+                v[at..at + 4096].copy_from_slice(&noise);
+            },
+        ),
+        ("1 MiB of text appended to 8 MiB", 8 << 20, |v, s| {
+            v.extend(text(1 << 20, s));
+        }),
+    ];
+    for (what, len, edit) in work {
+        let runs: Vec<Run> = (1..=5)
+            .map(|s| {
+                let old = text(len, 100 + s);
+                let mut new = old.clone();
+                edit(&mut new, s);
+                run(&old, &new)
+            })
+            .collect();
+        let mean = runs.iter().map(|r| r.cost).sum::<usize>() / runs.len();
+        let rounds = runs.iter().map(|r| r.rounds).max().unwrap_or(0);
+        println!("{what}: {mean} B (mean of 5), at most {rounds} rounds");
+    }
+}
