@@ -5,7 +5,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// Text-like bytes (lowercase letters, xorshift).
-fn text(n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn text(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {

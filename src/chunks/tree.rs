@@ -152,19 +152,8 @@ fn parent(level: &[Node], from: usize, to: usize) -> Node {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::text;
     use super::*;
-
-    fn text(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                b'a' + (x % 26) as u8
-            })
-            .collect()
-    }
 
     #[test]
     fn levels_cover_the_file_and_shrink_to_the_top() {
