@@ -467,3 +467,45 @@ fn adopted_folders_holding_a_file_under_different_names_copy_it_locally() {
         "{bytes} bytes crossed for a 4 MiB file both sides held under two names"
     );
 }
+
+/// A big file that differs between the adopted folders by an insert at its top and a
+/// small edit in its middle crosses as a chunk exchange: hashes of the chunk tree's
+/// changed path and the few changed leaves, not the file (`syncfs::chunks`).
+#[test]
+fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    fs::create_dir_all(&x).unwrap();
+    fs::create_dir_all(&y).unwrap();
+    let old = common::random_bytes(8 << 20, 0x2545_F491_4F6C_DD1D);
+    let mut new =
+        b"a hundred bytes of a new header, inserted at the very top of the file ......".to_vec();
+    new.extend_from_slice(&old);
+    new[5 << 20..(5 << 20) + 20].copy_from_slice(b"twenty changed bytes");
+    fs::write(x.join("big.bin"), &new).unwrap();
+    set_mtime(&x.join("big.bin"), 1_800_000_000); // A's is newer: B takes it
+    fs::write(y.join("big.bin"), &old).unwrap();
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    let all = converged(&p, "after first pairing");
+    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    let log = p.a.log();
+    p.a.unmount();
+    p.b.unmount();
+    assert!(all.iter().any(|(n, d)| n == "big.bin" && *d == new));
+    println!("8 MiB file, 100 B inserted and 20 B changed: {bytes} bytes on the wire");
+    assert!(
+        log.contains("rebuilt by the peer from its own version"),
+        "no chunk exchange:\n{log}"
+    );
+    assert!(
+        bytes < 64 << 10,
+        "{bytes} bytes crossed for an 8 MiB file both sides held, with two small changes"
+    );
+    let kept_b = common::syncfs(&["versions", p.b.store.to_str().unwrap()]);
+    assert!(
+        kept_b.contains("big.bin"),
+        "B archived its version:\n{kept_b}"
+    );
+}

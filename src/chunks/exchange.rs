@@ -211,6 +211,25 @@ impl Needs {
         Ok(answers)
     }
 
+    /// The lengths of the leaves asked for in the last round, in order: the bytes the
+    /// next round must bring.
+    pub fn asked(&self) -> Vec<u64> {
+        let asked = self.pieces.iter().filter_map(|p| match p {
+            Piece::Asked { len } => Some(*len),
+            _ => None,
+        });
+        asked.collect()
+    }
+
+    /// Bytes of the new version found in ours so far.
+    pub fn matched(&self) -> u64 {
+        let copies = self.pieces.iter().filter_map(|p| match p {
+            Piece::Copy { len, .. } => Some(*len),
+            _ => None,
+        });
+        copies.sum()
+    }
+
     /// True once every piece is known.
     pub fn is_done(&self) -> bool {
         !self

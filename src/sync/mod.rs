@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod build;
 pub mod check;
+pub mod chunked;
 pub mod coalesce;
 pub mod fold;
 pub mod ignored;

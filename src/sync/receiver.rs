@@ -4,6 +4,7 @@
 
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, UpdateStep};
+use super::chunked::{Next, Rebuilds};
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
 };
@@ -91,6 +92,7 @@ where
     fs.compress(REPLY_LEVEL)?;
     fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
+    let mut rebuilds = Rebuilds::new(r.budgets.of(peer));
     let progress = fs.progress();
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
@@ -102,7 +104,13 @@ where
         if !matches!(msg, Message::Ping(_)) {
             Stats::add(&r.stats.received, 1);
         }
-        if let Some(reply) = handle(msg, &mut parts, r, &peer).await? {
+        let reply = match msg {
+            Message::ChunkOffer { .. } | Message::ChunkRound { .. } | Message::ChunkDecline(_) => {
+                chunk(msg, &mut rebuilds, r, &peer).await?
+            }
+            msg => handle(msg, &mut parts, r, &peer).await?,
+        };
+        if let Some(reply) = reply {
             fs.queue(reply)?;
         }
         if !fs.input_pending() {
@@ -170,6 +178,37 @@ async fn handle(
             other.kind()
         ))),
     }
+}
+
+/// One message of a chunk exchange (`super::chunked`); the blocking work (reading our
+/// version, rebuilding) runs off the runtime, and a rebuilt file goes through the gate.
+async fn chunk(
+    msg: Message,
+    rebuilds: &mut Rebuilds,
+    r: &Receiver,
+    peer: &PeerId,
+) -> Result<Option<Message>, SyncError> {
+    if let Message::ChunkDecline(id) = msg {
+        rebuilds.declined(id);
+        return Ok(None);
+    }
+    let (mut owned, root) = (rebuilds.take(), r.check.root.clone());
+    let task = tokio::task::spawn_blocking(move || {
+        let next = match msg {
+            Message::ChunkOffer { update, top } => owned.offered(&*root, update, &top),
+            Message::ChunkRound { id, children, data } => owned.round(id, children, data),
+            _ => unreachable!("only chunk messages come here"),
+        };
+        (owned, next)
+    });
+    let (owned, next) = task
+        .await
+        .map_err(|e| SyncError::Protocol(format!("chunk task: {e}")))?;
+    *rebuilds = owned;
+    Ok(Some(match next {
+        Next::Reply(m) => m,
+        Next::Apply(u) => apply_update(u, r, peer).await,
+    }))
 }
 
 fn nack(of: AckKind, reason: NackReason) -> Message {

@@ -3,6 +3,7 @@
 //! up to [`WINDOW`] unacknowledged, and clears exactly what the peer acknowledged.
 
 use super::build::{build, Built, Plan};
+use super::chunked::Tried;
 use super::coalesce::coalesce;
 use super::fold::{self, Origin};
 use super::link::{Duplex, Link};
@@ -453,7 +454,7 @@ const STUCK_AFTER: Duration = Duration::from_secs(2);
 /// session to us while this stream has been silent for [`STUCK_AFTER`], the peer
 /// restarted (or lost this connection): its old end may be gone without our side
 /// hearing it, so the session ends and the link is redialed rather than waited out.
-async fn recv_reply<S>(
+pub(super) async fn recv_reply<S>(
     stats: &Stats,
     fs: &mut FramedStream<S>,
     limit: Duration,
@@ -524,10 +525,54 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         }
     }
     let ready = st.quiet.ready(&snap, s.cfg.settle, &open);
+    let ready = chunk_first(s, fs, st, &snap, ready).await?;
     if !ready.is_empty() {
         send_files(s, fs, st, &snap, ready).await?;
     }
     Ok(())
+}
+
+/// Offers each file that would otherwise go whole by chunk exchange (`chunked`);
+/// returns the files left for ordinary updates (true: whole, from nothing). A file
+/// the peer kept parts of resumes instead.
+async fn chunk_first(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    snap: &Snapshot,
+    ready: Vec<FileId>,
+) -> Result<Vec<(FileId, bool)>, SyncError> {
+    let mut rest = Vec::with_capacity(ready.len());
+    for file in ready {
+        let entry = snap
+            .files
+            .get(&file)
+            .filter(|e| !s.journal.is_writing(file) && !st.held.contains_key(&e.path));
+        let Some(entry) = entry else {
+            rest.push((file, false));
+            continue;
+        };
+        st.next_id += 1;
+        let agreed = st
+            .peer_hash
+            .get(&file)
+            .copied()
+            .or_else(|| agreed_hash(s, &entry.path));
+        match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed).await? {
+            Tried::No => rest.push((file, false)),
+            Tried::Acked(hash) => {
+                st.peer_hash.insert(file, hash);
+                s.stats.set_stuck(file, None);
+                Stats::add(&s.stats.acked, 1);
+            }
+            Tried::Declined { base: Some(b) } => {
+                st.peer_hash.insert(file, b);
+                rest.push((file, false));
+            }
+            Tried::Declined { base: None } => rest.push((file, true)),
+        }
+    }
+    Ok(rest)
 }
 
 /// True when the snapshot's metadata ops (if any) may go now: the log has been quiet
@@ -770,9 +815,9 @@ async fn send_files(
     fs: &mut Stream,
     st: &mut State,
     snap: &Snapshot,
-    ready: Vec<FileId>,
+    ready: Vec<(FileId, bool)>,
 ) -> Result<(), SyncError> {
-    let mut queue: VecDeque<(FileId, bool)> = ready.into_iter().map(|f| (f, false)).collect();
+    let mut queue: VecDeque<(FileId, bool)> = ready.into_iter().collect();
     let mut inflight: HashMap<u64, InFlight> = HashMap::new();
     loop {
         let bytes: u64 = inflight.values().map(|f| f.payload).sum();

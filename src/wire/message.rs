@@ -111,6 +111,51 @@ pub enum Message {
     /// The receiver's second handshake message: the multi-part updates from this
     /// sender it holds parts of (on disk, from an earlier session).
     Staged(Vec<StagedItem>),
+    /// Opens a chunk exchange (version 6) for a file the receiver may hold another
+    /// version of, with no shared history to delta against: the update's header
+    /// (`ranges` empty, `base` none; the receiver rebuilds the content from its own
+    /// bytes and the leaves it asks for) and the top level of the file's chunk tree.
+    ChunkOffer {
+        /// The update (its `id` names the exchange).
+        update: FileUpdate,
+        /// The top nodes of the new content's chunk tree, in file order.
+        top: Vec<ChunkNode>,
+    },
+    /// The receiver's answers to the nodes offered last, one byte each, in order:
+    /// 0 found here, 1 expand (offer its children), 2 send its bytes (leaves only).
+    ChunkAnswer {
+        /// The exchange (the update id).
+        id: u64,
+        /// The answers.
+        #[serde(with = "serde_bytes")]
+        answers: Vec<u8>,
+    },
+    /// A later round of an exchange: the children of each node answered "expand" and
+    /// the bytes of each leaf answered "send" (concatenated), both in order.
+    ChunkRound {
+        /// The exchange (the update id).
+        id: u64,
+        /// Children lists, one per expanded node.
+        children: Vec<Vec<ChunkNode>>,
+        /// The leaves' bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Either side ends an exchange without a result: the file then goes as an
+    /// ordinary `FileUpdate` (the receiver holds no version of it, or the versions
+    /// share too little).
+    ChunkDecline(u64),
+}
+
+/// One node of a chunk tree on the wire (see `crate::chunks`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkNode {
+    /// The first 8 bytes of the node's BLAKE3 hash, little-endian.
+    pub hash: u64,
+    /// Bytes it covers (at least 1).
+    pub len: u64,
+    /// A leaf (its bytes can be asked for) rather than a parent (it can be expanded).
+    pub leaf: bool,
 }
 
 /// Parts of one multi-part update the receiver holds: every range ending at or before
@@ -303,6 +348,10 @@ impl Message {
             Message::Queue { .. } => "queue",
             Message::UpdateStart { .. } => "update-start",
             Message::Staged(_) => "staged",
+            Message::ChunkOffer { .. } => "chunk-offer",
+            Message::ChunkAnswer { .. } => "chunk-answer",
+            Message::ChunkRound { .. } => "chunk-round",
+            Message::ChunkDecline(_) => "chunk-decline",
         }
     }
 }

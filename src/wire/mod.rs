@@ -47,8 +47,8 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{
-    check_hello, AckKind, DirDigest, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem,
-    NackReason, RangeData, StagedItem, WireVersion,
+    check_hello, AckKind, ChunkNode, DirDigest, Encoding, FileUpdate, IndexItem, ItemKind, Message,
+    MetaItem, NackReason, RangeData, StagedItem, WireVersion,
 };
 pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};
@@ -56,10 +56,10 @@ pub use stream::{FramedStream, Progress};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/5";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/6";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -84,6 +84,9 @@ pub const MAX_UPDATE_RANGES: usize = 1 << 20;
 /// Largest file size a peer may ask for, in bytes (1 TiB); a store's `max_file_mib`
 /// may set a lower one.
 pub const MAX_FILE_SIZE: u64 = 1 << 40;
+
+/// Most chunk-tree nodes (offered, or answered) in one message.
+pub const MAX_CHUNK_NODES: usize = 1 << 16;
 
 /// Most entries in one [`Message::Staged`] (a receiver keeps parts of fewer updates
 /// per peer).

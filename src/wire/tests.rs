@@ -1075,3 +1075,57 @@ fn pinned_resume_encodings() {
     };
     assert!(encode(&root).is_err(), "an update of the root is refused");
 }
+
+#[test]
+fn pinned_chunk_exchange_encodings() {
+    let node = crate::wire::ChunkNode {
+        hash: 0x0102_0304_0506_0708,
+        len: 512,
+        leaf: true,
+    };
+    let msg = Message::ChunkAnswer {
+        id: 9,
+        answers: vec![0, 1, 2],
+    };
+    let expected = concat!(
+        "12000000",         // variant 18: ChunkAnswer
+        "0900000000000000", // id
+        "0300000000000000", // three answers
+        "000102",
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let msg = Message::ChunkRound {
+        id: 9,
+        children: vec![vec![node]],
+        data: b"ab".to_vec(),
+    };
+    let expected = concat!(
+        "13000000",         // variant 19: ChunkRound
+        "0900000000000000", // id
+        "0100000000000000", // one children list
+        "0100000000000000", //   of one node
+        "0807060504030201", //     hash
+        "0002000000000000", //     len 512
+        "01",               //     leaf
+        "0200000000000000", // two bytes of leaves
+        "6162",
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let msg = Message::ChunkDecline(9);
+    assert_eq!(hex(&encode(&msg).unwrap()), "140000000900000000000000");
+    // answers other than 0, 1, 2, empty nodes and offers carrying ranges are refused
+    let bad = Message::ChunkAnswer {
+        id: 1,
+        answers: vec![3],
+    };
+    assert!(encode(&bad).is_err());
+    let empty = crate::wire::ChunkNode { len: 0, ..node };
+    let bad = Message::ChunkRound {
+        id: 1,
+        children: vec![vec![empty]],
+        data: vec![],
+    };
+    assert!(encode(&bad).is_err());
+}

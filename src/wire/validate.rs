@@ -2,10 +2,10 @@
 //! decoded from the wire and to every message before it is encoded.
 
 use super::{
-    Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, Violation,
-    WireOp, WireSetTime, WireTime, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN,
-    MAX_REASON, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
-    MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
+    Violation, WireOp, WireSetTime, WireTime, MAX_CHUNK_NODES, MAX_FILE_SIZE, MAX_INDEX_ITEMS,
+    MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET,
+    MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::path::RelPath;
 
@@ -37,8 +37,38 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
                 within("staged upto", i.upto, MAX_FILE_SIZE)
             })
         }
-        Message::Ack(_) | Message::Ping(_) | Message::Pong(_) | Message::Queue { .. } => Ok(()),
+        Message::ChunkOffer { update, top } => {
+            validate_update(update)?;
+            max_len("chunk offer ranges", update.ranges.len(), 0)?;
+            chunk_nodes(top.len(), top)
+        }
+        Message::ChunkAnswer { answers, .. } => {
+            max_len("chunk answers", answers.len(), MAX_CHUNK_NODES)?;
+            let worst = answers.iter().copied().max().unwrap_or(0);
+            within("chunk answer", u64::from(worst), 2)
+        }
+        Message::ChunkRound { children, .. } => {
+            let total = children.iter().map(Vec::len).sum();
+            children.iter().try_for_each(|c| chunk_nodes(total, c))
+        }
+        Message::Ack(_)
+        | Message::Ping(_)
+        | Message::Pong(_)
+        | Message::Queue { .. }
+        | Message::ChunkDecline(_) => Ok(()),
     }
+}
+
+/// At most [`MAX_CHUNK_NODES`] in the message (`total`); each node covers some bytes.
+fn chunk_nodes(total: usize, nodes: &[ChunkNode]) -> Result<(), Violation> {
+    max_len("chunk nodes", total, MAX_CHUNK_NODES)?;
+    for n in nodes {
+        if n.len == 0 {
+            return Err(Violation::Empty("chunk node"));
+        }
+        within("chunk node length", n.len, MAX_FILE_SIZE)?;
+    }
+    Ok(())
 }
 
 fn max_len(field: &'static str, len: usize, max: usize) -> Result<(), Violation> {

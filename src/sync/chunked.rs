@@ -1,0 +1,464 @@
+//! The chunk exchange on a sync stream (protocol version 6), for a file the peer may
+//! hold another version of with nothing to delta against (first pairing, a file edited
+//! on both sides while apart, a refused delta): the sender offers the file's chunk tree
+//! round by round ([`offer`]); the receiver answers from its own version's tree and
+//! rebuilds the new content from its own bytes plus the leaves it asked for
+//! ([`Rebuilds`]), then applies it through the checker as an ordinary whole-file
+//! update (verdict, archive or conflict copy, stage, verify, index). Either side may
+//! decline at any round; the file then goes as an ordinary update. See
+//! [`crate::chunks`].
+
+use super::budget::PeerBudget;
+use super::link::Duplex;
+use super::{Stats, SyncError, MIN_APPLY_RATE, REPLY_TIMEOUT};
+use crate::beneath::open_beneath;
+use crate::chunks::{rebuild, Answer, Needs, Offer, Offers, Round, Tree};
+use crate::path::RelPath;
+use crate::wire::{
+    ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData, MAX_RANGE_LEN,
+};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Files smaller than this go whole (the rounds would cost more than they save).
+pub const CHUNK_MIN: u64 = 64 << 10;
+/// Files larger than this go whole: the receiver rebuilds the content in memory.
+pub const CHUNK_MAX: u64 = 256 << 20;
+/// Leaf bytes one round may carry; more and the sender declines (it is mostly new).
+const ROUND_DATA_MAX: u64 = 8 << 20;
+/// Rounds after which the receiver declines (honest trees are a few levels deep).
+const MAX_ROUNDS: usize = 48;
+/// After the second round, the receiver declines unless it holds this share of the file.
+const MIN_SHARE: u64 = 8;
+
+fn to_wire(o: Offer) -> ChunkNode {
+    ChunkNode {
+        hash: o.hash,
+        len: o.len,
+        leaf: o.leaf,
+    }
+}
+
+fn from_wire(n: &ChunkNode) -> Offer {
+    Offer {
+        hash: n.hash,
+        len: n.len,
+        leaf: n.leaf,
+    }
+}
+
+fn answer_byte(a: Answer) -> u8 {
+    match a {
+        Answer::Have => 0,
+        Answer::Expand => 1,
+        Answer::Send => 2,
+    }
+}
+
+fn answer_of(b: u8) -> Answer {
+    match b {
+        0 => Answer::Have,
+        1 => Answer::Expand,
+        _ => Answer::Send,
+    }
+}
+
+/// A file of a size worth the exchange, opened beneath `root` (not following links).
+fn open_file(root: &impl AsRawFd, path: &RelPath) -> Option<(File, libc::stat)> {
+    let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok()?;
+    let st = crate::sys::fstat(&fd).ok()?;
+    let size = st.st_size as u64;
+    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    (regular && (CHUNK_MIN..=CHUNK_MAX).contains(&size)).then(|| (File::from(fd), st))
+}
+
+/// Reads a file once for its chunk tree and BLAKE3.
+fn tree_and_hash(file: &File) -> std::io::Result<(Tree, [u8; 32])> {
+    struct Hashing<'a>(&'a File, blake3::Hasher);
+    impl std::io::Read for Hashing<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = std::io::Read::read(&mut self.0, buf)?;
+            self.1.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let mut r = Hashing(file, blake3::Hasher::new());
+    let tree = Tree::from_reader(&mut r)?;
+    Ok((tree, *r.1.finalize().as_bytes()))
+}
+
+/// The sender's side: what it read of the file, for the offer.
+pub struct Read {
+    /// The open file (leaves are read from it).
+    pub file: File,
+    /// Its chunk tree.
+    pub tree: Tree,
+    /// BLAKE3 of the content read.
+    pub hash: [u8; 32],
+    /// Its stat when opened.
+    pub st: libc::stat,
+}
+
+/// Reads `path` for an offer; `None` if it is not a regular file of a size worth it.
+pub fn read_for_offer(root: &impl AsRawFd, path: &RelPath) -> std::io::Result<Option<Read>> {
+    let Some((file, st)) = open_file(root, path) else {
+        return Ok(None);
+    };
+    let (tree, hash) = tree_and_hash(&file)?;
+    if tree.len() != st.st_size as u64 {
+        return Ok(None); // changed while read: the ordinary update sorts it out
+    }
+    Ok(Some(Read {
+        file,
+        tree,
+        hash,
+        st,
+    }))
+}
+
+/// How an offer ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Offered {
+    /// The peer rebuilt and applied the file (acked).
+    Acked,
+    /// Declined (by either side) or refused: the file goes as an ordinary update.
+    Declined,
+}
+
+/// The sender's side of one exchange over `fs`: `update` is the header (no ranges),
+/// `read` the file as read.
+pub async fn offer(
+    fs: &mut FramedStream<Box<dyn Duplex>>,
+    stats: &Stats,
+    update: FileUpdate,
+    read: &Read,
+) -> Result<Offered, SyncError> {
+    // the last reply comes after the peer applied the whole file
+    let limit = REPLY_TIMEOUT + Duration::from_secs(update.size / MIN_APPLY_RATE);
+    let id = update.id;
+    let mut offers = Offers::new(&read.tree);
+    let top = offers.top().into_iter().map(to_wire).collect();
+    fs.send(Message::ChunkOffer { update, top }).await?;
+    loop {
+        let answers = match super::sender::recv_reply(stats, fs, limit).await? {
+            Message::ChunkAnswer { id: i, answers } if i == id => answers,
+            Message::Ack(crate::wire::AckKind::Update(i)) if i == id => return Ok(Offered::Acked),
+            Message::Nack {
+                of: crate::wire::AckKind::Update(i),
+                reason,
+            } if i == id => {
+                tracing::debug!(id, ?reason, "the peer refused the rebuilt file");
+                return Ok(Offered::Declined);
+            }
+            Message::ChunkDecline(i) if i == id => return Ok(Offered::Declined),
+            other => {
+                return Err(SyncError::Protocol(format!(
+                    "expected a chunk answer, got {}",
+                    other.kind()
+                )))
+            }
+        };
+        let answers: Vec<Answer> = answers.into_iter().map(answer_of).collect();
+        let round = offers
+            .next(&answers)
+            .map_err(|e| SyncError::Protocol(e.to_string()))?;
+        let want: u64 = round.send.iter().map(|(_, l)| l).sum();
+        let nodes: usize = round.children.iter().map(Vec::len).sum();
+        if want > ROUND_DATA_MAX || nodes > crate::wire::MAX_CHUNK_NODES {
+            fs.send(Message::ChunkDecline(id)).await?;
+            return Ok(Offered::Declined);
+        }
+        let mut data = Vec::with_capacity(want as usize);
+        for &(off, len) in &round.send {
+            let at = data.len();
+            data.resize(at + len as usize, 0);
+            read.file.read_exact_at(&mut data[at..], off)?;
+        }
+        let children = round
+            .children
+            .into_iter()
+            .map(|c| c.into_iter().map(to_wire).collect())
+            .collect();
+        fs.send(Message::ChunkRound { id, children, data }).await?;
+    }
+}
+
+/// The receiver's side: the exchange under way on one stream (one at a time).
+pub struct Rebuilds {
+    current: Option<Rebuild>,
+    budget: Arc<PeerBudget>,
+}
+
+struct Rebuild {
+    update: FileUpdate,
+    needs: Needs,
+    old: File,
+    rounds: usize,
+    /// Memory taken from the peer's budget for the rebuilt content.
+    charged: usize,
+}
+
+/// What the receiver does next.
+pub enum Next {
+    /// Send this (an answer, or a decline).
+    Reply(Message),
+    /// The content is rebuilt: apply this whole-file update, then ack or nack it.
+    Apply(FileUpdate),
+}
+
+impl Rebuilds {
+    /// No exchange yet; rebuilt content is charged to `budget`.
+    pub fn new(budget: Arc<PeerBudget>) -> Rebuilds {
+        Rebuilds {
+            current: None,
+            budget,
+        }
+    }
+
+    /// Moves the exchange under way out (to a blocking task), leaving none here.
+    pub fn take(&mut self) -> Rebuilds {
+        Rebuilds {
+            current: self.current.take(),
+            budget: self.budget.clone(),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(r) = self.current.take() {
+            self.budget.give(r.charged);
+        }
+    }
+
+    /// A `ChunkOffer`: reads our version of the file (blocking: call off the runtime).
+    pub fn offered(&mut self, root: &impl AsRawFd, update: FileUpdate, top: &[ChunkNode]) -> Next {
+        self.end();
+        let id = update.id;
+        let decline = Next::Reply(Message::ChunkDecline(id));
+        if update.size > CHUNK_MAX || !self.budget.take(update.size as usize) {
+            return decline;
+        }
+        let charged = update.size as usize;
+        let Some((old, _)) = open_file(root, &update.path) else {
+            self.budget.give(charged);
+            return decline;
+        };
+        let tree = match Tree::from_reader(&old) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: reading our version for a chunk exchange: {e}",
+                    update.path
+                );
+                self.budget.give(charged);
+                return decline;
+            }
+        };
+        let mut needs = Needs::new(&tree, update.size);
+        let top: Vec<Offer> = top.iter().map(from_wire).collect();
+        let answers = match needs.first(&top) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!("{}: chunk offer refused: {e}", update.path);
+                self.budget.give(charged);
+                return decline;
+            }
+        };
+        self.current = Some(Rebuild {
+            update,
+            needs,
+            old,
+            rounds: 1,
+            charged,
+        });
+        self.after_round(id, answers)
+    }
+
+    /// A `ChunkRound` of the exchange `id` (blocking when it completes the file).
+    pub fn round(&mut self, id: u64, children: Vec<Vec<ChunkNode>>, data: Vec<u8>) -> Next {
+        let Some(r) = self.current.as_mut().filter(|r| r.update.id == id) else {
+            return Next::Reply(Message::ChunkDecline(id));
+        };
+        let lens = r.needs.asked();
+        if lens.iter().sum::<u64>() != data.len() as u64 {
+            tracing::info!(
+                "{}: chunk round with {} bytes of leaves, not as asked",
+                r.update.path,
+                data.len()
+            );
+            self.end();
+            return Next::Reply(Message::ChunkDecline(id));
+        }
+        let mut bytes = Vec::with_capacity(lens.len());
+        let mut at = 0;
+        for l in lens {
+            bytes.push(data[at..at + l as usize].to_vec());
+            at += l as usize;
+        }
+        let children = children
+            .iter()
+            .map(|c| c.iter().map(from_wire).collect())
+            .collect();
+        r.rounds += 1;
+        match r.needs.next(
+            Round {
+                children,
+                send: vec![],
+            },
+            bytes,
+        ) {
+            Ok(answers) if r.rounds <= MAX_ROUNDS => self.after_round(id, answers),
+            res => {
+                if let Err(e) = res {
+                    tracing::info!("{}: chunk round refused: {e}", r.update.path);
+                }
+                self.end();
+                Next::Reply(Message::ChunkDecline(id))
+            }
+        }
+    }
+
+    /// A `ChunkDecline` from the sender.
+    pub fn declined(&mut self, id: u64) {
+        if self.current.as_ref().is_some_and(|r| r.update.id == id) {
+            self.end();
+        }
+    }
+
+    fn after_round(&mut self, id: u64, answers: Vec<Answer>) -> Next {
+        let r = self.current.as_mut().expect("an exchange under way");
+        if !r.needs.is_done() {
+            let held = r.needs.matched();
+            if r.rounds >= 2 && held < r.update.size / MIN_SHARE {
+                tracing::debug!(
+                    "{}: too little in common for a chunk exchange",
+                    r.update.path
+                );
+                self.end();
+                return Next::Reply(Message::ChunkDecline(id));
+            }
+            let answers = answers.into_iter().map(answer_byte).collect();
+            return Next::Reply(Message::ChunkAnswer { id, answers });
+        }
+        let r = self.current.take().expect("an exchange under way");
+        self.budget.give(r.charged);
+        match assemble(r) {
+            Ok(u) => Next::Apply(u),
+            Err((path, e)) => {
+                tracing::warn!("{path}: rebuilding from a chunk exchange: {e}");
+                Next::Reply(Message::ChunkDecline(id))
+            }
+        }
+    }
+}
+
+impl Drop for Rebuilds {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
+
+/// The rebuilt content as a whole-file update (raw ranges).
+fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
+    let mut content = Vec::with_capacity(r.update.size as usize);
+    let path = r.update.path.clone();
+    rebuild(&r.needs.into_pieces(), &r.old, &mut content).map_err(|e| (path.clone(), e))?;
+    let mut u = r.update;
+    u.base = None;
+    u.ranges = content
+        .chunks(MAX_RANGE_LEN)
+        .enumerate()
+        .map(|(i, c)| RangeData {
+            offset: (i * MAX_RANGE_LEN) as u64,
+            len: c.len() as u64,
+            encoding: Encoding::Raw,
+            data: c.to_vec(),
+        })
+        .collect();
+    Ok(u)
+}
+
+/// How [`try_file`] went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tried {
+    /// The file does not qualify: it goes as an ordinary update.
+    No,
+    /// Offered, and the peer rebuilt and acked it (the journal's ranges are cleared);
+    /// the hash it now holds.
+    Acked([u8; 32]),
+    /// Offered, and declined or refused: it goes as an ordinary update against `base`,
+    /// the content both sides agreed on before this offer (the offer folded the new
+    /// version into the index, which no longer says what the peer holds).
+    Declined { base: Option<[u8; 32]> },
+}
+
+/// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
+/// bytes known here (so an ordinary update would carry the whole file), a size in
+/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]. `agreed` is the content both sides last agreed on.
+pub async fn try_file(
+    s: &super::sender::Sender,
+    fs: &mut FramedStream<Box<dyn Duplex>>,
+    id: u64,
+    (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
+    agreed: Option<[u8; 32]>,
+) -> Result<Tried, SyncError> {
+    let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
+        return Ok(Tried::No);
+    };
+    let size = st.st_size as u64;
+    let known = s
+        .pre
+        .as_ref()
+        .is_some_and(|p| p.covers(file, 0, size.min(4096)));
+    if !(CHUNK_MIN..=CHUNK_MAX).contains(&size) || known || !entry.ranges.covers(0, size) {
+        return Ok(Tried::No);
+    }
+    let (root, path) = (s.root.clone(), entry.path.clone());
+    let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path))
+        .await
+        .map_err(|e| SyncError::Protocol(format!("chunk read task: {e}")))??;
+    let Some(read) = read.filter(|r| r.st.st_ino == st.st_ino) else {
+        return Ok(Tried::No);
+    };
+    if s.journal.entry(file).map(|e| e.version) != Some(entry.version) {
+        return Ok(Tried::No); // written meanwhile: it waits for quiet as usual
+    }
+    let size = read.tree.len();
+    let ix = s.journal.index();
+    let origin = super::fold::Origin::Local(s.cfg.node);
+    let vv = super::fold::update(ix, &*s.root, &entry.path, read.hash, size, origin)?;
+    ix.flush()?; // durable before it leaves (see the sender)
+    let update = FileUpdate {
+        id,
+        file,
+        path: entry.path.clone(),
+        base: None,
+        size,
+        mode: read.st.st_mode & 0o7777,
+        mtime: crate::wire::WireTime {
+            secs: read.st.st_mtime,
+            nanos: read.st.st_mtime_nsec as u32,
+        },
+        ranges: vec![],
+        hash: read.hash,
+        vv: vv.pairs().to_vec(),
+    };
+    let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
+    if offer(fs, &s.stats, update, &read).await? != Offered::Acked {
+        return Ok(Tried::Declined { base: agreed });
+    }
+    let sent = crate::journal::RangeSet::from_range(0, size);
+    s.journal.ack_file(file, entry.version, &sent)?;
+    if let Some(p) = &s.pre {
+        p.release(file, &sent, size);
+    }
+    let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
+    tracing::info!(
+        file,
+        "{}: rebuilt by the peer from its own version ({size} bytes, about {wire} sent)",
+        entry.path
+    );
+    Ok(Tried::Acked(read.hash))
+}
