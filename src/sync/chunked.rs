@@ -58,7 +58,7 @@ fn answer_byte(a: Answer) -> u8 {
     }
 }
 
-fn answer_of(b: u8) -> Answer {
+pub(super) fn answer_of(b: u8) -> Answer {
     match b {
         0 => Answer::Have,
         1 => Answer::Expand,

@@ -263,3 +263,112 @@ async fn a_silent_peer_ends_the_stream() {
     assert!(matches!(err, SyncError::Silent(_)), "{err}");
     drop(fs);
 }
+
+/// A chunk exchange that breaks its rules ends in a decline, costs no memory after,
+/// leaves the local file alone, and an honest one then rebuilds the file.
+#[tokio::test]
+async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
+    use crate::chunks::{Offers, Tree};
+    use crate::wire::ChunkNode;
+    let e = env();
+    let mallory = PeerId::random();
+    let (mut fs, task) = connect(&e, mallory).await;
+    let old: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut new = old.clone();
+    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    std::fs::write(e.data.join("big"), &old).unwrap();
+    let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(e.data.join("big"));
+    f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+    let tree = Tree::from_bytes(&new);
+    let mut header = valid_update(40, "big", &new);
+    header.ranges.clear();
+    let node = |n: crate::chunks::Offer| ChunkNode {
+        hash: n.hash,
+        len: n.len,
+        leaf: n.leaf,
+    };
+    let top: Vec<ChunkNode> = Offers::new(&tree).top().into_iter().map(node).collect();
+    let declined = |m: &Message| matches!(m, Message::ChunkDecline(40));
+    // a round of an exchange never opened
+    let stray = Message::ChunkRound {
+        id: 40,
+        children: vec![],
+        data: vec![1, 2, 3],
+    };
+    assert!(declined(&ask(&mut fs, stray).await));
+    // a top level that does not cover the file's size
+    let mut short = top.clone();
+    short[0].len += 1;
+    let offer = |top| Message::ChunkOffer {
+        update: header.clone(),
+        top,
+    };
+    assert!(declined(&ask(&mut fs, offer(short)).await));
+    // a path with no local version
+    let mut elsewhere = header.clone();
+    elsewhere.path = rp("nowhere");
+    let m = Message::ChunkOffer {
+        update: elsewhere,
+        top: top.clone(),
+    };
+    assert!(matches!(ask(&mut fs, m).await, Message::ChunkDecline(_)));
+    // leaves that do not match what was asked for
+    let Message::ChunkAnswer { answers, .. } = ask(&mut fs, offer(top.clone())).await else {
+        panic!("an answer to an honest offer");
+    };
+    assert!(answers.contains(&1), "the changed node is expanded");
+    let bad = Message::ChunkRound {
+        id: 40,
+        children: vec![],
+        data: vec![0; 5],
+    };
+    assert!(declined(&ask(&mut fs, bad).await));
+    assert_eq!(std::fs::read(e.data.join("big")).unwrap(), old, "untouched");
+    assert_eq!(
+        e.receiver.budgets.of(mallory).held(),
+        0,
+        "memory given back"
+    );
+    // an honest exchange: rebuilt, applied, acked
+    let mut offers = Offers::new(&tree);
+    let mut reply = ask(&mut fs, offer(offers.top().into_iter().map(node).collect())).await;
+    let mut sent = 0;
+    while let Message::ChunkAnswer { answers, .. } = reply {
+        let a: Vec<_> = answers
+            .iter()
+            .map(|b| super::chunked::answer_of(*b))
+            .collect();
+        let round = offers.next(&a).unwrap();
+        let data: Vec<u8> = round
+            .send
+            .iter()
+            .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
+            .collect();
+        sent += data.len();
+        let children = round
+            .children
+            .into_iter()
+            .map(|c| c.into_iter().map(node).collect())
+            .collect();
+        reply = ask(
+            &mut fs,
+            Message::ChunkRound {
+                id: 40,
+                children,
+                data,
+            },
+        )
+        .await;
+    }
+    assert_eq!(reply, Message::Ack(AckKind::Update(40)));
+    assert_eq!(std::fs::read(e.data.join("big")).unwrap(), new);
+    assert!(
+        sent < 16 << 10,
+        "{sent} bytes of leaves for a 20-byte change"
+    );
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
