@@ -319,6 +319,7 @@ fn pair_one(what: &str, old: &[u8], new: &[u8]) {
 fn pairing_big_files() {
     let mib = |n: usize| n << 20;
     let text = words(mib(32), 1);
+    pair_one("(baseline: the same 32 MiB of text, mtime only)", &text, &text);
     let mut inserted = words(100, 2);
     inserted.extend_from_slice(&text);
     pair_one(
