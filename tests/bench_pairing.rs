@@ -305,6 +305,13 @@ fn pair_one(what: &str, old: &[u8], new: &[u8]) {
     p.a.unmount();
     p.b.unmount();
     assert!(done, "{what}: B never held A's version");
+    for l in
+        p.a.log()
+            .lines()
+            .filter(|l| l.contains("rebuilt by the peer"))
+    {
+        println!("    {}", l.split("chunked: ").last().unwrap_or(l));
+    }
     let xd = xd.map_or("n/a".to_string(), |b| b.to_string());
     println!(
         "{what:<48} syncfs {syncfs:>10} B ({secs:>4.1} s)  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
@@ -319,7 +326,11 @@ fn pair_one(what: &str, old: &[u8], new: &[u8]) {
 fn pairing_big_files() {
     let mib = |n: usize| n << 20;
     let text = words(mib(32), 1);
-    pair_one("(baseline: the same 32 MiB of text, mtime only)", &text, &text);
+    pair_one(
+        "(baseline: the same 32 MiB of text, mtime only)",
+        &text,
+        &text,
+    );
     let mut inserted = words(100, 2);
     inserted.extend_from_slice(&text);
     pair_one(

@@ -122,8 +122,8 @@ pub fn read_for_offer(root: &impl AsRawFd, path: &RelPath) -> std::io::Result<Op
 /// How an offer ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Offered {
-    /// The peer rebuilt and applied the file (acked).
-    Acked,
+    /// The peer rebuilt and applied the file (acked): rounds, nodes offered, leaf bytes.
+    Acked(usize, usize, u64),
     /// Declined (by either side) or refused: the file goes as an ordinary update.
     Declined,
 }
@@ -140,12 +140,15 @@ pub async fn offer(
     let limit = REPLY_TIMEOUT + Duration::from_secs(update.size / MIN_APPLY_RATE);
     let id = update.id;
     let mut offers = Offers::new(&read.tree);
-    let top = offers.top().into_iter().map(to_wire).collect();
+    let top: Vec<ChunkNode> = offers.top().into_iter().map(to_wire).collect();
+    let (mut rounds, mut nodes, mut leaves) = (1, top.len(), 0);
     fs.send(Message::ChunkOffer { update, top }).await?;
     loop {
         let answers = match super::sender::recv_reply(stats, fs, limit).await? {
             Message::ChunkAnswer { id: i, answers } if i == id => answers,
-            Message::Ack(crate::wire::AckKind::Update(i)) if i == id => return Ok(Offered::Acked),
+            Message::Ack(crate::wire::AckKind::Update(i)) if i == id => {
+                return Ok(Offered::Acked(rounds, nodes, leaves))
+            }
             Message::Nack {
                 of: crate::wire::AckKind::Update(i),
                 reason,
@@ -166,8 +169,9 @@ pub async fn offer(
             .next(&answers)
             .map_err(|e| SyncError::Protocol(e.to_string()))?;
         let want: u64 = round.send.iter().map(|(_, l)| l).sum();
-        let nodes: usize = round.children.iter().map(Vec::len).sum();
-        if want > ROUND_DATA_MAX || nodes > crate::wire::MAX_CHUNK_NODES {
+        let offered: usize = round.children.iter().map(Vec::len).sum();
+        (rounds, nodes, leaves) = (rounds + 1, nodes + offered, leaves + want);
+        if want > ROUND_DATA_MAX || offered > crate::wire::MAX_CHUNK_NODES {
             fs.send(Message::ChunkDecline(id)).await?;
             return Ok(Offered::Declined);
         }
@@ -450,9 +454,9 @@ pub async fn try_file(
         vv: vv.pairs().to_vec(),
     };
     let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
-    if offer(fs, &s.stats, update, &read).await? != Offered::Acked {
+    let Offered::Acked(rounds, nodes, leaves) = offer(fs, &s.stats, update, &read).await? else {
         return Ok(Tried::Declined { base: agreed });
-    }
+    };
     let sent = crate::journal::RangeSet::from_range(0, size);
     s.journal.ack_file(file, entry.version, &sent)?;
     if let Some(p) = &s.pre {
@@ -461,6 +465,9 @@ pub async fn try_file(
     let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
     tracing::info!(
         file,
+        rounds,
+        nodes,
+        leaves,
         "{}: rebuilt by the peer from its own version ({size} bytes, about {wire} sent)",
         entry.path
     );
