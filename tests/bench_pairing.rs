@@ -312,14 +312,9 @@ fn pair_one(what: &str, old: &[u8], new: &[u8]) {
     {
         println!("    {}", l.split("chunked: ").last().unwrap_or(l));
     }
-    report(&format!("{what} ({secs:.1} s)"), syncfs, rsync, xd);
-}
-
-/// One benchmark line: syncfs's bytes beside rsync -z's and xdelta3's.
-fn report(what: &str, syncfs: u64, rsync: u64, xd: Option<u64>) {
     let xd = xd.map_or("n/a".to_string(), |b| b.to_string());
     println!(
-        "{what:<56} syncfs {syncfs:>10} B  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
+        "{what:<48} syncfs {syncfs:>10} B ({secs:>4.1} s)  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
         syncfs as f64 / rsync.max(1) as f64
     );
 }
@@ -421,7 +416,11 @@ fn live_one(what: &str, old: &[u8], change: impl FnOnce(&Path) -> Vec<u8>) {
     f.set_modified(earlier).unwrap(); // else rsync's quick check skips a same-size file
     let xd = xdelta3(&ry.join("f"), &rx.join("f"));
     let rsync = rsync_bytes(&rx, &ry);
-    report(what, syncfs, rsync, xd);
+    let xd = xd.map_or("n/a".to_string(), |b| b.to_string());
+    println!(
+        "{what:<48} syncfs {syncfs:>10} B  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
+        syncfs as f64 / rsync.max(1) as f64
+    );
 }
 
 /// Live mode of the big-file workloads (issue "fewest bytes"): both mounted, the change

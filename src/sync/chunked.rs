@@ -400,16 +400,18 @@ pub enum Tried {
 
 /// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
 /// bytes known here (so an ordinary update would carry the whole file), a size in
-/// [`CHUNK_MIN`]..=[`CHUNK_MAX`], and the peer holding more than the empty file its
-/// create made. `peer_hash` is what this session saw the peer acknowledge; `next_id`
-/// gives the offer its id (taken only when the file is offered).
+/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]. `agreed` is the content both sides last agreed on.
 pub async fn try_file(
     s: &super::sender::Sender,
     fs: &mut FramedStream<Box<dyn Duplex>>,
-    next_id: &mut u64,
+    id: u64,
     (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
-    peer_hash: Option<[u8; 32]>,
+    agreed: Option<[u8; 32]>,
 ) -> Result<Tried, SyncError> {
+    // the peer holds what its create made, an empty file: nothing to find there
+    if agreed == Some(*blake3::hash(b"").as_bytes()) {
+        return Ok(Tried::No);
+    }
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
         return Ok(Tried::No);
     };
@@ -420,11 +422,6 @@ pub async fn try_file(
         .is_some_and(|p| p.covers(file, 0, size.min(4096)));
     if !(CHUNK_MIN..=CHUNK_MAX).contains(&size) || known || !entry.ranges.covers(0, size) {
         return Ok(Tried::No);
-    }
-    // the content both sides last agreed on (read only for a file that qualifies)
-    let agreed = peer_hash.or_else(|| super::sender::agreed_hash(s, &entry.path));
-    if agreed == Some(*blake3::hash(b"").as_bytes()) {
-        return Ok(Tried::No); // what the peer's create made: nothing to find there
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
     let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path))
@@ -441,9 +438,8 @@ pub async fn try_file(
     let origin = super::fold::Origin::Local(s.cfg.node);
     let vv = super::fold::update(ix, &*s.root, &entry.path, read.hash, size, origin)?;
     ix.flush()?; // durable before it leaves (see the sender)
-    *next_id += 1;
     let update = FileUpdate {
-        id: *next_id,
+        id,
         file,
         path: entry.path.clone(),
         base: None,

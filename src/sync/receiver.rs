@@ -19,7 +19,6 @@ use crate::wire::{
 use futures::StreamExt;
 use libp2p::PeerId;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -106,17 +105,8 @@ where
             Stats::add(&r.stats.received, 1);
         }
         let reply = match msg {
-            Message::ChunkOffer { update, top } => {
-                let step = move |rb: &mut Rebuilds, root: &OwnedFd| rb.offered(root, update, &top);
-                Some(chunk(step, &mut rebuilds, r, &peer).await?)
-            }
-            Message::ChunkRound { id, children, data } => {
-                let step = move |rb: &mut Rebuilds, _: &OwnedFd| rb.round(id, children, data);
-                Some(chunk(step, &mut rebuilds, r, &peer).await?)
-            }
-            Message::ChunkDecline(id) => {
-                rebuilds.declined(id);
-                None
+            Message::ChunkOffer { .. } | Message::ChunkRound { .. } | Message::ChunkDecline(_) => {
+                chunk(msg, &mut rebuilds, r, &peer).await?
             }
             msg => handle(msg, &mut parts, r, &peer).await?,
         };
@@ -190,30 +180,35 @@ async fn handle(
     }
 }
 
-/// One step of a chunk exchange (`super::chunked`): the blocking work (reading our
+/// One message of a chunk exchange (`super::chunked`); the blocking work (reading our
 /// version, rebuilding) runs off the runtime, and a rebuilt file goes through the gate.
-async fn chunk<F>(
-    step: F,
+async fn chunk(
+    msg: Message,
     rebuilds: &mut Rebuilds,
     r: &Receiver,
     peer: &PeerId,
-) -> Result<Message, SyncError>
-where
-    F: FnOnce(&mut Rebuilds, &OwnedFd) -> Next + Send + 'static,
-{
+) -> Result<Option<Message>, SyncError> {
+    if let Message::ChunkDecline(id) = msg {
+        rebuilds.declined(id);
+        return Ok(None);
+    }
     let (mut owned, root) = (rebuilds.take(), r.check.root.clone());
     let task = tokio::task::spawn_blocking(move || {
-        let next = step(&mut owned, &root);
+        let next = match msg {
+            Message::ChunkOffer { update, top } => owned.offered(&*root, update, &top),
+            Message::ChunkRound { id, children, data } => owned.round(id, children, data),
+            _ => unreachable!("only chunk messages come here"),
+        };
         (owned, next)
     });
     let (owned, next) = task
         .await
         .map_err(|e| SyncError::Protocol(format!("chunk task: {e}")))?;
     *rebuilds = owned;
-    Ok(match next {
+    Ok(Some(match next {
         Next::Reply(m) => m,
         Next::Apply(u) => apply_update(u, r, peer).await,
-    })
+    }))
 }
 
 fn nack(of: AckKind, reason: NackReason) -> Message {

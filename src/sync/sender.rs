@@ -552,9 +552,13 @@ async fn chunk_first(
             rest.push((file, false));
             continue;
         };
-        let peer_hash = st.peer_hash.get(&file).copied();
-        let tried = super::chunked::try_file(s, fs, &mut st.next_id, (file, entry), peer_hash);
-        match tried.await? {
+        st.next_id += 1;
+        let agreed = st
+            .peer_hash
+            .get(&file)
+            .copied()
+            .or_else(|| agreed_hash(s, &entry.path));
+        match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed).await? {
             Tried::No => rest.push((file, false)),
             Tried::Acked(hash) => {
                 st.peer_hash.insert(file, hash);
@@ -1059,7 +1063,7 @@ fn on_reply(
 /// file's first update in a session (the session's own acks are not known yet). If the
 /// peer holds something else it refuses the update (`UnknownBase`), and the whole file
 /// follows; without a base it would have to start from nothing.
-pub(super) fn agreed_hash(s: &Sender, path: &RelPath) -> Option<[u8; 32]> {
+fn agreed_hash(s: &Sender, path: &RelPath) -> Option<[u8; 32]> {
     let e = s.journal.index().get(path).ok().flatten()?;
     (!e.deleted && e.kind == crate::journal::index::Kind::File).then_some(e.hash)
 }
