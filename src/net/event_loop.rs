@@ -22,7 +22,14 @@ struct Target {
     backoff: Backoff,
     /// When to redial; `None` while connected or a dial is in flight.
     next_dial: Option<Instant>,
+    /// Until then this side does not dial (see [`DIAL_DEFER`]); the peer's dial is awaited.
+    defer_until: Option<Instant>,
 }
+
+/// Two peers that start (or lose their link) together would both dial, and each dial
+/// makes a whole connection (handshakes, then idle until it times out). The side with
+/// the larger PeerId waits this long for the other's dial before dialing itself.
+pub(crate) const DIAL_DEFER: Duration = Duration::from_secs(1);
 
 /// Owns the [`Swarm`] and drives it until shutdown.
 pub(crate) struct EventLoop {
@@ -64,12 +71,31 @@ impl EventLoop {
     /// Allowlists `peer` and keeps it connected at `addr` (dial is immediate).
     pub(crate) fn add_target(&mut self, peer: PeerId, addr: Multiaddr) {
         self.swarm.behaviour_mut().allow.allow_peer(peer);
-        let target = Target {
+        let mut target = Target {
             addr,
             backoff: Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX),
             next_dial: Some(Instant::now()),
+            defer_until: None,
         };
+        self.defer(peer, &mut target, Instant::now());
         self.targets.insert(peer, target);
+    }
+
+    /// If `peer` is the one to dial us, holds our dial of `t` back by [`DIAL_DEFER`]
+    /// from `from`.
+    fn defer(&self, peer: PeerId, t: &mut Target, from: Instant) {
+        if *self.swarm.local_peer_id() > peer {
+            let until = from + DIAL_DEFER;
+            t.defer_until = Some(until);
+            t.next_dial = Some(t.next_dial.map_or(until, |at| at.max(until)));
+        }
+    }
+
+    /// True while our dial of `peer` is held back (the waiters wait for the dial due).
+    fn deferred(&self, peer: &PeerId) -> bool {
+        let t = self.targets.get(peer);
+        t.and_then(|t| t.defer_until)
+            .is_some_and(|u| u > Instant::now())
     }
 
     /// Runs until shutdown or until every [`NetHandle`](super::NetHandle) is dropped.
@@ -135,6 +161,9 @@ impl EventLoop {
             return;
         }
         self.connect_waiters.entry(peer).or_default().push(reply);
+        if self.deferred(&peer) {
+            return; // served when the peer's dial arrives, or ours when due
+        }
         match self.dial(peer) {
             Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
             Err(e) => self.fail_waiters(peer, &e),
@@ -186,6 +215,14 @@ impl EventLoop {
             let delay = t.backoff.next_delay();
             tracing::debug!(%peer, ?delay, "scheduling reconnect");
             t.next_dial = Some(Instant::now() + delay);
+        }
+    }
+
+    /// A lost connection: both sides will redial; the one to wait waits.
+    fn defer_redial(&mut self, peer: PeerId) {
+        if let Some(mut t) = self.targets.remove(&peer) {
+            self.defer(peer, &mut t, Instant::now());
+            self.targets.insert(peer, t);
         }
     }
 
@@ -249,6 +286,7 @@ impl EventLoop {
         if let Some(t) = self.targets.get_mut(&peer) {
             t.backoff.reset();
             t.next_dial = None;
+            t.defer_until = None;
         }
         for reply in self.connect_waiters.remove(&peer).unwrap_or_default() {
             let _ = reply.send(Ok(()));
@@ -263,6 +301,7 @@ impl EventLoop {
     async fn on_disconnected(&mut self, peer: PeerId) {
         tracing::info!(%peer, "peer disconnected");
         self.schedule_redial(peer);
+        self.defer_redial(peer);
         self.emit(NetEvent::PeerDisconnected(peer)).await;
     }
 

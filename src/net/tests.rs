@@ -156,6 +156,47 @@ async fn connections_cap_their_retransmission_backoff() {
     assert!(caps.iter().all(|c| *c == super::RTO_MAX_MS), "{caps:?}");
 }
 
+/// Connected TCP sockets of this process from or to one of `ports` (not listening ones).
+fn connections(of: [u16; 2]) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let [local, peer] = ports(fd);
+        let ours = |p: Option<u16>| p.is_some_and(|p| of.contains(&p));
+        n += usize::from(peer.is_some() && (ours(local) || ours(peer)));
+    }
+    n
+}
+
+/// Two peers that know each other and want a stream at the same moment make one
+/// connection, not one each (each costs its handshakes on a slow link): the one with
+/// the larger PeerId waits for the other's dial.
+#[tokio::test]
+async fn peers_dialing_each_other_at_once_make_one_connection() {
+    for _ in 0..3 {
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+        let (a, _ea, a_addr) = node(config(ka, vec![pb], vec![])).await;
+        let (b, _eb, b_addr) = node(config(kb, vec![pa], vec![])).await;
+        let (_ia, _ib) = (a.accept(PROTO).unwrap(), b.accept(PROTO).unwrap());
+        let (ra, rb) = tokio::join!(a.add_peer(b_addr.clone()), b.add_peer(a_addr.clone()));
+        (ra.unwrap(), rb.unwrap());
+        let (sa, sb) = tokio::join!(
+            timeout(LIMIT, a.open_stream(pb, PROTO)),
+            timeout(LIMIT, b.open_stream(pa, PROTO))
+        );
+        assert!(sa.unwrap().is_ok() && sb.unwrap().is_ok());
+        tokio::time::sleep(super::event_loop::DIAL_DEFER * 2).await;
+        // both ends of one connection are sockets of this process
+        let n = connections([tcp_port(&a_addr), tcp_port(&b_addr)]);
+        assert_eq!(n, 2, "connected sockets between A and B");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn unallowlisted_peer_is_refused() {
     let (ka, kc) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());

@@ -85,12 +85,12 @@ where
         let _ = fs.close().await;
         return Err(e.into());
     }
-    fs.send(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))
-        .await?;
-    Stats::add(&r.stats.peer_sessions, 1);
-    r.stats.peer_session_started.notify_waiters();
+    // the hello (plain) and the staged list (the compressed stream's start) travel together
+    fs.queue(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))?;
     fs.compress(REPLY_LEVEL)?;
     fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
+    Stats::add(&r.stats.peer_sessions, 1);
+    r.stats.peer_session_started.notify_waiters();
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
     let mut rebuilds = Rebuilds::new(r.budgets.of(peer));
     let progress = fs.progress();

@@ -273,6 +273,9 @@ async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Syn
     let (mut sent, mut wanted) = (0usize, 0usize);
     loop {
         let batch = ix.changed_since(after, INDEX_BATCH)?;
+        if batch.is_empty() {
+            break; // nothing changed since the peer's ack: no index round
+        }
         let last = batch.len() < INDEX_BATCH;
         let upto = batch.last().map_or(after, |(_, e)| e.seq);
         sent += batch.len();
@@ -327,9 +330,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         let rest = entries.split_off(entries.len().min(INDEX_BATCH));
         batches.push(std::mem::replace(&mut entries, rest));
     }
-    if batches.is_empty() {
-        batches.push(Vec::new());
-    }
+    // nothing differs: no index round (the peer learns nothing from an empty one)
     let n = batches.len();
     for (i, batch) in batches.into_iter().enumerate() {
         wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
@@ -407,7 +408,7 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
 /// file, made and removed) from costing two messages each.
 async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Result<(), SyncError> {
     let due = match st.queue_told {
-        None => true,
+        None => queue != (0, 0), // a new session's peer counts nothing queued already
         Some((told, _)) if told == queue => false,
         Some((told, at)) => {
             let waited = at.elapsed();
