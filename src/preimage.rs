@@ -227,6 +227,19 @@ impl Preimages {
         s.is_some_and(|s| s.saved.covers(start, end) && !s.tainted.intersects(start, end))
     }
 
+    /// The parts of `[start, end)` whose old bytes are saved (and not tainted).
+    pub fn known(&self, file: FileId, start: u64, end: u64) -> RangeSet {
+        let guard = self.inner.lock().unwrap();
+        let Some(s) = guard.0.get(&file) else {
+            return RangeSet::new();
+        };
+        let outside = RangeSet::from_range(start, end).difference(&s.saved);
+        let mut known = RangeSet::from_range(start, end);
+        known.remove_set(&outside);
+        known.remove_set(&s.tainted);
+        known
+    }
+
     /// The old bytes of `[start, end)`, if all of them are saved.
     pub fn get(&self, file: FileId, start: u64, end: u64) -> Option<Vec<u8>> {
         let guard = self.inner.lock().unwrap();

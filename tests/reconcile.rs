@@ -509,3 +509,31 @@ fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
         "B archived its version:\n{kept_b}"
     );
 }
+
+/// Adopted folders holding unrelated content under one name: the chunk exchange finds
+/// nothing, is declined early, and the newer version crosses once, whole (not first as
+/// ranges against a base the peer never held, refused, then again whole).
+#[test]
+fn adopted_folders_holding_unrelated_content_send_it_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    fs::create_dir_all(&x).unwrap();
+    fs::create_dir_all(&y).unwrap();
+    let new = common::random_bytes(4 << 20, 7);
+    fs::write(x.join("other.bin"), &new).unwrap();
+    set_mtime(&x.join("other.bin"), 1_800_000_000); // A's is newer: B takes it
+    fs::write(y.join("other.bin"), common::random_bytes(4 << 20, 8)).unwrap();
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    let all = converged(&p, "after first pairing");
+    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.unmount();
+    p.b.unmount();
+    assert!(all.iter().any(|(n, d)| n == "other.bin" && *d == new));
+    println!("4 MiB of unrelated random bytes: {bytes} bytes on the wire");
+    assert!(
+        bytes < (4 << 20) + (256 << 10),
+        "{bytes} bytes crossed for a 4 MiB file: more than once"
+    );
+}

@@ -25,6 +25,8 @@ fn u(v: &Value, path: &[&str]) -> u64 {
 #[test]
 fn status_json_follows_errors_progress_and_conflicts() {
     let mut p = Pair::new(true);
+    // the big transfer below lasts a few seconds (B hears of a queue that lasts)
+    common::set_config(&p.a.store, "bwlimit", "32768");
     p.proxies.iter().for_each(|x| x.cut());
     p.a.mount();
     p.b.mount();

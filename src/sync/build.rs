@@ -203,6 +203,18 @@ impl Old<'_> {
         }
         Some(old)
     }
+
+    /// Where a piece starting at `off` must end (at most `end`): at the first edge of
+    /// the dirty bytes whose old bytes are not known (a file grown by a rewrite: its new
+    /// tail), so that the piece before it still goes as a delta.
+    fn edge(&self, off: u64, end: u64) -> u64 {
+        let window = RangeSet::from_range(off, end);
+        let mut dirty = window.clone();
+        dirty.remove_set(&window.difference(self.dirty));
+        let unknown = dirty.difference(&self.pre.known(self.file, off, end));
+        let edges = unknown.iter().flat_map(|(a, b)| [a, b]);
+        edges.filter(|&x| x > off).min().unwrap_or(end).min(end)
+    }
 }
 
 /// Reads `set` in pieces of at most [`PIECE`] bytes. Pieces whose old bytes are all
@@ -219,7 +231,11 @@ fn read_ranges(
     for (start, end) in set.iter() {
         let mut off = start;
         while off < end {
-            let len = (end - off).min(PIECE) as usize;
+            let mut len = (end - off).min(PIECE);
+            if let Some(o) = old {
+                len = o.edge(off, off + len) - off;
+            }
+            let len = len as usize;
             let mut buf = vec![0; len];
             file.read_exact_at(&mut buf, off)?;
             let (encoding, data) = match old.and_then(|o| o.of(off, &buf)) {
@@ -360,6 +376,58 @@ mod tests {
             b.hash_read <= 1 << 20,
             "read {} bytes to hash a 1-byte edit",
             b.hash_read
+        );
+    }
+
+    /// A small file rewritten (`O_TRUNC`) with a line inserted in its middle grows: its
+    /// new tail has no old bytes, but the rest still goes as a delta against what the
+    /// peer holds, not as the whole file.
+    #[test]
+    fn a_rewrite_that_grows_the_file_goes_as_a_delta() {
+        let t = tempfile::tempdir().unwrap();
+        let line = |i: u32| {
+            format!(
+                "let value_{i} = compute({i}, {}); // a line of code\n",
+                i * 7919
+            )
+        };
+        let old: String = (0..300).map(line).collect();
+        let mut new = old.clone();
+        new.insert_str(old.len() / 2, "// a comment inserted in the middle\n");
+        std::fs::write(t.path().join("f"), &old).unwrap();
+        let ino = std::fs::metadata(t.path().join("f")).unwrap().ino();
+        let pre = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        let backing = File::options()
+            .read(true)
+            .write(true)
+            .open(t.path().join("f"))
+            .unwrap();
+        pre.before_truncate(ino, &backing, old.len() as u64, 0)
+            .unwrap();
+        backing.set_len(0).unwrap();
+        pre.before_write(ino, &backing, 0, 0, new.len() as u64)
+            .unwrap();
+        backing.write_all_at(new.as_bytes(), 0).unwrap();
+        let root = File::open(t.path()).unwrap();
+        let e = entry("f", &[(0, new.len() as u64)]);
+        let p = Plan {
+            pre: Some(&pre),
+            ..plan(ino, &e, 1, false)
+        };
+        let b = build(&root, p).unwrap().unwrap();
+        assert_eq!(b.hash, *blake3::hash(new.as_bytes()).as_bytes());
+        let Some(Message::FileUpdate(u)) = b.frames.last() else {
+            panic!("last frame is the update")
+        };
+        let bytes: usize = u.ranges.iter().map(|r| r.data.len()).sum();
+        assert!(
+            bytes < 200,
+            "{bytes} bytes for a {}-byte file with one line inserted: {:?}",
+            new.len(),
+            u.ranges
+                .iter()
+                .map(|r| (r.offset, r.len, r.encoding))
+                .collect::<Vec<_>>()
         );
     }
 

@@ -31,8 +31,11 @@ pub const CHUNK_MAX: u64 = 256 << 20;
 const ROUND_DATA_MAX: u64 = 8 << 20;
 /// Rounds after which the receiver declines (honest trees are a few levels deep).
 const MAX_ROUNDS: usize = 48;
-/// After the second round, the receiver declines unless it holds this share of the file.
-const MIN_SHARE: u64 = 8;
+/// The receiver declines once a round offers at least this many nodes while none found
+/// so far was ours: the versions share nothing. (Scattered changes can leave no node
+/// found for a few levels, each level 16 times wider than the last: a 60 MB database
+/// with 500 rows changed has every node changed down to the third level.)
+const NOTHING_FOUND_NODES: usize = 256;
 
 fn to_wire(o: Offer) -> ChunkNode {
     ChunkNode {
@@ -334,12 +337,8 @@ impl Rebuilds {
     fn after_round(&mut self, id: u64, answers: Vec<Answer>) -> Next {
         let r = self.current.as_mut().expect("an exchange under way");
         if !r.needs.is_done() {
-            let held = r.needs.matched();
-            if r.rounds >= 2 && held < r.update.size / MIN_SHARE {
-                tracing::debug!(
-                    "{}: too little in common for a chunk exchange",
-                    r.update.path
-                );
+            if r.needs.matched() == 0 && answers.len() >= NOTHING_FOUND_NODES {
+                tracing::debug!("{}: nothing in common for a chunk exchange", r.update.path);
                 self.end();
                 return Next::Reply(Message::ChunkDecline(id));
             }
@@ -389,13 +388,18 @@ fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
 pub enum Tried {
     /// The file does not qualify: it goes as an ordinary update.
     No,
+    /// Every byte is pending and none of the old ones is known here, but the file is
+    /// not offered (its size, or the peer holds the empty file its create made): it goes
+    /// whole. A base would only be the index's hash, which for an adopted file is our
+    /// own content's, not the peer's (refused, and sent again).
+    Whole,
     /// Offered, and the peer rebuilt and acked it (the journal's ranges are cleared);
     /// the hash it now holds.
     Acked([u8; 32]),
-    /// Offered, and declined or refused: it goes as an ordinary update against `base`,
-    /// the content both sides agreed on before this offer (the offer folded the new
-    /// version into the index, which no longer says what the peer holds).
-    Declined { base: Option<[u8; 32]> },
+    /// Offered, and declined or refused: it goes whole, as an ordinary update from
+    /// nothing (every byte was pending anyway; the index's hash is not a base the peer
+    /// is known to hold: an adopted file's is our own content's).
+    Declined,
 }
 
 /// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
@@ -408,10 +412,6 @@ pub async fn try_file(
     (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
     agreed: Option<[u8; 32]>,
 ) -> Result<Tried, SyncError> {
-    // the peer holds what its create made, an empty file: nothing to find there
-    if agreed == Some(*blake3::hash(b"").as_bytes()) {
-        return Ok(Tried::No);
-    }
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
         return Ok(Tried::No);
     };
@@ -420,8 +420,13 @@ pub async fn try_file(
         .pre
         .as_ref()
         .is_some_and(|p| p.covers(file, 0, size.min(4096)));
-    if !(CHUNK_MIN..=CHUNK_MAX).contains(&size) || known || !entry.ranges.covers(0, size) {
+    if known || size == 0 || !entry.ranges.covers(0, size) {
         return Ok(Tried::No);
+    }
+    // the peer holds what its create made, an empty file: nothing to find there
+    let empty = agreed == Some(*blake3::hash(b"").as_bytes());
+    if empty || !(CHUNK_MIN..=CHUNK_MAX).contains(&size) {
+        return Ok(Tried::Whole);
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
     let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path))
@@ -455,7 +460,7 @@ pub async fn try_file(
     };
     let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
     let Offered::Acked(rounds, nodes, leaves) = offer(fs, &s.stats, update, &read).await? else {
-        return Ok(Tried::Declined { base: agreed });
+        return Ok(Tried::Declined);
     };
     let sent = crate::journal::RangeSet::from_range(0, size);
     s.journal.ack_file(file, entry.version, &sent)?;

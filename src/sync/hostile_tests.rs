@@ -269,7 +269,6 @@ async fn a_silent_peer_ends_the_stream() {
 #[tokio::test]
 async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     use crate::chunks::{Offers, Tree};
-    use crate::wire::ChunkNode;
     let e = env();
     let mallory = PeerId::random();
     let (mut fs, task) = connect(&e, mallory).await;
@@ -285,12 +284,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let tree = Tree::from_bytes(&new);
     let mut header = valid_update(40, "big", &new);
     header.ranges.clear();
-    let node = |n: crate::chunks::Offer| ChunkNode {
-        hash: n.hash,
-        len: n.len,
-        leaf: n.leaf,
-    };
-    let top: Vec<ChunkNode> = Offers::new(&tree).top().into_iter().map(node).collect();
+    let top: Vec<_> = Offers::new(&tree).top().into_iter().map(node).collect();
     let declined = |m: &Message| matches!(m, Message::ChunkDecline(40));
     // a round of an exchange never opened
     let stray = Message::ChunkRound {
@@ -333,9 +327,44 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         "memory given back"
     );
     // an honest exchange: rebuilt, applied, acked
-    let mut offers = Offers::new(&tree);
-    let mut reply = ask(&mut fs, offer(offers.top().into_iter().map(node).collect())).await;
-    let mut sent = 0;
+    let (reply, sent, _) = honest_exchange(&mut fs, header, &new).await;
+    assert_eq!(reply, Message::Ack(AckKind::Update(40)));
+    assert_eq!(std::fs::read(e.data.join("big")).unwrap(), new);
+    assert!(
+        sent < 16 << 10,
+        "{sent} bytes of leaves for a 20-byte change"
+    );
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
+fn node(n: crate::chunks::Offer) -> crate::wire::ChunkNode {
+    crate::wire::ChunkNode {
+        hash: n.hash,
+        len: n.len,
+        leaf: n.leaf,
+    }
+}
+
+/// Offers `new` honestly under `header` until the peer stops answering; returns its
+/// last reply, the leaf bytes sent and the rounds.
+async fn honest_exchange(
+    fs: &mut Peer,
+    header: crate::wire::FileUpdate,
+    new: &[u8],
+) -> (Message, usize, usize) {
+    let (tree, id) = (crate::chunks::Tree::from_bytes(new), header.id);
+    let mut offers = crate::chunks::Offers::new(&tree);
+    let top = offers.top().into_iter().map(node).collect();
+    let mut reply = ask(
+        fs,
+        Message::ChunkOffer {
+            update: header,
+            top,
+        },
+    )
+    .await;
+    let (mut sent, mut rounds) = (0, 1);
     while let Message::ChunkAnswer { answers, .. } = reply {
         let a: Vec<_> = answers
             .iter()
@@ -348,27 +377,72 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
             .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
             .collect();
         sent += data.len();
+        rounds += 1;
         let children = round
             .children
             .into_iter()
             .map(|c| c.into_iter().map(node).collect())
             .collect();
-        reply = ask(
-            &mut fs,
-            Message::ChunkRound {
-                id: 40,
-                children,
-                data,
-            },
-        )
-        .await;
+        reply = ask(fs, Message::ChunkRound { id, children, data }).await;
     }
-    assert_eq!(reply, Message::Ack(AckKind::Update(40)));
-    assert_eq!(std::fs::read(e.data.join("big")).unwrap(), new);
-    assert!(
-        sent < 16 << 10,
-        "{sent} bytes of leaves for a 20-byte change"
+    (reply, sent, rounds)
+}
+
+/// Changes scattered all over a file leave no node found in the top levels; the
+/// exchange goes on down to where the unchanged parts are, and pays for the changes.
+/// Content unrelated to ours is declined a level or two further down, for a few
+/// thousand hashes instead of the whole tree.
+#[tokio::test]
+async fn scattered_changes_pair_by_chunks_and_unrelated_content_is_declined() {
+    let e = env();
+    let peer = PeerId::random();
+    let (mut fs, task) = connect(&e, peer).await;
+    let old = noise(4 << 20, 1);
+    let mut new = old.clone();
+    for w in 0..200 {
+        let at = (w * 2_654_435_761u64 % ((4 << 20) - 4096)) as usize & !4095;
+        new[at..at + 4096].copy_from_slice(&noise(4096, 100 + w));
+    }
+    let unrelated = noise(4 << 20, 2);
+    for (name, body) in [("scattered", &new), ("unrelated", &unrelated)] {
+        std::fs::write(e.data.join(name), &old).unwrap();
+        let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+        let f = std::fs::File::options().write(true).open(e.data.join(name));
+        f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+    }
+    let mut header = valid_update(41, "scattered", &new);
+    header.ranges.clear();
+    let (reply, sent, rounds) = honest_exchange(&mut fs, header, &new).await;
+    assert_eq!(
+        reply,
+        Message::Ack(AckKind::Update(41)),
+        "after {rounds} rounds"
     );
+    assert_eq!(std::fs::read(e.data.join("scattered")).unwrap(), new);
+    assert!(
+        sent < 1_300_000,
+        "{sent} bytes of leaves for 800 KiB of changes"
+    );
+    let mut header = valid_update(42, "unrelated", &unrelated);
+    header.ranges.clear();
+    let (reply, _, rounds) = honest_exchange(&mut fs, header, &unrelated).await;
+    assert_eq!(reply, Message::ChunkDecline(42));
+    assert!(rounds <= 4, "declined after {rounds} rounds");
+    assert_eq!(std::fs::read(e.data.join("unrelated")).unwrap(), old);
     drop(fs);
     assert!(task.await.unwrap().is_ok());
+}
+
+/// Random-looking bytes (xorshift), `seed` picks the sequence.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(n);
+    out
 }

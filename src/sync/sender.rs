@@ -133,6 +133,10 @@ struct State {
     link_bps: Option<f64>,
     /// The queue last told to the peer (files, bytes), and when.
     queue_told: Option<((u64, u64), Instant)>,
+    /// Since when the queue has been non-empty (`None`: empty).
+    queue_since: Option<Instant>,
+    /// The queue as of this round's snapshot (files, bytes).
+    queue_now: (u64, u64),
     /// Parts of updates the peer kept from an earlier session (this session's handshake).
     held: super::resume::Held,
 }
@@ -403,18 +407,23 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
 
 /// Tells the peer what is queued for it (`Message::Queue`, for its status) when that
 /// changed: at most once a second, but at once when it doubles in bytes (a big file
-/// being written ahead of its transfer), and after [`QUEUE_QUICK`] when it fills from
-/// empty or empties. That floor keeps files that live for a moment (an editor's swap
-/// file, made and removed) from costing two messages each.
-async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Result<(), SyncError> {
+/// being written ahead of its transfer), and after [`QUEUE_QUICK`] when it empties. A
+/// queue that fills from empty is told once it has lasted [`QUEUE_LASTS`]: an edit that
+/// crosses in less (most do) costs no report of it, and the peer's status would not
+/// have shown it for long anyway.
+/// Called each round and while a round's files are in flight (a long transfer).
+async fn tell_queue(fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let (now, queue) = (Instant::now(), st.queue_now);
+    st.queue_since = (queue.0 > 0).then(|| st.queue_since.unwrap_or(now));
+    let lasted = st.queue_since.is_some_and(|t| now - t >= QUEUE_LASTS);
     let due = match st.queue_told {
-        None => queue != (0, 0), // a new session's peer counts nothing queued already
         Some((told, _)) if told == queue => false,
+        // the peer counts nothing queued (a new session's starts so)
+        None | Some(((0, _), _)) => lasted,
         Some((told, at)) => {
-            let waited = at.elapsed();
-            let doubled = told.0 > 0 && queue.1 / 2 >= told.1.max(1);
-            let filled_or_emptied = told.0 == 0 || queue.0 == 0;
-            doubled || (filled_or_emptied && waited >= QUEUE_QUICK) || waited >= QUEUE_EVERY
+            let waited = now - at;
+            let doubled = queue.1 / 2 >= told.1.max(1);
+            doubled || (queue.0 == 0 && waited >= QUEUE_QUICK) || waited >= QUEUE_EVERY
         }
     };
     if due {
@@ -427,8 +436,10 @@ async fn tell_queue(fs: &mut Stream, st: &mut State, queue: (u64, u64)) -> Resul
 
 /// How often at most the peer hears of our queue.
 const QUEUE_EVERY: Duration = Duration::from_secs(1);
-/// How soon at the earliest the peer hears of a queue that filled, emptied or doubled.
+/// How soon at the earliest the peer hears of a queue that emptied or doubled.
 const QUEUE_QUICK: Duration = Duration::from_millis(250);
+/// How long a queue filled from empty lasts before the peer hears of it.
+const QUEUE_LASTS: Duration = Duration::from_secs(1);
 
 /// Proves the link alive (and keeps the peer's read timeout from firing while idle).
 async fn ping(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
@@ -511,8 +522,8 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
         s.stats.last_sync.store(now, Ordering::Relaxed); // in sync as of now
     }
     s.stats.keep_stuck(|f| snap.files.contains_key(&f));
-    let queue = ((snap.files.len() + snap.meta.len()) as u64, dirty);
-    tell_queue(fs, st, queue).await?;
+    st.queue_now = ((snap.files.len() + snap.meta.len()) as u64, dirty);
+    tell_queue(fs, st).await?;
     let writers = s.journal.open_for_write(); // once a round: the journal's lock is FUSE's
     let open = |f| writers.contains(&f);
     if !meta_due(st, &snap, &open) {
@@ -561,16 +572,13 @@ async fn chunk_first(
             .or_else(|| agreed_hash(s, &entry.path));
         match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed).await? {
             Tried::No => rest.push((file, false)),
+            Tried::Whole => rest.push((file, true)),
             Tried::Acked(hash) => {
                 st.peer_hash.insert(file, hash);
                 s.stats.set_stuck(file, None);
                 Stats::add(&s.stats.acked, 1);
             }
-            Tried::Declined { base: Some(b) } => {
-                st.peer_hash.insert(file, b);
-                rest.push((file, false));
-            }
-            Tried::Declined { base: None } => rest.push((file, true)),
+            Tried::Declined => rest.push((file, true)),
         }
     }
     Ok(rest)
@@ -837,7 +845,8 @@ async fn send_files(
         if inflight.is_empty() {
             return Ok(());
         }
-        // Every reply that already arrived is taken before sending more.
+        tell_queue(fs, st).await?; // a transfer that lasts: the peer's status shows it
+                                   // Every reply that already arrived is taken before sending more.
         let bytes: u64 = inflight.values().map(|f| f.payload).sum();
         let limit = REPLY_TIMEOUT + Duration::from_secs(bytes / MIN_RATE);
         loop {

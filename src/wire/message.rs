@@ -84,8 +84,8 @@ pub enum Message {
         differ: Vec<RelPath>,
     },
     /// What the sender has queued for the receiver (for its `syncfs status`): sent when
-    /// it changes, at most once a second (at once when it fills from empty, empties or
-    /// doubles in bytes). No reply.
+    /// it changes, at most once a second (at once when it empties or doubles in bytes;
+    /// a queue filled from empty once it has lasted a second). No reply.
     Queue {
         /// Files with pending data plus pending metadata ops.
         files: u64,
