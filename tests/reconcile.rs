@@ -537,3 +537,57 @@ fn adopted_folders_holding_unrelated_content_send_it_once() {
         "{bytes} bytes crossed for a 4 MiB file: more than once"
     );
 }
+
+/// Adopted folders holding small files that differ by a line each: the receiver
+/// describes its versions by their leaves in its index ack, and each file crosses as a
+/// delta against the leaves both hold, not whole.
+#[test]
+fn adopted_folders_pair_small_edited_files_by_their_leaves() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    // code-like lines of made-up names: little shared between files, as in a real tree
+    let word = |x: u64| -> String {
+        (0..6)
+            .map(|k| (b'a' + ((x >> (5 * k)) % 26) as u8) as char)
+            .collect()
+    };
+    let line = |f: usize, i: usize| {
+        let x = (f as u64 * 1000 + i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let (a, b, c) = (word(x), word(x >> 30), word(x >> 11));
+        format!("    let {a} = {b}.{c}({});\n", x % 9973)
+    };
+    let mut whole = 0;
+    for f in 0..40 {
+        let old: String = (0..200).map(|i| line(f, i)).collect();
+        let mut new = old.clone();
+        new.insert_str(old.len() / 2, "    // a line added on one side\n");
+        whole += zstd::encode_all(new.as_bytes(), 3).unwrap().len();
+        for (root, body) in [(&x, &new), (&y, &old)] {
+            fs::create_dir_all(root.join("src")).unwrap();
+            fs::write(root.join(format!("src/m{f}.rs")), body).unwrap();
+        }
+        set_mtime(&x.join(format!("src/m{f}.rs")), 1_800_000_000); // A's is newer
+    }
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    converged(&p, "after first pairing");
+    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    let log = p.a.log();
+    p.a.unmount();
+    p.b.unmount();
+    println!(
+        "40 small files, a line added to each: {bytes} bytes (zstd of the new files: {whole})"
+    );
+    assert!(
+        log.matches("rebuilt by the peer from its own version")
+            .count()
+            == 40,
+        "not every file went as a leaf delta:\n{}",
+        common::tail(&log, 40)
+    );
+    assert!(
+        bytes < whole as u64 / 2,
+        "{bytes} bytes crossed; the new files compressed are {whole}"
+    );
+}

@@ -19,6 +19,7 @@
 //! verifies the whole-file BLAKE3 of the result.
 
 mod exchange;
+pub mod leaves;
 mod tree;
 
 pub use exchange::{rebuild, Answer, Needs, Offers, Piece, Round};

@@ -69,14 +69,23 @@ pub(super) fn answer_of(b: u8) -> Answer {
     }
 }
 
-/// A file of a size worth the exchange, opened beneath `root` (not following links).
-fn open_file(root: &impl AsRawFd, path: &RelPath) -> Option<(File, libc::stat)> {
+/// A regular file with a size in `sizes`, opened beneath `root` (not following links).
+fn open_file(
+    root: &impl AsRawFd,
+    path: &RelPath,
+    sizes: std::ops::RangeInclusive<u64>,
+) -> Option<(File, libc::stat)> {
     let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok()?;
     let st = crate::sys::fstat(&fd).ok()?;
     let size = st.st_size as u64;
     let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-    (regular && (CHUNK_MIN..=CHUNK_MAX).contains(&size)).then(|| (File::from(fd), st))
+    (regular && sizes.contains(&size)).then(|| (File::from(fd), st))
 }
+
+/// Sizes worth a chunk exchange.
+const EXCHANGED: std::ops::RangeInclusive<u64> = CHUNK_MIN..=CHUNK_MAX;
+/// Sizes described by their leaves instead (see [`super::leaf_delta`]).
+pub const DESCRIBED: std::ops::RangeInclusive<u64> = 1..=CHUNK_MIN - 1;
 
 /// Reads a file once for its chunk tree and BLAKE3.
 fn tree_and_hash(file: &File) -> std::io::Result<(Tree, [u8; 32])> {
@@ -105,9 +114,14 @@ pub struct Read {
     pub st: libc::stat,
 }
 
-/// Reads `path` for an offer; `None` if it is not a regular file of a size worth it.
-pub fn read_for_offer(root: &impl AsRawFd, path: &RelPath) -> std::io::Result<Option<Read>> {
-    let Some((file, st)) = open_file(root, path) else {
+/// Reads `path` for an offer (or a leaf delta: `sizes`); `None` if it is not a regular
+/// file of such a size.
+pub fn read_for_offer(
+    root: &impl AsRawFd,
+    path: &RelPath,
+    sizes: std::ops::RangeInclusive<u64>,
+) -> std::io::Result<Option<Read>> {
+    let Some((file, st)) = open_file(root, path, sizes) else {
         return Ok(None);
     };
     let (tree, hash) = tree_and_hash(&file)?;
@@ -248,7 +262,7 @@ impl Rebuilds {
             return decline;
         }
         let charged = update.size as usize;
-        let Some((old, _)) = open_file(root, &update.path) else {
+        let Some((old, _)) = open_file(root, &update.path, EXCHANGED) else {
             self.budget.give(charged);
             return decline;
         };
@@ -281,6 +295,35 @@ impl Rebuilds {
             charged,
         });
         self.after_round(id, answers)
+    }
+
+    /// A `LeafDelta`: the new content from our version's leaves the sender marked and
+    /// the delta (blocking: call off the runtime); refused (`UnknownBase`) if they do not
+    /// make it.
+    pub fn leaf_delta(
+        &mut self,
+        root: &impl AsRawFd,
+        update: FileUpdate,
+        used: &[u8],
+        delta: &[u8],
+    ) -> Next {
+        let refuse = Next::Reply(Message::Nack {
+            of: crate::wire::AckKind::Update(update.id),
+            reason: crate::wire::NackReason::UnknownBase,
+        });
+        let size = update.size;
+        if !DESCRIBED.contains(&size) || !self.budget.take(size as usize) {
+            return refuse;
+        }
+        let built = super::leaf_delta::rebuild(root, &update.path, used, delta, size);
+        self.budget.give(size as usize);
+        match built {
+            Ok(content) => Next::Apply(whole_update(update, &content)),
+            Err(e) => {
+                tracing::info!("{}: leaf delta refused: {e}", update.path);
+                refuse
+            }
+        }
     }
 
     /// A `ChunkRound` of the exchange `id` (blocking when it completes the file).
@@ -368,7 +411,11 @@ fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
     let mut content = Vec::with_capacity(r.update.size as usize);
     let path = r.update.path.clone();
     rebuild(&r.needs.into_pieces(), &r.old, &mut content).map_err(|e| (path.clone(), e))?;
-    let mut u = r.update;
+    Ok(whole_update(r.update, &content))
+}
+
+/// `update`'s header with `content` as its raw ranges, from nothing.
+pub(super) fn whole_update(mut u: FileUpdate, content: &[u8]) -> FileUpdate {
     u.base = None;
     u.ranges = content
         .chunks(MAX_RANGE_LEN)
@@ -380,7 +427,7 @@ fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
             data: c.to_vec(),
         })
         .collect();
-    Ok(u)
+    u
 }
 
 /// How [`try_file`] went.
@@ -411,6 +458,7 @@ pub async fn try_file(
     id: u64,
     (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
     agreed: Option<[u8; 32]>,
+    described: Option<Vec<u32>>,
 ) -> Result<Tried, SyncError> {
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
         return Ok(Tried::No);
@@ -423,13 +471,20 @@ pub async fn try_file(
     if known || size == 0 || !entry.ranges.covers(0, size) {
         return Ok(Tried::No);
     }
+    // a small file the peer described by its leaves goes as one delta against them
+    let described = described.filter(|d| !d.is_empty() && DESCRIBED.contains(&size));
     // the peer holds what its create made, an empty file: nothing to find there
     let empty = agreed == Some(*blake3::hash(b"").as_bytes());
-    if empty || !(CHUNK_MIN..=CHUNK_MAX).contains(&size) {
+    if described.is_none() && (empty || !EXCHANGED.contains(&size)) {
         return Ok(Tried::Whole);
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
-    let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path))
+    let sizes = if described.is_some() {
+        DESCRIBED
+    } else {
+        EXCHANGED
+    };
+    let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path, sizes))
         .await
         .map_err(|e| SyncError::Protocol(format!("chunk read task: {e}")))??;
     let Some(read) = read.filter(|r| r.st.st_ino == st.st_ino) else {
@@ -459,7 +514,11 @@ pub async fn try_file(
         vv: vv.pairs().to_vec(),
     };
     let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
-    let Offered::Acked(rounds, nodes, leaves) = offer(fs, &s.stats, update, &read).await? else {
+    let outcome = match described {
+        Some(d) => super::leaf_delta::send(fs, &s.stats, update, &read, &d).await?,
+        None => offer(fs, &s.stats, update, &read).await?,
+    };
+    let Offered::Acked(rounds, nodes, leaves) = outcome else {
         return Ok(Tried::Declined);
     };
     let sent = crate::journal::RangeSet::from_range(0, size);

@@ -404,7 +404,7 @@ async fn scattered_changes_pair_by_chunks_and_unrelated_content_is_declined() {
         new[at..at + 4096].copy_from_slice(&noise(4096, 100 + w));
     }
     let unrelated = noise(4 << 20, 2);
-    for (name, body) in [("scattered", &new), ("unrelated", &unrelated)] {
+    for name in ["scattered", "unrelated"] {
         std::fs::write(e.data.join(name), &old).unwrap();
         let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
         let f = std::fs::File::options().write(true).open(e.data.join(name));
@@ -445,4 +445,64 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(n);
     out
+}
+
+/// A leaf delta whose bitmap does not fit our leaves, or whose delta does not decode
+/// against the base it names, is refused and leaves the file alone; an honest one
+/// applies.
+#[tokio::test]
+async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
+    use crate::chunks::leaves;
+    let e = env();
+    let (mut fs, task) = connect(&e, PeerId::random()).await;
+    let old: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let mut new = old.clone();
+    new.splice(10_000..10_000, b"an inserted line\n".iter().copied());
+    std::fs::write(e.data.join("small"), &old).unwrap();
+    let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let f = std::fs::File::options()
+        .write(true)
+        .open(e.data.join("small"));
+    f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+    let (used, base) = leaves::shared_base(&new, &leaves::describe(&old));
+    let delta = crate::delta::encode(&new, &base, 3).unwrap();
+    let mut header = valid_update(50, "small", &new);
+    header.ranges.clear();
+    let refused = |m: &Message| {
+        matches!(
+            m,
+            Message::Nack {
+                of: AckKind::Update(50),
+                ..
+            }
+        )
+    };
+    for (used, delta) in [
+        (vec![0xFF; used.len() + 1], delta.clone()), // more leaves than ours
+        (
+            used.clone(),
+            crate::delta::encode(&new, b"another base", 3).unwrap(),
+        ),
+        (used.clone(), vec![0xD1, 1, 2, 3]), // not a delta at all
+    ] {
+        let m = Message::LeafDelta {
+            update: header.clone(),
+            used,
+            delta,
+        };
+        assert!(refused(&ask(&mut fs, m).await));
+        assert_eq!(std::fs::read(e.data.join("small")).unwrap(), old);
+    }
+    let honest = Message::LeafDelta {
+        update: header,
+        used,
+        delta,
+    };
+    assert_eq!(
+        ask(&mut fs, honest).await,
+        Message::Ack(AckKind::Update(50))
+    );
+    assert_eq!(std::fs::read(e.data.join("small")).unwrap(), new);
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
 }

@@ -14,6 +14,7 @@ pub mod chunked;
 pub mod coalesce;
 pub mod fold;
 pub mod ignored;
+pub mod leaf_delta;
 pub mod link;
 pub mod local_copy;
 pub mod meta;

@@ -105,9 +105,10 @@ where
             Stats::add(&r.stats.received, 1);
         }
         let reply = match msg {
-            Message::ChunkOffer { .. } | Message::ChunkRound { .. } | Message::ChunkDecline(_) => {
-                chunk(msg, &mut rebuilds, r, &peer).await?
-            }
+            Message::ChunkOffer { .. }
+            | Message::ChunkRound { .. }
+            | Message::ChunkDecline(_)
+            | Message::LeafDelta { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             msg => handle(msg, &mut parts, r, &peer).await?,
         };
         if let Some(reply) = reply {
@@ -197,6 +198,11 @@ async fn chunk(
         let next = match msg {
             Message::ChunkOffer { update, top } => owned.offered(&*root, update, &top),
             Message::ChunkRound { id, children, data } => owned.round(id, children, data),
+            Message::LeafDelta {
+                update,
+                used,
+                delta,
+            } => owned.leaf_delta(&*root, update, &used, &delta),
             _ => unreachable!("only chunk messages come here"),
         };
         (owned, next)
@@ -267,11 +273,20 @@ async fn take_index(
                 Err(e) => tracing::warn!("index entry {}: {e}", it.path),
             }
         }
-        want
+        // small files we hold another version of: described, for a leaf delta
+        let mut leaves: Vec<Vec<u32>> = want
+            .iter()
+            .map(|p| super::leaf_delta::describe(&*check.root, p))
+            .collect();
+        while leaves.last().is_some_and(Vec::is_empty) {
+            leaves.pop();
+        }
+        (want, leaves)
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
-    Ok(Message::IndexAck { upto, want })
+    let (want, leaves) = want;
+    Ok(Message::IndexAck { upto, want, leaves })
 }
 
 /// One update through the gate: `Ok(true)` if applied, `Ok(false)` if skipped.

@@ -137,6 +137,8 @@ struct State {
     queue_since: Option<Instant>,
     /// The queue as of this round's snapshot (files, bytes).
     queue_now: (u64, u64),
+    /// Files the peer wants and described by the leaves of its version (`IndexAck`).
+    described: HashMap<FileId, Vec<u32>>,
     /// Parts of updates the peer kept from an earlier session (this session's handshake).
     held: super::resume::Held,
 }
@@ -372,9 +374,14 @@ async fn send_index(
     .await?;
     let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
     match recv_reply(&s.stats, fs, limit).await? {
-        Message::IndexAck { upto: acked, want } if acked == upto => {
-            for path in &want {
-                want_file(s, st, path)?;
+        Message::IndexAck {
+            upto: acked,
+            want,
+            mut leaves,
+        } if acked == upto => {
+            leaves.resize(want.len(), Vec::new());
+            for (path, described) in want.iter().zip(leaves) {
+                want_file(s, st, path, described)?;
             }
             Ok(want.len())
         }
@@ -388,8 +395,14 @@ fn pending_here(s: &Sender, path: &RelPath) -> bool {
         || fold::look(&*s.root, path).is_some_and(|(_, st)| s.journal.is_pending(st.st_ino))
 }
 
-/// The peer wants the whole file at `path`: it goes as a whole-file update.
-fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError> {
+/// The peer wants the whole file at `path`: it goes as a whole-file update, or as a
+/// leaf delta if the peer `described` its version (see `leaf_delta`).
+fn want_file(
+    s: &Sender,
+    st: &mut State,
+    path: &RelPath,
+    described: Vec<u32>,
+) -> Result<(), SyncError> {
     if super::ignored::entry_ignored(s, path, crate::journal::index::Kind::File) {
         return Ok(()); // stays local
     }
@@ -399,6 +412,9 @@ fn want_file(s: &Sender, st: &mut State, path: &RelPath) -> Result<(), SyncError
             st.trees.remove(&stat.st_ino);
             s.journal
                 .want_whole(stat.st_ino, path, stat.st_size as u64)?;
+            if !described.is_empty() {
+                st.described.insert(stat.st_ino, described);
+            }
         }
         _ => tracing::debug!("{path}: wanted by the peer, but not a file here now"),
     }
@@ -570,7 +586,8 @@ async fn chunk_first(
             .get(&file)
             .copied()
             .or_else(|| agreed_hash(s, &entry.path));
-        match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed).await? {
+        let described = st.described.remove(&file);
+        match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed, described).await? {
             Tried::No => rest.push((file, false)),
             Tried::Whole => rest.push((file, true)),
             Tried::Acked(hash) => {

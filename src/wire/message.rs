@@ -62,12 +62,18 @@ pub enum Message {
         last: bool,
     },
     /// The receiver holds the sender's index up to change number `upto`, and wants the
-    /// content of these files (which the sender then sends as whole-file updates).
+    /// content of these files (which the sender then sends as whole-file updates, or as
+    /// a `LeafDelta` for a file described in `leaves`).
     IndexAck {
         /// The change number acknowledged.
         upto: u64,
         /// Files whose content the receiver wants.
         want: Vec<RelPath>,
+        /// Per wanted file, in order (shorter: none for the rest): the leaves of the
+        /// version the receiver holds there, a small file (version 7): the low 32 bits
+        /// of each FastCDC leaf's hash, in file order (see `crate::chunks`). Empty: no
+        /// version here.
+        leaves: Vec<Vec<u32>>,
     },
     /// At first contact, before any `Index`: a digest of each directory of the sender's
     /// index, so that equal directories cost one digest instead of their entries.
@@ -145,6 +151,22 @@ pub enum Message {
     /// ordinary `FileUpdate` (the receiver holds no version of it, or the versions
     /// share too little).
     ChunkDecline(u64),
+    /// A file the receiver described by its leaves (`IndexAck::leaves`), as a delta
+    /// (`crate::delta`) against the bytes of the leaves both sides hold (version 7):
+    /// `used` has one bit per described leaf (bit `i % 8` of byte `i / 8`), set for each
+    /// leaf the sender holds too; those leaves' bytes, in the receiver's file order, are
+    /// the delta's base. The header is a whole-file update's (`ranges` empty, `base`
+    /// none); the receiver applies the result as one, and answers `Ack` or `Nack`.
+    LeafDelta {
+        /// The update (its `id` is acked).
+        update: FileUpdate,
+        /// Which described leaves make the base.
+        #[serde(with = "serde_bytes")]
+        used: Vec<u8>,
+        /// The new content, delta-encoded against the base.
+        #[serde(with = "serde_bytes")]
+        delta: Vec<u8>,
+    },
 }
 
 /// One node of a chunk tree on the wire (see `crate::chunks`).
@@ -352,6 +374,7 @@ impl Message {
             Message::ChunkAnswer { .. } => "chunk-answer",
             Message::ChunkRound { .. } => "chunk-round",
             Message::ChunkDecline(_) => "chunk-decline",
+            Message::LeafDelta { .. } => "leaf-delta",
         }
     }
 }

@@ -56,16 +56,20 @@ pub use stream::{FramedStream, Progress};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 6;
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/6";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/7";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
 
 /// Most entries in one `Index` message (and paths in one `IndexAck`).
 pub const MAX_INDEX_ITEMS: usize = 16 * 1024;
+
+/// Most leaves described for one file in an `IndexAck` (files up to 64 KiB have about
+/// 128 of 512 bytes; FastCDC leaves are at least 128 bytes).
+pub const MAX_FILE_LEAVES: usize = 512;
 
 /// Largest encoded message (frame payload, excluding the 4-byte length prefix), in bytes.
 pub const MAX_FRAME: usize = 16 << 20;

@@ -920,6 +920,7 @@ fn pinned_index_encoding() {
     let ack = Message::IndexAck {
         upto: 5,
         want: vec![path("a")],
+        leaves: vec![vec![0xA1B2_C3D4]],
     };
     let expected = concat!(
         "0b000000",         // variant 11: IndexAck
@@ -927,6 +928,9 @@ fn pinned_index_encoding() {
         "0100000000000000", // one path
         "0100000000000000", //   length
         "61",               //   "a"
+        "0100000000000000", // leaves of one file
+        "0100000000000000", //   one leaf
+        "d4c3b2a1",         //     its short hash
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
@@ -1128,4 +1132,52 @@ fn pinned_chunk_exchange_encodings() {
         data: vec![],
     };
     assert!(encode(&bad).is_err());
+}
+
+#[test]
+fn pinned_leaf_delta_encoding() {
+    let u = update("a", 2, vec![]);
+    let header = hex(&encode(&Message::FileUpdate(u.clone())).unwrap());
+    let msg = Message::LeafDelta {
+        update: u,
+        used: vec![0x05],
+        delta: vec![0xD1, 0x00],
+    };
+    let expected = format!(
+        "{}{}{}",
+        "15000000",   // variant 21: LeafDelta
+        &header[8..], // the update, as in a FileUpdate (after its variant)
+        concat!(
+            "0100000000000000", // one byte of bitmap
+            "05",               //   leaves 0 and 2
+            "0200000000000000", // two bytes of delta
+            "d100",
+        )
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(&expected)).unwrap(), msg);
+    // a bitmap for more leaves than a file may have, and ranges in the header, are refused
+    let Message::LeafDelta { update, .. } = msg else {
+        unreachable!()
+    };
+    let big = Message::LeafDelta {
+        update: update.clone(),
+        used: vec![0; crate::wire::MAX_FILE_LEAVES / 8 + 1],
+        delta: vec![],
+    };
+    assert!(encode(&big).is_err());
+    let ranged = Message::LeafDelta {
+        update: FileUpdate {
+            ranges: vec![RangeData {
+                offset: 0,
+                len: 1,
+                encoding: Encoding::Raw,
+                data: vec![1],
+            }],
+            ..update
+        },
+        used: vec![],
+        delta: vec![],
+    };
+    assert!(encode(&ranged).is_err());
 }

@@ -3,9 +3,10 @@
 
 use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
-    Violation, WireOp, WireSetTime, WireTime, MAX_CHUNK_NODES, MAX_FILE_SIZE, MAX_INDEX_ITEMS,
-    MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET,
-    MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    Violation, WireOp, WireSetTime, WireTime, MAX_CHUNK_NODES, MAX_FILE_LEAVES, MAX_FILE_SIZE,
+    MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS,
+    MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE,
 };
 use crate::path::RelPath;
 
@@ -21,9 +22,17 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Index { entries, .. } => validate_index(entries),
         Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
         Message::SummaryAck { differ } => max_len("differ", differ.len(), MAX_INDEX_ITEMS),
-        Message::IndexAck { want, .. } => {
+        Message::IndexAck { want, leaves, .. } => {
             max_len("want", want.len(), MAX_INDEX_ITEMS)?;
+            max_len("described files", leaves.len(), want.len())?;
+            let most = leaves.iter().map(Vec::len).max().unwrap_or(0);
+            max_len("leaves of a file", most, MAX_FILE_LEAVES)?;
             want.iter().try_for_each(|p| not_root("want", p))
+        }
+        Message::LeafDelta { update, used, .. } => {
+            validate_update(update)?;
+            max_len("leaf delta ranges", update.ranges.len(), 0)?;
+            max_len("leaf delta bitmap", used.len(), MAX_FILE_LEAVES / 8)
         }
         Message::Nack { reason, .. } => validate_nack(reason),
         Message::UpdateStart { path, from, .. } => {
