@@ -591,3 +591,36 @@ fn adopted_folders_pair_small_edited_files_by_their_leaves() {
         "{bytes} bytes crossed; the new files compressed are {whole}"
     );
 }
+
+/// Adopted folders whose directories each differ by one file: at first contact only
+/// the entries that differ cross, not every entry of every directory that differs (the
+/// receiver lists digests of what it holds there).
+#[test]
+fn adopted_folders_send_only_the_index_entries_that_differ() {
+    let t = tempfile::tempdir().unwrap();
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    for d in 0..20 {
+        for f in 0..50 {
+            let body = format!("directory {d}, file {f}\n").repeat(8);
+            for root in [&x, &y] {
+                fs::create_dir_all(root.join(format!("d{d}"))).unwrap();
+                fs::write(root.join(format!("d{d}/f{f}.txt")), &body).unwrap();
+            }
+        }
+        let changed = x.join(format!("d{d}/f0.txt"));
+        fs::write(&changed, format!("changed on one side {d}\n").repeat(8)).unwrap();
+        set_mtime(&changed, 1_800_000_000); // A's is newer
+    }
+    let mut p = Pair::adopting(&x, &y, true);
+    p.a.mount();
+    p.b.mount();
+    converged(&p, "after first pairing");
+    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.unmount();
+    p.b.unmount();
+    println!("20 directories of 50 files, one changed in each: {bytes} bytes");
+    assert!(
+        bytes < 40_000,
+        "{bytes} bytes: more than the 20 changed entries and files"
+    );
+}

@@ -427,6 +427,14 @@ fn op_key(seq: u64) -> [u8; 13] {
 }
 
 /// Feeds one child into its directory's digest.
+/// A digest of one entry with its whole path: equal digests mean both sides hold the
+/// same entry at the same path (same kind, mode, content and version).
+pub fn entry_digest(path: &RelPath, e: &Entry) -> u64 {
+    let mut h = blake3::Hasher::new();
+    feed(&mut h, path.as_bytes(), e);
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
 fn feed(h: &mut blake3::Hasher, name: &[u8], e: &Entry) {
     h.update(&(name.len() as u64).to_le_bytes());
     h.update(name);

@@ -227,18 +227,27 @@ async fn compare_summary(
     r: &Receiver,
 ) -> Result<Message, SyncError> {
     let journal = r.check.journal.clone();
-    let differ = tokio::task::spawn_blocking(move || {
-        let ours: HashMap<_, _> = journal.index().digests()?.into_iter().collect();
-        Ok::<_, crate::journal::JournalError>(
-            dirs.into_iter()
-                .filter(|d| ours.get(&d.path) != Some(&d.digest))
-                .map(|d| d.path)
-                .collect(),
-        )
+    let (differ, same) = tokio::task::spawn_blocking(move || {
+        let ix = journal.index();
+        let ours: HashMap<_, _> = ix.digests()?.into_iter().collect();
+        let differ: Vec<_> = dirs
+            .into_iter()
+            .filter(|d| ours.get(&d.path) != Some(&d.digest))
+            .map(|d| d.path)
+            .collect();
+        // what we hold in those directories: the sender leaves out entries we share
+        let mut same = Vec::new();
+        for dir in differ.iter().filter(|d| ours.contains_key(*d)) {
+            for (p, e) in ix.children(dir)? {
+                same.push(crate::journal::index::entry_digest(&p, &e));
+            }
+        }
+        same.truncate(crate::wire::MAX_SAME_DIGESTS);
+        Ok::<_, crate::journal::JournalError>((differ, same))
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
-    Ok(Message::SummaryAck { differ })
+    Ok(Message::SummaryAck { differ, same })
 }
 
 /// Decides on each entry of the peer's index; replies with the files we want.

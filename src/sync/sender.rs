@@ -301,7 +301,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     let ix = s.journal.index();
     let upto = ix.last_seq()?;
     let digests = ix.digests()?;
-    let mut differ = Vec::new();
+    let (mut differ, mut same) = (Vec::new(), HashSet::new());
     let mut chunks: Vec<_> = digests.chunks(INDEX_BATCH).collect();
     if chunks.is_empty() {
         chunks.push(&[]);
@@ -321,13 +321,20 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         })
         .await?;
         match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
-            Message::SummaryAck { differ: d } => differ.extend(d),
+            Message::SummaryAck { differ: d, same: s } => {
+                differ.extend(d);
+                same.extend(s);
+            }
             other => return Err(unexpected("a summary ack", &other)),
         }
     }
+    // entries the peer holds exactly (same path, kind, content, version) need not go
     let mut entries = Vec::new();
     for dir in &differ {
-        entries.extend(ix.children(dir)?);
+        let theirs = |(p, e): &(RelPath, crate::journal::index::Entry)| {
+            same.contains(&crate::journal::index::entry_digest(p, e))
+        };
+        entries.extend(ix.children(dir)?.into_iter().filter(|x| !theirs(x)));
     }
     let (dirs, total) = (digests.len(), entries.len());
     let mut wanted = 0;

@@ -84,10 +84,15 @@ pub enum Message {
         last: bool,
     },
     /// The directories of a `Summary` whose digest differs from the receiver's (or
-    /// that it lacks): the sender then sends their entries as `Index` messages.
+    /// that it lacks): the sender then sends their entries as `Index` messages, but
+    /// for those the receiver already holds exactly (`same`).
     SummaryAck {
         /// The directories that differ.
         differ: Vec<RelPath>,
+        /// The digests of the receiver's entries in those directories (version 7): the
+        /// first 8 bytes, little-endian, of the BLAKE3 of the entry's path and fields
+        /// (see `journal::index::entry_digest`). At most [`super::MAX_SAME_DIGESTS`].
+        same: Vec<u64>,
     },
     /// What the sender has queued for the receiver (for its `syncfs status`): sent when
     /// it changes, at most once a second (at once when it empties or doubles in bytes;

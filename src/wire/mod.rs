@@ -67,6 +67,9 @@ pub const MAX_VV_PAIRS: usize = 64;
 /// Most entries in one `Index` message (and paths in one `IndexAck`).
 pub const MAX_INDEX_ITEMS: usize = 16 * 1024;
 
+/// Most entry digests in one `SummaryAck` (8 MiB of them).
+pub const MAX_SAME_DIGESTS: usize = 1 << 20;
+
 /// Most leaves described for one file in an `IndexAck` (files up to 64 KiB have about
 /// 128 of 512 bytes; FastCDC leaves are at least 128 bytes).
 pub const MAX_FILE_LEAVES: usize = 512;

@@ -1021,12 +1021,15 @@ fn pinned_summary_encoding() {
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let ack = Message::SummaryAck {
         differ: vec![path("d")],
+        same: vec![0x0102_0304_0506_0708],
     };
     let expected = concat!(
         "0d000000",         // variant 13: SummaryAck
         "0100000000000000", // one directory
         "0100000000000000", //   length
         "64",               //   "d"
+        "0100000000000000", // one entry digest
+        "0807060504030201", //   little-endian
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);

@@ -21,7 +21,10 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::MetaBatch(ops) => validate_batch(ops),
         Message::Index { entries, .. } => validate_index(entries),
         Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
-        Message::SummaryAck { differ } => max_len("differ", differ.len(), MAX_INDEX_ITEMS),
+        Message::SummaryAck { differ, same } => {
+            max_len("differ", differ.len(), MAX_INDEX_ITEMS)?;
+            max_len("same", same.len(), super::MAX_SAME_DIGESTS)
+        }
         Message::IndexAck { want, leaves, .. } => {
             max_len("want", want.len(), MAX_INDEX_ITEMS)?;
             max_len("described files", leaves.len(), want.len())?;
