@@ -119,7 +119,7 @@ mod tests {
         let (used, _) = shared_base(&old, &describe(&old));
         assert!(base_of(&old[..5_000], &used).is_none(), "fewer leaves");
         let n = describe(&old).len();
-        let mut past = vec![0u8; n.div_ceil(8) + usize::from(n % 8 == 0)];
+        let mut past = vec![0u8; n.div_ceil(8) + usize::from(n.is_multiple_of(8))];
         past[n / 8] |= 1 << (n % 8); // the bit after the last leaf
         assert!(base_of(&old, &past).is_none(), "a bit past the last leaf");
     }

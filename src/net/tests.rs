@@ -182,7 +182,8 @@ async fn peers_dialing_each_other_at_once_make_one_connection() {
         let (b, _eb, b_addr) = node(config(kb, vec![pa], vec![])).await;
         let (_ia, _ib) = (a.accept(PROTO).unwrap(), b.accept(PROTO).unwrap());
         let (ra, rb) = tokio::join!(a.add_peer(b_addr.clone()), b.add_peer(a_addr.clone()));
-        (ra.unwrap(), rb.unwrap());
+        ra.unwrap();
+        rb.unwrap();
         let (sa, sb) = tokio::join!(
             timeout(LIMIT, a.open_stream(pb, PROTO)),
             timeout(LIMIT, b.open_stream(pa, PROTO))
