@@ -312,9 +312,20 @@ fn pair_one(what: &str, old: &[u8], new: &[u8]) {
     {
         println!("    {}", l.split("chunked: ").last().unwrap_or(l));
     }
+    report(
+        what,
+        &format!("{syncfs:>10} B ({secs:>4.1} s)"),
+        syncfs,
+        rsync,
+        xd,
+    );
+}
+
+/// One result line: syncfs (as `shown`) beside rsync -z and xdelta3.
+fn report(what: &str, shown: &str, syncfs: u64, rsync: u64, xd: Option<u64>) {
     let xd = xd.map_or("n/a".to_string(), |b| b.to_string());
     println!(
-        "{what:<48} syncfs {syncfs:>10} B ({secs:>4.1} s)  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
+        "{what:<48} syncfs {shown}  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
         syncfs as f64 / rsync.max(1) as f64
     );
 }
@@ -416,11 +427,7 @@ fn live_one(what: &str, old: &[u8], change: impl FnOnce(&Path) -> Vec<u8>) {
     f.set_modified(earlier).unwrap(); // else rsync's quick check skips a same-size file
     let xd = xdelta3(&ry.join("f"), &rx.join("f"));
     let rsync = rsync_bytes(&rx, &ry);
-    let xd = xd.map_or("n/a".to_string(), |b| b.to_string());
-    println!(
-        "{what:<48} syncfs {syncfs:>10} B  rsync -z {rsync:>10} B  xdelta3 {xd:>9} B  syncfs/rsync {:.3}",
-        syncfs as f64 / rsync.max(1) as f64
-    );
+    report(what, &format!("{syncfs:>10} B"), syncfs, rsync, xd);
 }
 
 /// Live mode of the big-file workloads (issue "fewest bytes"): both mounted, the change

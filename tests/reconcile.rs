@@ -468,23 +468,21 @@ fn adopted_folders_holding_a_file_under_different_names_copy_it_locally() {
     );
 }
 
-/// A big file that differs between the adopted folders by an insert at its top and a
-/// small edit in its middle crosses as a chunk exchange: hashes of the chunk tree's
-/// changed path and the few changed leaves, not the file (`syncfs::chunks`).
-#[test]
-fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
-    let t = tempfile::tempdir().unwrap();
-    let (x, y) = (t.path().join("x"), t.path().join("y"));
+/// Folders under `t` holding `name` as `new` (A's, the newer) and `old` (B's), adopted
+/// and mounted until they agree: the tree, the bytes on the wire, A's log, and the pair
+/// (unmounted).
+fn pair_one_file(
+    t: &Path,
+    name: &str,
+    new: &[u8],
+    old: &[u8],
+) -> (Vec<(String, Vec<u8>)>, u64, String, Pair) {
+    let (x, y) = (t.join("x"), t.join("y"));
     fs::create_dir_all(&x).unwrap();
     fs::create_dir_all(&y).unwrap();
-    let old = common::random_bytes(8 << 20, 0x2545_F491_4F6C_DD1D);
-    let mut new =
-        b"a hundred bytes of a new header, inserted at the very top of the file ......".to_vec();
-    new.extend_from_slice(&old);
-    new[5 << 20..(5 << 20) + 20].copy_from_slice(b"twenty changed bytes");
-    fs::write(x.join("big.bin"), &new).unwrap();
-    set_mtime(&x.join("big.bin"), 1_800_000_000); // A's is newer: B takes it
-    fs::write(y.join("big.bin"), &old).unwrap();
+    fs::write(x.join(name), new).unwrap();
+    set_mtime(&x.join(name), 1_800_000_000); // A's is newer: B takes it
+    fs::write(y.join(name), old).unwrap();
     let mut p = Pair::adopting(&x, &y, true);
     p.a.mount();
     p.b.mount();
@@ -493,6 +491,21 @@ fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
     let log = p.a.log();
     p.a.unmount();
     p.b.unmount();
+    (all, bytes, log, p)
+}
+
+/// A big file that differs between the adopted folders by an insert at its top and a
+/// small edit in its middle crosses as a chunk exchange: hashes of the chunk tree's
+/// changed path and the few changed leaves, not the file (`syncfs::chunks`).
+#[test]
+fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
+    let t = tempfile::tempdir().unwrap();
+    let old = common::random_bytes(8 << 20, 0x2545_F491_4F6C_DD1D);
+    let mut new =
+        b"a hundred bytes of a new header, inserted at the very top of the file ......".to_vec();
+    new.extend_from_slice(&old);
+    new[5 << 20..(5 << 20) + 20].copy_from_slice(b"twenty changed bytes");
+    let (all, bytes, log, p) = pair_one_file(t.path(), "big.bin", &new, &old);
     assert!(all.iter().any(|(n, d)| n == "big.bin" && *d == new));
     println!("8 MiB file, 100 B inserted and 20 B changed: {bytes} bytes on the wire");
     assert!(
@@ -516,20 +529,9 @@ fn adopted_folders_pair_a_mostly_same_big_file_by_its_changed_chunks() {
 #[test]
 fn adopted_folders_holding_unrelated_content_send_it_once() {
     let t = tempfile::tempdir().unwrap();
-    let (x, y) = (t.path().join("x"), t.path().join("y"));
-    fs::create_dir_all(&x).unwrap();
-    fs::create_dir_all(&y).unwrap();
     let new = common::random_bytes(4 << 20, 7);
-    fs::write(x.join("other.bin"), &new).unwrap();
-    set_mtime(&x.join("other.bin"), 1_800_000_000); // A's is newer: B takes it
-    fs::write(y.join("other.bin"), common::random_bytes(4 << 20, 8)).unwrap();
-    let mut p = Pair::adopting(&x, &y, true);
-    p.a.mount();
-    p.b.mount();
-    let all = converged(&p, "after first pairing");
-    let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
-    p.a.unmount();
-    p.b.unmount();
+    let old = common::random_bytes(4 << 20, 8);
+    let (all, bytes, _, _) = pair_one_file(t.path(), "other.bin", &new, &old);
     assert!(all.iter().any(|(n, d)| n == "other.bin" && *d == new));
     println!("4 MiB of unrelated random bytes: {bytes} bytes on the wire");
     assert!(

@@ -70,7 +70,7 @@ pub(super) fn answer_of(b: u8) -> Answer {
 }
 
 /// A regular file with a size in `sizes`, opened beneath `root` (not following links).
-fn open_file(
+pub(super) fn open_file(
     root: &impl AsRawFd,
     path: &RelPath,
     sizes: std::ops::RangeInclusive<u64>,

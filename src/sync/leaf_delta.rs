@@ -8,7 +8,6 @@
 use super::chunked::{Offered, Read, DESCRIBED};
 use super::link::Duplex;
 use super::{Stats, SyncError, REPLY_TIMEOUT};
-use crate::beneath::open_beneath;
 use crate::chunks::leaves;
 use crate::path::RelPath;
 use crate::wire::{AckKind, FileUpdate, FramedStream, Message};
@@ -21,18 +20,10 @@ const LEVEL: i32 = 19;
 
 /// Our version at `path` if it is a regular file of a size described by leaves.
 fn read_small(root: &impl AsRawFd, path: &RelPath) -> Option<Vec<u8>> {
-    let fd = open_beneath(root, path, libc::O_RDONLY | libc::O_NOFOLLOW, 0).ok()?;
-    let st = crate::sys::fstat(&fd).ok()?;
-    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-    if !regular || !DESCRIBED.contains(&(st.st_size as u64)) {
-        return None;
-    }
+    let (file, st) = super::chunked::open_file(root, path, DESCRIBED)?;
     let mut buf = Vec::with_capacity(st.st_size as usize);
     let limit = *DESCRIBED.end() + 1;
-    std::fs::File::from(fd)
-        .take(limit)
-        .read_to_end(&mut buf)
-        .ok()?;
+    file.take(limit).read_to_end(&mut buf).ok()?;
     DESCRIBED.contains(&(buf.len() as u64)).then_some(buf)
 }
 

@@ -259,7 +259,7 @@ async fn take_index(
 ) -> Result<Message, SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
-    let want = tokio::task::spawn_blocking(move || {
+    let (want, leaves) = tokio::task::spawn_blocking(move || {
         let mut want = Vec::new();
         let mut by_hash = super::local_copy::ByHash::default();
         for it in &entries {
@@ -294,7 +294,6 @@ async fn take_index(
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
-    let (want, leaves) = want;
     Ok(Message::IndexAck { upto, want, leaves })
 }
 
