@@ -97,15 +97,17 @@ impl SyncError {
 
 /// A receiving stream on which no byte arrived for this long ends: senders ping every
 /// [`PING_EVERY`] while idle.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// A sender whose writes move no byte for this long (plus time for the receiver to
 /// apply what it already has) takes the link for dead.
 pub const WRITE_STALL: Duration = Duration::from_secs(20);
 /// The slowest apply rate assumed of a receiver (bytes per second): while it applies
 /// it reads nothing, so the sender's writes may stall that long.
 pub const MIN_APPLY_RATE: u64 = 32 << 20;
-/// An idle sender pings this often.
-pub const PING_EVERY: Duration = Duration::from_secs(10);
+/// A sender pings once its stream has been silent both ways this long: a link that
+/// carries updates and acks needs no keepalive, and an idle one costs a ping and a
+/// pong (two small frames each way) this often.
+pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
 /// flight take at [`MIN_RATE`].
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);

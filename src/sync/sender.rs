@@ -252,12 +252,11 @@ async fn session(
     s.stats.link_up();
     *backoff = Duration::from_millis(200);
     let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
-    let mut pinged = Instant::now();
+    let progress = fs.progress();
     loop {
         round(s, &mut fs, st).await?;
-        if pinged.elapsed() >= PING_EVERY {
-            ping(s, &mut fs, st).await?;
-            pinged = Instant::now();
+        if progress.last().elapsed() >= PING_EVERY {
+            ping(s, &mut fs, st).await?; // only a stream silent both ways needs one
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
     }

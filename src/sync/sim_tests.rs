@@ -444,8 +444,9 @@ fn scenario_from(base: &[bool], scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseE
             );
         }
         let heard = |n: &Node| n.receiver.stats.received.load(Ordering::Relaxed);
-        // (a sender with nothing to send may still be in its reconnect backoff, ≤ 10 s)
-        tokio::time::sleep(Duration::from_secs(15)).await;
+        // a sender idle when its link was cut notices at its next ping, then redials
+        // after a backoff of at most 10 s
+        tokio::time::sleep(super::PING_EVERY + Duration::from_secs(15)).await;
         let before: Vec<u64> = nodes.iter().map(|n| heard(n)).collect();
         tokio::time::sleep(Duration::from_secs(30)).await;
         let after: Vec<u64> = nodes.iter().map(|n| heard(n)).collect();
