@@ -177,3 +177,54 @@ fn a_temp_file_renamed_over_a_symlink_replaces_it_on_the_peer() {
     );
     assert_eq!(fs::read(p.b.m("target")).unwrap(), b"the target\n");
 }
+
+#[test]
+fn a_copy_of_a_large_file_is_made_from_the_peers_own_copy() {
+    let p = Pair::mounted(true);
+    let old = random_bytes(8 << 20, 6);
+    synced(&p, "image.bin", &old);
+    let before = wire(&p);
+    fs::copy(p.a.m("image.bin"), p.a.m("image copy.bin")).unwrap();
+    within_budget(
+        &p,
+        "image copy.bin",
+        &old,
+        before,
+        "a copy of an 8 MiB file",
+    );
+    assert_eq!(
+        hash_of(&p.b.m("image.bin")),
+        Some(*blake3::hash(&old).as_bytes())
+    );
+}
+
+#[test]
+fn a_moved_directory_costs_a_rename() {
+    let p = Pair::mounted(true);
+    fs::create_dir_all(p.a.m("project/src")).unwrap();
+    let files: Vec<Vec<u8>> = (0..8).map(|i| random_bytes(1 << 20, 10 + i)).collect();
+    for (i, f) in files.iter().enumerate() {
+        fs::write(p.a.m(&format!("project/src/f{i}.bin")), f).unwrap();
+    }
+    synced(&p, "project/marker", b"all written\n");
+    let last = format!("project/src/f{}.bin", files.len() - 1);
+    let want = *blake3::hash(&files[files.len() - 1]).as_bytes();
+    assert!(wait_until(120, || hash_of(&p.b.m(&last)) == Some(want)));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let before = wire(&p);
+    fs::create_dir(p.a.m("archive")).unwrap();
+    fs::rename(p.a.m("project"), p.a.m("archive/project")).unwrap();
+    let moved = format!("archive/{last}");
+    within_budget(
+        &p,
+        &moved,
+        &files[files.len() - 1],
+        before,
+        "a move of a directory of 8 MiB",
+    );
+    for (i, f) in files.iter().enumerate() {
+        let path = p.b.m(&format!("archive/project/src/f{i}.bin"));
+        assert_eq!(hash_of(&path), Some(*blake3::hash(f).as_bytes()), "{i}");
+    }
+    assert!(!p.b.m("project").exists(), "the old name is gone on B");
+}

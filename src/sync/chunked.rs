@@ -254,7 +254,16 @@ impl Rebuilds {
     }
 
     /// A `ChunkOffer`: reads our version of the file (blocking: call off the runtime).
-    pub fn offered(&mut self, root: &impl AsRawFd, update: FileUpdate, top: &[ChunkNode]) -> Next {
+    /// With none at its path (a new file), the content may be here under another path,
+    /// a copy: `copy` names a file of the offered content hash, which then stands for
+    /// our version (the rebuilt content is verified as always).
+    pub fn offered(
+        &mut self,
+        root: &impl AsRawFd,
+        update: FileUpdate,
+        top: &[ChunkNode],
+        copy: impl FnOnce(&FileUpdate) -> Option<RelPath>,
+    ) -> Next {
         self.end();
         let id = update.id;
         let decline = Next::Reply(Message::ChunkDecline(id));
@@ -262,7 +271,10 @@ impl Rebuilds {
             return decline;
         }
         let charged = update.size as usize;
-        let Some((old, _)) = open_file(root, &update.path, EXCHANGED) else {
+        let same = update.size..=update.size;
+        let old = open_file(root, &update.path, EXCHANGED)
+            .or_else(|| copy(&update).and_then(|p| open_file(root, &p, same)));
+        let Some((old, _)) = old else {
             self.budget.give(charged);
             return decline;
         };
@@ -436,8 +448,7 @@ pub enum Tried {
     /// The file does not qualify: it goes as an ordinary update.
     No,
     /// Every byte is pending and none of the old ones is known here, but the file is
-    /// not offered (its size, or the peer holds the empty file its create made): it goes
-    /// whole. A base would only be the index's hash, which for an adopted file is our
+    /// not offered (its size): it goes whole. A base would only be the index's hash, which for an adopted file is our
     /// own content's, not the peer's (refused, and sent again).
     Whole,
     /// Offered, and the peer rebuilt and acked it (the journal's ranges are cleared);
@@ -451,13 +462,12 @@ pub enum Tried {
 
 /// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
 /// bytes known here (so an ordinary update would carry the whole file), a size in
-/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]. `agreed` is the content both sides last agreed on.
+/// [`CHUNK_MIN`]..=[`CHUNK_MAX`].
 pub async fn try_file(
     s: &super::sender::Sender,
     fs: &mut FramedStream<Box<dyn Duplex>>,
     id: u64,
     (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
-    agreed: Option<[u8; 32]>,
     described: Option<Vec<u32>>,
 ) -> Result<Tried, SyncError> {
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
@@ -473,9 +483,8 @@ pub async fn try_file(
     }
     // a small file the peer described by its leaves goes as one delta against them
     let described = described.filter(|d| !d.is_empty() && DESCRIBED.contains(&size));
-    // the peer holds what its create made, an empty file: nothing to find there
-    let empty = agreed == Some(*blake3::hash(b"").as_bytes());
-    if described.is_none() && (empty || !EXCHANGED.contains(&size)) {
+    // (a new file is offered too: the peer may hold its content under another path)
+    if described.is_none() && !EXCHANGED.contains(&size) {
         return Ok(Tried::Whole);
     }
     let (root, path) = (s.root.clone(), entry.path.clone());

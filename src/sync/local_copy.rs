@@ -22,9 +22,8 @@ impl ByHash {
     fn find(&mut self, check: &Checker, hash: &[u8; 32]) -> Option<RelPath> {
         let map = self.0.get_or_insert_with(|| {
             let mut m = HashMap::new();
-            for (p, e) in check.journal.index().all().flatten() {
-                let file = e.kind == crate::journal::index::Kind::File;
-                if file && !e.deleted && e.size > 0 && e.size <= MAX_LOCAL {
+            for (p, e) in live_files(&check.journal) {
+                if e.size <= MAX_LOCAL {
                     m.entry(e.hash).or_insert(p);
                 }
             }
@@ -32,6 +31,26 @@ impl ByHash {
         });
         map.get(hash).cloned()
     }
+}
+
+/// The index's live, non-empty files.
+fn live_files(
+    journal: &crate::journal::Journal,
+) -> impl Iterator<Item = (RelPath, crate::journal::index::Entry)> + '_ {
+    let file = |e: &crate::journal::index::Entry| e.kind == crate::journal::index::Kind::File;
+    (journal.index().all().flatten()).filter(move |(_, e)| file(e) && !e.deleted && e.size > 0)
+}
+
+/// A live file other than `not` whose indexed content hash is `hash`: a copy of the
+/// content here, to rebuild from (the caller verifies what it read).
+pub fn path_with_hash(
+    journal: &crate::journal::Journal,
+    hash: &[u8; 32],
+    not: &RelPath,
+) -> Option<RelPath> {
+    live_files(journal)
+        .find(|(p, e)| e.hash == *hash && p != not)
+        .map(|(p, _)| p)
 }
 
 /// Makes the file `it` names from a local file with the same content, if there is one

@@ -5,6 +5,7 @@
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, UpdateStep};
 use super::chunked::{Next, Rebuilds};
+use super::local_copy::path_with_hash;
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
 };
@@ -194,9 +195,13 @@ async fn chunk(
         return Ok(None);
     }
     let (mut owned, root) = (rebuilds.take(), r.check.root.clone());
+    let journal = r.check.journal.clone();
     let task = tokio::task::spawn_blocking(move || {
         let next = match msg {
-            Message::ChunkOffer { update, top } => owned.offered(&*root, update, &top),
+            Message::ChunkOffer { update, top } => {
+                let copy = |u: &FileUpdate| path_with_hash(&journal, &u.hash, &u.path);
+                owned.offered(&*root, update, &top, copy)
+            }
             Message::ChunkRound { id, children, data } => owned.round(id, children, data),
             Message::LeafDelta {
                 update,

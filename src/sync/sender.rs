@@ -587,13 +587,8 @@ async fn chunk_first(
             continue;
         };
         st.next_id += 1;
-        let agreed = st
-            .peer_hash
-            .get(&file)
-            .copied()
-            .or_else(|| agreed_hash(s, &entry.path));
         let described = st.described.remove(&file);
-        match super::chunked::try_file(s, fs, st.next_id, (file, entry), agreed, described).await? {
+        match super::chunked::try_file(s, fs, st.next_id, (file, entry), described).await? {
             Tried::No => rest.push((file, false)),
             Tried::Whole => rest.push((file, true)),
             Tried::Acked(hash) => {
