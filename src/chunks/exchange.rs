@@ -1,7 +1,7 @@
 //! The rounds of the exchange: [`Offers`] (the side with the new version) and
 //! [`Needs`] (the side rebuilding it from its old version plus what it asks for).
 
-use super::{ChunkError, Offer, Tree, LEAF_MAX, MAX_GROUP};
+use super::{ChunkError, Offer, Tree, BLOCK, LEAF_MAX, MAX_GROUP, MAX_HOLE, MIN_DESCRIBED};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
@@ -12,8 +12,11 @@ pub enum Answer {
     Have,
     /// Not found, a parent: offer its children next round.
     Expand,
-    /// Not found, a leaf: send its bytes next round.
+    /// Not found, a leaf (or a block of one): send its bytes next round.
     Send,
+    /// Not found, a leaf of [`MIN_DESCRIBED`] bytes or more: send the hashes of its
+    /// [`BLOCK`]-byte blocks next round; the blocks not found here are asked for then.
+    Describe,
 }
 
 /// What the offering side sends in a round after the first.
@@ -21,16 +24,47 @@ pub enum Answer {
 pub struct Round {
     /// The children of each node answered [`Answer::Expand`], in order.
     pub children: Vec<Vec<Offer>>,
-    /// The (offset, len) of each leaf answered [`Answer::Send`], in order: the caller
-    /// reads these bytes from its file and sends them.
+    /// The (offset, len) of each leaf or block answered [`Answer::Send`], in order: the
+    /// caller reads these bytes from its file and sends them.
     pub send: Vec<(u64, u64)>,
+    /// The (offset, len) of each leaf answered [`Answer::Describe`], in order: the
+    /// caller sends the [`block_hashes`] of these bytes.
+    pub describe: Vec<(u64, u64)>,
+}
+
+/// What was offered: a node of the tree, or a block of a described leaf.
+#[derive(Clone, Copy, Debug)]
+enum Item {
+    /// (level, index) in the tree.
+    Node(usize, usize),
+    /// (offset, len) in the file.
+    Block(u64, u64),
+}
+
+/// The 48-bit hash of one block (the first 6 bytes of its BLAKE3, little-endian).
+pub fn block_hash(bytes: &[u8]) -> u64 {
+    let h = blake3::hash(bytes);
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&h.as_bytes()[..6]);
+    u64::from_le_bytes(b)
+}
+
+/// The hashes of the [`BLOCK`]-byte blocks of one described leaf (the last may be
+/// shorter), in order.
+pub fn block_hashes(leaf: &[u8]) -> Vec<u64> {
+    leaf.chunks(BLOCK as usize).map(block_hash).collect()
+}
+
+/// The blocks of a leaf of `len` bytes at `offset`: (offset, len) each.
+fn blocks_of(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(BLOCK)).map(move |k| (offset + k * BLOCK, BLOCK.min(len - k * BLOCK)))
 }
 
 /// The offering side: remembers what it offered last, to read the answers against.
 pub struct Offers<'t> {
     tree: &'t Tree,
-    /// (level, index) of each node offered in the last round, in order.
-    last: Vec<(usize, usize)>,
+    /// Each node or block offered in the last round, in order.
+    last: Vec<Item>,
 }
 
 fn offer(n: &super::Node, level: usize) -> Offer {
@@ -53,7 +87,9 @@ impl<'t> Offers<'t> {
     /// The first round: the top level.
     pub fn top(&mut self) -> Vec<Offer> {
         let level = self.tree.depth().saturating_sub(1);
-        self.last = (0..self.tree.top().len()).map(|i| (level, i)).collect();
+        self.last = (0..self.tree.top().len())
+            .map(|i| Item::Node(level, i))
+            .collect();
         self.tree.top().iter().map(|n| offer(n, level)).collect()
     }
 
@@ -67,26 +103,30 @@ impl<'t> Offers<'t> {
             )));
         }
         let (mut round, mut next) = (Round::default(), Vec::new());
-        for (&(level, i), a) in self.last.iter().zip(answers) {
-            match a {
-                Answer::Have => {}
-                Answer::Expand if level > 0 => {
+        for (&item, &a) in self.last.iter().zip(answers) {
+            match (item, a) {
+                (_, Answer::Have) => {}
+                (Item::Node(level, i), Answer::Expand) if level > 0 => {
                     let first = self.tree.level(level)[i].first as usize;
                     let kids = self.tree.children(level, i);
                     round
                         .children
                         .push(kids.iter().map(|k| offer(k, level - 1)).collect());
-                    next.extend((first..first + kids.len()).map(|k| (level - 1, k)));
+                    next.extend((first..first + kids.len()).map(|k| Item::Node(level - 1, k)));
                 }
-                Answer::Send if level == 0 => {
-                    let n = self.tree.level(level)[i];
+                (Item::Node(0, i), Answer::Send) => {
+                    let n = self.tree.level(0)[i];
                     round.send.push((n.offset, n.len));
                 }
-                _ => {
-                    return Err(ChunkError::Mismatch(format!(
-                        "{a:?} for a node at level {level}"
-                    )))
+                (Item::Node(0, i), Answer::Describe)
+                    if self.tree.level(0)[i].len >= MIN_DESCRIBED =>
+                {
+                    let n = self.tree.level(0)[i];
+                    round.describe.push((n.offset, n.len));
+                    next.extend(blocks_of(n.offset, n.len).map(|(o, l)| Item::Block(o, l)));
                 }
+                (Item::Block(o, l), Answer::Send) => round.send.push((o, l)),
+                _ => return Err(ChunkError::Mismatch(format!("{a:?} for {item:?}"))),
             }
         }
         self.last = next;
@@ -108,19 +148,31 @@ pub enum Piece {
     Bytes(Vec<u8>),
     /// A parent whose children come next round.
     Open { len: u64 },
-    /// A leaf whose bytes come next round.
+    /// A leaf or block whose bytes come next round.
     Asked { len: u64 },
+    /// A leaf whose block hashes come next round, to be looked for in our bytes
+    /// `hole` (offset, len): where the old version of that part of the file probably is.
+    Described { len: u64, hole: (u64, u64) },
 }
 
 /// The needing side of one file's exchange.
+#[derive(Clone)]
 pub struct Needs {
     /// Every node of our old version by hash: where its bytes are.
     have: HashMap<u64, (u64, u64)>,
     pieces: Vec<Piece>,
     /// The new version's length (the offered nodes must add up to it).
     size: u64,
+    /// Our version's length.
+    old_len: u64,
+    /// Blocks of the leaves described so far in this round.
+    round_blocks: u64,
     max_pieces: usize,
 }
+
+/// Blocks one round may ask the offering side to describe; leaves beyond are asked for
+/// whole (the hashes and answers of a round stay well under the wire's node limit).
+const MAX_ROUND_BLOCKS: u64 = 16 << 10;
 
 impl Needs {
     /// Starts rebuilding a file of `size` bytes from `old`, our version's tree.
@@ -133,21 +185,44 @@ impl Needs {
             have,
             pieces: Vec::new(),
             size,
-            max_pieces: (size / 128) as usize + 1024,
+            old_len: old.len(),
+            round_blocks: 0,
+            max_pieces: (size / 64) as usize + 1024,
         }
     }
 
-    fn answer(&mut self, o: &Offer, out: &mut Vec<Piece>) -> Result<Answer, ChunkError> {
+    /// Adds the piece for offer `o` to `out` (its answer follows from it: see
+    /// [`answer_for`]).
+    fn answer(&mut self, o: &Offer, out: &mut Vec<Piece>) -> Result<(), ChunkError> {
         if o.len == 0 || (o.leaf && o.len > u64::from(LEAF_MAX)) {
             return Err(ChunkError::Mismatch(format!("a node of {} bytes", o.len)));
         }
-        let (piece, a) = match self.have.get(&o.hash) {
-            Some(&(from, len)) if len == o.len => (Piece::Copy { from, len }, Answer::Have),
-            _ if o.leaf => (Piece::Asked { len: o.len }, Answer::Send),
-            _ => (Piece::Open { len: o.len }, Answer::Expand),
+        let piece = match self.have.get(&o.hash) {
+            Some(&(from, len)) if len == o.len => Piece::Copy { from, len },
+            _ if o.leaf && self.may_describe(o.len) => {
+                self.round_blocks += o.len.div_ceil(BLOCK);
+                let hole = (0, 0); // see `set_holes`
+                Piece::Described { len: o.len, hole }
+            }
+            _ if o.leaf => Piece::Asked { len: o.len },
+            _ => Piece::Open { len: o.len },
         };
         out.push(piece);
-        Ok(a)
+        Ok(())
+    }
+
+    /// Ends a round: `out` are the pieces, `fresh` the positions of those made this
+    /// round, in order; returns their answers.
+    fn settle(&mut self, mut out: Vec<Piece>, fresh: &[usize]) -> Vec<Answer> {
+        set_holes(&mut out, self.old_len);
+        let answers = fresh.iter().map(|&i| answer_for(&out[i])).collect();
+        self.pieces = out;
+        answers
+    }
+
+    fn may_describe(&self, len: u64) -> bool {
+        let blocks = self.round_blocks + len.div_ceil(BLOCK);
+        len >= MIN_DESCRIBED && self.old_len > 0 && blocks <= MAX_ROUND_BLOCKS
     }
 
     /// The first round: answers to the top level.
@@ -161,25 +236,31 @@ impl Needs {
             )));
         }
         let mut out = Vec::with_capacity(top.len());
-        let answers = top
-            .iter()
-            .map(|o| self.answer(o, &mut out))
-            .collect::<Result<_, _>>()?;
-        self.pieces = out;
-        Ok(answers)
+        self.round_blocks = 0;
+        for o in top {
+            self.answer(o, &mut out)?;
+        }
+        let fresh: Vec<usize> = (0..out.len()).collect();
+        Ok(self.settle(out, &fresh))
     }
 
-    /// A later round: the children of each node we expanded and the bytes of each leaf
-    /// we asked for, both in order; returns the answers to the children.
+    /// A later round: the children of each node we expanded, the bytes of each leaf or
+    /// block we asked for, and the block hashes of each leaf we had described, all in
+    /// order; `old` is our version (described leaves are looked for in it). Returns the
+    /// answers to the children and blocks, in order.
     pub fn next(
         &mut self,
         round: Round,
         mut bytes: Vec<Vec<u8>>,
+        blocks: &[u64],
+        old: &impl FileExt,
     ) -> Result<Vec<Answer>, ChunkError> {
         let mis = |s: String| Err(ChunkError::Mismatch(s));
         let (mut kids, mut data) = (round.children.into_iter(), bytes.drain(..));
+        let mut blocks = blocks.iter().copied();
+        self.round_blocks = 0;
         let mut out = Vec::with_capacity(self.pieces.len());
-        let mut answers = Vec::new();
+        let mut fresh = Vec::new();
         for p in std::mem::take(&mut self.pieces) {
             match p {
                 Piece::Open { len } => {
@@ -191,24 +272,36 @@ impl Needs {
                         return mis(format!("{} children of {sum} bytes for {len}", k.len()));
                     }
                     for o in &k {
-                        answers.push(self.answer(o, &mut out)?);
+                        fresh.push(out.len());
+                        self.answer(o, &mut out)?;
                     }
                 }
                 Piece::Asked { len } => match data.next() {
                     Some(b) if b.len() as u64 == len => out.push(Piece::Bytes(b)),
                     _ => return mis(format!("no {len} bytes for a leaf asked for")),
                 },
+                Piece::Described { len, hole } => {
+                    let n = len.div_ceil(BLOCK) as usize;
+                    let hashes: Vec<u64> = blocks.by_ref().take(n).collect();
+                    if hashes.len() != n {
+                        return mis(format!("fewer than {n} block hashes for a leaf"));
+                    }
+                    let found = find_blocks(old, hole, &hashes, len)?;
+                    for piece in found {
+                        fresh.push(out.len());
+                        out.push(piece);
+                    }
+                }
                 done => out.push(done),
             }
             if out.len() > self.max_pieces {
                 return mis(format!("more than {} pieces", self.max_pieces));
             }
         }
-        if kids.next().is_some() || data.next().is_some() {
+        if kids.next().is_some() || data.next().is_some() || blocks.next().is_some() {
             return mis("more than was asked for".into());
         }
-        self.pieces = out;
-        Ok(answers)
+        Ok(self.settle(out, &fresh))
     }
 
     /// The lengths of the leaves asked for in the last round, in order: the bytes the
@@ -232,10 +325,12 @@ impl Needs {
 
     /// True once every piece is known.
     pub fn is_done(&self) -> bool {
-        !self
-            .pieces
-            .iter()
-            .any(|p| matches!(p, Piece::Open { .. } | Piece::Asked { .. }))
+        !self.pieces.iter().any(|p| {
+            matches!(
+                p,
+                Piece::Open { .. } | Piece::Asked { .. } | Piece::Described { .. }
+            )
+        })
     }
 
     /// The pieces of the new version (adjacent copies merged); call once done.
@@ -275,7 +370,7 @@ pub fn rebuild(
                 }
             }
             Piece::Bytes(b) => out.write_all(b)?,
-            Piece::Open { .. } | Piece::Asked { .. } => {
+            Piece::Open { .. } | Piece::Asked { .. } | Piece::Described { .. } => {
                 return Err(std::io::Error::other(
                     "rebuilding before the exchange ended",
                 ))
@@ -288,7 +383,95 @@ pub fn rebuild(
 
 fn p_len(p: &Piece) -> u64 {
     match p {
-        Piece::Copy { len, .. } | Piece::Open { len } | Piece::Asked { len } => *len,
+        Piece::Copy { len, .. }
+        | Piece::Open { len }
+        | Piece::Asked { len }
+        | Piece::Described { len, .. } => *len,
         Piece::Bytes(b) => b.len() as u64,
     }
+}
+
+/// Where each described leaf's old bytes probably are. A *gap* is a run of pieces not
+/// found in our version; its old bytes are those between the found pieces around it
+/// (at most [`MAX_HOLE`]; from the one before on if moved data puts them out of
+/// order). Old bytes can match only near the gap's ends, so a leaf further than that
+/// from both ends (appended or inserted data) is asked for instead: its hashes would
+/// only cost.
+fn set_holes(pieces: &mut [Piece], old_len: u64) {
+    let mut i = 0;
+    while i < pieces.len() {
+        if matches!(pieces[i], Piece::Copy { .. }) {
+            i += 1;
+            continue;
+        }
+        let end = (i..pieces.len())
+            .find(|&j| matches!(pieces[j], Piece::Copy { .. }))
+            .unwrap_or(pieces.len());
+        let start = match i.checked_sub(1).map(|k| &pieces[k]) {
+            Some(Piece::Copy { from, len }) => from + len,
+            _ => 0,
+        };
+        let next = match pieces.get(end) {
+            Some(Piece::Copy { from, .. }) => *from,
+            _ => old_len,
+        };
+        let next = if next > start { next } else { old_len };
+        let hole = (start, next.saturating_sub(start).min(MAX_HOLE));
+        describe_gap(&mut pieces[i..end], hole);
+        i = end;
+    }
+}
+
+/// Sets the hole of each described leaf of one gap within `hole.1` bytes of either of
+/// its ends, and asks for the others.
+fn describe_gap(gap: &mut [Piece], hole: (u64, u64)) {
+    let total: u64 = gap.iter().map(p_len).sum();
+    let mut at = 0;
+    for p in gap.iter_mut() {
+        let len = p_len(p);
+        let near = at < hole.1 || total - (at + len) < hole.1;
+        if let Piece::Described { .. } = p {
+            *p = match near && hole.1 >= BLOCK {
+                true => Piece::Described { len, hole },
+                false => Piece::Asked { len },
+            };
+        }
+        at += len;
+    }
+}
+
+/// The answer a fresh piece gives to its offer.
+fn answer_for(p: &Piece) -> Answer {
+    match p {
+        Piece::Copy { .. } | Piece::Bytes(_) => Answer::Have,
+        Piece::Open { .. } => Answer::Expand,
+        Piece::Asked { .. } => Answer::Send,
+        Piece::Described { .. } => Answer::Describe,
+    }
+}
+
+/// Looks for the blocks of a described leaf of `len` bytes (their `hashes`) in our
+/// bytes `hole`: a block found there is copied, the rest are asked for.
+fn find_blocks(
+    old: &impl FileExt,
+    (at, n): (u64, u64),
+    hashes: &[u64],
+    len: u64,
+) -> Result<Vec<Piece>, ChunkError> {
+    let mut bytes = vec![0u8; n as usize];
+    old.read_exact_at(&mut bytes, at)
+        .map_err(|e| ChunkError::Read(e.to_string()))?;
+    let mut windows: HashMap<u64, u64> = HashMap::new();
+    if bytes.len() >= BLOCK as usize {
+        for (i, w) in bytes.windows(BLOCK as usize).enumerate() {
+            windows.entry(block_hash(w)).or_insert(at + i as u64);
+        }
+    }
+    let found = blocks_of(0, len).zip(hashes).map(|((_, l), h)| {
+        match windows.get(h).filter(|_| l == BLOCK) {
+            Some(&from) => Piece::Copy { from, len: l },
+            None => Piece::Asked { len: l },
+        }
+    });
+    Ok(found.collect())
 }

@@ -14,7 +14,9 @@
 //! other side ([`Offers`]) offers its top nodes. Each offered node is found among the
 //! needing side's own nodes at any level (then copied from its own bytes), expanded
 //! (its children are offered in the next round), or, for a leaf, asked for (its bytes
-//! come in the next round). One round per level; an unchanged subtree costs one hash.
+//! come in the next round) or described (the hashes of its [`BLOCK`]-byte blocks come
+//! next round; those not found in the needing side's bytes around the change are asked
+//! for then). One round per level; an unchanged subtree costs one hash.
 //! The result is a [`Piece`] list the needing side rebuilds the file from; the caller
 //! verifies the whole-file BLAKE3 of the result.
 
@@ -22,7 +24,7 @@ mod exchange;
 pub mod leaves;
 mod tree;
 
-pub use exchange::{rebuild, Answer, Needs, Offers, Piece, Round};
+pub use exchange::{block_hash, block_hashes, rebuild, Answer, Needs, Offers, Piece, Round};
 pub use tree::{Node, Tree};
 
 /// Leaf sizes for FastCDC: minimum, average, maximum (bytes). Chosen by benchmark
@@ -41,6 +43,15 @@ pub const FANOUT: u64 = 16;
 pub const MAX_GROUP: usize = 4 * FANOUT as usize;
 /// The top level has at most this many nodes.
 pub const TOP: usize = 16;
+/// A leaf of at least this many bytes that the needing side lacks is described by the
+/// hashes of its blocks rather than sent: the bytes around a change come from the
+/// needing side's own version (a 4 KiB write costs its own bytes plus a block each
+/// side, not a leaf each side).
+pub const MIN_DESCRIBED: u64 = 256;
+/// Block size within a described leaf.
+pub const BLOCK: u64 = 128;
+/// The most of its own bytes the needing side searches for one leaf's blocks.
+pub const MAX_HOLE: u64 = 32 << 10;
 
 /// One node as offered to the needing side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +70,9 @@ pub enum ChunkError {
     /// The message does not fit the previous round (counts or lengths disagree).
     #[error("chunk exchange: {0}")]
     Mismatch(String),
+    /// Our own version could not be read (local).
+    #[error("chunk exchange: reading our version: {0}")]
+    Read(String),
 }
 
 #[cfg(test)]

@@ -28,47 +28,70 @@ struct Run {
     rebuilt: Vec<u8>,
     /// Offers, answers (2 bits each) and zstd-compressed leaf bytes.
     cost: usize,
+    /// Leaf and block bytes sent, before compression.
+    sent: usize,
+    /// Block hashes sent.
+    hashes: usize,
     rounds: usize,
+}
+
+/// `bytes` in a temporary file.
+fn file_of(bytes: &[u8]) -> std::fs::File {
+    let f = tempfile::tempfile().unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0).unwrap();
+    f
+}
+
+/// The bytes the offering side sends for `round`, and its block hashes.
+fn sent(new: &[u8], round: &Round) -> (Vec<Vec<u8>>, Vec<u64>) {
+    let at = |&(o, l): &(u64, u64)| &new[o as usize..(o + l) as usize];
+    let bytes = round.send.iter().map(|e| at(e).to_vec()).collect();
+    let blocks = round
+        .describe
+        .iter()
+        .flat_map(|e| block_hashes(at(e)))
+        .collect();
+    (bytes, blocks)
 }
 
 fn run(old: &[u8], new: &[u8]) -> Run {
     let (a, b) = (Tree::from_bytes(old), Tree::from_bytes(new));
+    let old_file = file_of(old);
     let mut offers = Offers::new(&b);
     let mut needs = Needs::new(&a, new.len() as u64);
     let top = offers.top();
     let mut cost: usize = top.iter().map(offer_bytes).sum();
     let mut answers = needs.first(&top).unwrap();
-    let mut rounds = 1;
+    let (mut rounds, mut sent_bytes, mut hashes) = (1, 0, 0);
     while !needs.is_done() {
         cost += answers.len().div_ceil(4);
         let round = offers.next(&answers).unwrap();
-        let bytes: Vec<Vec<u8>> = round
-            .send
-            .iter()
-            .map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
-            .collect();
+        let (bytes, blocks) = sent(new, &round);
         cost += round
             .children
             .iter()
             .flatten()
             .map(offer_bytes)
             .sum::<usize>();
+        cost += blocks.len() * 6;
+        hashes += blocks.len();
+        sent_bytes += bytes.iter().map(Vec::len).sum::<usize>();
         if !bytes.is_empty() {
             cost += zstd::bulk::compress(&bytes.concat(), 3).unwrap().len();
         }
-        answers = needs.next(round, bytes).unwrap();
+        answers = needs.next(round, bytes, &blocks, &old_file).unwrap();
         rounds += 1;
         assert!(rounds < 40, "the exchange does not end");
     }
     assert!(offers.next(&answers).unwrap() == Round::default() && offers.is_done());
     let mut rebuilt = Vec::new();
-    let old_file = tempfile::tempfile().unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&old_file, old, 0).unwrap();
     let n = rebuild(&needs.into_pieces(), &old_file, &mut rebuilt).unwrap();
     assert_eq!(n, rebuilt.len() as u64);
     Run {
         rebuilt,
         cost,
+        sent: sent_bytes,
+        hashes,
         rounds,
     }
 }
@@ -132,12 +155,32 @@ fn a_peer_that_breaks_the_rounds_is_refused() {
     bad.children[0][0].len += 1;
     let mut n2 = Needs::new(&a, new.len() as u64);
     n2.first(&top).unwrap();
-    assert!(n2.next(bad, vec![]).is_err());
-    // leaf bytes asked for that never come (or come with the wrong length)
-    let mut answers = needs.next(round, vec![]).unwrap();
+    let old_file = file_of(&old);
+    assert!(n2.next(bad, vec![], &[], &old_file).is_err());
+    // leaf bytes asked for that never come (or come with the wrong length), block
+    // hashes short of the described leaves' blocks, or more than were asked for
+    let mut answers = needs.next(round, vec![], &[], &old_file).unwrap();
+    while !answers.contains(&Answer::Describe) {
+        let round = offers.next(&answers).unwrap();
+        let (bytes, blocks) = sent(&new, &round);
+        answers = needs.next(round, bytes, &blocks, &old_file).unwrap();
+    }
+    let round = offers.next(&answers).unwrap();
+    let (bytes, blocks) = sent(&new, &round);
+    assert!(!blocks.is_empty());
+    let (mut n3, mut n4) = (needs.clone(), needs.clone());
+    assert!(n3
+        .next(round.clone(), bytes.clone(), &blocks[1..], &old_file)
+        .is_err());
+    let more = [&blocks[..], &[7]].concat();
+    assert!(n4
+        .next(round.clone(), bytes.clone(), &more, &old_file)
+        .is_err());
+    let mut answers = needs.next(round, bytes, &blocks, &old_file).unwrap();
     while !answers.contains(&Answer::Send) {
         let round = offers.next(&answers).unwrap();
-        answers = needs.next(round, vec![]).unwrap();
+        let (bytes, blocks) = sent(&new, &round);
+        answers = needs.next(round, bytes, &blocks, &old_file).unwrap();
     }
     let round = offers.next(&answers).unwrap();
     assert!(!round.send.is_empty());
@@ -146,8 +189,42 @@ fn a_peer_that_breaks_the_rounds_is_refused() {
         .iter()
         .map(|&(_, l)| vec![0; l as usize - 1])
         .collect();
-    let mut n3 = needs;
-    assert!(n3.next(round, short).is_err());
+    let (_, blocks) = sent(&new, &round);
+    let mut n5 = needs;
+    assert!(n5.next(round, short, &blocks, &old_file).is_err());
+}
+
+#[test]
+fn appended_bytes_are_sent_not_described() {
+    // no old bytes lie where appended leaves go: describing them would only add hashes
+    // (whether the old last leaf is found depends on where it was cut: several tries)
+    for seed in 13..18 {
+        let old = text((8 << 20) + seed as usize * 1001, seed);
+        let new = [&old[..], &text(1 << 20, seed + 100)].concat();
+        let r = run(&old, &new);
+        assert!(r.rebuilt == new);
+        eprintln!("1 MiB appended: {} B, {} block hashes", r.cost, r.hashes);
+        let most = 2 * LEAF_MAX as usize / BLOCK as usize;
+        assert!(r.hashes <= most, "{} hashes", r.hashes);
+    }
+}
+
+#[test]
+fn a_described_leaf_costs_its_changed_blocks() {
+    // 4 KiB of new bytes written over 64 MiB: the leaves around them are described,
+    // and only the blocks that changed cross (plus one each side at most)
+    let old = text(64 << 20, 11);
+    let mut new = old.clone();
+    let noise: Vec<u8> = text(4096, 12).iter().map(|b| b.wrapping_mul(7)).collect();
+    new[(40 << 20) + 77..(40 << 20) + 77 + 4096].copy_from_slice(&noise);
+    let r = run(&old, &new);
+    assert!(r.rebuilt == new);
+    eprintln!(
+        "4 KiB written into 64 MiB: {} B in {} rounds, {} B of leaves and blocks",
+        r.cost, r.rounds, r.sent
+    );
+    assert!(r.sent <= 4096 + 2 * BLOCK as usize, "{} bytes sent", r.sent);
+    assert!(r.cost < 4096 + 1500, "{} bytes", r.cost);
 }
 
 proptest! {

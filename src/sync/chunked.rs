@@ -12,10 +12,10 @@ use super::budget::PeerBudget;
 use super::link::Duplex;
 use super::{Stats, SyncError, MIN_APPLY_RATE, REPLY_TIMEOUT};
 use crate::beneath::open_beneath;
-use crate::chunks::{rebuild, Answer, Needs, Offer, Offers, Round, Tree};
+use crate::chunks::{block_hashes, rebuild, Answer, Needs, Offer, Offers, Round, Tree, BLOCK};
 use crate::path::RelPath;
 use crate::wire::{
-    ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData, MAX_RANGE_LEN,
+    ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData, BLOCK_HASH, MAX_RANGE_LEN,
 };
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -58,6 +58,7 @@ fn answer_byte(a: Answer) -> u8 {
         Answer::Have => 0,
         Answer::Expand => 1,
         Answer::Send => 2,
+        Answer::Describe => 3,
     }
 }
 
@@ -65,7 +66,8 @@ pub(super) fn answer_of(b: u8) -> Answer {
     match b {
         0 => Answer::Have,
         1 => Answer::Expand,
-        _ => Answer::Send,
+        2 => Answer::Send,
+        _ => Answer::Describe,
     }
 }
 
@@ -186,25 +188,58 @@ pub async fn offer(
             .next(&answers)
             .map_err(|e| SyncError::Protocol(e.to_string()))?;
         let want: u64 = round.send.iter().map(|(_, l)| l).sum();
-        let offered: usize = round.children.iter().map(Vec::len).sum();
+        let blocks_n: u64 = round.describe.iter().map(|(_, l)| l.div_ceil(BLOCK)).sum();
+        let offered = round.children.iter().map(Vec::len).sum::<usize>() + blocks_n as usize;
         (rounds, nodes, leaves) = (rounds + 1, nodes + offered, leaves + want);
         if want > ROUND_DATA_MAX || offered > crate::wire::MAX_CHUNK_NODES {
             fs.send(Message::ChunkDecline(id)).await?;
             return Ok(Offered::Declined);
         }
-        let mut data = Vec::with_capacity(want as usize);
-        for &(off, len) in &round.send {
-            let at = data.len();
-            data.resize(at + len as usize, 0);
-            read.file.read_exact_at(&mut data[at..], off)?;
+        let data = read_extents(&read.file, &round.send)?;
+        let mut blocks = Vec::new();
+        for &(off, len) in &round.describe {
+            let leaf = read_extents(&read.file, &[(off, len)])?;
+            blocks.extend(block_hashes(&leaf).iter().flat_map(|h| block_bytes(*h)));
         }
         let children = round
             .children
             .into_iter()
             .map(|c| c.into_iter().map(to_wire).collect())
             .collect();
-        fs.send(Message::ChunkRound { id, children, data }).await?;
+        let msg = Message::ChunkRound {
+            id,
+            children,
+            data,
+            blocks,
+        };
+        fs.send(msg).await?;
     }
+}
+
+/// The bytes at `extents` (offset, len) of `file`, concatenated.
+fn read_extents(file: &File, extents: &[(u64, u64)]) -> std::io::Result<Vec<u8>> {
+    let mut data = Vec::with_capacity(extents.iter().map(|e| e.1 as usize).sum());
+    for &(off, len) in extents {
+        let at = data.len();
+        data.resize(at + len as usize, 0);
+        file.read_exact_at(&mut data[at..], off)?;
+    }
+    Ok(data)
+}
+
+/// A block hash on the wire: its 6 bytes, little-endian.
+pub(super) fn block_bytes(h: u64) -> [u8; BLOCK_HASH] {
+    h.to_le_bytes()[..BLOCK_HASH].try_into().expect("6 bytes")
+}
+
+/// The block hashes of a `ChunkRound`.
+fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
+    let hash = |c: &[u8]| {
+        let mut b = [0u8; 8];
+        b[..BLOCK_HASH].copy_from_slice(c);
+        u64::from_le_bytes(b)
+    };
+    bytes.chunks_exact(BLOCK_HASH).map(hash).collect()
 }
 
 /// The receiver's side: the exchange under way on one stream (one at a time).
@@ -339,7 +374,13 @@ impl Rebuilds {
     }
 
     /// A `ChunkRound` of the exchange `id` (blocking when it completes the file).
-    pub fn round(&mut self, id: u64, children: Vec<Vec<ChunkNode>>, data: Vec<u8>) -> Next {
+    pub fn round(
+        &mut self,
+        id: u64,
+        children: Vec<Vec<ChunkNode>>,
+        data: Vec<u8>,
+        blocks: &[u8],
+    ) -> Next {
         let Some(r) = self.current.as_mut().filter(|r| r.update.id == id) else {
             return Next::Reply(Message::ChunkDecline(id));
         };
@@ -364,13 +405,11 @@ impl Rebuilds {
             .map(|c| c.iter().map(from_wire).collect())
             .collect();
         r.rounds += 1;
-        match r.needs.next(
-            Round {
-                children,
-                send: vec![],
-            },
-            bytes,
-        ) {
+        let round = Round {
+            children,
+            ..Round::default()
+        };
+        match r.needs.next(round, bytes, &block_hashes_of(blocks), &r.old) {
             Ok(answers) if r.rounds <= MAX_ROUNDS => self.after_round(id, answers),
             res => {
                 if let Err(e) = res {

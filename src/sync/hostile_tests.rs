@@ -291,6 +291,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         id: 40,
         children: vec![],
         data: vec![1, 2, 3],
+        blocks: vec![],
     };
     assert!(declined(&ask(&mut fs, stray).await));
     // a top level that does not cover the file's size
@@ -318,6 +319,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         id: 40,
         children: vec![],
         data: vec![0; 5],
+        blocks: vec![0; 6],
     };
     assert!(declined(&ask(&mut fs, bad).await));
     assert_eq!(std::fs::read(e.data.join("big")).unwrap(), old, "untouched");
@@ -326,6 +328,11 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         0,
         "memory given back"
     );
+    // blocks described as our own old bytes: they are found and copied, and the
+    // rebuilt file fails its hash; nothing is applied
+    let (reply, ..) = exchange_describing(&mut fs, header.clone(), &new, &old).await;
+    assert!(matches!(reply, Message::Nack { .. }), "{reply:?}");
+    assert_eq!(std::fs::read(e.data.join("big")).unwrap(), old, "untouched");
     // an honest exchange: rebuilt, applied, acked
     let (reply, sent, _) = honest_exchange(&mut fs, header, &new).await;
     assert_eq!(reply, Message::Ack(AckKind::Update(40)));
@@ -353,6 +360,17 @@ async fn honest_exchange(
     header: crate::wire::FileUpdate,
     new: &[u8],
 ) -> (Message, usize, usize) {
+    exchange_describing(fs, header, new, new).await
+}
+
+/// Offers `new` under `header`, describing leaves by the blocks of `described` (at
+/// the same offsets: `new` itself, or a lie).
+async fn exchange_describing(
+    fs: &mut Peer,
+    header: crate::wire::FileUpdate,
+    new: &[u8],
+    described: &[u8],
+) -> (Message, usize, usize) {
     let (tree, id) = (crate::chunks::Tree::from_bytes(new), header.id);
     let mut offers = crate::chunks::Offers::new(&tree);
     let top = offers.top().into_iter().map(node).collect();
@@ -376,14 +394,26 @@ async fn honest_exchange(
             .iter()
             .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
             .collect();
-        sent += data.len();
+        let blocks: Vec<u8> = (round.describe.iter())
+            .flat_map(|&(o, l)| {
+                crate::chunks::block_hashes(&described[o as usize..(o + l) as usize])
+            })
+            .flat_map(super::chunked::block_bytes)
+            .collect();
+        sent += data.len() + blocks.len();
         rounds += 1;
         let children = round
             .children
             .into_iter()
             .map(|c| c.into_iter().map(node).collect())
             .collect();
-        reply = ask(fs, Message::ChunkRound { id, children, data }).await;
+        let msg = Message::ChunkRound {
+            id,
+            children,
+            data,
+            blocks,
+        };
+        reply = ask(fs, msg).await;
     }
     (reply, sent, rounds)
 }

@@ -202,7 +202,12 @@ async fn chunk(
                 let copy = |u: &FileUpdate| path_with_hash(&journal, &u.hash, &u.path);
                 owned.offered(&*root, update, &top, copy)
             }
-            Message::ChunkRound { id, children, data } => owned.round(id, children, data),
+            Message::ChunkRound {
+                id,
+                children,
+                data,
+                blocks,
+            } => owned.round(id, children, data, &blocks),
             Message::LeafDelta {
                 update,
                 used,

@@ -108,6 +108,16 @@ pub enum Violation {
     /// A path that must name an entry is the data root.
     #[error("{0} must name an entry, not the root")]
     RootPath(&'static str),
+    /// A byte field's length is not a whole number of its items.
+    #[error("{field} is {len} bytes, not a multiple of {item}")]
+    Ragged {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The size of one item.
+        item: usize,
+    },
     /// A timestamp's nanoseconds are not below one billion.
     #[error("timestamp nanoseconds {0} out of range")]
     BadNanos(u32),

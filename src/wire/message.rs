@@ -132,8 +132,10 @@ pub enum Message {
         /// The top nodes of the new content's chunk tree, in file order.
         top: Vec<ChunkNode>,
     },
-    /// The receiver's answers to the nodes offered last, one byte each, in order:
-    /// 0 found here, 1 expand (offer its children), 2 send its bytes (leaves only).
+    /// The receiver's answers to the nodes and blocks offered last, one byte each, in
+    /// order: 0 found here, 1 expand (offer its children; parents only), 2 send its
+    /// bytes (leaves and blocks), 3 describe it by its blocks' hashes (leaves of 256
+    /// bytes or more; version 8).
     ChunkAnswer {
         /// The exchange (the update id).
         id: u64,
@@ -141,16 +143,22 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         answers: Vec<u8>,
     },
-    /// A later round of an exchange: the children of each node answered "expand" and
-    /// the bytes of each leaf answered "send" (concatenated), both in order.
+    /// A later round of an exchange: the children of each node answered "expand", the
+    /// bytes of each leaf or block answered "send" (concatenated), and the block hashes
+    /// of each leaf answered "describe", all in order. The blocks offered are answered
+    /// in the next `ChunkAnswer`, after the children, in file order.
     ChunkRound {
         /// The exchange (the update id).
         id: u64,
         /// Children lists, one per expanded node.
         children: Vec<Vec<ChunkNode>>,
-        /// The leaves' bytes.
+        /// The leaves' and blocks' bytes.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
+        /// For each described leaf, the hash of each of its 128-byte blocks (the last
+        /// may be shorter): the first [`BLOCK_HASH`] bytes of its BLAKE3 (version 8).
+        #[serde(with = "serde_bytes")]
+        blocks: Vec<u8>,
     },
     /// Either side ends an exchange without a result: the file then goes as an
     /// ordinary `FileUpdate` (the receiver holds no version of it, or the versions

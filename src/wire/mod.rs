@@ -56,10 +56,10 @@ pub use stream::{FramedStream, Progress};
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 7;
+pub const PROTOCOL_VERSION: u32 = 8;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/7";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/8";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -94,6 +94,8 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Most chunk-tree nodes (offered, or answered) in one message.
 pub const MAX_CHUNK_NODES: usize = 1 << 16;
+/// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
+pub const BLOCK_HASH: usize = 6;
 
 /// Most entries in one [`Message::Staged`] (a receiver keeps parts of fewer updates
 /// per peer).

@@ -1092,13 +1092,13 @@ fn pinned_chunk_exchange_encodings() {
     };
     let msg = Message::ChunkAnswer {
         id: 9,
-        answers: vec![0, 1, 2],
+        answers: vec![0, 1, 2, 3],
     };
     let expected = concat!(
         "12000000",         // variant 18: ChunkAnswer
         "0900000000000000", // id
-        "0300000000000000", // three answers
-        "000102",
+        "0400000000000000", // four answers
+        "00010203",
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -1106,6 +1106,7 @@ fn pinned_chunk_exchange_encodings() {
         id: 9,
         children: vec![vec![node]],
         data: b"ab".to_vec(),
+        blocks: vec![1, 2, 3, 4, 5, 6],
     };
     let expected = concat!(
         "13000000",         // variant 19: ChunkRound
@@ -1117,15 +1118,18 @@ fn pinned_chunk_exchange_encodings() {
         "01",               //     leaf
         "0200000000000000", // two bytes of leaves
         "6162",
+        "0600000000000000", // one block hash
+        "010203040506",
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let msg = Message::ChunkDecline(9);
     assert_eq!(hex(&encode(&msg).unwrap()), "140000000900000000000000");
-    // answers other than 0, 1, 2, empty nodes and offers carrying ranges are refused
+    // answers other than 0 to 3, empty nodes, block hashes not of 6 bytes each and
+    // offers carrying ranges are refused
     let bad = Message::ChunkAnswer {
         id: 1,
-        answers: vec![3],
+        answers: vec![4],
     };
     assert!(encode(&bad).is_err());
     let empty = crate::wire::ChunkNode { len: 0, ..node };
@@ -1133,6 +1137,14 @@ fn pinned_chunk_exchange_encodings() {
         id: 1,
         children: vec![vec![empty]],
         data: vec![],
+        blocks: vec![],
+    };
+    assert!(encode(&bad).is_err());
+    let bad = Message::ChunkRound {
+        id: 1,
+        children: vec![],
+        data: vec![],
+        blocks: vec![0; 7],
     };
     assert!(encode(&bad).is_err());
 }

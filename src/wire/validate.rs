@@ -3,8 +3,8 @@
 
 use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
-    Violation, WireOp, WireSetTime, WireTime, MAX_CHUNK_NODES, MAX_FILE_LEAVES, MAX_FILE_SIZE,
-    MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS,
+    Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_FILE_LEAVES,
+    MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS,
     MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME,
     MAX_XATTR_VALUE,
 };
@@ -57,11 +57,22 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::ChunkAnswer { answers, .. } => {
             max_len("chunk answers", answers.len(), MAX_CHUNK_NODES)?;
             let worst = answers.iter().copied().max().unwrap_or(0);
-            within("chunk answer", u64::from(worst), 2)
+            within("chunk answer", u64::from(worst), 3)
         }
-        Message::ChunkRound { children, .. } => {
+        Message::ChunkRound {
+            children, blocks, ..
+        } => {
             let total = children.iter().map(Vec::len).sum();
-            children.iter().try_for_each(|c| chunk_nodes(total, c))
+            children.iter().try_for_each(|c| chunk_nodes(total, c))?;
+            if blocks.len() % BLOCK_HASH != 0 {
+                let (field, len, item) = ("chunk blocks", blocks.len(), BLOCK_HASH);
+                return Err(Violation::Ragged { field, len, item });
+            }
+            max_len(
+                "chunk blocks",
+                total + blocks.len() / BLOCK_HASH,
+                MAX_CHUNK_NODES,
+            )
         }
         Message::Ack(_)
         | Message::Ping(_)
