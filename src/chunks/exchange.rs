@@ -461,15 +461,23 @@ fn find_blocks(
     let mut bytes = vec![0u8; n as usize];
     old.read_exact_at(&mut bytes, at)
         .map_err(|e| ChunkError::Read(e.to_string()))?;
-    let mut windows: HashMap<u64, u64> = HashMap::new();
-    if bytes.len() >= BLOCK as usize {
-        for (i, w) in bytes.windows(BLOCK as usize).enumerate() {
-            windows.entry(block_hash(w)).or_insert(at + i as u64);
+    // every window of `l` bytes, by hash: where it starts in our version
+    let windows = |l: u64| {
+        let mut m: HashMap<u64, u64> = HashMap::new();
+        for (i, w) in bytes.windows(l as usize).enumerate() {
+            m.entry(block_hash(w)).or_insert(at + i as u64);
         }
-    }
+        m
+    };
+    let full = windows(BLOCK);
     let found = blocks_of(0, len).zip(hashes).map(|((_, l), h)| {
-        match windows.get(h).filter(|_| l == BLOCK) {
-            Some(&from) => Piece::Copy { from, len: l },
+        // (only a leaf's last block is shorter: its own search, once)
+        let hit = match l == BLOCK {
+            true => full.get(h).copied(),
+            false => windows(l).get(h).copied(),
+        };
+        match hit {
+            Some(from) => Piece::Copy { from, len: l },
             None => Piece::Asked { len: l },
         }
     });

@@ -47,7 +47,7 @@ pub const TOP: usize = 16;
 /// hashes of its blocks rather than sent: the bytes around a change come from the
 /// needing side's own version (a 4 KiB write costs its own bytes plus a block each
 /// side, not a leaf each side).
-pub const MIN_DESCRIBED: u64 = 256;
+pub const MIN_DESCRIBED: u64 = LEAF_MIN as u64;
 /// Block size within a described leaf.
 pub const BLOCK: u64 = 128;
 /// The most of its own bytes the needing side searches for one leaf's blocks.

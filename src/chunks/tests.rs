@@ -17,11 +17,10 @@ pub(super) fn text(n: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Wire-size estimate of one offer: 8-byte hash, length varint, leaf flag folded in.
+/// Wire-size estimate of one offer: 6-byte hash, the non-zero bytes of its 4-byte
+/// length (the stream's compression takes the rest and the leaf flag).
 fn offer_bytes(o: &Offer) -> usize {
-    8 + (64 - (o.len << 1).leading_zeros() as usize)
-        .div_ceil(7)
-        .max(1)
+    6 + (64 - o.len.leading_zeros() as usize).div_ceil(8).max(1)
 }
 
 struct Run {

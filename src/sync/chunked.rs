@@ -37,10 +37,12 @@ const MAX_ROUNDS: usize = 48;
 /// with 500 rows changed has every node changed down to the third level.)
 const NOTHING_FOUND_NODES: usize = 256;
 
-fn to_wire(o: Offer) -> ChunkNode {
+/// An offered node on the wire (exchanged files are at most [`CHUNK_MAX`] bytes, so
+/// every length fits; a hash carries its low 48 bits, all a tree's hashes have).
+pub(super) fn to_wire(o: Offer) -> ChunkNode {
     ChunkNode {
         hash: o.hash,
-        len: o.len,
+        len: u32::try_from(o.len).unwrap_or(u32::MAX),
         leaf: o.leaf,
     }
 }
@@ -48,7 +50,7 @@ fn to_wire(o: Offer) -> ChunkNode {
 fn from_wire(n: &ChunkNode) -> Offer {
     Offer {
         hash: n.hash,
-        len: n.len,
+        len: u64::from(n.len),
         leaf: n.leaf,
     }
 }

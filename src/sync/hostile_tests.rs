@@ -346,11 +346,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
 }
 
 fn node(n: crate::chunks::Offer) -> crate::wire::ChunkNode {
-    crate::wire::ChunkNode {
-        hash: n.hash,
-        len: n.len,
-        leaf: n.leaf,
-    }
+    super::chunked::to_wire(n)
 }
 
 /// Offers `new` honestly under `header` until the peer stops answering; returns its

@@ -134,7 +134,7 @@ pub enum Message {
     },
     /// The receiver's answers to the nodes and blocks offered last, one byte each, in
     /// order: 0 found here, 1 expand (offer its children; parents only), 2 send its
-    /// bytes (leaves and blocks), 3 describe it by its blocks' hashes (leaves of 256
+    /// bytes (leaves and blocks), 3 describe it by its blocks' hashes (leaves of 128
     /// bytes or more; version 8).
     ChunkAnswer {
         /// The exchange (the update id).
@@ -182,15 +182,35 @@ pub enum Message {
     },
 }
 
-/// One node of a chunk tree on the wire (see `crate::chunks`).
+/// One node of a chunk tree on the wire (see `crate::chunks`): 11 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkNode {
-    /// The first 8 bytes of the node's BLAKE3 hash, little-endian.
+    /// The first 6 bytes of the node's BLAKE3 hash, little-endian (6 bytes on the
+    /// wire, since version 9; the top two bytes of the value are zero).
+    #[serde(with = "hash48")]
     pub hash: u64,
-    /// Bytes it covers (at least 1).
-    pub len: u64,
+    /// Bytes it covers (at least 1; a u32 since version 9: exchanged files are at
+    /// most 256 MiB).
+    pub len: u32,
     /// A leaf (its bytes can be asked for) rather than a parent (it can be expanded).
     pub leaf: bool,
+}
+
+/// A 48-bit hash as its 6 little-endian bytes.
+mod hash48 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &u64, s: S) -> Result<S::Ok, S::Error> {
+        let b: [u8; 6] = h.to_le_bytes()[..6].try_into().expect("6 bytes");
+        b.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let b = <[u8; 6]>::deserialize(d)?;
+        let mut all = [0u8; 8];
+        all[..6].copy_from_slice(&b);
+        Ok(u64::from_le_bytes(all))
+    }
 }
 
 /// Parts of one multi-part update the receiver holds: every range ending at or before

@@ -1086,7 +1086,7 @@ fn pinned_resume_encodings() {
 #[test]
 fn pinned_chunk_exchange_encodings() {
     let node = crate::wire::ChunkNode {
-        hash: 0x0102_0304_0506_0708,
+        hash: 0x0304_0506_0708,
         len: 512,
         leaf: true,
     };
@@ -1113,8 +1113,8 @@ fn pinned_chunk_exchange_encodings() {
         "0900000000000000", // id
         "0100000000000000", // one children list
         "0100000000000000", //   of one node
-        "0807060504030201", //     hash
-        "0002000000000000", //     len 512
+        "080706050403",     //     hash (48 bits)
+        "00020000",         //     len 512 (u32)
         "01",               //     leaf
         "0200000000000000", // two bytes of leaves
         "6162",
@@ -1132,6 +1132,17 @@ fn pinned_chunk_exchange_encodings() {
         answers: vec![4],
     };
     assert!(encode(&bad).is_err());
+    let wide = crate::wire::ChunkNode {
+        hash: 1 << 48,
+        ..node
+    };
+    let bad = Message::ChunkRound {
+        id: 1,
+        children: vec![vec![wide]],
+        data: vec![],
+        blocks: vec![],
+    };
+    assert!(encode(&bad).is_err(), "a hash wider than 48 bits");
     let empty = crate::wire::ChunkNode { len: 0, ..node };
     let bad = Message::ChunkRound {
         id: 1,

@@ -89,7 +89,7 @@ fn chunk_nodes(total: usize, nodes: &[ChunkNode]) -> Result<(), Violation> {
         if n.len == 0 {
             return Err(Violation::Empty("chunk node"));
         }
-        within("chunk node length", n.len, MAX_FILE_SIZE)?;
+        within("chunk node hash", n.hash, (1 << 48) - 1)?;
     }
     Ok(())
 }
