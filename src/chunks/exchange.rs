@@ -258,6 +258,7 @@ impl Needs {
         let mis = |s: String| Err(ChunkError::Mismatch(s));
         let (mut kids, mut data) = (round.children.into_iter(), bytes.drain(..));
         let mut blocks = blocks.iter().copied();
+        let mut search = Search::new();
         self.round_blocks = 0;
         let mut out = Vec::with_capacity(self.pieces.len());
         let mut fresh = Vec::new();
@@ -286,7 +287,7 @@ impl Needs {
                     if hashes.len() != n {
                         return mis(format!("fewer than {n} block hashes for a leaf"));
                     }
-                    let found = find_blocks(old, hole, &hashes, len)?;
+                    let found = find_blocks(old, &mut search, hole, &hashes, len)?;
                     for piece in found {
                         fresh.push(out.len());
                         out.push(piece);
@@ -450,36 +451,95 @@ fn answer_for(p: &Piece) -> Answer {
     }
 }
 
+/// Window bytes one round may hash while looking for described blocks: a round's
+/// holes are searched once each, and a peer that makes more of them than honest
+/// changes do gets its blocks asked for instead (about a second of one core).
+const MAX_ROUND_SEARCH: u64 = 8 << 20;
+
+/// The searches of one round: each hole's windows by hash, hashed once.
+struct Search {
+    /// (hole start, hole length, window length) -> window hash -> where it starts.
+    windows: HashMap<(u64, u64, u64), HashMap<u64, u64>>,
+    /// Window bytes left to hash this round.
+    budget: u64,
+}
+
+impl Search {
+    fn new() -> Search {
+        Search {
+            windows: HashMap::new(),
+            budget: MAX_ROUND_SEARCH,
+        }
+    }
+
+    /// Where a window of `l` bytes of `hole` with hash `h` starts, if there is one
+    /// (none once the budget is spent).
+    fn find(
+        &mut self,
+        old: &impl FileExt,
+        (at, n): (u64, u64),
+        l: u64,
+        h: u64,
+    ) -> Result<Option<u64>, ChunkError> {
+        if !self.windows.contains_key(&(at, n, l)) {
+            if self.budget < n {
+                return Ok(None);
+            }
+            self.budget -= n;
+            let mut bytes = vec![0u8; n as usize];
+            old.read_exact_at(&mut bytes, at)
+                .map_err(|e| ChunkError::Read(e.to_string()))?;
+            let mut m: HashMap<u64, u64> = HashMap::new();
+            for (i, w) in bytes.windows(l as usize).enumerate() {
+                m.entry(block_hash(w)).or_insert(at + i as u64);
+            }
+            self.windows.insert((at, n, l), m);
+        }
+        Ok(self.windows[&(at, n, l)].get(&h).copied())
+    }
+}
+
 /// Looks for the blocks of a described leaf of `len` bytes (their `hashes`) in our
 /// bytes `hole`: a block found there is copied, the rest are asked for.
 fn find_blocks(
     old: &impl FileExt,
-    (at, n): (u64, u64),
+    search: &mut Search,
+    hole: (u64, u64),
     hashes: &[u64],
     len: u64,
 ) -> Result<Vec<Piece>, ChunkError> {
-    let mut bytes = vec![0u8; n as usize];
-    old.read_exact_at(&mut bytes, at)
-        .map_err(|e| ChunkError::Read(e.to_string()))?;
-    // every window of `l` bytes, by hash: where it starts in our version
-    let windows = |l: u64| {
-        let mut m: HashMap<u64, u64> = HashMap::new();
-        for (i, w) in bytes.windows(l as usize).enumerate() {
-            m.entry(block_hash(w)).or_insert(at + i as u64);
-        }
-        m
-    };
-    let full = windows(BLOCK);
-    let found = blocks_of(0, len).zip(hashes).map(|((_, l), h)| {
-        // (only a leaf's last block is shorter: its own search, once)
-        let hit = match l == BLOCK {
-            true => full.get(h).copied(),
-            false => windows(l).get(h).copied(),
-        };
-        match hit {
+    let mut found = Vec::with_capacity(hashes.len());
+    for ((_, l), &h) in blocks_of(0, len).zip(hashes) {
+        // (only a leaf's last block is shorter: a search of its own)
+        found.push(match search.find(old, hole, l, h)? {
             Some(from) => Piece::Copy { from, len: l },
             None => Piece::Asked { len: l },
-        }
-    });
-    Ok(found.collect())
+        });
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+
+    #[test]
+    fn holes_are_hashed_once_and_a_spent_budget_finds_nothing() {
+        let bytes = crate::chunks::tests::text(64 << 10, 3);
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&bytes, 0).unwrap();
+        let mut s = Search {
+            windows: HashMap::new(),
+            budget: 40_000,
+        };
+        let h = block_hash(&bytes[100..228]);
+        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
+        assert_eq!(s.budget, 40_000 - (32 << 10));
+        // the same hole again: its windows are kept, the budget untouched
+        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
+        assert_eq!(s.budget, 40_000 - (32 << 10));
+        // another hole, beyond what is left: not searched
+        let h2 = block_hash(&bytes[40_000..40_128]);
+        assert_eq!(s.find(&f, (32 << 10, 32 << 10), BLOCK, h2).unwrap(), None);
+    }
 }
