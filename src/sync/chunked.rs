@@ -489,8 +489,9 @@ pub enum Tried {
     /// The file does not qualify: it goes as an ordinary update.
     No,
     /// Every byte is pending and none of the old ones is known here, but the file is
-    /// not offered (its size): it goes whole. A base would only be the index's hash, which for an adopted file is our
-    /// own content's, not the peer's (refused, and sent again).
+    /// not offered (its size): it goes whole. A base would only be the index's hash,
+    /// which for an adopted file is our own content's, not the peer's (refused, and
+    /// sent again).
     Whole,
     /// Offered, and the peer rebuilt and acked it (the journal's ranges are cleared);
     /// the hash it now holds.
