@@ -232,17 +232,30 @@ proptest! {
     fn any_edits_rebuild_the_new_version(
         seed in 1u64..1000,
         len in 0usize..300_000,
-        edits in proptest::collection::vec((0f64..1.0, 0usize..3, 0usize..5000), 0..6),
+        edits in proptest::collection::vec(
+            (0f64..1.0, 0usize..5, 0usize..5000, 0f64..1.0), 0..6),
     ) {
+        // inserts, deletes, overwrites, moves (a run cut and put back elsewhere) and
+        // duplicated blocks (a run copied elsewhere)
         let old = text(len, seed);
         let mut new = old.clone();
-        for (at, kind, n) in edits {
+        for (at, kind, n, to) in edits {
             let at = (at * new.len() as f64) as usize;
             let end = (at + n).min(new.len());
             match kind {
                 0 => { new.splice(at..at, text(n, seed + 1)); }
                 1 => { new.drain(at..end); }
-                _ => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
+                2 => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
+                3 => {
+                    let run: Vec<u8> = new.drain(at..end).collect();
+                    let to = (to * new.len() as f64) as usize;
+                    new.splice(to..to, run);
+                }
+                _ => {
+                    let run = new[at..end].to_vec();
+                    let to = (to * new.len() as f64) as usize;
+                    new.splice(to..to, run);
+                }
             }
         }
         prop_assert!(run(&old, &new).rebuilt == new);
