@@ -417,24 +417,32 @@ fn set_holes(pieces: &mut [Piece], old_len: u64) {
             _ => old_len,
         };
         let next = if next > start { next } else { old_len };
-        let hole = (start, next.saturating_sub(start).min(MAX_HOLE));
-        describe_gap(&mut pieces[i..end], hole);
+        describe_gap(&mut pieces[i..end], (start, next.saturating_sub(start)));
         i = end;
     }
 }
 
-/// Sets the hole of each described leaf of one gap within `hole.1` bytes of either of
-/// its ends, and asks for the others.
-fn describe_gap(gap: &mut [Piece], hole: (u64, u64)) {
+/// Sets the hole of each described leaf of one gap whose old bytes are `old` (offset,
+/// len): a leaf within [`MAX_HOLE`] (or the old length) of the gap's start searches the
+/// first that many old bytes, one as near its end the last that many; the others are
+/// asked for.
+fn describe_gap(gap: &mut [Piece], (start, span): (u64, u64)) {
     let total: u64 = gap.iter().map(p_len).sum();
+    let reach = span.min(MAX_HOLE);
+    let (head, tail) = ((start, reach), (start + span - reach, reach));
     let mut at = 0;
     for p in gap.iter_mut() {
         let len = p_len(p);
-        let near = at < hole.1 || total - (at + len) < hole.1;
+        let hole = match (at < reach, total - (at + len) < reach) {
+            _ if reach < BLOCK => None,
+            (true, _) => Some(head),
+            (_, true) => Some(tail),
+            _ => None,
+        };
         if let Piece::Described { .. } = p {
-            *p = match near && hole.1 >= BLOCK {
-                true => Piece::Described { len, hole },
-                false => Piece::Asked { len },
+            *p = match hole {
+                Some(hole) => Piece::Described { len, hole },
+                None => Piece::Asked { len },
             };
         }
         at += len;
@@ -451,15 +459,16 @@ fn answer_for(p: &Piece) -> Answer {
     }
 }
 
-/// Window bytes one round may hash while looking for described blocks: a round's
-/// holes are searched once each, and a peer that makes more of them than honest
-/// changes do gets its blocks asked for instead (about a second of one core).
+/// Window bytes one round may hash while looking for described blocks: each hole is
+/// searched once while its leaves come (they come together), and a peer that makes
+/// more holes than honest changes do gets its blocks asked for instead (about a second
+/// of one core).
 const MAX_ROUND_SEARCH: u64 = 8 << 20;
 
-/// The searches of one round: each hole's windows by hash, hashed once.
+/// The searches of one round: the current hole's windows by hash, hashed once.
 struct Search {
-    /// (hole start, hole length, window length) -> window hash -> where it starts.
-    windows: HashMap<(u64, u64, u64), HashMap<u64, u64>>,
+    /// The hole (offset, len) searched last, and its windows: hash -> where it starts.
+    windows: Option<((u64, u64), HashMap<u64, u64>)>,
     /// Window bytes left to hash this round.
     budget: u64,
 }
@@ -467,21 +476,21 @@ struct Search {
 impl Search {
     fn new() -> Search {
         Search {
-            windows: HashMap::new(),
+            windows: None,
             budget: MAX_ROUND_SEARCH,
         }
     }
 
-    /// Where a window of `l` bytes of `hole` with hash `h` starts, if there is one
+    /// Where a [`BLOCK`]-byte window of `hole` with hash `h` starts, if there is one
     /// (none once the budget is spent).
     fn find(
         &mut self,
         old: &impl FileExt,
         (at, n): (u64, u64),
-        l: u64,
         h: u64,
     ) -> Result<Option<u64>, ChunkError> {
-        if !self.windows.contains_key(&(at, n, l)) {
+        if self.windows.as_ref().map(|w| w.0) != Some((at, n)) {
+            self.windows = None; // one hole's windows at a time (at most 32 Ki entries)
             if self.budget < n {
                 return Ok(None);
             }
@@ -490,17 +499,29 @@ impl Search {
             old.read_exact_at(&mut bytes, at)
                 .map_err(|e| ChunkError::Read(e.to_string()))?;
             let mut m: HashMap<u64, u64> = HashMap::new();
-            for (i, w) in bytes.windows(l as usize).enumerate() {
+            for (i, w) in bytes.windows(BLOCK as usize).enumerate() {
                 m.entry(block_hash(w)).or_insert(at + i as u64);
             }
-            self.windows.insert((at, n, l), m);
+            self.windows = Some(((at, n), m));
         }
-        Ok(self.windows[&(at, n, l)].get(&h).copied())
+        Ok(self.windows.as_ref().and_then(|w| w.1.get(&h).copied()))
+    }
+}
+
+/// Whether our `l` bytes at `from` have the block hash `h`.
+fn same_at(old: &impl FileExt, from: u64, l: u64, h: u64) -> Result<bool, ChunkError> {
+    let mut b = vec![0u8; l as usize];
+    match old.read_exact_at(&mut b, from) {
+        Ok(()) => Ok(block_hash(&b) == h),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(ChunkError::Read(e.to_string())),
     }
 }
 
 /// Looks for the blocks of a described leaf of `len` bytes (their `hashes`) in our
-/// bytes `hole`: a block found there is copied, the rest are asked for.
+/// bytes `hole`: a block found there is copied, the rest are asked for. The leaf's
+/// last, shorter block is looked for only right after the block before it, where it
+/// sits if that one was found.
 fn find_blocks(
     old: &impl FileExt,
     search: &mut Search,
@@ -508,10 +529,17 @@ fn find_blocks(
     hashes: &[u64],
     len: u64,
 ) -> Result<Vec<Piece>, ChunkError> {
-    let mut found = Vec::with_capacity(hashes.len());
+    let mut found: Vec<Piece> = Vec::with_capacity(hashes.len());
     for ((_, l), &h) in blocks_of(0, len).zip(hashes) {
-        // (only a leaf's last block is shorter: a search of its own)
-        found.push(match search.find(old, hole, l, h)? {
+        let hit = match (l == BLOCK, found.last()) {
+            (true, _) => search.find(old, hole, h)?,
+            (false, Some(&Piece::Copy { from, len })) => {
+                let at = from + len;
+                same_at(old, at, l, h)?.then_some(at)
+            }
+            (false, _) => None,
+        };
+        found.push(match hit {
             Some(from) => Piece::Copy { from, len: l },
             None => Piece::Asked { len: l },
         });
@@ -529,17 +557,29 @@ mod search_tests {
         let f = tempfile::tempfile().unwrap();
         f.write_all_at(&bytes, 0).unwrap();
         let mut s = Search {
-            windows: HashMap::new(),
+            windows: None,
             budget: 40_000,
         };
         let h = block_hash(&bytes[100..228]);
-        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
+        assert_eq!(s.find(&f, (0, 32 << 10), h).unwrap(), Some(100));
         assert_eq!(s.budget, 40_000 - (32 << 10));
         // the same hole again: its windows are kept, the budget untouched
-        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
+        assert_eq!(s.find(&f, (0, 32 << 10), h).unwrap(), Some(100));
         assert_eq!(s.budget, 40_000 - (32 << 10));
         // another hole, beyond what is left: not searched
         let h2 = block_hash(&bytes[40_000..40_128]);
-        assert_eq!(s.find(&f, (32 << 10, 32 << 10), BLOCK, h2).unwrap(), None);
+        assert_eq!(s.find(&f, (32 << 10, 32 << 10), h2).unwrap(), None);
+        // a short last block is checked right after the block before it
+        let hashes = [block_hash(&bytes[100..228]), block_hash(&bytes[228..278])];
+        let mut s = Search::new();
+        let found = find_blocks(&f, &mut s, (0, 1000), &hashes, 178).unwrap();
+        let copies = [
+            Piece::Copy {
+                from: 100,
+                len: 128,
+            },
+            Piece::Copy { from: 228, len: 50 },
+        ];
+        assert_eq!(found, copies);
     }
 }

@@ -146,7 +146,7 @@ pub enum Message {
     /// A later round of an exchange: the children of each node answered "expand", the
     /// bytes of each leaf or block answered "send" (concatenated), and the block hashes
     /// of each leaf answered "describe", all in order. The blocks offered are answered
-    /// in the next `ChunkAnswer`, after the children, in file order.
+    /// in the next `ChunkAnswer`, with the children, all in file order.
     ChunkRound {
         /// The exchange (the update id).
         id: u64,
