@@ -43,10 +43,7 @@ enum Item {
 
 /// The 48-bit hash of one block (the first 6 bytes of its BLAKE3, little-endian).
 pub fn block_hash(bytes: &[u8]) -> u64 {
-    let h = blake3::hash(bytes);
-    let mut b = [0u8; 8];
-    b[..6].copy_from_slice(&h.as_bytes()[..6]);
-    u64::from_le_bytes(b)
+    super::tree::short(blake3::hash(bytes))
 }
 
 /// The hashes of the [`BLOCK`]-byte blocks of one described leaf (the last may be

@@ -34,7 +34,7 @@ pub struct Tree {
 }
 
 /// The first 6 bytes of a BLAKE3 hash, little-endian (what the wire carries).
-fn short(h: blake3::Hash) -> u64 {
+pub(super) fn short(h: blake3::Hash) -> u64 {
     let mut b = [0u8; 8];
     b[..6].copy_from_slice(&h.as_bytes()[..6]);
     u64::from_le_bytes(b)

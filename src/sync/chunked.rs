@@ -15,7 +15,8 @@ use crate::beneath::open_beneath;
 use crate::chunks::{block_hashes, rebuild, Answer, Needs, Offer, Offers, Round, Tree, BLOCK};
 use crate::path::RelPath;
 use crate::wire::{
-    ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData, BLOCK_HASH, MAX_RANGE_LEN,
+    hash48_bytes, hash48_from, ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData,
+    BLOCK_HASH, MAX_RANGE_LEN,
 };
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -201,7 +202,7 @@ pub async fn offer(
         let mut blocks = Vec::new();
         for &(off, len) in &round.describe {
             let leaf = read_extents(&read.file, &[(off, len)])?;
-            blocks.extend(block_hashes(&leaf).iter().flat_map(|h| block_bytes(*h)));
+            blocks.extend(block_hashes(&leaf).into_iter().flat_map(hash48_bytes));
         }
         let children = round
             .children
@@ -229,19 +230,9 @@ fn read_extents(file: &File, extents: &[(u64, u64)]) -> std::io::Result<Vec<u8>>
     Ok(data)
 }
 
-/// A block hash on the wire: its 6 bytes, little-endian.
-pub(super) fn block_bytes(h: u64) -> [u8; BLOCK_HASH] {
-    h.to_le_bytes()[..BLOCK_HASH].try_into().expect("6 bytes")
-}
-
 /// The block hashes of a `ChunkRound`.
 fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
-    let hash = |c: &[u8]| {
-        let mut b = [0u8; 8];
-        b[..BLOCK_HASH].copy_from_slice(c);
-        u64::from_le_bytes(b)
-    };
-    bytes.chunks_exact(BLOCK_HASH).map(hash).collect()
+    bytes.chunks_exact(BLOCK_HASH).map(hash48_from).collect()
 }
 
 /// The receiver's side: the exchange under way on one stream (one at a time).

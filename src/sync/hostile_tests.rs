@@ -275,12 +275,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let old: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let mut new = old.clone();
     new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
-    std::fs::write(e.data.join("big"), &old).unwrap();
-    let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-    let f = std::fs::File::options()
-        .write(true)
-        .open(e.data.join("big"));
-    f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+    write_older(&e.data.join("big"), &old);
     let tree = Tree::from_bytes(&new);
     let mut header = valid_update(40, "big", &new);
     header.ranges.clear();
@@ -345,6 +340,14 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// Writes `bytes` at `path` with an mtime older than any peer's: the peer's wins.
+fn write_older(path: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(older).unwrap();
+}
+
 fn node(n: crate::chunks::Offer) -> crate::wire::ChunkNode {
     super::chunked::to_wire(n)
 }
@@ -394,7 +397,7 @@ async fn exchange_describing(
             .flat_map(|&(o, l)| {
                 crate::chunks::block_hashes(&described[o as usize..(o + l) as usize])
             })
-            .flat_map(super::chunked::block_bytes)
+            .flat_map(crate::wire::hash48_bytes)
             .collect();
         sent += data.len() + blocks.len();
         rounds += 1;
@@ -431,10 +434,7 @@ async fn scattered_changes_pair_by_chunks_and_unrelated_content_is_declined() {
     }
     let unrelated = noise(4 << 20, 2);
     for name in ["scattered", "unrelated"] {
-        std::fs::write(e.data.join(name), &old).unwrap();
-        let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-        let f = std::fs::File::options().write(true).open(e.data.join(name));
-        f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+        write_older(&e.data.join(name), &old);
     }
     let mut header = valid_update(41, "scattered", &new);
     header.ranges.clear();
@@ -484,12 +484,7 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
     let old: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let mut new = old.clone();
     new.splice(10_000..10_000, b"an inserted line\n".iter().copied());
-    std::fs::write(e.data.join("small"), &old).unwrap();
-    let older = std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
-    let f = std::fs::File::options()
-        .write(true)
-        .open(e.data.join("small"));
-    f.unwrap().set_modified(older).unwrap(); // the peer's is newer: it wins
+    write_older(&e.data.join("small"), &old);
     let (used, base) = leaves::shared_base(&new, &leaves::describe(&old));
     let delta = crate::delta::encode(&new, &base, 3).unwrap();
     let mut header = valid_update(50, "small", &new);

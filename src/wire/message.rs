@@ -2,7 +2,7 @@
 //! appending a variant or field) needs a new [`PROTOCOL_VERSION`] (see
 //! `docs/PROTOCOL.md`).
 
-use super::{WireError, WireOp, WireTime, PROTOCOL_VERSION};
+use super::{WireError, WireOp, WireTime, BLOCK_HASH, PROTOCOL_VERSION};
 use crate::path::RelPath;
 use serde::{Deserialize, Serialize};
 
@@ -201,16 +201,24 @@ mod hash48 {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer>(h: &u64, s: S) -> Result<S::Ok, S::Error> {
-        let b: [u8; 6] = h.to_le_bytes()[..6].try_into().expect("6 bytes");
-        b.serialize(s)
+        super::hash48_bytes(*h).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let b = <[u8; 6]>::deserialize(d)?;
-        let mut all = [0u8; 8];
-        all[..6].copy_from_slice(&b);
-        Ok(u64::from_le_bytes(all))
+        Ok(super::hash48_from(&<[u8; 6]>::deserialize(d)?))
     }
+}
+
+/// A 48-bit hash's 6 bytes on the wire, little-endian (its top two bytes dropped).
+pub fn hash48_bytes(h: u64) -> [u8; BLOCK_HASH] {
+    h.to_le_bytes()[..BLOCK_HASH].try_into().expect("6 bytes")
+}
+
+/// The 48-bit hash in 6 little-endian bytes.
+pub fn hash48_from(b: &[u8]) -> u64 {
+    let mut all = [0u8; 8];
+    all[..BLOCK_HASH].copy_from_slice(b);
+    u64::from_le_bytes(all)
 }
 
 /// Parts of one multi-part update the receiver holds: every range ending at or before
