@@ -227,6 +227,22 @@ impl Preimages {
         s.is_some_and(|s| s.saved.covers(start, end) && !s.tainted.intersects(start, end))
     }
 
+    /// True if the old bytes of the start of `file` are saved: all of `[0, want)`, or
+    /// all the old file had when it was shorter (the bytes after it are new since the
+    /// last ack: a file rewritten longer than it was).
+    pub fn covers_start(&self, file: FileId, want: u64) -> bool {
+        let guard = self.inner.lock().unwrap();
+        let Some(s) = guard.0.get(&file) else {
+            return false;
+        };
+        let Some((0, end)) = s.saved.iter().next() else {
+            return false;
+        };
+        let end = end.min(want);
+        let old_ends_there = end == want || s.tainted.intersects(end, end + 1);
+        end > 0 && old_ends_there && !s.tainted.intersects(0, end)
+    }
+
     /// The parts of `[start, end)` whose old bytes are saved (and not tainted).
     pub fn known(&self, file: FileId, start: u64, end: u64) -> RangeSet {
         let guard = self.inner.lock().unwrap();
@@ -350,6 +366,34 @@ mod tests {
         p.release(7, &RangeSet::from_range(0, 10_000), 10_000);
         assert_eq!(p.bytes(), 0);
         assert!(p.get(7, 100, 200).is_none());
+    }
+
+    #[test]
+    fn the_start_of_a_file_rewritten_longer_is_covered() {
+        let (t, f) = setup(&[1u8; 1_000]);
+        let p = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        assert!(!p.covers_start(7, 1_200), "nothing saved");
+        p.before_truncate(7, &f, 1_000, 0).unwrap(); // O_TRUNC
+        f.set_len(0).unwrap();
+        p.before_write(7, &f, 0, 0, 1_200).unwrap(); // rewritten, 200 bytes longer
+        assert!(p.covers_start(7, 1_200), "all the old file had is saved");
+        assert!(p.covers_start(7, 500));
+        // only the first 100 bytes overwritten in place: the rest of the old file is
+        // not saved, so its start is not all the old file had
+        let (t2, g) = setup(&[1u8; 1_000]);
+        let q = Preimages::open(&t2.path().join("pre"), 1 << 20, []).unwrap();
+        q.before_write(8, &g, 1_000, 0, 100).unwrap();
+        assert!(q.covers_start(8, 100));
+        assert!(!q.covers_start(8, 1_000));
+        // a tainted start is not covered
+        let r = Preimages::open(
+            &t2.path().join("pre2"),
+            1 << 20,
+            [(9, RangeSet::from_range(0, 10))],
+        )
+        .unwrap();
+        r.before_write(9, &g, 1_000, 0, 1_000).unwrap();
+        assert!(!r.covers_start(9, 1_000));
     }
 
     #[test]

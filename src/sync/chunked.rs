@@ -507,10 +507,11 @@ pub async fn try_file(
         return Ok(Tried::No);
     };
     let size = st.st_size as u64;
+    // (the old bytes are kept: the file goes as a delta against them)
     let known = s
         .pre
         .as_ref()
-        .is_some_and(|p| p.covers(file, 0, size.min(4096)));
+        .is_some_and(|p| p.covers_start(file, size.min(4096)));
     if known || size == 0 || !entry.ranges.covers(0, size) {
         return Ok(Tried::No);
     }
