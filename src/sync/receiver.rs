@@ -231,7 +231,8 @@ fn nack(of: AckKind, reason: NackReason) -> Message {
     Message::Nack { of, reason }
 }
 
-/// The directories of the peer's summary whose digest differs from ours.
+/// The directories of the peer's summary whose digest differs from ours (a bitmap in
+/// its order), and the digests of our entries in those of them we hold.
 async fn compare_summary(
     dirs: Vec<crate::wire::DirDigest>,
     r: &Receiver,
@@ -239,15 +240,26 @@ async fn compare_summary(
     let journal = r.check.journal.clone();
     let (differ, same) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
-        let ours: HashMap<_, _> = ix.digests()?.into_iter().collect();
-        let differ: Vec<_> = dirs
-            .into_iter()
-            .filter(|d| ours.get(&d.path) != Some(&d.digest))
-            .map(|d| d.path)
-            .collect();
+        // ours by key: (path, digest), several per key when their paths' keys collide
+        let mut ours: HashMap<u32, Vec<(crate::path::RelPath, u64)>> = HashMap::new();
+        for (p, d) in ix.digests()? {
+            let dd = crate::wire::DirDigest::of(&p, &d);
+            ours.entry(dd.key).or_default().push((p, dd.digest));
+        }
+        let mut differ = vec![0u8; dirs.len().div_ceil(8)];
+        let mut look = Vec::new(); // ours under a differing key: the peer's may be there
+        for (i, d) in dirs.iter().enumerate() {
+            let mine = ours.get(&d.key).map(Vec::as_slice).unwrap_or_default();
+            if !mine.iter().any(|(_, digest)| *digest == d.digest) {
+                differ[i / 8] |= 1 << (i % 8);
+                look.extend(mine.iter().map(|(p, _)| p.clone()));
+            }
+        }
+        look.sort_unstable();
+        look.dedup();
         // what we hold in those directories: the sender leaves out entries we share
         let mut same = Vec::new();
-        for dir in differ.iter().filter(|d| ours.contains_key(*d)) {
+        for dir in &look {
             for (p, e) in ix.children(dir)? {
                 same.push(crate::journal::index::entry_digest(&p, &e));
             }

@@ -307,13 +307,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let dirs = chunk
-            .iter()
-            .map(|(path, digest)| DirDigest {
-                path: path.clone(),
-                digest: *digest,
-            })
-            .collect();
+        let dirs = chunk.iter().map(|(p, d)| DirDigest::of(p, d)).collect();
         fs.send(Message::Summary {
             dirs,
             last: i + 1 == n,
@@ -321,7 +315,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         .await?;
         match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
             Message::SummaryAck { differ: d, same: s } => {
-                differ.extend(d);
+                differ.extend(differing(chunk, &d)?);
                 same.extend(s);
             }
             other => return Err(unexpected("a summary ack", &other)),
@@ -350,6 +344,27 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     ix.set_peer_acked(&s.link.peer(), upto)?;
     tracing::info!(peer = %s.link.peer(), dirs, differ = differ.len(), entries = total, wanted, "index exchanged (first contact)");
     Ok(())
+}
+
+/// The directories of `chunk` (a `Summary` sent) whose bit is set in the peer's
+/// `differ` bitmap; a bitmap of another length is the peer's error.
+fn differing<'a>(
+    chunk: &'a [(RelPath, [u8; 16])],
+    bits: &'a [u8],
+) -> Result<impl Iterator<Item = RelPath> + 'a, SyncError> {
+    if bits.len() != chunk.len().div_ceil(8) {
+        return Err(SyncError::Protocol(format!(
+            "summary ack of {} bytes for {} directories",
+            bits.len(),
+            chunk.len()
+        )));
+    }
+    let set = |i: usize| bits[i / 8] & (1 << (i % 8)) != 0;
+    Ok(chunk
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| set(*i))
+        .map(|(_, (p, _))| p.clone()))
 }
 
 fn unexpected(what: &str, got: &Message) -> SyncError {
@@ -1134,6 +1149,26 @@ fn on_nack(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_summary_ack_bitmap_names_the_directories_sent() {
+        let dirs: Vec<(RelPath, [u8; 16])> = (0..10)
+            .map(|i| {
+                (
+                    RelPath::from_bytes(format!("d{i}").as_bytes()).unwrap(),
+                    [0; 16],
+                )
+            })
+            .collect();
+        let names = |bits: &[u8]| -> Vec<String> {
+            let d = differing(&dirs, bits).unwrap();
+            d.map(|p| p.to_string()).collect()
+        };
+        assert_eq!(names(&[0b1000_0001, 0b10]), ["d0", "d7", "d9"]);
+        assert!(names(&[0, 0]).is_empty());
+        assert!(differing(&dirs, &[0xff]).is_err(), "too short");
+        assert!(differing(&dirs, &[0, 0, 0]).is_err(), "too long");
+    }
 
     #[test]
     fn created_truncated_or_gone_files_start_without_the_old_hash() {

@@ -87,8 +87,10 @@ pub enum Message {
     /// that it lacks): the sender then sends their entries as `Index` messages, but
     /// for those the receiver already holds exactly (`same`).
     SummaryAck {
-        /// The directories that differ.
-        differ: Vec<RelPath>,
+        /// One bit per directory of the `Summary` answered, in its order (bit `i % 8`
+        /// of byte `i / 8`), set for each that differs (a bitmap since version 10).
+        #[serde(with = "serde_bytes")]
+        differ: Vec<u8>,
         /// The digests of the receiver's entries in those directories (version 7): the
         /// first 8 bytes, little-endian, of the BLAKE3 of the entry's path and fields
         /// (see `journal::index::entry_digest`). At most [`super::MAX_SAME_DIGESTS`].
@@ -235,14 +237,39 @@ pub struct StagedItem {
     pub upto: u64,
 }
 
-/// One directory's digest: 16 bytes of BLAKE3 over its direct children's names, kinds,
-/// tombstone flags, modes, hashes and versions (`journal::index::Index::digests`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 12 bytes instead
+/// of its path and a digest of its children.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirDigest {
-    /// The directory (may be the root).
-    pub path: RelPath,
-    /// The digest.
-    pub digest: [u8; 16],
+    /// Which directory: the first 4 bytes (LE) of BLAKE3 of its path. Several may
+    /// share one; it only says where the receiver looks.
+    pub key: u32,
+    /// The first 8 bytes (LE) of BLAKE3 of its path and its children's digest: equal
+    /// on both sides only for the same directory with the same children.
+    pub digest: u64,
+}
+
+impl DirDigest {
+    /// The summary item of directory `path` whose children digest to `children`
+    /// (`journal::index::Index::digests`).
+    pub fn of(path: &RelPath, children: &[u8; 16]) -> DirDigest {
+        DirDigest {
+            key: Self::key_of(path),
+            digest: {
+                let mut h = blake3::Hasher::new();
+                h.update(&(path.as_bytes().len() as u64).to_le_bytes());
+                h.update(path.as_bytes());
+                h.update(children);
+                u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8"))
+            },
+        }
+    }
+
+    /// The `key` of directory `path`.
+    pub fn key_of(path: &RelPath) -> u32 {
+        let h = blake3::hash(path.as_bytes());
+        u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
+    }
 }
 
 /// A version vector on the wire: `(node, counter)` pairs, strictly sorted by node,

@@ -1005,34 +1005,59 @@ fn rejects_bad_index_entries() {
 fn pinned_summary_encoding() {
     let msg = Message::Summary {
         dirs: vec![DirDigest {
-            path: RelPath::root(),
-            digest: [0xab; 16],
+            key: 0x0a0b_0c0d,
+            digest: 0x0102_0304_0506_0708,
         }],
         last: true,
     };
     let expected = concat!(
-        "0c000000",                         // variant 12: Summary
-        "0100000000000000",                 // one directory
-        "0000000000000000",                 //   path: the root (empty)
-        "abababababababababababababababab", //   digest
-        "01",                               // last
+        "0c000000",         // variant 12: Summary
+        "0100000000000000", // one directory
+        "0d0c0b0a",         //   key
+        "0807060504030201", //   digest
+        "01",               // last
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let ack = Message::SummaryAck {
-        differ: vec![path("d")],
+        differ: vec![0b0000_0101],
         same: vec![0x0102_0304_0506_0708],
     };
     let expected = concat!(
         "0d000000",         // variant 13: SummaryAck
-        "0100000000000000", // one directory
-        "0100000000000000", //   length
-        "64",               //   "d"
+        "0100000000000000", // a bitmap of one byte:
+        "05",               //   directories 0 and 2 differ
         "0100000000000000", // one entry digest
         "0807060504030201", //   little-endian
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+}
+
+#[test]
+fn a_directory_digest_depends_on_its_path_and_children() {
+    let (a, b) = (path("a"), path("b"));
+    let d = DirDigest::of(&a, &[1; 16]);
+    assert_eq!(d, DirDigest::of(&a, &[1; 16]));
+    assert_eq!(d.key, DirDigest::key_of(&a));
+    assert_ne!(
+        d.digest,
+        DirDigest::of(&a, &[2; 16]).digest,
+        "other children"
+    );
+    assert_ne!(
+        d.digest,
+        DirDigest::of(&b, &[1; 16]).digest,
+        "another directory"
+    );
+    // pinned: the first 4 and 8 bytes (LE) of the BLAKE3 hashes in PROTOCOL.md
+    let key = u32::from_le_bytes(blake3::hash(b"a").as_bytes()[..4].try_into().unwrap());
+    assert_eq!(d.key, key);
+    let mut fed = 1u64.to_le_bytes().to_vec();
+    fed.extend_from_slice(b"a");
+    fed.extend_from_slice(&[1; 16]);
+    let digest = u64::from_le_bytes(blake3::hash(&fed).as_bytes()[..8].try_into().unwrap());
+    assert_eq!(d.digest, digest);
 }
 
 #[test]

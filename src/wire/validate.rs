@@ -22,7 +22,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Index { entries, .. } => validate_index(entries),
         Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
         Message::SummaryAck { differ, same } => {
-            max_len("differ", differ.len(), MAX_INDEX_ITEMS)?;
+            max_len("differ", differ.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
             max_len("same", same.len(), super::MAX_SAME_DIGESTS)
         }
         Message::IndexAck { want, leaves, .. } => {
