@@ -71,17 +71,16 @@ fn an_insert_at_the_top_rewritten_with_o_trunc_costs_what_changed() {
     );
 }
 
-#[test]
-fn small_files_rewritten_longer_cost_what_changed() {
-    // an editor's save of a source file that gained a line: the old file is shorter
-    // than the new one, and all of it is kept, so each goes as a delta
+/// Writes 20 small files of random bytes to A, then (in a new session, so that the
+/// stream's compressor no longer holds the bytes it sent) saves each with a line
+/// inserted by `save(path, new content)`; returns the wire bytes until B has them all.
+fn small_saves(save: impl Fn(&std::path::Path, &[u8])) -> u64 {
     let mut p = Pair::mounted(true);
     let olds: Vec<Vec<u8>> = (0..20).map(|i| random_bytes(3000, 1000 + 2 * i)).collect();
     for (i, old) in olds.iter().enumerate() {
         fs::write(p.a.m(&format!("s{i}.rs")), old).unwrap();
     }
     synced(&p, "s19.rs", &olds[19]);
-    // a new session: the stream's compressor no longer holds the old bytes it sent
     p.a.unmount();
     p.a.mount();
     std::thread::sleep(std::time::Duration::from_secs(3));
@@ -89,15 +88,35 @@ fn small_files_rewritten_longer_cost_what_changed() {
     let add = |o: &Vec<u8>| inserted(o, 1500, b"// a new line\n");
     let news: Vec<Vec<u8>> = olds.iter().map(add).collect();
     for (i, new) in news.iter().enumerate() {
-        fs::write(p.a.m(&format!("s{i}.rs")), new).unwrap(); // open(O_TRUNC) + write
+        save(&p.a.m(&format!("s{i}.rs")), new);
     }
     for (i, new) in news.iter().enumerate() {
         cost_until(&p, &format!("s{i}.rs"), new, before);
     }
-    let cost = wire(&p) - before;
+    wire(&p) - before
+}
+
+#[test]
+fn small_files_rewritten_longer_cost_what_changed() {
+    // an editor's save of a source file that gained a line: the old file is shorter
+    // than the new one, and all of it is kept, so each goes as a delta
+    let cost = small_saves(|f, new| fs::write(f, new).unwrap()); // open(O_TRUNC) + write
     eprintln!("20 files of 3,000 random bytes, a line inserted in each: {cost} bytes on the wire");
     // whole, they are 60,000 incompressible bytes
     assert!(cost < 20_000, "20 small rewrites cost {cost} bytes");
+}
+
+#[test]
+fn a_save_that_renames_the_original_away_costs_what_changed() {
+    // vim's and emacs's backup: rename f f~, write a new f, unlink f~
+    let cost = small_saves(|f, new| {
+        let bak = f.with_extension("rs~");
+        fs::rename(f, &bak).unwrap();
+        fs::write(f, new).unwrap();
+        fs::remove_file(&bak).unwrap();
+    });
+    eprintln!("20 backup-rename saves of 3,000 random bytes: {cost} bytes on the wire");
+    assert!(cost < 20_000, "20 backup-rename saves cost {cost} bytes");
 }
 
 #[test]

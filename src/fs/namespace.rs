@@ -266,12 +266,18 @@ impl PassFs {
         let st = sys::fstatat(&p.fd, name)?;
         let path = self.child_path(&p, name)?;
         let last_link = st.st_nlink <= 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR;
-        sys::unlinkat(&p.fd, name, false)?;
-        self.rec.meta(MetaOp::Unlink {
-            path: path.clone(),
-            file: st.st_ino,
-            last_link,
-        })?;
+        let held = self.hold_unlinked(&p.fd, name, &path, &st);
+        let unlinked = sys::unlinkat(&p.fd, name, false).map_err(FsError::from);
+        let saved = unlinked.and_then(|()| {
+            let op = MetaOp::Unlink {
+                path: path.clone(),
+                file: st.st_ino,
+                last_link,
+            };
+            self.rec.unlinked(op).map_err(FsError::from)
+        });
+        self.adopt_unlinked(held, saved.as_ref().ok().copied().flatten());
+        saved?;
         if !last_link && self.rec.lost_name(st.st_ino, &path) {
             self.find_other_name(&p, &path, st.st_ino)?;
         }
@@ -382,6 +388,48 @@ impl PassFs {
                 tracing::debug!("replaced file not held as a pre-image: {e}");
                 None
             }
+        }
+    }
+
+    /// Before the last name of regular file `dir/name` with no pending change (what the
+    /// peer holds) goes: holds it aside, in case the unlink ends a save that renamed it
+    /// away (see [`Self::adopt_unlinked`]).
+    fn hold_unlinked(
+        &self,
+        dir: &impl std::os::fd::AsRawFd,
+        name: &OsStr,
+        path: &RelPath,
+        st: &libc::stat,
+    ) -> Option<crate::preimage::Held> {
+        let pre = self.pre.as_ref()?;
+        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        if !regular || st.st_nlink != 1 || self.rec.is_pending(st.st_ino) {
+            return None;
+        }
+        if !self.rec.renamed_to(path) {
+            return None; // not a backup a save made: no use
+        }
+        pre.hold(dir, name)
+            .map_err(|e| tracing::debug!("unlinked file not held: {e}"))
+            .ok()
+    }
+
+    /// The unlink made `new` (if any) the peer's file's successor: what was held
+    /// becomes its pre-image, so it goes as a delta; else the held file is dropped.
+    fn adopt_unlinked(&self, held: Option<crate::preimage::Held>, new: Option<u64>) {
+        let (Some(pre), Some(h)) = (&self.pre, held) else {
+            return;
+        };
+        let size = new.and_then(|f| {
+            let path = self.rec.path_of(f)?;
+            let root = self.inodes.get(super::inode::ROOT_INO).ok()?;
+            let (dir, name) = crate::beneath::open_parent(&root.fd, &path).ok()?;
+            let st = sys::fstatat(&dir, &name).ok()?;
+            (st.st_ino == f).then_some(st.st_size as u64)
+        });
+        match (new, size) {
+            (Some(f), Some(size)) => pre.adopt(f, size, h),
+            _ => pre.drop_held(h),
         }
     }
 

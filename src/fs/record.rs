@@ -34,6 +34,11 @@ pub trait Recorder: Send + Sync + 'static {
     fn size(&self, file: FileId, size: u64) -> Result<(), RecordError>;
     /// A metadata operation is about to happen (or just did, for creations).
     fn meta(&self, op: MetaOp) -> Result<(), RecordError>;
+    /// An `Unlink` just happened; returns the new file that now replaces a file the
+    /// peer holds, if the unlink ended such a save (see `journal::cancel`).
+    fn unlinked(&self, op: MetaOp) -> Result<Option<FileId>, RecordError> {
+        self.meta(op).map(|()| None)
+    }
     /// Everything recorded so far must survive a power cut (called from fsync).
     fn sync(&self) -> Result<(), RecordError>;
     /// A writable handle on `file` was opened (before any write through it).
@@ -42,6 +47,14 @@ pub trait Recorder: Send + Sync + 'static {
     fn closed(&self, _file: FileId) {}
     /// True when `file` has changes not yet acknowledged by the peer.
     fn is_pending(&self, _file: FileId) -> bool {
+        false
+    }
+    /// Where tracked `file` lives (its journalled path).
+    fn path_of(&self, _file: FileId) -> Option<RelPath> {
+        None
+    }
+    /// True when an unsent rename made `path` (an unlink of it may end a save).
+    fn renamed_to(&self, _path: &RelPath) -> bool {
         false
     }
     /// True when `file` is tracked and `path` (just unlinked, other links remain) was
@@ -125,11 +138,32 @@ impl Recorder for JournalRecorder {
         }
         r
     }
+    fn unlinked(&self, op: MetaOp) -> Result<Option<FileId>, RecordError> {
+        // an ignored name, or the ignore file itself: as any other op
+        let special = match (&op, self.journal.ignores()) {
+            (MetaOp::Unlink { path, .. }, Some(ig)) => {
+                ig.matches(path, false) || op.mentions(&ignore_file())
+            }
+            (_, Some(_)) => true,
+            (_, None) => false,
+        };
+        if special {
+            return self.meta(op).map(|()| None);
+        }
+        let (_, save) = self.journal.record_meta_saving(op).map_err(rec_err)?;
+        Ok(save)
+    }
     fn sync(&self) -> Result<(), RecordError> {
         self.journal.sync().map_err(rec_err)
     }
     fn is_pending(&self, file: FileId) -> bool {
         self.journal.entry(file).is_some_and(|e| e.is_pending())
+    }
+    fn path_of(&self, file: FileId) -> Option<RelPath> {
+        self.journal.entry(file).map(|e| e.path)
+    }
+    fn renamed_to(&self, path: &RelPath) -> bool {
+        self.journal.renamed_to(path)
     }
     fn lost_name(&self, file: FileId, path: &RelPath) -> bool {
         self.journal

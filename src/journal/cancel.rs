@@ -29,6 +29,9 @@ pub struct Plan {
     pub op: MetaOp,
     /// Sequence numbers to drop, possibly including the new op's own.
     pub void: Vec<u64>,
+    /// The new file whose data update now rewrites a file both sides hold (an unlink
+    /// that ends a save by renaming the original away, see [`find_backup_save`]).
+    pub save: Option<FileId>,
 }
 
 /// What the journal knows beyond the log, for [`plan`].
@@ -56,12 +59,25 @@ pub fn plan(
             path,
             file,
             last_link: true,
-        } => find_file_birth(meta, floor, path, *file).or_else(|| {
-            find_birth(meta, floor, path, |o| {
-                matches!(o, MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. }
-                    if p == path)
-            })
-        }),
+        } => {
+            let born = find_file_birth(meta, floor, path, *file).or_else(|| {
+                find_birth(meta, floor, path, |o| {
+                    matches!(o, MetaOp::Symlink { path: p, .. } | MetaOp::Mknod { path: p, .. }
+                        if p == path)
+                })
+            });
+            if born.is_none() {
+                if let Some((mut void, new)) = find_backup_save(meta, floor, path, known) {
+                    void.push(seq);
+                    return Plan {
+                        op,
+                        void,
+                        save: Some(new),
+                    };
+                }
+            }
+            born
+        }
         MetaOp::Rmdir { path } => find_birth(
             meta,
             floor,
@@ -74,7 +90,11 @@ pub fn plan(
         v.push(seq);
         v
     });
-    Plan { op, void }
+    Plan {
+        op,
+        void,
+        save: None,
+    }
 }
 
 /// Unsent pending ops, newest first, at most [`WINDOW`].
@@ -191,23 +211,100 @@ fn find_save(
     None
 }
 
+/// A save that renames the original away first (vim's and emacs's backup: `Rename a
+/// b`, `Create a`, writes, attribute ops, then `Unlink b`, recorded as `b`'s last link
+/// goes), all unsent, with `a` a regular file both sides hold and the new file's data
+/// pending: as for [`find_save`], the new file's update rewrites `a` in place. The
+/// rename, the `Create`, the attribute ops on `b` and those on `a` the update carries
+/// (mode, mtime, size) are void; an owner or xattr op on `a` stands. Returns the void
+/// ops and the new file; `None` for anything else on either name between.
+fn find_backup_save(
+    meta: &BTreeMap<u64, MetaOp>,
+    floor: u64,
+    b: &RelPath,
+    known: &Known<'_>,
+) -> Option<(Vec<u64>, FileId)> {
+    let mut void = Vec::new();
+    let mut rename = None;
+    for (s, o) in unsent(meta, floor) {
+        match o {
+            MetaOp::Rename { from, to, flags } if to == b && plain(*flags) => {
+                rename = Some((*s, from));
+                break;
+            }
+            o if o.is_attr_op_on(b) => void.push(*s),
+            o if o.mentions(b) => return None,
+            _ => {}
+        }
+    }
+    let (at, a) = rename?;
+    if !(known.synced_file)(a) {
+        return None;
+    }
+    let mut born = None;
+    for (s, o) in meta.range(at + 1..).filter(|(_, o)| o.mentions(a)) {
+        match o {
+            MetaOp::Create { path, file, .. } if path == a && born.is_none() => born = Some(*file),
+            MetaOp::Chmod { path, .. }
+            | MetaOp::Utimens { path, .. }
+            | MetaOp::Truncate { path, .. }
+                if path == a && born.is_some() => {}
+            o if o.is_attr_op_on(a) && born.is_some() => continue, // it stands
+            _ => return None,
+        }
+        void.push(*s);
+    }
+    let new = born.filter(|f| (known.pending)(*f))?;
+    void.push(at);
+    void.sort_unstable();
+    Some((void, new))
+}
+
+/// True when an unsent plain rename made `path`, attribute ops aside (so unlinking it
+/// may end a save that renamed the original away: [`find_backup_save`]).
+pub fn renamed_to(meta: &BTreeMap<u64, MetaOp>, floor: u64, path: &RelPath) -> bool {
+    unsent(meta, floor)
+        .find(|(_, o)| o.mentions(path) && !o.is_attr_op_on(path))
+        .is_some_and(
+            |(_, o)| matches!(o, MetaOp::Rename { to, flags, .. } if to == path && plain(*flags)),
+        )
+}
+
+/// A rename that moves one entry to a name (`RENAME_NOREPLACE` only says the name was
+/// free, as `mv` asks), not an exchange or whiteout.
+fn plain(flags: u32) -> bool {
+    flags & !libc::RENAME_NOREPLACE == 0
+}
+
 /// Merges an attribute op into the newest unsent one of the same kind on its path.
 fn merge(meta: &BTreeMap<u64, MetaOp>, floor: u64, op: MetaOp) -> Plan {
     let Some(path) = op.attr_path() else {
-        return Plan { op, void: vec![] };
+        return Plan::keep(op);
     };
     for (s, o) in unsent(meta, floor) {
         if let Some(m) = merged(&op, o) {
             return Plan {
                 op: m,
                 void: vec![*s],
+                save: None,
             };
         }
         if blocks_merge(&op, o, path) {
             break;
         }
     }
-    Plan { op, void: vec![] }
+    Plan::keep(op)
+}
+
+impl Plan {
+    /// Records `op` as it is, voiding nothing.
+    fn keep(op: MetaOp) -> Plan {
+        Plan {
+            op,
+            void: vec![],
+            save: None,
+        }
+    }
 }
 
 /// True when `o` stands between `op` and an earlier op on `path` it would replace:
@@ -364,6 +461,88 @@ mod tests {
         // b existed: the rename replaced it, which the peer must still see
         let meta = log(vec![create, unlink("b", 5), rename]);
         assert!(plan(&meta, 0, 4, unlink("b", 9)).void.is_empty());
+    }
+
+    #[test]
+    fn a_save_that_renames_the_original_away_becomes_an_update_of_it() {
+        // vim: rename doc -> doc~, create doc, write, chmod, chown, unlink doc~
+        let (doc, bak) = (rp("d/doc"), rp("d/doc~"));
+        let meta = log(vec![
+            MetaOp::Rename {
+                from: doc.clone(),
+                to: bak.clone(),
+                flags: 0,
+            },
+            MetaOp::Create {
+                path: doc.clone(),
+                file: 9,
+                mode: 0o644,
+            },
+            MetaOp::Chmod {
+                path: doc.clone(),
+                mode: 0o600,
+            },
+            MetaOp::Chown {
+                path: doc.clone(),
+                uid: Some(1000),
+                gid: None,
+            },
+        ]);
+        let unlink = MetaOp::Unlink {
+            path: bak.clone(),
+            file: 5,
+            last_link: true,
+        };
+        let p = plan(&meta, 0, 5, unlink.clone());
+        assert_eq!(p.void, [1, 2, 3, 5], "the owner op stands");
+        assert_eq!(p.save, Some(9));
+        let empty = Known {
+            pending: &|_| false,
+            synced_file: &|_| true,
+        };
+        let p = super::plan(&meta, 0, 5, unlink.clone(), &empty);
+        assert!(p.void.is_empty() && p.save.is_none(), "no data: ops");
+        let fresh = Known {
+            pending: &|_| true,
+            synced_file: &|_| false,
+        };
+        let p = super::plan(&meta, 0, 5, unlink.clone(), &fresh);
+        assert!(p.save.is_none(), "the peer holds no file at doc");
+        assert!(
+            plan(&meta, 1, 5, unlink.clone()).save.is_none(),
+            "rename sent"
+        );
+        let mut other = meta.clone();
+        other.insert(
+            4,
+            MetaOp::Rename {
+                from: doc.clone(),
+                to: rp("d/x"),
+                flags: 0,
+            },
+        );
+        assert!(plan(&other, 0, 5, unlink).save.is_none(), "doc moved on");
+    }
+
+    #[test]
+    fn a_name_an_unsent_rename_made_is_known_attribute_ops_aside() {
+        let (doc, bak) = (rp("doc"), rp("doc~"));
+        let rename = |flags| MetaOp::Rename {
+            from: doc.clone(),
+            to: bak.clone(),
+            flags,
+        };
+        let times = MetaOp::Utimens {
+            path: bak.clone(),
+            atime: None,
+            mtime: None,
+        };
+        let meta = log(vec![rename(libc::RENAME_NOREPLACE), times.clone()]);
+        assert!(renamed_to(&meta, 0, &bak));
+        assert!(!renamed_to(&meta, 1, &bak), "the rename was sent");
+        assert!(!renamed_to(&meta, 0, &doc));
+        let exchange = log(vec![rename(libc::RENAME_EXCHANGE), times]);
+        assert!(!renamed_to(&exchange, 0, &bak));
     }
 
     #[test]

@@ -508,6 +508,12 @@ impl Journal {
     /// void (see [`cancel`]) are dropped, and so is the op itself when it cancels out:
     /// the drop is logged after the op, so a replay decides exactly the same.
     pub fn record_meta(&self, op: MetaOp) -> Result<u64, JournalError> {
+        self.record_meta_saving(op).map(|(seq, _)| seq)
+    }
+
+    /// [`Journal::record_meta`], also returning the new file whose data update the op
+    /// made a rewrite of a file the peer holds (see [`cancel::Plan::save`]).
+    pub fn record_meta_saving(&self, op: MetaOp) -> Result<(u64, Option<FileId>), JournalError> {
         let mut l = self.inner().lock();
         let seq = l.state.next_seq();
         let files = l.state.files();
@@ -525,7 +531,13 @@ impl Journal {
         if !plan.void.is_empty() {
             l.log_and_apply(Record::Drop { seqs: plan.void })?;
         }
-        Ok(seq)
+        Ok((seq, plan.save))
+    }
+
+    /// True when the newest unsent op naming `path` is a plain rename to it.
+    pub fn renamed_to(&self, path: &RelPath) -> bool {
+        let l = self.inner().lock();
+        cancel::renamed_to(l.state.meta(), l.sent_upto, path)
     }
 
     /// The sender is about to send the pending ops up to `upto_seq`: from now on none
