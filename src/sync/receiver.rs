@@ -282,9 +282,13 @@ async fn take_index(
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
     let (want, leaves) = tokio::task::spawn_blocking(move || {
-        let mut want = Vec::new();
+        let (mut want, mut wanted) = (Vec::new(), Vec::new());
         let mut by_hash = super::local_copy::ByHash::default();
-        for it in &entries {
+        for (i, it) in entries.iter().enumerate() {
+            let mut want = |it: &crate::wire::IndexItem| {
+                want.push(it.path.clone());
+                wanted.push(i);
+            };
             let mut local =
                 |it| super::local_copy::make_from_local(&check, it, &bytes, &mut by_hash);
             let decided = {
@@ -294,10 +298,10 @@ async fn take_index(
             match decided {
                 Ok(true) => match local(it) {
                     Ok(true) => {}
-                    Ok(false) => want.push(it.path.clone()),
+                    Ok(false) => want(it),
                     Err(e) => {
                         tracing::info!("{}: not made from a local copy ({e})", it.path);
-                        want.push(it.path.clone());
+                        want(it);
                     }
                 },
                 Ok(false) => {}
@@ -312,7 +316,7 @@ async fn take_index(
         while leaves.last().is_some_and(Vec::is_empty) {
             leaves.pop();
         }
-        (want, leaves)
+        (crate::wire::bitmap(entries.len(), wanted), leaves)
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;

@@ -315,7 +315,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         .await?;
         match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
             Message::SummaryAck { differ: d, same: s } => {
-                differ.extend(differing(chunk, &d)?);
+                differ.extend(chosen(chunk, &d)?.map(|(p, _)| p.clone()));
                 same.extend(s);
             }
             other => return Err(unexpected("a summary ack", &other)),
@@ -346,25 +346,17 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     Ok(())
 }
 
-/// The directories of `chunk` (a `Summary` sent) whose bit is set in the peer's
-/// `differ` bitmap; a bitmap of another length is the peer's error.
-fn differing<'a>(
-    chunk: &'a [(RelPath, [u8; 16])],
-    bits: &'a [u8],
-) -> Result<impl Iterator<Item = RelPath> + 'a, SyncError> {
-    if bits.len() != chunk.len().div_ceil(8) {
-        return Err(SyncError::Protocol(format!(
-            "summary ack of {} bytes for {} directories",
+/// The items of `sent` (a `Summary`'s directories, an `Index`'s entries) whose bit is
+/// set in the peer's answer; a bitmap that does not fit them is the peer's error.
+fn chosen<'a, T>(sent: &'a [T], bits: &[u8]) -> Result<impl Iterator<Item = &'a T>, SyncError> {
+    let ones = crate::wire::bitmap_ones(bits, sent.len()).ok_or_else(|| {
+        SyncError::Protocol(format!(
+            "a bitmap of {} bytes for {} items sent",
             bits.len(),
-            chunk.len()
-        )));
-    }
-    let set = |i: usize| bits[i / 8] & (1 << (i % 8)) != 0;
-    Ok(chunk
-        .iter()
-        .enumerate()
-        .filter(move |(i, _)| set(*i))
-        .map(|(_, (p, _))| p.clone()))
+            sent.len()
+        ))
+    })?;
+    Ok(ones.into_iter().map(move |i| &sent[i]))
 }
 
 fn unexpected(what: &str, got: &Message) -> SyncError {
@@ -382,11 +374,12 @@ async fn send_index(
 ) -> Result<usize, SyncError> {
     // Entries with unsent local changes go by the journal (ops and updates, with their
     // versions): sent here too, they would race their own ops at the peer.
-    let entries = batch
+    let entries: Vec<_> = batch
         .into_iter()
         .filter(|(p, e)| !pending_here(s, p) && !super::ignored::entry_ignored(s, p, e.kind))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
+    let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
     fs.send(Message::Index {
         entries,
         upto,
@@ -400,6 +393,7 @@ async fn send_index(
             want,
             mut leaves,
         } if acked == upto => {
+            let want: Vec<_> = chosen(&paths, &want)?.collect();
             leaves.resize(want.len(), Vec::new());
             for (path, described) in want.iter().zip(leaves) {
                 want_file(s, st, path, described)?;
@@ -1151,23 +1145,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_summary_ack_bitmap_names_the_directories_sent() {
-        let dirs: Vec<(RelPath, [u8; 16])> = (0..10)
-            .map(|i| {
-                (
-                    RelPath::from_bytes(format!("d{i}").as_bytes()).unwrap(),
-                    [0; 16],
-                )
-            })
-            .collect();
-        let names = |bits: &[u8]| -> Vec<String> {
-            let d = differing(&dirs, bits).unwrap();
-            d.map(|p| p.to_string()).collect()
-        };
+    fn an_answer_bitmap_names_the_items_sent() {
+        let sent: Vec<String> = (0..10).map(|i| format!("d{i}")).collect();
+        let names =
+            |bits: &[u8]| -> Vec<String> { chosen(&sent, bits).unwrap().cloned().collect() };
         assert_eq!(names(&[0b1000_0001, 0b10]), ["d0", "d7", "d9"]);
         assert!(names(&[0, 0]).is_empty());
-        assert!(differing(&dirs, &[0xff]).is_err(), "too short");
-        assert!(differing(&dirs, &[0, 0, 0]).is_err(), "too long");
+        assert!(chosen(&sent, &[0xff]).is_err(), "too short");
+        assert!(chosen(&sent, &[0, 0, 0]).is_err(), "too long");
+        assert!(
+            chosen(&sent, &[0, 0b100]).is_err(),
+            "a bit past the last item"
+        );
     }
 
     #[test]

@@ -67,8 +67,11 @@ pub enum Message {
     IndexAck {
         /// The change number acknowledged.
         upto: u64,
-        /// Files whose content the receiver wants.
-        want: Vec<RelPath>,
+        /// The entries of the `Index` answered whose file content the receiver wants:
+        /// one bit per entry, in its order (bit `i % 8` of byte `i / 8`; a bitmap since
+        /// version 10, paths before).
+        #[serde(with = "serde_bytes")]
+        want: Vec<u8>,
         /// Per wanted file, in order (shorter: none for the rest): the leaves of the
         /// version the receiver holds there, a small file (version 7): the low 32 bits
         /// of each FastCDC leaf's hash, in file order (see `crate::chunks`). Empty: no

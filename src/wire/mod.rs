@@ -54,6 +54,28 @@ pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};
 pub use stream::{FramedStream, Progress};
 
+/// A bitmap of `n` bits (bit `i % 8` of byte `i / 8`) with the bits `ones` set.
+pub fn bitmap(n: usize, ones: impl IntoIterator<Item = usize>) -> Vec<u8> {
+    let mut bits = vec![0u8; n.div_ceil(8)];
+    for i in ones.into_iter().filter(|&i| i < n) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    bits
+}
+
+/// The set bits of a bitmap of `n` bits, or `None` if it is not exactly
+/// ⌈n / 8⌉ bytes or sets a bit past `n`.
+pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
+    if bits.len() != n.div_ceil(8) {
+        return None;
+    }
+    let set = |i: usize| bits[i / 8] & (1 << (i % 8)) != 0;
+    if (n..bits.len() * 8).any(set) {
+        return None;
+    }
+    Some((0..n).filter(|&i| set(i)).collect())
+}
+
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
 pub const PROTOCOL_VERSION: u32 = 10;

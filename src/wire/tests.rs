@@ -919,21 +919,52 @@ fn pinned_index_encoding() {
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let ack = Message::IndexAck {
         upto: 5,
-        want: vec![path("a")],
+        want: vec![0b10],
         leaves: vec![vec![0xA1B2_C3D4]],
     };
     let expected = concat!(
         "0b000000",         // variant 11: IndexAck
         "0500000000000000", // upto
-        "0100000000000000", // one path
-        "0100000000000000", //   length
-        "61",               //   "a"
+        "0100000000000000", // a bitmap of one byte:
+        "02",               //   the second entry is wanted
         "0100000000000000", // leaves of one file
         "0100000000000000", //   one leaf
         "d4c3b2a1",         //     its short hash
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+}
+
+#[test]
+fn bitmaps_round_trip_and_refuse_what_does_not_fit() {
+    let bits = crate::wire::bitmap(10, [0, 7, 9, 12]);
+    assert_eq!(bits, [0b1000_0001, 0b10], "a bit past n is left out");
+    assert_eq!(crate::wire::bitmap_ones(&bits, 10), Some(vec![0, 7, 9]));
+    assert_eq!(
+        crate::wire::bitmap_ones(&bits, 9),
+        None,
+        "bit 9 is past 9 bits"
+    );
+    assert_eq!(crate::wire::bitmap_ones(&bits, 17), None, "too short");
+    assert_eq!(crate::wire::bitmap_ones(&[], 0), Some(vec![]));
+}
+
+#[test]
+fn an_index_ack_describes_no_more_files_than_it_wants() {
+    let ack = |want: Vec<u8>, files: usize| Message::IndexAck {
+        upto: 1,
+        want,
+        leaves: vec![vec![1]; files],
+    };
+    assert!(encode(&ack(vec![0b11], 2)).is_ok());
+    assert!(
+        encode(&ack(vec![0b01], 2)).is_err(),
+        "two described, one wanted"
+    );
+    assert!(
+        encode(&ack(vec![0; 2049], 0)).is_err(),
+        "a bitmap past the index limit"
+    );
 }
 
 #[test]

@@ -26,11 +26,11 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             max_len("same", same.len(), super::MAX_SAME_DIGESTS)
         }
         Message::IndexAck { want, leaves, .. } => {
-            max_len("want", want.len(), MAX_INDEX_ITEMS)?;
-            max_len("described files", leaves.len(), want.len())?;
+            max_len("want", want.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
+            let wanted = want.iter().map(|b| b.count_ones() as usize).sum();
+            max_len("described files", leaves.len(), wanted)?;
             let most = leaves.iter().map(Vec::len).max().unwrap_or(0);
-            max_len("leaves of a file", most, MAX_FILE_LEAVES)?;
-            want.iter().try_for_each(|p| not_root("want", p))
+            max_len("leaves of a file", most, MAX_FILE_LEAVES)
         }
         Message::LeafDelta { update, used, .. } => {
             validate_update(update)?;
