@@ -141,6 +141,8 @@ struct State {
     described: HashMap<FileId, Vec<u32>>,
     /// Parts of updates the peer kept from an earlier session (this session's handshake).
     held: super::resume::Held,
+    /// The peer's answer to our `Hello` is still to be read (see [`handshake`]).
+    handshake: bool,
 }
 
 /// Updates smaller than this say more about latency than throughput: not measured.
@@ -235,19 +237,15 @@ async fn session(
 ) -> Result<(), SyncError> {
     let (out, inn) = (s.stats.wire_out.clone(), s.stats.wire_in.clone());
     let mut fs = FramedStream::counting(s.link.open().await?, out, inn);
-    fs.send(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))
-        .await?;
-    let reply = recv_within(&mut fs, REPLY_TIMEOUT).await?;
-    let name = check_hello(&reply, &s.cfg.folder_id)?;
+    // The index exchange's first message goes with the `Hello`, before its answer: a
+    // round trip less per connection (see `handshake`).
+    fs.queue(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))?;
     fs.compress(st.level(s.cfg.level))?;
-    st.held = match recv_within(&mut fs, REPLY_TIMEOUT).await? {
-        Message::Staged(items) => super::resume::held(items),
-        other => return Err(unexpected("staged", &other)),
-    };
+    st.handshake = true;
     st.queue_told = None; // a new session: the peer knows nothing of our queue
-    tracing::info!(peer = %s.link.peer(), "sending to {name}");
     s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
+    handshake(s, &mut fs, st).await?;
     s.stats.exchanging.store(false, Ordering::Relaxed);
     s.stats.link_up();
     *backoff = Duration::from_millis(200);
@@ -260,6 +258,25 @@ async fn session(
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
     }
+}
+
+/// Reads the peer's answer to our `Hello` (its `Hello`, then `Staged`) if not yet
+/// read, after writing what is queued. The index exchange's first message was sent
+/// before it: both sides compress everything after the `Hello`s, and a peer that
+/// refuses ours reads nothing more.
+async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    if !std::mem::take(&mut st.handshake) {
+        return Ok(());
+    }
+    fs.flush().await?;
+    let reply = recv_within(fs, REPLY_TIMEOUT).await?;
+    let name = check_hello(&reply, &s.cfg.folder_id)?;
+    st.held = match recv_within(fs, REPLY_TIMEOUT).await? {
+        Message::Staged(items) => super::resume::held(items),
+        other => return Err(unexpected("staged", &other)),
+    };
+    tracing::info!(peer = %s.link.peer(), "sending to {name}");
+    Ok(())
 }
 
 /// Index entries per `Index` message.
@@ -313,6 +330,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
             last: i + 1 == n,
         })
         .await?;
+        handshake(s, fs, st).await?;
         match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
             Message::SummaryAck { differ: d, same: s } => {
                 differ.extend(chosen(chunk, &d)?.map(|(p, _)| p.clone()));
@@ -387,6 +405,7 @@ async fn send_index(
     })
     .await?;
     let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
+    handshake(s, fs, st).await?;
     match recv_reply(&s.stats, fs, limit).await? {
         Message::IndexAck {
             upto: acked,
