@@ -567,6 +567,18 @@ pub fn set_tcp_rto_max(sock: &impl AsRawFd, ms: u32) -> R<()> {
     Ok(())
 }
 
+/// Turns the TCP socket `sock`'s quick-ack mode on or off (`TCP_QUICKACK`; the kernel
+/// may switch it again by itself). Off, a segment's ACK waits a little for data to ride
+/// on instead of going alone.
+pub fn set_tcp_quickack(sock: &impl AsRawFd, on: bool) -> R<()> {
+    let v = libc::c_int::from(on);
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let p = (&v as *const libc::c_int).cast();
+    let opt = libc::TCP_QUICKACK;
+    check(unsafe { libc::setsockopt(sock.as_raw_fd(), libc::IPPROTO_TCP, opt, p, len) })?;
+    Ok(())
+}
+
 /// The retransmission timeout cap of the TCP socket `sock`, in milliseconds.
 pub fn tcp_rto_max(sock: &impl AsRawFd) -> R<u32> {
     let mut v: libc::c_int = 0;

@@ -62,10 +62,16 @@ pub(crate) fn build_swarm(
 }
 
 /// A new TCP connection (dialed or accepted), its retransmission timeout capped at
-/// [`RTO_MAX_MS`] where the kernel allows it.
+/// [`RTO_MAX_MS`] where the kernel allows it, and out of quick-ack mode: a connection
+/// starts by acknowledging every segment alone, and its first seconds are small
+/// messages answered at once (the handshakes, the index exchange), whose replies can
+/// carry the ACKs. A one-file pairing: 62-64 packets on loopback, 53-56 without.
 fn capped(s: tcp::tokio::TcpStream) -> tcp::tokio::TcpStream {
     if let Err(e) = crate::sys::set_tcp_rto_max(&s.0, RTO_MAX_MS) {
         tracing::debug!("TCP retransmission timeout left uncapped: {e}");
+    }
+    if let Err(e) = crate::sys::set_tcp_quickack(&s.0, false) {
+        tracing::debug!("TCP quick-ack mode left on: {e}");
     }
     s
 }
