@@ -220,6 +220,40 @@ impl Preimages {
         }
     }
 
+    /// `to` (`size` bytes, all new since the last ack) replaced `from`, which is gone,
+    /// where the peer still holds what `from`'s saved bytes are (a second save before
+    /// the first was acknowledged): they become `to`'s. False if there were none.
+    pub fn transfer(&self, from: FileId, to: FileId, size: u64) -> bool {
+        let mut guard = self.inner.lock().unwrap();
+        let (map, total) = &mut *guard;
+        let fresh = map
+            .get(&to)
+            .is_none_or(|t| t.saved.is_empty() && t.tainted.covers(0, size));
+        let Some(mut s) = map.remove(&from).filter(|s| fresh && !s.saved.is_empty()) else {
+            return false;
+        };
+        let (a, b) = (OsStr::new(&from.to_string()).to_owned(), to.to_string());
+        if sys::renameat2(&self.dir, &a, &self.dir, OsStr::new(&b), 0).is_err() {
+            *total -= s.saved.len_bytes();
+            let _ = sys::unlinkat(&self.dir, &a, false);
+            return false;
+        }
+        let end = s.saved.end().unwrap_or(0).max(size);
+        s.tainted = RangeSet::from_range(0, end).difference(&s.saved);
+        map.insert(to, s);
+        true
+    }
+
+    /// `file` is gone (its last name unlinked): its saved bytes are of no more use.
+    pub fn forget(&self, file: FileId) {
+        let mut guard = self.inner.lock().unwrap();
+        let (map, total) = &mut *guard;
+        if let Some(s) = map.remove(&file) {
+            *total -= s.saved.len_bytes();
+            let _ = sys::unlinkat(&self.dir, OsStr::new(&file.to_string()), false);
+        }
+    }
+
     /// True if the old bytes of all of `[start, end)` are saved (and none unknown).
     pub fn covers(&self, file: FileId, start: u64, end: u64) -> bool {
         let guard = self.inner.lock().unwrap();
@@ -394,6 +428,30 @@ mod tests {
         .unwrap();
         r.before_write(9, &g, 1_000, 0, 1_000).unwrap();
         assert!(!r.covers_start(9, 1_000));
+    }
+
+    #[test]
+    fn a_second_save_takes_over_the_first_ones_old_bytes_and_a_gone_file_frees_them() {
+        let (t, f) = setup(&[1u8; 1_000]);
+        let p = Preimages::open(&t.path().join("pre"), 1 << 20, []).unwrap();
+        p.before_truncate(7, &f, 1_000, 0).unwrap(); // save 1: file 7 rewritten
+        f.set_len(0).unwrap();
+        p.before_write(7, &f, 0, 0, 1_200).unwrap();
+        assert!(p.transfer(7, 8, 1_300), "save 2: file 8 replaces file 7");
+        assert!(p.get(7, 0, 1_000).is_none());
+        assert_eq!(p.get(8, 0, 1_000).unwrap(), vec![1u8; 1_000]);
+        assert!(p.covers_start(8, 1_300));
+        assert!(
+            p.get(8, 1_000, 1_100).is_none(),
+            "the peer holds nothing there"
+        );
+        assert_eq!(p.bytes(), 1_000);
+        assert!(!p.transfer(7, 9, 10), "nothing left under 7");
+        p.forget(8);
+        assert_eq!(p.bytes(), 0);
+        assert!(p.get(8, 0, 10).is_none());
+        let left = std::fs::read_dir(t.path().join("pre")).unwrap().count();
+        assert_eq!(left, 0, "no file left in the pre-image directory");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 use common::{hash_of, random_bytes, wait_until, Pair};
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 
 /// Wire bytes (both directions) so far.
 fn wire(p: &Pair) -> u64 {
@@ -80,6 +81,7 @@ fn small_saves(save: impl Fn(&std::path::Path, &[u8])) -> u64 {
     for (i, old) in olds.iter().enumerate() {
         fs::write(p.a.m(&format!("s{i}.rs")), old).unwrap();
     }
+    fs::set_permissions(p.a.m("s0.rs"), fs::Permissions::from_mode(0o600)).unwrap();
     synced(&p, "s19.rs", &olds[19]);
     p.a.unmount();
     p.a.mount();
@@ -93,7 +95,32 @@ fn small_saves(save: impl Fn(&std::path::Path, &[u8])) -> u64 {
     for (i, new) in news.iter().enumerate() {
         cost_until(&p, &format!("s{i}.rs"), new, before);
     }
-    wire(&p) - before
+    let cost = wire(&p) - before;
+    // both sides alike: owner and mode of each file, and no backup left on B
+    use std::os::unix::fs::MetadataExt;
+    let meta = |m: fs::Metadata| (m.uid(), m.gid(), m.mode());
+    for i in 0..20 {
+        let f = format!("s{i}.rs");
+        let (a, b) = (
+            fs::metadata(p.a.m(&f)).unwrap(),
+            fs::metadata(p.b.m(&f)).unwrap(),
+        );
+        assert_eq!(meta(a), meta(b), "{f}: owner and mode on A and B");
+    }
+    let names = |d: std::path::PathBuf| -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        names(p.a.m("")),
+        names(p.b.m("")),
+        "the same names on A and B"
+    );
+    cost
 }
 
 #[test]

@@ -15,6 +15,7 @@ mod longpath;
 pub mod mount;
 mod namespace;
 pub mod record;
+mod successor;
 
 use crate::journal::op::SetTime;
 use crate::path::RelPath;

@@ -266,7 +266,7 @@ impl PassFs {
         let st = sys::fstatat(&p.fd, name)?;
         let path = self.child_path(&p, name)?;
         let last_link = st.st_nlink <= 1 && st.st_mode & libc::S_IFMT != libc::S_IFDIR;
-        let held = self.hold_unlinked(&p.fd, name, &path, &st);
+        let before = self.before_unlink(&p.fd, name, &path, &st);
         let unlinked = sys::unlinkat(&p.fd, name, false).map_err(FsError::from);
         let saved = unlinked.and_then(|()| {
             let op = MetaOp::Unlink {
@@ -276,7 +276,8 @@ impl PassFs {
             };
             self.rec.unlinked(op).map_err(FsError::from)
         });
-        self.adopt_unlinked(held, saved.as_ref().ok().copied().flatten());
+        let new = saved.as_ref().ok().copied().flatten();
+        self.after_unlink(&st, last_link, before, new)?;
         saved?;
         if !last_link && self.rec.lost_name(st.st_ino, &path) {
             self.find_other_name(&p, &path, st.st_ino)?;
@@ -335,9 +336,7 @@ impl PassFs {
             }
             return Err(e.into());
         }
-        if let (Some(pre), Some((file, size, h))) = (&self.pre, held) {
-            pre.adopt(file, size, h);
-        }
+        self.after_replace(&np.fd, newname, replaced.as_ref(), flags, held);
         self.inodes.renamed(&np, newname);
         if flags & libc::RENAME_EXCHANGE != 0 {
             self.inodes.renamed(&p, name);
@@ -358,6 +357,35 @@ impl PassFs {
         }
         self.rec.meta(MetaOp::Rename { from, to, flags })?;
         Ok(())
+    }
+
+    /// After a rename to `newdir/newname` that replaced `replaced`: the held file, or
+    /// the replaced file's own pre-image (a pending file: a save before the last was
+    /// acknowledged), becomes the new file's; the rest of a replaced file is dropped.
+    fn after_replace(
+        &self,
+        newdir: &impl std::os::fd::AsRawFd,
+        newname: &OsStr,
+        replaced: Option<&libc::stat>,
+        flags: u32,
+        held: Option<(u64, u64, crate::preimage::Held)>,
+    ) {
+        let Some(pre) = &self.pre else { return };
+        if let Some((file, size, h)) = held {
+            return pre.adopt(file, size, h);
+        }
+        let gone = replaced.filter(|s| {
+            flags & libc::RENAME_EXCHANGE == 0
+                && s.st_mode & libc::S_IFMT == libc::S_IFREG
+                && s.st_nlink <= 1
+        });
+        let Some(old) = gone else { return };
+        if let Ok(new) = sys::fstatat(newdir, newname) {
+            if pre.transfer(old.st_ino, new.st_ino, new.st_size as u64) {
+                return;
+            }
+        }
+        pre.forget(old.st_ino);
     }
 
     /// Before a plain rename of regular file `dir/name` over `newdir/newname`, a regular
@@ -388,48 +416,6 @@ impl PassFs {
                 tracing::debug!("replaced file not held as a pre-image: {e}");
                 None
             }
-        }
-    }
-
-    /// Before the last name of regular file `dir/name` with no pending change (what the
-    /// peer holds) goes: holds it aside, in case the unlink ends a save that renamed it
-    /// away (see [`Self::adopt_unlinked`]).
-    fn hold_unlinked(
-        &self,
-        dir: &impl std::os::fd::AsRawFd,
-        name: &OsStr,
-        path: &RelPath,
-        st: &libc::stat,
-    ) -> Option<crate::preimage::Held> {
-        let pre = self.pre.as_ref()?;
-        let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-        if !regular || st.st_nlink != 1 || self.rec.is_pending(st.st_ino) {
-            return None;
-        }
-        if !self.rec.renamed_to(path) {
-            return None; // not a backup a save made: no use
-        }
-        pre.hold(dir, name)
-            .map_err(|e| tracing::debug!("unlinked file not held: {e}"))
-            .ok()
-    }
-
-    /// The unlink made `new` (if any) the peer's file's successor: what was held
-    /// becomes its pre-image, so it goes as a delta; else the held file is dropped.
-    fn adopt_unlinked(&self, held: Option<crate::preimage::Held>, new: Option<u64>) {
-        let (Some(pre), Some(h)) = (&self.pre, held) else {
-            return;
-        };
-        let size = new.and_then(|f| {
-            let path = self.rec.path_of(f)?;
-            let root = self.inodes.get(super::inode::ROOT_INO).ok()?;
-            let (dir, name) = crate::beneath::open_parent(&root.fd, &path).ok()?;
-            let st = sys::fstatat(&dir, &name).ok()?;
-            (st.st_ino == f).then_some(st.st_size as u64)
-        });
-        match (new, size) {
-            (Some(f), Some(size)) => pre.adopt(f, size, h),
-            _ => pre.drop_held(h),
         }
     }
 

@@ -238,7 +238,11 @@ fn find_backup_save(
         }
     }
     let (at, a) = rename?;
-    if !(known.synced_file)(a) {
+    // `a` must still be the file both sides hold: nothing unsent replaced it before
+    let replaced = meta
+        .range(floor.saturating_add(1)..at)
+        .any(|(_, o)| o.mentions(a) && !o.is_attr_op_on(a));
+    if replaced || !(known.synced_file)(a) {
         return None;
     }
     let mut born = None;
@@ -521,7 +525,31 @@ mod tests {
                 flags: 0,
             },
         );
-        assert!(plan(&other, 0, 5, unlink).save.is_none(), "doc moved on");
+        assert!(
+            plan(&other, 0, 5, unlink.clone()).save.is_none(),
+            "doc moved on"
+        );
+        // doc replaced by a symlink (unsent) before the save: the peer's doc is no file
+        let mut before = log(vec![
+            MetaOp::Unlink {
+                path: doc.clone(),
+                file: 4,
+                last_link: true,
+            },
+            MetaOp::Symlink {
+                path: doc.clone(),
+                target: b"x".to_vec(),
+            },
+        ]);
+        before.extend(meta.iter().map(|(s, o)| (s + 2, o.clone())));
+        assert!(
+            plan(&before, 0, 7, unlink.clone()).save.is_none(),
+            "doc was replaced"
+        );
+        assert!(
+            plan(&before, 2, 7, unlink).save.is_some(),
+            "the replacement was sent"
+        );
     }
 
     #[test]

@@ -237,8 +237,8 @@ async fn session(
 ) -> Result<(), SyncError> {
     let (out, inn) = (s.stats.wire_out.clone(), s.stats.wire_in.clone());
     let mut fs = FramedStream::counting(s.link.open().await?, out, inn);
-    // The index exchange's first message goes with the `Hello`, before its answer: a
-    // round trip less per connection (see `handshake`).
+    // At first contact the `Summary` (digests, no paths) goes with the `Hello`, before
+    // its answer: a round trip less per connection (see `handshake`).
     fs.queue(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))?;
     fs.compress(st.level(s.cfg.level))?;
     st.handshake = true;
@@ -261,9 +261,9 @@ async fn session(
 }
 
 /// Reads the peer's answer to our `Hello` (its `Hello`, then `Staged`) if not yet
-/// read, after writing what is queued. The index exchange's first message was sent
-/// before it: both sides compress everything after the `Hello`s, and a peer that
-/// refuses ours reads nothing more.
+/// read, after writing what is queued. At first contact the first `Summary` was sent
+/// before it: both sides compress everything after the `Hello`s (which stay plain
+/// frames), and a peer that refuses ours reads nothing more.
 async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
     if !std::mem::take(&mut st.handshake) {
         return Ok(());
@@ -292,6 +292,7 @@ async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Syn
     if after == 0 {
         return first_contact(s, fs, st).await;
     }
+    handshake(s, fs, st).await?; // an `Index` names paths: only to a peer checked
     let (mut sent, mut wanted) = (0usize, 0usize);
     loop {
         let batch = ix.changed_since(after, INDEX_BATCH)?;

@@ -102,7 +102,9 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
     }
 
     /// Compresses every later block in both directions at zstd `level`. Both sides call
-    /// it right after the handshake, so that no block is compressed on one side only.
+    /// it right after the `Hello`s (the sender after writing its own, the receiver after
+    /// reading the peer's), so that no block is compressed on one side only; `Hello`
+    /// and `Refused` stay plain frames, which read as well with decompression on.
     pub fn compress(&mut self, level: i32) -> Result<(), WireError> {
         self.seal()?;
         self.comp = Some(Compressor::new(level)?);
