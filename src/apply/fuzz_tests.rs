@@ -64,7 +64,7 @@ fn update_of((base, edits, grow, with_base): &Case) -> (FileUpdate, Vec<u8>) {
         id: 1,
         file: 1,
         path: crate::path::RelPath::from_bytes(b"f").unwrap(),
-        base: with_base.then(|| hash(base)),
+        base: with_base.then(|| crate::wire::base_id(&hash(base))),
         size: size as u64,
         mode: 0o100644,
         mtime: crate::wire::WireTime {

@@ -21,8 +21,9 @@ use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::time::{Duration, SystemTime};
 
-/// First bytes of a parts file (format version 1).
-const MAGIC: &[u8; 8] = b"SYNCFSp1";
+/// First bytes of a parts file (format version 2: the base by its id; a file of
+/// another version is dropped like any unreadable one).
+const MAGIC: &[u8; 8] = b"SYNCFSp2";
 const SUFFIX: &str = ".part";
 /// Longest header or record payload read back.
 const MAX_RECORD: usize = 2 * MAX_FRAME;
@@ -36,8 +37,8 @@ pub struct PartKey {
     pub peer: String,
     /// The file.
     pub path: RelPath,
-    /// The update's base.
-    pub base: Option<[u8; 32]>,
+    /// The update's base (its id).
+    pub base: Option<u64>,
     /// The update's content hash.
     pub hash: [u8; 32],
 }

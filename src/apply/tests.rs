@@ -72,7 +72,7 @@ fn update(path: &str, old: Option<&[u8]>, new: &[u8], spans: &[(u64, u64)]) -> F
         id: 7,
         file: 42,
         path: rp(path),
-        base: old.map(hash),
+        base: old.map(|o| crate::wire::base_id(&hash(o))),
         size: new.len() as u64,
         mode: 0o100640,
         mtime: Timestamp {

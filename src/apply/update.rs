@@ -377,7 +377,7 @@ impl Applier {
             .map_err(|e| ApplyError::io("reading", &u.path, e))?;
         let refused = if current == u.hash {
             None // a resend of an update already applied (we crashed before acking)
-        } else if u.base.is_some_and(|b| b != current) {
+        } else if u.base.is_some_and(|b| b != crate::wire::base_id(&current)) {
             Some(ApplyError::UnknownBase {
                 path: u.path.clone(),
             })

@@ -45,8 +45,8 @@ pub struct Plan<'a> {
     pub id: u64,
     /// Send every byte (fallback after a nack) instead of the dirty ranges.
     pub whole: bool,
-    /// Hash of the content the peer holds, if known.
-    pub base: Option<[u8; 32]>,
+    /// The id of the content the peer holds, if known (`wire::base_id`).
+    pub base: Option<u64>,
     /// zstd level.
     pub level: i32,
     /// The file's hash tree from its last update: every byte changed since is in the

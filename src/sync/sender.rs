@@ -955,7 +955,9 @@ async fn send_one(
     let base = match (whole, kept_base) {
         (true, _) => None,
         (false, Some(b)) => b,
-        (false, None) => (st.peer_hash.get(&file).copied()).or_else(|| agreed_hash(s, &entry.path)),
+        (false, None) => (st.peer_hash.get(&file).copied())
+            .or_else(|| agreed_hash(s, &entry.path))
+            .map(|h| crate::wire::base_id(&h)),
     };
     let version = entry.version;
     let path = entry.path.clone();

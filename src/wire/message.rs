@@ -116,7 +116,7 @@ pub enum Message {
         /// The file (as in the `FileUpdate`).
         path: RelPath,
         /// The base (as in the `FileUpdate`).
-        base: Option<[u8; 32]>,
+        base: Option<u64>,
         /// BLAKE3 of the new content (as in the `FileUpdate`).
         hash: [u8; 32],
         /// Ranges ending at or before this offset are not sent: the receiver takes them
@@ -233,11 +233,18 @@ pub struct StagedItem {
     /// The file.
     pub path: RelPath,
     /// The update's base.
-    pub base: Option<[u8; 32]>,
+    pub base: Option<u64>,
     /// The update's content hash.
     pub hash: [u8; 32],
     /// The end of the last range held.
     pub upto: u64,
+}
+
+/// The id of a base content on the wire: the first 8 bytes (LE) of its BLAKE3 hash. A
+/// receiver whose content has another id refuses the update (`UnknownBase`); one that
+/// matches by chance is caught by the result's whole hash, which is checked anyway.
+pub fn base_id(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
 /// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 12 bytes instead
@@ -363,9 +370,9 @@ pub struct FileUpdate {
     pub file: u64,
     /// Where the file lives (store-relative; never the root).
     pub path: RelPath,
-    /// BLAKE3 of the content the sender believes the receiver holds; `None`: start from
-    /// empty (a whole-file replace).
-    pub base: Option<[u8; 32]>,
+    /// The content the sender believes the receiver holds, by its [`base_id`] (version
+    /// 10; the whole BLAKE3 before); `None`: start from empty (a whole-file replace).
+    pub base: Option<u64>,
     /// The new total size in bytes.
     pub size: u64,
     /// The file's mode bits.

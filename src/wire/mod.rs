@@ -47,8 +47,9 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{
-    check_hello, hash48_bytes, hash48_from, AckKind, ChunkNode, DirDigest, Encoding, FileUpdate,
-    IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, StagedItem, WireVersion,
+    base_id, check_hello, hash48_bytes, hash48_from, AckKind, ChunkNode, DirDigest, Encoding,
+    FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, StagedItem,
+    WireVersion,
 };
 pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};

@@ -123,7 +123,7 @@ fn all_messages() -> Vec<Message> {
         10,
         vec![raw(0, b"ab"), compress_range(4, &[0; 6], 3)],
     );
-    u.base = Some([7; 32]);
+    u.base = Some(0x0707_0707_0707_0707);
     let mut msgs = vec![
         Message::hello([1; 16], "laptop"),
         Message::Refused {
@@ -629,7 +629,7 @@ fn arb_update() -> impl Strategy<Value = FileUpdate> {
         any::<u64>(),
         any::<u64>(),
         "[a-z.]{1,8}(/[a-z]{1,8}){0,3}",
-        any::<Option<[u8; 32]>>(),
+        any::<Option<u64>>(),
         0u64..1000,
     );
     (
@@ -1113,7 +1113,7 @@ fn pinned_resume_encodings() {
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let msg = Message::Staged(vec![crate::wire::StagedItem {
         path: RelPath::from_bytes(b"a").unwrap(),
-        base: Some([0x11; 32]),
+        base: Some(0x1111_1111_1111_1111),
         hash: [0x22; 32],
         upto: 5,
     }]);
@@ -1122,8 +1122,8 @@ fn pinned_resume_encodings() {
         "0100000000000000", // one item
         "0100000000000000", //   path length
         "61",               //   "a"
-        "01",               //   base: Some
-        "1111111111111111111111111111111111111111111111111111111111111111",
+        "01",               //   base: Some, its id
+        "1111111111111111",
         "2222222222222222222222222222222222222222222222222222222222222222", // hash
         "0500000000000000",                                                 //   upto
     );
