@@ -33,15 +33,15 @@ pub fn shared_base(new: &[u8], described: &[u32]) -> (Vec<u8>, Vec<u8>) {
             ours.entry(short(n.hash)).or_insert(span);
         }
     }
-    let mut used = vec![0u8; described.len().div_ceil(8)];
+    let mut held = Vec::new();
     let mut base = Vec::new();
     for (i, h) in described.iter().enumerate() {
         if let Some(&(a, b)) = ours.get(h) {
-            used[i / 8] |= 1 << (i % 8);
+            held.push(i);
             base.extend_from_slice(&new[a..b]);
         }
     }
-    (used, base)
+    (crate::wire::bitmap(described.len(), held), base)
 }
 
 /// The side that described `old`: the base the other side marked in `used`, or `None`
@@ -49,15 +49,9 @@ pub fn shared_base(new: &[u8], described: &[u32]) -> (Vec<u8>, Vec<u8>) {
 pub fn base_of(old: &[u8], used: &[u8]) -> Option<Vec<u8>> {
     let t = Tree::from_bytes(old);
     let leaves = if t.is_empty() { &[][..] } else { t.level(0) };
-    if used.len() != leaves.len().div_ceil(8) {
-        return None;
-    }
-    let bit = |i: usize| used[i / 8] & (1 << (i % 8)) != 0;
-    if (leaves.len()..used.len() * 8).any(bit) {
-        return None; // a bit past the last leaf
-    }
     let mut base = Vec::new();
-    for (_, n) in leaves.iter().enumerate().filter(|(i, _)| bit(*i)) {
+    for i in crate::wire::bitmap_ones(used, leaves.len())? {
+        let n = &leaves[i];
         base.extend_from_slice(&old[n.offset as usize..(n.offset + n.len) as usize]);
     }
     Some(base)
