@@ -5,33 +5,54 @@
 //! its side, [`base_of`] on the other). The new version then travels as a delta against
 //! that base. A short hash that matches the wrong bytes yields a base the other side
 //! does not have: the delta's base id and the whole-file hash catch it.
+//!
+//! The leaves are smaller than a chunk tree's ([`MIN`]/[`AVG`]/[`MAX`]) and their hashes
+//! shorter ([`HASH_BYTES`]): the hashes of a small file cost less than the bytes a
+//! bigger leaf around a change would.
 
-use super::Tree;
 use std::collections::HashMap;
 
-fn short(hash: u64) -> u32 {
-    hash as u32
+/// FastCDC (2020) leaf sizes for small files: minimum, average, maximum (bytes; the
+/// crate's smallest minimum is 64). Chosen by benchmark: 300 source files of tokio, one
+/// line each edited as bench-sync.sh's c does, cost 102,112 B at the chunk tree's
+/// 128/512/4096 with 4-byte hashes, 84,010 B at 64/256/2048 with 3-byte hashes.
+pub const MIN: u32 = 64;
+/// Average leaf size.
+pub const AVG: u32 = 256;
+/// Largest leaf.
+pub const MAX: u32 = 2048;
+/// Bytes of a leaf's hash on the wire (the first bytes of its BLAKE3). The other side
+/// looks each up among its version's leaves: a described leaf it lacks matches one by
+/// chance once in 2^24 / (its leaves), and that costs the file's delta, which then
+/// fails its base id or hash and goes whole.
+pub const HASH_BYTES: usize = 3;
+
+/// `bytes`' leaves in file order: (offset, length, short hash).
+fn cut(bytes: &[u8]) -> Vec<(usize, usize, u32)> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    fastcdc::v2020::FastCDC::new(bytes, MIN, AVG, MAX)
+        .map(|c| {
+            let h = blake3::hash(&bytes[c.offset..c.offset + c.length]);
+            let mut b = [0u8; 4];
+            b[..HASH_BYTES].copy_from_slice(&h.as_bytes()[..HASH_BYTES]);
+            (c.offset, c.length, u32::from_le_bytes(b))
+        })
+        .collect()
 }
 
 /// The short hashes of `bytes`' leaves, in file order.
 pub fn describe(bytes: &[u8]) -> Vec<u32> {
-    let t = Tree::from_bytes(bytes);
-    if t.is_empty() {
-        return Vec::new();
-    }
-    t.level(0).iter().map(|n| short(n.hash)).collect()
+    cut(bytes).into_iter().map(|(_, _, h)| h).collect()
 }
 
 /// The side with the new version (`new`): which of the described leaves it holds
 /// (a bitmap, bit `i % 8` of byte `i / 8`) and their bytes in the described order.
 pub fn shared_base(new: &[u8], described: &[u32]) -> (Vec<u8>, Vec<u8>) {
-    let t = Tree::from_bytes(new);
     let mut ours: HashMap<u32, (usize, usize)> = HashMap::new();
-    if !t.is_empty() {
-        for n in t.level(0) {
-            let span = (n.offset as usize, (n.offset + n.len) as usize);
-            ours.entry(short(n.hash)).or_insert(span);
-        }
+    for (at, len, h) in cut(new) {
+        ours.entry(h).or_insert((at, at + len));
     }
     let mut held = Vec::new();
     let mut base = Vec::new();
@@ -47,12 +68,11 @@ pub fn shared_base(new: &[u8], described: &[u32]) -> (Vec<u8>, Vec<u8>) {
 /// The side that described `old`: the base the other side marked in `used`, or `None`
 /// if `used` does not fit `old`'s leaves (another version than the one described).
 pub fn base_of(old: &[u8], used: &[u8]) -> Option<Vec<u8>> {
-    let t = Tree::from_bytes(old);
-    let leaves = if t.is_empty() { &[][..] } else { t.level(0) };
+    let leaves = cut(old);
     let mut base = Vec::new();
     for i in crate::wire::bitmap_ones(used, leaves.len())? {
-        let n = &leaves[i];
-        base.extend_from_slice(&old[n.offset as usize..(n.offset + n.len) as usize]);
+        let (at, len, _) = leaves[i];
+        base.extend_from_slice(&old[at..at + len]);
     }
     Some(base)
 }
@@ -87,13 +107,13 @@ mod tests {
         let cost = roundtrip(&old, &new);
         // the changed leaf (512 bytes on average) against its neighbours; whole: 4 KB
         assert!(cost < 256, "{cost} bytes of delta for 19 bytes inserted");
-        assert!(describe(&old).len() <= old.len() / 128);
+        assert!(describe(&old).len() <= old.len() / MIN as usize);
         // random letters: the changed leaf's own entropy, a few hundred bytes at most
         let old = text(13_000, 5);
         let mut new = old.clone();
         new.splice(6_500..6_500, b" // one line edited".iter().copied());
         let cost = roundtrip(&old, &new);
-        assert!(cost < 2 * super::super::LEAF_MAX as usize, "{cost} bytes");
+        assert!(cost < 2 * MAX as usize, "{cost} bytes");
     }
 
     #[test]

@@ -37,8 +37,14 @@ pub const LEAF_MIN: u32 = 128;
 pub const LEAF_AVG: u32 = 512;
 /// Largest leaf (also the largest literal the needing side accepts for one leaf).
 pub const LEAF_MAX: u32 = 4096;
-/// Average number of children of a parent.
-pub const FANOUT: u64 = 16;
+/// Average number of children of a parent. Chosen by benchmark (`chunks::tests::costs`,
+/// five seeds each; version 11, 16 before): 500 SQLite-like row updates in 60 MiB cost
+/// 312,913 B at 16 and 245,947 B at 4 (19,587 and 11,300 nodes offered; 241,397 B at 3,
+/// one round more), 100 B inserted at the top of 32 MiB 669 and 418 B, 20 B changed in
+/// 16 MiB 899 and 547 B, 4 KiB written into 64 MiB 3,866 and 3,531 B, for two more
+/// rounds (a round trip each). Fewer children cost fewer sibling hashes around each
+/// change, more levels cost more: the total is least near 3.
+pub const FANOUT: u64 = 4;
 /// Most children of one parent (a group closes here whatever the hashes say).
 pub const MAX_GROUP: usize = 4 * FANOUT as usize;
 /// The top level has at most this many nodes.

@@ -32,6 +32,8 @@ struct Run {
     /// Block hashes sent.
     hashes: usize,
     rounds: usize,
+    /// Nodes offered.
+    offered: usize,
 }
 
 /// `bytes` in a temporary file.
@@ -62,10 +64,12 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let mut cost: usize = top.iter().map(offer_bytes).sum();
     let mut answers = needs.first(&top).unwrap();
     let (mut rounds, mut sent_bytes, mut hashes) = (1, 0, 0);
+    let mut offered = top.len();
     while !needs.is_done() {
         cost += answers.len().div_ceil(4);
         let round = offers.next(&answers).unwrap();
         let (bytes, blocks) = sent(new, &round);
+        offered += round.children.iter().flatten().count();
         cost += round
             .children
             .iter()
@@ -92,6 +96,7 @@ fn run(old: &[u8], new: &[u8]) -> Run {
         sent: sent_bytes,
         hashes,
         rounds,
+        offered,
     }
 }
 
@@ -262,37 +267,83 @@ proptest! {
     }
 }
 
-/// Leaf sizes by benchmark: `cargo test --lib chunks::tests::costs -- --ignored --nocapture`
-/// prints the mean cost of each workload over five seeds.
+/// SQLite-like rows (bench-sync.sh's f): 600 hex characters, then random bytes, 1,365
+/// bytes a row; an update changes a row's first byte and 10 characters at 590.
+fn rows(n: usize, seed: u64) -> Vec<u8> {
+    let t = text(n, seed);
+    (0..n)
+        .map(|i| match i % 1365 {
+            0..600 => b"0123456789abcdef"[(t[i] % 16) as usize],
+            _ => t[i].wrapping_mul(t[(i * 7) % n]),
+        })
+        .collect()
+}
+
+/// Leaf sizes and fanout by benchmark:
+/// `cargo test --release --lib chunks::tests::costs -- --ignored --nocapture` prints the
+/// mean cost of each workload over five seeds (`COSTS_ONLY=<part of a name>`: only
+/// those workloads).
 #[test]
 #[ignore]
 fn costs() {
     type Edit = fn(&mut Vec<u8>, u64);
-    let work: [(&str, usize, Edit); 4] = [
-        ("100 B inserted at the top of 32 MiB", 32 << 20, |v, s| {
-            v.splice(0..0, text(100, s));
-        }),
-        ("20 B changed in the middle of 16 MiB", 16 << 20, |v, s| {
-            let at = v.len() / 2 + s as usize * 977;
-            v[at..at + 20].copy_from_slice(&text(20, s));
-        }),
+    type Make = fn(usize, u64) -> Vec<u8>;
+    let work: [(&str, usize, Make, Edit); 5] = [
+        (
+            "500 SQLite-like row updates in 60 MiB",
+            60 << 20,
+            rows,
+            |v, s| {
+                let rows = v.len() / 1365;
+                let mut x = s * 0x9E37_79B9_7F4A_7C15 | 1;
+                for _ in 0..500 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let at = (x as usize % rows) * 1365;
+                    v[at] = v[at].wrapping_add(1);
+                    v[at + 590..at + 600].copy_from_slice(&text(10, x));
+                }
+            },
+        ),
+        (
+            "100 B inserted at the top of 32 MiB",
+            32 << 20,
+            text,
+            |v, s| {
+                v.splice(0..0, text(100, s));
+            },
+        ),
+        (
+            "20 B changed in the middle of 16 MiB",
+            16 << 20,
+            text,
+            |v, s| {
+                let at = v.len() / 2 + s as usize * 977;
+                v[at..at + 20].copy_from_slice(&text(20, s));
+            },
+        ),
         (
             "4 KiB of random bytes written into 64 MiB",
             64 << 20,
+            text,
             |v, s| {
                 let at = (s as usize * 7_777_777) % (v.len() - 4096);
                 let noise: Vec<u8> = text(4096, s).iter().map(|b| b.wrapping_mul(7)).collect();
                 v[at..at + 4096].copy_from_slice(&noise);
             },
         ),
-        ("1 MiB of text appended to 8 MiB", 8 << 20, |v, s| {
+        ("1 MiB of text appended to 8 MiB", 8 << 20, text, |v, s| {
             v.extend(text(1 << 20, s));
         }),
     ];
-    for (what, len, edit) in work {
+    for (what, len, make, edit) in work {
+        if !what.contains(&std::env::var("COSTS_ONLY").unwrap_or_default()) {
+            continue;
+        }
         let runs: Vec<Run> = (1..=5)
             .map(|s| {
-                let old = text(len, 100 + s);
+                let old = make(len, 100 + s);
                 let mut new = old.clone();
                 edit(&mut new, s);
                 run(&old, &new)
@@ -300,6 +351,12 @@ fn costs() {
             .collect();
         let mean = runs.iter().map(|r| r.cost).sum::<usize>() / runs.len();
         let rounds = runs.iter().map(|r| r.rounds).max().unwrap_or(0);
-        println!("{what}: {mean} B (mean of 5), at most {rounds} rounds");
+        let sent = runs.iter().map(|r| r.sent).sum::<usize>() / runs.len();
+        let hashes = runs.iter().map(|r| r.hashes).sum::<usize>() / runs.len();
+        let offered = runs.iter().map(|r| r.offered).sum::<usize>() / runs.len();
+        println!(
+            "{what}: {mean} B (mean of 5), at most {rounds} rounds; \
+             {sent} B of leaves and blocks, {hashes} block hashes, {offered} nodes offered"
+        );
     }
 }

@@ -73,9 +73,11 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         want: Vec<u8>,
         /// Per wanted file, in order (shorter: none for the rest): the leaves of the
-        /// version the receiver holds there, a small file (version 7): the low 32 bits
-        /// of each FastCDC leaf's hash, in file order (see `crate::chunks`). Empty: no
-        /// version here.
+        /// version the receiver holds there, a small file (version 7): the first 3
+        /// bytes of each FastCDC leaf's BLAKE3 (version 11; 4 before), in file order
+        /// (see `crate::chunks::leaves`), 3 bytes each on the wire. Empty: no version
+        /// here.
+        #[serde(with = "leaf_hashes")]
         leaves: Vec<Vec<u32>>,
     },
     /// At first contact, before any `Index`: a digest of each directory of the sender's
@@ -199,6 +201,44 @@ pub struct ChunkNode {
     pub len: u32,
     /// A leaf (its bytes can be asked for) rather than a parent (it can be expanded).
     pub leaf: bool,
+}
+
+/// Each file's leaf hashes as one byte string, 3 little-endian bytes a hash (the top
+/// byte of each value is zero).
+mod leaf_hashes {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    const N: usize = crate::chunks::leaves::HASH_BYTES;
+
+    pub fn serialize<S: Serializer>(files: &[Vec<u32>], s: S) -> Result<S::Ok, S::Error> {
+        let packed = files.iter().map(|hashes| {
+            let bytes = hashes
+                .iter()
+                .flat_map(|h| h.to_le_bytes().into_iter().take(N));
+            ByteBuf::from(bytes.collect::<Vec<u8>>())
+        });
+        packed.collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u32>>, D::Error> {
+        let files = Vec::<ByteBuf>::deserialize(d)?;
+        files
+            .iter()
+            .map(|b| {
+                if b.len() % N != 0 {
+                    return Err(D::Error::custom("leaf hashes: not a whole number"));
+                }
+                let hash = |c: &[u8]| {
+                    let mut v = [0u8; 4];
+                    v[..N].copy_from_slice(c);
+                    u32::from_le_bytes(v)
+                };
+                Ok(b.chunks(N).map(hash).collect())
+            })
+            .collect()
+    }
 }
 
 /// A 48-bit hash as its 6 little-endian bytes.

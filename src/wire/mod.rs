@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 10;
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/10";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/11";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -94,8 +94,8 @@ pub const MAX_INDEX_ITEMS: usize = 16 * 1024;
 pub const MAX_SAME_DIGESTS: usize = 1 << 20;
 
 /// Most leaves described for one file in an `IndexAck` (files up to 64 KiB have about
-/// 128 of 512 bytes; FastCDC leaves are at least 128 bytes).
-pub const MAX_FILE_LEAVES: usize = 512;
+/// 256 of 256 bytes; their FastCDC leaves are at least 64 bytes).
+pub const MAX_FILE_LEAVES: usize = 1024;
 
 /// Largest encoded message (frame payload, excluding the 4-byte length prefix), in bytes.
 pub const MAX_FRAME: usize = 16 << 20;

@@ -30,7 +30,9 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             let wanted = want.iter().map(|b| b.count_ones() as usize).sum();
             max_len("described files", leaves.len(), wanted)?;
             let most = leaves.iter().map(Vec::len).max().unwrap_or(0);
-            max_len("leaves of a file", most, MAX_FILE_LEAVES)
+            max_len("leaves of a file", most, MAX_FILE_LEAVES)?;
+            let top = leaves.iter().flatten().copied().max().unwrap_or(0);
+            within("leaf hash", u64::from(top), 0xFF_FFFF)
         }
         Message::LeafDelta { update, used, .. } => {
             validate_update(update)?;
