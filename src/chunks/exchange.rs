@@ -1,7 +1,10 @@
 //! The rounds of the exchange: [`Offers`] (the side with the new version) and
 //! [`Needs`] (the side rebuilding it from its old version plus what it asks for).
 
-use super::{ChunkError, Offer, Tree, BLOCK, LEAF_MAX, MAX_GROUP, MAX_HOLE, MIN_DESCRIBED};
+use super::{
+    ChunkError, Offer, Tree, BLOCK, FINE, FINE_MIN, FINE_SLACK, LEAF_MAX, MAX_GROUP, MAX_HOLE,
+    MIN_DESCRIBED,
+};
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 
@@ -16,6 +19,8 @@ pub enum Answer {
     Send,
     /// Not found, a leaf of [`MIN_DESCRIBED`] bytes or more: send the hashes of its
     /// [`BLOCK`]-byte blocks next round; the blocks not found here are asked for then.
+    /// Not found, a block of more than [`FINE`] bytes: the same with [`FINE`]-byte
+    /// pieces of it.
     Describe,
 }
 
@@ -30,6 +35,9 @@ pub struct Round {
     /// The (offset, len) of each leaf answered [`Answer::Describe`], in order: the
     /// caller sends the [`block_hashes`] of these bytes.
     pub describe: Vec<(u64, u64)>,
+    /// The (offset, len) of each block answered [`Answer::Describe`], in order: the
+    /// caller sends the [`fine_hashes`] of these bytes, after those of `describe`.
+    pub fine: Vec<(u64, u64)>,
 }
 
 /// What was offered: a node of the tree, or a block of a described leaf.
@@ -52,12 +60,24 @@ pub fn block_hashes(leaf: &[u8]) -> Vec<u64> {
     leaf.chunks(BLOCK as usize).map(block_hash).collect()
 }
 
+/// The hashes of the [`FINE`]-byte pieces of one described block (the last may be
+/// shorter), in order.
+pub fn fine_hashes(block: &[u8]) -> Vec<u64> {
+    block.chunks(FINE as usize).map(block_hash).collect()
+}
+
+/// The `unit`-byte parts of `len` bytes at `offset`: (offset, len) each.
+fn parts_of(offset: u64, len: u64, unit: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(unit)).map(move |k| (offset + k * unit, unit.min(len - k * unit)))
+}
+
 /// The blocks of a leaf of `len` bytes at `offset`: (offset, len) each.
 fn blocks_of(offset: u64, len: u64) -> impl Iterator<Item = (u64, u64)> {
-    (0..len.div_ceil(BLOCK)).map(move |k| (offset + k * BLOCK, BLOCK.min(len - k * BLOCK)))
+    parts_of(offset, len, BLOCK)
 }
 
 /// The offering side: remembers what it offered last, to read the answers against.
+#[derive(Clone)]
 pub struct Offers<'t> {
     tree: &'t Tree,
     /// Each node or block offered in the last round, in order.
@@ -123,6 +143,10 @@ impl<'t> Offers<'t> {
                     next.extend(blocks_of(n.offset, n.len).map(|(o, l)| Item::Block(o, l)));
                 }
                 (Item::Block(o, l), Answer::Send) => round.send.push((o, l)),
+                (Item::Block(o, l), Answer::Describe) if l > FINE => {
+                    round.fine.push((o, l));
+                    next.extend(parts_of(o, l, FINE).map(|(o, l)| Item::Block(o, l)));
+                }
                 _ => return Err(ChunkError::Mismatch(format!("{a:?} for {item:?}"))),
             }
         }
@@ -150,6 +174,9 @@ pub enum Piece {
     /// A leaf whose block hashes come next round, to be looked for in our bytes
     /// `hole` (offset, len): where the old version of that part of the file probably is.
     Described { len: u64, hole: (u64, u64) },
+    /// A block whose [`FINE`]-byte pieces' hashes come next round, to be looked for in
+    /// our bytes `near` (offset, len): around where its neighbours were found.
+    Fine { len: u64, near: (u64, u64) },
 }
 
 /// The needing side of one file's exchange.
@@ -242,19 +269,21 @@ impl Needs {
     }
 
     /// A later round: the children of each node we expanded, the bytes of each leaf or
-    /// block we asked for, and the block hashes of each leaf we had described, all in
-    /// order; `old` is our version (described leaves are looked for in it). Returns the
-    /// answers to the children and blocks, in order.
+    /// block we asked for, and the hashes of the blocks of each leaf we had described,
+    /// then of the pieces of each block we had described, all in order; `old` is our
+    /// version (described leaves and blocks are looked for in it). Returns the answers
+    /// to the children, blocks and pieces, in order.
     pub fn next(
         &mut self,
         round: Round,
         mut bytes: Vec<Vec<u8>>,
-        blocks: &[u64],
+        hashes: &[u64],
         old: &impl FileExt,
     ) -> Result<Vec<Answer>, ChunkError> {
         let mis = |s: String| Err(ChunkError::Mismatch(s));
         let (mut kids, mut data) = (round.children.into_iter(), bytes.drain(..));
-        let mut blocks = blocks.iter().copied();
+        let (blocks, fine) = hashes.split_at(self.leaf_blocks().min(hashes.len()));
+        let (mut blocks, mut fine) = (blocks.iter().copied(), fine.iter().copied());
         let mut search = Search::new();
         self.round_blocks = 0;
         let mut out = Vec::with_capacity(self.pieces.len());
@@ -284,8 +313,20 @@ impl Needs {
                     if hashes.len() != n {
                         return mis(format!("fewer than {n} block hashes for a leaf"));
                     }
-                    let found = find_blocks(old, &mut search, hole, &hashes, len)?;
+                    let mut found = find_parts(old, &mut search, (hole, BLOCK), &hashes, len)?;
+                    anchor_blocks(&mut found, self.old_len);
                     for piece in found {
+                        fresh.push(out.len());
+                        out.push(piece);
+                    }
+                }
+                Piece::Fine { len, near } => {
+                    let n = len.div_ceil(FINE) as usize;
+                    let hashes: Vec<u64> = fine.by_ref().take(n).collect();
+                    if hashes.len() != n {
+                        return mis(format!("fewer than {n} piece hashes for a block"));
+                    }
+                    for piece in find_parts(old, &mut search, (near, FINE), &hashes, len)? {
                         fresh.push(out.len());
                         out.push(piece);
                     }
@@ -296,10 +337,38 @@ impl Needs {
                 return mis(format!("more than {} pieces", self.max_pieces));
             }
         }
-        if kids.next().is_some() || data.next().is_some() || blocks.next().is_some() {
+        let extra = blocks.next().or(fine.next()).is_some();
+        if kids.next().is_some() || data.next().is_some() || extra {
             return mis("more than was asked for".into());
         }
+        self.few_fine(&mut out, &fresh);
         Ok(self.settle(out, &fresh))
+    }
+
+    /// Block hashes the next round brings: those of the leaves described last.
+    fn leaf_blocks(&self) -> usize {
+        let blocks = self.pieces.iter().map(|p| match p {
+            Piece::Described { len, .. } => len.div_ceil(BLOCK) as usize,
+            _ => 0,
+        });
+        blocks.sum()
+    }
+
+    /// Blocks to describe finely cost a round trip: fewer than [`FINE_MIN`] of them
+    /// in a round (or more than the round's block budget) are asked for instead.
+    fn few_fine(&mut self, out: &mut [Piece], fresh: &[usize]) {
+        let is_fine = |p: &Piece| matches!(p, Piece::Fine { .. });
+        let n = fresh.iter().filter(|&&i| is_fine(&out[i])).count() as u64;
+        let parts = n * BLOCK.div_ceil(FINE);
+        if n >= FINE_MIN && self.round_blocks + parts <= MAX_ROUND_BLOCKS {
+            self.round_blocks += parts;
+            return;
+        }
+        for &i in fresh {
+            if let Piece::Fine { len, .. } = out[i] {
+                out[i] = Piece::Asked { len };
+            }
+        }
     }
 
     /// The lengths of the leaves asked for in the last round, in order: the bytes the
@@ -326,7 +395,10 @@ impl Needs {
         !self.pieces.iter().any(|p| {
             matches!(
                 p,
-                Piece::Open { .. } | Piece::Asked { .. } | Piece::Described { .. }
+                Piece::Open { .. }
+                    | Piece::Asked { .. }
+                    | Piece::Described { .. }
+                    | Piece::Fine { .. }
             )
         })
     }
@@ -368,7 +440,10 @@ pub fn rebuild(
                 }
             }
             Piece::Bytes(b) => out.write_all(b)?,
-            Piece::Open { .. } | Piece::Asked { .. } | Piece::Described { .. } => {
+            Piece::Open { .. }
+            | Piece::Asked { .. }
+            | Piece::Described { .. }
+            | Piece::Fine { .. } => {
                 return Err(std::io::Error::other(
                     "rebuilding before the exchange ended",
                 ))
@@ -384,7 +459,8 @@ fn p_len(p: &Piece) -> u64 {
         Piece::Copy { len, .. }
         | Piece::Open { len }
         | Piece::Asked { len }
-        | Piece::Described { len, .. } => *len,
+        | Piece::Described { len, .. }
+        | Piece::Fine { len, .. } => *len,
         Piece::Bytes(b) => b.len() as u64,
     }
 }
@@ -452,7 +528,7 @@ fn answer_for(p: &Piece) -> Answer {
         Piece::Copy { .. } | Piece::Bytes(_) => Answer::Have,
         Piece::Open { .. } => Answer::Expand,
         Piece::Asked { .. } => Answer::Send,
-        Piece::Described { .. } => Answer::Describe,
+        Piece::Described { .. } | Piece::Fine { .. } => Answer::Describe,
     }
 }
 
@@ -462,10 +538,14 @@ fn answer_for(p: &Piece) -> Answer {
 /// of one core).
 const MAX_ROUND_SEARCH: u64 = 8 << 20;
 
+/// Bytes searched: offset, length, window size.
+type Area = (u64, u64, u64);
+
 /// The searches of one round: the current hole's windows by hash, hashed once.
 struct Search {
-    /// The hole (offset, len) searched last, and its windows: hash -> where it starts.
-    windows: Option<((u64, u64), HashMap<u64, u64>)>,
+    /// The hole (offset, len) and window size searched last, and its windows: hash ->
+    /// where it starts.
+    windows: Option<(Area, HashMap<u64, u64>)>,
     /// Window bytes left to hash this round.
     budget: u64,
 }
@@ -478,15 +558,16 @@ impl Search {
         }
     }
 
-    /// Where a [`BLOCK`]-byte window of `hole` with hash `h` starts, if there is one
+    /// Where a `size`-byte window of `hole` with hash `h` starts, if there is one
     /// (none once the budget is spent).
     fn find(
         &mut self,
         old: &impl FileExt,
         (at, n): (u64, u64),
+        size: u64,
         h: u64,
     ) -> Result<Option<u64>, ChunkError> {
-        if self.windows.as_ref().map(|w| w.0) != Some((at, n)) {
+        if self.windows.as_ref().map(|w| w.0) != Some((at, n, size)) {
             self.windows = None; // one hole's windows at a time (at most 32 Ki entries)
             if self.budget < n {
                 return Ok(None);
@@ -496,10 +577,10 @@ impl Search {
             old.read_exact_at(&mut bytes, at)
                 .map_err(|e| ChunkError::Read(e.to_string()))?;
             let mut m: HashMap<u64, u64> = HashMap::new();
-            for (i, w) in bytes.windows(BLOCK as usize).enumerate() {
+            for (i, w) in bytes.windows(size as usize).enumerate() {
                 m.entry(block_hash(w)).or_insert(at + i as u64);
             }
-            self.windows = Some(((at, n), m));
+            self.windows = Some(((at, n, size), m));
         }
         Ok(self.windows.as_ref().and_then(|w| w.1.get(&h).copied()))
     }
@@ -515,21 +596,21 @@ fn same_at(old: &impl FileExt, from: u64, l: u64, h: u64) -> Result<bool, ChunkE
     }
 }
 
-/// Looks for the blocks of a described leaf of `len` bytes (their `hashes`) in our
-/// bytes `hole`: a block found there is copied, the rest are asked for. The leaf's
-/// last, shorter block is looked for only right after the block before it, where it
-/// sits if that one was found.
-fn find_blocks(
+/// Looks for the `unit`-byte parts of a described leaf ([`BLOCK`]) or block ([`FINE`])
+/// of `len` bytes (their `hashes`) at any offset of our bytes `area`: a part found
+/// there is copied, the rest are asked for. The last, shorter part is looked for only
+/// right after the part before it, where it sits if that one was found.
+fn find_parts(
     old: &impl FileExt,
     search: &mut Search,
-    hole: (u64, u64),
+    (area, unit): ((u64, u64), u64),
     hashes: &[u64],
     len: u64,
 ) -> Result<Vec<Piece>, ChunkError> {
     let mut found: Vec<Piece> = Vec::with_capacity(hashes.len());
-    for ((_, l), &h) in blocks_of(0, len).zip(hashes) {
-        let hit = match (l == BLOCK, found.last()) {
-            (true, _) => search.find(old, hole, h)?,
+    for ((_, l), &h) in parts_of(0, len, unit).zip(hashes) {
+        let hit = match (l == unit, found.last()) {
+            (true, _) => search.find(old, area, unit, h)?,
             (false, Some(&Piece::Copy { from, len })) => {
                 let at = from + len;
                 same_at(old, at, l, h)?.then_some(at)
@@ -544,9 +625,84 @@ fn find_blocks(
     Ok(found)
 }
 
+/// Marks each block of a described leaf not found (`Asked`) but next to one found
+/// (a change inside the block, most likely) to be described finely: its old bytes
+/// are probably right after the block found before it, or right before the one after
+/// it, give or take [`FINE_SLACK`] bytes of an insert or a delete.
+fn anchor_blocks(found: &mut [Piece], old_len: u64) {
+    for i in 0..found.len() {
+        let Piece::Asked { len } = found[i] else {
+            continue;
+        };
+        let before = i.checked_sub(1).and_then(|k| match found[k] {
+            Piece::Copy { from, len } => Some(from + len),
+            _ => None,
+        });
+        let after = match found.get(i + 1) {
+            Some(&Piece::Copy { from, .. }) => from.checked_sub(len),
+            _ => None,
+        };
+        let Some(at) = before.or(after) else {
+            continue;
+        };
+        let start = at.saturating_sub(FINE_SLACK);
+        let end = (at + len + FINE_SLACK).min(old_len);
+        if len > FINE && end >= start + FINE {
+            found[i] = Piece::Fine {
+                len,
+                near: (start, end - start),
+            };
+        }
+    }
+}
+
 #[cfg(test)]
 mod search_tests {
     use super::*;
+
+    #[test]
+    fn a_block_may_be_described_but_not_a_piece() {
+        let tree = Tree::from_bytes(&crate::chunks::tests::text(1000, 1));
+        let mut offers = Offers::new(&tree);
+        offers.last = vec![Item::Block(256, 128)];
+        let round = offers.next(&[Answer::Describe]).unwrap();
+        assert_eq!(round.fine, [(256, 128)]);
+        assert_eq!(offers.last.len(), 4, "four 32-byte pieces offered");
+        let wrong = [Answer::Describe, Answer::Send, Answer::Send, Answer::Send];
+        assert!(offers.next(&wrong).is_err(), "a piece described again");
+    }
+
+    #[test]
+    fn a_changed_block_is_found_piece_by_piece_around_its_neighbours() {
+        let old = crate::chunks::tests::text(4096, 5);
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&old, 0).unwrap();
+        // blocks 0 and 2 found; block 1 (128..256) changed: looked for near 128
+        let mut found = vec![
+            Piece::Copy { from: 0, len: 128 },
+            Piece::Asked { len: 128 },
+            Piece::Copy {
+                from: 256,
+                len: 128,
+            },
+        ];
+        anchor_blocks(&mut found, old.len() as u64);
+        let near = (128 - FINE_SLACK, 128 + 2 * FINE_SLACK);
+        assert_eq!(found[1], Piece::Fine { len: 128, near });
+        // the new block: 5 bytes inserted at 40 of it, the rest shifted, cut to 128
+        let mut new = old[128..256].to_vec();
+        new.splice(40..40, *b"12345");
+        new.truncate(128);
+        let hashes = fine_hashes(&new);
+        let got = find_parts(&f, &mut Search::new(), (near, FINE), &hashes, 128).unwrap();
+        let want = [
+            Piece::Copy { from: 128, len: 32 },
+            Piece::Asked { len: 32 },
+            Piece::Copy { from: 187, len: 32 },
+            Piece::Copy { from: 219, len: 32 },
+        ];
+        assert_eq!(got, want, "the pieces after the insert are found shifted");
+    }
 
     #[test]
     fn holes_are_hashed_once_and_a_spent_budget_finds_nothing() {
@@ -558,18 +714,18 @@ mod search_tests {
             budget: 40_000,
         };
         let h = block_hash(&bytes[100..228]);
-        assert_eq!(s.find(&f, (0, 32 << 10), h).unwrap(), Some(100));
+        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
         assert_eq!(s.budget, 40_000 - (32 << 10));
         // the same hole again: its windows are kept, the budget untouched
-        assert_eq!(s.find(&f, (0, 32 << 10), h).unwrap(), Some(100));
+        assert_eq!(s.find(&f, (0, 32 << 10), BLOCK, h).unwrap(), Some(100));
         assert_eq!(s.budget, 40_000 - (32 << 10));
         // another hole, beyond what is left: not searched
         let h2 = block_hash(&bytes[40_000..40_128]);
-        assert_eq!(s.find(&f, (32 << 10, 32 << 10), h2).unwrap(), None);
+        assert_eq!(s.find(&f, (32 << 10, 32 << 10), BLOCK, h2).unwrap(), None);
         // a short last block is checked right after the block before it
         let hashes = [block_hash(&bytes[100..228]), block_hash(&bytes[228..278])];
         let mut s = Search::new();
-        let found = find_blocks(&f, &mut s, (0, 1000), &hashes, 178).unwrap();
+        let found = find_parts(&f, &mut s, ((0, 1000), BLOCK), &hashes, 178).unwrap();
         let copies = [
             Piece::Copy {
                 from: 100,

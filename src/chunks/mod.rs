@@ -16,7 +16,8 @@
 //! (its children are offered in the next round), or, for a leaf, asked for (its bytes
 //! come in the next round) or described (the hashes of its [`BLOCK`]-byte blocks come
 //! next round; those not found in the needing side's bytes around the change are asked
-//! for then). One round per level; an unchanged subtree costs one hash.
+//! for then, or, when many are, described in turn by their [`FINE`]-byte pieces). One
+//! round per level; an unchanged subtree costs one hash.
 //! The result is a [`Piece`] list the needing side rebuilds the file from; the caller
 //! verifies the whole-file BLAKE3 of the result.
 
@@ -24,7 +25,9 @@ mod exchange;
 pub mod leaves;
 mod tree;
 
-pub use exchange::{block_hash, block_hashes, rebuild, Answer, Needs, Offers, Piece, Round};
+pub use exchange::{
+    block_hash, block_hashes, fine_hashes, rebuild, Answer, Needs, Offers, Piece, Round,
+};
 pub use tree::{Node, Tree};
 
 /// Leaf sizes for FastCDC: minimum, average, maximum (bytes). Chosen by benchmark
@@ -56,6 +59,15 @@ pub const TOP: usize = 16;
 pub const MIN_DESCRIBED: u64 = LEAF_MIN as u64;
 /// Block size within a described leaf.
 pub const BLOCK: u64 = 128;
+/// Size of the pieces a described block not found is described by in turn (the
+/// block's changed bytes cost their own pieces, not the whole block; version 11).
+pub const FINE: u64 = 32;
+/// Blocks described finely in one round, at least: fewer are asked for whole (the
+/// round trip would cost more than the pieces save).
+pub const FINE_MIN: u64 = 8;
+/// How far around where a block's old bytes should be its pieces are looked for (an
+/// insert or a delete inside the block shifts them).
+pub const FINE_SLACK: u64 = 64;
 /// The most of its own bytes the needing side searches for one leaf's blocks.
 pub const MAX_HOLE: u64 = 32 << 10;
 

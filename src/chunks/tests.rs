@@ -47,12 +47,9 @@ fn file_of(bytes: &[u8]) -> std::fs::File {
 fn sent(new: &[u8], round: &Round) -> (Vec<Vec<u8>>, Vec<u64>) {
     let at = |&(o, l): &(u64, u64)| &new[o as usize..(o + l) as usize];
     let bytes = round.send.iter().map(|e| at(e).to_vec()).collect();
-    let blocks = round
-        .describe
-        .iter()
-        .flat_map(|e| block_hashes(at(e)))
-        .collect();
-    (bytes, blocks)
+    let blocks = round.describe.iter().flat_map(|e| block_hashes(at(e)));
+    let fine = round.fine.iter().flat_map(|e| fine_hashes(at(e)));
+    (bytes, blocks.chain(fine).collect())
 }
 
 fn run(old: &[u8], new: &[u8]) -> Run {
@@ -231,6 +228,52 @@ fn a_described_leaf_costs_its_changed_blocks() {
     assert!(r.cost < 4096 + 1500, "{} bytes", r.cost);
 }
 
+#[test]
+fn scattered_small_changes_cost_their_fine_pieces() {
+    // 40 changes of 3 bytes (and one of them an insert, one a delete), each in its own
+    // leaf: the blocks around them are described by 32-byte pieces, and each change
+    // costs a piece or two, not a 128-byte block
+    let old = text(4 << 20, 21);
+    let mut new = old.clone();
+    for k in 0..40 {
+        let at = 1000 + k * 100_003;
+        new[at..at + 3].copy_from_slice(b"XYZ");
+    }
+    new.splice(2_000_500..2_000_500, *b"inserted");
+    new.drain(3_000_700..3_000_705);
+    let r = run(&old, &new);
+    assert!(r.rebuilt == new);
+    eprintln!(
+        "42 small changes in 4 MiB: {} B in {} rounds, {} B of leaves and blocks",
+        r.cost, r.rounds, r.sent
+    );
+    assert!(r.sent <= 42 * 2 * FINE as usize, "{} bytes sent", r.sent);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    #[test]
+    fn many_small_edits_rebuild_the_new_version(
+        seed in 1u64..1000,
+        edits in proptest::collection::vec((0f64..1.0, 0usize..3, 1usize..40), 8..40),
+    ) {
+        // enough changes for the blocks around them to be described finely; inserts
+        // and deletes inside a block shift its pieces
+        let old = text(600_000, seed);
+        let mut new = old.clone();
+        for (at, kind, n) in edits {
+            let at = (at * (new.len() - 64) as f64) as usize;
+            let end = (at + n).min(new.len());
+            match kind {
+                0 => { new.splice(at..at, text(n, seed + 1)); }
+                1 => { new.drain(at..end); }
+                _ => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
+            }
+        }
+        prop_assert!(run(&old, &new).rebuilt == new);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     #[test]
@@ -295,7 +338,7 @@ fn costs() {
             rows,
             |v, s| {
                 let rows = v.len() / 1365;
-                let mut x = s * 0x9E37_79B9_7F4A_7C15 | 1;
+                let mut x = (s * 0x9E37_79B9_7F4A_7C15) | 1;
                 for _ in 0..500 {
                     x ^= x << 13;
                     x ^= x >> 7;

@@ -393,10 +393,16 @@ async fn exchange_describing(
             .iter()
             .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
             .collect();
-        let blocks: Vec<u8> = (round.describe.iter())
-            .flat_map(|&(o, l)| {
-                crate::chunks::block_hashes(&described[o as usize..(o + l) as usize])
-            })
+        let at = |&(o, l): &(u64, u64)| &described[o as usize..(o + l) as usize];
+        let leaves = round
+            .describe
+            .iter()
+            .flat_map(|e| crate::chunks::block_hashes(at(e)));
+        let blocks = round
+            .fine
+            .iter()
+            .flat_map(|e| crate::chunks::fine_hashes(at(e)));
+        let blocks: Vec<u8> = (leaves.chain(blocks))
             .flat_map(crate::wire::hash48_bytes)
             .collect();
         sent += data.len() + blocks.len();
