@@ -189,13 +189,14 @@ pub struct Needs {
     size: u64,
     /// Our version's length.
     old_len: u64,
-    /// Blocks of the leaves described so far in this round.
+    /// Blocks of the leaves, and pieces of the blocks, described so far in this round.
     round_blocks: u64,
     max_pieces: usize,
 }
 
-/// Blocks one round may ask the offering side to describe; leaves beyond are asked for
-/// whole (the hashes and answers of a round stay well under the wire's node limit).
+/// Blocks and pieces one round may ask the offering side to describe (a block described
+/// counts its pieces); leaves and blocks beyond are asked for whole (the hashes and
+/// answers of a round stay well under the wire's node limit).
 const MAX_ROUND_BLOCKS: u64 = 16 << 10;
 
 impl Needs {
@@ -355,12 +356,14 @@ impl Needs {
     }
 
     /// Blocks to describe finely cost a round trip: fewer than [`FINE_MIN`] of them
-    /// in a round (or more than the round's block budget) are asked for instead.
+    /// in a round are asked for instead, and so are all of them if their pieces (at
+    /// most 4 a block) would pass the round's budget or the most pieces a file has.
     fn few_fine(&mut self, out: &mut [Piece], fresh: &[usize]) {
         let is_fine = |p: &Piece| matches!(p, Piece::Fine { .. });
         let n = fresh.iter().filter(|&&i| is_fine(&out[i])).count() as u64;
         let parts = n * BLOCK.div_ceil(FINE);
-        if n >= FINE_MIN && self.round_blocks + parts <= MAX_ROUND_BLOCKS {
+        let fits = out.len() + parts as usize <= self.max_pieces;
+        if n >= FINE_MIN && fits && self.round_blocks + parts <= MAX_ROUND_BLOCKS {
             self.round_blocks += parts;
             return;
         }
@@ -639,7 +642,7 @@ fn anchor_blocks(found: &mut [Piece], old_len: u64) {
             _ => None,
         });
         let after = match found.get(i + 1) {
-            Some(&Piece::Copy { from, .. }) => from.checked_sub(len),
+            Some(&Piece::Copy { from, .. }) => Some(from.saturating_sub(len)),
             _ => None,
         };
         let Some(at) = before.or(after) else {

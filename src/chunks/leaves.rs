@@ -105,9 +105,11 @@ mod tests {
         let mid = old.len() / 2;
         new.splice(mid..mid, b" // one line edited".iter().copied());
         let cost = roundtrip(&old, &new);
-        // the changed leaf (512 bytes on average) against its neighbours; whole: 4 KB
+        // the changed leaf (256 bytes on average) against its neighbours; whole: 4 KB
         assert!(cost < 256, "{cost} bytes of delta for 19 bytes inserted");
-        assert!(describe(&old).len() <= old.len() / MIN as usize);
+        // the largest small file fits the wire's limit on leaves described
+        let most = describe(&text(65_535, 9)).len();
+        assert!(most <= crate::wire::MAX_FILE_LEAVES, "{most} leaves");
         // random letters: the changed leaf's own entropy, a few hundred bytes at most
         let old = text(13_000, 5);
         let mut new = old.clone();

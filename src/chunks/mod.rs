@@ -5,8 +5,8 @@
 //!
 //! A file is cut into leaves with FastCDC (2020), so that an insert or a delete moves
 //! no boundary far from it. Consecutive nodes are grouped into parents, with
-//! content-defined group boundaries too (after a child whose hash is 0 modulo
-//! [`FANOUT`]), level by level, up to a top level of at most [`TOP`] nodes. A node's
+//! content-defined group boundaries too (after a child whose last leaf's hash, mixed
+//! with the level, is 0 modulo [`FANOUT`]), level by level, up to a top level of at most [`TOP`] nodes. A node's
 //! hash covers its bytes (leaves) or its children (parents), so equal hashes mean equal
 //! bytes wherever they sit in either file.
 //!
@@ -40,7 +40,9 @@ pub const LEAF_MIN: u32 = 128;
 pub const LEAF_AVG: u32 = 512;
 /// Largest leaf (also the largest literal the needing side accepts for one leaf).
 pub const LEAF_MAX: u32 = 4096;
-/// Average number of children of a parent. Chosen by benchmark (`chunks::tests::costs`,
+/// Children of a parent: a group closes after a node whose last leaf's hash, mixed
+/// with the level, is 0 modulo this (with at least 2 and at most [`MAX_GROUP`]
+/// children: about 5 on average). Chosen by benchmark (`chunks::tests::costs`,
 /// five seeds each; version 11, 16 before): 500 SQLite-like row updates in 60 MiB cost
 /// 312,913 B at 16 and 245,947 B at 4 (19,587 and 11,300 nodes offered; 241,397 B at 3,
 /// one round more), 100 B inserted at the top of 32 MiB 669 and 418 B, 20 B changed in

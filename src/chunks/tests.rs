@@ -34,6 +34,8 @@ struct Run {
     rounds: usize,
     /// Nodes offered.
     offered: usize,
+    /// Blocks described by their pieces.
+    fine: usize,
 }
 
 /// `bytes` in a temporary file.
@@ -61,12 +63,13 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let mut cost: usize = top.iter().map(offer_bytes).sum();
     let mut answers = needs.first(&top).unwrap();
     let (mut rounds, mut sent_bytes, mut hashes) = (1, 0, 0);
-    let mut offered = top.len();
+    let (mut offered, mut fine) = (top.len(), 0);
     while !needs.is_done() {
         cost += answers.len().div_ceil(4);
         let round = offers.next(&answers).unwrap();
         let (bytes, blocks) = sent(new, &round);
         offered += round.children.iter().flatten().count();
+        fine += round.fine.len();
         cost += round
             .children
             .iter()
@@ -94,6 +97,7 @@ fn run(old: &[u8], new: &[u8]) -> Run {
         hashes,
         rounds,
         offered,
+        fine,
     }
 }
 
@@ -247,7 +251,45 @@ fn scattered_small_changes_cost_their_fine_pieces() {
         "42 small changes in 4 MiB: {} B in {} rounds, {} B of leaves and blocks",
         r.cost, r.rounds, r.sent
     );
+    assert!(r.fine >= 40, "{} blocks described by their pieces", r.fine);
     assert!(r.sent <= 42 * 2 * FINE as usize, "{} bytes sent", r.sent);
+}
+
+#[test]
+fn piece_hashes_that_do_not_fit_are_refused() {
+    let old = text(1 << 20, 25);
+    let mut new = old.clone();
+    for k in 0..20 {
+        new[700 + k * 50_000] ^= 1;
+    }
+    let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+    let old_file = file_of(&old);
+    let mut offers = Offers::new(&b);
+    let mut needs = Needs::new(&a, new.len() as u64);
+    let mut answers = needs.first(&offers.top()).unwrap();
+    loop {
+        let round = offers.next(&answers).unwrap();
+        let (bytes, hashes) = sent(&new, &round);
+        if !round.fine.is_empty() {
+            let short = hashes[..hashes.len() - 1].to_vec();
+            let long = [hashes.clone(), vec![7]].concat();
+            for wrong in [short, long] {
+                let (mut n, r) = (needs.clone(), round.clone());
+                assert!(n.next(r, bytes.clone(), &wrong, &old_file).is_err());
+            }
+            answers = needs.next(round, bytes, &hashes, &old_file).unwrap();
+            break;
+        }
+        answers = needs.next(round, bytes, &hashes, &old_file).unwrap();
+        assert!(
+            !needs.is_done(),
+            "the exchange ended before any block was described"
+        );
+    }
+    assert!(
+        answers.contains(&Answer::Send),
+        "the changed pieces are asked for"
+    );
 }
 
 proptest! {

@@ -139,10 +139,11 @@ pub enum Message {
         /// The top nodes of the new content's chunk tree, in file order.
         top: Vec<ChunkNode>,
     },
-    /// The receiver's answers to the nodes and blocks offered last, one byte each, in
-    /// order: 0 found here, 1 expand (offer its children; parents only), 2 send its
-    /// bytes (leaves and blocks), 3 describe it by its blocks' hashes (leaves of 128
-    /// bytes or more; version 8).
+    /// The receiver's answers to the nodes, blocks and pieces offered last, one byte
+    /// each, in order: 0 found here, 1 expand (offer its children; parents only), 2
+    /// send its bytes (leaves, blocks and pieces), 3 describe it by its blocks' hashes
+    /// (leaves of 128 bytes or more; version 8) or a block by its 32-byte pieces'
+    /// (blocks of more than 32 bytes; version 11).
     ChunkAnswer {
         /// The exchange (the update id).
         id: u64,
@@ -151,19 +152,22 @@ pub enum Message {
         answers: Vec<u8>,
     },
     /// A later round of an exchange: the children of each node answered "expand", the
-    /// bytes of each leaf or block answered "send" (concatenated), and the block hashes
-    /// of each leaf answered "describe", all in order. The blocks offered are answered
-    /// in the next `ChunkAnswer`, with the children, all in file order.
+    /// bytes of each leaf, block or piece answered "send" (concatenated), the block
+    /// hashes of each leaf answered "describe", then the piece hashes of each block
+    /// answered "describe", all in order. The blocks and pieces offered are answered in
+    /// the next `ChunkAnswer`, with the children, all in file order.
     ChunkRound {
         /// The exchange (the update id).
         id: u64,
         /// Children lists, one per expanded node.
         children: Vec<Vec<ChunkNode>>,
-        /// The leaves' and blocks' bytes.
+        /// The leaves', blocks' and pieces' bytes.
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
         /// For each described leaf, the hash of each of its 128-byte blocks (the last
-        /// may be shorter): the first [`BLOCK_HASH`] bytes of its BLAKE3 (version 8).
+        /// may be shorter): the first [`BLOCK_HASH`] bytes of its BLAKE3 (version 8);
+        /// then for each described block the hash of each of its 32-byte pieces, the
+        /// same way (version 11).
         #[serde(with = "serde_bytes")]
         blocks: Vec<u8>,
     },
@@ -213,6 +217,9 @@ mod leaf_hashes {
     const N: usize = crate::chunks::leaves::HASH_BYTES;
 
     pub fn serialize<S: Serializer>(files: &[Vec<u32>], s: S) -> Result<S::Ok, S::Error> {
+        if files.iter().flatten().any(|&h| h >= 1 << (8 * N)) {
+            return Err(serde::ser::Error::custom("a leaf hash wider than 3 bytes"));
+        }
         let packed = files.iter().map(|hashes| {
             let bytes = hashes
                 .iter()
