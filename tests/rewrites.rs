@@ -274,6 +274,31 @@ fn a_copy_of_a_large_file_is_made_from_the_peers_own_copy() {
 }
 
 #[test]
+fn an_edited_copy_saved_under_a_new_name_costs_what_changed() {
+    // "save as": B has no file at the new name and none with its content; it rebuilds
+    // the new file from the similar one beside it (same directory and extension)
+    let p = Pair::mounted(true);
+    let old = random_bytes(8 << 20, 7);
+    synced(&p, "report.bin", &old);
+    let mut new = old.clone();
+    new[3 << 20..(3 << 20) + 4096].copy_from_slice(&random_bytes(4096, 8));
+    let before = wire(&p);
+    fs::write(p.a.m("report v2.bin"), &new).unwrap();
+    within_budget(
+        &p,
+        "report v2.bin",
+        &new,
+        before,
+        "an 8 MiB file saved under a new name with 4 KiB changed",
+    );
+    assert_eq!(
+        hash_of(&p.b.m("report.bin")),
+        Some(*blake3::hash(&old).as_bytes()),
+        "the similar file is only read"
+    );
+}
+
+#[test]
 fn a_moved_directory_costs_a_rename() {
     let p = Pair::mounted(true);
     fs::create_dir_all(p.a.m("project/src")).unwrap();

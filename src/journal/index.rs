@@ -270,12 +270,22 @@ impl Index {
 
     /// The direct children of directory `dir` (the root: `RelPath::root()`).
     pub fn children(&self, dir: &RelPath) -> Result<Vec<(RelPath, Entry)>, JournalError> {
+        self.children_within(dir, usize::MAX)
+    }
+
+    /// The direct children of `dir` among the first `keys` entries under it (its
+    /// subtree's, in key order): a bounded look at a directory that may be huge.
+    pub fn children_within(
+        &self,
+        dir: &RelPath,
+        keys: usize,
+    ) -> Result<Vec<(RelPath, Entry)>, JournalError> {
         let prefix = match dir.is_root() {
             true => Vec::new(),
             false => [dir.as_bytes(), b"/"].concat(),
         };
         let mut out = Vec::new();
-        for kv in self.entries.scan_prefix(&prefix) {
+        for kv in self.entries.scan_prefix(&prefix).take(keys) {
             let (k, v) = kv.map_err(db("index scan"))?;
             if k[prefix.len()..].contains(&b'/') {
                 continue;

@@ -91,7 +91,7 @@ pub(super) fn open_file(
 }
 
 /// Sizes worth a chunk exchange.
-const EXCHANGED: std::ops::RangeInclusive<u64> = CHUNK_MIN..=CHUNK_MAX;
+pub(super) const EXCHANGED: std::ops::RangeInclusive<u64> = CHUNK_MIN..=CHUNK_MAX;
 /// Sizes described by their leaves instead (see [`super::leaf_delta`]).
 pub const DESCRIBED: std::ops::RangeInclusive<u64> = 1..=CHUNK_MIN - 1;
 
@@ -251,6 +251,15 @@ fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(BLOCK_HASH).map(hash48_from).collect()
 }
 
+/// Another file that stands for our version of a new one in a chunk exchange.
+pub enum Basis {
+    /// A file with the offered content (a copy): every top node is found.
+    Copy(RelPath),
+    /// A file of about the size, in the same directory with the same extension (an
+    /// edited copy, say).
+    Similar(RelPath),
+}
+
 /// The receiver's side: the exchange under way on one stream (one at a time).
 pub struct Rebuilds {
     current: Option<Rebuild>,
@@ -298,15 +307,15 @@ impl Rebuilds {
     }
 
     /// A `ChunkOffer`: reads our version of the file (blocking: call off the runtime).
-    /// With none at its path (a new file), the content may be here under another path,
-    /// a copy: `copy` names a file of the offered content hash, which then stands for
-    /// our version (the rebuilt content is verified as always).
+    /// With none at its path (a new file), `elsewhere` may name another file to stand
+    /// for our version (the rebuilt content is verified as always): a copy of the
+    /// offered content, or a similar file, declined at once if it shares no top node.
     pub fn offered(
         &mut self,
         root: &impl AsRawFd,
         update: FileUpdate,
         top: &[ChunkNode],
-        copy: impl FnOnce(&FileUpdate) -> Option<RelPath>,
+        elsewhere: impl FnOnce(&FileUpdate) -> Option<Basis>,
     ) -> Next {
         self.end();
         let id = update.id;
@@ -315,9 +324,14 @@ impl Rebuilds {
             return decline;
         }
         let charged = update.size as usize;
-        let same = update.size..=update.size;
-        let old = open_file(root, &update.path, EXCHANGED)
-            .or_else(|| copy(&update).and_then(|p| open_file(root, &p, same)));
+        let (old, similar) = match open_file(root, &update.path, EXCHANGED) {
+            Some(old) => (Some(old), false),
+            None => match elsewhere(&update) {
+                Some(Basis::Copy(p)) => (open_file(root, &p, update.size..=update.size), false),
+                Some(Basis::Similar(p)) => (open_file(root, &p, EXCHANGED), true),
+                None => (None, false),
+            },
+        };
         let Some((old, _)) = old else {
             self.budget.give(charged);
             return decline;
@@ -336,6 +350,10 @@ impl Rebuilds {
         let mut needs = Needs::new(&tree, update.size);
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
         let answers = match needs.first(&top) {
+            Ok(_) if similar && needs.matched() == 0 => {
+                self.budget.give(charged);
+                return decline; // a similar name, but other content
+            }
             Ok(a) => a,
             Err(e) => {
                 tracing::info!("{}: chunk offer refused: {e}", update.path);

@@ -53,6 +53,42 @@ pub fn path_with_hash(
         .map(|(p, _)| p)
 }
 
+/// Index entries looked at for a [`similar`] file, at most.
+const SIMILAR_LOOK: usize = 4096;
+
+/// A live file to rebuild a new file `path` of `size` bytes from when no file here has
+/// its content: one in the same directory with the same extension (or none), from half
+/// to twice the size, and the nearest in size (a "save as" of an edited copy; the
+/// exchange declines at once if it shares nothing with the new content).
+pub fn similar(
+    journal: &crate::journal::Journal,
+    path: &RelPath,
+    size: u64,
+    sizes: &std::ops::RangeInclusive<u64>,
+) -> Option<RelPath> {
+    let dir = path.split_last().map_or_else(RelPath::root, |(d, _)| d);
+    let ext = extension(path);
+    let near = |s: u64| s.abs_diff(size);
+    let fits = |p: &RelPath, s: u64| {
+        p != path && sizes.contains(&s) && s >= size / 2 && s <= size.saturating_mul(2)
+    };
+    let children = journal.index().children_within(&dir, SIMILAR_LOOK).ok()?;
+    let file = |e: &crate::journal::index::Entry| {
+        e.kind == crate::journal::index::Kind::File && !e.deleted
+    };
+    (children.into_iter())
+        .filter(|(p, e)| file(e) && fits(p, e.size) && extension(p) == ext)
+        .min_by_key(|(p, e)| (near(e.size), p.clone()))
+        .map(|(p, _)| p)
+}
+
+/// The extension of `path`'s name (after its last dot, if that is not the first byte).
+fn extension(path: &RelPath) -> Option<Vec<u8>> {
+    let name = path.as_bytes().rsplit(|&b| b == b'/').next()?;
+    let dot = name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0)?;
+    Some(name[dot + 1..].to_vec())
+}
+
 /// Makes the file `it` names from a local file with the same content, if there is one
 /// (true: done, the peer need not send it).
 pub fn make_from_local(
@@ -109,4 +145,53 @@ fn read(check: &Checker, path: &RelPath, size: u64) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(size as usize);
     f.by_ref().take(size + 1).read_to_end(&mut buf).ok()?;
     (buf.len() as u64 == size).then_some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::index::{Entry, Kind};
+
+    fn p(s: &str) -> RelPath {
+        RelPath::from_bytes(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_similar_file_shares_directory_and_extension_and_is_nearest_in_size() {
+        let tmp = tempfile::tempdir().unwrap();
+        let journal = crate::journal::Journal::open(&tmp.path().join("j")).unwrap();
+        let file = |path: &str, size: u64, deleted: bool| {
+            let mut e = Entry::new(Kind::File, 0o644);
+            (e.size, e.deleted) = (size, deleted);
+            journal.index().put(&p(path), e).unwrap();
+        };
+        file("docs/a.odt", 900_000, false);
+        file("docs/b.odt", 1_200_000, false);
+        file("docs/c.odt", 1_010_000, true); // deleted
+        file("docs/d.txt", 1_000_000, false); // another extension
+        file("docs/sub/e.odt", 1_000_000, false); // another directory
+        file("docs/f.odt", 3_000_000, false); // too big
+        let sizes = 1..=u64::MAX;
+        let got = |path: &str, size| similar(&journal, &p(path), size, &sizes);
+        assert_eq!(got("docs/new.odt", 1_000_000), Some(p("docs/a.odt")));
+        assert_eq!(got("docs/new.odt", 1_150_000), Some(p("docs/b.odt")));
+        assert_eq!(
+            got("docs/a.odt", 900_000),
+            Some(p("docs/b.odt")),
+            "not itself"
+        );
+        assert_eq!(got("docs/new.txt", 600_000), Some(p("docs/d.txt")));
+        assert_eq!(
+            got("docs/new", 1_000_000),
+            None,
+            "no extension: none like it"
+        );
+        assert_eq!(got("docs/new.odt", 100_000), None, "nothing near the size");
+        assert_eq!(
+            extension(&p("x/.bashrc")),
+            None,
+            "a leading dot is no extension"
+        );
+        assert_eq!(extension(&p("x/a.tar.gz")), Some(b"gz".to_vec()));
+    }
 }

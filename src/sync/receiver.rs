@@ -4,7 +4,7 @@
 
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, UpdateStep};
-use super::chunked::{Next, Rebuilds};
+use super::chunked::{Basis, Next, Rebuilds, EXCHANGED};
 use super::local_copy::path_with_hash;
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
@@ -182,6 +182,14 @@ async fn handle(
     }
 }
 
+/// What stands for our version of a new file offered by its chunks: a copy of its
+/// content here, else a similar file.
+fn basis(journal: &crate::journal::Journal, u: &FileUpdate) -> Option<Basis> {
+    use super::local_copy::similar;
+    let copy = path_with_hash(journal, &u.hash, &u.path).map(Basis::Copy);
+    copy.or_else(|| similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar))
+}
+
 /// One message of a chunk exchange (`super::chunked`); the blocking work (reading our
 /// version, rebuilding) runs off the runtime, and a rebuilt file goes through the gate.
 async fn chunk(
@@ -199,8 +207,8 @@ async fn chunk(
     let task = tokio::task::spawn_blocking(move || {
         let next = match msg {
             Message::ChunkOffer { update, top } => {
-                let copy = |u: &FileUpdate| path_with_hash(&journal, &u.hash, &u.path);
-                owned.offered(&*root, update, &top, copy)
+                let elsewhere = |u: &FileUpdate| basis(&journal, u);
+                owned.offered(&*root, update, &top, elsewhere)
             }
             Message::ChunkRound {
                 id,
