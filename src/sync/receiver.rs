@@ -86,10 +86,15 @@ where
         let _ = fs.close().await;
         return Err(e.into());
     }
-    // the hello (plain) and the staged list (the compressed stream's start) travel together
+    // the hello (plain) and the staged list (the compressed stream's start) travel
+    // together, and with the answer to a first-contact summary that came with the
+    // peer's hello (one packet less each way)
     fs.queue(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))?;
     fs.compress(REPLY_LEVEL)?;
-    fs.send(Message::Staged(held_parts(r, &peer).await)).await?;
+    fs.queue(Message::Staged(held_parts(r, &peer).await))?;
+    if !fs.input_pending() {
+        fs.flush().await?;
+    }
     Stats::add(&r.stats.peer_sessions, 1);
     r.stats.peer_session_started.notify_waiters();
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
