@@ -15,6 +15,9 @@ pub enum Answer {
     Have,
     /// Not found, a parent: offer its children next round.
     Expand,
+    /// Not found, a parent, in a round that expands few: offer its grandchildren next
+    /// round (its children if they are leaves), a round trip less per two levels.
+    Deeper,
     /// Not found, a leaf (or a block of one): send its bytes next round.
     Send,
     /// Not found, a leaf of [`MIN_DESCRIBED`] bytes or more: send the hashes of its
@@ -27,7 +30,8 @@ pub enum Answer {
 /// What the offering side sends in a round after the first.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Round {
-    /// The children of each node answered [`Answer::Expand`], in order.
+    /// The children of each node answered [`Answer::Expand`] (grandchildren for
+    /// [`Answer::Deeper`]), in order.
     pub children: Vec<Vec<Offer>>,
     /// The (offset, len) of each leaf or block answered [`Answer::Send`], in order: the
     /// caller reads these bytes from its file and sends them.
@@ -123,13 +127,18 @@ impl<'t> Offers<'t> {
         for (&item, &a) in self.last.iter().zip(answers) {
             match (item, a) {
                 (_, Answer::Have) => {}
-                (Item::Node(level, i), Answer::Expand) if level > 0 => {
-                    let first = self.tree.level(level)[i].first as usize;
-                    let kids = self.tree.children(level, i);
+                (Item::Node(level, i), Answer::Expand | Answer::Deeper) if level > 0 => {
+                    let down = if a == Answer::Deeper && level > 1 {
+                        2
+                    } else {
+                        1
+                    };
+                    let (at, range) = self.tree.descendants(level, i, down);
+                    let kids = &self.tree.level(at)[range.clone()];
                     round
                         .children
-                        .push(kids.iter().map(|k| offer(k, level - 1)).collect());
-                    next.extend((first..first + kids.len()).map(|k| Item::Node(level - 1, k)));
+                        .push(kids.iter().map(|k| offer(k, at)).collect());
+                    next.extend(range.map(|k| Item::Node(at, k)));
                 }
                 (Item::Node(0, i), Answer::Send) => {
                     let n = self.tree.level(0)[i];
@@ -167,8 +176,9 @@ pub enum Piece {
     Copy { from: u64, len: u64 },
     /// Bytes that came over the link.
     Bytes(Vec<u8>),
-    /// A parent whose children come next round.
-    Open { len: u64 },
+    /// A parent whose children (grandchildren if `deep`, when it has them) come next
+    /// round.
+    Open { len: u64, deep: bool },
     /// A leaf or block whose bytes come next round.
     Asked { len: u64 },
     /// A leaf whose block hashes come next round, to be looked for in our bytes
@@ -230,7 +240,10 @@ impl Needs {
                 Piece::Described { len: o.len, hole }
             }
             _ if o.leaf => Piece::Asked { len: o.len },
-            _ => Piece::Open { len: o.len },
+            _ => Piece::Open {
+                len: o.len,
+                deep: false,
+            },
         };
         out.push(piece);
         Ok(())
@@ -240,6 +253,7 @@ impl Needs {
     /// round, in order; returns their answers.
     fn settle(&mut self, mut out: Vec<Piece>, fresh: &[usize]) -> Vec<Answer> {
         set_holes(&mut out, self.old_len);
+        deepen(&mut out, fresh);
         let answers = fresh.iter().map(|&i| answer_for(&out[i])).collect();
         self.pieces = out;
         answers
@@ -291,12 +305,17 @@ impl Needs {
         let mut fresh = Vec::new();
         for p in std::mem::take(&mut self.pieces) {
             match p {
-                Piece::Open { len } => {
+                Piece::Open { len, deep } => {
                     let Some(k) = kids.next() else {
                         return mis("fewer children lists than expanded nodes".into());
                     };
                     let sum: u64 = k.iter().map(|o| o.len).sum();
-                    if k.is_empty() || k.len() > MAX_GROUP || sum != len {
+                    let most = if deep {
+                        MAX_GROUP * MAX_GROUP
+                    } else {
+                        MAX_GROUP
+                    };
+                    if k.is_empty() || k.len() > most || sum != len {
                         return mis(format!("{} children of {sum} bytes for {len}", k.len()));
                     }
                     for o in &k {
@@ -460,7 +479,7 @@ pub fn rebuild(
 fn p_len(p: &Piece) -> u64 {
     match p {
         Piece::Copy { len, .. }
-        | Piece::Open { len }
+        | Piece::Open { len, .. }
         | Piece::Asked { len }
         | Piece::Described { len, .. }
         | Piece::Fine { len, .. } => *len,
@@ -525,11 +544,30 @@ fn describe_gap(gap: &mut [Piece], (start, span): (u64, u64)) {
     }
 }
 
+/// Parents to expand in one round, at most, for them to be expanded two levels at once:
+/// a change or two cost a round trip per two levels of the tree instead of per level,
+/// for the few more siblings offered (wider spreads of changes go level by level).
+const DEEP_MAX: usize = 2;
+
+/// Marks the parents of this round to be expanded two levels at once, if they are few.
+fn deepen(pieces: &mut [Piece], fresh: &[usize]) {
+    let open = |p: &Piece| matches!(p, Piece::Open { .. });
+    if fresh.iter().filter(|&&i| open(&pieces[i])).count() > DEEP_MAX {
+        return;
+    }
+    for &i in fresh {
+        if let Piece::Open { len, .. } = pieces[i] {
+            pieces[i] = Piece::Open { len, deep: true };
+        }
+    }
+}
+
 /// The answer a fresh piece gives to its offer.
 fn answer_for(p: &Piece) -> Answer {
     match p {
         Piece::Copy { .. } | Piece::Bytes(_) => Answer::Have,
-        Piece::Open { .. } => Answer::Expand,
+        Piece::Open { deep: false, .. } => Answer::Expand,
+        Piece::Open { deep: true, .. } => Answer::Deeper,
         Piece::Asked { .. } => Answer::Send,
         Piece::Described { .. } | Piece::Fine { .. } => Answer::Describe,
     }
@@ -673,6 +711,32 @@ mod search_tests {
         assert_eq!(offers.last.len(), 4, "four 32-byte pieces offered");
         let wrong = [Answer::Describe, Answer::Send, Answer::Send, Answer::Send];
         assert!(offers.next(&wrong).is_err(), "a piece described again");
+        offers.last = vec![Item::Node(0, 0)];
+        assert!(offers.next(&[Answer::Deeper]).is_err(), "a leaf expanded");
+    }
+
+    #[test]
+    fn a_parent_expanded_deeper_offers_its_grandchildren() {
+        let tree = Tree::from_bytes(&crate::chunks::tests::text(4 << 20, 2));
+        let top = tree.depth() - 1;
+        let (at, range) = tree.descendants(top, 0, 2);
+        assert_eq!(at, top - 2);
+        let kids = tree.children(top, 0);
+        let grandkids: usize = (0..kids.len())
+            .map(|k| {
+                tree.children(top - 1, tree.level(top)[0].first as usize + k)
+                    .len()
+            })
+            .sum();
+        assert_eq!(range.len(), grandkids);
+        let covered: u64 = tree.level(at)[range.clone()].iter().map(|n| n.len).sum();
+        assert_eq!(covered, tree.level(top)[0].len);
+        assert_eq!(tree.descendants(1, 0, 2).0, 0, "no further than the leaves");
+        let mut offers = Offers::new(&tree);
+        offers.last = vec![Item::Node(top, 0)];
+        let round = offers.next(&[Answer::Deeper]).unwrap();
+        assert_eq!(round.children.len(), 1);
+        assert_eq!(round.children[0].len(), grandkids);
     }
 
     #[test]

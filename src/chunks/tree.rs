@@ -87,6 +87,25 @@ impl Tree {
         }
     }
 
+    /// The nodes `down` levels below node `index` of `level` (at most down to the
+    /// leaves): that level, and their range in it (they are consecutive).
+    pub fn descendants(
+        &self,
+        level: usize,
+        index: usize,
+        down: usize,
+    ) -> (usize, std::ops::Range<usize>) {
+        let (mut at, mut range) = (level, index..index + 1);
+        for _ in 0..down.min(level) {
+            let level_nodes = &self.levels[at];
+            let first = level_nodes[range.start].first as usize;
+            let last = &level_nodes[range.end - 1];
+            range = first..(last.first + last.count) as usize;
+            at -= 1;
+        }
+        (at, range)
+    }
+
     /// The nodes of one level, in file order (0: the leaves).
     pub fn level(&self, level: usize) -> &[Node] {
         &self.levels[level]

@@ -65,6 +65,7 @@ fn answer_byte(a: Answer) -> u8 {
         Answer::Expand => 1,
         Answer::Send => 2,
         Answer::Describe => 3,
+        Answer::Deeper => 4,
     }
 }
 
@@ -73,7 +74,8 @@ pub(super) fn answer_of(b: u8) -> Answer {
         0 => Answer::Have,
         1 => Answer::Expand,
         2 => Answer::Send,
-        _ => Answer::Describe,
+        3 => Answer::Describe,
+        _ => Answer::Deeper,
     }
 }
 

@@ -1165,13 +1165,13 @@ fn pinned_chunk_exchange_encodings() {
     };
     let msg = Message::ChunkAnswer {
         id: 9,
-        answers: vec![0, 1, 2, 3],
+        answers: vec![0, 1, 2, 3, 4],
     };
     let expected = concat!(
         "12000000",         // variant 18: ChunkAnswer
         "0900000000000000", // id
-        "0400000000000000", // four answers
-        "00010203",
+        "0500000000000000", // five answers
+        "0001020304",
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -1198,11 +1198,11 @@ fn pinned_chunk_exchange_encodings() {
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let msg = Message::ChunkDecline(9);
     assert_eq!(hex(&encode(&msg).unwrap()), "140000000900000000000000");
-    // answers other than 0 to 3, empty nodes, block hashes not of 6 bytes each and
+    // answers other than 0 to 4, empty nodes, block hashes not of 6 bytes each and
     // offers carrying ranges are refused
     let bad = Message::ChunkAnswer {
         id: 1,
-        answers: vec![4],
+        answers: vec![5],
     };
     assert!(encode(&bad).is_err());
     let wide = crate::wire::ChunkNode {

@@ -59,7 +59,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::ChunkAnswer { answers, .. } => {
             max_len("chunk answers", answers.len(), MAX_CHUNK_NODES)?;
             let worst = answers.iter().copied().max().unwrap_or(0);
-            within("chunk answer", u64::from(worst), 3)
+            within("chunk answer", u64::from(worst), 4)
         }
         Message::ChunkRound {
             children, blocks, ..
