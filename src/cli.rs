@@ -178,7 +178,7 @@ fn init(
     Ok(())
 }
 
-fn check_addr(a: &str) -> Result<libp2p::Multiaddr> {
+fn check_addr(a: &str) -> Result<crate::net::Multiaddr> {
     a.parse().with_context(|| {
         format!("{a:?} is not a multiaddr (e.g. /ip4/192.0.2.7/tcp/4801/p2p/12D3KooW...)")
     })

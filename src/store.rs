@@ -3,8 +3,7 @@
 //! `identity.key` (the node's ed25519 keypair, mode 0600) and `config.toml`.
 
 use crate::config::{Config, ConfigError};
-use libp2p::identity::Keypair;
-use libp2p::PeerId;
+use crate::net::{Keypair, PeerId};
 use std::io::Write;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;

@@ -27,9 +27,10 @@ mod tests;
 
 use std::time::Duration;
 
-use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
-use libp2p::{Multiaddr, PeerId};
+/// The identity and address types the rest of the crate names: only `net` names libp2p.
+pub use libp2p::identity::Keypair;
+pub use libp2p::multiaddr::Protocol;
+pub use libp2p::{Multiaddr, PeerId};
 use tokio::sync::mpsc;
 
 pub use handle::NetHandle;

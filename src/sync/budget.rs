@@ -2,7 +2,7 @@
 //! concurrent streams (a semaphore), and one memory budget for the update parts they
 //! assemble (each range's data plus a fixed cost per range).
 
-use libp2p::PeerId;
+use crate::net::PeerId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -7,9 +7,9 @@
 
 use super::hostile_tests::{connect, env, valid_update, Peer};
 use crate::fuzzing::fuzz;
+use crate::net::PeerId;
 use crate::path::RelPath;
 use crate::wire::{decode, encode, AckKind, IndexItem, ItemKind, Message, WireTime};
-use libp2p::PeerId;
 use proptest::prelude::*;
 use std::time::Duration;
 

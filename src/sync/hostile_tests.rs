@@ -9,12 +9,12 @@ use super::{SyncConfig, SyncError};
 use crate::apply::{Applier, NoHooks};
 use crate::journal::op::{MetaOp, Timestamp};
 use crate::journal::Journal;
+use crate::net::PeerId;
 use crate::path::RelPath;
 use crate::sys;
 use crate::wire::{
     compress_range, AckKind, Encoding, FileUpdate, FramedStream, Message, MetaItem, RangeData,
 };
-use libp2p::PeerId;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;

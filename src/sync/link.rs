@@ -4,10 +4,10 @@
 use super::SyncError;
 use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
+use crate::net::PeerId;
 use crate::wire::STREAM_PROTOCOL;
 use futures::future::BoxFuture;
 use futures::io::{AsyncRead, AsyncWrite};
-use libp2p::PeerId;
 use std::sync::Arc;
 use std::time::Duration;
 

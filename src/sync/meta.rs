@@ -10,9 +10,9 @@ use super::receiver::Receiver;
 use super::Stats;
 use crate::apply::{Applier, ApplyError, HeldOp, OpState};
 use crate::journal::MetaOp;
+use crate::net::PeerId;
 use crate::vv::VersionVector;
 use crate::wire::{AckKind, Message, MetaItem, NackReason};
-use libp2p::PeerId;
 use std::sync::atomic::Ordering;
 
 /// Applies a batch from `peer` (ops resent after a lost ack are skipped) and answers

@@ -32,7 +32,7 @@ fn kill_mid_batch(recovering: bool, marked_applied: bool) -> (VersionVector, Ver
     let e = super::hostile_tests::env();
     let check = &e.receiver.check;
     scan(&e); // the first scan adopts the (empty) folder
-    let peer = libp2p::PeerId::random();
+    let peer = crate::net::PeerId::random();
     let vv = |n| VersionVector::from_pairs([(crate::vv::node_id(&peer.to_bytes()), n)]);
     let ops: Vec<HeldOp> = vec![
         (
@@ -102,7 +102,7 @@ fn a_peers_directory_whose_entries_changed_is_not_changed_here() {
     let e = super::hostile_tests::env();
     let check = &e.receiver.check;
     scan(&e);
-    let peer = libp2p::PeerId::random();
+    let peer = crate::net::PeerId::random();
     let vv = VersionVector::from_pairs([(crate::vv::node_id(&peer.to_bytes()), 1)]);
     let mkdir = MetaOp::Mkdir {
         path: rp("d"),

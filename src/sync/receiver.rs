@@ -13,12 +13,12 @@ use crate::apply::partial::{PartKey, Parts as KeptParts};
 use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
+use crate::net::PeerId;
 use crate::wire::{
     check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData,
     MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, STREAM_PROTOCOL,
 };
 use futures::StreamExt;
-use libp2p::PeerId;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
