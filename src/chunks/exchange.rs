@@ -716,6 +716,32 @@ mod search_tests {
     }
 
     #[test]
+    fn a_parent_gets_at_most_its_share_of_children() {
+        let f = tempfile::tempfile().unwrap();
+        let kids = |n: u64| Round {
+            children: vec![(0..n)
+                .map(|i| Offer {
+                    hash: i,
+                    len: 10,
+                    leaf: true,
+                })
+                .collect()],
+            ..Round::default()
+        };
+        for (deep, n, ok) in [
+            (false, 16, true),
+            (false, 17, false),
+            (true, 256, true),
+            (true, 257, false),
+        ] {
+            let mut needs = Needs::new(&Tree::default(), n * 10);
+            needs.pieces = vec![Piece::Open { len: n * 10, deep }];
+            let got = needs.next(kids(n), Vec::new(), &[], &f);
+            assert_eq!(got.is_ok(), ok, "{n} children, deep: {deep}");
+        }
+    }
+
+    #[test]
     fn a_parent_expanded_deeper_offers_its_grandchildren() {
         let tree = Tree::from_bytes(&crate::chunks::tests::text(4 << 20, 2));
         let top = tree.depth() - 1;

@@ -69,13 +69,15 @@ fn answer_byte(a: Answer) -> u8 {
     }
 }
 
-pub(super) fn answer_of(b: u8) -> Answer {
+/// The answer a byte on the wire stands for (none: not an answer).
+pub(super) fn answer_of(b: u8) -> Option<Answer> {
     match b {
-        0 => Answer::Have,
-        1 => Answer::Expand,
-        2 => Answer::Send,
-        3 => Answer::Describe,
-        _ => Answer::Deeper,
+        0 => Some(Answer::Have),
+        1 => Some(Answer::Expand),
+        2 => Some(Answer::Send),
+        3 => Some(Answer::Describe),
+        4 => Some(Answer::Deeper),
+        _ => None,
     }
 }
 
@@ -191,7 +193,10 @@ pub async fn offer(
                 )))
             }
         };
-        let answers: Vec<Answer> = answers.into_iter().map(answer_of).collect();
+        let answers: Option<Vec<Answer>> = answers.into_iter().map(answer_of).collect();
+        let Some(answers) = answers else {
+            return Err(SyncError::Protocol("a chunk answer out of range".into()));
+        };
         let round = offers
             .next(&answers)
             .map_err(|e| SyncError::Protocol(e.to_string()))?;
@@ -251,6 +256,11 @@ fn read_extents(file: &File, extents: &[(u64, u64)]) -> std::io::Result<Vec<u8>>
 /// The block hashes of a `ChunkRound`.
 fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(BLOCK_HASH).map(hash48_from).collect()
+}
+
+/// The sizes of a file similar to one of `size` bytes: half to twice it, exchanged.
+pub(super) fn near(size: u64) -> std::ops::RangeInclusive<u64> {
+    (size / 2).max(CHUNK_MIN)..=size.saturating_mul(2).min(CHUNK_MAX)
 }
 
 /// Another file that stands for our version of a new one in a chunk exchange.
@@ -317,7 +327,7 @@ impl Rebuilds {
         root: &impl AsRawFd,
         update: FileUpdate,
         top: &[ChunkNode],
-        elsewhere: impl FnOnce(&FileUpdate) -> Option<Basis>,
+        elsewhere: impl FnOnce(&FileUpdate) -> Vec<Basis>,
     ) -> Next {
         self.end();
         let id = update.id;
@@ -328,11 +338,14 @@ impl Rebuilds {
         let charged = update.size as usize;
         let (old, similar) = match open_file(root, &update.path, EXCHANGED) {
             Some(old) => (Some(old), false),
-            None => match elsewhere(&update) {
-                Some(Basis::Copy(p)) => (open_file(root, &p, update.size..=update.size), false),
-                Some(Basis::Similar(p)) => (open_file(root, &p, EXCHANGED), true),
-                None => (None, false),
-            },
+            None => (elsewhere(&update).into_iter())
+                .find_map(|b| match b {
+                    Basis::Copy(p) => {
+                        Some((open_file(root, &p, update.size..=update.size)?, false))
+                    }
+                    Basis::Similar(p) => Some((open_file(root, &p, near(update.size))?, true)),
+                })
+                .map_or((None, false), |(o, s)| (Some(o), s)),
         };
         let Some((old, _)) = old else {
             self.budget.give(charged);

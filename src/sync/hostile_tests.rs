@@ -385,7 +385,7 @@ async fn exchange_describing(
     while let Message::ChunkAnswer { answers, .. } = reply {
         let a: Vec<_> = answers
             .iter()
-            .map(|b| super::chunked::answer_of(*b))
+            .map(|b| super::chunked::answer_of(*b).expect("an answer"))
             .collect();
         let round = offers.next(&a).unwrap();
         let data: Vec<u8> = round

@@ -187,12 +187,13 @@ async fn handle(
     }
 }
 
-/// What stands for our version of a new file offered by its chunks: a copy of its
-/// content here, else a similar file.
-fn basis(journal: &crate::journal::Journal, u: &FileUpdate) -> Option<Basis> {
+/// What may stand for our version of a new file offered by its chunks, in order: a
+/// copy of its content here, a similar file.
+fn basis(journal: &crate::journal::Journal, u: &FileUpdate) -> Vec<Basis> {
     use super::local_copy::similar;
     let copy = path_with_hash(journal, &u.hash, &u.path).map(Basis::Copy);
-    copy.or_else(|| similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar))
+    let like = similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar);
+    copy.into_iter().chain(like).collect()
 }
 
 /// One message of a chunk exchange (`super::chunked`); the blocking work (reading our
