@@ -37,8 +37,12 @@ impl ByHash {
 fn live_files(
     journal: &crate::journal::Journal,
 ) -> impl Iterator<Item = (RelPath, crate::journal::index::Entry)> + '_ {
-    let file = |e: &crate::journal::index::Entry| e.kind == crate::journal::index::Kind::File;
-    (journal.index().all().flatten()).filter(move |(_, e)| file(e) && !e.deleted && e.size > 0)
+    (journal.index().all().flatten()).filter(|(_, e)| live_file(e) && e.size > 0)
+}
+
+/// A regular file of the index, not deleted.
+fn live_file(e: &crate::journal::index::Entry) -> bool {
+    e.kind == crate::journal::index::Kind::File && !e.deleted
 }
 
 /// A live file other than `not` whose indexed content hash is `hash`: a copy of the
@@ -73,18 +77,16 @@ pub fn similar(
         p != path && sizes.contains(&s) && s >= size / 2 && s <= size.saturating_mul(2)
     };
     let children = journal.index().children_within(&dir, SIMILAR_LOOK).ok()?;
-    let file = |e: &crate::journal::index::Entry| {
-        e.kind == crate::journal::index::Kind::File && !e.deleted
-    };
     (children.into_iter())
-        .filter(|(p, e)| file(e) && fits(p, e.size) && extension(p) == ext)
+        .filter(|(p, e)| live_file(e) && fits(p, e.size) && extension(p) == ext)
         .min_by_key(|(p, e)| (near(e.size), p.clone()))
         .map(|(p, _)| p)
 }
 
 /// The extension of `path`'s name (after its last dot, if that is not the first byte).
 fn extension(path: &RelPath) -> Option<Vec<u8>> {
-    let name = path.as_bytes().rsplit(|&b| b == b'/').next()?;
+    let (_, name) = path.split_last()?;
+    let name = name.as_encoded_bytes();
     let dot = name.iter().rposition(|&b| b == b'.').filter(|&i| i > 0)?;
     Some(name[dot + 1..].to_vec())
 }
