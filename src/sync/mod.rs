@@ -7,6 +7,7 @@
 //! The journal clears a range only after the peer's ack for exactly that range and
 //! version ([`crate::journal::Journal::ack_file`]).
 
+pub mod alive;
 pub mod budget;
 pub mod build;
 pub mod check;
@@ -95,8 +96,9 @@ impl SyncError {
     }
 }
 
-/// A receiving stream on which no byte arrived for this long ends: senders ping every
-/// [`PING_EVERY`] while idle.
+/// A receiving stream ends when nothing moved on it and nothing was heard from its
+/// peer on any stream for this long (see [`alive`]): an idle peer pings within
+/// 1.5 x [`PING_EVERY`].
 pub const READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// A sender whose writes move no byte for this long (plus time for the receiver to
 /// apply what it already has) takes the link for dead.
@@ -104,9 +106,11 @@ pub const WRITE_STALL: Duration = Duration::from_secs(20);
 /// The slowest apply rate assumed of a receiver (bytes per second): while it applies
 /// it reads nothing, so the sender's writes may stall that long.
 pub const MIN_APPLY_RATE: u64 = 32 << 20;
-/// A sender pings once its stream has been silent both ways this long: a link that
-/// carries updates and acks needs no keepalive, and an idle one costs a ping and a
-/// pong (two small frames each way) this often.
+/// A sender pings once its stream has been silent both ways this long and nothing
+/// was written to the peer on any stream for this long (one side of a pair; the other
+/// waits 1.5 x as long: see [`alive::ping_every`]). A link that carries updates and
+/// acks either way needs no keepalive, and an idle one costs one ping and pong (a
+/// small frame each way) this often.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
 /// flight take at [`MIN_RATE`].
@@ -114,22 +118,23 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The slowest link rate assumed when waiting for acks, in bytes per second.
 pub const MIN_RATE: u64 = 16 << 10;
 
-/// Runs `fut` (a read or write on the stream `p` watches) unless no byte moves on the
-/// stream for `limit`, counted from the later of the last byte and the call: a dead
-/// or half-open link is noticed however slowly a healthy one would move.
+/// Runs `fut` (a read or write on a stream) unless no sign of life comes for `limit`,
+/// counted from the later of `last()` (e.g. the stream's last byte: see
+/// [`crate::wire::FramedStream::progress`]) and the call: a dead or half-open link is
+/// noticed however slowly a healthy one would move.
 pub async fn unless_stalled<T>(
-    p: &crate::wire::Progress,
+    last: impl Fn() -> tokio::time::Instant,
     limit: Duration,
     fut: impl std::future::Future<Output = Result<T, SyncError>>,
 ) -> Result<T, SyncError> {
     let start = tokio::time::Instant::now();
     tokio::pin!(fut);
     loop {
-        let deadline = p.last().max(start) + limit;
+        let deadline = last().max(start) + limit;
         tokio::select! {
             r = &mut fut => return r,
             _ = tokio::time::sleep_until(deadline) => {
-                if p.last().max(start) + limit <= tokio::time::Instant::now() {
+                if last().max(start) + limit <= tokio::time::Instant::now() {
                     return Err(SyncError::Silent(limit));
                 }
             }

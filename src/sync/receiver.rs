@@ -75,6 +75,9 @@ where
 {
     let (out, inn) = (r.stats.wire_out.clone(), r.stats.wire_in.clone());
     let mut fs = FramedStream::counting(stream, out, inn);
+    let clock = r.stats.clocks.of(&peer.to_string());
+    clock.attach(&mut fs);
+    let me = clock.opened();
     let hello = recv_within(&mut fs, REPLY_TIMEOUT).await?;
     if let Err(e) = check_hello(&hello, &r.cfg.folder_id) {
         tracing::warn!(%peer, "refusing sync stream: {e}");
@@ -102,13 +105,15 @@ where
     let progress = fs.progress();
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
-        let msg = match unless_stalled(&progress, READ_TIMEOUT, next).await {
+        let alive = || clock.alive(progress.last(), me);
+        let msg = match unless_stalled(alive, READ_TIMEOUT, next).await {
             Err(SyncError::Closed) => break,
             r => r?,
         };
         tracing::debug!(%peer, kind = msg.kind(), "received");
-        if !matches!(msg, Message::Ping(_)) {
-            Stats::add(&r.stats.received, 1);
+        match msg {
+            Message::Ping(_) => Stats::add(&r.stats.pings, 1),
+            _ => Stats::add(&r.stats.received, 1),
         }
         let reply = match msg {
             Message::ChunkOffer { .. }

@@ -237,6 +237,8 @@ async fn session(
 ) -> Result<(), SyncError> {
     let (out, inn) = (s.stats.wire_out.clone(), s.stats.wire_in.clone());
     let mut fs = FramedStream::counting(s.link.open().await?, out, inn);
+    let clock = s.stats.clocks.of(&s.link.peer());
+    clock.attach(&mut fs);
     // At first contact the `Summary` (digests, no paths) goes with the `Hello`, before
     // its answer: a round trip less per connection (see `handshake`).
     fs.queue(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))?;
@@ -251,10 +253,13 @@ async fn session(
     *backoff = Duration::from_millis(200);
     let tick = (s.cfg.settle / 2).clamp(Duration::from_millis(10), TICK);
     let progress = fs.progress();
+    let every = super::alive::ping_every(&s.cfg.peer_text, &s.link.peer());
     loop {
         round(s, &mut fs, st).await?;
-        if progress.last().elapsed() >= PING_EVERY {
-            ping(s, &mut fs, st).await?; // only a stream silent both ways needs one
+        // only a stream silent both ways needs one, and only if the peer heard
+        // nothing from us lately on either stream
+        if progress.last().elapsed() >= PING_EVERY && clock.ping_due(every) {
+            ping(s, &mut fs, st).await?;
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
     }
@@ -920,7 +925,7 @@ async fn flush_watched(
         .sum();
     let limit = WRITE_STALL + Duration::from_secs(applying / MIN_APPLY_RATE);
     let progress = fs.progress();
-    unless_stalled(&progress, limit, async { Ok(fs.flush().await?) }).await?;
+    unless_stalled(|| progress.last(), limit, async { Ok(fs.flush().await?) }).await?;
     inflight.values_mut().for_each(|f| f.flushed = true);
     Ok(())
 }

@@ -226,7 +226,7 @@ pub(super) fn connect(
         journal: a.journal.clone(),
         root: Arc::new(root),
         cfg: a.cfg.clone(),
-        stats: Default::default(),
+        stats: a.receiver.stats.clone(), // one node's sender and receiver share them
         pre: None,
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -384,15 +384,19 @@ fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
     scenario_from(&[true; FILES], scripts)
 }
 
-/// Runs one scenario from a start holding the files `base[i]` says.
-fn scenario_from(base: &[bool], scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
-    // Paused time: the clock only moves when every task waits on a timer (blocking
-    // work in `spawn_blocking` holds it), so timeouts fire only when truly idle.
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Paused time: the clock only moves when every task waits on a timer (blocking work
+/// in `spawn_blocking` holds it), so timeouts fire only when truly idle.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// Runs one scenario from a start holding the files `base[i]` says.
+fn scenario_from(base: &[bool], scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
+    let rt = paused_runtime();
     rt.block_on(async move {
         let nodes: Vec<Arc<Node>> = (0..scripts.len()).map(|_| node()).collect();
         let up = Arc::new(AtomicBool::new(true));
@@ -444,9 +448,9 @@ fn scenario_from(base: &[bool], scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseE
             );
         }
         let heard = |n: &Node| n.receiver.stats.received.load(Ordering::Relaxed);
-        // a sender idle when its link was cut notices at its next ping, then redials
-        // after a backoff of at most 10 s
-        tokio::time::sleep(super::PING_EVERY + Duration::from_secs(15)).await;
+        // a sender idle when its link was cut notices at its next ping (at most 1.5 x
+        // PING_EVERY), then redials after a backoff of at most 10 s
+        tokio::time::sleep(super::PING_EVERY * 3 / 2 + Duration::from_secs(15)).await;
         let before: Vec<u64> = nodes.iter().map(|n| heard(n)).collect();
         tokio::time::sleep(Duration::from_secs(30)).await;
         let after: Vec<u64> = nodes.iter().map(|n| heard(n)).collect();
@@ -638,4 +642,67 @@ fn regression_edit_and_new_file_against_a_rename_onto_the_new_name() {
         vec![vec![Write(4), Write(1)], vec![Rename(1, 4)]],
     )
     .unwrap();
+}
+
+/// Two linked nodes on paused time, `f0` synced; runs `during` (given the nodes) for
+/// `secs` seconds, then returns the pings each node received and whether any
+/// receiving stream ended or session started anew meanwhile.
+fn keepalives(secs: u64, during: fn(&[Arc<Node>], u64)) -> (Vec<u64>, bool) {
+    let rt = paused_runtime();
+    rt.block_on(async move {
+        let nodes: Vec<Arc<Node>> = (0..2).map(|_| node()).collect();
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Vec<_> = [(0, 1), (1, 0)]
+            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+            .into();
+        nodes[0].write(0, "start\n");
+        assert!(settled(&nodes, 30).await, "the start converges");
+        let count = |f: fn(&super::Stats) -> u64| -> Vec<u64> {
+            nodes.iter().map(|n| f(&n.receiver.stats)).collect()
+        };
+        let pings = |s: &super::Stats| s.pings.load(Ordering::Relaxed);
+        let sessions = |s: &super::Stats| s.peer_sessions.load(Ordering::Relaxed);
+        let (p0, s0) = (count(pings), count(sessions));
+        for t in 0..secs {
+            during(&nodes, t);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let (p1, s1) = (count(pings), count(sessions));
+        let ended = links.iter().any(|(l, _)| {
+            let serving = l.serving.lock().unwrap();
+            serving.iter().any(|t| t.is_finished())
+        });
+        for (l, t) in links {
+            t.abort();
+            l.cut();
+        }
+        let got = p1.iter().zip(&p0).map(|(a, b)| a - b).collect();
+        (got, ended || s1 != s0)
+    })
+}
+
+#[test]
+fn an_idle_pair_pings_once_per_interval_not_once_per_stream() {
+    let (pings, restarted) = keepalives(600, |_, _| {});
+    let total: u64 = pings.iter().sum();
+    let per = 600 / super::PING_EVERY.as_secs(); // 20
+    assert!(
+        (per - 1..=per + 1).contains(&total),
+        "pings received by each node over 600 s idle: {pings:?}"
+    );
+    assert!(pings.contains(&0), "only one side pings: {pings:?}");
+    assert!(!restarted, "no stream timed out");
+}
+
+#[test]
+fn traffic_one_way_keeps_both_streams_alive_without_pings() {
+    // node 0 writes every 10 s for 10 minutes: its stream carries updates and node 1's
+    // acks; node 1's own stream carries nothing, and must neither ping nor time out
+    let (pings, restarted) = keepalives(600, |n, t| {
+        if t % 10 == 0 {
+            n[0].write(1, &format!("edit {t}\n"));
+        }
+    });
+    assert_eq!(pings, vec![0, 0], "pings received by each node");
+    assert!(!restarted, "no stream timed out");
 }

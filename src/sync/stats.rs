@@ -26,6 +26,10 @@ pub struct Stats {
     pub conflicts: AtomicU64,
     /// Messages received from the peer, keepalives not counted.
     pub received: AtomicU64,
+    /// Keepalive pings received from the peer.
+    pub pings: AtomicU64,
+    /// When each peer was last heard from and written to, over all its streams.
+    pub clocks: super::alive::PeerClocks,
     /// File bytes the sent updates carried (their dirty ranges), before compression.
     pub raw_sent: AtomicU64,
     /// Bytes this node's sync sessions wrote to and read from the link (shared with

@@ -64,6 +64,8 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
             read,
             written,
             progress: Progress::new(),
+            heard: None,
+            wrote: None,
         };
         FramedStream {
             inner: BufReader::with_capacity(64 << 10, inner),
@@ -94,6 +96,13 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
     /// When bytes last moved on the stream (for watchdogs: see `sync::unless_stalled`).
     pub fn progress(&self) -> Progress {
         self.inner.get_ref().progress.clone()
+    }
+
+    /// Also marks `heard` whenever bytes are read and `wrote` whenever bytes are
+    /// written: clocks shared by every stream to the same peer (see `sync::alive`).
+    pub fn share_clocks(&mut self, heard: Progress, wrote: Progress) {
+        let c = self.inner.get_mut();
+        (c.heard, c.wrote) = (Some(heard), Some(wrote));
     }
 
     /// Unwraps the underlying stream (bytes read ahead are lost).
@@ -293,6 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> FramedStream<S> {
 
 /// When bytes last moved on a stream, either way (shared, so that a watchdog can read
 /// it while a read or write is pending). On tokio's clock, so paused-time tests see it.
+/// A new one reads as moved at its creation.
 #[derive(Clone, Debug)]
 pub struct Progress {
     epoch: tokio::time::Instant,
@@ -300,15 +310,23 @@ pub struct Progress {
     last_ms: Arc<AtomicU64>,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
 impl Progress {
-    fn new() -> Progress {
+    /// A clock that last moved now.
+    pub fn new() -> Progress {
         Progress {
             epoch: tokio::time::Instant::now(),
             last_ms: Arc::default(),
         }
     }
 
-    fn mark(&self) {
+    /// Records that bytes moved now.
+    pub fn mark(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Relaxed);
     }
@@ -326,6 +344,10 @@ struct Counted<S> {
     read: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     progress: Progress,
+    /// Marked on reads too, if set (see [`FramedStream::share_clocks`]).
+    heard: Option<Progress>,
+    /// Marked on writes too, if set.
+    wrote: Option<Progress>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -339,6 +361,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
             self.read.fetch_add(*n as u64, Relaxed);
             if *n > 0 {
                 self.progress.mark();
+                self.heard.iter().for_each(Progress::mark);
             }
         }
         r
@@ -356,6 +379,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
             self.written.fetch_add(*n as u64, Relaxed);
             if *n > 0 {
                 self.progress.mark();
+                self.wrote.iter().for_each(Progress::mark);
             }
         }
         r
