@@ -303,8 +303,7 @@ fn restore(dir: &Path, path: &Path, version: Option<&str>, to: Option<PathBuf>) 
     let kept = crate::versions::list(&store.versions(), Some(path))?;
     let pick = kept
         .iter()
-        .filter(|k| Path::new(&k.path) == path && version.is_none_or(|v| k.when == v))
-        .next_back()
+        .rfind(|k| Path::new(&k.path) == path && version.is_none_or(|v| k.when == v))
         .with_context(|| {
             format!(
                 "no kept version of {} (see `syncfs versions`)",

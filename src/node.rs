@@ -266,16 +266,17 @@ async fn start_sync(
             tracing::error!("receiver stopped: {e}");
         }
     }));
-    let senders = start_senders(
-        &store.data(),
-        move |peer| NetLink { net, peer, limit },
-        allow,
-        journal,
-        sync_cfg,
-        stats,
-        quiet_rx,
-        pre,
-    )?;
+    let data = store.data();
+    let senders = start_senders(allow, quiet_rx, move |peer| {
+        Ok(sender::Sender {
+            link: Arc::new(NetLink { net, peer, limit }),
+            journal,
+            root: Arc::new(open_path_dir(&data)?),
+            cfg: sync_cfg,
+            stats,
+            pre: Some(pre),
+        })
+    })?;
     tasks.extend(senders);
     Ok(tasks)
 }
@@ -328,15 +329,11 @@ fn recover_applier(store: &Store, cfg: &Config, journal: &Journal) -> Result<()>
         .context("finishing the applier's work cut short by the last stop")
 }
 
+/// Starts the sender to the first allowed peer (made by `make`), if any.
 fn start_senders(
-    data: &Path,
-    link: impl FnOnce(PeerId) -> NetLink,
     allow: Vec<PeerId>,
-    journal: Journal,
-    cfg: SyncConfig,
-    stats: Arc<Stats>,
     quiet_rx: tokio::sync::mpsc::UnboundedReceiver<u64>,
-    pre: Arc<Preimages>,
+    make: impl FnOnce(PeerId) -> Result<sender::Sender>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>> {
     let Some(&peer) = allow.first() else {
         tracing::warn!("no peer configured: changes are journaled but not sent");
@@ -348,16 +345,7 @@ fn start_senders(
             allow.len()
         );
     }
-    let root = open_path_dir(data)?;
-    let s = sender::Sender {
-        link: Arc::new(link(peer)),
-        journal,
-        root: Arc::new(root),
-        cfg,
-        stats,
-        pre: Some(pre),
-    };
-    Ok(vec![tokio::spawn(sender::run(s, quiet_rx))])
+    Ok(vec![tokio::spawn(sender::run(make(peer)?, quiet_rx))])
 }
 
 /// An `O_PATH` fd of the directory `dir`.

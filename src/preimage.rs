@@ -78,7 +78,7 @@ impl Preimages {
         Ok(p)
     }
 
-    fn saved_for<'a>(map: &'a mut HashMap<FileId, Saved>, file: FileId) -> &'a mut Saved {
+    fn saved_for(map: &mut HashMap<FileId, Saved>, file: FileId) -> &mut Saved {
         map.entry(file).or_insert_with(|| Saved {
             file: None,
             saved: RangeSet::new(),

@@ -93,6 +93,7 @@ fn rsync_bytes(src: &Path, dst: &Path) -> u64 {
         .unwrap()
         .success();
     let _ = d.kill();
+    let _ = d.wait();
     assert!(ok, "rsync failed");
     proxy.count()
 }

@@ -150,7 +150,6 @@ impl PassFs {
     pub(super) fn save_cut(&self, inode: &super::inode::Inode, size: u64) {
         let Some(p) = &self.pre else { return };
         let saved = sys::reopen(&inode.fd, libc::O_RDONLY | libc::O_CLOEXEC)
-            .map(std::fs::File::from)
             .map_err(|e| std::io::Error::from_raw_os_error(e.0))
             .and_then(|f| {
                 let cur = f.metadata()?.len();

@@ -258,7 +258,7 @@ impl State {
     pub fn write_is_covered(&self, file: FileId, start: u64, end: u64) -> bool {
         self.files
             .get(&file)
-            .is_some_and(|e| e.ranges.covers(start, end) && e.size.map_or(true, |s| end <= s))
+            .is_some_and(|e| e.ranges.covers(start, end) && e.size.is_none_or(|s| end <= s))
     }
 
     /// Records that `file` lives at `path` (creating a clean entry if unknown).

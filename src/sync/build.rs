@@ -92,7 +92,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     let dirty = sent.clone();
     let pre = p.pre.filter(|_| !p.whole).and_then(|pre| {
         let merged = merge_spans(&sent, pre, p.file);
-        (merged.len_bytes() <= DICT_LIMIT).then(|| (pre, merged))
+        (merged.len_bytes() <= DICT_LIMIT).then_some((pre, merged))
     });
     let pre = pre.map(|(pre, merged)| {
         sent = merged;

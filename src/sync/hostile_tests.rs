@@ -215,7 +215,7 @@ async fn a_hostile_peer_gets_refusals_and_valid_traffic_still_applies() {
     assert_eq!(peer_memory, 0, "its memory was counted and given back");
     // a replayed metadata batch with renames: applied once
     std::fs::write(p("a"), b"precious").unwrap();
-    let batch = vec![
+    let batch = [
         (
             20,
             MetaOp::Rename {

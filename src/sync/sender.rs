@@ -676,7 +676,7 @@ async fn send_meta(s: &Sender, fs: &mut Stream, snap: &Snapshot) -> Result<bool,
         return Ok(false);
     }
     let mut ops = coalesce(&snap.meta, &pending_paths(snap));
-    ops.retain(|(_, op)| !stale_truncate(&*s.root, op) && !stale_unlink(s, op));
+    ops.retain(|(_, op)| !stale_truncate(&s.root, op) && !stale_unlink(s, op));
     super::ignored::drop_ops(s, &mut ops);
     let ops: Vec<(u64, MetaOp)> = ops
         .into_iter()
@@ -810,7 +810,7 @@ fn narrow(s: &Sender, seq: u64, op: MetaOp) -> Option<(u64, MetaOp)> {
             // the peer may not have applied yet), so it deletes that there too.
             Some((seq, op))
         }
-        _ if fold::targets(&op).into_iter().any(|p| taken(p)) => {
+        _ if fold::targets(&op).into_iter().any(taken) => {
             tracing::info!(
                 "op #{seq} ({}): the peer's version won meanwhile; not sent",
                 op.kind()
