@@ -282,13 +282,25 @@ pub fn journal_snapshot(store: &Path) -> syncfs::journal::Snapshot {
     s
 }
 
-/// A free TCP port on 127.0.0.1 (bound, then released).
+/// A free TCP port on 127.0.0.1 (bound, then released), never the same twice in one
+/// test process. Taken below the kernel's ephemeral range (32768 up), from which both
+/// port 0 and every outgoing connection draw: there, a port released here could be
+/// handed again to a parallel test, or taken by a daemon's dial, before the daemon it
+/// is meant for binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN; // apart per test binary
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(n < SPAN, "no free port left in {LOW}..{}", LOW + SPAN);
+        let port = (LOW + (start + n) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// `key: value` from `syncfs id` output.
