@@ -542,18 +542,73 @@ pub enum Tried {
     Declined,
 }
 
+/// A file read and indexed for a chunk exchange or a leaf delta, ready to go.
+pub struct Ready {
+    /// The journal's file.
+    pub file: crate::journal::FileId,
+    /// Its path.
+    pub path: RelPath,
+    /// The journal's version of it when read (what an ack clears).
+    pub version: u64,
+    /// The whole-file header (no ranges).
+    pub update: FileUpdate,
+    /// The file as read.
+    pub read: Read,
+    /// The peer's leaves of its version, for a leaf delta (none: a chunk exchange).
+    pub described: Option<Vec<u32>>,
+}
+
+/// What [`prepare`] found.
+pub enum Prepared {
+    /// See [`Tried::No`].
+    No,
+    /// See [`Tried::Whole`].
+    Whole,
+    /// Read and indexed.
+    Ready(Box<Ready>),
+}
+
 /// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
 /// bytes known here (so an ordinary update would carry the whole file), a size in
-/// [`CHUNK_MIN`]..=[`CHUNK_MAX`].
+/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]; or by leaf delta if the peer `described` it.
 pub async fn try_file(
     s: &super::sender::Sender,
     fs: &mut FramedStream<Box<dyn Duplex>>,
     id: u64,
-    (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
+    file: (crate::journal::FileId, &crate::journal::FileEntry),
     described: Option<Vec<u32>>,
 ) -> Result<Tried, SyncError> {
+    match prepare(s, id, file, described).await? {
+        Prepared::No => Ok(Tried::No),
+        Prepared::Whole => Ok(Tried::Whole),
+        Prepared::Ready(r) => send_one(s, fs, &r).await,
+    }
+}
+
+/// Sends a prepared file by itself (chunk exchange or leaf delta), waiting for the end.
+pub async fn send_one(
+    s: &super::sender::Sender,
+    fs: &mut FramedStream<Box<dyn Duplex>>,
+    r: &Ready,
+) -> Result<Tried, SyncError> {
+    let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
+    let outcome = match &r.described {
+        Some(d) => super::leaf_delta::send(fs, &s.stats, r.update.clone(), &r.read, d).await?,
+        None => offer(fs, &s.stats, r.update.clone(), &r.read).await?,
+    };
+    let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
+    finish(s, r, outcome, wire)
+}
+
+/// Reads and indexes `file` for [`try_file`] (or a batch of leaf deltas).
+pub async fn prepare(
+    s: &super::sender::Sender,
+    id: u64,
+    (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
+    described: Option<Vec<u32>>,
+) -> Result<Prepared, SyncError> {
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
-        return Ok(Tried::No);
+        return Ok(Prepared::No);
     };
     let size = st.st_size as u64;
     // (the old bytes are kept: the file goes as a delta against them)
@@ -562,13 +617,13 @@ pub async fn try_file(
         .as_ref()
         .is_some_and(|p| p.covers_start(file, size.min(4096)));
     if known || size == 0 || !entry.ranges.covers(0, size) {
-        return Ok(Tried::No);
+        return Ok(Prepared::No);
     }
     // a small file the peer described by its leaves goes as one delta against them
     let described = described.filter(|d| !d.is_empty() && DESCRIBED.contains(&size));
     // (a new file is offered too: the peer may hold its content under another path)
     if described.is_none() && !EXCHANGED.contains(&size) {
-        return Ok(Tried::Whole);
+        return Ok(Prepared::Whole);
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
     let sizes = if described.is_some() {
@@ -580,10 +635,10 @@ pub async fn try_file(
         .await
         .map_err(|e| SyncError::Protocol(format!("chunk read task: {e}")))??;
     let Some(read) = read.filter(|r| r.st.st_ino == st.st_ino) else {
-        return Ok(Tried::No);
+        return Ok(Prepared::No);
     };
     if s.journal.entry(file).map(|e| e.version) != Some(entry.version) {
-        return Ok(Tried::No); // written meanwhile: it waits for quiet as usual
+        return Ok(Prepared::No); // written meanwhile: it waits for quiet as usual
     }
     let size = read.tree.len();
     let ix = s.journal.index();
@@ -605,27 +660,40 @@ pub async fn try_file(
         hash: read.hash,
         vv: vv.pairs().to_vec(),
     };
-    let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
-    let outcome = match described {
-        Some(d) => super::leaf_delta::send(fs, &s.stats, update, &read, &d).await?,
-        None => offer(fs, &s.stats, update, &read).await?,
-    };
+    Ok(Prepared::Ready(Box::new(Ready {
+        file,
+        path: entry.path.clone(),
+        version: entry.version,
+        update,
+        read,
+        described,
+    })))
+}
+
+/// After `r` went (`outcome`, about `wire` bytes sent): an ack clears the journal's
+/// ranges and releases the pre-images.
+pub fn finish(
+    s: &super::sender::Sender,
+    r: &Ready,
+    outcome: Offered,
+    wire: u64,
+) -> Result<Tried, SyncError> {
     let Offered::Acked(rounds, nodes, leaves) = outcome else {
         return Ok(Tried::Declined);
     };
+    let size = r.update.size;
     let sent = crate::journal::RangeSet::from_range(0, size);
-    s.journal.ack_file(file, entry.version, &sent)?;
+    s.journal.ack_file(r.file, r.version, &sent)?;
     if let Some(p) = &s.pre {
-        p.release(file, &sent, size);
+        p.release(r.file, &sent, size);
     }
-    let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
     tracing::info!(
-        file,
+        file = r.file,
         rounds,
         nodes,
         leaves,
         "{}: rebuilt by the peer from its own version ({size} bytes, about {wire} sent)",
-        entry.path
+        r.path
     );
-    Ok(Tried::Acked(read.hash))
+    Ok(Tried::Acked(r.read.hash))
 }

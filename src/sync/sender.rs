@@ -3,9 +3,10 @@
 //! up to [`WINDOW`] unacknowledged, and clears exactly what the peer acknowledged.
 
 use super::build::{build, Built, Plan};
-use super::chunked::Tried;
+use super::chunked::{Prepared, Ready, Tried};
 use super::coalesce::coalesce;
 use super::fold::{self, Origin};
+use super::leaf_delta;
 use super::link::{Duplex, Link};
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
@@ -600,7 +601,8 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
     Ok(())
 }
 
-/// Offers each file that would otherwise go whole by chunk exchange (`chunked`);
+/// Offers each file that would otherwise go whole by chunk exchange (`chunked`), or
+/// as a leaf delta if the peer described it (in batches: `leaf_delta::send_batch`);
 /// returns the files left for ordinary updates (true: whole, from nothing). A file
 /// the peer kept parts of resumes instead.
 async fn chunk_first(
@@ -611,6 +613,7 @@ async fn chunk_first(
     ready: Vec<FileId>,
 ) -> Result<Vec<(FileId, bool)>, SyncError> {
     let mut rest = Vec::with_capacity(ready.len());
+    let mut batch = Vec::new();
     for file in ready {
         let entry = snap
             .files
@@ -621,19 +624,64 @@ async fn chunk_first(
             continue;
         };
         st.next_id += 1;
-        let described = st.described.remove(&file);
-        match super::chunked::try_file(s, fs, st.next_id, (file, entry), described).await? {
-            Tried::No => rest.push((file, false)),
-            Tried::Whole => rest.push((file, true)),
-            Tried::Acked(hash) => {
-                st.peer_hash.insert(file, hash);
-                s.stats.set_stuck(file, None);
-                Stats::add(&s.stats.acked, 1);
+        let tried = match st.described.remove(&file) {
+            Some(d) => {
+                match super::chunked::prepare(s, st.next_id, (file, entry), Some(d)).await? {
+                    Prepared::Ready(r) if r.described.is_some() => {
+                        batch.push(*r);
+                        if batch_full(&batch) {
+                            leaf_deltas(s, fs, st, std::mem::take(&mut batch), &mut rest).await?;
+                        }
+                        continue;
+                    }
+                    Prepared::Ready(r) => super::chunked::send_one(s, fs, &r).await?,
+                    Prepared::No => Tried::No,
+                    Prepared::Whole => Tried::Whole,
+                }
             }
-            Tried::Declined => rest.push((file, true)),
-        }
+            None => super::chunked::try_file(s, fs, st.next_id, (file, entry), None).await?,
+        };
+        tried_file(s, st, file, tried, &mut rest);
+    }
+    if !batch.is_empty() {
+        leaf_deltas(s, fs, st, batch, &mut rest).await?;
     }
     Ok(rest)
+}
+
+/// True when a batch of leaf deltas is as big as one may be.
+fn batch_full(batch: &[Ready]) -> bool {
+    let bytes: u64 = batch.iter().map(|r| r.update.size).sum();
+    batch.len() >= leaf_delta::BATCH_FILES || bytes >= leaf_delta::BATCH_BYTES
+}
+
+/// Sends `batch` as leaf deltas, one round trip for all; files not acked go to `rest`.
+async fn leaf_deltas(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    batch: Vec<Ready>,
+    rest: &mut Vec<(FileId, bool)>,
+) -> Result<(), SyncError> {
+    let outcomes = leaf_delta::send_batch(fs, &s.stats, &batch).await?;
+    for (r, (outcome, wire)) in batch.iter().zip(outcomes) {
+        let tried = super::chunked::finish(s, r, outcome, wire)?;
+        tried_file(s, st, r.file, tried, rest);
+    }
+    Ok(())
+}
+
+/// Books how a chunk exchange or leaf delta of `file` went.
+fn tried_file(s: &Sender, st: &mut State, file: FileId, t: Tried, rest: &mut Vec<(FileId, bool)>) {
+    match t {
+        Tried::No => rest.push((file, false)),
+        Tried::Whole | Tried::Declined => rest.push((file, true)),
+        Tried::Acked(hash) => {
+            st.peer_hash.insert(file, hash);
+            s.stats.set_stuck(file, None);
+            Stats::add(&s.stats.acked, 1);
+        }
+    }
 }
 
 /// True when the snapshot's metadata ops (if any) may go now: the log has been quiet

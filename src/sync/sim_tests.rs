@@ -46,10 +46,19 @@ pub(super) struct Node {
 }
 
 pub(super) fn node() -> Arc<Node> {
+    node_holding(&[])
+}
+
+/// A node whose folder holds `files` (`f<i>` and its text) before its first scan, as
+/// if adopted: indexed with no history, nothing pending.
+pub(super) fn node_holding(files: &[(usize, String)]) -> Arc<Node> {
     let tmp = tempfile::tempdir().unwrap();
     let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
     std::fs::create_dir(&data).unwrap();
     std::fs::create_dir(&staging).unwrap();
+    for (f, text) in files {
+        std::fs::write(data.join(format!("f{f}")), text).unwrap();
+    }
     let versions = tmp.path().join("versions");
     let journal = Journal::open(&tmp.path().join("journal")).unwrap();
     let id = PeerId::random();
@@ -115,10 +124,12 @@ pub(super) struct MemLink {
     serving: Mutex<Vec<JoinHandle<Result<(), SyncError>>>>,
     /// Bytes the sender may still write before the link breaks (`u64::MAX`: no limit).
     pub(super) cut_after: Arc<AtomicU64>,
+    /// One-way delay of the receiver's end, in milliseconds (0: none).
+    pub(super) latency_ms: Arc<AtomicU64>,
 }
 
 impl MemLink {
-    fn cut(&self) {
+    pub(super) fn cut(&self) {
         self.up.store(false, Ordering::SeqCst);
         for t in self.serving.lock().unwrap().drain(..) {
             t.abort();
@@ -133,6 +144,8 @@ impl Link for MemLink {
                 return Err(SyncError::Protocol("link down".into()));
             }
             let (ours, theirs) = tokio::io::duplex(1 << 20);
+            let delay = Duration::from_millis(self.latency_ms.load(Ordering::SeqCst));
+            let theirs = super::latency_tests::delayed(theirs, delay);
             let (from, r) = (self.from, self.to.receiver.clone());
             let t = tokio::spawn(async move { serve(from, theirs.compat(), &r).await });
             self.serving.lock().unwrap().push(t);
@@ -213,6 +226,7 @@ pub(super) fn connect(
         up: up.clone(),
         serving: Mutex::new(Vec::new()),
         cut_after: Arc::new(AtomicU64::new(u64::MAX)),
+        latency_ms: Arc::default(),
     });
     let root = sys::openat(
         &sys::AtCwd,
@@ -247,7 +261,7 @@ enum Edit {
 }
 
 impl Node {
-    fn write(&self, f: usize, body: &str) {
+    pub(super) fn write(&self, f: usize, body: &str) {
         self.write_bytes(f, body.as_bytes());
     }
 
@@ -353,7 +367,7 @@ fn files_under(dir: &Path) -> BTreeMap<String, String> {
     out
 }
 
-async fn settled(nodes: &[Arc<Node>], secs: u64) -> bool {
+pub(super) async fn settled(nodes: &[Arc<Node>], secs: u64) -> bool {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while tokio::time::Instant::now() < deadline {
         let idle = nodes.iter().all(|n| {
@@ -386,7 +400,7 @@ fn scenario(scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseError> {
 
 /// Paused time: the clock only moves when every task waits on a timer (blocking work
 /// in `spawn_blocking` holds it), so timeouts fire only when truly idle.
-fn paused_runtime() -> tokio::runtime::Runtime {
+pub(super) fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)

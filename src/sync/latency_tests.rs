@@ -1,0 +1,96 @@
+//! Round trips, counted on paused time: links of the simulation (`sim_tests`) given a
+//! one-way delay, so that what a protocol step waits for shows up as elapsed time.
+
+use super::sim_tests::{connect, node_holding, paused_runtime, settled};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+/// `end` with every byte it reads and writes held back `delay` (none: `end` itself).
+/// Bytes keep their order and are not held back one behind another: a burst arrives
+/// `delay` after it was sent, whatever its length.
+pub(super) fn delayed(end: DuplexStream, delay: Duration) -> DuplexStream {
+    if delay.is_zero() {
+        return end;
+    }
+    let (near, far) = tokio::io::duplex(1 << 20);
+    let (end_r, end_w) = tokio::io::split(end);
+    let (far_r, far_w) = tokio::io::split(far);
+    tokio::spawn(pump(end_r, far_w, delay));
+    tokio::spawn(pump(far_r, end_w, delay));
+    near
+}
+
+/// Copies `from` to `to`, each read delivered `delay` after it was read.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin + Send + 'static,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let writer = tokio::spawn(async move {
+        while let Some((at, bytes)) = rx.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    });
+    let mut buf = vec![0u8; 64 << 10];
+    while let Ok(n @ 1..) = from.read(&mut buf).await {
+        let at = tokio::time::Instant::now() + delay;
+        if tx.send((at, buf[..n].to_vec())).is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+/// One-way delay of the links below: a round trip is twice this.
+const DELAY: Duration = Duration::from_millis(100);
+
+#[test]
+fn small_files_edited_apart_cost_one_round_trip_per_batch_not_per_file() {
+    const N: usize = 40;
+    // the same 40 small files on both sides, each edited on one of them, adopted with
+    // no shared history: at first contact the receiver describes its version by
+    // leaves, and each file goes as a leaf delta
+    let text: String = (0..60)
+        .map(|i| format!("line {i} of some text\n"))
+        .collect();
+    let mut held = [Vec::new(), Vec::new()];
+    for f in 0..N {
+        let edited = text.replace("line 30 ", &format!("line 30 (edit {f}) "));
+        held[f % 2].push((f, edited));
+        held[1 - f % 2].push((f, text.clone()));
+    }
+    let elapsed = paused_runtime().block_on(async {
+        let nodes = [node_holding(&held[0]), node_holding(&held[1])];
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Vec<_> = [(0, 1), (1, 0)]
+            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+            .into();
+        for (l, _) in &links {
+            l.latency_ms
+                .store(DELAY.as_millis() as u64, Ordering::SeqCst);
+        }
+        let t0 = tokio::time::Instant::now();
+        assert!(settled(&nodes, 600).await, "the pair converges");
+        let elapsed = t0.elapsed();
+        for (l, t) in links {
+            t.abort();
+            l.cut();
+        }
+        elapsed
+    });
+    let trips = elapsed.as_secs_f64() / (2.0 * DELAY.as_secs_f64());
+    println!("{N} files edited apart converged in {elapsed:?}: {trips:.1} round trips");
+    assert!(
+        trips < (N / 4) as f64,
+        "{trips:.1} round trips for {N} files (one per file: about {} each way)",
+        N / 2
+    );
+}
