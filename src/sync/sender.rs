@@ -274,8 +274,16 @@ async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Sy
     if !std::mem::take(&mut st.handshake) {
         return Ok(());
     }
+    // a hello alone (no first-contact summary) times a round trip: the side of a pair
+    // that never pings needs one for its status too
+    let small = fs.queued() <= HELLO_MAX;
+    let at = Instant::now();
     fs.flush().await?;
     let reply = recv_within(fs, REPLY_TIMEOUT).await?;
+    if small {
+        let rtt = at.elapsed().as_micros() as u64;
+        s.stats.rtt_us.store(rtt.max(1), Ordering::Relaxed);
+    }
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     st.held = match recv_within(fs, REPLY_TIMEOUT).await? {
         Message::Staged(items) => super::resume::held(items),
@@ -284,6 +292,10 @@ async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Sy
     tracing::info!(peer = %s.link.peer(), "sending to {name}");
     Ok(())
 }
+
+/// Bytes queued with our `Hello` up to which its answer's delay is taken for a round
+/// trip (more, e.g. a first-contact summary, and it measures the link's rate too).
+const HELLO_MAX: usize = 4096;
 
 /// Index entries per `Index` message.
 const INDEX_BATCH: usize = 4096;

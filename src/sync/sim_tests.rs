@@ -682,6 +682,8 @@ fn keepalives(secs: u64, during: fn(&[Arc<Node>], u64)) -> (Vec<u64>, bool) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         let (p1, s1) = (count(pings), count(sessions));
+        let rtt = |s: &super::Stats| s.rtt_us.load(Ordering::Relaxed);
+        assert!(count(rtt).iter().all(|&r| r > 0), "both know a round trip");
         let ended = links.iter().any(|(l, _)| {
             let serving = l.serving.lock().unwrap();
             serving.iter().any(|t| t.is_finished())

@@ -41,7 +41,7 @@ pub struct Stats {
     pub queued_bytes: AtomicU64,
     /// Metadata ops queued at the last look.
     pub queued_ops: AtomicU64,
-    /// Round-trip time of the last keepalive, in microseconds (0: none yet).
+    /// Round-trip time of the last keepalive or handshake, in microseconds (0: none yet).
     pub rtt_us: AtomicU64,
     /// Measured throughput to the peer, bytes per second (0: not measured yet).
     pub throughput: AtomicU64,
