@@ -31,8 +31,8 @@ use std::time::{Duration, Instant};
 /// Files each side owns, and files both write.
 const OWN: u64 = 12;
 const SHARED: u64 = 8;
-/// Bytes both ways in the 20 s idle window: keepalives only (a ping and its pong on
-/// each of the two streams of a silent link is well under this).
+/// Bytes both ways in the 20 s idle window: keepalives only (a ping and its pong per
+/// 30 s, and one per 120 s on the other stream, of a silent link is well under this).
 const IDLE_BYTES: u64 = 12_000;
 
 /// The trees agree, and the link carries only keepalives, this soon after the changes stop.

@@ -2,7 +2,8 @@
 //! written to, over both sync streams between us (ours and theirs). A side pings only
 //! when it has written nothing to the peer for a while, and a receiving stream ends
 //! only when nothing was heard from the peer on any stream, so an idle link costs one
-//! ping and pong per [`PING_EVERY`], and a busy one (in either direction) none.
+//! ping and pong per [`PING_EVERY`] (plus one per [`OWN_SILENCE_MAX`] on the other
+//! side's silent stream), and a busy one (in either direction) next to none.
 
 use super::PING_EVERY;
 use crate::wire::{FramedStream, Progress};
@@ -58,12 +59,19 @@ impl PeerClock {
         }
     }
 
-    /// True when a sender to this peer whose own stream has been silent for
-    /// [`PING_EVERY`] should ping: nothing was written to the peer for `every`.
-    pub fn ping_due(&self, every: Duration) -> bool {
-        self.wrote.last().elapsed() >= every
+    /// True when a sender to this peer whose own stream last moved a byte at `own`
+    /// should ping: its stream has been silent for [`PING_EVERY`] and nothing was
+    /// written to the peer on either stream for `every`, or its stream has been silent
+    /// for [`OWN_SILENCE_MAX`] (the two streams may ride different connections, and
+    /// one may die unheard while the other carries the pings).
+    pub fn ping_due(&self, own: Instant, every: Duration) -> bool {
+        let silent = own.elapsed();
+        silent >= PING_EVERY && (self.wrote.last().elapsed() >= every || silent >= OWN_SILENCE_MAX)
     }
 }
+
+/// A sender's stream silent this long pings whatever the other stream carries.
+pub const OWN_SILENCE_MAX: Duration = Duration::from_secs(120);
 
 /// How long a sender waits without writing to `peer` before it pings, for a node
 /// whose id is `me` (both as text): one side waits [`PING_EVERY`], the other half as
@@ -100,13 +108,26 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_ping_is_due_only_after_nothing_was_written() {
         let c = PeerClock::default();
+        let own = Instant::now();
         tokio::time::advance(PING_EVERY).await;
-        assert!(c.ping_due(PING_EVERY));
+        assert!(c.ping_due(own, PING_EVERY));
+        assert!(!c.ping_due(Instant::now(), PING_EVERY), "its stream moved");
         c.wrote.mark();
-        assert!(!c.ping_due(PING_EVERY));
+        assert!(!c.ping_due(own, PING_EVERY), "written on the other stream");
         c.heard.mark(); // hearing is not writing
         tokio::time::advance(PING_EVERY).await;
-        assert!(c.ping_due(PING_EVERY));
+        assert!(c.ping_due(own, PING_EVERY));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_silent_long_enough_pings_whatever_the_other_carries() {
+        let c = PeerClock::default();
+        let own = Instant::now();
+        tokio::time::advance(OWN_SILENCE_MAX - Duration::from_secs(1)).await;
+        c.wrote.mark();
+        assert!(!c.ping_due(own, PING_EVERY));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(c.ping_due(own, PING_EVERY));
     }
 
     #[test]

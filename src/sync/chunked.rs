@@ -570,32 +570,29 @@ pub enum Prepared {
 
 /// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
 /// bytes known here (so an ordinary update would carry the whole file), a size in
-/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]; or by leaf delta if the peer `described` it.
+/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]. (A file the peer described goes by leaf delta
+/// instead, in batches: see `sender::chunk_first`.)
 pub async fn try_file(
     s: &super::sender::Sender,
     fs: &mut FramedStream<Box<dyn Duplex>>,
     id: u64,
     file: (crate::journal::FileId, &crate::journal::FileEntry),
-    described: Option<Vec<u32>>,
 ) -> Result<Tried, SyncError> {
-    match prepare(s, id, file, described).await? {
+    match prepare(s, id, file, None).await? {
         Prepared::No => Ok(Tried::No),
         Prepared::Whole => Ok(Tried::Whole),
         Prepared::Ready(r) => send_one(s, fs, &r).await,
     }
 }
 
-/// Sends a prepared file by itself (chunk exchange or leaf delta), waiting for the end.
+/// Sends a prepared file by chunk exchange, waiting for the end.
 pub async fn send_one(
     s: &super::sender::Sender,
     fs: &mut FramedStream<Box<dyn Duplex>>,
     r: &Ready,
 ) -> Result<Tried, SyncError> {
     let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
-    let outcome = match &r.described {
-        Some(d) => super::leaf_delta::send(fs, &s.stats, r.update.clone(), &r.read, d).await?,
-        None => offer(fs, &s.stats, r.update.clone(), &r.read).await?,
-    };
+    let outcome = offer(fs, &s.stats, r.update.clone(), &r.read).await?;
     let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
     finish(s, r, outcome, wire)
 }

@@ -2,20 +2,23 @@
 //! both sides while apart): in its `IndexAck` the receiver describes its version by the
 //! short hashes of its leaves; the sender answers with one `LeafDelta`, the new content
 //! as a delta against the leaves both hold ([`crate::chunks::leaves`]). No rounds, and
-//! the sender writes a batch of them before reading their acks ([`send_batch`]): a
+//! the sender writes a batch of them before reading their acks ([`write_batch`]): a
 //! batch of files costs one round trip whatever their number. The receiver applies
 //! each as an ordinary whole-file update through the checker.
 
 use super::chunked::{Offered, Read, Ready, DESCRIBED};
 use super::link::Duplex;
 use super::sender::recv_reply;
-use super::{Stats, SyncError, REPLY_TIMEOUT};
+use super::{
+    unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TIMEOUT, WRITE_STALL,
+};
 use crate::chunks::leaves;
 use crate::path::RelPath;
 use crate::wire::{AckKind, FileUpdate, FramedStream, Message};
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::time::Duration;
 
 /// zstd level of a leaf delta (small inputs: the strongest level costs little).
 const LEVEL: i32 = 19;
@@ -47,59 +50,83 @@ pub fn rebuild(
     crate::delta::decode(delta, &base, size as usize).map_err(|e| e.to_string())
 }
 
-/// The sender: `update` (a whole-file header) as a `LeafDelta` against the leaves the
-/// peer `described`; waits for its ack.
-pub async fn send(
-    fs: &mut FramedStream<Box<dyn Duplex>>,
-    stats: &Stats,
-    update: FileUpdate,
-    read: &Read,
-    described: &[u32],
-) -> Result<Offered, SyncError> {
-    let (id, n) = (update.id, described.len());
-    let (msg, sent) = message(update, read, described).await?;
-    fs.send(msg).await?;
-    outcome(id, n, sent, recv_reply(stats, fs, REPLY_TIMEOUT).await?)
-}
-
 /// Leaf deltas written before their acks are read: at most this many files...
 pub const BATCH_FILES: usize = 256;
 /// ...of at most this many bytes in all.
 pub const BATCH_BYTES: u64 = 4 << 20;
+/// Time allowed per file for the receiver to stage, sync and index it.
+const APPLY_EACH: Duration = Duration::from_millis(100);
 
-/// The sender: each file of `batch` (all `described`) as a `LeafDelta`, all written
-/// before the first ack is read: one round trip for the batch, and the deltas share
-/// compressed blocks. Returns each file's outcome and delta bytes, in order.
-pub async fn send_batch(
+/// A leaf delta written: which file of the batch, and what its answer will name.
+pub struct Sent {
+    /// Its place in the batch.
+    pub at: usize,
+    id: u64,
+    leaves: usize,
+    /// Delta bytes.
+    pub len: u64,
+}
+
+/// The sender: writes each file of `batch` (all `described`) as a `LeafDelta`, all
+/// before the first ack is read ([`answer`]): one round trip for the batch, and the
+/// deltas share compressed blocks. A file that can no longer be read whole (changed
+/// since) is left out. Returns what was written, in order, and how long the first
+/// answer may take: the receiver answers once it has applied them all.
+pub async fn write_batch(
+    fs: &mut FramedStream<Box<dyn Duplex>>,
+    batch: &[Ready],
+) -> Result<(Vec<Sent>, Duration), SyncError> {
+    let mut sent = Vec::with_capacity(batch.len());
+    let (mut bytes, mut sizes) = (0, 0);
+    for (at, r) in batch.iter().enumerate() {
+        let described = r.described.as_deref().unwrap_or_default();
+        let Some((msg, len)) = message(r.update.clone(), &r.read, described).await? else {
+            continue;
+        };
+        fs.queue(msg)?;
+        (bytes, sizes) = (bytes + len, sizes + r.update.size);
+        let (id, leaves) = (r.update.id, described.len());
+        sent.push(Sent {
+            at,
+            id,
+            leaves,
+            len,
+        });
+    }
+    let progress = fs.progress();
+    unless_stalled(|| progress.last(), WRITE_STALL, async {
+        Ok(fs.flush().await?)
+    })
+    .await?;
+    let files = APPLY_EACH * sent.len() as u32;
+    let first =
+        REPLY_TIMEOUT + files + Duration::from_secs(bytes / MIN_RATE + sizes / MIN_APPLY_RATE);
+    Ok((sent, first))
+}
+
+/// The sender: the peer's answer to the leaf delta `s`, within `limit`.
+pub async fn answer(
     fs: &mut FramedStream<Box<dyn Duplex>>,
     stats: &Stats,
-    batch: &[Ready],
-) -> Result<Vec<(Offered, u64)>, SyncError> {
-    let mut sent = Vec::with_capacity(batch.len());
-    for r in batch {
-        let described = r.described.as_deref().unwrap_or_default();
-        let (msg, len) = message(r.update.clone(), &r.read, described).await?;
-        fs.queue(msg)?;
-        sent.push((r.update.id, described.len(), len));
-    }
-    fs.flush().await?;
-    let mut out = Vec::with_capacity(sent.len());
-    for (id, n, len) in sent {
-        let reply = recv_reply(stats, fs, REPLY_TIMEOUT).await?;
-        out.push((outcome(id, n, len, reply)?, len));
-    }
-    Ok(out)
+    s: &Sent,
+    limit: Duration,
+) -> Result<Offered, SyncError> {
+    outcome(s.id, s.leaves, s.len, recv_reply(stats, fs, limit).await?)
 }
 
 /// The `LeafDelta` of `update` (the file as `read`) against the leaves the peer
-/// `described`, and its delta's length (encoded off the async threads).
+/// `described`, and its delta's length (encoded off the async threads); none if the
+/// file can no longer be read whole.
 async fn message(
     update: FileUpdate,
     read: &Read,
     described: &[u32],
-) -> Result<(Message, u64), SyncError> {
+) -> Result<Option<(Message, u64)>, SyncError> {
     let mut new = vec![0u8; update.size as usize];
-    read.file.read_exact_at(&mut new, 0)?;
+    if let Err(e) = read.file.read_exact_at(&mut new, 0) {
+        tracing::debug!(path = %update.path, "not sent as a leaf delta: {e}");
+        return Ok(None); // truncated since it was read: it goes as an ordinary update
+    }
     let described = described.to_vec();
     let (used, delta) = tokio::task::spawn_blocking(move || {
         let (used, base) = leaves::shared_base(&new, &described);
@@ -114,7 +141,7 @@ async fn message(
         used,
         delta,
     };
-    Ok((msg, sent))
+    Ok(Some((msg, sent)))
 }
 
 /// How the peer answered the leaf delta of update `id` (`n` leaves described,

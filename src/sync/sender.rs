@@ -10,7 +10,7 @@ use super::leaf_delta;
 use super::link::{Duplex, Link};
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
-    PING_EVERY, REPLY_TIMEOUT, WRITE_STALL,
+    REPLY_TIMEOUT, WRITE_STALL,
 };
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::path::RelPath;
@@ -144,6 +144,8 @@ struct State {
     held: super::resume::Held,
     /// The peer's answer to our `Hello` is still to be read (see [`handshake`]).
     handshake: bool,
+    /// Bytes queued once our `Hello` was (see `handshake`).
+    hello_len: usize,
 }
 
 /// Updates smaller than this say more about latency than throughput: not measured.
@@ -245,6 +247,7 @@ async fn session(
     fs.queue(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))?;
     fs.compress(st.level(s.cfg.level))?;
     st.handshake = true;
+    st.hello_len = fs.queued();
     st.queue_told = None; // a new session: the peer knows nothing of our queue
     s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
@@ -258,8 +261,8 @@ async fn session(
     loop {
         round(s, &mut fs, st).await?;
         // only a stream silent both ways needs one, and only if the peer heard
-        // nothing from us lately on either stream
-        if progress.last().elapsed() >= PING_EVERY && clock.ping_due(every) {
+        // nothing from us lately on either stream (see `alive`)
+        if clock.ping_due(progress.last(), every) {
             ping(s, &mut fs, st).await?;
         }
         wait_for_work(quiet, &mut st.quiet, tick).await;
@@ -274,9 +277,9 @@ async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Sy
     if !std::mem::take(&mut st.handshake) {
         return Ok(());
     }
-    // a hello alone (no first-contact summary) times a round trip: the side of a pair
-    // that never pings needs one for its status too
-    let small = fs.queued() <= HELLO_MAX;
+    // a hello alone (no first-contact summary, which the peer compares before it
+    // answers) times a round trip: the side of a pair that seldom pings needs one too
+    let small = fs.queued() == st.hello_len;
     let at = Instant::now();
     fs.flush().await?;
     let reply = recv_within(fs, REPLY_TIMEOUT).await?;
@@ -292,10 +295,6 @@ async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Sy
     tracing::info!(peer = %s.link.peer(), "sending to {name}");
     Ok(())
 }
-
-/// Bytes queued with our `Hello` up to which its answer's delay is taken for a round
-/// trip (more, e.g. a first-contact summary, and it measures the link's rate too).
-const HELLO_MAX: usize = 4096;
 
 /// Index entries per `Index` message.
 const INDEX_BATCH: usize = 4096;
@@ -614,7 +613,7 @@ async fn round(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncEr
 }
 
 /// Offers each file that would otherwise go whole by chunk exchange (`chunked`), or
-/// as a leaf delta if the peer described it (in batches: `leaf_delta::send_batch`);
+/// as a leaf delta if the peer described it (in batches: `leaf_delta::write_batch`);
 /// returns the files left for ordinary updates (true: whole, from nothing). A file
 /// the peer kept parts of resumes instead.
 async fn chunk_first(
@@ -651,7 +650,7 @@ async fn chunk_first(
                     Prepared::Whole => Tried::Whole,
                 }
             }
-            None => super::chunked::try_file(s, fs, st.next_id, (file, entry), None).await?,
+            None => super::chunked::try_file(s, fs, st.next_id, (file, entry)).await?,
         };
         tried_file(s, st, file, tried, &mut rest);
     }
@@ -668,6 +667,8 @@ fn batch_full(batch: &[Ready]) -> bool {
 }
 
 /// Sends `batch` as leaf deltas, one round trip for all; files not acked go to `rest`.
+/// Each answer is booked as it comes, so a session that ends midway keeps the acks it
+/// read.
 async fn leaf_deltas(
     s: &Sender,
     fs: &mut Stream,
@@ -675,10 +676,18 @@ async fn leaf_deltas(
     batch: Vec<Ready>,
     rest: &mut Vec<(FileId, bool)>,
 ) -> Result<(), SyncError> {
-    let outcomes = leaf_delta::send_batch(fs, &s.stats, &batch).await?;
-    for (r, (outcome, wire)) in batch.iter().zip(outcomes) {
-        let tried = super::chunked::finish(s, r, outcome, wire)?;
+    let (sent, mut limit) = leaf_delta::write_batch(fs, &batch).await?;
+    let mut written = vec![false; batch.len()];
+    for one in &sent {
+        let outcome = leaf_delta::answer(fs, &s.stats, one, limit).await?;
+        limit = REPLY_TIMEOUT; // the others come with the first
+        let r = &batch[one.at];
+        let tried = super::chunked::finish(s, r, outcome, one.len)?;
         tried_file(s, st, r.file, tried, rest);
+        written[one.at] = true;
+    }
+    for (r, _) in batch.iter().zip(written).filter(|(_, w)| !w) {
+        rest.push((r.file, false)); // changed since it was read
     }
     Ok(())
 }

@@ -283,10 +283,12 @@ pub fn journal_snapshot(store: &Path) -> syncfs::journal::Snapshot {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released), never the same twice in one
-/// test process. Taken below the kernel's ephemeral range (32768 up), from which both
-/// port 0 and every outgoing connection draw: there, a port released here could be
-/// handed again to a parallel test, or taken by a daemon's dial, before the daemon it
-/// is meant for binds it.
+/// test process. Taken below the kernel's ephemeral range (32768 up by default,
+/// `net.ipv4.ip_local_port_range`), from which both port 0 and every outgoing
+/// connection draw: there, a port released here could be handed again to a parallel
+/// test, or taken by a daemon's dial, before the daemon it is meant for binds it. Test
+/// binaries run one after another (`cargo test`); two run at once could still pick
+/// the same port, their starting points being apart only by their pids.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     const LOW: u32 = 20_000;
