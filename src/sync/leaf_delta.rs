@@ -162,3 +162,87 @@ fn outcome(id: u64, n: usize, sent: u64, reply: Message) -> Result<Offered, Sync
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{NackReason, WireTime};
+    use tokio_util::compat::TokioAsyncReadCompatExt;
+
+    /// File `name` of `dir` holding `text`, read for a leaf delta as update `id`.
+    fn ready(dir: &std::path::Path, name: &str, text: &str, id: u64) -> Ready {
+        std::fs::write(dir.join(name), text).unwrap();
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let root = crate::sys::openat(&crate::sys::AtCwd, dir.as_os_str(), flags, 0).unwrap();
+        let path = RelPath::from_bytes(name.as_bytes()).unwrap();
+        let read = super::super::chunked::read_for_offer(&root, &path, DESCRIBED);
+        let read = read.unwrap().unwrap();
+        let update = FileUpdate {
+            id,
+            file: id,
+            path: path.clone(),
+            base: None,
+            size: text.len() as u64,
+            mode: 0o644,
+            mtime: WireTime { secs: 0, nanos: 0 },
+            ranges: vec![],
+            hash: read.hash,
+            vv: vec![],
+        };
+        let described = Some(leaves::describe(text.as_bytes()));
+        Ready {
+            file: id,
+            path,
+            version: 1,
+            update,
+            read,
+            described,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_in_order_and_skips_a_file_cut_since_it_was_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = |i: usize| "some text to describe\n".repeat(20 + i);
+        let batch: Vec<Ready> = (0..4)
+            .map(|i| ready(dir.path(), &format!("f{i}"), &text(i), 10 + i as u64))
+            .collect();
+        std::fs::write(dir.path().join("f1"), "cut").unwrap(); // after it was read
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut ours = FramedStream::new(Box::new(a.compat()) as Box<dyn Duplex>);
+        let mut peer = FramedStream::new(b.compat());
+        let (sent, _) = write_batch(&mut ours, &batch).await.unwrap();
+        let at: Vec<usize> = sent.iter().map(|s| s.at).collect();
+        assert_eq!(at, [0, 2, 3], "f1 left out");
+        // every delta arrives before any answer is read
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            match peer.recv().await.unwrap().unwrap() {
+                Message::LeafDelta { update, .. } => ids.push(update.id),
+                m => panic!("expected a leaf delta, got {}", m.kind()),
+            }
+        }
+        assert_eq!(ids, [10, 12, 13]);
+        let refused = Message::Nack {
+            of: AckKind::Update(12),
+            reason: NackReason::UnknownBase,
+        };
+        for m in [Message::Ack(AckKind::Update(10)), refused] {
+            peer.queue(m).unwrap();
+        }
+        peer.queue(Message::Ack(AckKind::Update(10))).unwrap(); // not f3's
+        peer.flush().await.unwrap();
+        let stats = Stats::default();
+        let mut got = Vec::new();
+        for s in &sent[..2] {
+            got.push(answer(&mut ours, &stats, s, REPLY_TIMEOUT).await.unwrap());
+        }
+        assert!(matches!(got[0], Offered::Acked(..)), "f0 acked");
+        assert_eq!(got[1], Offered::Declined, "f2 refused: it goes whole");
+        let wrong = answer(&mut ours, &stats, &sent[2], REPLY_TIMEOUT).await;
+        assert!(
+            matches!(wrong, Err(SyncError::Protocol(_))),
+            "an ack of another update"
+        );
+    }
+}
