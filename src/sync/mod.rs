@@ -30,6 +30,8 @@ mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod keepalive_tests;
+#[cfg(test)]
 mod latency_tests;
 #[cfg(test)]
 mod meta_tests;
