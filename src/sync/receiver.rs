@@ -260,7 +260,7 @@ async fn compare_summary(
     let (differ, same) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
         // ours by key: (path, digest), several per key when their paths' keys collide
-        let mut ours: HashMap<u32, Vec<(crate::path::RelPath, u64)>> = HashMap::new();
+        let mut ours: HashMap<u16, Vec<(crate::path::RelPath, u64)>> = HashMap::new();
         for (p, d) in ix.digests()? {
             let dd = crate::wire::DirDigest::of(&p, &d);
             ours.entry(dd.key).or_default().push((p, dd.digest));

@@ -294,15 +294,18 @@ pub fn base_id(hash: &[u8; 32]) -> u64 {
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
-/// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 12 bytes instead
-/// of its path and a digest of its children.
+/// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 8 bytes (12
+/// before version 12) instead of its path and a digest of its children.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirDigest {
-    /// Which directory: the first 4 bytes (LE) of BLAKE3 of its path. Several may
-    /// share one; it only says where the receiver looks.
-    pub key: u32,
-    /// The first 8 bytes (LE) of BLAKE3 of its path and its children's digest: equal
-    /// on both sides only for the same directory with the same children.
+    /// Which directory: the first 2 bytes (LE) of BLAKE3 of its path (4 before version
+    /// 12). Several may share one; it only says where the receiver looks.
+    pub key: u16,
+    /// The first 6 bytes (LE) of BLAKE3 of its path and its children's digest (8
+    /// before version 12): equal on both sides only for the same directory with the
+    /// same children. Compared only with the receiver's directories of the same key
+    /// (one or two), so 48 bits leave a false match at about 2^-47 per directory.
+    #[serde(with = "hash48")]
     pub digest: u64,
 }
 
@@ -317,15 +320,15 @@ impl DirDigest {
                 h.update(&(path.as_bytes().len() as u64).to_le_bytes());
                 h.update(path.as_bytes());
                 h.update(children);
-                u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8"))
+                hash48_from(&h.finalize().as_bytes()[..BLOCK_HASH])
             },
         }
     }
 
     /// The `key` of directory `path`.
-    pub fn key_of(path: &RelPath) -> u32 {
+    pub fn key_of(path: &RelPath) -> u16 {
         let h = blake3::hash(path.as_bytes());
-        u32::from_le_bytes(h.as_bytes()[..4].try_into().expect("4 bytes"))
+        u16::from_le_bytes(h.as_bytes()[..2].try_into().expect("2 bytes"))
     }
 }
 
