@@ -71,7 +71,8 @@ pub struct Sent {
 /// before the first ack is read ([`answer`]): one round trip for the batch, and the
 /// deltas share compressed blocks. A file that can no longer be read whole (changed
 /// since) is left out. Returns what was written, in order, and how long the first
-/// answer may take: the receiver answers once it has applied them all.
+/// answer may take: the receiver holds its answers while more input waits, so they
+/// may come only once it has applied them all.
 pub async fn write_batch(
     fs: &mut FramedStream<Box<dyn Duplex>>,
     batch: &[Ready],

@@ -112,9 +112,11 @@ pub const WRITE_STALL: Duration = Duration::from_secs(20);
 pub const MIN_APPLY_RATE: u64 = 32 << 20;
 /// A sender pings once its stream has been silent both ways this long and nothing
 /// was written to the peer on any stream for this long (one side of a pair; the other
-/// waits 1.5 x as long: see [`alive::ping_every`]). A link that carries updates and
-/// acks either way needs no keepalive, and an idle one costs one ping and pong (a
-/// small frame each way) this often.
+/// waits 1.5 x as long: see [`alive::ping_every`]), or once its stream has been silent
+/// for [`alive::OWN_SILENCE_MAX`] whatever the other carries. A link that carries
+/// updates and acks either way needs a keepalive only on its idle stream, every
+/// `OWN_SILENCE_MAX`; an idle one costs one ping and pong (a small frame each way)
+/// this often, plus that one.
 pub const PING_EVERY: Duration = Duration::from_secs(30);
 /// A reply (ack, pong, hello) is due within this long, plus the time the bytes in
 /// flight take at [`MIN_RATE`].

@@ -103,6 +103,7 @@ where
     let mut parts = Parts::new(r.budgets.of(peer), r.applier.clone());
     let mut rebuilds = Rebuilds::new(r.budgets.of(peer));
     let progress = fs.progress();
+    let mut ours_by_key = None; // read once for all the parts of a summary
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
         let alive = || clock.alive(progress.last(), me);
@@ -120,6 +121,15 @@ where
             | Message::ChunkRound { .. }
             | Message::ChunkDecline(_)
             | Message::LeafDelta { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
+            Message::Summary { dirs, last } => {
+                let ours = match ours_by_key.take() {
+                    Some(ours) => ours,
+                    None => OursByKey::read(r).await?,
+                };
+                let reply = compare_summary(dirs, &ours, r).await?;
+                ours_by_key = (!last).then_some(ours); // for the next part
+                Some(reply)
+            }
             msg => handle(msg, &mut parts, r, &peer).await?,
         };
         if let Some(reply) = reply {
@@ -184,7 +194,6 @@ async fn handle(
             Ok(None)
         }
         Message::Index { entries, upto, .. } => Ok(Some(take_index(entries, upto, r, peer).await?)),
-        Message::Summary { dirs, .. } => Ok(Some(compare_summary(dirs, r).await?)),
         other => Err(SyncError::Protocol(format!(
             "unexpected {} on a sync stream",
             other.kind()
@@ -250,21 +259,38 @@ fn nack(of: AckKind, reason: NackReason) -> Message {
     Message::Nack { of, reason }
 }
 
+/// Our directories by their summary key: (path, digest), several per key when their
+/// paths' keys collide. Read once per summary, however many parts it comes in.
+#[derive(Clone)]
+struct OursByKey(Arc<HashMap<u32, Vec<(crate::path::RelPath, u64)>>>);
+
+impl OursByKey {
+    async fn read(r: &Receiver) -> Result<OursByKey, SyncError> {
+        let journal = r.check.journal.clone();
+        let ours = tokio::task::spawn_blocking(move || {
+            let mut ours: HashMap<u32, Vec<_>> = HashMap::new();
+            for (p, d) in journal.index().digests()? {
+                let dd = crate::wire::DirDigest::of(&p, &d);
+                ours.entry(dd.key).or_default().push((p, dd.digest));
+            }
+            Ok::<_, crate::journal::JournalError>(ours)
+        })
+        .await
+        .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
+        Ok(OursByKey(Arc::new(ours)))
+    }
+}
+
 /// The directories of the peer's summary whose digest differs from ours (a bitmap in
 /// its order), and the digests of our entries in those of them we hold.
 async fn compare_summary(
     dirs: Vec<crate::wire::DirDigest>,
+    ours: &OursByKey,
     r: &Receiver,
 ) -> Result<Message, SyncError> {
-    let journal = r.check.journal.clone();
+    let (journal, ours) = (r.check.journal.clone(), ours.0.clone());
     let (differ, same) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
-        // ours by key: (path, digest), several per key when their paths' keys collide
-        let mut ours: HashMap<u16, Vec<(crate::path::RelPath, u64)>> = HashMap::new();
-        for (p, d) in ix.digests()? {
-            let dd = crate::wire::DirDigest::of(&p, &d);
-            ours.entry(dd.key).or_default().push((p, dd.digest));
-        }
         let mut differ = vec![0u8; dirs.len().div_ceil(8)];
         let mut look = Vec::new(); // ours under a differing key: the peer's may be there
         for (i, d) in dirs.iter().enumerate() {

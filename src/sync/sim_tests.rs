@@ -52,13 +52,20 @@ pub(super) fn node() -> Arc<Node> {
 /// A node whose folder holds `files` (`f<i>` and its text) before its first scan, as
 /// if adopted: indexed with no history, nothing pending.
 pub(super) fn node_holding(files: &[(usize, String)]) -> Arc<Node> {
+    node_with(&|data| {
+        for (f, text) in files {
+            std::fs::write(data.join(format!("f{f}")), text).unwrap();
+        }
+    })
+}
+
+/// A node whose folder `prepare` fills before its first scan (adopted: no history).
+pub(super) fn node_with(prepare: &dyn Fn(&Path)) -> Arc<Node> {
     let tmp = tempfile::tempdir().unwrap();
     let (data, staging) = (tmp.path().join("data"), tmp.path().join("staging"));
     std::fs::create_dir(&data).unwrap();
     std::fs::create_dir(&staging).unwrap();
-    for (f, text) in files {
-        std::fs::write(data.join(format!("f{f}")), text).unwrap();
-    }
+    prepare(&data);
     let versions = tmp.path().join("versions");
     let journal = Journal::open(&tmp.path().join("journal")).unwrap();
     let id = PeerId::random();
@@ -656,4 +663,47 @@ fn regression_edit_and_new_file_against_a_rename_onto_the_new_name() {
         vec![vec![Write(4), Write(1)], vec![Rename(1, 4)]],
     )
     .unwrap();
+}
+
+#[test]
+fn a_summary_in_several_parts_finds_the_directory_that_differs() {
+    // more directories than one `Summary` part holds (4,096): our side reads its own
+    // directory digests once for all parts
+    const DIRS: usize = 5_000;
+    let tree = |edited: bool| {
+        move |data: &Path| {
+            for d in 0..DIRS {
+                std::fs::create_dir(data.join(format!("d{d}"))).unwrap();
+                let text = if edited && d == DIRS - 1 {
+                    "edited\n"
+                } else {
+                    "same\n"
+                };
+                std::fs::write(data.join(format!("d{d}/x")), text).unwrap();
+            }
+        }
+    };
+    paused_runtime().block_on(async {
+        let nodes = [node_with(&tree(false)), node_with(&tree(true))];
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Vec<_> = [(0, 1), (1, 0)]
+            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+            .into();
+        assert!(settled(&nodes, 120).await, "the pair converges");
+        let last = format!("d{}/x", DIRS - 1);
+        let everywhere = |text: &str| {
+            nodes
+                .iter()
+                .all(|n| n.everything().contains(&text.to_string()))
+        };
+        assert!(
+            everywhere("edited\n"),
+            "the edit in the last part is on both nodes"
+        );
+        assert!(nodes[0].tree().contains_key(&last));
+        for (l, t) in links {
+            t.abort();
+            l.cut();
+        }
+    });
 }

@@ -294,20 +294,47 @@ pub fn base_id(hash: &[u8; 32]) -> u64 {
     u64::from_le_bytes(hash[..8].try_into().expect("8 bytes"))
 }
 
-/// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 8 bytes (12
+/// One directory in a `Summary` (version 10; see [`DirDigest::of`]): 9 bytes (12
 /// before version 12) instead of its path and a digest of its children.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirDigest {
-    /// Which directory: the first 2 bytes (LE) of BLAKE3 of its path (4 before version
-    /// 12). Several may share one; it only says where the receiver looks.
-    pub key: u16,
+    /// Which directory: the first 3 bytes (LE) of BLAKE3 of its path (4 before version
+    /// 12; the top byte of the value is zero). Several may share one; it only says
+    /// where the receiver looks (one directory under a key, rarely two, up to
+    /// millions of directories).
+    #[serde(with = "key24")]
+    pub key: u32,
     /// The first 6 bytes (LE) of BLAKE3 of its path and its children's digest (8
     /// before version 12): equal on both sides only for the same directory with the
-    /// same children. Compared only with the receiver's directories of the same key
-    /// (one or two), so 48 bits leave a false match at about 2^-47 per directory.
+    /// same children. Compared only with the receiver's directories under the same
+    /// key, so 48 bits leave a false match at about 2^-48 per directory.
     #[serde(with = "hash48")]
     pub digest: u64,
 }
+
+/// A [`DirDigest::key`]'s 3 bytes on the wire, little-endian.
+mod key24 {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(k: &u32, s: S) -> Result<S::Ok, S::Error> {
+        if *k >= 1 << 24 {
+            return Err(serde::ser::Error::custom(
+                "a directory key wider than 3 bytes",
+            ));
+        }
+        <[u8; 3]>::try_from(&k.to_le_bytes()[..3])
+            .expect("3 bytes")
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let [a, b, c] = <[u8; 3]>::deserialize(d)?;
+        Ok(u32::from_le_bytes([a, b, c, 0]))
+    }
+}
+
+/// Bytes of a [`DirDigest::digest`] (BLAKE3's first, little-endian).
+const DIR_DIGEST_BYTES: usize = 6;
 
 impl DirDigest {
     /// The summary item of directory `path` whose children digest to `children`
@@ -320,15 +347,15 @@ impl DirDigest {
                 h.update(&(path.as_bytes().len() as u64).to_le_bytes());
                 h.update(path.as_bytes());
                 h.update(children);
-                hash48_from(&h.finalize().as_bytes()[..BLOCK_HASH])
+                hash48_from(&h.finalize().as_bytes()[..DIR_DIGEST_BYTES])
             },
         }
     }
 
     /// The `key` of directory `path`.
-    pub fn key_of(path: &RelPath) -> u16 {
-        let h = blake3::hash(path.as_bytes());
-        u16::from_le_bytes(h.as_bytes()[..2].try_into().expect("2 bytes"))
+    pub fn key_of(path: &RelPath) -> u32 {
+        let h = blake3::hash(path.as_bytes()).as_bytes()[..3].to_vec();
+        u32::from_le_bytes([h[0], h[1], h[2], 0])
     }
 }
 

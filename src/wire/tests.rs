@@ -1053,7 +1053,7 @@ fn rejects_bad_index_entries() {
 fn pinned_summary_encoding() {
     let msg = Message::Summary {
         dirs: vec![DirDigest {
-            key: 0x0c0d,
+            key: 0x0b_0c0d,
             digest: 0x0304_0506_0708,
         }],
         last: true,
@@ -1061,12 +1061,17 @@ fn pinned_summary_encoding() {
     let expected = concat!(
         "0c000000",         // variant 12: Summary
         "0100000000000000", // one directory
-        "0d0c",             //   key: 2 bytes
+        "0d0c0b",           //   key: 3 bytes
         "080706050403",     //   digest: 6 bytes
         "01",               // last
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let wide = |key| Message::Summary {
+        dirs: vec![DirDigest { key, digest: 1 }],
+        last: true,
+    };
+    assert!(encode(&wide(1 << 24)).is_err(), "a key wider than 3 bytes");
     let ack = Message::SummaryAck {
         differ: vec![0b0000_0101],
         same: vec![0x0102_0304_0506_0708],
@@ -1098,9 +1103,10 @@ fn a_directory_digest_depends_on_its_path_and_children() {
         DirDigest::of(&b, &[1; 16]).digest,
         "another directory"
     );
-    // pinned: the first 2 and 6 bytes (LE) of the BLAKE3 hashes in PROTOCOL.md
-    let key = u16::from_le_bytes(blake3::hash(b"a").as_bytes()[..2].try_into().unwrap());
-    assert_eq!(d.key, key);
+    // pinned: the first 3 and 6 bytes (LE) of the BLAKE3 hashes in PROTOCOL.md
+    let mut key = [0u8; 4];
+    key[..3].copy_from_slice(&blake3::hash(b"a").as_bytes()[..3]);
+    assert_eq!(d.key, u32::from_le_bytes(key));
     let mut fed = 1u64.to_le_bytes().to_vec();
     fed.extend_from_slice(b"a");
     fed.extend_from_slice(&[1; 16]);
