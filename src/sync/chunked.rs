@@ -523,7 +523,8 @@ pub(super) fn whole_update(mut u: FileUpdate, content: &[u8]) -> FileUpdate {
     u
 }
 
-/// How [`try_file`] went.
+/// How a chunk exchange or leaf delta of a file went ([`prepare`], then [`send_one`] or
+/// a batch of leaf deltas, then [`finish`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tried {
     /// The file does not qualify: it goes as an ordinary update.
@@ -544,13 +545,9 @@ pub enum Tried {
 
 /// A file read and indexed for a chunk exchange or a leaf delta, ready to go.
 pub struct Ready {
-    /// The journal's file.
-    pub file: crate::journal::FileId,
-    /// Its path.
-    pub path: RelPath,
     /// The journal's version of it when read (what an ack clears).
     pub version: u64,
-    /// The whole-file header (no ranges).
+    /// The whole-file header (no ranges; its `file` and `path` are the file's).
     pub update: FileUpdate,
     /// The file as read.
     pub read: Read,
@@ -568,23 +565,6 @@ pub enum Prepared {
     Ready(Box<Ready>),
 }
 
-/// Sends `file` by chunk exchange if it qualifies: every byte pending, none of its old
-/// bytes known here (so an ordinary update would carry the whole file), a size in
-/// [`CHUNK_MIN`]..=[`CHUNK_MAX`]. (A file the peer described goes by leaf delta
-/// instead, in batches: see `sender::chunk_first`.)
-pub async fn try_file(
-    s: &super::sender::Sender,
-    fs: &mut FramedStream<Box<dyn Duplex>>,
-    id: u64,
-    file: (crate::journal::FileId, &crate::journal::FileEntry),
-) -> Result<Tried, SyncError> {
-    match prepare(s, id, file, None).await? {
-        Prepared::No => Ok(Tried::No),
-        Prepared::Whole => Ok(Tried::Whole),
-        Prepared::Ready(r) => send_one(s, fs, &r).await,
-    }
-}
-
 /// Sends a prepared file by chunk exchange, waiting for the end.
 pub async fn send_one(
     s: &super::sender::Sender,
@@ -597,7 +577,10 @@ pub async fn send_one(
     finish(s, r, outcome, wire)
 }
 
-/// Reads and indexes `file` for [`try_file`] (or a batch of leaf deltas).
+/// Reads and indexes `file` for a chunk exchange if it qualifies: every byte pending,
+/// none of its old bytes known here (so an ordinary update would carry the whole
+/// file), a size in [`CHUNK_MIN`]..=[`CHUNK_MAX`]; or, if the peer `described` its
+/// version and the file is small, for a leaf delta.
 pub async fn prepare(
     s: &super::sender::Sender,
     id: u64,
@@ -658,8 +641,6 @@ pub async fn prepare(
         vv: vv.pairs().to_vec(),
     };
     Ok(Prepared::Ready(Box::new(Ready {
-        file,
-        path: entry.path.clone(),
         version: entry.version,
         update,
         read,
@@ -680,17 +661,18 @@ pub fn finish(
     };
     let size = r.update.size;
     let sent = crate::journal::RangeSet::from_range(0, size);
-    s.journal.ack_file(r.file, r.version, &sent)?;
+    let file = r.update.file;
+    s.journal.ack_file(file, r.version, &sent)?;
     if let Some(p) = &s.pre {
-        p.release(r.file, &sent, size);
+        p.release(file, &sent, size);
     }
     tracing::info!(
-        file = r.file,
+        file,
         rounds,
         nodes,
         leaves,
         "{}: rebuilt by the peer from its own version ({size} bytes, about {wire} sent)",
-        r.path
+        r.update.path
     );
     Ok(Tried::Acked(r.read.hash))
 }

@@ -192,8 +192,6 @@ mod tests {
         };
         let described = Some(leaves::describe(text.as_bytes()));
         Ready {
-            file: id,
-            path,
             version: 1,
             update,
             read,

@@ -261,7 +261,6 @@ fn nack(of: AckKind, reason: NackReason) -> Message {
 
 /// Our directories by their summary key: (path, digest), several per key when their
 /// paths' keys collide. Read once per summary, however many parts it comes in.
-#[derive(Clone)]
 struct OursByKey(Arc<HashMap<u32, Vec<(crate::path::RelPath, u64)>>>);
 
 impl OursByKey {

@@ -635,22 +635,18 @@ async fn chunk_first(
             continue;
         };
         st.next_id += 1;
-        let tried = match st.described.remove(&file) {
-            Some(d) => {
-                match super::chunked::prepare(s, st.next_id, (file, entry), Some(d)).await? {
-                    Prepared::Ready(r) if r.described.is_some() => {
-                        batch.push(*r);
-                        if batch_full(&batch) {
-                            leaf_deltas(s, fs, st, std::mem::take(&mut batch), &mut rest).await?;
-                        }
-                        continue;
-                    }
-                    Prepared::Ready(r) => super::chunked::send_one(s, fs, &r).await?,
-                    Prepared::No => Tried::No,
-                    Prepared::Whole => Tried::Whole,
+        let described = st.described.remove(&file);
+        let tried = match super::chunked::prepare(s, st.next_id, (file, entry), described).await? {
+            Prepared::Ready(r) if r.described.is_some() => {
+                batch.push(*r);
+                if batch_full(&batch) {
+                    leaf_deltas(s, fs, st, std::mem::take(&mut batch), &mut rest).await?;
                 }
+                continue;
             }
-            None => super::chunked::try_file(s, fs, st.next_id, (file, entry)).await?,
+            Prepared::Ready(r) => super::chunked::send_one(s, fs, &r).await?,
+            Prepared::No => Tried::No,
+            Prepared::Whole => Tried::Whole,
         };
         tried_file(s, st, file, tried, &mut rest);
     }
@@ -683,11 +679,11 @@ async fn leaf_deltas(
         limit = REPLY_TIMEOUT; // the others come with the first
         let r = &batch[one.at];
         let tried = super::chunked::finish(s, r, outcome, one.len)?;
-        tried_file(s, st, r.file, tried, rest);
+        tried_file(s, st, r.update.file, tried, rest);
         written[one.at] = true;
     }
     for (r, _) in batch.iter().zip(written).filter(|(_, w)| !w) {
-        rest.push((r.file, false)); // changed since it was read
+        rest.push((r.update.file, false)); // changed since it was read
     }
     Ok(())
 }
