@@ -9,29 +9,22 @@
 //! [`crate::chunks`].
 
 use super::budget::PeerBudget;
-use super::link::Duplex;
-use super::{Stats, SyncError, MIN_APPLY_RATE, REPLY_TIMEOUT};
+use super::SyncError;
 use crate::beneath::open_beneath;
-use crate::chunks::{
-    block_hashes, fine_hashes, rebuild, Answer, Needs, Offer, Offers, Round, Tree, BLOCK, FINE,
-};
+use crate::chunks::{rebuild, Answer, Needs, Offer, Round, Tree};
 use crate::path::RelPath;
 use crate::wire::{
-    hash48_bytes, hash48_from, ChunkNode, Encoding, FileUpdate, FramedStream, Message, RangeData,
-    BLOCK_HASH, MAX_RANGE_LEN,
+    hash48_from, ChunkNode, Encoding, FileUpdate, Message, RangeData, BLOCK_HASH, MAX_RANGE_LEN,
 };
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::time::Duration;
 
 /// Files smaller than this go whole (the rounds would cost more than they save).
 pub const CHUNK_MIN: u64 = 64 << 10;
 /// Files larger than this go whole: the receiver rebuilds the content in memory.
 pub const CHUNK_MAX: u64 = 256 << 20;
-/// Leaf bytes one round may carry; more and the sender declines (it is mostly new).
-const ROUND_DATA_MAX: u64 = 8 << 20;
 /// Rounds after which the receiver declines (honest trees are a few levels deep).
 const MAX_ROUNDS: usize = 48;
 /// The receiver declines once a round offers at least this many nodes while none found
@@ -157,102 +150,6 @@ pub enum Offered {
     Declined,
 }
 
-/// The sender's side of one exchange over `fs`: `update` is the header (no ranges),
-/// `read` the file as read.
-pub async fn offer(
-    fs: &mut FramedStream<Box<dyn Duplex>>,
-    stats: &Stats,
-    update: FileUpdate,
-    read: &Read,
-) -> Result<Offered, SyncError> {
-    // the last reply comes after the peer applied the whole file
-    let limit = REPLY_TIMEOUT + Duration::from_secs(update.size / MIN_APPLY_RATE);
-    let id = update.id;
-    let mut offers = Offers::new(&read.tree);
-    let top: Vec<ChunkNode> = offers.top().into_iter().map(to_wire).collect();
-    let (mut rounds, mut nodes, mut leaves) = (1, top.len(), 0);
-    fs.send(Message::ChunkOffer { update, top }).await?;
-    loop {
-        let answers = match super::sender::recv_reply(stats, fs, limit).await? {
-            Message::ChunkAnswer { id: i, answers } if i == id => answers,
-            Message::Ack(crate::wire::AckKind::Update(i)) if i == id => {
-                return Ok(Offered::Acked(rounds, nodes, leaves))
-            }
-            Message::Nack {
-                of: crate::wire::AckKind::Update(i),
-                reason,
-            } if i == id => {
-                tracing::debug!(id, ?reason, "the peer refused the rebuilt file");
-                return Ok(Offered::Declined);
-            }
-            Message::ChunkDecline(i) if i == id => return Ok(Offered::Declined),
-            other => {
-                return Err(SyncError::Protocol(format!(
-                    "expected a chunk answer, got {}",
-                    other.kind()
-                )))
-            }
-        };
-        let answers: Option<Vec<Answer>> = answers.into_iter().map(answer_of).collect();
-        let Some(answers) = answers else {
-            return Err(SyncError::Protocol("a chunk answer out of range".into()));
-        };
-        let round = offers
-            .next(&answers)
-            .map_err(|e| SyncError::Protocol(e.to_string()))?;
-        let want: u64 = round.send.iter().map(|(_, l)| l).sum();
-        let blocks_n: u64 = round
-            .describe
-            .iter()
-            .map(|(_, l)| l.div_ceil(BLOCK))
-            .sum::<u64>()
-            + round
-                .fine
-                .iter()
-                .map(|(_, l)| l.div_ceil(FINE))
-                .sum::<u64>();
-        let offered = round.children.iter().map(Vec::len).sum::<usize>() + blocks_n as usize;
-        (rounds, nodes, leaves) = (rounds + 1, nodes + offered, leaves + want);
-        if want > ROUND_DATA_MAX || offered > crate::wire::MAX_CHUNK_NODES {
-            fs.send(Message::ChunkDecline(id)).await?;
-            return Ok(Offered::Declined);
-        }
-        let data = read_extents(&read.file, &round.send)?;
-        let mut blocks = Vec::new();
-        for &(off, len) in &round.describe {
-            let leaf = read_extents(&read.file, &[(off, len)])?;
-            blocks.extend(block_hashes(&leaf).into_iter().flat_map(hash48_bytes));
-        }
-        for &(off, len) in &round.fine {
-            let block = read_extents(&read.file, &[(off, len)])?;
-            blocks.extend(fine_hashes(&block).into_iter().flat_map(hash48_bytes));
-        }
-        let children = round
-            .children
-            .into_iter()
-            .map(|c| c.into_iter().map(to_wire).collect())
-            .collect();
-        let msg = Message::ChunkRound {
-            id,
-            children,
-            data,
-            blocks,
-        };
-        fs.send(msg).await?;
-    }
-}
-
-/// The bytes at `extents` (offset, len) of `file`, concatenated.
-fn read_extents(file: &File, extents: &[(u64, u64)]) -> std::io::Result<Vec<u8>> {
-    let mut data = Vec::with_capacity(extents.iter().map(|e| e.1 as usize).sum());
-    for &(off, len) in extents {
-        let at = data.len();
-        data.resize(at + len as usize, 0);
-        file.read_exact_at(&mut data[at..], off)?;
-    }
-    Ok(data)
-}
-
 /// The block hashes of a `ChunkRound`.
 fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(BLOCK_HASH).map(hash48_from).collect()
@@ -272,9 +169,14 @@ pub enum Basis {
     Similar(RelPath),
 }
 
-/// The receiver's side: the exchange under way on one stream (one at a time).
+/// Exchanges one stream may have under way at once; a further offer is declined (the
+/// sender keeps to this, [`super::exchanges`]).
+pub const MAX_EXCHANGES: usize = 16;
+
+/// The receiver's side: the exchanges under way on one stream, by update id (at most
+/// [`MAX_EXCHANGES`]; each answered in the order its messages come).
 pub struct Rebuilds {
-    current: Option<Rebuild>,
+    current: HashMap<u64, Rebuild>,
     budget: Arc<PeerBudget>,
 }
 
@@ -299,21 +201,21 @@ impl Rebuilds {
     /// No exchange yet; rebuilt content is charged to `budget`.
     pub fn new(budget: Arc<PeerBudget>) -> Rebuilds {
         Rebuilds {
-            current: None,
+            current: HashMap::new(),
             budget,
         }
     }
 
-    /// Moves the exchange under way out (to a blocking task), leaving none here.
+    /// Moves the exchanges under way out (to a blocking task), leaving none here.
     pub fn take(&mut self) -> Rebuilds {
         Rebuilds {
-            current: self.current.take(),
+            current: std::mem::take(&mut self.current),
             budget: self.budget.clone(),
         }
     }
 
-    fn end(&mut self) {
-        if let Some(r) = self.current.take() {
+    fn end(&mut self, id: u64) {
+        if let Some(r) = self.current.remove(&id) {
             self.budget.give(r.charged);
         }
     }
@@ -329,10 +231,11 @@ impl Rebuilds {
         top: &[ChunkNode],
         elsewhere: impl FnOnce(&FileUpdate) -> Vec<Basis>,
     ) -> Next {
-        self.end();
         let id = update.id;
+        self.end(id); // (an id offered again starts anew)
         let decline = Next::Reply(Message::ChunkDecline(id));
-        if update.size > CHUNK_MAX || !self.budget.take(update.size as usize) {
+        let busy = self.current.len() >= MAX_EXCHANGES;
+        if busy || update.size > CHUNK_MAX || !self.budget.take(update.size as usize) {
             return decline;
         }
         let charged = update.size as usize;
@@ -376,13 +279,14 @@ impl Rebuilds {
                 return decline;
             }
         };
-        self.current = Some(Rebuild {
+        let rebuild = Rebuild {
             update,
             needs,
             old,
             rounds: 1,
             charged,
-        });
+        };
+        self.current.insert(id, rebuild);
         self.after_round(id, answers)
     }
 
@@ -423,7 +327,7 @@ impl Rebuilds {
         data: Vec<u8>,
         blocks: &[u8],
     ) -> Next {
-        let Some(r) = self.current.as_mut().filter(|r| r.update.id == id) else {
+        let Some(r) = self.current.get_mut(&id) else {
             return Next::Reply(Message::ChunkDecline(id));
         };
         let lens = r.needs.asked();
@@ -433,7 +337,7 @@ impl Rebuilds {
                 r.update.path,
                 data.len()
             );
-            self.end();
+            self.end(id);
             return Next::Reply(Message::ChunkDecline(id));
         }
         let mut bytes = Vec::with_capacity(lens.len());
@@ -457,7 +361,7 @@ impl Rebuilds {
                 if let Err(e) = res {
                     tracing::info!("{}: chunk round refused: {e}", r.update.path);
                 }
-                self.end();
+                self.end(id);
                 Next::Reply(Message::ChunkDecline(id))
             }
         }
@@ -465,23 +369,21 @@ impl Rebuilds {
 
     /// A `ChunkDecline` from the sender.
     pub fn declined(&mut self, id: u64) {
-        if self.current.as_ref().is_some_and(|r| r.update.id == id) {
-            self.end();
-        }
+        self.end(id);
     }
 
     fn after_round(&mut self, id: u64, answers: Vec<Answer>) -> Next {
-        let r = self.current.as_mut().expect("an exchange under way");
+        let r = self.current.get_mut(&id).expect("an exchange under way");
         if !r.needs.is_done() {
             if r.needs.matched() == 0 && answers.len() >= NOTHING_FOUND_NODES {
                 tracing::debug!("{}: nothing in common for a chunk exchange", r.update.path);
-                self.end();
+                self.end(id);
                 return Next::Reply(Message::ChunkDecline(id));
             }
             let answers = answers.into_iter().map(answer_byte).collect();
             return Next::Reply(Message::ChunkAnswer { id, answers });
         }
-        let r = self.current.take().expect("an exchange under way");
+        let r = self.current.remove(&id).expect("an exchange under way");
         self.budget.give(r.charged);
         match assemble(r) {
             Ok(u) => Next::Apply(u),
@@ -495,7 +397,9 @@ impl Rebuilds {
 
 impl Drop for Rebuilds {
     fn drop(&mut self) {
-        self.end();
+        for (_, r) in self.current.drain() {
+            self.budget.give(r.charged);
+        }
     }
 }
 
@@ -523,8 +427,8 @@ pub(super) fn whole_update(mut u: FileUpdate, content: &[u8]) -> FileUpdate {
     u
 }
 
-/// How a chunk exchange or leaf delta of a file went ([`prepare`], then [`send_one`] or
-/// a batch of leaf deltas, then [`finish`]).
+/// How a chunk exchange or leaf delta of a file went ([`prepare`], then a batch of exchanges
+/// ([`super::exchanges::run`]) or of leaf deltas, then [`finish`]).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tried {
     /// The file does not qualify: it goes as an ordinary update.
@@ -563,18 +467,6 @@ pub enum Prepared {
     Whole,
     /// Read and indexed.
     Ready(Box<Ready>),
-}
-
-/// Sends a prepared file by chunk exchange, waiting for the end.
-pub async fn send_one(
-    s: &super::sender::Sender,
-    fs: &mut FramedStream<Box<dyn Duplex>>,
-    r: &Ready,
-) -> Result<Tried, SyncError> {
-    let before = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed);
-    let outcome = offer(fs, &s.stats, r.update.clone(), &r.read).await?;
-    let wire = s.stats.wire_out.load(std::sync::atomic::Ordering::Relaxed) - before;
-    finish(s, r, outcome, wire)
 }
 
 /// Reads and indexes `file` for a chunk exchange if it qualifies: every byte pending,

@@ -340,6 +340,88 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// Exchanges under way on one stream: up to [`MAX_EXCHANGES`] at once, each answered in
+/// turn (their rounds may interleave); one more is declined and costs nothing; a
+/// declined one gives its memory back, and the others still complete.
+#[tokio::test]
+async fn exchanges_interleave_and_one_too_many_is_declined() {
+    use super::chunked::MAX_EXCHANGES;
+    use crate::chunks::{Offers, Tree};
+    let e = env();
+    let mallory = PeerId::random();
+    let (mut fs, task) = connect(&e, mallory).await;
+    let old: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let mut new = old.clone();
+    new[50_000..50_020].copy_from_slice(&[0xAA; 20]);
+    let tree = Tree::from_bytes(&new);
+    let top: Vec<_> = Offers::new(&tree).top().into_iter().map(node).collect();
+    let header = |i: usize| {
+        let name = format!("f{i}");
+        write_older(&e.data.join(&name), &old);
+        let mut h = valid_update(100 + i as u64, &name, &new);
+        h.ranges.clear();
+        h
+    };
+    let offer = |update| Message::ChunkOffer {
+        update,
+        top: top.clone(),
+    };
+    let mut replies = Vec::new();
+    for i in 0..MAX_EXCHANGES {
+        let m = ask(&mut fs, offer(header(i))).await;
+        assert!(matches!(m, Message::ChunkAnswer { .. }), "offer {i}: {m:?}");
+        replies.push(m);
+    }
+    let held = e.receiver.budgets.of(mallory).held();
+    assert_eq!(held, MAX_EXCHANGES * new.len(), "each rebuild is charged");
+    let m = ask(&mut fs, offer(header(MAX_EXCHANGES))).await;
+    assert_eq!(
+        m,
+        Message::ChunkDecline(100 + MAX_EXCHANGES as u64),
+        "one too many"
+    );
+    assert_eq!(
+        e.receiver.budgets.of(mallory).held(),
+        held,
+        "and not charged"
+    );
+    // the sender declines all but the first two (no reply); their rounds alternate
+    for i in 2..MAX_EXCHANGES {
+        let decline = Message::ChunkDecline(100 + i as u64);
+        fs.send(decline).await.unwrap();
+    }
+    replies.truncate(2);
+    let mut offers: Vec<_> = (0..2).map(|_| Offers::new(&tree)).collect();
+    offers.iter_mut().for_each(|o| drop(o.top()));
+    while replies
+        .iter()
+        .any(|m| matches!(m, Message::ChunkAnswer { .. }))
+    {
+        for (i, o) in offers.iter_mut().enumerate() {
+            let Message::ChunkAnswer { answers, .. } = &replies[i] else {
+                continue;
+            };
+            let (msg, _) = next_round(o, 100 + i as u64, answers, &new, &new);
+            replies[i] = ask(&mut fs, msg).await;
+        }
+    }
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply, Message::Ack(AckKind::Update(100 + i as u64)));
+        assert_eq!(std::fs::read(e.data.join(format!("f{i}"))).unwrap(), new);
+    }
+    assert_eq!(
+        e.receiver.budgets.of(mallory).held(),
+        0,
+        "memory given back"
+    );
+    for i in 2..=MAX_EXCHANGES {
+        let name = e.data.join(format!("f{i}"));
+        assert_eq!(std::fs::read(name).unwrap(), old, "f{i} untouched");
+    }
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
 /// Writes `bytes` at `path` with an mtime older than any peer's: the peer's wins.
 fn write_older(path: &std::path::Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
@@ -383,44 +465,58 @@ async fn exchange_describing(
     .await;
     let (mut sent, mut rounds) = (0, 1);
     while let Message::ChunkAnswer { answers, .. } = reply {
-        let a: Vec<_> = answers
-            .iter()
-            .map(|b| super::chunked::answer_of(*b).expect("an answer"))
-            .collect();
-        let round = offers.next(&a).unwrap();
-        let data: Vec<u8> = round
-            .send
-            .iter()
-            .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
-            .collect();
-        let at = |&(o, l): &(u64, u64)| &described[o as usize..(o + l) as usize];
-        let leaves = round
-            .describe
-            .iter()
-            .flat_map(|e| crate::chunks::block_hashes(at(e)));
-        let blocks = round
-            .fine
-            .iter()
-            .flat_map(|e| crate::chunks::fine_hashes(at(e)));
-        let blocks: Vec<u8> = (leaves.chain(blocks))
-            .flat_map(crate::wire::hash48_bytes)
-            .collect();
-        sent += data.len() + blocks.len();
+        let (msg, n) = next_round(&mut offers, id, &answers, new, described);
+        sent += n;
         rounds += 1;
-        let children = round
-            .children
-            .into_iter()
-            .map(|c| c.into_iter().map(node).collect())
-            .collect();
-        let msg = Message::ChunkRound {
-            id,
-            children,
-            data,
-            blocks,
-        };
         reply = ask(fs, msg).await;
     }
     (reply, sent, rounds)
+}
+
+/// The `ChunkRound` of exchange `id` after `answers`, describing leaves by the blocks
+/// of `described`, and the bytes of leaves and hashes it carries.
+fn next_round(
+    offers: &mut crate::chunks::Offers<'_>,
+    id: u64,
+    answers: &[u8],
+    new: &[u8],
+    described: &[u8],
+) -> (Message, usize) {
+    let a: Vec<_> = answers
+        .iter()
+        .map(|b| super::chunked::answer_of(*b).expect("an answer"))
+        .collect();
+    let round = offers.next(&a).unwrap();
+    let data: Vec<u8> = round
+        .send
+        .iter()
+        .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
+        .collect();
+    let at = |&(o, l): &(u64, u64)| &described[o as usize..(o + l) as usize];
+    let leaves = round
+        .describe
+        .iter()
+        .flat_map(|e| crate::chunks::block_hashes(at(e)));
+    let blocks = round
+        .fine
+        .iter()
+        .flat_map(|e| crate::chunks::fine_hashes(at(e)));
+    let blocks: Vec<u8> = (leaves.chain(blocks))
+        .flat_map(crate::wire::hash48_bytes)
+        .collect();
+    let sent = data.len() + blocks.len();
+    let children = round
+        .children
+        .into_iter()
+        .map(|c| c.into_iter().map(node).collect())
+        .collect();
+    let msg = Message::ChunkRound {
+        id,
+        children,
+        data,
+        blocks,
+    };
+    (msg, sent)
 }
 
 /// Changes scattered all over a file leave no node found in the top levels; the

@@ -13,6 +13,7 @@ pub mod build;
 pub mod check;
 pub mod chunked;
 pub mod coalesce;
+pub mod exchanges;
 pub mod fold;
 pub mod ignored;
 pub mod leaf_delta;

@@ -6,8 +6,8 @@ use super::build::{build, Built, Plan};
 use super::chunked::{Prepared, Ready, Tried};
 use super::coalesce::coalesce;
 use super::fold::{self, Origin};
-use super::leaf_delta;
 use super::link::{Duplex, Link};
+use super::{exchanges, leaf_delta};
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
     REPLY_TIMEOUT, WRITE_STALL,
@@ -624,7 +624,7 @@ async fn chunk_first(
     ready: Vec<FileId>,
 ) -> Result<Vec<(FileId, bool)>, SyncError> {
     let mut rest = Vec::with_capacity(ready.len());
-    let mut batch = Vec::new();
+    let (mut batch, mut chunks) = (Vec::new(), Vec::new());
     for file in ready {
         let entry = snap
             .files
@@ -644,7 +644,13 @@ async fn chunk_first(
                 }
                 continue;
             }
-            Prepared::Ready(r) => super::chunked::send_one(s, fs, &r).await?,
+            Prepared::Ready(r) => {
+                chunks.push(*r);
+                if exchanges::batch_full(&chunks) {
+                    chunk_exchanges(s, fs, st, std::mem::take(&mut chunks), &mut rest).await?;
+                }
+                continue;
+            }
             Prepared::No => Tried::No,
             Prepared::Whole => Tried::Whole,
         };
@@ -653,7 +659,28 @@ async fn chunk_first(
     if !batch.is_empty() {
         leaf_deltas(s, fs, st, batch, &mut rest).await?;
     }
+    if !chunks.is_empty() {
+        chunk_exchanges(s, fs, st, chunks, &mut rest).await?;
+    }
     Ok(rest)
+}
+
+/// Offers `batch` by chunk exchanges run together (`exchanges::run`); files not acked
+/// go to `rest`, each booked as its exchange ends.
+async fn chunk_exchanges(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    batch: Vec<Ready>,
+    rest: &mut Vec<(FileId, bool)>,
+) -> Result<(), SyncError> {
+    exchanges::run(fs, &s.stats, &batch, |at, outcome, wire| {
+        let r = &batch[at];
+        let tried = super::chunked::finish(s, r, outcome, wire)?;
+        tried_file(s, st, r.update.file, tried, rest);
+        Ok(())
+    })
+    .await
 }
 
 /// True when a batch of leaf deltas is as big as one may be.
