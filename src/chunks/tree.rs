@@ -9,8 +9,8 @@ use std::io::Read;
 pub struct Node {
     /// The first 6 bytes of a BLAKE3 hash: of the bytes (leaf) or of the children's
     /// hashes and lengths (parent). A false match is caught by the whole-file hash
-    /// (a 256 MiB file's tree has about 600,000 nodes: a 48-bit hash offered matches
-    /// one of them by chance once in about 500 million offers).
+    /// (a 1 GiB file's tree has about 2.4 million nodes: a 48-bit hash offered
+    /// matches one of them by chance once in about 100 million offers).
     pub hash: u64,
     /// Where it starts in the file.
     pub offset: u64,

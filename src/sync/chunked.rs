@@ -23,8 +23,9 @@ use std::sync::Arc;
 
 /// Files smaller than this go whole (the rounds would cost more than they save).
 pub const CHUNK_MIN: u64 = 64 << 10;
-/// Files larger than this go whole: the receiver rebuilds the content in memory.
-pub const CHUNK_MAX: u64 = 256 << 20;
+/// Files larger than this go whole: the receiver rebuilds the content in memory
+/// (charged to the peer's budget), as one whole-file update (which spans at most this).
+pub const CHUNK_MAX: u64 = crate::wire::MAX_UPDATE_SPAN;
 /// Rounds after which the receiver declines (honest trees are a few levels deep).
 const MAX_ROUNDS: usize = 48;
 /// The receiver declines once a round offers at least this many nodes while none found
@@ -403,12 +404,48 @@ impl Drop for Rebuilds {
     }
 }
 
-/// The rebuilt content as a whole-file update (raw ranges).
+/// The rebuilt content as a whole-file update (raw ranges, written straight into them:
+/// the content is held once, not also whole).
 fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
-    let mut content = Vec::with_capacity(r.update.size as usize);
+    let mut ranges = Ranges(Vec::new());
     let path = r.update.path.clone();
-    rebuild(&r.needs.into_pieces(), &r.old, &mut content).map_err(|e| (path.clone(), e))?;
-    Ok(whole_update(r.update, &content))
+    rebuild(&r.needs.into_pieces(), &r.old, &mut ranges).map_err(|e| (path.clone(), e))?;
+    let mut u = r.update;
+    u.base = None;
+    u.ranges = ranges.0;
+    Ok(u)
+}
+
+/// Raw ranges from offset 0, each up to [`MAX_RANGE_LEN`], as bytes are written.
+struct Ranges(Vec<RangeData>);
+
+impl std::io::Write for Ranges {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len();
+        while !buf.is_empty() {
+            let last = self.0.last().filter(|r| r.data.len() < MAX_RANGE_LEN);
+            if last.is_none() {
+                let offset = self.0.iter().map(|r| r.len).sum();
+                let range = RangeData {
+                    offset,
+                    len: 0,
+                    encoding: Encoding::Raw,
+                    data: Vec::with_capacity(MAX_RANGE_LEN.min(1 << 20)),
+                };
+                self.0.push(range);
+            }
+            let r = self.0.last_mut().expect("a range to fill");
+            let take = (MAX_RANGE_LEN - r.data.len()).min(buf.len());
+            r.data.extend_from_slice(&buf[..take]);
+            r.len = r.data.len() as u64;
+            buf = &buf[take..];
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// `update`'s header with `content` as its raw ranges, from nothing.
@@ -567,4 +604,25 @@ pub fn finish(
         r.update.path
     );
     Ok(Tried::Acked(r.read.hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn rebuilt_bytes_fill_ranges_of_the_largest_length_in_order() {
+        let content: Vec<u8> = (0..2 * MAX_RANGE_LEN + 3).map(|i| (i % 251) as u8).collect();
+        let mut ranges = Ranges(Vec::new());
+        for piece in content.chunks(1_000_003) {
+            ranges.write_all(piece).unwrap();
+        }
+        let offsets: Vec<u64> = ranges.0.iter().map(|r| r.offset).collect();
+        let m = MAX_RANGE_LEN as u64;
+        assert_eq!(offsets, [0, m, 2 * m]);
+        assert!(ranges.0.iter().all(|r| r.len == r.data.len() as u64));
+        let joined: Vec<u8> = ranges.0.into_iter().flat_map(|r| r.data).collect();
+        assert!(joined == content, "the bytes, in order");
+    }
 }

@@ -4,7 +4,7 @@
 //! message in the order it came, so replies are matched in order; a batch of files
 //! costs about the round trips of its deepest exchange, not their sum.
 
-use super::chunked::{answer_of, to_wire, Offered, Ready, CHUNK_MAX, MAX_EXCHANGES};
+use super::chunked::{answer_of, to_wire, Offered, Ready, MAX_EXCHANGES};
 use super::link::Duplex;
 use super::sender::recv_reply;
 use super::{unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TIMEOUT};
@@ -18,8 +18,10 @@ use std::time::Duration;
 /// Leaf bytes one round may carry; more and the sender declines (it is mostly new).
 const ROUND_DATA_MAX: u64 = 8 << 20;
 /// File bytes under exchange at once, at most (the receiver holds each rebuilt file in
-/// memory, charged to the peer's budget); a larger file goes alone.
-pub const WINDOW_BYTES: u64 = CHUNK_MAX;
+/// memory, charged to the peer's budget); a larger file (up to
+/// [`CHUNK_MAX`](super::chunked::CHUNK_MAX)) goes
+/// alone.
+pub const WINDOW_BYTES: u64 = 256 << 20;
 /// Reply bytes the sender may be owed before it stops writing and reads: the replies
 /// wait in the link's buffers meanwhile, so this stays well under them (a yamux
 /// stream's window is 256 KiB), or both sides could block writing.

@@ -561,6 +561,30 @@ async fn scattered_changes_pair_by_chunks_and_unrelated_content_is_declined() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// A file over 256 MiB (the cap before protocol 13) pairs by its changed chunks too: a
+/// 4 KiB edit in 300 MiB costs a few KB of leaves, not the file.
+#[tokio::test]
+async fn a_file_over_256_mib_pairs_by_its_changed_chunks() {
+    let e = env();
+    let (mut fs, task) = connect(&e, PeerId::random()).await;
+    let mut new = noise(300 << 20, 3);
+    write_older(&e.data.join("big"), &new);
+    let at = 200 << 20;
+    new[at..at + 4096].copy_from_slice(&noise(4096, 4));
+    let mut header = valid_update(43, "big", &new);
+    header.ranges.clear();
+    let (reply, sent, rounds) = honest_exchange(&mut fs, header, &new).await;
+    assert_eq!(
+        reply,
+        Message::Ack(AckKind::Update(43)),
+        "after {rounds} rounds"
+    );
+    assert!(std::fs::read(e.data.join("big")).unwrap() == new, "rebuilt");
+    assert!(sent < 32 << 10, "{sent} bytes of leaves for a 4 KiB edit");
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
 /// Random-looking bytes (xorshift), `seed` picks the sequence.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -201,7 +201,7 @@ pub struct ChunkNode {
     #[serde(with = "hash48")]
     pub hash: u64,
     /// Bytes it covers (at least 1; a u32 since version 9: exchanged files are at
-    /// most 256 MiB).
+    /// most 1 GiB, 256 MiB before version 13).
     pub len: u32,
     /// A leaf (its bytes can be asked for) rather than a parent (it can be expanded).
     pub leaf: bool,
