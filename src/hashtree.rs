@@ -179,6 +179,17 @@ impl HashTree {
         *merge_subtrees_root(&left, &right, Mode::Hash).as_bytes()
     }
 
+    /// The BLAKE3 hash of the content's first `leaves` leaves alone (at least two, all
+    /// full; `None` otherwise): a prefix's hash without reading it.
+    pub fn prefix_root(&self, leaves: usize) -> Option<[u8; 32]> {
+        let len = leaves as u64 * LEAF;
+        if leaves < 2 || len > self.len {
+            return None;
+        }
+        let (left, right) = self.split(0, leaves, len);
+        Some(*merge_subtrees_root(&left, &right, Mode::Hash).as_bytes())
+    }
+
     /// Memory the tree holds, in bytes.
     pub fn mem_bytes(&self) -> usize {
         std::mem::size_of::<HashTree>() + self.leaves.len() * 32
@@ -349,6 +360,18 @@ mod tests {
             let data = content(len, len);
             assert_matches(&HashTree::from_bytes(&data), &data);
         }
+    }
+
+    #[test]
+    fn a_prefix_of_whole_leaves_hashes_as_blake3_of_it() {
+        let data = content(9, 7 * LEAF + 123);
+        let tree = HashTree::from_bytes(&data);
+        for leaves in 2..=7 {
+            let want = *blake3::hash(&data[..leaves * LEAF as usize]).as_bytes();
+            assert_eq!(tree.prefix_root(leaves), Some(want), "{leaves} leaves");
+        }
+        assert_eq!(tree.prefix_root(1), None, "one leaf holds a CV, not a hash");
+        assert_eq!(tree.prefix_root(8), None, "the last leaf is short");
     }
 
     #[test]

@@ -5,9 +5,10 @@
 
 use crate::beneath::open_beneath;
 use crate::hashtree::HashTree;
+use crate::hashtree::LEAF;
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::preimage::Preimages;
-use crate::wire::{Encoding, FileUpdate, Message, RangeData, WireTime};
+use crate::wire::{Encoding, FileUpdate, Message, RangeData, WireTime, MAX_UPDATE_SPAN};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -33,6 +34,9 @@ pub struct Built {
     pub hash_read: u64,
     /// File bytes that went as a delta against the peer's, and the delta's size.
     pub delta: (u64, u64),
+    /// Cut short ([`cut_at`]): the update ends the peer's file at the first offset, and
+    /// `[first, second)` (the file's size) is to be sent again after its ack.
+    pub cut: Option<(u64, u64)>,
 }
 
 /// What to send for one file.
@@ -89,8 +93,12 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         p.entry.ranges.clone()
     };
     sent.truncate(size);
+    let cut = cut_at(&sent);
+    if let Some(at) = cut {
+        sent.truncate(at); // the rest goes in the next update (see `cut_at`)
+    }
     let dirty = sent.clone();
-    let pre = p.pre.filter(|_| !p.whole).and_then(|pre| {
+    let pre = p.pre.filter(|_| !p.whole && cut.is_none()).and_then(|pre| {
         let merged = merge_spans(&sent, pre, p.file);
         (merged.len_bytes() <= DICT_LIMIT).then_some((pre, merged))
     });
@@ -105,7 +113,11 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
     });
     let ranges = read_ranges(&file, &sent, p.level, old.as_ref())?;
     let (tree, hash_read) = hash_tree(&file, p.tree, &p.entry.ranges, size)?;
-    let hash = tree.root();
+    let hash = match cut {
+        Some(at) => (tree.prefix_root((at / LEAF) as usize))
+            .ok_or_else(|| std::io::Error::other("a cut update's prefix is not whole leaves"))?,
+        None => tree.root(),
+    };
     let payload = ranges.iter().map(|r| r.data.len() as u64).sum();
     let joint = ranges.iter().filter(|r| r.encoding == Encoding::Joint);
     let delta = joint.fold((0, 0), |(n, p), r| (n + r.len, p + r.data.len() as u64));
@@ -114,7 +126,7 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         file: p.file,
         path: p.entry.path.clone(),
         base: p.base,
-        size,
+        size: cut.unwrap_or(size),
         mode: md.mode() & 0o7777,
         mtime: WireTime {
             secs: md.mtime(),
@@ -132,7 +144,29 @@ pub fn build(root: &impl AsRawFd, p: Plan<'_>) -> std::io::Result<Option<Built>>
         tree,
         hash_read,
         delta,
+        cut: cut.map(|at| (at, size)),
     }))
+}
+
+/// Where to cut an update whose ranges hold more than a peer takes in one
+/// ([`MAX_UPDATE_SPAN`]): at the last [`LEAF`] boundary by which that much is dirty.
+/// The update then makes the peer's file that prefix of ours (its size, its hash), and
+/// the rest (`[cut, size)`, dirty again at the ack: a clean byte past the cut is lost
+/// with the peer's tail) goes in the next. A file of 3 GiB goes in three updates,
+/// each held in memory on both sides, not one the peer refuses.
+fn cut_at(sent: &RangeSet) -> Option<u64> {
+    if sent.len_bytes() <= MAX_UPDATE_SPAN {
+        return None;
+    }
+    let mut room = MAX_UPDATE_SPAN;
+    for (start, end) in sent.iter() {
+        if end - start >= room {
+            let at = (start + room) / LEAF * LEAF;
+            return Some(at.max(2 * LEAF));
+        }
+        room -= end - start;
+    }
+    None
 }
 
 /// Brings the tree up to date with the dirty ranges (and any size change), or hashes

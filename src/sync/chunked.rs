@@ -613,7 +613,9 @@ mod tests {
 
     #[test]
     fn rebuilt_bytes_fill_ranges_of_the_largest_length_in_order() {
-        let content: Vec<u8> = (0..2 * MAX_RANGE_LEN + 3).map(|i| (i % 251) as u8).collect();
+        let content: Vec<u8> = (0..2 * MAX_RANGE_LEN + 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
         let mut ranges = Ranges(Vec::new());
         for piece in content.chunks(1_000_003) {
             ranges.write_all(piece).unwrap();

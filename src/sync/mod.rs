@@ -27,6 +27,8 @@ pub mod stats;
 pub mod verdict;
 
 #[cfg(test)]
+mod big_tests;
+#[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;

@@ -208,6 +208,8 @@ struct InFlight {
     at: Instant,
     /// All its frames were written: the receiver may be applying it.
     flushed: bool,
+    /// Cut short (`build::cut_at`): the bytes to send again once it is acked.
+    tail: Option<(u64, u64)>,
 }
 
 /// Runs sessions to the peer forever, reconnecting with backoff.
@@ -1168,6 +1170,7 @@ async fn send_one(
         payload,
         at,
         flushed: false,
+        tail: b.cut,
     }))
 }
 
@@ -1201,6 +1204,12 @@ fn on_reply(
     match nack {
         None => {
             s.journal.ack_file(f.file, f.version, &f.sent)?;
+            if let Some((from, to)) = f.tail {
+                // the peer's file now ends at `from`: what followed goes next
+                let marked = s.journal.record_write(f.file, from, to);
+                s.journal.write_done(f.file);
+                marked?;
+            }
             if let Some(p) = &s.pre {
                 p.release(f.file, &f.sent, f.size);
             }

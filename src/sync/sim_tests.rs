@@ -38,7 +38,7 @@ pub(super) struct Node {
     _tmp: tempfile::TempDir,
     pub(super) data: PathBuf,
     versions: PathBuf,
-    journal: Journal,
+    pub(super) journal: Journal,
     pub(super) receiver: Receiver,
     pub(super) id: PeerId,
     cfg: SyncConfig,
