@@ -194,8 +194,9 @@ struct Rebuild {
 pub enum Next {
     /// Send this (an answer, or a decline).
     Reply(Message),
-    /// The content is rebuilt: apply this whole-file update, then ack or nack it.
-    Apply(FileUpdate),
+    /// The content is rebuilt: apply this whole-file update, then ack or nack it, then
+    /// [`Rebuilds::release`] the bytes of the peer's budget it still holds.
+    Apply(FileUpdate, usize),
 }
 
 impl Rebuilds {
@@ -213,6 +214,11 @@ impl Rebuilds {
             current: std::mem::take(&mut self.current),
             budget: self.budget.clone(),
         }
+    }
+
+    /// Gives back what an applied rebuild held of the peer's budget.
+    pub fn release(&self, charged: usize) {
+        self.budget.give(charged);
     }
 
     fn end(&mut self, id: u64) {
@@ -235,12 +241,12 @@ impl Rebuilds {
         let id = update.id;
         self.end(id); // (an id offered again starts anew)
         let decline = Next::Reply(Message::ChunkDecline(id));
-        let busy = self.current.len() >= MAX_EXCHANGES;
-        if busy || update.size > CHUNK_MAX || !self.budget.take(update.size as usize) {
+        if self.current.len() >= MAX_EXCHANGES || update.size > CHUNK_MAX {
             return decline;
         }
-        let charged = update.size as usize;
-        let (old, similar) = match open_file(root, &update.path, EXCHANGED) {
+        // (ours at the path only if it is about the size: reading a far larger one
+        // costs more than it can save)
+        let (old, similar) = match open_file(root, &update.path, near(update.size)) {
             Some(old) => (Some(old), false),
             None => (elsewhere(&update).into_iter())
                 .find_map(|b| match b {
@@ -251,10 +257,15 @@ impl Rebuilds {
                 })
                 .map_or((None, false), |(o, s)| (Some(o), s)),
         };
-        let Some((old, _)) = old else {
-            self.budget.give(charged);
+        let Some((old, st)) = old else {
             return decline;
         };
+        // the rebuilt content, and our version's tree and index of its nodes (about a
+        // quarter of its size)
+        let charged = update.size as usize + st.st_size as usize / 4;
+        if !self.budget.take(charged) {
+            return decline;
+        }
         let tree = match Tree::from_reader(&old) {
             Ok(t) => t,
             Err(e) => {
@@ -310,10 +321,10 @@ impl Rebuilds {
             return refuse;
         }
         let built = super::leaf_delta::rebuild(root, &update.path, used, delta, size);
-        self.budget.give(size as usize);
         match built {
-            Ok(content) => Next::Apply(whole_update(update, &content)),
+            Ok(content) => Next::Apply(whole_update(update, &content), size as usize),
             Err(e) => {
+                self.budget.give(size as usize);
                 tracing::info!("{}: leaf delta refused: {e}", update.path);
                 refuse
             }
@@ -385,10 +396,11 @@ impl Rebuilds {
             return Next::Reply(Message::ChunkAnswer { id, answers });
         }
         let r = self.current.remove(&id).expect("an exchange under way");
-        self.budget.give(r.charged);
+        let charged = r.charged; // held until the file is applied
         match assemble(r) {
-            Ok(u) => Next::Apply(u),
+            Ok(u) => Next::Apply(u, charged),
             Err((path, e)) => {
+                self.budget.give(charged);
                 tracing::warn!("{path}: rebuilding from a chunk exchange: {e}");
                 Next::Reply(Message::ChunkDecline(id))
             }

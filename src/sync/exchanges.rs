@@ -119,20 +119,31 @@ impl<'a> Exchange<'a> {
         self.rounds += 1;
         self.nodes += offered;
         self.leaves += want;
+        let decline = Step::Done(Offered::Declined, Some(Message::ChunkDecline(self.id)));
         if want > ROUND_DATA_MAX || offered > crate::wire::MAX_CHUNK_NODES {
-            let decline = Message::ChunkDecline(self.id);
-            return Ok(Step::Done(Offered::Declined, Some(decline)));
+            return Ok(decline);
         }
-        let data = read_extents(self.file, &round.send)?;
+        let read = |extents: &[(u64, u64)]| read_extents(self.file, extents);
         let mut blocks = Vec::new();
-        for &(off, len) in &round.describe {
-            let leaf = read_extents(self.file, &[(off, len)])?;
-            blocks.extend(block_hashes(&leaf).into_iter().flat_map(hash48_bytes));
-        }
-        for &(off, len) in &round.fine {
-            let block = read_extents(self.file, &[(off, len)])?;
-            blocks.extend(fine_hashes(&block).into_iter().flat_map(hash48_bytes));
-        }
+        let data = read(&round.send).and_then(|data| {
+            for &e in &round.describe {
+                let leaf = read(&[e])?;
+                blocks.extend(block_hashes(&leaf).into_iter().flat_map(hash48_bytes));
+            }
+            for &e in &round.fine {
+                let block = read(&[e])?;
+                blocks.extend(fine_hashes(&block).into_iter().flat_map(hash48_bytes));
+            }
+            Ok(data)
+        });
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                // cut or changed since it was read: it goes as an ordinary update
+                tracing::debug!(id = self.id, "a chunk round cannot be read: {e}");
+                return Ok(decline);
+            }
+        };
         let children = (round.children.into_iter())
             .map(|c| c.into_iter().map(to_wire).collect())
             .collect();
@@ -189,10 +200,10 @@ impl Owed {
     }
 
     /// How long the next reply may take: the bytes written before it arrive at
-    /// [`MIN_RATE`], and the files under way may each be applied first.
+    /// [`MIN_RATE`], and the files under way may each be worked on first.
     fn limit(&self, sizes: u64) -> Duration {
         let written: u64 = self.queue.iter().map(|q| q.2).sum();
-        REPLY_TIMEOUT + Duration::from_secs(written / MIN_RATE + sizes / MIN_APPLY_RATE)
+        REPLY_TIMEOUT + Duration::from_secs(written / MIN_RATE) + work(sizes)
     }
 }
 
@@ -233,7 +244,7 @@ pub async fn run(
             }
             owed.push(id, reply, written);
         }
-        flush(fs).await?; // (a decline queued last goes too)
+        flush(fs, sizes).await?; // (a decline queued last goes too)
         let Some(&(id, _, _)) = owed.queue.front() else {
             return Ok(()); // nothing under way: every file of the batch is done
         };
@@ -254,13 +265,20 @@ pub async fn run(
     }
 }
 
-/// Writes what is queued, or fails if the peer stops reading for [`super::WRITE_STALL`].
-async fn flush(fs: &mut FramedStream<Box<dyn Duplex>>) -> Result<(), SyncError> {
+/// Time the receiver may take over files of `sizes` bytes in all before it reads or
+/// answers again: reading its own versions (up to twice the size each) and applying
+/// the rebuilt ones, at [`MIN_APPLY_RATE`].
+fn work(sizes: u64) -> Duration {
+    Duration::from_secs(3 * sizes / MIN_APPLY_RATE)
+}
+
+/// Writes what is queued, or fails if the peer stops reading for
+/// [`super::WRITE_STALL`] beyond its `work` on the exchanges under way (files of
+/// `sizes` bytes).
+async fn flush(fs: &mut FramedStream<Box<dyn Duplex>>, sizes: u64) -> Result<(), SyncError> {
     let progress = fs.progress();
-    unless_stalled(|| progress.last(), super::WRITE_STALL, async {
-        Ok(fs.flush().await?)
-    })
-    .await
+    let limit = super::WRITE_STALL + work(sizes);
+    unless_stalled(|| progress.last(), limit, async { Ok(fs.flush().await?) }).await
 }
 
 /// About the bytes `msg` puts on the link, before compression (for reply deadlines).
@@ -277,4 +295,91 @@ fn wire_len(msg: &Message) -> u64 {
         _ => 32,
     };
     n as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::path::RelPath;
+    use crate::wire::{FileUpdate, WireTime};
+
+    /// `read` as ready for an exchange, under update id 7.
+    fn ready(read: super::super::chunked::Read) -> Ready {
+        let update = FileUpdate {
+            id: 7,
+            file: 1,
+            path: RelPath::from_bytes(b"f").unwrap(),
+            base: None,
+            size: read.tree.len(),
+            mode: 0o644,
+            mtime: WireTime { secs: 0, nanos: 0 },
+            ranges: vec![],
+            hash: read.hash,
+            vv: vec![],
+        };
+        let described = None;
+        Ready {
+            version: 1,
+            update,
+            read,
+            described,
+        }
+    }
+
+    /// The answers that expand every parent and ask for every leaf of `nodes`.
+    fn all_of(nodes: &[ChunkNode]) -> Vec<u8> {
+        nodes.iter().map(|n| if n.leaf { 2 } else { 1 }).collect()
+    }
+
+    #[test]
+    fn a_file_cut_since_it_was_read_is_declined_not_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(dir.path().join("f"), &bytes).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let path = RelPath::from_bytes(b"f").unwrap();
+        let read = super::super::chunked::read_for_offer(&root, &path, 1..=1 << 20);
+        let r = ready(read.unwrap().unwrap());
+        let (mut x, offer, _) = Exchange::start(&r);
+        let Message::ChunkOffer { top, .. } = offer else {
+            panic!("an offer first")
+        };
+        let mut nodes = top;
+        loop {
+            let answers = all_of(&nodes);
+            if nodes.iter().any(|n| n.leaf) {
+                // the leaves asked for can no longer be read
+                std::fs::write(dir.path().join("f"), b"cut").unwrap();
+                let step = x.on_reply(Message::ChunkAnswer { id: 7, answers }).unwrap();
+                let Step::Done(Offered::Declined, Some(m)) = step else {
+                    panic!("declined")
+                };
+                assert_eq!(m, Message::ChunkDecline(7));
+                return;
+            }
+            let step = x.on_reply(Message::ChunkAnswer { id: 7, answers }).unwrap();
+            let Step::Round(Message::ChunkRound { children, .. }, _) = step else {
+                panic!("a round")
+            };
+            nodes = children.into_iter().flatten().collect();
+        }
+    }
+
+    #[test]
+    fn a_reply_for_another_exchange_is_a_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), vec![5u8; 100_000]).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let path = RelPath::from_bytes(b"f").unwrap();
+        let read = super::super::chunked::read_for_offer(&root, &path, 1..=1 << 20);
+        let r = ready(read.unwrap().unwrap());
+        let (mut x, _, _) = Exchange::start(&r);
+        let stray = Message::ChunkAnswer {
+            id: 8,
+            answers: vec![],
+        };
+        assert!(matches!(x.on_reply(stray), Err(SyncError::Protocol(_))));
+        let acked = x.on_reply(Message::Ack(AckKind::Update(7))).unwrap();
+        assert!(matches!(acked, Step::Done(Offered::Acked(1, _, 0), None)));
+    }
 }

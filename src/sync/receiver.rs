@@ -251,7 +251,11 @@ async fn chunk(
     *rebuilds = owned;
     Ok(Some(match next {
         Next::Reply(m) => m,
-        Next::Apply(u) => apply_update(u, r, peer).await,
+        Next::Apply(u, charged) => {
+            let reply = apply_update(u, r, peer).await;
+            rebuilds.release(charged);
+            reply
+        }
     }))
 }
 
