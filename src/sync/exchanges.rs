@@ -212,8 +212,8 @@ impl Owed {
 /// come to at most [`WINDOW_BYTES`]. `done` books each as it ends (so a session that
 /// ends midway keeps what was acked), with the batch index, the outcome and about the
 /// bytes it sent.
-pub async fn run(
-    fs: &mut FramedStream<Box<dyn Duplex>>,
+pub async fn run<S: Duplex>(
+    fs: &mut FramedStream<S>,
     stats: &Stats,
     batch: &[Ready],
     mut done: impl FnMut(usize, Offered, u64) -> Result<(), SyncError>,
@@ -275,7 +275,7 @@ fn work(sizes: u64) -> Duration {
 /// Writes what is queued, or fails if the peer stops reading for
 /// [`super::WRITE_STALL`] beyond its `work` on the exchanges under way (files of
 /// `sizes` bytes).
-async fn flush(fs: &mut FramedStream<Box<dyn Duplex>>, sizes: u64) -> Result<(), SyncError> {
+async fn flush<S: Duplex>(fs: &mut FramedStream<S>, sizes: u64) -> Result<(), SyncError> {
     let progress = fs.progress();
     let limit = super::WRITE_STALL + work(sizes);
     unless_stalled(|| progress.last(), limit, async { Ok(fs.flush().await?) }).await

@@ -78,7 +78,16 @@ pub(super) async fn connect(
     e: &Env,
     who: PeerId,
 ) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
-    let (ours, theirs) = tokio::io::duplex(64 << 20);
+    connect_buffered(e, who, 64 << 20).await
+}
+
+/// [`connect`] over a pipe that holds `buf` bytes each way.
+async fn connect_buffered(
+    e: &Env,
+    who: PeerId,
+    buf: usize,
+) -> (Peer, tokio::task::JoinHandle<Result<(), SyncError>>) {
+    let (ours, theirs) = tokio::io::duplex(buf);
     let r = e.receiver.clone();
     let task = tokio::spawn(async move { serve(who, theirs.compat(), &r).await });
     let mut fs = FramedStream::new(ours.compat());
@@ -558,6 +567,59 @@ async fn scattered_changes_pair_by_chunks_and_unrelated_content_is_declined() {
     assert_eq!(reply, Message::ChunkDecline(42));
     assert!(rounds <= 4, "declined after {rounds} rounds");
     assert_eq!(std::fs::read(e.data.join("unrelated")).unwrap(), old);
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
+/// The sender's side of sixteen exchanges at once (`exchanges::run`) against a
+/// receiver over a pipe of 16 KiB each way, far less than the rounds' leaves: the
+/// sender's writes wait on the receiver, never for good, and every file is rebuilt.
+/// (The answers it may be owed, 64 KiB at most, are compressed; yamux gives a stream
+/// 256 KiB.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_exchanges_over_a_small_pipe_all_complete() {
+    use super::chunked::{read_for_offer, Offered, Ready, MAX_EXCHANGES};
+    let e = env();
+    let (mut fs, task) = connect_buffered(&e, PeerId::random(), 16 << 10).await;
+    let ours = tempfile::tempdir().unwrap();
+    let root = std::fs::File::open(ours.path()).unwrap();
+    let (mut batch, mut news) = (Vec::new(), Vec::new());
+    for i in 0..MAX_EXCHANGES as u64 {
+        let old = noise(1 << 20, 10 + i);
+        let mut new = old.clone();
+        for w in 0..40 {
+            let at = ((w * 2_654_435_761 + i * 7919) % ((1 << 20) - 512)) as usize;
+            new[at..at + 200].copy_from_slice(&noise(200, 1000 + w));
+        }
+        let name = format!("f{i}");
+        write_older(&e.data.join(&name), &old);
+        std::fs::write(ours.path().join(&name), &new).unwrap();
+        let read = read_for_offer(&root, &rp(&name), 1..=1 << 30);
+        let mut update = valid_update(200 + i, &name, &new);
+        update.ranges.clear();
+        let (version, read, described) = (1, read.unwrap().unwrap(), None);
+        batch.push(Ready {
+            version,
+            update,
+            read,
+            described,
+        });
+        news.push(new);
+    }
+    let (stats, mut ended) = (super::Stats::default(), Vec::new());
+    let run = super::exchanges::run(&mut fs, &stats, &batch, |at, outcome, _| {
+        ended.push((at, outcome));
+        Ok(())
+    });
+    let ran = tokio::time::timeout(Duration::from_secs(120), run).await;
+    ran.expect("no side blocked for good").unwrap();
+    assert_eq!(ended.len(), MAX_EXCHANGES, "each booked once");
+    let acked = |o: &Offered| matches!(o, Offered::Acked(..));
+    assert!(ended.iter().all(|(_, o)| acked(o)), "{ended:?}");
+    for (i, new) in news.iter().enumerate() {
+        let name = e.data.join(format!("f{i}"));
+        assert!(std::fs::read(name).unwrap() == *new, "f{i} rebuilt");
+    }
     drop(fs);
     assert!(task.await.unwrap().is_ok());
 }
