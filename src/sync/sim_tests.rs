@@ -341,12 +341,12 @@ impl Node {
     }
 
     /// File name → content, of the folder.
-    fn tree(&self) -> BTreeMap<String, String> {
+    pub(super) fn tree(&self) -> BTreeMap<String, String> {
         files_under(&self.data)
     }
 
     /// Every content kept anywhere on this node: the folder and the archive.
-    fn everything(&self) -> Vec<String> {
+    pub(super) fn everything(&self) -> Vec<String> {
         let mut v: Vec<String> = self.tree().into_values().collect();
         v.extend(files_under(&self.versions).into_values());
         v
