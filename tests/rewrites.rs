@@ -274,6 +274,27 @@ fn a_copy_of_a_large_file_is_made_from_the_peers_own_copy() {
 }
 
 #[test]
+fn a_copy_of_a_small_file_elsewhere_is_made_from_the_peers_own_copy() {
+    // under 64 KiB too: A's index holds a file with the copy's content, so the copy is
+    // offered by its chunks and B makes it from its own (48 KiB of random bytes would
+    // cost about 49 KB whole)
+    let mut p = Pair::mounted(true);
+    let old = random_bytes(48 << 10, 9);
+    synced(&p, "notes.bin", &old);
+    fs::create_dir(p.a.m("elsewhere")).unwrap();
+    // a new session, so that the file is not in the stream compressor's window
+    p.a.unmount();
+    p.a.mount();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let before = wire(&p);
+    // written, not `copy_file_range` (which the mount records as a copy)
+    fs::write(p.a.m("elsewhere/notes.bin"), &old).unwrap();
+    let cost = cost_until(&p, "elsewhere/notes.bin", &old, before);
+    eprintln!("a copy of a 48 KiB file in another directory: {cost} bytes on the wire");
+    assert!(cost < 8 << 10, "the copy cost {cost} bytes");
+}
+
+#[test]
 fn an_edited_copy_saved_under_a_new_name_costs_what_changed() {
     // "save as": B has no file at the new name and none with its content; it rebuilds
     // the new file from the similar one beside it (same directory and extension)

@@ -92,6 +92,10 @@ pub(super) fn open_file(
 pub(super) const EXCHANGED: std::ops::RangeInclusive<u64> = CHUNK_MIN..=CHUNK_MAX;
 /// Sizes described by their leaves instead (see [`super::leaf_delta`]).
 pub const DESCRIBED: std::ops::RangeInclusive<u64> = 1..=CHUNK_MIN - 1;
+/// Sizes of new files offered by chunk exchange only as a copy of a file our index
+/// holds (the peer then makes it from its own copy: an offer and an ack instead of
+/// the file; under 4 KiB the file costs about that).
+const COPIED: std::ops::RangeInclusive<u64> = 4 << 10..=CHUNK_MIN - 1;
 
 /// Reads a file once for its chunk tree and BLAKE3.
 fn tree_and_hash(file: &File) -> std::io::Result<(Tree, [u8; 32])> {
@@ -527,6 +531,7 @@ pub async fn prepare(
     id: u64,
     (file, entry): (crate::journal::FileId, &crate::journal::FileEntry),
     described: Option<Vec<u32>>,
+    copies: &mut super::local_copy::ByHash,
 ) -> Result<Prepared, SyncError> {
     let Some((_, st)) = super::fold::look(&*s.root, &entry.path) else {
         return Ok(Prepared::No);
@@ -543,14 +548,15 @@ pub async fn prepare(
     // a small file the peer described by its leaves goes as one delta against them
     let described = described.filter(|d| !d.is_empty() && DESCRIBED.contains(&size));
     // (a new file is offered too: the peer may hold its content under another path)
-    if described.is_none() && !EXCHANGED.contains(&size) {
+    let copied = described.is_none() && COPIED.contains(&size);
+    if described.is_none() && !EXCHANGED.contains(&size) && !copied {
         return Ok(Prepared::Whole);
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
-    let sizes = if described.is_some() {
-        DESCRIBED
-    } else {
-        EXCHANGED
+    let sizes = match (&described, copied) {
+        (Some(_), _) => DESCRIBED,
+        (None, true) => COPIED,
+        (None, false) => EXCHANGED,
     };
     let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path, sizes))
         .await
@@ -558,6 +564,13 @@ pub async fn prepare(
     let Some(read) = read.filter(|r| r.st.st_ino == st.st_ino) else {
         return Ok(Prepared::No);
     };
+    if copied
+        && copies
+            .find(&s.journal, &read.hash)
+            .is_none_or(|p| p == entry.path)
+    {
+        return Ok(Prepared::Whole); // no copy of it here: the peer holds none either
+    }
     if s.journal.entry(file).map(|e| e.version) != Some(entry.version) {
         return Ok(Prepared::No); // written meanwhile: it waits for quiet as usual
     }

@@ -19,10 +19,12 @@ const MAX_LOCAL: u64 = 64 << 20;
 pub struct ByHash(Option<HashMap<[u8; 32], RelPath>>);
 
 impl ByHash {
-    fn find(&mut self, check: &Checker, hash: &[u8; 32]) -> Option<RelPath> {
+    /// A live file of `journal`'s index (at most [`MAX_LOCAL`] bytes) whose content
+    /// hash is `hash`.
+    pub fn find(&mut self, journal: &crate::journal::Journal, hash: &[u8; 32]) -> Option<RelPath> {
         let map = self.0.get_or_insert_with(|| {
             let mut m = HashMap::new();
-            for (p, e) in live_files(&check.journal) {
+            for (p, e) in live_files(journal) {
                 if e.size <= MAX_LOCAL {
                     m.entry(e.hash).or_insert(p);
                 }
@@ -102,7 +104,7 @@ pub fn make_from_local(
     if it.size == 0 || it.size > MAX_LOCAL {
         return Ok(false);
     }
-    let Some(src) = by_hash.find(check, &it.hash).filter(|p| *p != it.path) else {
+    let Some(src) = (by_hash.find(&check.journal, &it.hash)).filter(|p| *p != it.path) else {
         return Ok(false);
     };
     let Some(bytes) = read(check, &src, it.size) else {

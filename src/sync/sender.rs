@@ -627,6 +627,7 @@ async fn chunk_first(
 ) -> Result<Vec<(FileId, bool)>, SyncError> {
     let mut rest = Vec::with_capacity(ready.len());
     let (mut batch, mut chunks) = (Vec::new(), Vec::new());
+    let mut copies = super::local_copy::ByHash::default(); // (read on first use)
     for file in ready {
         let entry = snap
             .files
@@ -638,7 +639,9 @@ async fn chunk_first(
         };
         st.next_id += 1;
         let described = st.described.remove(&file);
-        let tried = match super::chunked::prepare(s, st.next_id, (file, entry), described).await? {
+        let prepared =
+            super::chunked::prepare(s, st.next_id, (file, entry), described, &mut copies);
+        let tried = match prepared.await? {
             Prepared::Ready(r) if r.described.is_some() => {
                 batch.push(*r);
                 if batch_full(&batch) {
