@@ -19,8 +19,7 @@ use std::time::Duration;
 const ROUND_DATA_MAX: u64 = 8 << 20;
 /// File bytes under exchange at once, at most (the receiver holds each rebuilt file in
 /// memory, charged to the peer's budget); a larger file (up to
-/// [`CHUNK_MAX`](super::chunked::CHUNK_MAX)) goes
-/// alone.
+/// [`CHUNK_MAX`](super::chunked::CHUNK_MAX)) goes alone.
 pub const WINDOW_BYTES: u64 = 256 << 20;
 /// Reply bytes the sender may be owed before it stops writing and reads: the replies
 /// wait in the link's buffers meanwhile, so this stays well under them (a yamux
