@@ -160,6 +160,13 @@ fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(BLOCK_HASH).map(hash48_from).collect()
 }
 
+/// The sizes of our own version at the path worth building on for an offer of `size`
+/// bytes: any exchanged size up to twice it. A far larger one costs more to read than
+/// it can save; a smaller one (a log before it grew) still saves its bytes.
+fn own(size: u64) -> std::ops::RangeInclusive<u64> {
+    CHUNK_MIN..=size.saturating_mul(2).min(CHUNK_MAX)
+}
+
 /// The sizes of a file similar to one of `size` bytes: half to twice it, exchanged.
 pub(super) fn near(size: u64) -> std::ops::RangeInclusive<u64> {
     (size / 2).max(CHUNK_MIN)..=size.saturating_mul(2).min(CHUNK_MAX)
@@ -248,9 +255,7 @@ impl Rebuilds {
         if self.current.len() >= MAX_EXCHANGES || update.size > CHUNK_MAX {
             return decline;
         }
-        // (ours at the path only if it is about the size: reading a far larger one
-        // costs more than it can save)
-        let (old, similar) = match open_file(root, &update.path, near(update.size)) {
+        let (old, similar) = match open_file(root, &update.path, own(update.size)) {
             Some(old) => (Some(old), false),
             None => (elsewhere(&update).into_iter())
                 .find_map(|b| match b {

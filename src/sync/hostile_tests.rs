@@ -648,6 +648,29 @@ async fn a_file_over_256_mib_pairs_by_its_changed_chunks() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// Our version at the path stands for the offer even when it is far smaller (a log
+/// that grew while apart): only the new bytes cross.
+#[tokio::test]
+async fn a_file_that_grew_past_twice_its_size_pairs_by_its_new_bytes() {
+    let e = env();
+    let (mut fs, task) = connect(&e, PeerId::random()).await;
+    let old = noise(100 << 10, 5);
+    let new = [old.clone(), noise(250 << 10, 6)].concat();
+    write_older(&e.data.join("log"), &old);
+    let mut header = valid_update(44, "log", &new);
+    header.ranges.clear();
+    let (reply, sent, rounds) = honest_exchange(&mut fs, header, &new).await;
+    let ack = Message::Ack(AckKind::Update(44));
+    assert_eq!(reply, ack, "after {rounds} rounds");
+    assert!(std::fs::read(e.data.join("log")).unwrap() == new, "rebuilt");
+    assert!(
+        sent < 300 << 10,
+        "{sent} B of leaves: the old 100 KiB crossed again"
+    );
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
 /// Random-looking bytes (xorshift), `seed` picks the sequence.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
