@@ -390,12 +390,18 @@ impl Journal {
     pub fn want_whole(&self, file: FileId, path: &RelPath, size: u64) -> Result<(), JournalError> {
         self.track(file, path)?;
         self.record_size(file, size)?;
-        if size > 0 {
-            let r = self.record_write(file, 0, size);
-            self.write_done(file);
-            r?;
+        self.want_again(file, 0, size)
+    }
+
+    /// Bytes `[start, end)` of `file` are to be sent (again): dirty, as after a write
+    /// that already reached the backing file.
+    pub fn want_again(&self, file: FileId, start: u64, end: u64) -> Result<(), JournalError> {
+        if start >= end {
+            return Ok(());
         }
-        Ok(())
+        let r = self.record_write(file, start, end);
+        self.write_done(file);
+        r
     }
 
     /// True if an unacknowledged metadata operation changes `path` (or moves or

@@ -4,8 +4,7 @@
 //! hash of the whole new content.
 
 use crate::beneath::open_beneath;
-use crate::hashtree::HashTree;
-use crate::hashtree::LEAF;
+use crate::hashtree::{HashTree, LEAF};
 use crate::journal::{FileEntry, FileId, RangeSet};
 use crate::preimage::Preimages;
 use crate::wire::{Encoding, FileUpdate, Message, RangeData, WireTime, MAX_UPDATE_SPAN};
@@ -158,11 +157,11 @@ fn cut_at(sent: &RangeSet) -> Option<u64> {
     if sent.len_bytes() <= MAX_UPDATE_SPAN {
         return None;
     }
+    // (at least MAX_UPDATE_SPAN, a multiple of LEAF: no dirty byte precedes 0)
     let mut room = MAX_UPDATE_SPAN;
     for (start, end) in sent.iter() {
         if end - start >= room {
-            let at = (start + room) / LEAF * LEAF;
-            return Some(at.max(2 * LEAF));
+            return Some((start + room) / LEAF * LEAF);
         }
         room -= end - start;
     }

@@ -431,14 +431,20 @@ fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
     let mut ranges = Ranges(Vec::new());
     let path = r.update.path.clone();
     rebuild(&r.needs.into_pieces(), &r.old, &mut ranges).map_err(|e| (path.clone(), e))?;
-    let mut u = r.update;
-    u.base = None;
-    u.ranges = ranges.0;
-    Ok(u)
+    Ok(ranges.into_update(r.update))
 }
 
 /// Raw ranges from offset 0, each up to [`MAX_RANGE_LEN`], as bytes are written.
 struct Ranges(Vec<RangeData>);
+
+impl Ranges {
+    /// `u`'s header with these ranges, from nothing.
+    fn into_update(self, mut u: FileUpdate) -> FileUpdate {
+        u.base = None;
+        u.ranges = self.0;
+        u
+    }
+}
 
 impl std::io::Write for Ranges {
     fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
@@ -446,7 +452,7 @@ impl std::io::Write for Ranges {
         while !buf.is_empty() {
             let last = self.0.last().filter(|r| r.data.len() < MAX_RANGE_LEN);
             if last.is_none() {
-                let offset = self.0.iter().map(|r| r.len).sum();
+                let offset = (self.0.len() * MAX_RANGE_LEN) as u64; // the others are full
                 let range = RangeData {
                     offset,
                     len: 0,
@@ -470,19 +476,10 @@ impl std::io::Write for Ranges {
 }
 
 /// `update`'s header with `content` as its raw ranges, from nothing.
-pub(super) fn whole_update(mut u: FileUpdate, content: &[u8]) -> FileUpdate {
-    u.base = None;
-    u.ranges = content
-        .chunks(MAX_RANGE_LEN)
-        .enumerate()
-        .map(|(i, c)| RangeData {
-            offset: (i * MAX_RANGE_LEN) as u64,
-            len: c.len() as u64,
-            encoding: Encoding::Raw,
-            data: c.to_vec(),
-        })
-        .collect();
-    u
+pub(super) fn whole_update(u: FileUpdate, content: &[u8]) -> FileUpdate {
+    let mut ranges = Ranges(Vec::new());
+    std::io::Write::write_all(&mut ranges, content).expect("writing to memory cannot fail");
+    ranges.into_update(u)
 }
 
 /// How a chunk exchange or leaf delta of a file went ([`prepare`], then a batch of exchanges
@@ -554,8 +551,9 @@ pub async fn prepare(
     let described = described.filter(|d| !d.is_empty() && DESCRIBED.contains(&size));
     // (a new file is offered too: the peer may hold its content under another path)
     let copied = described.is_none() && COPIED.contains(&size);
-    if described.is_none() && !EXCHANGED.contains(&size) && !copied {
-        return Ok(Prepared::Whole);
+    let copy_here = copied && copies.holds_size(&s.journal, size);
+    if described.is_none() && !EXCHANGED.contains(&size) && !copy_here {
+        return Ok(Prepared::Whole); // (a file no indexed one matches in size: not read)
     }
     let (root, path) = (s.root.clone(), entry.path.clone());
     let sizes = match (&described, copied) {

@@ -6,38 +6,54 @@
 use super::check::{Checker, UpdateStep};
 use crate::apply::ApplyError;
 use crate::beneath::open_beneath;
+use crate::journal::Journal;
 use crate::path::RelPath;
 use crate::wire::{Encoding, FileUpdate, IndexItem, RangeData};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
 /// Larger files are sent by the peer (the local copy is read into memory).
 const MAX_LOCAL: u64 = 64 << 20;
 
-/// Live files of the index by content hash (built once per index batch, on first use).
+/// Live files of the index (at most [`MAX_LOCAL`] bytes) by content hash, and their
+/// sizes (read once per index batch or sender round, on first use).
 #[derive(Default)]
-pub struct ByHash(Option<HashMap<[u8; 32], RelPath>>);
+pub struct ByHash(Option<Live>);
+
+/// What [`ByHash`] read of the index.
+#[derive(Default)]
+struct Live {
+    by_hash: HashMap<[u8; 32], RelPath>,
+    sizes: HashSet<u64>,
+}
 
 impl ByHash {
-    /// A live file of `journal`'s index (at most [`MAX_LOCAL`] bytes) whose content
-    /// hash is `hash`.
-    pub fn find(&mut self, journal: &crate::journal::Journal, hash: &[u8; 32]) -> Option<RelPath> {
-        let map = self.0.get_or_insert_with(|| {
-            let mut m = HashMap::new();
-            for (p, e) in live_files(journal) {
-                if e.size <= MAX_LOCAL {
-                    m.entry(e.hash).or_insert(p);
-                }
+    fn read(&mut self, journal: &Journal) -> &Live {
+        self.0.get_or_insert_with(|| {
+            let mut live = Live::default();
+            for (p, e) in live_files(journal).filter(|(_, e)| e.size <= MAX_LOCAL) {
+                live.sizes.insert(e.size);
+                live.by_hash.entry(e.hash).or_insert(p);
             }
-            m
-        });
-        map.get(hash).cloned()
+            live
+        })
+    }
+
+    /// A live file of `journal`'s index whose content hash is `hash`.
+    pub fn find(&mut self, journal: &Journal, hash: &[u8; 32]) -> Option<RelPath> {
+        self.read(journal).by_hash.get(hash).cloned()
+    }
+
+    /// True if some live file of `journal`'s index is `size` bytes (else none can be
+    /// a copy of a file that size: no need to read it for its hash).
+    pub fn holds_size(&mut self, journal: &Journal, size: u64) -> bool {
+        self.read(journal).sizes.contains(&size)
     }
 }
 
 /// The index's live, non-empty files.
 fn live_files(
-    journal: &crate::journal::Journal,
+    journal: &Journal,
 ) -> impl Iterator<Item = (RelPath, crate::journal::index::Entry)> + '_ {
     (journal.index().all().flatten()).filter(|(_, e)| live_file(e) && e.size > 0)
 }
@@ -49,11 +65,7 @@ fn live_file(e: &crate::journal::index::Entry) -> bool {
 
 /// A live file other than `not` whose indexed content hash is `hash`: a copy of the
 /// content here, to rebuild from (the caller verifies what it read).
-pub fn path_with_hash(
-    journal: &crate::journal::Journal,
-    hash: &[u8; 32],
-    not: &RelPath,
-) -> Option<RelPath> {
+pub fn path_with_hash(journal: &Journal, hash: &[u8; 32], not: &RelPath) -> Option<RelPath> {
     live_files(journal)
         .find(|(p, e)| e.hash == *hash && p != not)
         .map(|(p, _)| p)
@@ -67,7 +79,7 @@ const SIMILAR_LOOK: usize = 4096;
 /// to twice the size, and the nearest in size (a "save as" of an edited copy; the
 /// exchange declines at once if it shares nothing with the new content).
 pub fn similar(
-    journal: &crate::journal::Journal,
+    journal: &Journal,
     path: &RelPath,
     size: u64,
     sizes: &std::ops::RangeInclusive<u64>,

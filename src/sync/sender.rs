@@ -1209,9 +1209,7 @@ fn on_reply(
             s.journal.ack_file(f.file, f.version, &f.sent)?;
             if let Some((from, to)) = f.tail {
                 // the peer's file now ends at `from`: what followed goes next
-                let marked = s.journal.record_write(f.file, from, to);
-                s.journal.write_done(f.file);
-                marked?;
+                s.journal.want_again(f.file, from, to)?;
             }
             if let Some(p) = &s.pre {
                 p.release(f.file, &f.sent, f.size);
