@@ -83,6 +83,8 @@
 #   BENCH_DIR=/var/tmp       where the temp dir goes (needs a few GiB with the defaults)
 #   BENCH_KEEP=0             1: keep the temp dir (stores, plain dirs)
 #   BENCH_BUILD=1            0: don't run `cargo build --release --bin syncfs`
+#   BENCH_PCAP=              a directory: tcpdump each pairing's packets on A's veth end
+#                            into DIR/pair-W.pcap (headers only, 128 B per packet)
 #   SYNCFS=path              binary to use (default target/release/syncfs; copied first,
 #                            so a concurrent rebuild doesn't change it mid-run)
 #   RUST_LOG=syncfs=debug    daemon log level (the "sending update ... payload=N" lines
@@ -1135,6 +1137,22 @@ verify_pairing() {
     R[$w.p_ok]=NO; return 1
 }
 
+# pcap_start W / pcap_stop: with BENCH_PCAP, capture A's veth end during a pairing.
+PCAP_PID=""
+pcap_start() {
+    [ -n "${BENCH_PCAP:-}" ] || return 0
+    mkdir -p "$BENCH_PCAP"
+    nsenter --net="/run/netns/$NSA" tcpdump -i "$VA" -s 128 -w "$BENCH_PCAP/pair-$1.pcap" 2>/dev/null &
+    PCAP_PID=$!
+    sleep 1
+}
+pcap_stop() {
+    [ -n "$PCAP_PID" ] || return 0
+    kill -TERM "$PCAP_PID" 2>/dev/null || true
+    wait "$PCAP_PID" 2>/dev/null || true
+    PCAP_PID=""
+}
+
 measure_pairing() {
     local w=$1 idx=$2 port net0 net1 t0 t1 deadline late
     local sa=$TMP/pair-a sb=$TMP/pair-b
@@ -1150,6 +1168,7 @@ measure_pairing() {
     drop_caches
     rate_on
     wait_quiet || true
+    pcap_start "$w"
     net0=$(net_snap)
     t0=$(now_us)
     deadline=$(( t0 + TIMEOUT * 1000000 ))
@@ -1170,6 +1189,7 @@ measure_pairing() {
     fi
     wait_quiet || R[$w.p_notquiet]=1
     net1=$(net_snap)
+    pcap_stop
     rate_off
     read -r "R[$w.p_ab]" "R[$w.p_ba]" <<< "$(sub2 "$net0" "$net1")"
     R[$w.p_sf]=$(( ${R[$w.p_ab]} + ${R[$w.p_ba]} ))

@@ -320,6 +320,37 @@ fn an_edited_copy_saved_under_a_new_name_costs_what_changed() {
 }
 
 #[test]
+fn copied_content_edited_before_it_syncs_is_rebuilt_from_the_peers_original() {
+    // the store's chunk index names the file a new one shares most of its content
+    // with; the peer rebuilds from its own copy of that file. Another directory and
+    // name, so no similar file stands in (whole, each would cost about 8 MiB)
+    let p = Pair::mounted(true);
+    let old = random_bytes(8 << 20, 21);
+    synced(&p, "disk.img", &old);
+    // A's sender indexed what it sent: a copy edited in the middle
+    let mut copy = old.clone();
+    copy[4 << 20..(4 << 20) + 4096].copy_from_slice(&random_bytes(4096, 22));
+    fs::create_dir(p.a.m("backup")).unwrap();
+    let before = wire(&p);
+    fs::write(p.a.m("backup/disk-copy.dat"), &copy).unwrap();
+    let what = "an 8 MiB copy in another directory, 4 KiB changed, made on A";
+    within_budget(&p, "backup/disk-copy.dat", &copy, before, what);
+    // B indexed what it received: its content behind a new header, made on B
+    let moved = inserted(&old, 0, b"a header of a new kind of file\n");
+    let before = wire(&p);
+    fs::write(p.b.m("moved.bin"), &moved).unwrap();
+    let want = *blake3::hash(&moved).as_bytes();
+    assert!(wait_until(120, || hash_of(&p.a.m("moved.bin")) == Some(want)));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let cost = wire(&p) - before;
+    eprintln!("8 MiB of B's content moved into a new file after a header: {cost} bytes");
+    assert!(
+        cost < BUDGET,
+        "moved content cost {cost} bytes, budget {BUDGET}"
+    );
+}
+
+#[test]
 fn a_moved_directory_costs_a_rename() {
     let p = Pair::mounted(true);
     fs::create_dir_all(p.a.m("project/src")).unwrap();

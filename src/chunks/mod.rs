@@ -73,6 +73,10 @@ pub const FINE_SLACK: u64 = 64;
 /// The most of its own bytes the needing side searches for one leaf's blocks.
 pub const MAX_HOLE: u64 = 32 << 10;
 
+/// Nodes of at least this many bytes (and a tree's top level) go into the store's
+/// chunk index ([`Tree::landmarks`]): about 16,000 for 1 GiB.
+pub const LANDMARK: u64 = 64 << 10;
+
 /// One node as offered to the needing side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Offer {

@@ -1,6 +1,6 @@
 //! Building a file's chunk tree: FastCDC leaves, content-defined groups above them.
 
-use super::{FANOUT, LEAF_AVG, LEAF_MAX, LEAF_MIN, MAX_GROUP, TOP};
+use super::{FANOUT, LANDMARK, LEAF_AVG, LEAF_MAX, LEAF_MIN, MAX_GROUP, TOP};
 use fastcdc::v2020::StreamCDC;
 use std::io::Read;
 
@@ -119,6 +119,22 @@ impl Tree {
     /// Every node at every level.
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
         self.levels.iter().flatten()
+    }
+
+    /// What the store's chunk index keeps of this tree (hash, bytes): every node of
+    /// at least [`LANDMARK`] bytes and those of the top level, the largest first. Node
+    /// boundaries are content-defined, so a copy of these bytes inside another file
+    /// has most of the same nodes.
+    pub fn landmarks(&self) -> Vec<(u64, u64)> {
+        let top = self.depth().saturating_sub(1);
+        let kept = |(level, n): &(usize, &Node)| n.len >= LANDMARK || *level == top;
+        let mut out: Vec<(u64, u64)> = (self.levels.iter().enumerate())
+            .flat_map(|(level, nodes)| nodes.iter().map(move |n| (level, n)))
+            .filter(kept)
+            .map(|(_, n)| (n.hash, n.len))
+            .collect();
+        out.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+        out
     }
 
     /// The file's length.

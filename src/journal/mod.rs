@@ -36,6 +36,7 @@ pub mod cancel;
 pub mod index;
 pub mod op;
 pub mod ranges;
+pub mod sources;
 pub mod state;
 pub mod wal;
 
@@ -254,6 +255,7 @@ struct Inner {
     meta: sled::Tree,
     db: sled::Db,
     index: index::Index,
+    sources: sources::Sources,
     locked: Mutex<Locked>,
     /// Serialises checkpoints.
     ckpt: Mutex<()>,
@@ -306,6 +308,7 @@ impl Journal {
             files,
             meta,
             index: index::Index::open(&db)?,
+            sources: sources::Sources::open(&db)?,
             db,
             locked: Mutex::new(locked),
             ckpt: Mutex::new(()),
@@ -327,6 +330,11 @@ impl Journal {
     /// The index of every entry and its version (see [`index`]).
     pub fn index(&self) -> &index::Index {
         &self.inner().index
+    }
+
+    /// The chunk index: which file holds which content (see [`sources`]).
+    pub fn sources(&self) -> &sources::Sources {
+        &self.inner().sources
     }
 
     /// Gives the journal's users (the mount's recorder, the scan, the syncer) the

@@ -176,6 +176,9 @@ pub(super) fn near(size: u64) -> std::ops::RangeInclusive<u64> {
 pub enum Basis {
     /// A file with the offered content (a copy): every top node is found.
     Copy(RelPath),
+    /// The file the sender named as holding much of the content (its chunk index): of
+    /// any exchanged size (data taken out of a larger file), its tree charged as usual.
+    Named(RelPath),
     /// A file of about the size, in the same directory with the same extension (an
     /// edited copy, say).
     Similar(RelPath),
@@ -262,6 +265,7 @@ impl Rebuilds {
                     Basis::Copy(p) => {
                         Some((open_file(root, &p, update.size..=update.size)?, false))
                     }
+                    Basis::Named(p) => Some((open_file(root, &p, EXCHANGED)?, true)),
                     Basis::Similar(p) => Some((open_file(root, &p, near(update.size))?, true)),
                 })
                 .map_or((None, false), |(o, s)| (Some(o), s)),
@@ -512,6 +516,9 @@ pub struct Ready {
     pub read: Read,
     /// The peer's leaves of its version, for a leaf delta (none: a chunk exchange).
     pub described: Option<Vec<u32>>,
+    /// A file the peer holds that holds much of this one's content, by our chunk index
+    /// (named in the offer).
+    pub from: Option<RelPath>,
 }
 
 /// What [`prepare`] found.
@@ -597,11 +604,15 @@ pub async fn prepare(
         hash: read.hash,
         vv: vv.pairs().to_vec(),
     };
+    let from = described
+        .is_none()
+        .then(|| super::sources::source_for(&s.journal, &entry.path, &read.tree));
     Ok(Prepared::Ready(Box::new(Ready {
         version: entry.version,
         update,
         read,
         described,
+        from: from.flatten(),
     })))
 }
 
@@ -613,6 +624,9 @@ pub fn finish(
     outcome: Offered,
     wire: u64,
 ) -> Result<Tried, SyncError> {
+    // its content is the peer's once acked, or once the ordinary update that follows
+    // a decline is
+    super::sources::remember(&s.journal, &r.update.path, &r.read.tree);
     let Offered::Acked(rounds, nodes, leaves) = outcome else {
         return Ok(Tried::Declined);
     };

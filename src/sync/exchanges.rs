@@ -66,6 +66,7 @@ impl<'a> Exchange<'a> {
         let offer = Message::ChunkOffer {
             update: r.update.clone(),
             top,
+            from: r.from.clone(),
         };
         (x, offer, owed)
     }
@@ -322,6 +323,7 @@ mod tests {
             update,
             read,
             described,
+            from: None,
         }
     }
 

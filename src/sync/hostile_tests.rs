@@ -304,6 +304,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let offer = |top| Message::ChunkOffer {
         update: header.clone(),
         top,
+        from: None,
     };
     assert!(declined(&ask(&mut fs, offer(short)).await));
     // a path with no local version
@@ -312,6 +313,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let m = Message::ChunkOffer {
         update: elsewhere,
         top: top.clone(),
+        from: None,
     };
     assert!(matches!(ask(&mut fs, m).await, Message::ChunkDecline(_)));
     // leaves that do not match what was asked for
@@ -374,6 +376,7 @@ async fn exchanges_interleave_and_one_too_many_is_declined() {
     let offer = |update| Message::ChunkOffer {
         update,
         top: top.clone(),
+        from: None,
     };
     let mut replies = Vec::new();
     for i in 0..MAX_EXCHANGES {
@@ -470,6 +473,7 @@ async fn exchange_describing(
         Message::ChunkOffer {
             update: header,
             top,
+            from: None,
         },
     )
     .await;
@@ -603,6 +607,7 @@ async fn sixteen_exchanges_over_a_small_pipe_all_complete() {
             update,
             read,
             described,
+            from: None,
         });
         news.push(new);
     }
@@ -672,7 +677,7 @@ async fn a_file_that_grew_past_twice_its_size_pairs_by_its_new_bytes() {
 }
 
 /// Random-looking bytes (xorshift), `seed` picks the sequence.
-fn noise(n: usize, seed: u64) -> Vec<u8> {
+pub(super) fn noise(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(n + 8);
     while out.len() < n {
@@ -738,4 +743,40 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
     assert_eq!(std::fs::read(e.data.join("small")).unwrap(), new);
     drop(fs);
     assert!(task.await.unwrap().is_ok());
+}
+
+/// A chunk offer's named source is read only if it is a live file of the receiver's
+/// index: a file kept out of sync (ignored, or never indexed) is never a basis.
+#[tokio::test]
+async fn a_named_source_outside_the_index_is_not_read() {
+    use crate::chunks::{Offers, Tree};
+    use crate::journal::index::{Entry, Kind};
+    let e = env();
+    let (mut fs, _task) = connect(&e, PeerId::random()).await;
+    let old = noise(300_000, 5);
+    let mut new = old.clone();
+    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    write_older(&e.data.join("local-only"), &old);
+    let tree = Tree::from_bytes(&new);
+    let top: Vec<_> = Offers::new(&tree).top().into_iter().map(node).collect();
+    let offer = |id| {
+        let mut update = valid_update(id, "copy", &new);
+        update.ranges.clear();
+        Message::ChunkOffer {
+            update,
+            top: top.clone(),
+            from: Some(rp("local-only")),
+        }
+    };
+    let reply = ask(&mut fs, offer(50)).await;
+    assert!(matches!(reply, Message::ChunkDecline(50)), "{reply:?}");
+    // the same file, once a live file of the index, stands for the new one
+    let ix = e.receiver.check.journal.index();
+    ix.put(&rp("local-only"), Entry::new(Kind::File, 0o644))
+        .unwrap();
+    let reply = ask(&mut fs, offer(51)).await;
+    assert!(
+        matches!(reply, Message::ChunkAnswer { id: 51, .. }),
+        "{reply:?}"
+    );
 }

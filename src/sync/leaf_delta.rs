@@ -196,6 +196,7 @@ mod tests {
             update,
             read,
             described,
+            from: None,
         }
     }
 

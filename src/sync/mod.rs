@@ -23,6 +23,7 @@ pub mod meta;
 pub mod receiver;
 pub mod resume;
 pub mod sender;
+pub mod sources;
 pub mod stats;
 pub mod verdict;
 

@@ -202,12 +202,19 @@ async fn handle(
 }
 
 /// What may stand for our version of a new file offered by its chunks, in order: a
-/// copy of its content here, a similar file.
-fn basis(journal: &crate::journal::Journal, u: &FileUpdate) -> Vec<Basis> {
+/// copy of its content here, the file the sender named (`from`, if a live file of our
+/// index), a similar file.
+fn basis(
+    journal: &crate::journal::Journal,
+    u: &FileUpdate,
+    from: Option<crate::path::RelPath>,
+) -> Vec<Basis> {
     use super::local_copy::similar;
     let copy = path_with_hash(journal, &u.hash, &u.path).map(Basis::Copy);
+    let named =
+        (from.filter(|p| *p != u.path && super::sources::live_file(journal, p))).map(Basis::Named);
     let like = similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar);
-    copy.into_iter().chain(like).collect()
+    copy.into_iter().chain(named).chain(like).collect()
 }
 
 /// One message of a chunk exchange (`super::chunked`); the blocking work (reading our
@@ -226,8 +233,8 @@ async fn chunk(
     let journal = r.check.journal.clone();
     let task = tokio::task::spawn_blocking(move || {
         let next = match msg {
-            Message::ChunkOffer { update, top } => {
-                let elsewhere = |u: &FileUpdate| basis(&journal, u);
+            Message::ChunkOffer { update, top, from } => {
+                let elsewhere = |u: &FileUpdate| basis(&journal, u, from);
                 owned.offered(&*root, update, &top, elsewhere)
             }
             Message::ChunkRound {
@@ -394,7 +401,17 @@ async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
     let _one = r.lock.lock().await;
     let (applier, check, id, bytes) = (r.applier.clone(), r.check.clone(), u.id, peer.to_bytes());
     let raw: u64 = u.ranges.iter().map(|x| x.len).sum();
-    let res = tokio::task::spawn_blocking(move || gated_update(&applier, &check, &u, &bytes)).await;
+    // a whole new content is indexed (`sources`): a copy of it made here later can be
+    // offered as one
+    let whole = u.base.is_none() && EXCHANGED.contains(&u.size);
+    let res = tokio::task::spawn_blocking(move || {
+        let res = gated_update(&applier, &check, &u, &bytes);
+        if whole && matches!(res, Ok(Ok(true))) {
+            super::sources::remember_file(&check.journal, &*check.root, &u.path);
+        }
+        res
+    })
+    .await;
     match res {
         Ok(Ok(Ok(applied))) => {
             Stats::add(&r.stats.applied, u64::from(applied));

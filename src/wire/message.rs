@@ -138,6 +138,10 @@ pub enum Message {
         update: FileUpdate,
         /// The top nodes of the new content's chunk tree, in file order.
         top: Vec<ChunkNode>,
+        /// Another file of the sender's that holds much of the content and that the
+        /// receiver is thought to hold too (version 14): the receiver may rebuild from
+        /// it when it holds no version of `update.path`.
+        from: Option<RelPath>,
     },
     /// The receiver's answers to the nodes, blocks and pieces offered last, one byte
     /// each, in order: 0 found here, 1 expand (offer its children; parents only), 2

@@ -1241,6 +1241,39 @@ fn pinned_chunk_exchange_encodings() {
 }
 
 #[test]
+fn pinned_chunk_offer_source_encoding() {
+    // version 14: the offer ends with the file named as its source, an Option
+    let node = crate::wire::ChunkNode {
+        hash: 0x0304_0506_0708,
+        len: 2,
+        leaf: true,
+    };
+    let offer = |from| Message::ChunkOffer {
+        update: update("a", 2, vec![]),
+        top: vec![node],
+        from,
+    };
+    let none = hex(&encode(&offer(None)).unwrap());
+    let some = hex(&encode(&offer(Some(RelPath::from_bytes(b"src/a").unwrap()))).unwrap());
+    assert!(none.starts_with("11000000"), "variant 17: ChunkOffer");
+    let head = none.strip_suffix("00").expect("None: one zero byte");
+    let expected = concat!(
+        "01",               // Some
+        "0500000000000000", // five bytes of path
+        "7372632f61",       // src/a
+    );
+    assert_eq!(some, format!("{head}{expected}"));
+    assert_eq!(
+        decode(&unhex(&some)).unwrap(),
+        offer(Some(RelPath::from_bytes(b"src/a").unwrap()))
+    );
+    assert!(
+        encode(&offer(Some(RelPath::root()))).is_err(),
+        "the root as a source"
+    );
+}
+
+#[test]
 fn pinned_leaf_delta_encoding() {
     let u = update("a", 2, vec![]);
     let header = hex(&encode(&Message::FileUpdate(u.clone())).unwrap());

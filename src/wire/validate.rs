@@ -51,8 +51,11 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
                 within("staged upto", i.upto, MAX_FILE_SIZE)
             })
         }
-        Message::ChunkOffer { update, top } => {
+        Message::ChunkOffer { update, top, from } => {
             validate_update(update)?;
+            if let Some(from) = from {
+                not_root("chunk source", from)?;
+            }
             max_len("chunk offer ranges", update.ranges.len(), 0)?;
             chunk_nodes(top.len(), top)
         }
