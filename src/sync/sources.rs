@@ -23,11 +23,15 @@ pub fn remember(journal: &Journal, path: &RelPath, tree: &Tree) {
 
 /// Reads the file at `path` and indexes it (blocking).
 pub fn remember_file(journal: &Journal, root: &impl AsRawFd, path: &RelPath) {
-    let flags = libc::O_RDONLY | libc::O_NOFOLLOW;
+    let (at, flags) = (std::time::Instant::now(), libc::O_RDONLY | libc::O_NOFOLLOW);
     let tree = open_beneath(root, path, flags, 0)
         .and_then(|fd| Tree::from_reader(std::fs::File::from(fd)));
     match tree {
-        Ok(tree) => remember(journal, path, &tree),
+        Ok(tree) => {
+            remember(journal, path, &tree);
+            let ms = at.elapsed().as_millis() as u64;
+            tracing::debug!(bytes = tree.len(), ms, "{path}: chunks indexed");
+        }
         Err(e) => tracing::debug!("{path}: not indexed: {e}"),
     }
 }
