@@ -625,8 +625,10 @@ pub fn finish(
     wire: u64,
 ) -> Result<Tried, SyncError> {
     // its content is the peer's once acked, or once the ordinary update that follows
-    // a decline is
-    super::sources::remember(&s.journal, &r.update.path, &r.read.tree);
+    // a decline is (a file of an exchanged size: only those are ever named)
+    if EXCHANGED.contains(&r.update.size) {
+        super::sources::remember(&s.journal, &r.update.path, &r.read.tree);
+    }
     let Offered::Acked(rounds, nodes, leaves) = outcome else {
         return Ok(Tried::Declined);
     };

@@ -46,18 +46,37 @@ pub fn source_for(journal: &Journal, path: &RelPath, tree: &Tree) -> Option<RelP
             return None;
         }
     };
-    let mut found = None;
     for h in holders.into_iter().filter(|h| h.path != *path) {
-        if live_file(journal, &h.path) {
-            found = Some(h.path);
-            break;
-        }
-        // deleted or renamed since: its nodes are no one's now
-        if let Err(e) = journal.sources().forget(&h.path) {
-            tracing::warn!("{}: cannot drop its chunks from the index: {e}", h.path);
+        match now_at(journal, &h.path) {
+            Some(p) if p != *path => return Some(p),
+            Some(_) => {}
+            // deleted since: its nodes are no one's now
+            None => {
+                if let Err(e) = journal.sources().forget(&h.path) {
+                    tracing::warn!("{}: cannot drop its chunks from the index: {e}", h.path);
+                }
+            }
         }
     }
-    found
+    None
+}
+
+/// Renames followed at most, looking for where an indexed file went.
+const MAX_HOPS: usize = 8;
+
+/// Where the file indexed at `path` is now: there if it is a live file, else where
+/// renames took it (`None`: deleted, or not a file).
+fn now_at(journal: &Journal, path: &RelPath) -> Option<RelPath> {
+    let mut at = path.clone();
+    for _ in 0..=MAX_HOPS {
+        let e = journal.index().get(&at).ok().flatten()?;
+        match (e.kind, e.deleted, e.moved_to) {
+            (Kind::File, false, _) => return Some(at),
+            (Kind::File, true, Some(to)) => at = to,
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// True if `path` is a regular file of the index, not deleted.
@@ -113,6 +132,15 @@ mod tests {
         assert_eq!(
             source_for(&journal, &p("new"), &moved),
             Some(p("gone/b.bin"))
+        );
+        // renamed since it was indexed: named where it went
+        let mut gone = Entry::new(Kind::File, 0o644);
+        (gone.deleted, gone.moved_to) = (true, Some(p("kept/b.bin")));
+        journal.index().put(&p("gone/b.bin"), gone).unwrap();
+        live("kept/b.bin", false);
+        assert_eq!(
+            source_for(&journal, &p("new"), &moved),
+            Some(p("kept/b.bin"))
         );
         let other = Tree::from_bytes(&bytes(1 << 20, 5));
         assert_eq!(
