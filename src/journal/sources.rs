@@ -13,6 +13,8 @@
 use super::JournalError;
 use crate::path::RelPath;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Format byte in front of every stored value.
 const FORMAT: u8 = 1;
@@ -23,6 +25,10 @@ pub const MAX_NODES: usize = 1 << 16;
 pub struct Sources {
     nodes: sled::Tree,
     by_path: sled::Tree,
+    /// Files indexed since this journal was opened.
+    puts: AtomicUsize,
+    /// Serialises changes (a path's nodes and its list go together).
+    write: Mutex<()>,
 }
 
 /// A file that holds some of the nodes looked up, and how many of their bytes.
@@ -44,13 +50,17 @@ impl Sources {
         Ok(Sources {
             nodes: db_.open_tree("sources").map_err(db("open tree sources"))?,
             by_path: (db_.open_tree("sources_by_path")).map_err(db("open tree sources_by_path"))?,
+            puts: AtomicUsize::new(0),
+            write: Mutex::new(()),
         })
     }
 
     /// Records that `path` holds the nodes `hashes` (the first [`MAX_NODES`] of them
     /// are kept), replacing what was indexed for it before.
     pub fn put(&self, path: &RelPath, hashes: &[u64]) -> Result<(), JournalError> {
-        self.forget(path)?;
+        self.puts.fetch_add(1, Ordering::Relaxed);
+        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.forget_locked(path)?;
         let hashes = &hashes[..hashes.len().min(MAX_NODES)];
         let mut value = vec![FORMAT];
         value.extend_from_slice(path.as_bytes());
@@ -67,6 +77,11 @@ impl Sources {
     /// Drops what was indexed for `path` (nodes another file was indexed with since
     /// stay that file's).
     pub fn forget(&self, path: &RelPath) -> Result<(), JournalError> {
+        let _one = self.write.lock().unwrap_or_else(|e| e.into_inner());
+        self.forget_locked(path)
+    }
+
+    fn forget_locked(&self, path: &RelPath) -> Result<(), JournalError> {
         let Some(old) = (self.by_path.remove(path.as_bytes())).map_err(db("forget sources"))?
         else {
             return Ok(());
@@ -80,6 +95,26 @@ impl Sources {
             }
         }
         self.nodes.apply_batch(batch).map_err(db("forget sources"))
+    }
+
+    /// Files indexed since the journal was opened.
+    pub fn puts(&self) -> usize {
+        self.puts.load(Ordering::Relaxed)
+    }
+
+    /// Every path something is indexed for.
+    pub fn paths(&self) -> Result<Vec<RelPath>, JournalError> {
+        let mut out = Vec::new();
+        for kv in self.by_path.iter() {
+            let (k, _) = kv.map_err(db("read sources by path"))?;
+            out.extend(RelPath::from_bytes(&k).ok());
+        }
+        Ok(out)
+    }
+
+    /// True if something is indexed for `path`.
+    pub fn has(&self, path: &RelPath) -> Result<bool, JournalError> {
+        (self.by_path.contains_key(path.as_bytes())).map_err(db("read sources by path"))
     }
 
     /// The files holding any of `nodes` (hash, bytes), each with the bytes of those it

@@ -163,7 +163,7 @@ fn block_hashes_of(bytes: &[u8]) -> Vec<u64> {
 /// The sizes of our own version at the path worth building on for an offer of `size`
 /// bytes: any exchanged size up to twice it. A far larger one costs more to read than
 /// it can save; a smaller one (a log before it grew) still saves its bytes.
-fn own(size: u64) -> std::ops::RangeInclusive<u64> {
+pub(super) fn own(size: u64) -> std::ops::RangeInclusive<u64> {
     CHUNK_MIN..=size.saturating_mul(2).min(CHUNK_MAX)
 }
 
@@ -176,8 +176,8 @@ pub(super) fn near(size: u64) -> std::ops::RangeInclusive<u64> {
 pub enum Basis {
     /// A file with the offered content (a copy): every top node is found.
     Copy(RelPath),
-    /// The file the sender named as holding much of the content (its chunk index): of
-    /// any exchanged size (data taken out of a larger file), its tree charged as usual.
+    /// The file the sender named as holding much of the content (its chunk index), of
+    /// a size the receiver would stand on its own version at ([`own`]).
     Named(RelPath),
     /// A file of about the size, in the same directory with the same extension (an
     /// edited copy, say).
@@ -265,7 +265,7 @@ impl Rebuilds {
                     Basis::Copy(p) => {
                         Some((open_file(root, &p, update.size..=update.size)?, false))
                     }
-                    Basis::Named(p) => Some((open_file(root, &p, EXCHANGED)?, true)),
+                    Basis::Named(p) => Some((open_file(root, &p, own(update.size))?, true)),
                     Basis::Similar(p) => Some((open_file(root, &p, near(update.size))?, true)),
                 })
                 .map_or((None, false), |(o, s)| (Some(o), s)),
@@ -568,9 +568,17 @@ pub async fn prepare(
         (None, true) => COPIED,
         (None, false) => EXCHANGED,
     };
-    let read = tokio::task::spawn_blocking(move || read_for_offer(&*root, &path, sizes))
-        .await
-        .map_err(|e| SyncError::Protocol(format!("chunk read task: {e}")))??;
+    // (the chunk index is looked up here too, off the runtime)
+    let (journal, find) = (s.journal.clone(), described.is_none());
+    let task = tokio::task::spawn_blocking(move || {
+        let read = read_for_offer(&*root, &path, sizes)?;
+        let named =
+            |r: &Read| super::sources::source_for(&journal, &path, &r.tree, &own(r.tree.len()));
+        let from = read.as_ref().filter(|_| find).and_then(named);
+        Ok::<_, std::io::Error>((read, from))
+    });
+    let (read, from) =
+        (task.await).map_err(|e| SyncError::Protocol(format!("chunk read task: {e}")))??;
     let Some(read) = read.filter(|r| r.st.st_ino == st.st_ino) else {
         return Ok(Prepared::No);
     };
@@ -604,15 +612,12 @@ pub async fn prepare(
         hash: read.hash,
         vv: vv.pairs().to_vec(),
     };
-    let from = described
-        .is_none()
-        .then(|| super::sources::source_for(&s.journal, &entry.path, &read.tree));
     Ok(Prepared::Ready(Box::new(Ready {
         version: entry.version,
         update,
         read,
         described,
-        from: from.flatten(),
+        from,
     })))
 }
 

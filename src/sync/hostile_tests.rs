@@ -746,7 +746,7 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
 }
 
 /// A chunk offer's named source is read only if it is a live file of the receiver's
-/// index: a file kept out of sync (ignored, or never indexed) is never a basis.
+/// index and not ignored: a file kept out of sync is never a basis.
 #[tokio::test]
 async fn a_named_source_outside_the_index_is_not_read() {
     use crate::chunks::{Offers, Tree};
@@ -759,24 +759,35 @@ async fn a_named_source_outside_the_index_is_not_read() {
     write_older(&e.data.join("local-only"), &old);
     let tree = Tree::from_bytes(&new);
     let top: Vec<_> = Offers::new(&tree).top().into_iter().map(node).collect();
-    let offer = |id| {
+    let offer = |id, from| {
         let mut update = valid_update(id, "copy", &new);
         update.ranges.clear();
         Message::ChunkOffer {
             update,
             top: top.clone(),
-            from: Some(rp("local-only")),
+            from: Some(rp(from)),
         }
     };
-    let reply = ask(&mut fs, offer(50)).await;
+    let reply = ask(&mut fs, offer(50, "local-only")).await;
     assert!(matches!(reply, Message::ChunkDecline(50)), "{reply:?}");
-    // the same file, once a live file of the index, stands for the new one
-    let ix = e.receiver.check.journal.index();
-    ix.put(&rp("local-only"), Entry::new(Kind::File, 0o644))
+    // an indexed file the ignore file now keeps local
+    let journal = &e.receiver.check.journal;
+    std::fs::write(e.data.join(".syncfsignore"), "*.secret\n").unwrap();
+    journal.set_ignores(crate::ignores::Ignores::load(&e.data));
+    write_older(&e.data.join("keys.secret"), &old);
+    let mut indexed = Entry::new(Kind::File, 0o644);
+    indexed.size = old.len() as u64;
+    journal
+        .index()
+        .put(&rp("keys.secret"), indexed.clone())
         .unwrap();
-    let reply = ask(&mut fs, offer(51)).await;
+    let reply = ask(&mut fs, offer(51, "keys.secret")).await;
+    assert!(matches!(reply, Message::ChunkDecline(51)), "{reply:?}");
+    // a live file of the index stands for the new one
+    journal.index().put(&rp("local-only"), indexed).unwrap();
+    let reply = ask(&mut fs, offer(52, "local-only")).await;
     assert!(
-        matches!(reply, Message::ChunkAnswer { id: 51, .. }),
+        matches!(reply, Message::ChunkAnswer { id: 52, .. }),
         "{reply:?}"
     );
 }

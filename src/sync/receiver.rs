@@ -209,10 +209,12 @@ fn basis(
     u: &FileUpdate,
     from: Option<crate::path::RelPath>,
 ) -> Vec<Basis> {
+    use super::chunked::own;
     use super::local_copy::similar;
+    use super::sources::usable;
     let copy = path_with_hash(journal, &u.hash, &u.path).map(Basis::Copy);
     let named =
-        (from.filter(|p| *p != u.path && super::sources::live_file(journal, p))).map(Basis::Named);
+        (from.filter(|p| *p != u.path && usable(journal, p, &own(u.size)))).map(Basis::Named);
     let like = similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar);
     copy.into_iter().chain(named).chain(like).collect()
 }
@@ -398,20 +400,17 @@ fn gated_update(
 }
 
 async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
-    let _one = r.lock.lock().await;
+    let one = r.lock.lock().await;
     let (applier, check, id, bytes) = (r.applier.clone(), r.check.clone(), u.id, peer.to_bytes());
     let raw: u64 = u.ranges.iter().map(|x| x.len).sum();
     // a whole new content is indexed (`sources`): a copy of it made here later can be
     // offered as one
-    let whole = u.base.is_none() && EXCHANGED.contains(&u.size);
-    let res = tokio::task::spawn_blocking(move || {
-        let res = gated_update(&applier, &check, &u, &bytes);
-        if whole && matches!(res, Ok(Ok(true))) {
-            super::sources::remember_file(&check.journal, &*check.root, &u.path);
-        }
-        res
-    })
-    .await;
+    let whole = (u.base.is_none() && EXCHANGED.contains(&u.size)).then(|| (u.path.clone(), u.size));
+    let res = tokio::task::spawn_blocking(move || gated_update(&applier, &check, &u, &bytes)).await;
+    drop(one);
+    if let (Some((path, size)), Ok(Ok(Ok(true)))) = (whole, &res) {
+        index_applied(r, peer, path, size).await;
+    }
     match res {
         Ok(Ok(Ok(applied))) => {
             Stats::add(&r.stats.applied, u64::from(applied));
@@ -428,6 +427,24 @@ async fn apply_update(u: FileUpdate, r: &Receiver, peer: &PeerId) -> Message {
             NackReason::Io(format!("applier task: {e}")),
         ),
     }
+}
+
+/// Indexes the chunks of a file just applied whole (off the apply lock; the tree is
+/// charged to `peer`'s memory budget, and not built when the budget is spent).
+async fn index_applied(r: &Receiver, peer: &PeerId, path: crate::path::RelPath, size: u64) {
+    let (budget, check) = (r.budgets.of(*peer), r.check.clone());
+    let charge = super::sources::tree_memory(size);
+    if !budget.take(charge) {
+        tracing::debug!("{path}: not indexed: the peer's memory budget is spent");
+        return;
+    }
+    let task = tokio::task::spawn_blocking(move || {
+        super::sources::remember_file(&check.journal, &*check.root, &path, size)
+    });
+    if let Err(e) = task.await {
+        tracing::warn!("indexing an applied file: {e}");
+    }
+    budget.give(charge);
 }
 
 /// The updates from `peer` whose parts this node kept (none if they cannot be read).

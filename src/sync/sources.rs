@@ -8,24 +8,44 @@
 use crate::beneath::open_beneath;
 use crate::chunks::Tree;
 use crate::journal::index::Kind;
-use crate::journal::Journal;
+use crate::journal::{Journal, JournalError};
 use crate::path::RelPath;
+use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
 
 /// Indexes `tree`, the content now at `path` (a failure is only logged: the index is
 /// a hint).
 pub fn remember(journal: &Journal, path: &RelPath, tree: &Tree) {
+    if journal.sources().puts() % SWEEP_EVERY == SWEEP_EVERY - 1 {
+        match sweep(journal) {
+            Ok(n) => tracing::debug!(dropped = n, "chunk index swept"),
+            Err(e) => tracing::warn!("cannot sweep the chunk index: {e}"),
+        }
+    }
     let hashes: Vec<u64> = tree.landmarks().into_iter().map(|(h, _)| h).collect();
     if let Err(e) = journal.sources().put(path, &hashes) {
         tracing::warn!("{path}: cannot index its chunks: {e}");
     }
 }
 
-/// Reads the file at `path` and indexes it (blocking).
-pub fn remember_file(journal: &Journal, root: &impl AsRawFd, path: &RelPath) {
-    let (at, flags) = (std::time::Instant::now(), libc::O_RDONLY | libc::O_NOFOLLOW);
-    let tree = open_beneath(root, path, flags, 0)
-        .and_then(|fd| Tree::from_reader(std::fs::File::from(fd)));
+/// Memory a chunk tree of `size` bytes takes while it is built, about.
+pub fn tree_memory(size: u64) -> usize {
+    (size / 4) as usize
+}
+
+/// Reads the file at `path` and indexes it if it is still a regular file of `size`
+/// bytes (blocking).
+pub fn remember_file(journal: &Journal, root: &impl AsRawFd, path: &RelPath, size: u64) {
+    let at = std::time::Instant::now();
+    // (non-blocking: a FIFO put there meanwhile is not waited on)
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let tree = open_beneath(root, path, flags, 0).and_then(|fd| {
+        let st = crate::sys::fstat(&fd)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size as u64 != size {
+            return Err(std::io::Error::other("changed since it was applied"));
+        }
+        Tree::from_reader(std::fs::File::from(fd))
+    });
     match tree {
         Ok(tree) => {
             remember(journal, path, &tree);
@@ -37,8 +57,14 @@ pub fn remember_file(journal: &Journal, root: &impl AsRawFd, path: &RelPath) {
 }
 
 /// A live file of the index other than `path` holding the most of `tree`'s content,
-/// by the chunk index (none found: `None`).
-pub fn source_for(journal: &Journal, path: &RelPath, tree: &Tree) -> Option<RelPath> {
+/// by the chunk index, and of a size the peer stands on for it (`sizes`: see
+/// [`usable`]); none found: `None`.
+pub fn source_for(
+    journal: &Journal,
+    path: &RelPath,
+    tree: &Tree,
+    sizes: &RangeInclusive<u64>,
+) -> Option<RelPath> {
     let holders = match journal.sources().holders(&tree.landmarks()) {
         Ok(h) => h,
         Err(e) => {
@@ -48,41 +74,77 @@ pub fn source_for(journal: &Journal, path: &RelPath, tree: &Tree) -> Option<RelP
     };
     for h in holders.into_iter().filter(|h| h.path != *path) {
         match now_at(journal, &h.path) {
-            Some(p) if p != *path => return Some(p),
-            Some(_) => {}
-            // deleted since: its nodes are no one's now
-            None => {
-                if let Err(e) = journal.sources().forget(&h.path) {
-                    tracing::warn!("{}: cannot drop its chunks from the index: {e}", h.path);
-                }
+            Ok(Some((p, size))) if p != *path && sizes.contains(&size) && !ignored(journal, &p) => {
+                return Some(p)
             }
+            Ok(Some(_)) => {}
+            // deleted since: its nodes are no one's now
+            Ok(None) => forget(journal, &h.path),
+            Err(e) => tracing::debug!("{}: cannot look it up: {e}", h.path),
         }
     }
     None
+}
+
+fn forget(journal: &Journal, path: &RelPath) {
+    if let Err(e) = journal.sources().forget(path) {
+        tracing::warn!("{path}: cannot drop its chunks from the index: {e}");
+    }
 }
 
 /// Renames followed at most, looking for where an indexed file went.
 const MAX_HOPS: usize = 8;
 
-/// Where the file indexed at `path` is now: there if it is a live file, else where
-/// renames took it (`None`: deleted, or not a file).
-fn now_at(journal: &Journal, path: &RelPath) -> Option<RelPath> {
+/// Where the file indexed at `path` is now, and its size: there if it is a live file,
+/// else where renames took it (`None`: deleted, or not a file).
+fn now_at(journal: &Journal, path: &RelPath) -> Result<Option<(RelPath, u64)>, JournalError> {
     let mut at = path.clone();
     for _ in 0..=MAX_HOPS {
-        let e = journal.index().get(&at).ok().flatten()?;
+        let Some(e) = journal.index().get(&at)? else {
+            return Ok(None);
+        };
         match (e.kind, e.deleted, e.moved_to) {
-            (Kind::File, false, _) => return Some(at),
+            (Kind::File, false, _) => return Ok(Some((at, e.size))),
             (Kind::File, true, Some(to)) => at = to,
-            _ => return None,
+            _ => return Ok(None),
         }
     }
-    None
+    Ok(None)
 }
 
-/// True if `path` is a regular file of the index, not deleted.
-pub fn live_file(journal: &Journal, path: &RelPath) -> bool {
+/// True if the rules of the folder's ignore file match `path` (a file there is
+/// neither sent nor read for the peer).
+fn ignored(journal: &Journal, path: &RelPath) -> bool {
+    journal.ignores().is_some_and(|i| i.matches(path, false))
+}
+
+/// The file a peer named to rebuild from, if it may stand for a new file here: a live
+/// file of the index, not ignored, of a size in `sizes`.
+pub fn usable(journal: &Journal, path: &RelPath, sizes: &RangeInclusive<u64>) -> bool {
     let entry = journal.index().get(path).ok().flatten();
-    entry.is_some_and(|e| e.kind == Kind::File && !e.deleted)
+    let live = entry.is_some_and(|e| e.kind == Kind::File && !e.deleted && sizes.contains(&e.size));
+    live && !ignored(journal, path)
+}
+
+/// Indexes kept between sweeps of the index's paths (see [`sweep`]).
+const SWEEP_EVERY: usize = 64;
+
+/// Drops what was indexed for paths since deleted, or renamed and indexed again
+/// under their new name, so that the index stays about the size of the live files'.
+pub fn sweep(journal: &Journal) -> Result<usize, JournalError> {
+    let sources = journal.sources();
+    let mut dropped = 0;
+    for path in sources.paths()? {
+        let gone = match now_at(journal, &path)? {
+            None => true,
+            Some((now, _)) => now != path && sources.has(&now)?,
+        };
+        if gone {
+            sources.forget(&path)?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
 }
 
 #[cfg(test)]
@@ -95,58 +157,131 @@ mod tests {
         RelPath::from_bytes(s.as_bytes()).unwrap()
     }
 
+    struct Store {
+        _tmp: tempfile::TempDir,
+        data: std::path::PathBuf,
+        journal: Journal,
+    }
+
+    fn store() -> Store {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let journal = Journal::open(&tmp.path().join("j")).unwrap();
+        Store {
+            _tmp: tmp,
+            data,
+            journal,
+        }
+    }
+
+    /// Puts a file entry of `size` bytes at `path` (live or a tombstone).
+    fn entry(j: &Journal, path: &str, size: u64, deleted: bool) {
+        let mut e = Entry::new(Kind::File, 0o644);
+        (e.size, e.deleted) = (size, deleted);
+        j.index().put(&p(path), e).unwrap();
+    }
+
+    const ANY: RangeInclusive<u64> = 0..=u64::MAX;
+
     #[test]
     fn an_edited_copy_names_the_live_file_it_came_from() {
-        let tmp = tempfile::tempdir().unwrap();
-        let journal = Journal::open(&tmp.path().join("j")).unwrap();
-        let live = |path: &str, deleted: bool| {
-            let mut e = Entry::new(Kind::File, 0o644);
-            e.deleted = deleted;
-            journal.index().put(&p(path), e).unwrap();
-        };
+        let s = store();
+        let j = &s.journal;
         let (a, b) = (bytes(2 << 20, 1), bytes(1 << 20, 2));
-        remember(&journal, &p("a.iso"), &Tree::from_bytes(&a));
-        remember(&journal, &p("gone/b.bin"), &Tree::from_bytes(&b));
-        live("a.iso", false);
-        live("gone/b.bin", true);
+        remember(j, &p("a.iso"), &Tree::from_bytes(&a));
+        remember(j, &p("gone/b.bin"), &Tree::from_bytes(&b));
+        entry(j, "a.iso", 2 << 20, false);
+        entry(j, "gone/b.bin", 1 << 20, true);
         let mut copy = a.clone();
         copy[1 << 20..(1 << 20) + 4096].copy_from_slice(&bytes(4096, 3));
         let copy = Tree::from_bytes(&copy);
-        assert_eq!(source_for(&journal, &p("x/copy"), &copy), Some(p("a.iso")));
-        assert_eq!(source_for(&journal, &p("a.iso"), &copy), None, "not itself");
+        assert_eq!(source_for(j, &p("x/copy"), &copy, &ANY), Some(p("a.iso")));
+        assert_eq!(source_for(j, &p("a.iso"), &copy, &ANY), None, "not itself");
+        let small = 0..=(1 << 20);
+        assert_eq!(source_for(j, &p("x/copy"), &copy, &small), None, "too big");
         // b's content, moved into a new file after a header: b's file is deleted
-        let moved: Vec<u8> = bytes(100, 4).into_iter().chain(b).collect();
+        let moved: Vec<u8> = bytes(100, 4).into_iter().chain(b.clone()).collect();
         let moved = Tree::from_bytes(&moved);
-        assert_eq!(source_for(&journal, &p("new"), &moved), None);
-        live("gone/b.bin", false);
+        assert_eq!(source_for(j, &p("new"), &moved, &ANY), None);
+        entry(j, "gone/b.bin", 1 << 20, false);
         assert_eq!(
-            source_for(&journal, &p("new"), &moved),
+            source_for(j, &p("new"), &moved, &ANY),
             None,
             "a deleted file's nodes were dropped when it was found deleted"
         );
-        remember(
-            &journal,
-            &p("gone/b.bin"),
-            &Tree::from_bytes(&bytes(1 << 20, 2)),
-        );
+        remember(j, &p("gone/b.bin"), &Tree::from_bytes(&b));
         assert_eq!(
-            source_for(&journal, &p("new"), &moved),
+            source_for(j, &p("new"), &moved, &ANY),
             Some(p("gone/b.bin"))
         );
         // renamed since it was indexed: named where it went
         let mut gone = Entry::new(Kind::File, 0o644);
         (gone.deleted, gone.moved_to) = (true, Some(p("kept/b.bin")));
-        journal.index().put(&p("gone/b.bin"), gone).unwrap();
-        live("kept/b.bin", false);
+        j.index().put(&p("gone/b.bin"), gone).unwrap();
+        entry(j, "kept/b.bin", 1 << 20, false);
         assert_eq!(
-            source_for(&journal, &p("new"), &moved),
+            source_for(j, &p("new"), &moved, &ANY),
             Some(p("kept/b.bin"))
         );
         let other = Tree::from_bytes(&bytes(1 << 20, 5));
         assert_eq!(
-            source_for(&journal, &p("new"), &other),
+            source_for(j, &p("new"), &other, &ANY),
             None,
             "nothing shared"
+        );
+    }
+
+    #[test]
+    fn an_ignored_file_is_neither_named_nor_usable() {
+        let s = store();
+        let j = &s.journal;
+        std::fs::write(s.data.join(".syncfsignore"), "*.secret\n").unwrap();
+        j.set_ignores(crate::ignores::Ignores::load(&s.data));
+        let a = bytes(1 << 20, 6);
+        remember(j, &p("keys.secret"), &Tree::from_bytes(&a));
+        entry(j, "keys.secret", 1 << 20, false);
+        entry(j, "plain.bin", 1 << 20, false);
+        let tree = Tree::from_bytes(&a);
+        assert_eq!(source_for(j, &p("copy.bin"), &tree, &ANY), None);
+        assert!(!usable(j, &p("keys.secret"), &ANY));
+        assert!(usable(j, &p("plain.bin"), &ANY));
+        assert!(!usable(j, &p("plain.bin"), &(0..=1000)), "too big");
+        assert!(!usable(j, &p("nothing.bin"), &ANY), "not in the index");
+    }
+
+    #[test]
+    fn a_sweep_drops_deleted_and_reindexed_renamed_paths() {
+        let s = store();
+        let j = &s.journal;
+        let t = |seed| Tree::from_bytes(&bytes(256 << 10, seed));
+        for (path, seed) in [("live", 1), ("deleted", 2), ("renamed", 3), ("moved", 4)] {
+            remember(j, &p(path), &t(seed));
+        }
+        entry(j, "live", 256 << 10, false);
+        entry(j, "deleted", 256 << 10, true);
+        for (from, to) in [("renamed", "renamed-to"), ("moved", "moved-to")] {
+            let mut e = Entry::new(Kind::File, 0o644);
+            (e.deleted, e.moved_to) = (true, Some(p(to)));
+            j.index().put(&p(from), e).unwrap();
+            entry(j, to, 256 << 10, false);
+        }
+        remember(j, &p("moved-to"), &t(4)); // indexed again where it went
+        assert_eq!(sweep(j).unwrap(), 2);
+        let mut left: Vec<String> = j
+            .sources()
+            .paths()
+            .unwrap()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["live", "moved-to", "renamed"]);
+        let found = source_for(j, &p("new"), &t(3), &ANY);
+        assert_eq!(
+            found,
+            Some(p("renamed-to")),
+            "a rename not indexed again is followed"
         );
     }
 }
