@@ -626,3 +626,40 @@ fn adopted_folders_send_only_the_index_entries_that_differ() {
         "{bytes} bytes: more than the 20 changed entries and files"
     );
 }
+
+#[test]
+fn a_copy_edited_while_unmounted_is_rebuilt_from_the_peers_original() {
+    // A's chunk index learned big.bin when A sent it; the copy, made behind syncfs's
+    // back in another directory under another name, is offered naming it
+    let mut p = Pair::mounted(true);
+    let data = common::random_bytes(4 << 20, 0x9E37_79B9);
+    fs::write(p.a.m("big.bin"), &data).unwrap();
+    assert!(
+        wait_until(60, || fs::read(p.b.m("big.bin")).ok().as_deref()
+            == Some(&data[..])),
+        "the file reaches B"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    p.a.unmount();
+    let mut copy = data.clone();
+    copy[2 << 20..(2 << 20) + 4096].copy_from_slice(&common::random_bytes(4096, 7));
+    fs::create_dir(p.a.data().join("elsewhere")).unwrap();
+    fs::write(p.a.data().join("elsewhere/copy.dat"), &copy).unwrap();
+    let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
+    p.a.mount();
+    assert!(
+        wait_until(60, || fs::read(p.b.m("elsewhere/copy.dat")).ok().as_deref()
+            == Some(&copy[..])),
+        "the copy reaches B:\nA: {}",
+        common::tail(&p.a.log(), 100)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let bytes = p.proxies.iter().map(|x| x.count()).sum::<u64>() - before;
+    p.a.unmount();
+    p.b.unmount();
+    eprintln!("a 4 MiB copy with 4 KiB changed, made while unmounted: {bytes} bytes");
+    assert!(
+        bytes < 64 << 10,
+        "{bytes} bytes crossed for an edited copy of a 4 MiB file"
+    );
+}
