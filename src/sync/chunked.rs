@@ -204,6 +204,16 @@ struct Rebuild {
     charged: usize,
 }
 
+/// What reading one candidate for our version of an offered file came to.
+enum Stand {
+    /// It stands for our version: the exchange, its first answers and its charge.
+    On(Needs, Vec<Answer>, usize),
+    /// It shares nothing with the offer (or could not be read): try the next.
+    Next,
+    /// The offer is declined.
+    Decline,
+}
+
 /// What the receiver does next.
 pub enum Next {
     /// Send this (an answer, or a decline).
@@ -258,61 +268,86 @@ impl Rebuilds {
         if self.current.len() >= MAX_EXCHANGES || update.size > CHUNK_MAX {
             return decline;
         }
-        let (old, similar) = match open_file(root, &update.path, own(update.size)) {
-            Some(old) => (Some(old), false),
-            None => (elsewhere(&update).into_iter())
-                .find_map(|b| match b {
-                    Basis::Copy(p) => {
-                        Some((open_file(root, &p, update.size..=update.size)?, false))
-                    }
-                    Basis::Named(p) => Some((open_file(root, &p, own(update.size))?, true)),
-                    Basis::Similar(p) => Some((open_file(root, &p, near(update.size))?, true)),
-                })
-                .map_or((None, false), |(o, s)| (Some(o), s)),
-        };
-        let Some((old, st)) = old else {
-            return decline;
-        };
+        // our version at the path; or, with none, each other file that may stand for it
+        // in turn (one that shares no top node gives way to the next)
+        let candidates: Vec<(File, libc::stat, bool)> =
+            match open_file(root, &update.path, own(update.size)) {
+                Some((old, st)) => vec![(old, st, false)],
+                None => (elsewhere(&update).into_iter())
+                    .filter_map(|b| match b {
+                        Basis::Copy(p) => open_file(root, &p, update.size..=update.size)
+                            .map(|(o, st)| (o, st, false)),
+                        Basis::Named(p) => {
+                            open_file(root, &p, own(update.size)).map(|(o, st)| (o, st, true))
+                        }
+                        Basis::Similar(p) => {
+                            open_file(root, &p, near(update.size)).map(|(o, st)| (o, st, true))
+                        }
+                    })
+                    .collect(),
+            };
+        let top: Vec<Offer> = top.iter().map(from_wire).collect();
+        for (old, st, guessed) in candidates {
+            match self.stand_on(&update, &top, &old, &st, guessed) {
+                Stand::On(needs, answers, charged) => {
+                    let rebuild = Rebuild {
+                        update,
+                        needs,
+                        old,
+                        rounds: 1,
+                        charged,
+                    };
+                    self.current.insert(id, rebuild);
+                    return self.after_round(id, answers);
+                }
+                Stand::Next => continue,
+                Stand::Decline => return decline,
+            }
+        }
+        decline
+    }
+
+    /// Reads `old` (`st`) to stand for our version of `update` and answers the top
+    /// level; a `guessed` file (named or similar, not a copy) that shares none of it
+    /// gives way to the next.
+    fn stand_on(
+        &self,
+        update: &FileUpdate,
+        top: &[Offer],
+        old: &File,
+        st: &libc::stat,
+        guessed: bool,
+    ) -> Stand {
         // the rebuilt content, and our version's tree and index of its nodes (about a
         // quarter of its size)
-        let charged = update.size as usize + st.st_size as usize / 4;
+        let charged = update.size as usize + super::sources::tree_memory(st.st_size as u64);
         if !self.budget.take(charged) {
-            return decline;
+            return Stand::Decline;
         }
-        let tree = match Tree::from_reader(&old) {
+        let tree = match Tree::from_reader(old) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(
-                    "{}: reading our version for a chunk exchange: {e}",
+                    "{}: reading a version for a chunk exchange: {e}",
                     update.path
                 );
                 self.budget.give(charged);
-                return decline;
+                return Stand::Next;
             }
         };
         let mut needs = Needs::new(&tree, update.size);
-        let top: Vec<Offer> = top.iter().map(from_wire).collect();
-        let answers = match needs.first(&top) {
-            Ok(_) if similar && needs.matched() == 0 => {
+        match needs.first(top) {
+            Ok(_) if guessed && needs.matched() == 0 => {
                 self.budget.give(charged);
-                return decline; // a similar name, but other content
+                Stand::Next // a likely file, but other content
             }
-            Ok(a) => a,
+            Ok(answers) => Stand::On(needs, answers, charged),
             Err(e) => {
                 tracing::info!("{}: chunk offer refused: {e}", update.path);
                 self.budget.give(charged);
-                return decline;
+                Stand::Decline
             }
-        };
-        let rebuild = Rebuild {
-            update,
-            needs,
-            old,
-            rounds: 1,
-            charged,
-        };
-        self.current.insert(id, rebuild);
-        self.after_round(id, answers)
+        }
     }
 
     /// A `LeafDelta`: the new content from our version's leaves the sender marked and

@@ -791,3 +791,39 @@ async fn a_named_source_outside_the_index_is_not_read() {
         "{reply:?}"
     );
 }
+
+/// A named source that shares nothing with the offer gives way to the next candidate
+/// (here a similar file beside the new one), not to a decline.
+#[tokio::test]
+async fn a_named_source_sharing_nothing_gives_way_to_a_similar_file() {
+    use crate::chunks::{Offers, Tree};
+    use crate::journal::index::{Entry, Kind};
+    let e = env();
+    let (mut fs, _task) = connect(&e, PeerId::random()).await;
+    let old = noise(300_000, 8);
+    let mut new = old.clone();
+    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    std::fs::create_dir(e.data.join("dir")).unwrap();
+    write_older(&e.data.join("dir/old.bin"), &old);
+    write_older(&e.data.join("unrelated.bin"), &noise(300_000, 9));
+    let mut indexed = Entry::new(Kind::File, 0o644);
+    indexed.size = old.len() as u64;
+    let ix = e.receiver.check.journal.index();
+    ix.put(&rp("dir"), Entry::new(Kind::Dir, 0o755)).unwrap();
+    ix.put(&rp("dir/old.bin"), indexed.clone()).unwrap();
+    ix.put(&rp("unrelated.bin"), indexed).unwrap();
+    let tree = Tree::from_bytes(&new);
+    let mut update = valid_update(60, "dir/new.bin", &new);
+    update.ranges.clear();
+    let top = Offers::new(&tree).top().into_iter().map(node).collect();
+    let offer = Message::ChunkOffer {
+        update,
+        top,
+        from: Some(rp("unrelated.bin")),
+    };
+    let reply = ask(&mut fs, offer).await;
+    assert!(
+        matches!(reply, Message::ChunkAnswer { id: 60, .. }),
+        "{reply:?}"
+    );
+}
