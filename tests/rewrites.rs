@@ -351,6 +351,22 @@ fn copied_content_edited_before_it_syncs_is_rebuilt_from_the_peers_original() {
 }
 
 #[test]
+fn data_of_two_files_joined_into_a_new_one_is_rebuilt_from_both() {
+    // a new file made of two synced files' content (an archive, a repacked pack) names
+    // both; the peer rebuilds from them joined (whole, it would cost about 8 MiB)
+    let p = Pair::mounted(true);
+    let (one, two) = (random_bytes(4 << 20, 31), random_bytes(4 << 20, 32));
+    synced(&p, "one.pack", &one);
+    synced(&p, "two.pack", &two);
+    let joined = [&b"PACK header"[..], &two, &one].concat();
+    fs::create_dir(p.a.m("archive")).unwrap();
+    let before = wire(&p);
+    fs::write(p.a.m("archive/all.bundle"), &joined).unwrap();
+    let what = "two 4 MiB files' data joined into a new file";
+    within_budget(&p, "archive/all.bundle", &joined, before, what);
+}
+
+#[test]
 fn a_moved_directory_costs_a_rename() {
     let p = Pair::mounted(true);
     fs::create_dir_all(p.a.m("project/src")).unwrap();

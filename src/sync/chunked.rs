@@ -9,6 +9,7 @@
 //! [`crate::chunks`].
 
 use super::budget::PeerBudget;
+use super::joined::Joined;
 use super::SyncError;
 use crate::beneath::open_beneath;
 use crate::chunks::{rebuild, Answer, Needs, Offer, Round, Tree};
@@ -172,13 +173,24 @@ pub(super) fn near(size: u64) -> std::ops::RangeInclusive<u64> {
     (size / 2).max(CHUNK_MIN)..=size.saturating_mul(2).min(CHUNK_MAX)
 }
 
+/// The files `paths` joined end to end, if each is a regular file and together they
+/// are of a size we would stand on our own version at for `size` bytes ([`own`]).
+fn named(root: &impl AsRawFd, paths: &[RelPath], size: u64) -> Option<Joined> {
+    let files: Option<Vec<(File, u64)>> = (paths.iter())
+        .map(|p| open_file(root, p, 1..=CHUNK_MAX).map(|(f, st)| (f, st.st_size as u64)))
+        .collect();
+    let joined = Joined::new(files?);
+    own(size).contains(&joined.len()).then_some(joined)
+}
+
 /// Another file that stands for our version of a new one in a chunk exchange.
 pub enum Basis {
     /// A file with the offered content (a copy): every top node is found.
     Copy(RelPath),
-    /// The file the sender named as holding much of the content (its chunk index), of
-    /// a size the receiver would stand on its own version at ([`own`]).
-    Named(RelPath),
+    /// The files the sender named as holding much of the content (its chunk index),
+    /// joined end to end: together of a size the receiver would stand on its own
+    /// version at ([`own`]).
+    Named(Vec<RelPath>),
     /// A file of about the size, in the same directory with the same extension (an
     /// edited copy, say).
     Similar(RelPath),
@@ -198,7 +210,7 @@ pub struct Rebuilds {
 struct Rebuild {
     update: FileUpdate,
     needs: Needs,
-    old: File,
+    old: Joined,
     rounds: usize,
     /// Memory taken from the peer's budget for the rebuilt content.
     charged: usize,
@@ -270,25 +282,22 @@ impl Rebuilds {
         }
         // our version at the path; or, with none, each other file that may stand for it
         // in turn (one that shares no top node gives way to the next)
-        let candidates: Vec<(File, libc::stat, bool)> =
-            match open_file(root, &update.path, own(update.size)) {
-                Some((old, st)) => vec![(old, st, false)],
-                None => (elsewhere(&update).into_iter())
-                    .filter_map(|b| match b {
-                        Basis::Copy(p) => open_file(root, &p, update.size..=update.size)
-                            .map(|(o, st)| (o, st, false)),
-                        Basis::Named(p) => {
-                            open_file(root, &p, own(update.size)).map(|(o, st)| (o, st, true))
-                        }
-                        Basis::Similar(p) => {
-                            open_file(root, &p, near(update.size)).map(|(o, st)| (o, st, true))
-                        }
-                    })
-                    .collect(),
-            };
+        let one = |p: &RelPath, sizes| {
+            open_file(root, p, sizes).map(|(f, st)| Joined::new(vec![(f, st.st_size as u64)]))
+        };
+        let candidates: Vec<(Joined, bool)> = match one(&update.path, own(update.size)) {
+            Some(old) => vec![(old, false)],
+            None => (elsewhere(&update).into_iter())
+                .filter_map(|b| match b {
+                    Basis::Copy(p) => one(&p, update.size..=update.size).map(|o| (o, false)),
+                    Basis::Named(ps) => named(root, &ps, update.size).map(|o| (o, true)),
+                    Basis::Similar(p) => one(&p, near(update.size)).map(|o| (o, true)),
+                })
+                .collect(),
+        };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
-        for (old, st, guessed) in candidates {
-            match self.stand_on(&update, &top, &old, &st, guessed) {
+        for (old, guessed) in candidates {
+            match self.stand_on(&update, &top, &old, guessed) {
                 Stand::On(needs, answers, charged) => {
                     let rebuild = Rebuild {
                         update,
@@ -307,24 +316,17 @@ impl Rebuilds {
         decline
     }
 
-    /// Reads `old` (`st`) to stand for our version of `update` and answers the top
-    /// level; a `guessed` file (named or similar, not a copy) that shares none of it
-    /// gives way to the next.
-    fn stand_on(
-        &self,
-        update: &FileUpdate,
-        top: &[Offer],
-        old: &File,
-        st: &libc::stat,
-        guessed: bool,
-    ) -> Stand {
+    /// Reads `old` to stand for our version of `update` and answers the top level; a
+    /// `guessed` file (named or similar, not a copy) that shares none of it gives way
+    /// to the next.
+    fn stand_on(&self, update: &FileUpdate, top: &[Offer], old: &Joined, guessed: bool) -> Stand {
         // the rebuilt content, and our version's tree and index of its nodes (about a
         // quarter of its size)
-        let charged = update.size as usize + super::sources::tree_memory(st.st_size as u64);
+        let charged = update.size as usize + super::sources::tree_memory(old.len());
         if !self.budget.take(charged) {
             return Stand::Decline;
         }
-        let tree = match Tree::from_reader(old) {
+        let tree = match Tree::from_reader(old.reader()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(
@@ -551,9 +553,9 @@ pub struct Ready {
     pub read: Read,
     /// The peer's leaves of its version, for a leaf delta (none: a chunk exchange).
     pub described: Option<Vec<u32>>,
-    /// A file the peer holds that holds much of this one's content, by our chunk index
+    /// Files the peer holds that hold much of this one's content, by our chunk index
     /// (named in the offer).
-    pub from: Option<RelPath>,
+    pub from: Vec<RelPath>,
 }
 
 /// What [`prepare`] found.
@@ -607,9 +609,13 @@ pub async fn prepare(
     let (journal, find) = (s.journal.clone(), described.is_none());
     let task = tokio::task::spawn_blocking(move || {
         let read = read_for_offer(&*root, &path, sizes)?;
-        let named =
-            |r: &Read| super::sources::source_for(&journal, &path, &r.tree, &own(r.tree.len()));
-        let from = read.as_ref().filter(|_| find).and_then(named);
+        let most = |r: &Read| *own(r.tree.len()).end();
+        let named = |r: &Read| super::sources::sources_for(&journal, &path, &r.tree, most(r));
+        let from = read
+            .as_ref()
+            .filter(|_| find)
+            .map(named)
+            .unwrap_or_default();
         Ok::<_, std::io::Error>((read, from))
     });
     let (read, from) =

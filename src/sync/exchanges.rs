@@ -285,7 +285,10 @@ async fn flush<S: Duplex>(fs: &mut FramedStream<S>, sizes: u64) -> Result<(), Sy
 fn wire_len(msg: &Message) -> u64 {
     const NODE: usize = 11; // a ChunkNode's bytes
     let n = match msg {
-        Message::ChunkOffer { top, .. } => 256 + NODE * top.len(),
+        Message::ChunkOffer { top, from, .. } => {
+            let named: usize = from.iter().map(|p| 8 + p.as_bytes().len()).sum();
+            256 + NODE * top.len() + named
+        }
         Message::ChunkRound {
             children,
             data,
@@ -323,7 +326,7 @@ mod tests {
             update,
             read,
             described,
-            from: None,
+            from: vec![],
         }
     }
 

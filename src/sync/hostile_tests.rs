@@ -304,7 +304,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let offer = |top| Message::ChunkOffer {
         update: header.clone(),
         top,
-        from: None,
+        from: vec![],
     };
     assert!(declined(&ask(&mut fs, offer(short)).await));
     // a path with no local version
@@ -313,7 +313,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     let m = Message::ChunkOffer {
         update: elsewhere,
         top: top.clone(),
-        from: None,
+        from: vec![],
     };
     assert!(matches!(ask(&mut fs, m).await, Message::ChunkDecline(_)));
     // leaves that do not match what was asked for
@@ -376,7 +376,7 @@ async fn exchanges_interleave_and_one_too_many_is_declined() {
     let offer = |update| Message::ChunkOffer {
         update,
         top: top.clone(),
-        from: None,
+        from: vec![],
     };
     let mut replies = Vec::new();
     for i in 0..MAX_EXCHANGES {
@@ -473,7 +473,7 @@ async fn exchange_describing(
         Message::ChunkOffer {
             update: header,
             top,
-            from: None,
+            from: vec![],
         },
     )
     .await;
@@ -607,7 +607,7 @@ async fn sixteen_exchanges_over_a_small_pipe_all_complete() {
             update,
             read,
             described,
-            from: None,
+            from: vec![],
         });
         news.push(new);
     }
@@ -765,7 +765,7 @@ async fn a_named_source_outside_the_index_is_not_read() {
         Message::ChunkOffer {
             update,
             top: top.clone(),
-            from: Some(rp(from)),
+            from: vec![rp(from)],
         }
     };
     let reply = ask(&mut fs, offer(50, "local-only")).await;
@@ -819,7 +819,7 @@ async fn a_named_source_sharing_nothing_gives_way_to_a_similar_file() {
     let offer = Message::ChunkOffer {
         update,
         top,
-        from: Some(rp("unrelated.bin")),
+        from: vec![rp("unrelated.bin")],
     };
     let reply = ask(&mut fs, offer).await;
     assert!(

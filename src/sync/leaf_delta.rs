@@ -196,7 +196,7 @@ mod tests {
             update,
             read,
             described,
-            from: None,
+            from: vec![],
         }
     }
 

@@ -16,6 +16,7 @@ pub mod coalesce;
 pub mod exchanges;
 pub mod fold;
 pub mod ignored;
+pub mod joined;
 pub mod leaf_delta;
 pub mod link;
 pub mod local_copy;

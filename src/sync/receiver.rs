@@ -202,19 +202,22 @@ async fn handle(
 }
 
 /// What may stand for our version of a new file offered by its chunks, in order: a
-/// copy of its content here, the file the sender named (`from`, if a live file of our
-/// index), a similar file.
+/// copy of its content here, the files the sender named joined (`from`, if each is a
+/// live, not ignored file of our index), a similar file.
 fn basis(
     journal: &crate::journal::Journal,
     u: &FileUpdate,
-    from: Option<crate::path::RelPath>,
+    from: Vec<crate::path::RelPath>,
 ) -> Vec<Basis> {
     use super::chunked::own;
     use super::local_copy::similar;
     use super::sources::usable;
     let copy = path_with_hash(journal, &u.hash, &u.path).map(Basis::Copy);
-    let named =
-        (from.filter(|p| *p != u.path && usable(journal, p, &own(u.size)))).map(Basis::Named);
+    let own_part = 1..=*own(u.size).end();
+    let usable_all = from
+        .iter()
+        .all(|p| *p != u.path && usable(journal, p, &own_part));
+    let named = (!from.is_empty() && usable_all).then_some(Basis::Named(from));
     let like = similar(journal, &u.path, u.size, &EXCHANGED).map(Basis::Similar);
     copy.into_iter().chain(named).chain(like).collect()
 }

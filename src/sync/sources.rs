@@ -10,6 +10,7 @@ use crate::chunks::Tree;
 use crate::journal::index::Kind;
 use crate::journal::{Journal, JournalError};
 use crate::path::RelPath;
+use crate::wire::MAX_CHUNK_SOURCES;
 use std::ops::RangeInclusive;
 use std::os::fd::AsRawFd;
 
@@ -56,34 +57,37 @@ pub fn remember_file(journal: &Journal, root: &impl AsRawFd, path: &RelPath, siz
     }
 }
 
-/// A live file of the index other than `path` holding the most of `tree`'s content,
-/// by the chunk index, and of a size the peer stands on for it (`sizes`: see
-/// [`usable`]); none found: `None`.
-pub fn source_for(
-    journal: &Journal,
-    path: &RelPath,
-    tree: &Tree,
-    sizes: &RangeInclusive<u64>,
-) -> Option<RelPath> {
+/// The live, not ignored files of the index other than `path` holding the most of
+/// `tree`'s content by the chunk index, most first: at most [`MAX_CHUNK_SOURCES`], each
+/// holding some, together at most `most` bytes (what the peer stands on for a file of
+/// this size); none found: empty.
+pub fn sources_for(journal: &Journal, path: &RelPath, tree: &Tree, most: u64) -> Vec<RelPath> {
     let holders = match journal.sources().holders(&tree.landmarks()) {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!("{path}: cannot read the chunk index: {e}");
-            return None;
+            return Vec::new();
         }
     };
+    let (mut out, mut total) = (Vec::new(), 0u64);
     for h in holders.into_iter().filter(|h| h.path != *path) {
         match now_at(journal, &h.path) {
-            Ok(Some((p, size))) if p != *path && sizes.contains(&size) && !ignored(journal, &p) => {
-                return Some(p)
+            Ok(Some((p, size))) => {
+                let fits = total.saturating_add(size) <= most;
+                if fits && p != *path && !out.contains(&p) && !ignored(journal, &p) {
+                    total += size;
+                    out.push(p);
+                }
             }
-            Ok(Some(_)) => {}
             // deleted since: its nodes are no one's now
             Ok(None) => forget(journal, &h.path),
             Err(e) => tracing::debug!("{}: cannot look it up: {e}", h.path),
         }
+        if out.len() == MAX_CHUNK_SOURCES {
+            break;
+        }
     }
-    None
+    out
 }
 
 fn forget(journal: &Journal, path: &RelPath) {
@@ -184,6 +188,11 @@ mod tests {
 
     const ANY: RangeInclusive<u64> = 0..=u64::MAX;
 
+    /// The first source named for `tree` at `path`, with no size limit.
+    fn first(j: &Journal, path: &RelPath, tree: &Tree) -> Option<RelPath> {
+        sources_for(j, path, tree, u64::MAX).first().cloned()
+    }
+
     #[test]
     fn an_edited_copy_names_the_live_file_it_came_from() {
         let s = store();
@@ -196,40 +205,50 @@ mod tests {
         let mut copy = a.clone();
         copy[1 << 20..(1 << 20) + 4096].copy_from_slice(&bytes(4096, 3));
         let copy = Tree::from_bytes(&copy);
-        assert_eq!(source_for(j, &p("x/copy"), &copy, &ANY), Some(p("a.iso")));
-        assert_eq!(source_for(j, &p("a.iso"), &copy, &ANY), None, "not itself");
-        let small = 0..=(1 << 20);
-        assert_eq!(source_for(j, &p("x/copy"), &copy, &small), None, "too big");
+        assert_eq!(first(j, &p("x/copy"), &copy), Some(p("a.iso")));
+        assert_eq!(first(j, &p("a.iso"), &copy), None, "not itself");
+        let too_big = sources_for(j, &p("x/copy"), &copy, 1 << 20);
+        assert!(
+            too_big.is_empty(),
+            "a source over the size the peer stands on"
+        );
         // b's content, moved into a new file after a header: b's file is deleted
         let moved: Vec<u8> = bytes(100, 4).into_iter().chain(b.clone()).collect();
         let moved = Tree::from_bytes(&moved);
-        assert_eq!(source_for(j, &p("new"), &moved, &ANY), None);
+        assert_eq!(first(j, &p("new"), &moved), None);
         entry(j, "gone/b.bin", 1 << 20, false);
         assert_eq!(
-            source_for(j, &p("new"), &moved, &ANY),
+            first(j, &p("new"), &moved),
             None,
             "a deleted file's nodes were dropped when it was found deleted"
         );
         remember(j, &p("gone/b.bin"), &Tree::from_bytes(&b));
-        assert_eq!(
-            source_for(j, &p("new"), &moved, &ANY),
-            Some(p("gone/b.bin"))
-        );
+        assert_eq!(first(j, &p("new"), &moved), Some(p("gone/b.bin")));
         // renamed since it was indexed: named where it went
         let mut gone = Entry::new(Kind::File, 0o644);
         (gone.deleted, gone.moved_to) = (true, Some(p("kept/b.bin")));
         j.index().put(&p("gone/b.bin"), gone).unwrap();
         entry(j, "kept/b.bin", 1 << 20, false);
-        assert_eq!(
-            source_for(j, &p("new"), &moved, &ANY),
-            Some(p("kept/b.bin"))
-        );
+        assert_eq!(first(j, &p("new"), &moved), Some(p("kept/b.bin")));
         let other = Tree::from_bytes(&bytes(1 << 20, 5));
-        assert_eq!(
-            source_for(j, &p("new"), &other, &ANY),
-            None,
-            "nothing shared"
-        );
+        assert_eq!(first(j, &p("new"), &other), None, "nothing shared");
+    }
+
+    #[test]
+    fn data_of_several_files_names_each_most_first_within_the_size() {
+        let s = store();
+        let j = &s.journal;
+        let (a, b, c) = (bytes(1 << 20, 11), bytes(2 << 20, 12), bytes(1 << 20, 13));
+        for (path, data) in [("a", &a), ("b", &b), ("c", &c)] {
+            remember(j, &p(path), &Tree::from_bytes(data));
+            entry(j, path, data.len() as u64, false);
+        }
+        let joined: Vec<u8> = [&a[..], &b[..], &c[..512 << 10]].concat();
+        let tree = Tree::from_bytes(&joined);
+        let all = sources_for(j, &p("new"), &tree, u64::MAX);
+        assert_eq!(all, [p("b"), p("a"), p("c")], "by bytes held");
+        let some = sources_for(j, &p("new"), &tree, 3 << 20);
+        assert_eq!(some, [p("b"), p("a")], "as many as fit");
     }
 
     #[test]
@@ -243,7 +262,7 @@ mod tests {
         entry(j, "keys.secret", 1 << 20, false);
         entry(j, "plain.bin", 1 << 20, false);
         let tree = Tree::from_bytes(&a);
-        assert_eq!(source_for(j, &p("copy.bin"), &tree, &ANY), None);
+        assert_eq!(first(j, &p("copy.bin"), &tree), None);
         assert!(!usable(j, &p("keys.secret"), &ANY));
         assert!(usable(j, &p("plain.bin"), &ANY));
         assert!(!usable(j, &p("plain.bin"), &(0..=1000)), "too big");
@@ -277,7 +296,7 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["live", "moved-to", "renamed"]);
-        let found = source_for(j, &p("new"), &t(3), &ANY);
+        let found = first(j, &p("new"), &t(3));
         assert_eq!(
             found,
             Some(p("renamed-to")),

@@ -138,10 +138,11 @@ pub enum Message {
         update: FileUpdate,
         /// The top nodes of the new content's chunk tree, in file order.
         top: Vec<ChunkNode>,
-        /// Another file of the sender's that holds much of the content and that the
-        /// receiver is thought to hold too (version 14): the receiver may rebuild from
-        /// it when it holds no version of `update.path`.
-        from: Option<RelPath>,
+        /// Files of the sender's that hold much of the content and that the receiver
+        /// is thought to hold too, most first (at most [`MAX_CHUNK_SOURCES`](super::MAX_CHUNK_SOURCES); version
+        /// 14): the receiver may rebuild from them, joined end to end in this order,
+        /// when it has no usable version of `update.path`.
+        from: Vec<RelPath>,
     },
     /// The receiver's answers to the nodes, blocks and pieces offered last, one byte
     /// each, in order: 0 found here, 1 expand (offer its children; parents only), 2

@@ -117,6 +117,8 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 
 /// Most chunk-tree nodes (offered, or answered) in one message.
 pub const MAX_CHUNK_NODES: usize = 1 << 16;
+/// Most files a `ChunkOffer` names as its sources (version 14).
+pub const MAX_CHUNK_SOURCES: usize = 4;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;
 

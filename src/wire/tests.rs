@@ -1241,8 +1241,8 @@ fn pinned_chunk_exchange_encodings() {
 }
 
 #[test]
-fn pinned_chunk_offer_source_encoding() {
-    // version 14: the offer ends with the file named as its source, an Option
+fn pinned_chunk_offer_sources_encoding() {
+    // version 14: the offer ends with the files named as its sources
     let node = crate::wire::ChunkNode {
         hash: 0x0304_0506_0708,
         len: 2,
@@ -1253,24 +1253,29 @@ fn pinned_chunk_offer_source_encoding() {
         top: vec![node],
         from,
     };
-    let none = hex(&encode(&offer(None)).unwrap());
-    let some = hex(&encode(&offer(Some(RelPath::from_bytes(b"src/a").unwrap()))).unwrap());
+    let p = |s: &str| RelPath::from_bytes(s.as_bytes()).unwrap();
+    let none = hex(&encode(&offer(vec![])).unwrap());
+    let two = offer(vec![p("src/a"), p("b")]);
+    let some = hex(&encode(&two).unwrap());
     assert!(none.starts_with("11000000"), "variant 17: ChunkOffer");
-    let head = none.strip_suffix("00").expect("None: one zero byte");
+    let head = none
+        .strip_suffix("0000000000000000")
+        .expect("no sources: a zero count");
     let expected = concat!(
-        "01",               // Some
-        "0500000000000000", // five bytes of path
-        "7372632f61",       // src/a
+        "0200000000000000", // two sources
+        "0500000000000000", //   five bytes of path
+        "7372632f61",       //   src/a
+        "0100000000000000", //   one byte
+        "62",               //   b
     );
     assert_eq!(some, format!("{head}{expected}"));
-    assert_eq!(
-        decode(&unhex(&some)).unwrap(),
-        offer(Some(RelPath::from_bytes(b"src/a").unwrap()))
-    );
+    assert_eq!(decode(&unhex(&some)).unwrap(), two);
     assert!(
-        encode(&offer(Some(RelPath::root()))).is_err(),
+        encode(&offer(vec![RelPath::root()])).is_err(),
         "the root as a source"
     );
+    let five = (0..5).map(|i| p(&format!("f{i}"))).collect();
+    assert!(encode(&offer(five)).is_err(), "more than 4 sources");
 }
 
 #[test]

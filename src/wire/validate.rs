@@ -3,10 +3,10 @@
 
 use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
-    Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_FILE_LEAVES,
-    MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_STAGED_ITEMS,
-    MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME,
-    MAX_XATTR_VALUE,
+    Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_CHUNK_SOURCES,
+    MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON,
+    MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS,
+    MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::path::RelPath;
 
@@ -53,9 +53,8 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         }
         Message::ChunkOffer { update, top, from } => {
             validate_update(update)?;
-            if let Some(from) = from {
-                not_root("chunk source", from)?;
-            }
+            max_len("chunk sources", from.len(), MAX_CHUNK_SOURCES)?;
+            from.iter().try_for_each(|p| not_root("chunk source", p))?;
             max_len("chunk offer ranges", update.ranges.len(), 0)?;
             chunk_nodes(top.len(), top)
         }
