@@ -77,6 +77,21 @@ fn partitioned(names: &[&str]) -> Pair {
     p
 }
 
+/// Waits (at most 10 s) until no byte crossed for half a second: B's ack of what it
+/// applied has reached A (B acks after it applies, and may index the file first).
+fn settled(p: &Pair) {
+    let count = || p.proxies.iter().map(|x| x.count()).sum::<u64>();
+    let mut last = count();
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = count();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
 /// The daemons send nothing more than keepalives once they have converged.
 fn assert_quiet(p: &Pair) {
     std::thread::sleep(Duration::from_secs(3));
@@ -487,6 +502,7 @@ fn pair_one_file(
     p.a.mount();
     p.b.mount();
     let all = converged(&p, "after first pairing");
+    settled(&p);
     let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
     let log = p.a.log();
     p.a.unmount();
@@ -574,6 +590,7 @@ fn adopted_folders_pair_small_edited_files_by_their_leaves() {
     p.a.mount();
     p.b.mount();
     converged(&p, "after first pairing");
+    settled(&p);
     let bytes: u64 = p.proxies.iter().map(|x| x.count()).sum();
     let log = p.a.log();
     p.a.unmount();
