@@ -1,9 +1,10 @@
 //! Content that already crossed the link, by file: the sync side of the store's chunk
-//! index (`journal::sources`). A file offered by its chunks names the file here that
-//! holds most of its content, and the peer rebuilds it from its own copy of that one
-//! (a copy edited before it synced, data moved into a new file). Both sides index a
-//! file when its whole content crosses: the sender after offering it, the receiver
-//! after applying it.
+//! index (`journal::sources`). A file offered by its chunks names the files here that
+//! hold most of its content (at most [`MAX_CHUNK_SOURCES`]), and the peer rebuilds it
+//! from its own copies of them (a copy edited before it synced, data moved or joined
+//! into a new file). Both sides index a file when its whole content crosses: the
+//! sender after offering it, the receiver after applying it. The index is a hint,
+//! kept about the size of the live files' by [`sweep`].
 
 use crate::beneath::open_beneath;
 use crate::chunks::Tree;
