@@ -426,18 +426,23 @@ fn the_first_scan_of_an_adopted_folder_shows_in_status() {
     );
 }
 
-#[test]
-fn a_file_renamed_while_unmounted_moves_no_data() {
-    let mut p = Pair::mounted(true);
-    let data = common::random_bytes(4 << 20, 0x2545_F491_4F6C_DD1D);
-    fs::write(p.a.m("big.bin"), &data).unwrap();
+/// Writes `data` to A as big.bin, waits for B to hold it, then unmounts A.
+fn big_file_synced_then_a_unmounted(p: &mut Pair, data: &[u8]) {
+    fs::write(p.a.m("big.bin"), data).unwrap();
     assert!(
         wait_until(60, || fs::read(p.b.m("big.bin")).ok().as_deref()
-            == Some(&data[..])),
+            == Some(data)),
         "the file reaches B"
     );
     std::thread::sleep(Duration::from_secs(1));
     p.a.unmount();
+}
+
+#[test]
+fn a_file_renamed_while_unmounted_moves_no_data() {
+    let mut p = Pair::mounted(true);
+    let data = common::random_bytes(4 << 20, 0x2545_F491_4F6C_DD1D);
+    big_file_synced_then_a_unmounted(&mut p, &data);
     fs::create_dir(p.a.data().join("moved")).unwrap();
     fs::rename(p.a.data().join("big.bin"), p.a.data().join("moved/big.bin")).unwrap();
     let before: u64 = p.proxies.iter().map(|x| x.count()).sum();
@@ -650,14 +655,7 @@ fn a_copy_edited_while_unmounted_is_rebuilt_from_the_peers_original() {
     // back in another directory under another name, is offered naming it
     let mut p = Pair::mounted(true);
     let data = common::random_bytes(4 << 20, 0x9E37_79B9);
-    fs::write(p.a.m("big.bin"), &data).unwrap();
-    assert!(
-        wait_until(60, || fs::read(p.b.m("big.bin")).ok().as_deref()
-            == Some(&data[..])),
-        "the file reaches B"
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    p.a.unmount();
+    big_file_synced_then_a_unmounted(&mut p, &data);
     let mut copy = data.clone();
     copy[2 << 20..(2 << 20) + 4096].copy_from_slice(&common::random_bytes(4096, 7));
     fs::create_dir(p.a.data().join("elsewhere")).unwrap();

@@ -745,46 +745,60 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// 300,000 random bytes (`seed`) and the same with 20 bytes changed in the middle.
+fn edited(seed: u64) -> (Vec<u8>, Vec<u8>) {
+    let old = noise(300_000, seed);
+    let mut new = old.clone();
+    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    (old, new)
+}
+
+/// An offer of `new` as a new file at `path`, naming `from` as its source.
+fn named_offer(id: u64, path: &str, new: &[u8], from: &str) -> Message {
+    use crate::chunks::{Offers, Tree};
+    let mut update = valid_update(id, path, new);
+    update.ranges.clear();
+    let tree = Tree::from_bytes(new);
+    Message::ChunkOffer {
+        update,
+        top: Offers::new(&tree).top().into_iter().map(node).collect(),
+        from: vec![rp(from)],
+    }
+}
+
+/// Puts a live file entry of `size` bytes at `path` in the receiver's index.
+fn indexed(e: &Env, path: &str, size: usize) {
+    use crate::journal::index::{Entry, Kind};
+    let mut entry = Entry::new(Kind::File, 0o644);
+    entry.size = size as u64;
+    e.receiver
+        .check
+        .journal
+        .index()
+        .put(&rp(path), entry)
+        .unwrap();
+}
+
 /// A chunk offer's named source is read only if it is a live file of the receiver's
 /// index and not ignored: a file kept out of sync is never a basis.
 #[tokio::test]
 async fn a_named_source_outside_the_index_is_not_read() {
-    use crate::chunks::{Offers, Tree};
-    use crate::journal::index::{Entry, Kind};
     let e = env();
     let (mut fs, _task) = connect(&e, PeerId::random()).await;
-    let old = noise(300_000, 5);
-    let mut new = old.clone();
-    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    let (old, new) = edited(5);
     write_older(&e.data.join("local-only"), &old);
-    let tree = Tree::from_bytes(&new);
-    let top: Vec<_> = Offers::new(&tree).top().into_iter().map(node).collect();
-    let offer = |id, from| {
-        let mut update = valid_update(id, "copy", &new);
-        update.ranges.clear();
-        Message::ChunkOffer {
-            update,
-            top: top.clone(),
-            from: vec![rp(from)],
-        }
-    };
+    let offer = |id, from| named_offer(id, "copy", &new, from);
     let reply = ask(&mut fs, offer(50, "local-only")).await;
     assert!(matches!(reply, Message::ChunkDecline(50)), "{reply:?}");
     // an indexed file the ignore file now keeps local
-    let journal = &e.receiver.check.journal;
     std::fs::write(e.data.join(".syncfsignore"), "*.secret\n").unwrap();
-    journal.set_ignores(crate::ignores::Ignores::load(&e.data));
+    (e.receiver.check.journal).set_ignores(crate::ignores::Ignores::load(&e.data));
     write_older(&e.data.join("keys.secret"), &old);
-    let mut indexed = Entry::new(Kind::File, 0o644);
-    indexed.size = old.len() as u64;
-    journal
-        .index()
-        .put(&rp("keys.secret"), indexed.clone())
-        .unwrap();
+    indexed(&e, "keys.secret", old.len());
     let reply = ask(&mut fs, offer(51, "keys.secret")).await;
     assert!(matches!(reply, Message::ChunkDecline(51)), "{reply:?}");
     // a live file of the index stands for the new one
-    journal.index().put(&rp("local-only"), indexed).unwrap();
+    indexed(&e, "local-only", old.len());
     let reply = ask(&mut fs, offer(52, "local-only")).await;
     assert!(
         matches!(reply, Message::ChunkAnswer { id: 52, .. }),
@@ -796,31 +810,18 @@ async fn a_named_source_outside_the_index_is_not_read() {
 /// (here a similar file beside the new one), not to a decline.
 #[tokio::test]
 async fn a_named_source_sharing_nothing_gives_way_to_a_similar_file() {
-    use crate::chunks::{Offers, Tree};
     use crate::journal::index::{Entry, Kind};
     let e = env();
     let (mut fs, _task) = connect(&e, PeerId::random()).await;
-    let old = noise(300_000, 8);
-    let mut new = old.clone();
-    new[150_000..150_020].copy_from_slice(&[0xAA; 20]);
+    let (old, new) = edited(8);
     std::fs::create_dir(e.data.join("dir")).unwrap();
     write_older(&e.data.join("dir/old.bin"), &old);
     write_older(&e.data.join("unrelated.bin"), &noise(300_000, 9));
-    let mut indexed = Entry::new(Kind::File, 0o644);
-    indexed.size = old.len() as u64;
     let ix = e.receiver.check.journal.index();
     ix.put(&rp("dir"), Entry::new(Kind::Dir, 0o755)).unwrap();
-    ix.put(&rp("dir/old.bin"), indexed.clone()).unwrap();
-    ix.put(&rp("unrelated.bin"), indexed).unwrap();
-    let tree = Tree::from_bytes(&new);
-    let mut update = valid_update(60, "dir/new.bin", &new);
-    update.ranges.clear();
-    let top = Offers::new(&tree).top().into_iter().map(node).collect();
-    let offer = Message::ChunkOffer {
-        update,
-        top,
-        from: vec![rp("unrelated.bin")],
-    };
+    indexed(&e, "dir/old.bin", old.len());
+    indexed(&e, "unrelated.bin", old.len());
+    let offer = named_offer(60, "dir/new.bin", &new, "unrelated.bin");
     let reply = ask(&mut fs, offer).await;
     assert!(
         matches!(reply, Message::ChunkAnswer { id: 60, .. }),
