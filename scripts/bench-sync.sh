@@ -177,6 +177,7 @@ command -v tc >/dev/null || need_pkgs+=(iproute2)
 command -v nsenter >/dev/null || need_pkgs+=(util-linux)
 command -v fusermount3 >/dev/null || need_pkgs+=(fuse3)
 command -v ethtool >/dev/null || need_pkgs+=(ethtool)
+[ -z "${BENCH_PCAP:-}" ] || command -v tcpdump >/dev/null || need_pkgs+=(tcpdump)
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
     log "installing ${need_pkgs[*]}"
     export DEBIAN_FRONTEND=noninteractive

@@ -3,11 +3,12 @@
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{connection_limits, mdns, noise, tcp, yamux, PeerId, Swarm, SwarmBuilder};
+use libp2p::{connection_limits, mdns, noise, tcp, PeerId, Swarm, SwarmBuilder};
 
 use libp2p::core::upgrade::Version;
 use libp2p::Transport;
 
+use super::coalesce::{Held, LazyYamux};
 use super::{NetConfig, NetError, IDLE_CONNECTION_TIMEOUT, RTO_MAX_MS};
 
 /// Allowlist + generic streams + optional mDNS.
@@ -48,10 +49,10 @@ pub(crate) fn build_swarm(
         .with_tokio()
         .with_other_transport(|_| {
             tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .map(|s, _| capped(s))
+                .map(|s, _| Held::new(capped(s)))
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise)
-                .multiplex(yamux::Config::default())
+                .multiplex(LazyYamux::default())
         })
         .expect("infallible transport constructor")
         .with_behaviour(|_| behaviour)

@@ -20,6 +20,7 @@
 
 mod backoff;
 mod behaviour;
+mod coalesce;
 mod event_loop;
 mod handle;
 #[cfg(test)]
