@@ -735,9 +735,10 @@ fn tried_file(s: &Sender, st: &mut State, file: FileId, t: Tried, rest: &mut Vec
 
 /// True when the snapshot's metadata ops (if any) may go now: the log has been quiet
 /// for [`META_GRACE`] and no file they create is still being written (open for write
-/// through the mount, per `open`, or closed just now; a temp file
-/// renamed over its target once written folds into an update of the target, see
-/// `journal::cancel`, but not once its `Create` went), or ops have waited [`MAX_DELAY`].
+/// through the mount, per `open`, written or not yet, or closed just now with data
+/// pending; a temp file renamed over its target once written folds into an update of
+/// the target, see `journal::cancel`, but not once its `Create` went), or ops have
+/// waited [`MAX_DELAY`].
 fn meta_due(st: &mut State, snap: &Snapshot, open: &dyn Fn(FileId) -> bool) -> bool {
     let Some(&(newest, _)) = snap.meta.last() else {
         st.meta_seen = None;
@@ -750,8 +751,9 @@ fn meta_due(st: &mut State, snap: &Snapshot, open: &dyn Fn(FileId) -> bool) -> b
     }
     let (changed, since) = (*changed, *since);
     let writing = snap.meta.iter().any(|(_, op)| match op {
+        // open but not written yet: `cat src > tmp` creates tmp, then reads src first
         MetaOp::Create { file, .. } => {
-            snap.files.contains_key(file) && (open(*file) || st.quiet.closed_lately(*file))
+            open(*file) || (snap.files.contains_key(file) && st.quiet.closed_lately(*file))
         }
         _ => false,
     });
@@ -1390,6 +1392,33 @@ mod tests {
         assert!(matches!(first, Message::Queue { .. }));
         let reply = recv_reply(&stats, &mut ours, REPLY_TIMEOUT).await.unwrap();
         assert_eq!(reply, Message::Pong(1));
+    }
+
+    /// A new file open for write whose first write has not come yet (a save's temp
+    /// file, created before its content is ready) holds the ops back, so that its
+    /// rename over the target can still fold into an update; for [`MAX_DELAY`] at most.
+    #[tokio::test(start_paused = true)]
+    async fn a_new_file_open_for_write_holds_the_ops_before_its_first_write() {
+        let path = RelPath::from_bytes(b".doc.tmp").unwrap();
+        let snap = Snapshot {
+            files: Default::default(), // nothing written yet
+            meta: vec![(
+                1,
+                MetaOp::Create {
+                    path,
+                    file: 7,
+                    mode: 0o644,
+                },
+            )],
+        };
+        let open = |f| f == 7;
+        let mut st = State::default();
+        assert!(!meta_due(&mut st, &snap, &open));
+        tokio::time::advance(META_GRACE.max(CLOSE_GRACE)).await;
+        assert!(!meta_due(&mut st, &snap, &open), "open for write: waits");
+        assert!(meta_due(&mut st, &snap, &|_| false), "closed empty: goes");
+        tokio::time::advance(MAX_DELAY).await;
+        assert!(meta_due(&mut st, &snap, &open), "not forever");
     }
 
     /// A new file no handle has open for write (one the daemon wrote itself, such as a
