@@ -42,6 +42,11 @@ const CLOSE_GRACE: Duration = Duration::from_millis(30);
 /// Metadata ops are sent once the log has been quiet this long (or pending for
 /// [`MAX_DELAY`]), so that short-lived files can cancel out before anything is sent.
 const META_GRACE: Duration = Duration::from_millis(40);
+/// Metadata ops that create a file still open for write wait at most this long: a save
+/// writes its temp file whole before renaming it over the original, and the rename
+/// folds into an update of the original only while the create has not gone. At a few
+/// hundred MB/s through the mount, this covers saves of a few GB.
+const CREATE_HOLD: Duration = Duration::from_secs(10);
 /// How often pending files are looked at.
 const TICK: Duration = Duration::from_millis(25);
 /// A file whose whole-file update was refused waits this long before a retry.
@@ -738,7 +743,7 @@ fn tried_file(s: &Sender, st: &mut State, file: FileId, t: Tried, rest: &mut Vec
 /// through the mount, per `open`, written or not yet, or closed just now with data
 /// pending; a temp file renamed over its target once written folds into an update of
 /// the target, see `journal::cancel`, but not once its `Create` went), or ops have
-/// waited [`MAX_DELAY`].
+/// waited [`MAX_DELAY`] ([`CREATE_HOLD`] while such a file is open).
 fn meta_due(st: &mut State, snap: &Snapshot, open: &dyn Fn(FileId) -> bool) -> bool {
     let Some(&(newest, _)) = snap.meta.last() else {
         st.meta_seen = None;
@@ -757,7 +762,8 @@ fn meta_due(st: &mut State, snap: &Snapshot, open: &dyn Fn(FileId) -> bool) -> b
         }
         _ => false,
     });
-    (now - changed >= META_GRACE && !writing) || now - since >= MAX_DELAY
+    let cap = if writing { CREATE_HOLD } else { MAX_DELAY };
+    (now - changed >= META_GRACE && !writing) || now - since >= cap
 }
 
 /// The paths of the files with a pending data update.
@@ -1396,7 +1402,8 @@ mod tests {
 
     /// A new file open for write whose first write has not come yet (a save's temp
     /// file, created before its content is ready) holds the ops back, so that its
-    /// rename over the target can still fold into an update; for [`MAX_DELAY`] at most.
+    /// rename over the target can still fold into an update; for [`CREATE_HOLD`] at
+    /// most.
     #[tokio::test(start_paused = true)]
     async fn a_new_file_open_for_write_holds_the_ops_before_its_first_write() {
         let path = RelPath::from_bytes(b".doc.tmp").unwrap();
@@ -1418,6 +1425,11 @@ mod tests {
         assert!(!meta_due(&mut st, &snap, &open), "open for write: waits");
         assert!(meta_due(&mut st, &snap, &|_| false), "closed empty: goes");
         tokio::time::advance(MAX_DELAY).await;
+        assert!(
+            !meta_due(&mut st, &snap, &open),
+            "a big temp file takes a while"
+        );
+        tokio::time::advance(CREATE_HOLD - MAX_DELAY).await;
         assert!(meta_due(&mut st, &snap, &open), "not forever");
     }
 
