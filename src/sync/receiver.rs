@@ -321,7 +321,9 @@ async fn compare_summary(
         let mut same = Vec::new();
         for dir in &look {
             for (p, e) in ix.children(dir)? {
-                same.push(crate::journal::index::entry_digest(&p, &e));
+                same.push(crate::wire::short48(crate::journal::index::entry_digest(
+                    &p, &e,
+                )));
             }
         }
         same.truncate(crate::wire::MAX_SAME_DIGESTS);

@@ -97,8 +97,10 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         differ: Vec<u8>,
         /// The digests of the receiver's entries in those directories (version 7): the
-        /// first 8 bytes, little-endian, of the BLAKE3 of the entry's path and fields
-        /// (see `journal::index::entry_digest`). At most [`super::MAX_SAME_DIGESTS`].
+        /// first 6 bytes (8 before version 15), little-endian, of the BLAKE3 of the
+        /// entry's path and fields (see `journal::index::entry_digest` and
+        /// [`short48`]), as one byte string. At most [`super::MAX_SAME_DIGESTS`].
+        #[serde(with = "hashes48")]
         same: Vec<u64>,
     },
     /// What the sender has queued for the receiver (for its `syncfs status`): sent when
@@ -264,6 +266,36 @@ mod hash48 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
         Ok(super::hash48_from(&<[u8; 6]>::deserialize(d)?))
     }
+}
+
+/// Many 48-bit hashes as one byte string, 6 little-endian bytes each.
+mod hashes48 {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_bytes::ByteBuf;
+
+    pub fn serialize<S: Serializer>(hs: &[u64], s: S) -> Result<S::Ok, S::Error> {
+        if hs.iter().any(|&h| h != super::short48(h)) {
+            return Err(serde::ser::Error::custom("a hash wider than 6 bytes"));
+        }
+        let bytes: Vec<u8> = hs.iter().flat_map(|&h| super::hash48_bytes(h)).collect();
+        ByteBuf::from(bytes).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+        let b = ByteBuf::deserialize(d)?;
+        if b.len() % super::BLOCK_HASH != 0 {
+            return Err(D::Error::custom("48-bit hashes: not a whole number"));
+        }
+        Ok(b.chunks(super::BLOCK_HASH)
+            .map(super::hash48_from)
+            .collect())
+    }
+}
+
+/// The low 48 bits of a 64-bit hash: what goes on the wire as 6 bytes.
+pub fn short48(h: u64) -> u64 {
+    h & ((1 << 48) - 1)
 }
 
 /// A 48-bit hash's 6 bytes on the wire, little-endian (its top two bytes dropped).

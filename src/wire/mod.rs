@@ -47,9 +47,9 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{
-    base_id, check_hello, hash48_bytes, hash48_from, AckKind, ChunkNode, DirDigest, Encoding,
-    FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData, StagedItem,
-    WireVersion,
+    base_id, check_hello, hash48_bytes, hash48_from, short48, AckKind, ChunkNode, DirDigest,
+    Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
+    StagedItem, WireVersion,
 };
 pub use op::{WireOp, WireSetTime, WireTime};
 pub use range::{compress_range, decompress_range};
@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 14;
+pub const PROTOCOL_VERSION: u32 = 15;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/14";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/15";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;

@@ -1074,17 +1074,31 @@ fn pinned_summary_encoding() {
     assert!(encode(&wide(1 << 24)).is_err(), "a key wider than 3 bytes");
     let ack = Message::SummaryAck {
         differ: vec![0b0000_0101],
-        same: vec![0x0102_0304_0506_0708],
+        same: vec![0x0000_0304_0506_0708, 0x0000_0a0b_0c0d_0e0f],
     };
     let expected = concat!(
         "0d000000",         // variant 13: SummaryAck
         "0100000000000000", // a bitmap of one byte:
         "05",               //   directories 0 and 2 differ
-        "0100000000000000", // one entry digest
-        "0807060504030201", //   little-endian
+        "0c00000000000000", // entry digests: 12 bytes
+        "080706050403",     //   6 bytes each, little-endian
+        "0f0e0d0c0b0a",
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+    let wide = Message::SummaryAck {
+        differ: vec![1],
+        same: vec![1 << 48],
+    };
+    assert!(encode(&wide).is_err(), "a digest wider than 6 bytes");
+    let torn = concat!(
+        "0d000000",
+        "0100000000000000",
+        "01",
+        "0500000000000000",
+        "0807060504"
+    );
+    assert!(decode(&unhex(torn)).is_err(), "digests of 6 bytes each");
 }
 
 #[test]
