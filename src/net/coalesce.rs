@@ -9,9 +9,9 @@
 //! - [`LazyFlush`], between Yamux and Noise, passes writes on (Noise buffers them) and
 //!   holds flushes back for up to [`HOLD_FOR`], so the frames of a burst go in one
 //!   Noise frame;
-//! - [`Held`], under Noise (on the TCP socket), holds written bytes until the
-//!   connection's owner next finds nothing to read, so the handshakes' messages and
-//!   what follows them leave together.
+//! - [`Held`], under Noise (on the TCP socket), holds written bytes for [`HOLD_FOR`]
+//!   after the first of them (sent at the owner's next poll once that has passed), so
+//!   the handshakes' messages and what follows them leave together.
 //!
 //! Each sends at once when it holds [`HOLD_MAX`] bytes, on close, and after
 //! [`HOLD_FOR`] at the latest (a timer wakes the owner, whose next poll of any kind
@@ -43,7 +43,9 @@ pub(crate) const HOLD_FOR: Duration = Duration::from_millis(1);
 struct Due(Option<Pin<Box<Sleep>>>);
 
 impl Due {
-    /// Arms the deadline if it is not armed, registering the owner's wake-up.
+    /// Arms the deadline if it is not armed, registering the owner's wake-up. (Should
+    /// tokio's budget for this task be spent, the poll wakes the task instead of
+    /// registering, and its next poll of us registers.)
     fn arm(&mut self, cx: &mut Context<'_>) {
         if self.0.is_none() {
             let mut due = Box::pin(tokio::time::sleep(HOLD_FOR));
@@ -66,7 +68,7 @@ impl Due {
 }
 
 /// The TCP socket's layer: holds written bytes (see the module doc).
-pub(crate) struct Held<S> {
+pub(crate) struct Held<S: AsyncWrite + Unpin> {
     inner: S,
     held: Vec<u8>,
     /// Bytes of `held` already written to `inner`.
@@ -74,7 +76,7 @@ pub(crate) struct Held<S> {
     due: Due,
 }
 
-impl<S> Held<S> {
+impl<S: AsyncWrite + Unpin> Held<S> {
     /// Wraps `inner`; nothing is held yet.
     pub(crate) fn new(inner: S) -> Self {
         Self {
@@ -88,9 +90,7 @@ impl<S> Held<S> {
     fn pending(&self) -> usize {
         self.held.len() - self.sent
     }
-}
 
-impl<S: AsyncWrite + Unpin> Held<S> {
     /// Writes everything held to `inner`, then flushes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.pending() > 0 {
@@ -104,6 +104,17 @@ impl<S: AsyncWrite + Unpin> Held<S> {
         self.sent = 0;
         self.due.clear();
         Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+/// A connection dropped without a close (an error path, a swarm dropped) would lose what
+/// is held, which the kernel would have sent had it been written: one try, not waited on.
+impl<S: AsyncWrite + Unpin> Drop for Held<S> {
+    fn drop(&mut self) {
+        if self.pending() > 0 {
+            let waker = futures::task::noop_waker();
+            let _ = self.poll_send(&mut Context::from_waker(&waker));
+        }
     }
 }
 
@@ -139,8 +150,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
                 return Pin::new(&mut this.inner).poll_write(cx, buf);
             }
         }
-        this.due.arm(cx);
-        this.held.extend_from_slice(buf);
+        if !buf.is_empty() {
+            this.due.arm(cx);
+            this.held.extend_from_slice(buf);
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -214,8 +227,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LazyFlush<S> {
             ready!(this.poll_pass_flush(cx))?;
         }
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        this.unflushed += n;
-        this.due.arm(cx);
+        if n > 0 {
+            this.unflushed += n;
+            this.due.arm(cx);
+        }
         Poll::Ready(Ok(n))
     }
 

@@ -145,3 +145,55 @@ async fn lazy_flush_passes_a_flush_on_when_due() {
     flush(&mut s, &wakes);
     assert_eq!(s.inner.flushes, 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_timer_wakes_whoever_polled_last_and_a_due_flush_sends() {
+    // the upgrade's task writes, then the connection moves to another task
+    let (first, second) = (Arc::new(Wakes::default()), Arc::new(Wakes::default()));
+    let mut s = Held::new(Recorder::default());
+    write(&mut s, &first, b"msg3");
+    flush(&mut s, &first);
+    flush(&mut s, &second);
+    tokio::time::advance(HOLD_FOR).await;
+    assert!(
+        second.0.load(Ordering::SeqCst) > 0,
+        "the task polling now is woken"
+    );
+    assert!(s.inner.writes.is_empty());
+    flush(&mut s, &second);
+    assert_eq!(
+        s.inner.writes,
+        vec![b"msg3".to_vec()],
+        "a flush once due sends"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_dropped_unclosed_still_tries_to_send_what_is_held() {
+    use std::sync::Mutex;
+    /// Records into a shared log, so it can be looked at after the drop.
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl AsyncWrite for Shared {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let wakes = Arc::new(Wakes::default());
+    let mut s = Held::new(Shared(log.clone()));
+    write(&mut s, &wakes, b"last ack");
+    assert!(log.lock().unwrap().is_empty());
+    drop(s);
+    assert_eq!(*log.lock().unwrap(), b"last ack");
+}
