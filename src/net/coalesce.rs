@@ -21,7 +21,6 @@
 
 use std::future::Future;
 use std::io;
-use std::iter;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -127,8 +126,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Held<S> {
         let this = self.get_mut();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         if read.is_pending() && this.pending() > 0 && this.due.passed(cx) {
-            // The owner waits for the peer: what it wrote goes now. A send that cannot
-            // finish has registered the wake-up for when it can.
+            // The hold is over and the owner waits for the peer: what it wrote goes
+            // now. A send that cannot finish has registered the wake-up for when it can.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
             }
@@ -157,7 +156,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
         Poll::Ready(Ok(buf.len()))
     }
 
-    /// Holds on: the bytes go when the owner next waits to read, or after [`HOLD_FOR`].
+    /// Holds on: the bytes go at the owner's first poll after [`HOLD_FOR`].
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if this.pending() == 0 || this.due.passed(cx) {
@@ -257,15 +256,10 @@ pub(crate) struct LazyYamux(pub(crate) yamux::Config);
 
 impl UpgradeInfo for LazyYamux {
     type Info = <yamux::Config as UpgradeInfo>::Info;
-    type InfoIter = iter::Once<Self::Info>;
+    type InfoIter = <yamux::Config as UpgradeInfo>::InfoIter;
 
     fn protocol_info(&self) -> Self::InfoIter {
-        iter::once(
-            self.0
-                .protocol_info()
-                .next()
-                .expect("yamux names its protocol"),
-        )
+        self.0.protocol_info()
     }
 }
 

@@ -170,30 +170,11 @@ async fn the_timer_wakes_whoever_polled_last_and_a_due_flush_sends() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_dropped_unclosed_still_tries_to_send_what_is_held() {
-    use std::sync::Mutex;
-    /// Records into a shared log, so it can be looked at after the drop.
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-    impl AsyncWrite for Shared {
-        fn poll_write(
-            self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            b: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Poll::Ready(Ok(b.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-    let log = Arc::new(Mutex::new(Vec::new()));
     let wakes = Arc::new(Wakes::default());
-    let mut s = Held::new(Shared(log.clone()));
+    let mut rec = Recorder::default();
+    let mut s = Held::new(&mut rec);
     write(&mut s, &wakes, b"last ack");
-    assert!(log.lock().unwrap().is_empty());
+    assert!(s.inner.writes.is_empty());
     drop(s);
-    assert_eq!(*log.lock().unwrap(), b"last ack");
+    assert_eq!(rec.writes, vec![b"last ack".to_vec()]);
 }

@@ -166,3 +166,9 @@ where
         Err(_) => Err(SyncError::Silent(limit)),
     }
 }
+
+/// An index entry's digest as a `SummaryAck` lists it (`same`): the receiver lists its
+/// entries' and the sender leaves out its entries whose digest is listed.
+pub(crate) fn same_digest(p: &crate::path::RelPath, e: &crate::journal::index::Entry) -> u64 {
+    crate::wire::short48(crate::journal::index::entry_digest(p, e))
+}

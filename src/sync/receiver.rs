@@ -321,9 +321,7 @@ async fn compare_summary(
         let mut same = Vec::new();
         for dir in &look {
             for (p, e) in ix.children(dir)? {
-                same.push(crate::wire::short48(crate::journal::index::entry_digest(
-                    &p, &e,
-                )));
+                same.push(super::same_digest(&p, &e));
             }
         }
         same.truncate(crate::wire::MAX_SAME_DIGESTS);

@@ -368,9 +368,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     let mut entries = Vec::new();
     for dir in &differ {
         let theirs = |(p, e): &(RelPath, crate::journal::index::Entry)| {
-            same.contains(&crate::wire::short48(crate::journal::index::entry_digest(
-                p, e,
-            )))
+            same.contains(&super::same_digest(p, e))
         };
         entries.extend(ix.children(dir)?.into_iter().filter(|x| !theirs(x)));
     }
