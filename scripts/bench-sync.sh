@@ -54,6 +54,11 @@
 #            the expected tree and the link is quiet; then both daemons get SIGTERM and the
 #            stores are removed. Pairing has no history: a path only the old tree has (the
 #            renamed and moved paths of c) survives on both sides ("union" in the table)
+#   floor    pairing with the change left out: both folders hold the old tree, so the
+#            bytes are what two peers pay to connect and agree that nothing differs
+#            (TCP, Noise and Yamux handshakes, hellos, first-contact summaries), counted
+#            until B's mount holds the old tree and the link is quiet. Not a goal: the
+#            floor under each pairing figure, printed under the table
 # Baselines, measured once per workload before any syncfs daemon runs: rsync -z (delta
 # transfer, --delete, to the rsync daemon; the same old -> new transfer as both modes) and
 # the xdelta3 size of new vs old (per changed file, new files without a source; for a
@@ -63,7 +68,10 @@
 # workload that never converges or a daemon that dies is reported, not a failure).
 #
 # Environment:
-#   BENCH_MODES="live pairing"   BENCH_WORKLOADS="a b c d e f g h"
+#   BENCH_MODES="live pairing"   BENCH_WORKLOADS="a b c d e f g h"   (modes: live pairing floor)
+#   BENCH_KINDS=1            log the wire stream at trace level and print, for each pairing
+#                            and floor run, each daemon's bytes by message kind
+#                            (scripts/wire-kinds.sh)
 #   BENCH_INSERT_MB=32       a: text file size          BENCH_DOC_MB=16      b: document size
 #   BENCH_SRC_FILES=2500     c: files in the tree       BENCH_BIG_MB=256     d: file size
 #   BENCH_VM_MB=256          e: image size              BENCH_VM_WRITES=100
@@ -128,6 +136,8 @@ SETTLE_MS=${BENCH_SETTLE_MS:-}
 SEED=${BENCH_SEED:-1}
 BASE=${BENCH_DIR:-/var/tmp}
 KEEP=${BENCH_KEEP:-0}
+KINDS=${BENCH_KINDS:-0}
+if [ "$KINDS" = 1 ]; then export RUST_LOG=${RUST_LOG:-syncfs=debug,syncfs::wire::stream=trace}; fi
 export RUST_LOG=${RUST_LOG:-syncfs=debug}
 
 # goals in bytes on the wire, per workload: live, pairing (for the default sizes)
@@ -161,7 +171,7 @@ done
 [ "$SRC_FILES" -ge 20 ] || die "BENCH_SRC_FILES must be at least 20"
 [ -z "$SETTLE_MS" ] || [[ $SETTLE_MS =~ ^[0-9]+$ ]] || die "BENCH_SETTLE_MS must be an integer"
 for w in $WORKLOADS; do case $w in [a-h]) ;; *) die "unknown workload '$w' (a b c d e f g h)";; esac; done
-for m in $MODES; do case $m in live|pairing) ;; *) die "unknown mode '$m' (live pairing)";; esac; done
+for m in $MODES; do case $m in live|pairing|floor) ;; *) die "unknown mode '$m' (live pairing floor)";; esac; done
 [ -n "$WORKLOADS" ] || die "BENCH_WORKLOADS is empty"
 [ "$(id -u)" = 0 ] || die "run as root (network namespaces, FUSE, drop_caches)"
 [ "$((VM_MB * 256))" -gt "$VM_WRITES" ] || die "BENCH_VM_MB too small"
@@ -966,6 +976,7 @@ prepare() {
     R[$w.prep_s]=$(( ($(now_us) - t0) / 1000000 ))
     cp -a "$OLD/w-$w" "$RA/"
     "change_$w" "$RA"
+    listing "$OLD/w-$w" > "$TMP/lst-$w.old"
     if has_mode pairing; then
         cp -a "$OLD/w-$w" "$UNION/"
         cp -a "$RA/w-$w/." "$UNION/w-$w/"
@@ -1143,7 +1154,7 @@ PCAP_PID=""
 pcap_start() {
     [ -n "${BENCH_PCAP:-}" ] || return 0
     mkdir -p "$BENCH_PCAP"
-    nsenter --net="/run/netns/$NSA" tcpdump -i "$VA" -s 128 -w "$BENCH_PCAP/pair-$1.pcap" 2>/dev/null &
+    nsenter --net="/run/netns/$NSA" tcpdump -i "$VA" -s 128 -w "$BENCH_PCAP/$1.pcap" 2>/dev/null &
     PCAP_PID=$!
     sleep 1
 }
@@ -1154,75 +1165,86 @@ pcap_stop() {
     PCAP_PID=""
 }
 
+# exchanged: both daemons logged their first-contact index exchange
+exchanged() {
+    strip < "$LOG_A" | grep -q 'index exchanged' && strip < "$LOG_B" | grep -q 'index exchanged'
+}
+# measure_pairing w idx [floor]: the pairing of workload w (R[w.p_*]), or with floor
+# the same pairing without the change (R[w.f_*]; see the modes above)
 measure_pairing() {
-    local w=$1 idx=$2 port net0 net1 t0 t1 deadline late
+    local w=$1 idx=$2 port net0 net1 t0 t1 deadline late k=p run=pair
     local sa=$TMP/pair-a sb=$TMP/pair-b
-    MODE=pairing
     port=$(( PORT + 1 + idx ))
-    log "=== workload $w, pairing: ${TITLE[$w]}"
+    if [ "${3:-}" = floor ]; then k=f; run=floor; port=$(( port + 20 )); fi
+    MODE=pairing
+    log "=== workload $w, $run: ${TITLE[$w]}"
     rm -rf "$PA" "$PB" "$sa" "$sb" "$sa.id" "$sb.id"
     mkdir -p "$PA" "$PB"
     cp -a "$OLD/w-$w" "$PA/"
     cp -a "$OLD/w-$w" "$PB/"
-    "change_$w" "$PA"
+    [ "$k" = f ] || "change_$w" "$PA"
     init_stores "$sa" "$sb" "$port" "$PA" "$PB"
     drop_caches
     rate_on
     wait_quiet || true
-    pcap_start "$w"
+    pcap_start "$run-$w"
     net0=$(net_snap)
     t0=$(now_us)
     deadline=$(( t0 + TIMEOUT * 1000000 ))
-    start_daemons "$sa" "$sb" "pair-$w"
-    R[$w.p_ms]="-"
+    start_daemons "$sa" "$sb" "$run-$w"
+    R[$w.${k}_ms]="-"
     if ! wait_mounted "$deadline"; then
-        R[$w.p_ok]="NO ($DEAD_NOTE)"
-        log "[$w] pairing: $DEAD_NOTE"
+        R[$w.${k}_ok]="NO ($DEAD_NOTE)"
+        log "[$w] $run: $DEAD_NOTE"
     else
-        R[$w.p_mount]=$(( ($(now_us) - t0) / 1000 ))
-        log "[$w] pairing: both mounted after ${R[$w.p_mount]} ms"
+        R[$w.${k}_mount]=$(( ($(now_us) - t0) / 1000 ))
+        log "[$w] $run: both mounted after ${R[$w.${k}_mount]} ms"
         while :; do
-            if matches_now "$w"; then t1=$(now_us); R[$w.p_ms]=$(( (t1 - t0) / 1000 )); break; fi
-            daemons_ok || { R[$w.p_ok]="NO ($DEAD_NOTE)"; break; }
-            [ "$(now_us)" -lt "$deadline" ] || { log "[$w] pairing: B did not match within ${TIMEOUT} s"; break; }
+            if { [ "$k" = f ] && [ "$(listing "$MB/w-$w")" = "$(cat "$TMP/lst-$w.old")" ] && exchanged; } \
+                || { [ "$k" = p ] && matches_now "$w"; }; then t1=$(now_us); R[$w.${k}_ms]=$(( (t1 - t0) / 1000 )); break; fi
+            daemons_ok || { R[$w.${k}_ok]="NO ($DEAD_NOTE)"; break; }
+            [ "$(now_us)" -lt "$deadline" ] || { log "[$w] $run: B did not match within ${TIMEOUT} s"; break; }
             sleep 0.25
         done
     fi
-    wait_quiet || R[$w.p_notquiet]=1
+    wait_quiet || R[$w.${k}_notquiet]=1
     net1=$(net_snap)
     pcap_stop
     rate_off
-    read -r "R[$w.p_ab]" "R[$w.p_ba]" <<< "$(sub2 "$net0" "$net1")"
-    R[$w.p_sf]=$(( ${R[$w.p_ab]} + ${R[$w.p_ba]} ))
-    if [ -z "${R[$w.p_ok]:-}" ]; then
-        if ! verify_pairing "$w"; then
-            log "[$w] pairing: B differs from the expected state:"
+    read -r "R[$w.${k}_ab]" "R[$w.${k}_ba]" <<< "$(sub2 "$net0" "$net1")"
+    R[$w.${k}_sf]=$(( ${R[$w.${k}_ab]} + ${R[$w.${k}_ba]} ))
+    if [ -z "${R[$w.${k}_ok]:-}" ]; then
+        if [ "$k" = f ]; then
+            if diff -rq "$OLD/w-$w" "$MB/w-$w" >/dev/null 2>&1; then R[$w.f_ok]=yes; else R[$w.f_ok]=NO; fi
+        elif ! verify_pairing "$w"; then
+            log "[$w] $run: B differs from the expected state:"
             head -n 5 "$TMP/diff.out" | sed 's/^/    /' >&2
             while [ "$(now_us)" -lt "$deadline" ] && daemons_ok; do
                 sleep 1
                 if verify_pairing "$w"; then
-                    late=$(( ($(now_us) - t0) / 1000 )); R[$w.p_ok]="late ${late} ms (${R[$w.p_ok]})"
+                    late=$(( ($(now_us) - t0) / 1000 )); R[$w.${k}_ok]="late ${late} ms (${R[$w.${k}_ok]})"
                     wait_quiet || true
                     net1=$(net_snap)
-                    read -r "R[$w.p_ab]" "R[$w.p_ba]" <<< "$(sub2 "$net0" "$net1")"
-                    R[$w.p_sf]=$(( ${R[$w.p_ab]} + ${R[$w.p_ba]} ))
+                    read -r "R[$w.${k}_ab]" "R[$w.${k}_ba]" <<< "$(sub2 "$net0" "$net1")"
+                    R[$w.${k}_sf]=$(( ${R[$w.${k}_ab]} + ${R[$w.${k}_ba]} ))
                     break
                 fi
             done
-            if [ "${R[$w.p_ok]}" = NO ]; then
+            if [ "${R[$w.${k}_ok]}" = NO ]; then
                 diff -rq "$RA/w-$w" "$MB/w-$w" 2>&1 | head -n 5 | sed 's/^/    /' >&2 || true
-                log "[$w] pairing: B never matched; log tails:"; tail_log "$LOG_A" 15; tail_log "$LOG_B" 15
+                log "[$w] $run: B never matched; log tails:"; tail_log "$LOG_A" 15; tail_log "$LOG_B" 15
             fi
         fi
-        if daemons_ok && diff -rq "$MA/w-$w" "$MB/w-$w" >/dev/null 2>&1; then R[$w.p_agree]=yes; else R[$w.p_agree]=NO; fi
+        if daemons_ok && diff -rq "$MA/w-$w" "$MB/w-$w" >/dev/null 2>&1; then R[$w.${k}_agree]=yes; else R[$w.${k}_agree]=NO; fi
     fi
-    R[$w.p_upd]=$(strip < "$LOG_A" | grep -c 'sending update' || true)
-    R[$w.p_updB]=$(strip < "$LOG_B" | grep -c 'sending update' || true)
-    R[$w.p_problems]=$( { problems "$LOG_A" 0 A; problems "$LOG_B" 0 B; } | cut -c1-250 | head -n 8)
-    log "[$w] pairing: A->B $(hb "${R[$w.p_ab]}"), B->A $(hb "${R[$w.p_ba]}"), start->match ${R[$w.p_ms]} ms, B matches: ${R[$w.p_ok]}, A = B: ${R[$w.p_agree]:--}"
+    R[$w.${k}_upd]=$(strip < "$LOG_A" | grep -c 'sending update' || true)
+    R[$w.${k}_updB]=$(strip < "$LOG_B" | grep -c 'sending update' || true)
+    R[$w.${k}_problems]=$( { problems "$LOG_A" 0 A; problems "$LOG_B" 0 B; } | cut -c1-250 | head -n 8)
+    log "[$w] $run: A->B $(hb "${R[$w.${k}_ab]}"), B->A $(hb "${R[$w.${k}_ba]}"), start->match ${R[$w.${k}_ms]} ms, B matches: ${R[$w.${k}_ok]}, A = B: ${R[$w.${k}_agree]:--}"
+    [ "$KINDS" != 1 ] || R[$w.${k}_kinds]=$(bash scripts/wire-kinds.sh "$LOG_A" "$LOG_B" 2>&1 || true)
     stop_daemons
     unmount_left
-    R[$w.p_stop]=$STOP_NOTE
+    R[$w.${k}_stop]=$STOP_NOTE
     rm -rf "$PA" "$PB" "$sa" "$sb" "$sa.id" "$sb.id"
 }
 
@@ -1242,6 +1264,10 @@ T_LIVE=$(( ($(now_us) - T_START) / 1000000 - T_PREP ))
 if has_mode pairing; then
     i=0
     for w in $WORKLOADS; do measure_pairing "$w" "$i"; i=$((i + 1)); done
+fi
+if has_mode floor; then
+    i=0
+    for w in $WORKLOADS; do measure_pairing "$w" "$i" floor; i=$((i + 1)); done
 fi
 T_TOTAL=$(( ($(now_us) - T_START) / 1000000 ))
 
@@ -1283,6 +1309,12 @@ report() {
             "$(num "${R[$w.rz]:-}")" "$(num "${R[$w.xd]:-}")" \
             "$(ratio "${R[$w.l_sf]:-}" "${R[$w.rz]:-}")" "$(ratio "${R[$w.p_sf]:-}" "${R[$w.rz]:-}")"
     done
+    if has_mode floor; then
+        echo
+        printf 'floor (the same pairing with nothing changed: connect, handshakes, first-contact index; no goal):'
+        for w in $WORKLOADS; do printf ' %s %s B%s' "$w" "$(num "${R[$w.f_sf]:-}")" "$( [ "${R[$w.f_ok]:-}" = yes ] || echo " (B: ${R[$w.f_ok]:-?})")"; done
+        echo
+    fi
     echo
     echo "details"
     for w in $WORKLOADS; do
@@ -1307,6 +1339,11 @@ report() {
                 echo "              daemon warnings/errors (whole run):"
                 sed 's/^/                /' <<< "${R[$w.p_problems]}"
             fi
+            [ -z "${R[$w.p_kinds]:-}" ] || sed 's/^/              /' <<< "${R[$w.p_kinds]}"
+        fi
+        if has_mode floor; then
+            echo "     floor    A>B ${R[$w.f_ab]:-?} B, B>A ${R[$w.f_ba]:-?} B ($(hb "${R[$w.f_sf]:-}")); B holds the old tree: ${R[$w.f_ok]:-?}${R[$w.f_notquiet]:+; link never went quiet}"
+            [ -z "${R[$w.f_kinds]:-}" ] || sed 's/^/              /' <<< "${R[$w.f_kinds]}"
         fi
         echo "     rsync -z A>B ${R[$w.rz_ab]} B, B>A ${R[$w.rz_ba]} B, ${R[$w.rz_ms]} ms, result ${R[$w.rz_ok]}"
         echo "     xdelta3  ${R[$w.xd]} B, ${R[$w.xd_how]}"

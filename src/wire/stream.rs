@@ -14,6 +14,9 @@
 //! flushed after the frames and after the bytes (see [`super::columns`]). All frames
 //! queued between two flushes share one block, so a burst of small updates is
 //! compressed like one archive.
+//!
+//! At trace level it logs each frame's kind and size as it is queued, and each block's
+//! size as it is sealed: `scripts/wire-kinds.sh` sums a log's bytes by message kind.
 
 use super::columns::{refill, strip};
 use super::compress::{max_compressed, Compressor, Decompressor, MAX_BLOCK};
@@ -130,11 +133,16 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
 
     /// Encodes `msg` as a frame queued for the next [`FramedStream::flush`].
     pub fn queue(&mut self, msg: Message) -> Result<(), WireError> {
+        let kind = msg.kind();
         if self.comp.is_none() {
-            return encode_frame(&msg, &mut self.out);
+            let before = self.out.len();
+            encode_frame(&msg, &mut self.out)?;
+            tracing::trace!(kind, plain = self.out.len() - before, "frame queued");
+            return Ok(());
         }
         let mut data = Vec::new();
         let frame = strip(msg, &mut data)?;
+        tracing::trace!(kind, frame = frame.len(), data = data.len(), "frame queued");
         if 8 + self.raw.len() + self.data.len() + frame.len() + data.len() > MAX_BLOCK {
             self.seal()?;
         }
@@ -169,6 +177,7 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
             return Ok(());
         };
         if self.data.is_empty() && self.raw.len() < MIN_COMPRESS {
+            tracing::trace!(plain = self.raw.len(), "block sealed");
             self.out.append(&mut self.raw);
             return Ok(());
         }
@@ -181,6 +190,7 @@ impl<S: AsyncRead + Unpin> FramedStream<S> {
             comp.block(&self.data, &mut self.out)?;
             self.data.clear();
         }
+        tracing::trace!(written = self.out.len() - head, "block sealed");
         let len = (self.out.len() - head - 4) as u32 | COMPRESSED;
         self.out[head..head + 4].copy_from_slice(&len.to_le_bytes());
         Ok(())
