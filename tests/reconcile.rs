@@ -562,8 +562,9 @@ fn adopted_folders_holding_unrelated_content_send_it_once() {
 }
 
 /// Adopted folders holding small files that differ by a line each: the receiver
-/// describes its versions by their leaves in its index ack, and each file crosses as a
-/// delta against the leaves both hold, not whole.
+/// describes its versions by their leaves in its index ack (and the pieces of the
+/// leaves the sender lacks, when asked), and each file crosses as a delta against the
+/// leaves and pieces both hold, not whole.
 #[test]
 fn adopted_folders_pair_small_edited_files_by_their_leaves() {
     let t = tempfile::tempdir().unwrap();
@@ -610,8 +611,11 @@ fn adopted_folders_pair_small_edited_files_by_their_leaves() {
         "not every file went as a leaf delta:\n{}",
         common::tail(&log, 40)
     );
+    // each file's changed leaf goes as its edit and the pieces around it, not as
+    // literals: 17,566 B here, 25,320 B before the receiver was asked for the pieces
+    // of the leaves the sender lacks (protocol 16)
     assert!(
-        bytes < whole as u64 / 2,
+        bytes < whole as u64 / 7,
         "{bytes} bytes crossed; the new files compressed are {whole}"
     );
 }

@@ -27,8 +27,19 @@ pub const MAX: u32 = 2048;
 /// fails its base id or hash and goes whole.
 pub const HASH_BYTES: usize = 3;
 
-/// `bytes`' leaves in file order: (offset, length, short hash).
-fn cut(bytes: &[u8]) -> Vec<(usize, usize, u32)> {
+/// One leaf of a small file.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Leaf {
+    /// Where it starts.
+    pub at: usize,
+    /// Its length.
+    pub len: usize,
+    /// Its short hash.
+    pub hash: u32,
+}
+
+/// `bytes`' leaves in file order.
+pub(super) fn cut(bytes: &[u8]) -> Vec<Leaf> {
     if bytes.is_empty() {
         return Vec::new();
     }
@@ -37,44 +48,46 @@ fn cut(bytes: &[u8]) -> Vec<(usize, usize, u32)> {
             let h = blake3::hash(&bytes[c.offset..c.offset + c.length]);
             let mut b = [0u8; 4];
             b[..HASH_BYTES].copy_from_slice(&h.as_bytes()[..HASH_BYTES]);
-            (c.offset, c.length, u32::from_le_bytes(b))
+            Leaf {
+                at: c.offset,
+                len: c.length,
+                hash: u32::from_le_bytes(b),
+            }
         })
         .collect()
 }
 
+/// `leaves` by short hash (the first of each).
+pub(super) fn by_hash(leaves: &[Leaf]) -> HashMap<u32, Leaf> {
+    let mut ours = HashMap::new();
+    for l in leaves {
+        ours.entry(l.hash).or_insert(*l);
+    }
+    ours
+}
+
 /// The short hashes of `bytes`' leaves, in file order.
 pub fn describe(bytes: &[u8]) -> Vec<u32> {
-    cut(bytes).into_iter().map(|(_, _, h)| h).collect()
+    cut(bytes).into_iter().map(|l| l.hash).collect()
+}
+
+/// The side with the new version: for each described leaf, whether it holds it too.
+pub fn held(new: &[u8], described: &[u32]) -> Vec<bool> {
+    let ours = by_hash(&cut(new));
+    described.iter().map(|h| ours.contains_key(h)).collect()
 }
 
 /// The side with the new version (`new`): which of the described leaves it holds
 /// (a bitmap, bit `i % 8` of byte `i / 8`) and their bytes in the described order.
 pub fn shared_base(new: &[u8], described: &[u32]) -> (Vec<u8>, Vec<u8>) {
-    let mut ours: HashMap<u32, (usize, usize)> = HashMap::new();
-    for (at, len, h) in cut(new) {
-        ours.entry(h).or_insert((at, at + len));
-    }
-    let mut held = Vec::new();
-    let mut base = Vec::new();
-    for (i, h) in described.iter().enumerate() {
-        if let Some(&(a, b)) = ours.get(h) {
-            held.push(i);
-            base.extend_from_slice(&new[a..b]);
-        }
-    }
-    (crate::wire::bitmap(described.len(), held), base)
+    let (used, _, base) = super::pieces::shared_base(new, described, &[], &[]);
+    (used, base)
 }
 
 /// The side that described `old`: the base the other side marked in `used`, or `None`
 /// if `used` does not fit `old`'s leaves (another version than the one described).
 pub fn base_of(old: &[u8], used: &[u8]) -> Option<Vec<u8>> {
-    let leaves = cut(old);
-    let mut base = Vec::new();
-    for i in crate::wire::bitmap_ones(used, leaves.len())? {
-        let (at, len, _) = leaves[i];
-        base.extend_from_slice(&old[at..at + len]);
-    }
-    Some(base)
+    super::pieces::base_of(old, used, &[], &[])
 }
 
 #[cfg(test)]

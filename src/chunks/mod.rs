@@ -23,6 +23,7 @@
 
 mod exchange;
 pub mod leaves;
+pub mod pieces;
 mod tree;
 
 pub use exchange::{

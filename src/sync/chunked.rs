@@ -359,7 +359,7 @@ impl Rebuilds {
         &mut self,
         root: &impl AsRawFd,
         update: FileUpdate,
-        used: &[u8],
+        marked: super::leaf_delta::Marked,
         delta: &[u8],
     ) -> Next {
         let refuse = Next::Reply(Message::Nack {
@@ -370,7 +370,7 @@ impl Rebuilds {
         if !DESCRIBED.contains(&size) || !self.budget.take(size as usize) {
             return refuse;
         }
-        let built = super::leaf_delta::rebuild(root, &update.path, used, delta, size);
+        let built = super::leaf_delta::rebuild(root, &update.path, marked, delta, size);
         match built {
             Ok(content) => Next::Apply(whole_update(update, &content), size as usize),
             Err(e) => {

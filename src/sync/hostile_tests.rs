@@ -690,19 +690,42 @@ pub(super) fn noise(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// A leaf delta whose bitmap does not fit our leaves, or whose delta does not decode
+/// A leaf delta whose bitmaps do not fit our leaves, or whose delta does not decode
 /// against the base it names, is refused and leaves the file alone; an honest one
-/// applies.
+/// applies, with the pieces it asked about first.
 #[tokio::test]
 async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
-    use crate::chunks::leaves;
+    use crate::chunks::{leaves, pieces};
     let e = env();
     let (mut fs, task) = connect(&e, PeerId::random()).await;
     let old: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
     let mut new = old.clone();
     new.splice(10_000..10_000, b"an inserted line\n".iter().copied());
     write_older(&e.data.join("small"), &old);
-    let (used, base) = leaves::shared_base(&new, &leaves::describe(&old));
+    let described = leaves::describe(&old);
+    let asked = pieces::to_ask(&leaves::held(&new, &described));
+    assert!(!asked.is_empty(), "the leaf around the insert is lacking");
+    let path = RelPath::from_bytes(b"small").unwrap();
+    let ask_for = |leaves: Vec<u16>| Message::LeafAsk {
+        path: path.clone(),
+        leaves,
+    };
+    let Message::LeafPieces(hashes) = ask(&mut fs, ask_for(asked.clone())).await else {
+        panic!("a leaf ask is answered by pieces")
+    };
+    assert_eq!(hashes, pieces::describe(&old, &asked).unwrap());
+    let past = ask(&mut fs, ask_for(vec![described.len() as u16])).await;
+    assert_eq!(past, Message::LeafPieces(vec![]), "a leaf past ours: none");
+    let elsewhere = Message::LeafAsk {
+        path: RelPath::from_bytes(b"not-here").unwrap(),
+        leaves: asked.clone(),
+    };
+    assert_eq!(ask(&mut fs, elsewhere).await, Message::LeafPieces(vec![]));
+    let (used, found, base) = pieces::shared_base(&new, &described, &asked, &hashes);
+    assert!(
+        found.iter().any(|&b| b != 0),
+        "pieces of the lacking leaf found"
+    );
     let delta = crate::delta::encode(&new, &base, 3).unwrap();
     let mut header = valid_update(50, "small", &new);
     header.ranges.clear();
@@ -715,27 +738,46 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
             }
         )
     };
-    for (used, delta) in [
-        (vec![0xFF; used.len() + 1], delta.clone()), // more leaves than ours
-        (
-            used.clone(),
-            crate::delta::encode(&new, b"another base", 3).unwrap(),
-        ),
-        (used.clone(), vec![0xD1, 1, 2, 3]), // not a delta at all
-    ] {
-        let m = Message::LeafDelta {
+    let leaf_delta =
+        |used: Vec<u8>, delta: Vec<u8>, asked: Vec<u16>, found: Vec<u8>| Message::LeafDelta {
             update: header.clone(),
             used,
             delta,
+            asked,
+            found,
         };
+    let bad = [
+        leaf_delta(
+            vec![0xFF; used.len() + 1],
+            delta.clone(),
+            asked.clone(),
+            found.clone(),
+        ), // more leaves than ours
+        leaf_delta(
+            used.clone(),
+            delta.clone(),
+            asked.clone(),
+            vec![0xFF; found.len() + 1],
+        ), // more pieces
+        leaf_delta(used.clone(), delta.clone(), vec![], found.clone()), // pieces of no leaf asked
+        leaf_delta(
+            used.clone(),
+            crate::delta::encode(&new, b"another base", 3).unwrap(),
+            asked.clone(),
+            found.clone(),
+        ),
+        leaf_delta(
+            used.clone(),
+            vec![0xD1, 1, 2, 3],
+            asked.clone(),
+            found.clone(),
+        ), // not a delta at all
+    ];
+    for m in bad {
         assert!(refused(&ask(&mut fs, m).await));
         assert_eq!(std::fs::read(e.data.join("small")).unwrap(), old);
     }
-    let honest = Message::LeafDelta {
-        update: header,
-        used,
-        delta,
-    };
+    let honest = leaf_delta(used, delta, asked, found);
     assert_eq!(
         ask(&mut fs, honest).await,
         Message::Ack(AckKind::Update(50))

@@ -120,7 +120,8 @@ where
             Message::ChunkOffer { .. }
             | Message::ChunkRound { .. }
             | Message::ChunkDecline(_)
-            | Message::LeafDelta { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
+            | Message::LeafDelta { .. }
+            | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             Message::Summary { dirs, last } => {
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
@@ -252,7 +253,27 @@ async fn chunk(
                 update,
                 used,
                 delta,
-            } => owned.leaf_delta(&*root, update, &used, &delta),
+                asked,
+                found,
+            } => {
+                let marked = super::leaf_delta::Marked {
+                    used: &used,
+                    asked: &asked,
+                    found: &found,
+                };
+                owned.leaf_delta(&*root, update, marked, &delta)
+            }
+            Message::LeafAsk { path, leaves } => {
+                // a file kept out of sync is never read for a peer
+                let kept_here = journal.ignores().is_some_and(|i| {
+                    i.refresh();
+                    i.matches(&path, false)
+                });
+                Next::Reply(match kept_here {
+                    true => Message::LeafPieces(Vec::new()),
+                    false => super::leaf_delta::pieces(&*root, &path, &leaves),
+                })
+            }
             _ => unreachable!("only chunk messages come here"),
         };
         (owned, next)

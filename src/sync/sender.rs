@@ -709,7 +709,7 @@ async fn leaf_deltas(
     batch: Vec<Ready>,
     rest: &mut Vec<(FileId, bool)>,
 ) -> Result<(), SyncError> {
-    let (sent, mut limit) = leaf_delta::write_batch(fs, &batch).await?;
+    let (sent, mut limit) = leaf_delta::write_batch(fs, &s.stats, &batch).await?;
     let mut written = vec![false; batch.len()];
     for one in &sent {
         let outcome = leaf_delta::answer(fs, &s.stats, one, limit).await?;

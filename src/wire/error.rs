@@ -118,6 +118,9 @@ pub enum Violation {
         /// The size of one item.
         item: usize,
     },
+    /// A list that must be strictly increasing is not.
+    #[error("{0} is not strictly increasing")]
+    NotIncreasing(&'static str),
     /// A timestamp's nanoseconds are not below one billion.
     #[error("timestamp nanoseconds {0} out of range")]
     BadNanos(u32),

@@ -197,7 +197,28 @@ pub enum Message {
         /// The new content, delta-encoded against the base.
         #[serde(with = "serde_bytes")]
         delta: Vec<u8>,
+        /// The described leaves the sender asked about (`LeafAsk`, version 16), strictly
+        /// increasing; empty if it asked about none.
+        asked: Vec<u16>,
+        /// One bit per piece of `LeafPieces` (all of the asked leaves', in order), set
+        /// for each the sender found among its own bytes: after the marked leaves, those
+        /// pieces' bytes in the receiver's file order make the base too (version 16).
+        #[serde(with = "serde_bytes")]
+        found: Vec<u8>,
     },
+    /// Before a `LeafDelta` (version 16): the sender asks for the hashes of the
+    /// 32-byte pieces of some leaves the receiver described in its `IndexAck` and the
+    /// sender lacks (around an edit); answered `LeafPieces`.
+    LeafAsk {
+        /// The file (as named in the `Index`).
+        path: RelPath,
+        /// Indexes of the described leaves, strictly increasing.
+        leaves: Vec<u16>,
+    },
+    /// The answer to a `LeafAsk` (version 16): for each leaf asked about, in order, the
+    /// first 4 bytes (little-endian) of the BLAKE3 of each of its whole 32-byte pieces
+    /// (a last, shorter part has none); empty if the file is no longer one described.
+    LeafPieces(#[serde(with = "piece_hashes")] Vec<Vec<u32>>),
 }
 
 /// One node of a chunk tree on the wire (see `crate::chunks`): 11 bytes.
@@ -214,20 +235,27 @@ pub struct ChunkNode {
     pub leaf: bool,
 }
 
-/// Each file's leaf hashes as one byte string, 3 little-endian bytes a hash (the top
-/// byte of each value is zero).
-mod leaf_hashes {
+/// Lists of short hashes, each list as one byte string of `N` little-endian bytes a
+/// hash (the top bytes of each value are zero): `leaf_hashes` and `piece_hashes`.
+mod packed_hashes {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
     use serde_bytes::ByteBuf;
 
-    const N: usize = crate::chunks::leaves::HASH_BYTES;
-
-    pub fn serialize<S: Serializer>(files: &[Vec<u32>], s: S) -> Result<S::Ok, S::Error> {
-        if files.iter().flatten().any(|&h| h >= 1 << (8 * N)) {
-            return Err(serde::ser::Error::custom("a leaf hash wider than 3 bytes"));
+    pub fn serialize<const N: usize, S: Serializer>(
+        lists: &[Vec<u32>],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        if lists
+            .iter()
+            .flatten()
+            .any(|&h| u64::from(h) >= 1 << (8 * N))
+        {
+            return Err(serde::ser::Error::custom(format!(
+                "a hash wider than {N} bytes"
+            )));
         }
-        let packed = files.iter().map(|hashes| {
+        let packed = lists.iter().map(|hashes| {
             let bytes = hashes
                 .iter()
                 .flat_map(|h| h.to_le_bytes().into_iter().take(N));
@@ -236,13 +264,15 @@ mod leaf_hashes {
         packed.collect::<Vec<_>>().serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u32>>, D::Error> {
-        let files = Vec::<ByteBuf>::deserialize(d)?;
-        files
+    pub fn deserialize<'de, const N: usize, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Vec<Vec<u32>>, D::Error> {
+        let lists = Vec::<ByteBuf>::deserialize(d)?;
+        lists
             .iter()
             .map(|b| {
                 if b.len() % N != 0 {
-                    return Err(D::Error::custom("leaf hashes: not a whole number"));
+                    return Err(D::Error::custom("short hashes: not a whole number"));
                 }
                 let hash = |c: &[u8]| {
                     let mut v = [0u8; 4];
@@ -252,6 +282,34 @@ mod leaf_hashes {
                 Ok(b.chunks(N).map(hash).collect())
             })
             .collect()
+    }
+}
+
+/// Each file's leaf hashes, 3 bytes a hash.
+mod leaf_hashes {
+    use serde::{Deserializer, Serializer};
+    const N: usize = crate::chunks::leaves::HASH_BYTES;
+
+    pub fn serialize<S: Serializer>(files: &[Vec<u32>], s: S) -> Result<S::Ok, S::Error> {
+        super::packed_hashes::serialize::<N, S>(files, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u32>>, D::Error> {
+        super::packed_hashes::deserialize::<N, D>(d)
+    }
+}
+
+/// Each leaf's piece hashes, 4 bytes a hash.
+mod piece_hashes {
+    use serde::{Deserializer, Serializer};
+    const N: usize = crate::chunks::pieces::HASH_BYTES;
+
+    pub fn serialize<S: Serializer>(leaves: &[Vec<u32>], s: S) -> Result<S::Ok, S::Error> {
+        super::packed_hashes::serialize::<N, S>(leaves, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u32>>, D::Error> {
+        super::packed_hashes::deserialize::<N, D>(d)
     }
 }
 
@@ -567,6 +625,8 @@ impl Message {
             Message::ChunkRound { .. } => "chunk-round",
             Message::ChunkDecline(_) => "chunk-decline",
             Message::LeafDelta { .. } => "leaf-delta",
+            Message::LeafAsk { .. } => "leaf-ask",
+            Message::LeafPieces(_) => "leaf-pieces",
         }
     }
 }

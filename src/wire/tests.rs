@@ -1300,6 +1300,8 @@ fn pinned_leaf_delta_encoding() {
         update: u,
         used: vec![0x05],
         delta: vec![0xD1, 0x00],
+        asked: vec![1, 0x102],
+        found: vec![0x02],
     };
     let expected = format!(
         "{}{}{}",
@@ -1310,6 +1312,11 @@ fn pinned_leaf_delta_encoding() {
             "05",               //   leaves 0 and 2
             "0200000000000000", // two bytes of delta
             "d100",
+            "0200000000000000", // two leaves asked about (version 16):
+            "0100",             //   1
+            "0201",             //   258
+            "0100000000000000", // one byte of bitmap:
+            "02",               //   their second piece found
         )
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
@@ -1318,12 +1325,38 @@ fn pinned_leaf_delta_encoding() {
     let Message::LeafDelta { update, .. } = msg else {
         unreachable!()
     };
-    let big = Message::LeafDelta {
+    let leaf_delta = |used: Vec<u8>, asked: Vec<u16>, found: Vec<u8>| Message::LeafDelta {
         update: update.clone(),
-        used: vec![0; crate::wire::MAX_FILE_LEAVES / 8 + 1],
+        used,
         delta: vec![],
+        asked,
+        found,
     };
-    assert!(encode(&big).is_err());
+    let most = crate::wire::MAX_FILE_LEAVES / 8;
+    assert!(encode(&leaf_delta(vec![0; most + 1], vec![], vec![])).is_err());
+    assert!(
+        encode(&leaf_delta(vec![0; most], vec![2, 1], vec![])).is_err(),
+        "unsorted"
+    );
+    assert!(
+        encode(&leaf_delta(vec![], vec![1, 1], vec![])).is_err(),
+        "twice"
+    );
+    let many: Vec<u16> = (0..=crate::chunks::pieces::MAX_ASKED as u16).collect();
+    assert!(
+        encode(&leaf_delta(vec![], many, vec![])).is_err(),
+        "too many asked"
+    );
+    let past = crate::wire::MAX_FILE_LEAVES as u16;
+    assert!(
+        encode(&leaf_delta(vec![], vec![past], vec![])).is_err(),
+        "past the last"
+    );
+    assert!(encode(&leaf_delta(vec![], vec![past - 1], vec![0; 32])).is_ok());
+    assert!(
+        encode(&leaf_delta(vec![], vec![], vec![0; 33])).is_err(),
+        "pieces"
+    );
     let ranged = Message::LeafDelta {
         update: FileUpdate {
             ranges: vec![RangeData {
@@ -1336,6 +1369,52 @@ fn pinned_leaf_delta_encoding() {
         },
         used: vec![],
         delta: vec![],
+        asked: vec![],
+        found: vec![],
     };
     assert!(encode(&ranged).is_err());
+}
+
+#[test]
+fn pinned_leaf_ask_and_pieces_encoding() {
+    let ask = Message::LeafAsk {
+        path: RelPath::from_bytes(b"a").unwrap(),
+        leaves: vec![3],
+    };
+    let expected = concat!(
+        "16000000",         // variant 22: LeafAsk
+        "0100000000000000", // one byte of path
+        "61",               //   a
+        "0100000000000000", // one leaf:
+        "0300",             //   3
+    );
+    assert_eq!(hex(&encode(&ask).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ask);
+    let pieces = Message::LeafPieces(vec![vec![0x0403_0201, 5], vec![]]);
+    let expected = concat!(
+        "17000000",         // variant 23: LeafPieces
+        "0200000000000000", // two leaves:
+        "0800000000000000", //   8 bytes: two 4-byte hashes
+        "0102030405000000",
+        "0000000000000000", //   none (a leaf shorter than a piece)
+    );
+    assert_eq!(hex(&encode(&pieces).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), pieces);
+    let root = Message::LeafAsk {
+        path: RelPath::root(),
+        leaves: vec![],
+    };
+    assert!(encode(&root).is_err(), "the root");
+    let nine = Message::LeafPieces(vec![vec![]; crate::chunks::pieces::MAX_ASKED + 1]);
+    assert!(
+        encode(&nine).is_err(),
+        "more leaves than may be asked about"
+    );
+    let long = Message::LeafPieces(vec![vec![0; 33]]);
+    assert!(
+        encode(&long).is_err(),
+        "more pieces than the largest leaf has"
+    );
+    let ragged = concat!("17000000", "0100000000000000", "0300000000000000", "010203");
+    assert!(decode(&unhex(ragged)).is_err(), "a partial piece hash");
 }

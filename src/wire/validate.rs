@@ -8,7 +8,12 @@ use super::{
     MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS,
     MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
+use crate::chunks::{leaves, pieces};
 use crate::path::RelPath;
+
+/// Most pieces a `LeafDelta` may mark: every whole piece of the most leaves asked
+/// about, each of the largest size.
+const MAX_PIECES: usize = pieces::MAX_ASKED * leaves::MAX as usize / pieces::PIECE;
 
 /// Checks every rule for `msg`.
 pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
@@ -34,10 +39,28 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             let top = leaves.iter().flatten().copied().max().unwrap_or(0);
             within("leaf hash", u64::from(top), 0xFF_FFFF)
         }
-        Message::LeafDelta { update, used, .. } => {
+        Message::LeafDelta {
+            update,
+            used,
+            asked,
+            found,
+            ..
+        } => {
             validate_update(update)?;
             max_len("leaf delta ranges", update.ranges.len(), 0)?;
-            max_len("leaf delta bitmap", used.len(), MAX_FILE_LEAVES / 8)
+            max_len("leaf delta bitmap", used.len(), MAX_FILE_LEAVES / 8)?;
+            asked_leaves(asked)?;
+            max_len("leaf delta pieces", found.len(), MAX_PIECES.div_ceil(8))
+        }
+        Message::LeafAsk { path, leaves } => {
+            not_root("leaf-ask path", path)?;
+            asked_leaves(leaves)
+        }
+        Message::LeafPieces(lists) => {
+            max_len("leaves described by pieces", lists.len(), pieces::MAX_ASKED)?;
+            let most = leaves::MAX as usize / pieces::PIECE;
+            let longest = lists.iter().map(Vec::len).max().unwrap_or(0);
+            max_len("pieces of a leaf", longest, most)
         }
         Message::Nack { reason, .. } => validate_nack(reason),
         Message::UpdateStart { path, from, .. } => {
@@ -96,6 +119,17 @@ fn chunk_nodes(total: usize, nodes: &[ChunkNode]) -> Result<(), Violation> {
         within("chunk node hash", n.hash, (1 << 48) - 1)?;
     }
     Ok(())
+}
+
+/// Indexes of described leaves asked about: at most [`pieces::MAX_ASKED`], strictly
+/// increasing, each below [`MAX_FILE_LEAVES`].
+fn asked_leaves(asked: &[u16]) -> Result<(), Violation> {
+    max_len("leaves asked about", asked.len(), pieces::MAX_ASKED)?;
+    if asked.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(Violation::NotIncreasing("leaves asked about"));
+    }
+    let last = asked.last().map_or(0, |&i| u64::from(i));
+    within("leaf asked about", last, MAX_FILE_LEAVES as u64 - 1)
 }
 
 fn max_len(field: &'static str, len: usize, max: usize) -> Result<(), Violation> {
