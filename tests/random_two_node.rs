@@ -14,7 +14,8 @@
 //!   only keepalives (at most `IDLE_BYTES`).
 //!
 //! `RANDOM_SEED` (1) and `RANDOM_SECS` (40) set the seed and the length of the random
-//! phase. Needs root, iproute2, iptables.
+//! phase. Needs root, iproute2, iptables. The daemons log the sync layer at debug; a
+//! lost version's report prints every line of both logs that names its path.
 
 mod common;
 
@@ -275,8 +276,38 @@ fn contents(root: &Path) -> std::collections::HashSet<Hash> {
         .collect()
 }
 
+/// The daemons' log level: the sync layer's decisions (verdicts, acks, nacks) are at
+/// debug, and a lost version's story needs them (unless `RUST_LOG` says otherwise).
+fn log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info,syncfs::sync=debug".into())
+}
+
 fn mount_in(node: &mut Node, net: &Net, i: usize) {
-    node.mount_wrapped(&["nsenter", &net.enter(i)], &[], &[]);
+    let level = log_level();
+    node.mount_wrapped(&["nsenter", &net.enter(i)], &[], &[("RUST_LOG", &level)]);
+}
+
+/// Every line of `log` that names one of `paths`, at most `most` (the last ones).
+fn lines_naming(log: &str, paths: &[String], most: usize) -> String {
+    let names = |l: &str, p: &str| {
+        l.ends_with(p)
+            || [" ", ":", "\"", ","]
+                .iter()
+                .any(|end| l.contains(&format!("{p}{end}")))
+    };
+    let hits: Vec<&str> = log
+        .lines()
+        .filter(|l| paths.iter().any(|p| names(l, p)))
+        .collect();
+    hits[hits.len().saturating_sub(most)..].join("\n")
+}
+
+#[test]
+fn a_lost_versions_log_lines_are_those_naming_its_path() {
+    let log = "a path=s/0 b\nc s/01 d\nkept s/0: e\n\"s/0\" f\ng path=s/0\nh";
+    let got = lines_naming(log, &["s/0".to_string()], 10);
+    assert_eq!(got, "a path=s/0 b\nkept s/0: e\n\"s/0\" f\ng path=s/0");
+    assert_eq!(lines_naming(log, &["s/0".to_string()], 1), "g path=s/0");
 }
 
 /// The random phase: writers on both mounts, partitions and restarts from here.
@@ -468,9 +499,11 @@ fn random_changes_on_both_mounts_with_partitions_and_restarts_converge_losing_no
     );
     assert!(
         lost.is_empty(),
-        "versions lost: {lost:?}\n{}\n{}",
+        "versions lost: {lost:?}\n{}\n{}\nA's lines naming them:\n{}\nB's lines naming them:\n{}",
         story.join("\n"),
-        logs()
+        logs(),
+        lines_naming(&nodes[0].log(), &lost_names, 300),
+        lines_naming(&nodes[1].log(), &lost_names, 300),
     );
     drop(model);
     assert!(

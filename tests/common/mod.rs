@@ -171,11 +171,11 @@ impl Node {
                 self.mnt.to_str().unwrap(),
             ])
             .args(extra)
-            .envs(env.iter().copied())
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied()) // (a test's own RUST_LOG wins)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
