@@ -192,6 +192,7 @@ impl Scan<'_> {
         let same =
             old.is_some_and(|o| same_content(&o) && o.mode == md.permissions().mode() & 0o7777);
         (e.hash, e.target, e.stamp) = (hash, target, stamp);
+        e.made_here = true; // found here, whether adopted or changed behind our back
         e.size = if kind == Kind::File { md.len() } else { 0 };
         e.mode = md.permissions().mode() & 0o7777;
         e.mtime = fold::mtime(&stat_like(md));

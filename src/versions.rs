@@ -1,7 +1,8 @@
 //! The version archive (`STORE/versions`): every version of a file that a peer's change
-//! replaced or deleted, and the losers of first pairings, kept for `versions_days` and
-//! up to `versions_max_mib` (oldest go first). Sync never destroys the only copy of
-//! anything: it moves it here.
+//! replaced or deleted (for a change applied in place, a copy of a version made on this
+//! node), and the losers of first pairings, kept for `versions_days` and up to
+//! `versions_max_mib` (oldest go first). Sync never destroys the only copy of anything:
+//! it moves it here.
 //!
 //! Layout: `versions/<store-relative path>~<YYYYMMDD-HHMMSS>` (UTC time of archiving,
 //! with `-N` appended when that name is taken), directories made as needed (0700).
@@ -90,11 +91,18 @@ impl Archive {
         let dest = pick_name(&parent, &leaf)?;
         copy(dir, name, &parent, &dest)?;
         sys::fsync(&parent, false).map_err(errno)?;
+        tracing::info!("kept a copy of the replaced version of {path} in the archive");
         self.prune();
         let rel = Path::new(path.as_os_str())
             .parent()
             .unwrap_or(Path::new(""));
         Ok(self.path.join(rel).join(dest))
+    }
+
+    /// True if a version of `size` bytes fits under `versions_max_mib` at all (a larger
+    /// one would be pruned at once).
+    pub fn fits(&self, size: u64) -> bool {
+        size <= self.max_bytes
     }
 
     /// The archive directory for `path`'s parent (made as needed) and the file's name.
@@ -167,13 +175,17 @@ fn pick_name(dir: &OwnedFd, leaf: &OsStr) -> io::Result<OsString> {
     Err(io::Error::from_raw_os_error(libc::EEXIST))
 }
 
+/// Copies in the kernel (a reflink where the filesystem can), fsynced.
 fn copy(dir: &impl AsRawFd, name: &OsStr, to_dir: &OwnedFd, to: &OsStr) -> io::Result<()> {
     let src = sys::openat(dir, name, libc::O_RDONLY | libc::O_NOFOLLOW, 0).map_err(errno)?;
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     let dst = sys::openat(to_dir, to, flags, 0o600).map_err(errno)?;
-    let (mut src, mut dst) = (std::fs::File::from(src), std::fs::File::from(dst));
-    io::copy(&mut src, &mut dst)?;
-    dst.sync_all()
+    let size = sys::fstat(&src).map_err(errno)?.st_size as u64;
+    if let Err(e) = sys::copy_range(&src, &dst, 0, size) {
+        let _ = sys::unlinkat(to_dir, to, false);
+        return Err(errno(e));
+    }
+    sys::fsync(&dst, false).map_err(errno)
 }
 
 fn copy_then_unlink(

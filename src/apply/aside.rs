@@ -12,6 +12,9 @@ pub enum Aside<'a> {
     Rename(&'a str),
     /// Into the version archive.
     Archive,
+    /// A copy into the version archive; the file stays (a peer's update is applied to
+    /// it in place).
+    ArchiveCopy,
 }
 
 /// The regular file that was set aside.
@@ -57,25 +60,42 @@ impl Applier {
                     self.hooks.invalidate_entry(d.st_ino, name);
                 }
             }
-            Aside::Archive if st.st_size == 0 => return Ok(None), // nothing to keep
-            Aside::Archive => {
+            Aside::Archive | Aside::ArchiveCopy if st.st_size == 0 => return Ok(None),
+            Aside::Archive | Aside::ArchiveCopy => {
                 let Some(a) = &self.archive else {
                     return Ok(None);
                 };
+                let copy = matches!(to, Aside::ArchiveCopy);
+                if copy && !a.fits(st.st_size as u64) {
+                    tracing::info!(
+                        "{path}: larger than the archive; the replaced version is not kept"
+                    );
+                    return Ok(None);
+                }
                 let res = match st.st_nlink {
                     // other names share the inode: a copy, so that they keep it
-                    n if n > 1 => a.keep_copy(&e.dir, &e.name, path),
+                    n if n > 1 || copy => a.keep_copy(&e.dir, &e.name, path),
                     _ => a.keep(&e.dir, &e.name, path),
                 };
                 res.map_err(|err| ApplyError::io("archiving", path, err))?;
+                if copy {
+                    drop(hold);
+                    return Ok(Some(SetAside::of(&st)));
+                }
             }
         }
         drop(hold);
         self.entry_changed(path, &e)?;
-        Ok(Some(SetAside {
+        Ok(Some(SetAside::of(&st)))
+    }
+}
+
+impl SetAside {
+    fn of(st: &libc::stat) -> SetAside {
+        SetAside {
             ino: st.st_ino,
             mode: st.st_mode & 0o7777,
             size: st.st_size as u64,
-        }))
+        }
     }
 }

@@ -15,8 +15,9 @@ use crate::vv::VersionVector;
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
 
-/// Format byte in front of every stored index value.
-pub const FORMAT: u8 = 1;
+/// Format byte in front of every stored index value (1: before [`Entry::made_here`],
+/// still read).
+pub const FORMAT: u8 = 2;
 /// Clock counters reserved per durable write.
 const CLOCK_BLOCK: u64 = 1024;
 
@@ -74,6 +75,47 @@ pub struct Entry {
     /// The journal's next op sequence number when a peer's version was last taken here
     /// (not sent): local ops recorded before it were made against what it replaced.
     pub taken_at: u64,
+    /// This content was made on this node (a local change, or found by the scan), not
+    /// taken from a peer (not sent): a peer's update replacing it in place keeps a copy
+    /// in the archive. True for entries of format 1.
+    pub made_here: bool,
+}
+
+/// An entry as format 1 stored it (without `made_here`).
+#[derive(Deserialize)]
+struct EntryV1 {
+    kind: Kind,
+    size: u64,
+    mtime: Timestamp,
+    mode: u32,
+    hash: [u8; 32],
+    target: Vec<u8>,
+    vv: VersionVector,
+    deleted: bool,
+    stamp: Stamp,
+    seq: u64,
+    moved_to: Option<RelPath>,
+    taken_at: u64,
+}
+
+impl From<EntryV1> for Entry {
+    fn from(e: EntryV1) -> Entry {
+        Entry {
+            kind: e.kind,
+            size: e.size,
+            mtime: e.mtime,
+            mode: e.mode,
+            hash: e.hash,
+            target: e.target,
+            vv: e.vv,
+            deleted: e.deleted,
+            stamp: e.stamp,
+            seq: e.seq,
+            moved_to: e.moved_to,
+            taken_at: e.taken_at,
+            made_here: true,
+        }
+    }
 }
 
 impl Entry {
@@ -92,6 +134,7 @@ impl Entry {
             seq: 0,
             moved_to: None,
             taken_at: 0,
+            made_here: true,
         }
     }
 
@@ -117,6 +160,9 @@ impl Entry {
         let bad = |e| JournalError::encode("index entry", e);
         match b.split_first() {
             Some((&FORMAT, rest)) => bincode::deserialize(rest).map_err(bad),
+            Some((1, rest)) => bincode::deserialize::<EntryV1>(rest)
+                .map(Entry::from)
+                .map_err(bad),
             _ => Err(JournalError::Corrupt(
                 "index entry of unknown format".into(),
             )),
@@ -472,6 +518,29 @@ fn read_u64(t: &sled::Tree, key: &[u8]) -> Result<u64, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_format_1_entry_is_read_as_made_here() {
+        let mut e = entry();
+        e.made_here = false;
+        e.taken_at = 9;
+        let mut v1 = vec![1u8];
+        bincode::serialize_into(&mut v1, &e).unwrap();
+        v1.truncate(v1.len() - 1); // format 1 ended at `taken_at`
+        let back = Entry::decode(&v1).unwrap();
+        assert_eq!(
+            back,
+            Entry {
+                made_here: true,
+                ..e.clone()
+            }
+        );
+        assert_eq!(Entry::decode(&e.encode().unwrap()).unwrap(), e);
+        assert!(
+            Entry::decode(&[3, 0]).is_err(),
+            "an unknown format is refused"
+        );
+    }
 
     fn entry() -> Entry {
         Entry {

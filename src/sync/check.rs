@@ -61,6 +61,8 @@ struct Ours {
     deleted: bool,
     hash: [u8; 32],
     mtime: Timestamp,
+    /// The content was made here (see [`crate::journal::index::Entry::made_here`]).
+    made_here: bool,
 }
 
 /// Errors of the gate, as the applier's (they are nacked the same way).
@@ -87,6 +89,7 @@ impl Checker {
                 deleted: true,
                 hash: e.hash,
                 mtime,
+                made_here: e.made_here,
             }));
         };
         let stamp = fold::stamp(&st);
@@ -107,6 +110,7 @@ impl Checker {
             (_, Some(e)) => e.hash,
             _ => [0; 32],
         };
+        let made_here = pending || !fresh || known.is_none_or(|e| e.made_here);
         let vv = entry.map(|e| e.vv).unwrap_or_default();
         let vv = self.pending_bump(vv, pending);
         Ok(Some(Ours {
@@ -115,6 +119,7 @@ impl Checker {
             deleted: false,
             hash,
             mtime: fold::mtime(&st),
+            made_here,
         }))
     }
 
@@ -160,10 +165,7 @@ impl Checker {
                 return Ok(UpdateStep::Skip);
             }
             Verdict::Merge => return self.after_update(u).map(|_| UpdateStep::Skip),
-            Verdict::Take(Loser::Replaced) => {
-                let o = ours.as_ref().filter(|o| !o.deleted && o.hash != u.hash);
-                u.base.is_none() && o.is_some() && self.archive(&u.path)?
-            }
+            Verdict::Take(Loser::Replaced) => self.keep_replaced(u, ours.as_ref())?,
             Verdict::Take(_) if u.base.is_some() => {
                 return Ok(UpdateStep::Refuse(NackReason::UnknownBase))
             }
@@ -177,6 +179,23 @@ impl Checker {
         Ok(UpdateStep::Apply(
             judged.map_or(Expect::Nothing, Expect::File),
         ))
+    }
+
+    /// Keeps the version a peer's update replaces in the archive: moved there for a
+    /// whole update (true); for an update applied in place, a copy, if the content was
+    /// made here (one that came from the peer is the peer's to keep), so that a version
+    /// the peer's user saved over unseen is not lost.
+    fn keep_replaced(&self, u: &FileUpdate, ours: Option<&Ours>) -> Result<bool, ApplyError> {
+        let Some(o) = ours.filter(|o| !o.deleted && o.hash != u.hash) else {
+            return Ok(false);
+        };
+        if u.base.is_none() {
+            return self.archive(&u.path);
+        }
+        if o.made_here {
+            self.applier.set_aside(&u.path, Aside::ArchiveCopy)?;
+        }
+        Ok(false)
     }
 
     /// Our version of `path` beat the peer's concurrent one, which the peer still holds:

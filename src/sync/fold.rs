@@ -21,6 +21,11 @@ pub enum Origin<'a> {
 }
 
 impl Origin<'_> {
+    /// True for a local change (its content is made here).
+    fn is_local(&self) -> bool {
+        matches!(self, Origin::Local(_))
+    }
+
     fn next(&self, ix: &Index, old: Option<&Entry>) -> Result<VersionVector, JournalError> {
         let base = old.map(|e| e.vv.clone()).unwrap_or_default();
         Ok(match self {
@@ -101,8 +106,12 @@ pub fn op(
         ix.put(path, e)?;
         Ok::<_, JournalError>(vv)
     };
+    let made = origin.is_local();
     match op {
-        MetaOp::Create { path, mode, .. } => put(path, &|_| Entry::new(Kind::File, *mode)),
+        MetaOp::Create { path, mode, .. } => put(path, &|_| Entry {
+            made_here: made,
+            ..Entry::new(Kind::File, *mode)
+        }),
         MetaOp::Mkdir { path, mode } => put(path, &|_| Entry::new(Kind::Dir, *mode)),
         MetaOp::Symlink { path, target } => put(path, &|_| Entry {
             hash: *blake3::hash(target).as_bytes(),
@@ -118,10 +127,13 @@ pub fn op(
         MetaOp::Unlink { path, .. } | MetaOp::Rmdir { path } => bury(ix, path, origin),
         MetaOp::Rename { from, to, flags } => rename(ix, root, from, to, *flags, origin),
         MetaOp::Mknod { .. } => Ok(VersionVector::new()), // special files are not indexed
+        MetaOp::Truncate { path, .. } => put(path, &|old| Entry {
+            made_here: made,
+            ..old.unwrap_or_else(|| Entry::new(Kind::File, 0o644))
+        }),
         MetaOp::Chmod { path, .. }
         | MetaOp::Chown { path, .. }
         | MetaOp::Utimens { path, .. }
-        | MetaOp::Truncate { path, .. }
         | MetaOp::SetXattr { path, .. }
         | MetaOp::RemoveXattr { path, .. } => put(path, &|old| {
             old.unwrap_or_else(|| Entry::new(Kind::File, 0o644))
@@ -212,6 +224,7 @@ pub fn update(
     let mut e = old.unwrap_or_else(|| Entry::new(Kind::File, 0o644));
     refresh(root, path, &mut e);
     (e.vv, e.deleted, e.hash, e.size) = (vv.clone(), false, hash, size);
+    e.made_here = origin.is_local();
     ix.put(path, e)?;
     Ok(vv)
 }

@@ -29,6 +29,8 @@ pub mod stats;
 pub mod verdict;
 
 #[cfg(test)]
+mod archive_tests;
+#[cfg(test)]
 mod big_tests;
 #[cfg(test)]
 mod fuzz_tests;

@@ -299,6 +299,23 @@ impl Node {
         }
     }
 
+    /// Overwrites `bytes` at `at` of the existing `f<f>` in place (no truncate), as the
+    /// mount records it: an update against the version the peer holds.
+    pub(super) fn patch(&self, f: usize, at: u64, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        let full = self.data.join(format!("f{f}"));
+        let ino = std::fs::metadata(&full).unwrap().ino();
+        let end = at + bytes.len() as u64;
+        self.journal.track(ino, &rp(&format!("f{f}"))).unwrap();
+        self.journal.record_write(ino, at, end).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&full).unwrap();
+        file.write_all_at(bytes, at).unwrap();
+        self.journal.write_done(ino);
+        if let Some(q) = &*self.quiet.lock().unwrap() {
+            let _ = q.send(ino);
+        }
+    }
+
     fn apply(&self, e: &Edit, body: &str) {
         let full = |f: usize| self.data.join(format!("f{f}"));
         match *e {
@@ -343,6 +360,11 @@ impl Node {
     /// File name → content, of the folder.
     pub(super) fn tree(&self) -> BTreeMap<String, String> {
         files_under(&self.data)
+    }
+
+    /// File name (with its time suffix) → content, of the version archive.
+    pub(super) fn archived(&self) -> BTreeMap<String, String> {
+        files_under(&self.versions)
     }
 
     /// Every content kept anywhere on this node: the folder and the archive.
