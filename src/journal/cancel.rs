@@ -40,6 +40,9 @@ pub struct Known<'a> {
     pub pending: &'a dyn Fn(FileId) -> bool,
     /// True when both sides hold a regular file at the path (the index says so).
     pub synced_file: &'a dyn Fn(&RelPath) -> bool,
+    /// The sequence number from which ops follow the peer's version last taken at the
+    /// path (the index's `taken_at`; 0: none taken).
+    pub taken_at: &'a dyn Fn(&RelPath) -> u64,
 }
 
 /// Decides what `op`, about to be recorded as `seq`, voids among the pending ops
@@ -238,6 +241,11 @@ fn find_backup_save(
         }
     }
     let (at, a) = rename?;
+    // the file unlinked must be the one the rename moved: not a peer's version taken
+    // at `b` since (the renamed file went aside as a conflict copy or was archived)
+    if (known.taken_at)(b) > at {
+        return None;
+    }
     // `a` must still be the file both sides hold: nothing unsent replaced it before
     let replaced = meta
         .range(floor.saturating_add(1)..at)
@@ -383,6 +391,7 @@ mod tests {
         let known = Known {
             pending: &|_| true,
             synced_file: &|_| true,
+            taken_at: &|_| 0,
         };
         super::plan(meta, floor, seq, op, &known)
     }
@@ -410,6 +419,39 @@ mod tests {
             },
             None => MetaOp::RemoveXattr { path, name },
         }
+    }
+
+    #[test]
+    fn a_backup_save_folds_unless_a_peer_version_replaced_the_backup() {
+        let meta = log(vec![
+            MetaOp::Rename {
+                from: rp("a"),
+                to: rp("a~"),
+                flags: 0,
+            },
+            MetaOp::Create {
+                path: rp("a"),
+                file: 5,
+                mode: 0o644,
+            },
+        ]);
+        let unlink = MetaOp::Unlink {
+            path: rp("a~"),
+            file: 4,
+            last_link: true,
+        };
+        let folded = plan(&meta, 0, 3, unlink.clone());
+        assert_eq!((folded.save, folded.void), (Some(5), vec![1, 2, 3]));
+        // the peer's version was taken at `a~` after the rename (ops from seq 2 on follow
+        // it): the file unlinked is that one, and the unlink must go
+        let taken = |p: &RelPath| if *p == rp("a~") { 2 } else { 0 };
+        let known = Known {
+            pending: &|_| true,
+            synced_file: &|_| true,
+            taken_at: &taken,
+        };
+        let kept = super::plan(&meta, 0, 3, unlink, &known);
+        assert_eq!((kept.save, kept.void), (None, vec![]));
     }
 
     #[test]
@@ -503,12 +545,14 @@ mod tests {
         let empty = Known {
             pending: &|_| false,
             synced_file: &|_| true,
+            taken_at: &|_| 0,
         };
         let p = super::plan(&meta, 0, 5, unlink.clone(), &empty);
         assert!(p.void.is_empty() && p.save.is_none(), "no data: ops");
         let fresh = Known {
             pending: &|_| true,
             synced_file: &|_| false,
+            taken_at: &|_| 0,
         };
         let p = super::plan(&meta, 0, 5, unlink.clone(), &fresh);
         assert!(p.save.is_none(), "the peer holds no file at doc");
@@ -601,12 +645,14 @@ mod tests {
         let empty = Known {
             pending: &|_| false,
             synced_file: &|_| true,
+            taken_at: &|_| 0,
         };
         let none = super::plan(&meta, 0, 4, save.clone(), &empty);
         assert!(none.void.is_empty(), "an empty new file goes as ops");
         let symlink = Known {
             pending: &|_| true,
             synced_file: &|_| false,
+            taken_at: &|_| 0,
         };
         let over_a_link = super::plan(&meta, 0, 4, save.clone(), &symlink);
         assert!(

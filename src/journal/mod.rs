@@ -536,9 +536,14 @@ impl Journal {
             let e = self.index().get(p).ok().flatten();
             e.is_some_and(|e| e.kind == index::Kind::File && !e.deleted)
         };
+        let taken_at = |p: &RelPath| {
+            let e = self.index().get(p).ok().flatten();
+            e.map_or(0, |e| e.taken_at)
+        };
         let known = cancel::Known {
             pending: &pending,
             synced_file: &synced_file,
+            taken_at: &taken_at,
         };
         let plan = cancel::plan(l.state.meta(), l.sent_upto, seq, op, &known);
         l.log_and_apply(Record::Meta { seq, op: plan.op })?;

@@ -418,6 +418,7 @@ impl Checker {
                         // as a conflict copy); `from` is gone there: gone here too,
                         // unless we edited it meanwhile (an edit beats a delete).
                         self.archive(from)?;
+                        self.answer(to, ours.as_ref(), vv)?;
                         tracing::info!("rename {from} -> {to}: our {to} wins; {from} removed");
                         Ok(Step::RemoveFrom)
                     }

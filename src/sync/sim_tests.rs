@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
 const FOLDER: [u8; 16] = [9; 16];
-const FILES: usize = 5;
+pub(super) const FILES: usize = 5;
 
 pub(super) struct Node {
     _tmp: tempfile::TempDir,
@@ -261,8 +261,13 @@ fn rp(s: &str) -> RelPath {
 
 /// One local edit, as the mount would record it.
 #[derive(Clone, Debug)]
-enum Edit {
+pub(super) enum Edit {
     Write(usize),
+    /// Overwrites the start of an existing file in place with the body's first line
+    /// (no truncate).
+    Patch(usize),
+    /// A save by temp file (`t<f>`) renamed over the file.
+    Save(usize),
     Delete(usize),
     Rename(usize, usize),
 }
@@ -273,7 +278,12 @@ impl Node {
     }
 
     pub(super) fn write_bytes(&self, f: usize, body: &[u8]) {
-        let (path, full) = (rp(&format!("f{f}")), self.data.join(format!("f{f}")));
+        self.write_named(&format!("f{f}"), body);
+    }
+
+    /// Writes `body` to the file `name` (made if missing, else truncated and rewritten).
+    fn write_named(&self, name: &str, body: &[u8]) {
+        let (path, full) = (rp(name), self.data.join(name));
         let j = &self.journal;
         let ino = match std::fs::metadata(&full) {
             Ok(md) => md.ino(),
@@ -316,10 +326,15 @@ impl Node {
         }
     }
 
-    fn apply(&self, e: &Edit, body: &str) {
+    pub(super) fn apply(&self, e: &Edit, body: &str) {
         let full = |f: usize| self.data.join(format!("f{f}"));
         match *e {
             Edit::Write(f) => self.write(f, body),
+            Edit::Patch(f) if full(f).exists() => {
+                let line = body.split_inclusive('\n').next().unwrap_or(body);
+                self.patch(f, 0, line.as_bytes())
+            }
+            Edit::Patch(_) => {}
             Edit::Delete(f) => {
                 let Ok(md) = std::fs::metadata(full(f)) else {
                     return;
@@ -333,28 +348,37 @@ impl Node {
                 self.journal.record_meta(op).unwrap();
             }
             Edit::Rename(a, b) => {
-                if a == b || !full(a).exists() {
-                    return;
+                if a != b && full(a).exists() {
+                    self.rename_named(&format!("f{a}"), &format!("f{b}"));
                 }
-                // as `fs` does: a replaced file is recorded as unlinked first
-                let replaced = std::fs::metadata(full(b)).ok().map(|m| m.ino());
-                std::fs::rename(full(a), full(b)).unwrap();
-                if let Some(file) = replaced {
-                    let op = MetaOp::Unlink {
-                        path: rp(&format!("f{b}")),
-                        file,
-                        last_link: true,
-                    };
-                    self.journal.record_meta(op).unwrap();
-                }
-                let op = MetaOp::Rename {
-                    from: rp(&format!("f{a}")),
-                    to: rp(&format!("f{b}")),
-                    flags: 0,
-                };
-                self.journal.record_meta(op).unwrap();
+            }
+            Edit::Save(f) => {
+                // an editor's save: a temp file, renamed over the original
+                self.write_named(&format!("t{f}"), body.as_bytes());
+                self.rename_named(&format!("t{f}"), &format!("f{f}"));
             }
         }
+    }
+
+    /// Renames `from` to `to`, as the mount records it.
+    fn rename_named(&self, from: &str, to: &str) {
+        // as `fs` does: a replaced file is recorded as unlinked first
+        let replaced = std::fs::metadata(self.data.join(to)).ok().map(|m| m.ino());
+        std::fs::rename(self.data.join(from), self.data.join(to)).unwrap();
+        if let Some(file) = replaced {
+            let op = MetaOp::Unlink {
+                path: rp(to),
+                file,
+                last_link: true,
+            };
+            self.journal.record_meta(op).unwrap();
+        }
+        let op = MetaOp::Rename {
+            from: rp(from),
+            to: rp(to),
+            flags: 0,
+        };
+        self.journal.record_meta(op).unwrap();
     }
 
     /// File name → content, of the folder.
@@ -412,9 +436,11 @@ pub(super) async fn settled(nodes: &[Arc<Node>], secs: u64) -> bool {
     false
 }
 
-fn edits() -> impl Strategy<Value = Vec<Edit>> {
+pub(super) fn edits() -> impl Strategy<Value = Vec<Edit>> {
     let e = prop_oneof![
-        4 => (0..FILES).prop_map(Edit::Write),
+        3 => (0..FILES).prop_map(Edit::Write),
+        2 => (0..FILES).prop_map(Edit::Patch),
+        2 => (0..FILES).prop_map(Edit::Save),
         1 => (0..FILES).prop_map(Edit::Delete),
         1 => (0..FILES, 0..FILES).prop_map(|(a, b)| Edit::Rename(a, b)),
     ];
@@ -507,7 +533,7 @@ fn scenario_from(base: &[bool], scripts: Vec<Vec<Edit>>) -> Result<(), TestCaseE
 }
 
 /// Cases per run: 64 (a few seconds); `SIM_CASES=2000` for a long hunt.
-fn cases() -> u32 {
+pub(super) fn cases() -> u32 {
     std::env::var("SIM_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
