@@ -18,6 +18,25 @@ fn text(tag: &str) -> String {
     t
 }
 
+/// Two nodes, each sending to the other (call from inside the runtime).
+fn pair() -> ([Arc<Node>; 2], Vec<Links>) {
+    let nodes = [node(), node()];
+    let up = Arc::new(AtomicBool::new(true));
+    let links = [(0, 1), (1, 0)]
+        .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+        .into();
+    (nodes, links)
+}
+
+type Links = (Arc<super::sim_tests::MemLink>, tokio::task::JoinHandle<()>);
+
+fn close(links: Vec<Links>) {
+    for (l, t) in links {
+        t.abort();
+        l.cut();
+    }
+}
+
 fn kept(n: &Node, body: &str) -> bool {
     n.archived().values().any(|v| v == body)
 }
@@ -30,11 +49,7 @@ fn edit(n: &Node, tag: &str) {
 fn a_version_made_here_is_archived_when_a_peer_update_replaces_it() {
     debug_logs();
     paused_runtime().block_on(async {
-        let nodes = [node(), node()];
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
+        let (nodes, links) = pair();
         let (a, b) = (&nodes[0], &nodes[1]);
         a.write(0, &text("first"));
         assert!(settled(&nodes, 30).await, "the first version reaches b");
@@ -58,10 +73,7 @@ fn a_version_made_here_is_archived_when_a_peer_update_replaces_it() {
             !kept(b, &text("three")),
             "b does not copy a version it got from a"
         );
-        for (l, t) in links {
-            t.abort();
-            l.cut();
-        }
+        close(links);
     });
 }
 
@@ -79,11 +91,7 @@ fn name(f: usize) -> String {
 /// somewhere at the end: in a tree (maybe as a conflict copy) or an archive.
 fn live(scripts: [Vec<Step>; 2]) -> Result<(), TestCaseError> {
     paused_runtime().block_on(async move {
-        let nodes = [node(), node()];
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
+        let (nodes, links) = pair();
         // long enough that a patch of one line goes as an update in place
         let pad = "-".repeat(200);
         for f in 0..FILES {
@@ -131,10 +139,7 @@ fn live(scripts: [Vec<Step>; 2]) -> Result<(), TestCaseError> {
                 "version {v:?} is lost: {trees:#?}"
             );
         }
-        for (l, t) in links {
-            t.abort();
-            l.cut();
-        }
+        close(links);
         Ok(())
     })
 }
@@ -198,11 +203,7 @@ fn a_save_over_a_version_taken_unseen_leaves_it_in_the_makers_archive() {
     use Edit::*;
     debug_logs();
     paused_runtime().block_on(async {
-        let nodes = [node(), node()];
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
+        let (nodes, links) = pair();
         let (a, b) = (&nodes[0], &nodes[1]);
         a.apply(&Write(0), &text("first"));
         assert!(settled(&nodes, 30).await);
@@ -217,9 +218,6 @@ fn a_save_over_a_version_taken_unseen_leaves_it_in_the_makers_archive() {
             kept(a, &text("a's second")),
             "a keeps the version b replaced"
         );
-        for (l, t) in links {
-            t.abort();
-            l.cut();
-        }
+        close(links);
     });
 }
