@@ -181,11 +181,21 @@ fn copy(dir: &impl AsRawFd, name: &OsStr, to_dir: &OwnedFd, to: &OsStr) -> io::R
     let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
     let dst = sys::openat(to_dir, to, flags, 0o600).map_err(errno)?;
     let size = sys::fstat(&src).map_err(errno)?.st_size as u64;
-    if let Err(e) = sys::copy_range(&src, &dst, 0, size) {
+    let copied = match sys::copy_range(&src, &dst, 0, size) {
+        // across filesystems (the data folder linked elsewhere), or not supported here
+        Err(e) if [libc::EXDEV, libc::ENOSYS, libc::EOPNOTSUPP, libc::EINVAL].contains(&e.0) => {
+            let (mut src, mut dst) = (std::fs::File::from(src), std::fs::File::from(dst));
+            dst.set_len(0)
+                .and_then(|()| io::copy(&mut src, &mut dst))
+                .and_then(|_| dst.sync_all())
+        }
+        Err(e) => Err(errno(e)),
+        Ok(()) => sys::fsync(&dst, false).map_err(errno),
+    };
+    if copied.is_err() {
         let _ = sys::unlinkat(to_dir, to, false);
-        return Err(errno(e));
     }
-    sys::fsync(&dst, false).map_err(errno)
+    copied
 }
 
 fn copy_then_unlink(
@@ -263,5 +273,25 @@ mod tests {
         std::fs::write(data.join("d/f.txt"), vec![1u8; 2 << 20]).unwrap();
         a.keep(&dir, OsStr::new("f.txt"), &p).unwrap();
         assert!(list(&t.path().join("versions"), None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_kept_copy_leaves_the_file_and_matches_it() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(data.join("f"), &body).unwrap();
+        let a = Archive::open(&t.path().join("versions"), 30, 1).unwrap();
+        let dir = sys::openat(&sys::AtCwd, data.as_os_str(), libc::O_RDONLY, 0).unwrap();
+        let p = RelPath::from_bytes(b"f").unwrap();
+        let kept = a.keep_copy(&dir, OsStr::new("f"), &p).unwrap();
+        assert_eq!(std::fs::read(&kept).unwrap(), body);
+        assert_eq!(
+            std::fs::read(data.join("f")).unwrap(),
+            body,
+            "the file stays"
+        );
+        assert!(a.fits(1 << 20) && !a.fits((1 << 20) + 1));
     }
 }
