@@ -106,6 +106,11 @@ fn live(scripts: [Vec<Step>; 2]) -> Result<(), TestCaseError> {
                     continue;
                 };
                 let mut before = nodes[n].tree();
+                if let Edit::Rename(a, _) = *edit {
+                    if !before.contains_key(&name(a)) {
+                        continue; // the editor sees no file to move
+                    }
+                }
                 // the editor's time between reading the file and saving over it
                 tokio::time::sleep(Duration::from_millis(pause % 31)).await;
                 if let Edit::Patch(_) = edit {
@@ -118,7 +123,7 @@ fn live(scripts: [Vec<Step>; 2]) -> Result<(), TestCaseError> {
                 tracing::debug!(node = n, meta = ?nodes[n].journal.snapshot().meta, "queued");
                 let replaced = match *edit {
                     Edit::Write(f) | Edit::Patch(f) | Edit::Save(f) | Edit::Delete(f) => Some(f),
-                    Edit::Rename(a, b) if a != b && before.contains_key(&name(a)) => Some(b),
+                    Edit::Rename(a, b) if a != b => Some(b),
                     Edit::Rename(..) => None,
                 };
                 if let Some(v) = replaced.and_then(|f| before.get(&name(f))) {
