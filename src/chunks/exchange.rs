@@ -163,6 +163,20 @@ impl<'t> Offers<'t> {
         Ok(round)
     }
 
+    /// The round after the needing side decoded the sketch: `leaves` are the indexes
+    /// (strictly increasing) of the leaves it answered, `answers` its answers to them.
+    pub fn pick(&mut self, leaves: &[u32], answers: &[Answer]) -> Result<Round, ChunkError> {
+        let n = self.tree.level(0).len();
+        let bad_order = leaves.windows(2).any(|w| w[0] >= w[1]);
+        if bad_order || leaves.last().is_some_and(|&l| l as usize >= n) {
+            return Err(ChunkError::Mismatch(format!(
+                "picked leaves out of order or past the {n} offered"
+            )));
+        }
+        self.last = leaves.iter().map(|&i| Item::Node(0, i as usize)).collect();
+        self.next(answers)
+    }
+
     /// True once nothing offered is left open.
     pub fn is_done(&self) -> bool {
         self.last.is_empty()
@@ -264,23 +278,50 @@ impl Needs {
         len >= MIN_DESCRIBED && self.old_len > 0 && blocks <= MAX_ROUND_BLOCKS
     }
 
-    /// The first round: answers to the top level.
-    pub fn first(&mut self, top: &[Offer]) -> Result<Vec<Answer>, ChunkError> {
-        let total: u64 = top.iter().map(|o| o.len).sum();
-        if total != self.size || top.len() > MAX_GROUP || !self.pieces.is_empty() {
+    /// The first round's pieces for `offers` (the top level, at most `most` nodes, or
+    /// the leaves of a decoded sketch), which must cover the new version.
+    fn open(&mut self, offers: &[Offer], most: usize) -> Result<Vec<Piece>, ChunkError> {
+        let total: u64 = offers.iter().map(|o| o.len).sum();
+        if total != self.size || offers.len() > most || !self.pieces.is_empty() {
             return Err(ChunkError::Mismatch(format!(
-                "a top level of {} nodes covering {total} bytes, for {}",
-                top.len(),
+                "a first round of {} nodes covering {total} bytes, for {}",
+                offers.len(),
                 self.size
             )));
         }
-        let mut out = Vec::with_capacity(top.len());
+        let mut out = Vec::with_capacity(offers.len());
         self.round_blocks = 0;
-        for o in top {
+        for o in offers {
             self.answer(o, &mut out)?;
         }
+        Ok(out)
+    }
+
+    /// The first round: answers to the top level.
+    pub fn first(&mut self, top: &[Offer]) -> Result<Vec<Answer>, ChunkError> {
+        let out = self.open(top, MAX_GROUP)?;
         let fresh: Vec<usize> = (0..out.len()).collect();
         Ok(self.settle(out, &fresh))
+    }
+
+    /// The first round when the offer's sketch decoded to `leaves` (hash, len), the
+    /// new version's leaves in order: returns the indexes of those not found here and
+    /// their answers, in order.
+    pub fn sketched(
+        &mut self,
+        leaves: &[(u64, u64)],
+    ) -> Result<(Vec<u32>, Vec<Answer>), ChunkError> {
+        let leaf = true;
+        let offers: Vec<Offer> = (leaves.iter())
+            .map(|&(hash, len)| Offer { hash, len, leaf })
+            .collect();
+        let out = self.open(&offers, u32::MAX as usize)?;
+        let fresh: Vec<usize> = (0..out.len())
+            .filter(|&i| !matches!(out[i], Piece::Copy { .. }))
+            .collect();
+        let answers = self.settle(out, &fresh);
+        self.pieces = merged(std::mem::take(&mut self.pieces));
+        Ok((fresh.into_iter().map(|i| i as u32).collect(), answers))
     }
 
     /// A later round: the children of each node we expanded, the bytes of each leaf or
@@ -427,19 +468,24 @@ impl Needs {
 
     /// The pieces of the new version (adjacent copies merged); call once done.
     pub fn into_pieces(self) -> Vec<Piece> {
-        let mut out: Vec<Piece> = Vec::with_capacity(self.pieces.len());
-        for p in self.pieces {
-            match (out.last_mut(), p) {
-                (Some(Piece::Copy { from, len }), Piece::Copy { from: f, len: l })
-                    if *from + *len == f =>
-                {
-                    *len += l
-                }
-                (_, p) => out.push(p),
-            }
-        }
-        out
+        merged(self.pieces)
     }
+}
+
+/// `pieces` with each run of adjacent copies made one.
+fn merged(pieces: Vec<Piece>) -> Vec<Piece> {
+    let mut out: Vec<Piece> = Vec::with_capacity(pieces.len());
+    for p in pieces {
+        match (out.last_mut(), p) {
+            (Some(Piece::Copy { from, len }), Piece::Copy { from: f, len: l })
+                if *from + *len == f =>
+            {
+                *len += l
+            }
+            (_, p) => out.push(p),
+        }
+    }
+    out
 }
 
 /// Writes the new version from `pieces`, copying from `old`; returns the bytes written.
@@ -827,5 +873,36 @@ mod search_tests {
             Piece::Copy { from: 228, len: 50 },
         ];
         assert_eq!(found, copies);
+    }
+
+    #[test]
+    fn a_pick_must_name_leaves_of_the_tree_in_order() {
+        let old = crate::chunks::tests::text(1 << 20, 5);
+        let mut new = old.clone();
+        new[500_000] ^= 1;
+        let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+        let n = b.level(0).len() as u32;
+        let leaves: Vec<(u64, u64)> = b.level(0).iter().map(|l| (l.hash, l.len)).collect();
+        let mut needs = Needs::new(&a, new.len() as u64);
+        let (picks, answers) = needs.sketched(&leaves).unwrap();
+        assert!(!picks.is_empty() && picks.len() <= 3, "{picks:?}");
+        assert!(needs.sketched(&leaves).is_err(), "a second first round");
+        let fresh = || Offers::new(&b);
+        assert!(
+            fresh().pick(&[n], &[Answer::Send]).is_err(),
+            "past the last"
+        );
+        assert!(
+            fresh().pick(&[2, 1], &[Answer::Send; 2]).is_err(),
+            "out of order"
+        );
+        assert!(fresh().pick(&[1], &[]).is_err(), "unanswered");
+        let round = fresh().pick(&picks, &answers).unwrap();
+        assert_eq!(round.describe.len() + round.send.len(), picks.len());
+        let mut short = Needs::new(&a, new.len() as u64 + 1);
+        assert!(
+            short.sketched(&leaves).is_err(),
+            "leaves not covering the size"
+        );
     }
 }

@@ -24,6 +24,7 @@
 mod exchange;
 pub mod leaves;
 pub mod pieces;
+pub mod sketch;
 mod tree;
 
 pub use exchange::{
@@ -101,4 +102,4 @@ pub enum ChunkError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -5,7 +5,7 @@ use super::*;
 use proptest::prelude::*;
 
 /// Text-like bytes (lowercase letters, xorshift).
-pub(super) fn text(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn text(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
@@ -61,12 +61,28 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let mut needs = Needs::new(&a, new.len() as u64);
     let top = offers.top();
     let mut cost: usize = top.iter().map(offer_bytes).sum();
-    let mut answers = needs.first(&top).unwrap();
+    let sketch =
+        (b.level(0).len() >= sketch::MIN_LEAVES).then(|| sketch::encode(&b, sketch::CELLS));
+    cost += sketch.as_ref().map_or(0, Vec::len);
+    let decoded = sketch.and_then(|s| sketch::decode(&s, &a, new.len() as u64));
+    let (mut picks, mut answers) = match decoded {
+        Some(leaves) => {
+            let (p, a) = needs.sketched(&leaves).unwrap();
+            (Some(p), a)
+        }
+        None => (None, needs.first(&top).unwrap()),
+    };
     let (mut rounds, mut sent_bytes, mut hashes) = (1, 0, 0);
     let (mut offered, mut fine) = (top.len(), 0);
     while !needs.is_done() {
         cost += answers.len().div_ceil(4);
-        let round = offers.next(&answers).unwrap();
+        let round = match picks.take() {
+            Some(p) => {
+                cost += p.len() * 3; // (gaps between picked leaves)
+                offers.pick(&p, &answers).unwrap()
+            }
+            None => offers.next(&answers).unwrap(),
+        };
         let (bytes, blocks) = sent(new, &round);
         offered += round.children.iter().flatten().count();
         fine += round.fine.len();
@@ -331,26 +347,34 @@ proptest! {
         // duplicated blocks (a run copied elsewhere)
         let old = text(len, seed);
         let mut new = old.clone();
-        for (at, kind, n, to) in edits {
-            let at = (at * new.len() as f64) as usize;
-            let end = (at + n).min(new.len());
-            match kind {
-                0 => { new.splice(at..at, text(n, seed + 1)); }
-                1 => { new.drain(at..end); }
-                2 => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
-                3 => {
-                    let run: Vec<u8> = new.drain(at..end).collect();
-                    let to = (to * new.len() as f64) as usize;
-                    new.splice(to..to, run);
-                }
-                _ => {
-                    let run = new[at..end].to_vec();
-                    let to = (to * new.len() as f64) as usize;
-                    new.splice(to..to, run);
-                }
-            }
+        for e in edits {
+            edit(&mut new, e, seed);
         }
         prop_assert!(run(&old, &new).rebuilt == new);
+    }
+}
+
+/// One edit of `new` at `at` (a fraction of its length) of about `n` bytes: 0 an
+/// insert, 1 a delete, 2 an overwrite, 3 a move (the run cut and put back at `to`),
+/// otherwise a duplicate (the run copied to `to`).
+pub(crate) fn edit(new: &mut Vec<u8>, (at, kind, n, to): (f64, usize, usize, f64), seed: u64) {
+    let at = (at * new.len() as f64) as usize;
+    let end = (at + n).min(new.len());
+    let to_of = |len: usize| (to * len as f64) as usize;
+    match kind {
+        0 => drop(new.splice(at..at, text(n, seed + 1))),
+        1 => drop(new.drain(at..end)),
+        2 => new[at..end].copy_from_slice(&text(end - at, seed + 2)),
+        3 => {
+            let run: Vec<u8> = new.drain(at..end).collect();
+            let to = to_of(new.len());
+            new.splice(to..to, run);
+        }
+        _ => {
+            let run = new[at..end].to_vec();
+            let to = to_of(new.len());
+            new.splice(to..to, run);
+        }
     }
 }
 

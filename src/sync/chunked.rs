@@ -12,7 +12,7 @@ use super::budget::PeerBudget;
 use super::joined::Joined;
 use super::SyncError;
 use crate::beneath::open_beneath;
-use crate::chunks::{rebuild, Answer, Needs, Offer, Round, Tree};
+use crate::chunks::{rebuild, sketch, Answer, Needs, Offer, Round, Tree};
 use crate::path::RelPath;
 use crate::wire::{
     hash48_from, ChunkNode, Encoding, FileUpdate, Message, RangeData, BLOCK_HASH, MAX_RANGE_LEN,
@@ -217,9 +217,13 @@ struct Rebuild {
 }
 
 /// What reading one candidate for our version of an offered file came to.
+/// The receiver's first answers: to the top level, or to the leaves it picked.
+type First = (Option<Vec<u32>>, Vec<Answer>);
+
 enum Stand {
-    /// It stands for our version: the exchange, its first answers and its charge.
-    On(Needs, Vec<Answer>, usize),
+    /// It stands for our version: the exchange, its first answers (to the leaves
+    /// picked, when the sketch decoded) and its charge.
+    On(Needs, First, usize),
     /// It shares nothing with the offer (or could not be read): try the next.
     Next,
     /// The offer is declined.
@@ -271,7 +275,7 @@ impl Rebuilds {
         &mut self,
         root: &impl AsRawFd,
         update: FileUpdate,
-        top: &[ChunkNode],
+        (top, sketch): (&[ChunkNode], &[u8]),
         elsewhere: impl FnOnce(&FileUpdate) -> Vec<Basis>,
     ) -> Next {
         let id = update.id;
@@ -297,8 +301,8 @@ impl Rebuilds {
         };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
         for (old, guessed) in candidates {
-            match self.stand_on(&update, &top, &old, guessed) {
-                Stand::On(needs, answers, charged) => {
+            match self.stand_on(&update, (&top, sketch), &old, guessed) {
+                Stand::On(needs, (picks, answers), charged) => {
                     let rebuild = Rebuild {
                         update,
                         needs,
@@ -307,7 +311,7 @@ impl Rebuilds {
                         charged,
                     };
                     self.current.insert(id, rebuild);
-                    return self.after_round(id, answers);
+                    return self.after_round(id, picks, answers);
                 }
                 Stand::Next => continue,
                 Stand::Decline => return decline,
@@ -319,7 +323,13 @@ impl Rebuilds {
     /// Reads `old` to stand for our version of `update` and answers the top level; a
     /// `guessed` file (named or similar, not a copy) that shares none of it gives way
     /// to the next.
-    fn stand_on(&self, update: &FileUpdate, top: &[Offer], old: &Joined, guessed: bool) -> Stand {
+    fn stand_on(
+        &self,
+        update: &FileUpdate,
+        (top, sketch): (&[Offer], &[u8]),
+        old: &Joined,
+        guessed: bool,
+    ) -> Stand {
         // the rebuilt content, and our version's tree and index of its nodes (about a
         // quarter of its size)
         let charged = update.size as usize + super::sources::tree_memory(old.len());
@@ -338,7 +348,11 @@ impl Rebuilds {
             }
         };
         let mut needs = Needs::new(&tree, update.size);
-        match needs.first(top) {
+        let first = match sketch::decode(sketch, &tree, update.size) {
+            Some(leaves) => needs.sketched(&leaves).map(|(p, a)| (Some(p), a)),
+            None => needs.first(top).map(|a| (None, a)),
+        };
+        match first {
             Ok(_) if guessed && needs.matched() == 0 => {
                 self.budget.give(charged);
                 Stand::Next // a likely file, but other content
@@ -418,7 +432,7 @@ impl Rebuilds {
             ..Round::default()
         };
         match r.needs.next(round, bytes, &block_hashes_of(blocks), &r.old) {
-            Ok(answers) if r.rounds <= MAX_ROUNDS => self.after_round(id, answers),
+            Ok(answers) if r.rounds <= MAX_ROUNDS => self.after_round(id, None, answers),
             res => {
                 if let Err(e) = res {
                     tracing::info!("{}: chunk round refused: {e}", r.update.path);
@@ -434,15 +448,24 @@ impl Rebuilds {
         self.end(id);
     }
 
-    fn after_round(&mut self, id: u64, answers: Vec<Answer>) -> Next {
+    /// Answers the round just read (`picks`: the leaves answered, after a sketch), or
+    /// ends the exchange.
+    fn after_round(&mut self, id: u64, picks: Option<Vec<u32>>, answers: Vec<Answer>) -> Next {
         let r = self.current.get_mut(&id).expect("an exchange under way");
         if !r.needs.is_done() {
+            let answers = answers.into_iter().map(answer_byte).collect();
+            if let Some(leaves) = picks {
+                return Next::Reply(Message::ChunkPick {
+                    id,
+                    leaves,
+                    answers,
+                });
+            }
             if r.needs.matched() == 0 && answers.len() >= NOTHING_FOUND_NODES {
                 tracing::debug!("{}: nothing in common for a chunk exchange", r.update.path);
                 self.end(id);
                 return Next::Reply(Message::ChunkDecline(id));
             }
-            let answers = answers.into_iter().map(answer_byte).collect();
             return Next::Reply(Message::ChunkAnswer { id, answers });
         }
         let r = self.current.remove(&id).expect("an exchange under way");

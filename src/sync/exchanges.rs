@@ -8,7 +8,7 @@ use super::chunked::{answer_of, to_wire, Offered, Ready, MAX_EXCHANGES};
 use super::link::Duplex;
 use super::sender::recv_reply;
 use super::{unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TIMEOUT};
-use crate::chunks::{block_hashes, fine_hashes, Answer, Offers, BLOCK, FINE};
+use crate::chunks::{block_hashes, fine_hashes, sketch, Answer, Offers, BLOCK, FINE};
 use crate::wire::{hash48_bytes, AckKind, ChunkNode, FramedStream, Message};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -37,6 +37,8 @@ pub struct Exchange<'a> {
     rounds: usize,
     nodes: usize,
     leaves: u64,
+    /// The offer carried a sketch, and no reply came yet: the first may be a pick.
+    sketched: bool,
 }
 
 /// What an exchange does after a reply.
@@ -53,7 +55,13 @@ impl<'a> Exchange<'a> {
     pub fn start(r: &'a Ready) -> (Exchange<'a>, Message, usize) {
         let mut offers = Offers::new(&r.read.tree);
         let top: Vec<ChunkNode> = offers.top().into_iter().map(to_wire).collect();
-        let owed = top.len() + REPLY_HEAD;
+        let leaves = r.read.tree.level(0).len();
+        let sketch = match leaves >= sketch::MIN_LEAVES {
+            true => sketch::encode(&r.read.tree, sketch::CELLS),
+            false => Vec::new(),
+        };
+        // (a pick answers a few leaves, 5 bytes each)
+        let owed = top.len() + REPLY_HEAD + if sketch.is_empty() { 0 } else { 256 };
         let x = Exchange {
             id: r.update.id,
             size: r.update.size,
@@ -62,11 +70,13 @@ impl<'a> Exchange<'a> {
             rounds: 1,
             nodes: top.len(),
             leaves: 0,
+            sketched: !sketch.is_empty(),
         };
         let offer = Message::ChunkOffer {
             update: r.update.clone(),
             top,
             from: r.from.clone(),
+            sketch,
         };
         (x, offer, owed)
     }
@@ -74,8 +84,14 @@ impl<'a> Exchange<'a> {
     /// The peer's reply to this exchange's last message.
     pub fn on_reply(&mut self, reply: Message) -> Result<Step, SyncError> {
         let id = self.id;
-        let answers = match reply {
-            Message::ChunkAnswer { id: i, answers } if i == id => answers,
+        let sketched = std::mem::take(&mut self.sketched);
+        let (picks, answers) = match reply {
+            Message::ChunkAnswer { id: i, answers } if i == id => (None, answers),
+            Message::ChunkPick {
+                id: i,
+                leaves,
+                answers,
+            } if i == id && sketched => (Some(leaves), answers),
             Message::Ack(AckKind::Update(i)) if i == id => {
                 let done = Offered::Acked(self.rounds, self.nodes, self.leaves);
                 return Ok(Step::Done(done, None));
@@ -98,12 +114,17 @@ impl<'a> Exchange<'a> {
         let answers: Option<Vec<Answer>> = answers.into_iter().map(answer_of).collect();
         let answers =
             answers.ok_or_else(|| SyncError::Protocol("a chunk answer out of range".into()))?;
-        self.round(&answers)
+        self.round(picks.as_deref(), &answers)
     }
 
-    /// The next round after `answers`, or a decline if it would carry too much.
-    fn round(&mut self, answers: &[Answer]) -> Result<Step, SyncError> {
-        let round = (self.offers.next(answers)).map_err(|e| SyncError::Protocol(e.to_string()))?;
+    /// The next round after `answers` (to the leaves `picks`, after a sketch), or a
+    /// decline if it would carry too much.
+    fn round(&mut self, picks: Option<&[u32]>, answers: &[Answer]) -> Result<Step, SyncError> {
+        let round = match picks {
+            Some(p) => self.offers.pick(p, answers),
+            None => self.offers.next(answers),
+        };
+        let round = round.map_err(|e| SyncError::Protocol(e.to_string()))?;
         let want: u64 = round.send.iter().map(|(_, l)| l).sum();
         let blocks_n = round
             .describe
@@ -285,9 +306,11 @@ async fn flush<S: Duplex>(fs: &mut FramedStream<S>, sizes: u64) -> Result<(), Sy
 fn wire_len(msg: &Message) -> u64 {
     const NODE: usize = 11; // a ChunkNode's bytes
     let n = match msg {
-        Message::ChunkOffer { top, from, .. } => {
+        Message::ChunkOffer {
+            top, from, sketch, ..
+        } => {
             let named: usize = from.iter().map(|p| 8 + p.as_bytes().len()).sum();
-            256 + NODE * top.len() + named
+            256 + NODE * top.len() + named + sketch.len()
         }
         Message::ChunkRound {
             children,

@@ -305,6 +305,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         update: header.clone(),
         top,
         from: vec![],
+        sketch: vec![],
     };
     assert!(declined(&ask(&mut fs, offer(short)).await));
     // a path with no local version
@@ -314,6 +315,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         update: elsewhere,
         top: top.clone(),
         from: vec![],
+        sketch: vec![],
     };
     assert!(matches!(ask(&mut fs, m).await, Message::ChunkDecline(_)));
     // leaves that do not match what was asked for
@@ -351,6 +353,89 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
     assert!(task.await.unwrap().is_ok());
 }
 
+/// A sketch that lies (it decodes to the leaves of other content of the same size)
+/// leads the receiver to pick and rebuild that content, which fails the offered hash:
+/// refused, nothing applied, the memory given back; the honest sketch then applies.
+#[tokio::test]
+async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
+    use crate::chunks::{sketch, Offers, Tree};
+    let e = env();
+    let mallory = PeerId::random();
+    let (mut fs, task) = connect(&e, mallory).await;
+    let old = crate::chunks::tests::text(2 << 20, 11);
+    let (mut new, mut lie) = (old.clone(), old.clone());
+    new[1_000_000..1_000_020].copy_from_slice(&[b'N'; 20]);
+    lie[300_000..300_020].copy_from_slice(&[b'L'; 20]);
+    write_older(&e.data.join("big"), &old);
+    let mut header = valid_update(41, "big", &new);
+    header.ranges.clear();
+    for (content, honest) in [(&lie, false), (&new, true)] {
+        let tree = Tree::from_bytes(content);
+        let mut offers = Offers::new(&tree);
+        let top = offers.top().into_iter().map(node).collect();
+        let offer = Message::ChunkOffer {
+            update: header.clone(),
+            top,
+            from: vec![],
+            sketch: sketch::encode(&tree, sketch::CELLS),
+        };
+        let Message::ChunkPick {
+            leaves, answers, ..
+        } = ask(&mut fs, offer).await
+        else {
+            panic!("the sketch decodes to a pick");
+        };
+        let a: Vec<_> = answers
+            .iter()
+            .map(|&b| super::chunked::answer_of(b).unwrap())
+            .collect();
+        let round = offers.pick(&leaves, &a).unwrap();
+        assert!(round.children.is_empty(), "no tree walked");
+        let mut reply = ask(&mut fs, round_message(41, round, content)).await;
+        while let Message::ChunkAnswer { answers, .. } = reply {
+            let (msg, _) = next_round(&mut offers, 41, &answers, content, content);
+            reply = ask(&mut fs, msg).await;
+        }
+        let on_disk = std::fs::read(e.data.join("big")).unwrap();
+        if honest {
+            assert_eq!(reply, Message::Ack(AckKind::Update(41)));
+            assert!(on_disk == new, "rebuilt and applied");
+        } else {
+            assert!(matches!(reply, Message::Nack { .. }), "{reply:?}");
+            assert!(on_disk == old, "untouched");
+            assert_eq!(
+                e.receiver.budgets.of(mallory).held(),
+                0,
+                "memory given back"
+            );
+        }
+    }
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
+/// The `ChunkRound` of exchange `id` for `round`, from `content`.
+fn round_message(id: u64, round: crate::chunks::Round, content: &[u8]) -> Message {
+    let at = |&(o, l): &(u64, u64)| &content[o as usize..(o + l) as usize];
+    let data = round.send.iter().flat_map(|e| at(e).to_vec()).collect();
+    let hashes = (round
+        .describe
+        .iter()
+        .flat_map(|e| crate::chunks::block_hashes(at(e))))
+    .chain(
+        round
+            .fine
+            .iter()
+            .flat_map(|e| crate::chunks::fine_hashes(at(e))),
+    );
+    Message::ChunkRound {
+        id,
+        children: vec![],
+        data,
+        blocks: hashes.flat_map(crate::wire::hash48_bytes).collect(),
+    }
+}
+
 /// Exchanges under way on one stream: up to [`MAX_EXCHANGES`] at once, each answered in
 /// turn (their rounds may interleave); one more is declined and costs nothing; a
 /// declined one gives its memory back, and the others still complete.
@@ -377,6 +462,7 @@ async fn exchanges_interleave_and_one_too_many_is_declined() {
         update,
         top: top.clone(),
         from: vec![],
+        sketch: vec![],
     };
     let mut replies = Vec::new();
     for i in 0..MAX_EXCHANGES {
@@ -474,6 +560,7 @@ async fn exchange_describing(
             update: header,
             top,
             from: vec![],
+            sketch: vec![],
         },
     )
     .await;
@@ -805,6 +892,7 @@ fn named_offer(id: u64, path: &str, new: &[u8], from: &str) -> Message {
         update,
         top: Offers::new(&tree).top().into_iter().map(node).collect(),
         from: vec![rp(from)],
+        sketch: vec![],
     }
 }
 

@@ -239,9 +239,14 @@ async fn chunk(
     let journal = r.check.journal.clone();
     let task = tokio::task::spawn_blocking(move || {
         let next = match msg {
-            Message::ChunkOffer { update, top, from } => {
+            Message::ChunkOffer {
+                update,
+                top,
+                from,
+                sketch,
+            } => {
                 let elsewhere = |u: &FileUpdate| basis(&journal, u, from);
-                owned.offered(&*root, update, &top, elsewhere)
+                owned.offered(&*root, update, (&top, &sketch), elsewhere)
             }
             Message::ChunkRound {
                 id,

@@ -118,6 +118,17 @@ pub enum Violation {
         /// The size of one item.
         item: usize,
     },
+    /// A code outside the values its field allows.
+    #[error("{field} is {value}, not a value it may take")]
+    BadCode {
+        /// Which field.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+    },
+    /// Two lists that go in pairs differ in length.
+    #[error("{0}: lists of different lengths")]
+    Unpaired(&'static str),
     /// A list that must be strictly increasing is not.
     #[error("{0} is not strictly increasing")]
     NotIncreasing(&'static str),

@@ -145,6 +145,11 @@ pub enum Message {
         /// 14): the receiver may rebuild from them, joined end to end in this order,
         /// when it has no usable version of `update.path`.
         from: Vec<RelPath>,
+        /// A sketch of the new content's leaves (`crate::chunks::sketch`; version 17):
+        /// a whole number of 19-byte cells, a multiple of 3 of them, at most
+        /// [`MAX_SKETCH`](super::MAX_SKETCH) bytes; empty: none (a small tree).
+        #[serde(with = "serde_bytes")]
+        sketch: Vec<u8>,
     },
     /// The receiver's answers to the nodes, blocks and pieces offered last, one byte
     /// each, in order: 0 found here, 1 expand (offer its children; parents only), 2
@@ -219,6 +224,20 @@ pub enum Message {
     /// first 4 bytes (little-endian) of the BLAKE3 of each of its whole 32-byte pieces
     /// (a last, shorter part has none); empty if the file is no longer one described.
     LeafPieces(#[serde(with = "piece_hashes")] Vec<Vec<u32>>),
+    /// The receiver's first answer when the offer's sketch decoded (version 17): it
+    /// knows the new content's leaves, and answers only those it lacks, by their
+    /// index among them, each 2 (send its bytes) or 3 (describe it by its blocks); the
+    /// exchange goes on as after a `ChunkAnswer` to those leaves.
+    ChunkPick {
+        /// The exchange (the update id).
+        id: u64,
+        /// Indexes of the leaves answered, in the new content's leaf order, strictly
+        /// increasing.
+        leaves: Vec<u32>,
+        /// One answer per leaf, in order.
+        #[serde(with = "serde_bytes")]
+        answers: Vec<u8>,
+    },
 }
 
 /// One node of a chunk tree on the wire (see `crate::chunks`): 11 bytes.
@@ -627,6 +646,7 @@ impl Message {
             Message::LeafDelta { .. } => "leaf-delta",
             Message::LeafAsk { .. } => "leaf-ask",
             Message::LeafPieces(_) => "leaf-pieces",
+            Message::ChunkPick { .. } => "chunk-pick",
         }
     }
 }

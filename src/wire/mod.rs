@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 16;
+pub const PROTOCOL_VERSION: u32 = 17;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/16";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/17";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -119,6 +119,8 @@ pub const MAX_FILE_SIZE: u64 = 1 << 40;
 pub const MAX_CHUNK_NODES: usize = 1 << 16;
 /// Most files a `ChunkOffer` names as its sources (version 14).
 pub const MAX_CHUNK_SOURCES: usize = 4;
+/// Most bytes of a `ChunkOffer`'s sketch (version 17).
+pub const MAX_SKETCH: usize = crate::chunks::sketch::MAX_CELLS * crate::chunks::sketch::CELL;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;
 

@@ -1266,14 +1266,16 @@ fn pinned_chunk_offer_sources_encoding() {
         update: update("a", 2, vec![]),
         top: vec![node],
         from,
+        sketch: vec![],
     };
     let p = |s: &str| RelPath::from_bytes(s.as_bytes()).unwrap();
     let none = hex(&encode(&offer(vec![])).unwrap());
     let two = offer(vec![p("src/a"), p("b")]);
     let some = hex(&encode(&two).unwrap());
     assert!(none.starts_with("11000000"), "variant 17: ChunkOffer");
+    let no_sketch = "0000000000000000";
     let head = none
-        .strip_suffix("0000000000000000")
+        .strip_suffix(&format!("0000000000000000{no_sketch}"))
         .expect("no sources: a zero count");
     let expected = concat!(
         "0200000000000000", // two sources
@@ -1282,7 +1284,7 @@ fn pinned_chunk_offer_sources_encoding() {
         "0100000000000000", //   one byte
         "62",               //   b
     );
-    assert_eq!(some, format!("{head}{expected}"));
+    assert_eq!(some, format!("{head}{expected}{no_sketch}"));
     assert_eq!(decode(&unhex(&some)).unwrap(), two);
     assert!(
         encode(&offer(vec![RelPath::root()])).is_err(),
@@ -1290,6 +1292,58 @@ fn pinned_chunk_offer_sources_encoding() {
     );
     let five = (0..5).map(|i| p(&format!("f{i}"))).collect();
     assert!(encode(&offer(five)).is_err(), "more than 4 sources");
+}
+
+#[test]
+fn pinned_chunk_sketch_and_pick_encoding() {
+    // version 17: the offer's sketch ends it; a pick answers leaves by index
+    let cells = vec![0xab; 3 * crate::chunks::sketch::CELL];
+    let offer = |sketch| Message::ChunkOffer {
+        update: update("a", 2, vec![]),
+        top: vec![],
+        from: vec![],
+        sketch,
+    };
+    let plain = hex(&encode(&offer(vec![])).unwrap());
+    let head = plain.strip_suffix("0000000000000000").unwrap();
+    let with = hex(&encode(&offer(cells.clone())).unwrap());
+    assert_eq!(with, format!("{head}3900000000000000{}", "ab".repeat(57)));
+    assert_eq!(decode(&unhex(&with)).unwrap(), offer(cells.clone()));
+    assert!(encode(&offer(cells[..19].to_vec())).is_err(), "one cell");
+    assert!(encode(&offer(cells[..20].to_vec())).is_err(), "ragged");
+    let big = vec![0; crate::wire::MAX_SKETCH + 3 * 19];
+    assert!(encode(&offer(big)).is_err(), "too many cells");
+
+    let pick = |leaves, answers| Message::ChunkPick {
+        id: 7,
+        leaves,
+        answers,
+    };
+    let msg = pick(vec![2, 300], vec![2, 3]);
+    let expected = concat!(
+        "18000000",         // variant 24: ChunkPick
+        "0700000000000000", // id
+        "0200000000000000", // two leaves
+        "02000000",         //   2
+        "2c010000",         //   300
+        "0200000000000000", // two answers
+        "0203",             //   send, describe
+    );
+    assert_eq!(hex(&encode(&msg).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    assert!(
+        encode(&pick(vec![3, 3], vec![2, 2])).is_err(),
+        "not increasing"
+    );
+    assert!(encode(&pick(vec![3], vec![2, 2])).is_err(), "unpaired");
+    assert!(
+        encode(&pick(vec![3], vec![0])).is_err(),
+        "a leaf found is not picked"
+    );
+    assert!(
+        encode(&pick(vec![3], vec![4])).is_err(),
+        "a leaf is not expanded"
+    );
 }
 
 #[test]

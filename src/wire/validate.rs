@@ -5,10 +5,10 @@ use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
     Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_CHUNK_SOURCES,
     MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON,
-    MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS,
-    MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    MAX_SKETCH, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
+    MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
-use crate::chunks::{leaves, pieces};
+use crate::chunks::{leaves, pieces, sketch};
 use crate::path::RelPath;
 
 /// Most pieces a `LeafDelta` may mark: every whole piece of the most leaves asked
@@ -74,8 +74,19 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
                 within("staged upto", i.upto, MAX_FILE_SIZE)
             })
         }
-        Message::ChunkOffer { update, top, from } => {
+        Message::ChunkOffer {
+            update,
+            top,
+            from,
+            sketch,
+        } => {
             validate_update(update)?;
+            max_len("chunk sketch", sketch.len(), MAX_SKETCH)?;
+            let cells = sketch.len() / sketch::CELL;
+            if !sketch.len().is_multiple_of(sketch::CELL) || !cells.is_multiple_of(3) {
+                let (field, len, item) = ("chunk sketch", sketch.len(), 3 * sketch::CELL);
+                return Err(Violation::Ragged { field, len, item });
+            }
             max_len("chunk sources", from.len(), MAX_CHUNK_SOURCES)?;
             from.iter().try_for_each(|p| not_root("chunk source", p))?;
             max_len("chunk offer ranges", update.ranges.len(), 0)?;
@@ -85,6 +96,24 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             max_len("chunk answers", answers.len(), MAX_CHUNK_NODES)?;
             let worst = answers.iter().copied().max().unwrap_or(0);
             within("chunk answer", u64::from(worst), 4)
+        }
+        Message::ChunkPick {
+            leaves, answers, ..
+        } => {
+            max_len("chunk picks", leaves.len(), MAX_CHUNK_NODES)?;
+            if leaves.len() != answers.len() {
+                return Err(Violation::Unpaired("chunk picks and their answers"));
+            }
+            if leaves.windows(2).any(|w| w[0] >= w[1]) {
+                return Err(Violation::NotIncreasing("chunk picks"));
+            }
+            match answers.iter().find(|&&a| a != 2 && a != 3) {
+                Some(&a) => Err(Violation::BadCode {
+                    field: "chunk pick answer",
+                    value: u64::from(a),
+                }),
+                None => Ok(()),
+            }
         }
         Message::ChunkRound {
             children, blocks, ..

@@ -1,0 +1,358 @@
+//! A sketch of a file's leaves: an invertible Bloom lookup table (IBLT) of its leaf
+//! *edges* (each leaf with the hash of the one before it), so that the side holding
+//! another version finds the few leaves that differ in one message, whatever the size
+//! of the file, instead of walking the chunk tree down a round trip per two levels.
+//!
+//! The offering side sends [`encode`]; the needing side subtracts its own edges and
+//! peels the table ([`decode`]). What is left are the edges only one side has; with
+//! its own edges minus its side's and plus the other's, it walks the other version's
+//! leaves from the first to the last. A table too small for the difference (many
+//! changes) does not decode, and the exchange goes down the tree as before.
+//!
+//! A cell is [`CELL`] bytes: a count (mod 256), the XOR of the 14-byte keys (the
+//! previous leaf's 48-bit hash, the leaf's, its length as a u16; each little-endian)
+//! and the XOR of their 32-bit check values. Each edge goes into one cell of each
+//! third of the table. A false "pure" cell is caught by the check, by the key's own
+//! cells, by the walk (every edge used once, the lengths summing to the file's size)
+//! and last by the whole-file BLAKE3 of the rebuilt file.
+
+use super::{Node, Tree, LEAF_MAX};
+use std::collections::HashMap;
+
+/// Bytes of one cell on the wire.
+pub const CELL: usize = 19;
+/// Cells an offer carries: a change or two (up to about a dozen differing edges)
+/// decode; more go down the tree.
+pub const CELLS: usize = 30;
+/// Most cells a sketch may have (the wire refuses more).
+pub const MAX_CELLS: usize = 3 * 256;
+/// Leaves a tree needs for its offer to carry a sketch: smaller trees are a round
+/// trip or two deep, and their top levels cost less than the sketch.
+pub const MIN_LEAVES: usize = 2048;
+
+/// The previous-leaf hash of a file's first leaf (a leaf whose 48-bit hash is this
+/// too, once in 2^48, makes the walk fail: the tree is walked instead).
+const START: u64 = 0xFFFF_FFFF_FFFF;
+
+/// One leaf with its predecessor's hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Edge {
+    prev: u64,
+    hash: u64,
+    len: u16,
+}
+
+impl Edge {
+    fn key(self) -> u128 {
+        u128::from(self.prev) | u128::from(self.hash) << 48 | u128::from(self.len) << 96
+    }
+
+    fn of_key(k: u128) -> Edge {
+        Edge {
+            prev: (k & 0xFFFF_FFFF_FFFF) as u64,
+            hash: (k >> 48 & 0xFFFF_FFFF_FFFF) as u64,
+            len: (k >> 96) as u16,
+        }
+    }
+}
+
+/// splitmix64's finalizer: keys are hashes already, this spreads them per use.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn fold(k: u128, salt: u64) -> u64 {
+    mix(k as u64 ^ mix((k >> 64) as u64 ^ salt))
+}
+
+fn check(k: u128) -> u32 {
+    fold(k, 0x5EED) as u32
+}
+
+/// The cell of `k` in each third of a table of `cells`.
+fn slots(k: u128, cells: usize) -> [usize; 3] {
+    let part = cells / 3;
+    [0, 1, 2].map(|j| j * part + (fold(k, j as u64 + 1) % part as u64) as usize)
+}
+
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Cell {
+    count: u8,
+    key: u128,
+    check: u32,
+}
+
+impl Cell {
+    fn toggle(&mut self, k: u128, add: bool) {
+        self.count = if add {
+            self.count.wrapping_add(1)
+        } else {
+            self.count.wrapping_sub(1)
+        };
+        self.key ^= k;
+        self.check ^= check(k);
+    }
+}
+
+/// A file's leaves in order, as edges (the first leaf's predecessor is [`START`]).
+fn edges(leaves: &[Node]) -> impl Iterator<Item = Edge> + '_ {
+    let prevs = std::iter::once(START).chain(leaves.iter().map(|n| n.hash));
+    prevs.zip(leaves).map(|(prev, n)| Edge {
+        prev,
+        hash: n.hash,
+        len: n.len as u16,
+    })
+}
+
+fn table(leaves: &[Node], cells: usize, add: bool, into: &mut [Cell]) {
+    for e in edges(leaves) {
+        let k = e.key();
+        for s in slots(k, cells) {
+            into[s].toggle(k, add);
+        }
+    }
+}
+
+/// The sketch of `tree`'s leaves in `cells` cells (a multiple of 3).
+pub fn encode(tree: &Tree, cells: usize) -> Vec<u8> {
+    let mut t = vec![Cell::default(); cells];
+    table(tree.level(0), cells, true, &mut t);
+    let mut out = Vec::with_capacity(cells * CELL);
+    for c in t {
+        out.push(c.count);
+        out.extend_from_slice(&c.key.to_le_bytes()[..14]);
+        out.extend_from_slice(&c.check.to_le_bytes());
+    }
+    out
+}
+
+fn parse(bytes: &[u8]) -> Option<Vec<Cell>> {
+    let cells = bytes.len() / CELL;
+    if !bytes.len().is_multiple_of(CELL)
+        || !cells.is_multiple_of(3)
+        || cells == 0
+        || cells > MAX_CELLS
+    {
+        return None;
+    }
+    let cell = |c: &[u8]| {
+        let mut key = [0u8; 16];
+        key[..14].copy_from_slice(&c[1..15]);
+        Cell {
+            count: c[0],
+            key: u128::from_le_bytes(key),
+            check: u32::from_le_bytes(c[15..19].try_into().expect("4 bytes")),
+        }
+    };
+    Some(bytes.chunks(CELL).map(cell).collect())
+}
+
+/// Peels `t` (theirs minus ours): the edges only they have and those only we have.
+fn peel(mut t: Vec<Cell>) -> Option<(Vec<Edge>, Vec<Edge>)> {
+    let cells = t.len();
+    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+    let mut queue: Vec<usize> = (0..cells).collect();
+    while let Some(i) = queue.pop() {
+        let c = t[i];
+        let add = match c.count {
+            1 => false,  // theirs: take it out
+            255 => true, // ours: put it back
+            _ => continue,
+        };
+        if check(c.key) != c.check || !slots(c.key, cells).contains(&i) {
+            continue;
+        }
+        let e = Edge::of_key(c.key);
+        if add { &mut ours } else { &mut theirs }.push(e);
+        if theirs.len() + ours.len() > cells * 4 {
+            return None; // (cannot happen with a sound table)
+        }
+        for s in slots(c.key, cells) {
+            t[s].toggle(c.key, add);
+            queue.push(s);
+        }
+    }
+    t.iter()
+        .all(|c| *c == Cell::default())
+        .then_some((theirs, ours))
+}
+
+/// Their version's leaves, (hash, len) in file order, from their sketch and our
+/// tree, if the sketch decodes and the walk uses every edge once and covers `size`
+/// bytes; `None` otherwise (then the tree is walked instead).
+pub fn decode(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> {
+    let mut t = parse(sketch)?;
+    let cells = t.len();
+    table(ours.level(0), cells, false, &mut t);
+    let (theirs, only_ours) = peel(t)?;
+    // their edges: ours, less those only we have, plus those only they have
+    let mut next: HashMap<u64, Vec<(u64, u16)>> = HashMap::new();
+    for e in edges(ours.level(0)) {
+        next.entry(e.prev).or_default().push((e.hash, e.len));
+    }
+    for e in only_ours {
+        let out = next.get_mut(&e.prev)?;
+        let at = out.iter().position(|&x| x == (e.hash, e.len))?;
+        out.swap_remove(at);
+    }
+    for e in theirs {
+        next.entry(e.prev).or_default().push((e.hash, e.len));
+    }
+    walk(next, size)
+}
+
+/// Follows the edges from [`START`]: a leaf's next is the one edge out of it (a run of
+/// equal leaves takes its loops first); two different ways on is ambiguous.
+fn walk(mut next: HashMap<u64, Vec<(u64, u16)>>, size: u64) -> Option<Vec<(u64, u64)>> {
+    let total: usize = next.values().map(Vec::len).sum();
+    let (mut out, mut at, mut sum) = (Vec::with_capacity(total), START, 0u64);
+    while let Some(ways) = next.get_mut(&at).filter(|w| !w.is_empty()) {
+        let pick = match ways.iter().position(|w| w.0 == at) {
+            Some(i) => i,
+            None if ways.iter().all(|w| *w == ways[0]) => 0,
+            None => return None,
+        };
+        let (hash, len) = ways.swap_remove(pick);
+        if len == 0 || u32::from(len) > LEAF_MAX {
+            return None;
+        }
+        sum += u64::from(len);
+        out.push((hash, u64::from(len)));
+        at = hash;
+    }
+    (out.len() == total && sum == size).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::text;
+    use super::*;
+
+    fn leaves(t: &Tree) -> Vec<(u64, u64)> {
+        t.level(0).iter().map(|n| (n.hash, n.len)).collect()
+    }
+
+    #[test]
+    fn a_change_or_two_decode_to_the_new_leaves() {
+        let old = text(4 << 20, 7);
+        let mut new = old.clone();
+        new.splice(0..0, text(100, 8));
+        let at = new.len() / 2;
+        new[at..at + 20].copy_from_slice(&text(20, 9));
+        let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+        let sketch = encode(&b, CELLS);
+        assert_eq!(sketch.len(), CELLS * CELL);
+        let got = decode(&sketch, &a, new.len() as u64).expect("decodes");
+        assert_eq!(got, leaves(&b));
+    }
+
+    #[test]
+    fn pinned_cell_layout() {
+        // (docs/PROTOCOL.md, *Sketch*) with 3 cells each edge is in all three
+        let t = Tree::from_bytes(&text(3000, 2));
+        let n = t.level(0);
+        let m = |mut x: u64| {
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        let (mut key, mut chk) = (0u128, 0u32);
+        for (i, l) in n.iter().enumerate() {
+            let prev = if i == 0 {
+                0xFFFF_FFFF_FFFF
+            } else {
+                n[i - 1].hash
+            };
+            let k = u128::from(prev) | u128::from(l.hash) << 48 | (l.len as u128) << 96;
+            key ^= k;
+            chk ^= m(k as u64 ^ m((k >> 64) as u64 ^ 0x5EED)) as u32;
+        }
+        let mut cell = vec![n.len() as u8];
+        cell.extend_from_slice(&key.to_le_bytes()[..14]);
+        cell.extend_from_slice(&chk.to_le_bytes());
+        assert_eq!(encode(&t, 3), cell.repeat(3));
+    }
+
+    #[test]
+    fn a_moved_run_decodes_and_a_copied_one_forks() {
+        use super::super::tests::edit;
+        let old = text(2 << 20, 5);
+        let a = Tree::from_bytes(&old);
+        let sketch_of = |kind| {
+            let mut new = old.clone();
+            edit(&mut new, (0.3, kind, 20_000, 0.7), 5);
+            let b = Tree::from_bytes(&new);
+            (decode(&encode(&b, CELLS), &a, new.len() as u64), leaves(&b))
+        };
+        let (moved, want) = sketch_of(3);
+        assert!(moved == Some(want), "a moved run walks in its new place");
+        // the copied run's last leaf has two ways on: the walk cannot tell which comes
+        // first, and the tree is walked instead
+        assert!(sketch_of(4).0.is_none(), "a copied run forks");
+    }
+
+    #[test]
+    fn many_changes_do_not_decode() {
+        let old = text(4 << 20, 7);
+        let mut new = old.clone();
+        for k in 0..200 {
+            new[k * 20_000] ^= 1;
+        }
+        let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+        assert_eq!(decode(&encode(&b, CELLS), &a, new.len() as u64), None);
+    }
+
+    #[test]
+    fn runs_of_equal_leaves_walk_their_loops_first() {
+        let mut old = text(1 << 20, 3);
+        old.extend(vec![0u8; 64 << 10]);
+        old.extend(text(1 << 20, 4));
+        let mut new = old.clone();
+        new[10] ^= 1;
+        let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+        let got = decode(&encode(&b, CELLS), &a, new.len() as u64);
+        assert_eq!(got, Some(leaves(&b)));
+    }
+
+    #[test]
+    fn a_bad_sketch_is_refused_not_trusted() {
+        let old = text(1 << 20, 3);
+        let a = Tree::from_bytes(&old);
+        let good = encode(&a, CELLS);
+        assert_eq!(
+            decode(&good[..CELL * 2], &a, old.len() as u64),
+            None,
+            "ragged"
+        );
+        assert_eq!(decode(&[], &a, old.len() as u64), None, "empty");
+        assert_eq!(decode(&good, &a, old.len() as u64 + 1), None, "wrong size");
+        let mut bad = good.clone();
+        bad[5] ^= 0x40;
+        assert_eq!(decode(&bad, &a, old.len() as u64), None, "a flipped bit");
+        // equal versions: nothing differs, the walk is our own leaves
+        assert_eq!(decode(&good, &a, old.len() as u64), Some(leaves(&a)));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn whatever_decodes_is_the_new_version(
+            seed in 1u64..1000,
+            edits in proptest::collection::vec(
+                (0f64..1.0, 0usize..5, 1usize..3000, 0f64..1.0), 0..4),
+        ) {
+            // inserts, deletes, overwrites, moves and duplicated runs
+            let old = text(300_000, seed);
+            let mut new = old.clone();
+            for e in edits {
+                super::super::tests::edit(&mut new, e, seed);
+            }
+            let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+            if let Some(got) = decode(&encode(&b, CELLS), &a, new.len() as u64) {
+                proptest::prop_assert_eq!(got, leaves(&b));
+            }
+        }
+    }
+}
