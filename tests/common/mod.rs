@@ -274,6 +274,20 @@ impl Drop for Node {
     }
 }
 
+/// `log` without its terminal colour codes (ESC `[` ... `m`).
+pub fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Opens the store's journal in-process (the store must not be mounted).
 pub fn journal_snapshot(store: &Path) -> syncfs::journal::Snapshot {
     let j = syncfs::journal::Journal::open(&store.join("journal")).expect("open journal");
