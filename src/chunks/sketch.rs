@@ -17,7 +17,6 @@
 //! and last by the whole-file BLAKE3 of the rebuilt file.
 
 use super::{Node, Tree, LEAF_MAX};
-use std::collections::HashMap;
 
 /// Bytes of one cell on the wire.
 pub const CELL: usize = 19;
@@ -188,41 +187,88 @@ pub fn decode(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> 
     table(ours.level(0), cells, false, &mut t);
     let (theirs, only_ours) = peel(t)?;
     // their edges: ours, less those only we have, plus those only they have
-    let mut next: HashMap<u64, Vec<(u64, u16)>> = HashMap::new();
-    for e in edges(ours.level(0)) {
-        next.entry(e.prev).or_default().push((e.hash, e.len));
-    }
+    let mut ways = Ways::new(edges(ours.level(0)).chain(theirs).collect());
     for e in only_ours {
-        let out = next.get_mut(&e.prev)?;
-        let at = out.iter().position(|&x| x == (e.hash, e.len))?;
-        out.swap_remove(at);
+        ways.take(e)?;
     }
-    for e in theirs {
-        next.entry(e.prev).or_default().push((e.hash, e.len));
-    }
-    walk(next, size)
+    ways.walk(size)
 }
 
-/// Follows the edges from [`START`]: a leaf's next is the one edge out of it (a run of
-/// equal leaves takes its loops first); two different ways on is ambiguous.
-fn walk(mut next: HashMap<u64, Vec<(u64, u16)>>, size: u64) -> Option<Vec<(u64, u64)>> {
-    let total: usize = next.values().map(Vec::len).sum();
-    let (mut out, mut at, mut sum) = (Vec::with_capacity(total), START, 0u64);
-    while let Some(ways) = next.get_mut(&at).filter(|w| !w.is_empty()) {
-        let pick = match ways.iter().position(|w| w.0 == at) {
-            Some(i) => i,
-            None if ways.iter().all(|w| *w == ways[0]) => 0,
-            None => return None,
-        };
-        let (hash, len) = ways.swap_remove(pick);
-        if len == 0 || u32::from(len) > LEAF_MAX {
-            return None;
-        }
-        sum += u64::from(len);
-        out.push((hash, u64::from(len)));
-        at = hash;
+/// Where a walk goes from a leaf.
+enum Next {
+    /// Nowhere: the last leaf.
+    End,
+    /// Two different ways: the walk cannot tell which comes first.
+    Fork,
+    /// Along this edge.
+    Edge(usize),
+}
+
+/// Edges sorted by predecessor, each to be used once (24 bytes and a flag an edge:
+/// 50 MB for a file of 1 GiB).
+struct Ways {
+    edges: Vec<Edge>,
+    used: Vec<bool>,
+}
+
+impl Ways {
+    fn new(mut edges: Vec<Edge>) -> Ways {
+        edges.sort_unstable_by_key(|e| (e.prev, e.hash, e.len));
+        let used = vec![false; edges.len()];
+        Ways { edges, used }
     }
-    (out.len() == total && sum == size).then_some(out)
+
+    /// The unused edges out of `prev`.
+    fn out_of(&self, prev: u64) -> impl Iterator<Item = usize> + Clone + '_ {
+        let lo = self.edges.partition_point(|e| e.prev < prev);
+        let hi = lo + self.edges[lo..].partition_point(|e| e.prev == prev);
+        (lo..hi).filter(|&i| !self.used[i])
+    }
+
+    /// Uses up one edge equal to `e`, if one is left.
+    fn take(&mut self, e: Edge) -> Option<()> {
+        let i = self.out_of(e.prev).find(|&i| self.edges[i] == e)?;
+        self.used[i] = true;
+        Some(())
+    }
+
+    /// The edge to follow out of `at`: a loop first, else the one way on (or one of
+    /// several equal ones).
+    fn next_from(&self, at: u64) -> Next {
+        let mut free = self.out_of(at);
+        let Some(first) = free.clone().next() else {
+            return Next::End;
+        };
+        let same = |i: usize| (self.edges[i].hash, self.edges[i].len);
+        match free.clone().find(|&i| self.edges[i].hash == at) {
+            Some(i) => Next::Edge(i),
+            None if free.all(|i| same(i) == same(first)) => Next::Edge(first),
+            None => Next::Fork,
+        }
+    }
+
+    /// Follows the edges from [`START`]: a leaf's next is the one edge out of it (a
+    /// run of equal leaves takes its loops first); two different ways on is ambiguous.
+    fn walk(mut self, size: u64) -> Option<Vec<(u64, u64)>> {
+        let total = self.used.iter().filter(|u| !**u).count();
+        let (mut out, mut at, mut sum) = (Vec::with_capacity(total), START, 0u64);
+        loop {
+            let pick = match self.next_from(at) {
+                Next::End => break,
+                Next::Fork => return None,
+                Next::Edge(i) => i,
+            };
+            let e = self.edges[pick];
+            self.used[pick] = true;
+            if e.len == 0 || u32::from(e.len) > LEAF_MAX {
+                return None;
+            }
+            sum += u64::from(e.len);
+            out.push((e.hash, u64::from(e.len)));
+            at = e.hash;
+        }
+        (out.len() == total && sum == size).then_some(out)
+    }
 }
 
 #[cfg(test)]
