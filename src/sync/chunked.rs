@@ -216,10 +216,10 @@ struct Rebuild {
     charged: usize,
 }
 
-/// What reading one candidate for our version of an offered file came to.
 /// The receiver's first answers: to the top level, or to the leaves it picked.
 type First = (Option<Vec<u32>>, Vec<Answer>);
 
+/// What reading one candidate for our version of an offered file came to.
 enum Stand {
     /// It stands for our version: the exchange, its first answers (to the leaves
     /// picked, when the sketch decoded) and its charge.

@@ -116,7 +116,7 @@ fn a_big_file_edited_apart_skips_the_tree_by_its_sketch() {
 }
 
 /// Round trips two nodes holding `held` take to converge over delayed links.
-fn round_trips(held: &[Vec<(usize, String)>; 2]) -> f64 {
+pub(super) fn round_trips(held: &[Vec<(usize, String)>; 2]) -> f64 {
     let elapsed = paused_runtime().block_on(async {
         let nodes = [node_holding(&held[0]), node_holding(&held[1])];
         let up = Arc::new(AtomicBool::new(true));

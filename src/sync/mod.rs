@@ -46,6 +46,8 @@ mod meta_tests;
 mod resume_tests;
 #[cfg(test)]
 mod sim_tests;
+#[cfg(test)]
+mod sketch_tests;
 
 use crate::wire::WireError;
 pub use stats::Stats;
