@@ -50,7 +50,8 @@ impl Applier {
             _ => return Ok(None),
         };
         let hold = self.hooks.hold(st.st_ino);
-        match to {
+        // whether the entry at `path` went (a copy leaves it as it was)
+        let moved = match to {
             Aside::Rename(name) => {
                 let name = std::ffi::OsStr::new(name);
                 sys::renameat2(&e.dir, &e.name, &e.dir, name, libc::RENAME_NOREPLACE).map_err(
@@ -59,6 +60,7 @@ impl Applier {
                 if let Ok(d) = sys::fstat(&e.dir) {
                     self.hooks.invalidate_entry(d.st_ino, name);
                 }
+                true
             }
             Aside::Archive | Aside::ArchiveCopy if st.st_size == 0 => return Ok(None),
             Aside::Archive | Aside::ArchiveCopy => {
@@ -78,14 +80,13 @@ impl Applier {
                     _ => a.keep(&e.dir, &e.name, path),
                 };
                 res.map_err(|err| ApplyError::io("archiving", path, err))?;
-                if copy {
-                    drop(hold);
-                    return Ok(Some(SetAside::of(&st)));
-                }
+                !copy
             }
-        }
+        };
         drop(hold);
-        self.entry_changed(path, &e)?;
+        if moved {
+            self.entry_changed(path, &e)?;
+        }
         Ok(Some(SetAside::of(&st)))
     }
 }
