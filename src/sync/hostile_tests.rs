@@ -391,7 +391,7 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
             .collect();
         let round = offers.pick(&leaves, &a).unwrap();
         assert!(round.children.is_empty(), "no tree walked");
-        let mut reply = ask(&mut fs, round_message(41, round, content)).await;
+        let mut reply = ask(&mut fs, round_message(41, round, content, content).0).await;
         while let Message::ChunkAnswer { answers, .. } = reply {
             let (msg, _) = next_round(&mut offers, 41, &answers, content, content);
             reply = ask(&mut fs, msg).await;
@@ -414,26 +414,34 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
     assert!(task.await.unwrap().is_ok());
 }
 
-/// The `ChunkRound` of exchange `id` for `round`, from `content`.
-fn round_message(id: u64, round: crate::chunks::Round, content: &[u8]) -> Message {
-    let at = |&(o, l): &(u64, u64)| &content[o as usize..(o + l) as usize];
-    let data = round.send.iter().flat_map(|e| at(e).to_vec()).collect();
-    let hashes = (round
-        .describe
-        .iter()
-        .flat_map(|e| crate::chunks::block_hashes(at(e))))
-    .chain(
-        round
-            .fine
-            .iter()
-            .flat_map(|e| crate::chunks::fine_hashes(at(e))),
-    );
-    Message::ChunkRound {
+/// The `ChunkRound` of exchange `id` for `round`: bytes from `new`, leaves and blocks
+/// described by the bytes of `described` (`new` itself, or a lie); and the bytes of
+/// leaves and hashes it carries.
+fn round_message(
+    id: u64,
+    round: crate::chunks::Round,
+    new: &[u8],
+    described: &[u8],
+) -> (Message, usize) {
+    let bytes = |s: &[u8], &(o, l): &(u64, u64)| s[o as usize..(o + l) as usize].to_vec();
+    let data: Vec<u8> = round.send.iter().flat_map(|e| bytes(new, e)).collect();
+    let leaves =
+        (round.describe.iter()).flat_map(|e| crate::chunks::block_hashes(&bytes(described, e)));
+    let pieces = (round.fine.iter()).flat_map(|e| crate::chunks::fine_hashes(&bytes(described, e)));
+    let blocks: Vec<u8> = (leaves.chain(pieces))
+        .flat_map(crate::wire::hash48_bytes)
+        .collect();
+    let sent = data.len() + blocks.len();
+    let children = (round.children.into_iter())
+        .map(|c| c.into_iter().map(node).collect())
+        .collect();
+    let msg = Message::ChunkRound {
         id,
-        children: vec![],
+        children,
         data,
-        blocks: hashes.flat_map(crate::wire::hash48_bytes).collect(),
-    }
+        blocks,
+    };
+    (msg, sent)
 }
 
 /// Exchanges under way on one stream: up to [`MAX_EXCHANGES`] at once, each answered in
@@ -588,36 +596,7 @@ fn next_round(
         .map(|b| super::chunked::answer_of(*b).expect("an answer"))
         .collect();
     let round = offers.next(&a).unwrap();
-    let data: Vec<u8> = round
-        .send
-        .iter()
-        .flat_map(|&(o, l)| new[o as usize..(o + l) as usize].to_vec())
-        .collect();
-    let at = |&(o, l): &(u64, u64)| &described[o as usize..(o + l) as usize];
-    let leaves = round
-        .describe
-        .iter()
-        .flat_map(|e| crate::chunks::block_hashes(at(e)));
-    let blocks = round
-        .fine
-        .iter()
-        .flat_map(|e| crate::chunks::fine_hashes(at(e)));
-    let blocks: Vec<u8> = (leaves.chain(blocks))
-        .flat_map(crate::wire::hash48_bytes)
-        .collect();
-    let sent = data.len() + blocks.len();
-    let children = round
-        .children
-        .into_iter()
-        .map(|c| c.into_iter().map(node).collect())
-        .collect();
-    let msg = Message::ChunkRound {
-        id,
-        children,
-        data,
-        blocks,
-    };
-    (msg, sent)
+    round_message(id, round, new, described)
 }
 
 /// Changes scattered all over a file leave no node found in the top levels; the
