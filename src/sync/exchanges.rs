@@ -409,4 +409,35 @@ mod tests {
         let acked = x.on_reply(Message::Ack(AckKind::Update(7))).unwrap();
         assert!(matches!(acked, Step::Done(Offered::Acked(1, _, 0), None)));
     }
+
+    #[test]
+    fn a_pick_answers_only_an_offer_with_a_sketch_and_only_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = crate::chunks::tests::text(2 << 20, 4);
+        std::fs::write(dir.path().join("small"), vec![5u8; 100_000]).unwrap();
+        std::fs::write(dir.path().join("big"), big).unwrap();
+        let root = File::open(dir.path()).unwrap();
+        let start = |name: &str| {
+            let path = RelPath::from_bytes(name.as_bytes()).unwrap();
+            let read = super::super::chunked::read_for_offer(&root, &path, 1..=4 << 20);
+            ready(read.unwrap().unwrap())
+        };
+        let pick = || Message::ChunkPick {
+            id: 7,
+            leaves: vec![],
+            answers: vec![],
+        };
+        let small = start("small");
+        let (mut x, offer, _) = Exchange::start(&small);
+        assert!(matches!(offer, Message::ChunkOffer { ref sketch, .. } if sketch.is_empty()));
+        assert!(matches!(x.on_reply(pick()), Err(SyncError::Protocol(_))));
+        let big = start("big");
+        let (mut x, offer, _) = Exchange::start(&big);
+        assert!(matches!(offer, Message::ChunkOffer { ref sketch, .. } if !sketch.is_empty()));
+        assert!(matches!(x.on_reply(pick()), Ok(Step::Round(..))));
+        assert!(
+            matches!(x.on_reply(pick()), Err(SyncError::Protocol(_))),
+            "a second"
+        );
+    }
 }
