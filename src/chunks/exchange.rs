@@ -280,26 +280,29 @@ impl Needs {
 
     /// The first round's pieces for `offers` (the top level, at most `most` nodes, or
     /// the leaves of a decoded sketch), which must cover the new version.
-    fn open(&mut self, offers: &[Offer], most: usize) -> Result<Vec<Piece>, ChunkError> {
-        let total: u64 = offers.iter().map(|o| o.len).sum();
-        if total != self.size || offers.len() > most || !self.pieces.is_empty() {
+    fn open(
+        &mut self,
+        offers: impl ExactSizeIterator<Item = Offer> + Clone,
+        most: usize,
+    ) -> Result<Vec<Piece>, ChunkError> {
+        let (total, n): (u64, usize) = (offers.clone().map(|o| o.len).sum(), offers.len());
+        if total != self.size || n > most || !self.pieces.is_empty() {
             return Err(ChunkError::Mismatch(format!(
-                "a first round of {} nodes covering {total} bytes, for {}",
-                offers.len(),
+                "a first round of {n} nodes covering {total} bytes, for {}",
                 self.size
             )));
         }
-        let mut out = Vec::with_capacity(offers.len());
+        let mut out = Vec::with_capacity(n);
         self.round_blocks = 0;
         for o in offers {
-            self.answer(o, &mut out)?;
+            self.answer(&o, &mut out)?;
         }
         Ok(out)
     }
 
     /// The first round: answers to the top level.
     pub fn first(&mut self, top: &[Offer]) -> Result<Vec<Answer>, ChunkError> {
-        let out = self.open(top, MAX_GROUP)?;
+        let out = self.open(top.iter().copied(), MAX_GROUP)?;
         let fresh: Vec<usize> = (0..out.len()).collect();
         Ok(self.settle(out, &fresh))
     }
@@ -312,10 +315,8 @@ impl Needs {
         leaves: &[(u64, u64)],
     ) -> Result<(Vec<u32>, Vec<Answer>), ChunkError> {
         let leaf = true;
-        let offers: Vec<Offer> = (leaves.iter())
-            .map(|&(hash, len)| Offer { hash, len, leaf })
-            .collect();
-        let out = self.open(&offers, u32::MAX as usize)?;
+        let offers = (leaves.iter()).map(|&(hash, len)| Offer { hash, len, leaf });
+        let out = self.open(offers, u32::MAX as usize)?;
         let fresh: Vec<usize> = (0..out.len())
             .filter(|&i| !matches!(out[i], Piece::Copy { .. }))
             .collect();

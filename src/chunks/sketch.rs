@@ -386,15 +386,11 @@ mod tests {
         #[test]
         fn whatever_decodes_is_the_new_version(
             seed in 1u64..1000,
-            edits in proptest::collection::vec(
-                (0f64..1.0, 0usize..5, 1usize..3000, 0f64..1.0), 0..4),
+            edits in super::super::tests::edits(1..3000, 0..4),
         ) {
             // inserts, deletes, overwrites, moves and duplicated runs
             let old = text(300_000, seed);
-            let mut new = old.clone();
-            for e in edits {
-                super::super::tests::edit(&mut new, e, seed);
-            }
+            let new = super::super::tests::edited(&old, edits, seed);
             let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
             if let Some(got) = decode(&encode(&b, CELLS), &a, new.len() as u64) {
                 proptest::prop_assert_eq!(got, leaves(&b));

@@ -340,24 +340,40 @@ proptest! {
     fn any_edits_rebuild_the_new_version(
         seed in 1u64..1000,
         len in 0usize..300_000,
-        edits in proptest::collection::vec(
-            (0f64..1.0, 0usize..5, 0usize..5000, 0f64..1.0), 0..6),
+        edits in edits(0..5000, 0..6),
     ) {
         // inserts, deletes, overwrites, moves (a run cut and put back elsewhere) and
         // duplicated blocks (a run copied elsewhere)
         let old = text(len, seed);
-        let mut new = old.clone();
-        for e in edits {
-            edit(&mut new, e, seed);
-        }
+        let new = edited(&old, edits, seed);
         prop_assert!(run(&old, &new).rebuilt == new);
     }
+}
+
+/// One edit of [`edit`]: where (a fraction), kind, about how many bytes, whither.
+pub(crate) type Edit = (f64, usize, usize, f64);
+
+/// `count` edits of any kind, each of `run` bytes or so.
+pub(crate) fn edits(
+    run: std::ops::Range<usize>,
+    count: std::ops::Range<usize>,
+) -> impl Strategy<Value = Vec<Edit>> {
+    proptest::collection::vec((0f64..1.0, 0usize..5, run, 0f64..1.0), count)
+}
+
+/// `old` with `edits` made to it in turn.
+pub(crate) fn edited(old: &[u8], edits: Vec<Edit>, seed: u64) -> Vec<u8> {
+    let mut new = old.to_vec();
+    for e in edits {
+        edit(&mut new, e, seed);
+    }
+    new
 }
 
 /// One edit of `new` at `at` (a fraction of its length) of about `n` bytes: 0 an
 /// insert, 1 a delete, 2 an overwrite, 3 a move (the run cut and put back at `to`),
 /// otherwise a duplicate (the run copied to `to`).
-pub(crate) fn edit(new: &mut Vec<u8>, (at, kind, n, to): (f64, usize, usize, f64), seed: u64) {
+pub(crate) fn edit(new: &mut Vec<u8>, (at, kind, n, to): Edit, seed: u64) {
     let at = (at * new.len() as f64) as usize;
     let end = (at + n).min(new.len());
     let to_of = |len: usize| (to * len as f64) as usize;

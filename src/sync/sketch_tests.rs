@@ -4,7 +4,7 @@
 //! then the tree is walked) all end in the same bytes on both sides.
 
 use super::latency_tests::round_trips;
-use crate::chunks::tests::{edit, text};
+use crate::chunks::tests::{edited, edits, text};
 use proptest::prelude::*;
 
 proptest! {
@@ -12,15 +12,11 @@ proptest! {
     #[test]
     fn big_files_edited_apart_converge(
         seed in 1u64..1000,
-        edits in proptest::collection::vec(
-            (0f64..1.0, 0usize..5, 1usize..20_000, 0f64..1.0), 1..4),
+        edits in edits(1..20_000, 1..4),
     ) {
         // 1.2 MB: enough leaves (2,048) for the offer to carry a sketch
         let old = text(1_200_000, seed);
-        let mut new = old.clone();
-        for e in edits {
-            edit(&mut new, e, seed);
-        }
+        let new = edited(&old, edits, seed);
         let [old, new] = [old, new].map(|b| String::from_utf8(b).expect("text"));
         let held = [vec![(0, new)], vec![(0, old)]];
         let trips = round_trips(&held); // asserts that both hold the same tree
