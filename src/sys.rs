@@ -581,17 +581,20 @@ pub fn set_tcp_quickack(sock: &impl AsRawFd, on: bool) -> R<()> {
 
 /// The retransmission timeout cap of the TCP socket `sock`, in milliseconds.
 pub fn tcp_rto_max(sock: &impl AsRawFd) -> R<u32> {
+    Ok(tcp_int(sock, TCP_RTO_MAX_MS)? as u32)
+}
+
+/// True while the TCP socket `sock` is in quick-ack mode (see [`set_tcp_quickack`]).
+pub fn tcp_quickack(sock: &impl AsRawFd) -> R<bool> {
+    Ok(tcp_int(sock, libc::TCP_QUICKACK)? != 0)
+}
+
+/// An `int` TCP socket option.
+fn tcp_int(sock: &impl AsRawFd, opt: libc::c_int) -> R<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     let p = (&mut v as *mut libc::c_int).cast();
-    check(unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            TCP_RTO_MAX_MS,
-            p,
-            &mut len,
-        )
-    })?;
-    Ok(v as u32)
+    let fd = sock.as_raw_fd();
+    check(unsafe { libc::getsockopt(fd, libc::IPPROTO_TCP, opt, p, &mut len) })?;
+    Ok(v)
 }

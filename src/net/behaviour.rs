@@ -3,6 +3,9 @@
 use libp2p::allow_block_list::{self, AllowedPeers};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::NetworkBehaviour;
+use std::os::fd::AsRawFd;
+
+use super::acks::Acks;
 use libp2p::{connection_limits, mdns, noise, tcp, PeerId, Swarm, SwarmBuilder};
 
 use libp2p::core::upgrade::Version;
@@ -63,18 +66,20 @@ pub(crate) fn build_swarm(
 }
 
 /// A new TCP connection (dialed or accepted), its retransmission timeout capped at
-/// [`RTO_MAX_MS`] where the kernel allows it, and out of quick-ack mode: a connection
-/// starts by acknowledging every segment alone, and its first seconds are small
-/// messages answered at once (the handshakes, the index exchange), whose replies can
-/// carry the ACKs. A one-file pairing: 62-64 packets on loopback, 53-56 without.
-fn capped(s: tcp::tokio::TcpStream) -> tcp::tokio::TcpStream {
+/// [`RTO_MAX_MS`] where the kernel allows it, and out of quick-ack mode (see
+/// [`super::acks`]): a connection starts by acknowledging every segment alone, and its
+/// first seconds are small messages answered at once (the handshakes, the index
+/// exchange), whose replies can carry the ACKs. A one-file pairing: 62-64 packets on
+/// loopback, 53-56 without.
+fn capped(s: tcp::tokio::TcpStream) -> Acks<tcp::tokio::TcpStream> {
     if let Err(e) = crate::sys::set_tcp_rto_max(&s.0, RTO_MAX_MS) {
         tracing::debug!("TCP retransmission timeout left uncapped: {e}");
     }
     if let Err(e) = crate::sys::set_tcp_quickack(&s.0, false) {
         tracing::debug!("TCP quick-ack mode left on: {e}");
     }
-    s
+    let fd = s.0.as_raw_fd();
+    Acks::new(s, &fd)
 }
 
 fn new_behaviour(

@@ -31,6 +31,10 @@ struct Target {
 /// the larger PeerId waits this long for the other's dial before dialing itself.
 pub(crate) const DIAL_DEFER: Duration = Duration::from_secs(1);
 
+/// A wait for a connection joins a redial due within this long (see
+/// `EventLoop::redial_soon`); a later one, it dials at once.
+pub(crate) const JOIN_REDIAL: Duration = Duration::from_secs(2);
+
 /// Owns the [`Swarm`] and drives it until shutdown.
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -98,6 +102,15 @@ impl EventLoop {
             .is_some_and(|u| u > Instant::now())
     }
 
+    /// True when our last dial of `peer` failed and the next is due within
+    /// [`JOIN_REDIAL`]: a wait for a connection joins it rather than dialing at once (a
+    /// peer that is not up yet would refuse both dials: two SYNs and two resets).
+    fn redial_soon(&self, peer: &PeerId) -> bool {
+        let t = self.targets.get(peer);
+        t.and_then(|t| t.next_dial)
+            .is_some_and(|at| at <= Instant::now() + JOIN_REDIAL)
+    }
+
     /// Runs until shutdown or until every [`NetHandle`](super::NetHandle) is dropped.
     pub(crate) async fn run(mut self) {
         loop {
@@ -161,7 +174,7 @@ impl EventLoop {
             return;
         }
         self.connect_waiters.entry(peer).or_default().push(reply);
-        if self.deferred(&peer) {
+        if self.deferred(&peer) || self.redial_soon(&peer) {
             return; // served when the peer's dial arrives, or ours when due
         }
         match self.dial(peer) {

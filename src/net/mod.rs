@@ -18,6 +18,7 @@
 //! connection. The check runs after the Noise handshake has proven the remote
 //! PeerId, so a refused peer never gets a stream.
 
+mod acks;
 mod backoff;
 mod behaviour;
 mod coalesce;
