@@ -506,12 +506,12 @@ impl Checker {
 
 impl Checker {
     /// Decides on one entry of the peer's index: applies what needs no data (deletes,
-    /// directories, symlinks, merged versions) and returns true if we want the file's
-    /// content (the peer then sends it whole, and [`Checker::before_update`] decides
-    /// again when it arrives).
-    pub fn index_item(&self, it: &IndexItem, peer: &[u8]) -> Result<bool, ApplyError> {
+    /// directories, symlinks, merged versions) and returns, if we want the file's
+    /// content, what becomes of our version (the peer then sends the file, and
+    /// [`Checker::before_update`] decides again when it arrives).
+    pub fn index_item(&self, it: &IndexItem, peer: &[u8]) -> Result<Option<Loser>, ApplyError> {
         if self.ignored(&it.path, matches!(it.kind, ItemKind::Dir)) {
-            return Ok(false); // stays local: neither taken nor asked for
+            return Ok(None); // stays local: neither taken nor asked for
         }
         let vv = VersionVector::from_pairs(it.vv.iter().copied());
         let ours = self.ours(&it.path)?;
@@ -526,9 +526,9 @@ impl Checker {
         tracing::debug!(path = %it.path, ?v, "index verdict");
         let ix = self.journal.index();
         match v {
-            Verdict::Keep => self.answer(&it.path, ours.as_ref(), &vv).map(|_| false),
+            Verdict::Keep => self.answer(&it.path, ours.as_ref(), &vv).map(|_| None),
             Verdict::Merge => fold::merge(ix, &it.path, &vv)
-                .map(|_| false)
+                .map(|_| None)
                 .map_err(jerr(&it.path)),
             Verdict::Take(_) if it.deleted => {
                 let op = match fold::look(&*self.root, &it.path) {
@@ -540,30 +540,30 @@ impl Checker {
                         file: st.st_ino,
                         last_link: true,
                     },
-                    None => return Ok(false),
+                    None => return Ok(None),
                 };
                 self.archive(&it.path)?;
                 let doomed = self.doomed(&op);
                 match self.applier.apply_meta(&op) {
                     Ok(()) => {
                         self.forget_freed(doomed)?;
-                        self.after_op(&op, &vv).map(|_| false)
+                        self.after_op(&op, &vv).map(|_| None)
                     }
                     Err(e) => {
                         tracing::info!("{}: not removed ({e}); kept", it.path);
-                        Ok(false)
+                        Ok(None)
                     }
                 }
             }
-            Verdict::Take(_) => match it.kind {
-                ItemKind::File => Ok(true),
+            Verdict::Take(loser) => match it.kind {
+                ItemKind::File => Ok(Some(loser)),
                 ItemKind::Dir => {
                     let op = MetaOp::Mkdir {
                         path: it.path.clone(),
                         mode: it.mode,
                     };
                     self.applier.apply_meta(&op)?;
-                    self.after_op(&op, &vv).map(|_| false)
+                    self.after_op(&op, &vv).map(|_| None)
                 }
                 ItemKind::Symlink => {
                     if let Some((_, st)) = fold::look(&*self.root, &it.path) {
@@ -580,7 +580,7 @@ impl Checker {
                         target: it.target.clone(),
                     };
                     self.applier.apply_meta(&op)?;
-                    self.after_op(&op, &vv).map(|_| false)
+                    self.after_op(&op, &vv).map(|_| None)
                 }
             },
         }

@@ -10,6 +10,7 @@
 
 use super::budget::PeerBudget;
 use super::joined::Joined;
+use super::warm::Warm;
 use super::SyncError;
 use crate::beneath::open_beneath;
 use crate::chunks::{rebuild, sketch, Answer, Needs, Offer, Round, Tree};
@@ -38,7 +39,7 @@ const NOTHING_FOUND_NODES: usize = 256;
 
 /// An offered node on the wire (exchanged files are at most [`CHUNK_MAX`] bytes, so
 /// every length fits; a hash carries its low 48 bits, all a tree's hashes have).
-pub(super) fn to_wire(o: Offer) -> ChunkNode {
+pub(crate) fn to_wire(o: Offer) -> ChunkNode {
     ChunkNode {
         hash: o.hash,
         len: u32::try_from(o.len).unwrap_or(u32::MAX),
@@ -205,6 +206,7 @@ pub const MAX_EXCHANGES: usize = 16;
 pub struct Rebuilds {
     current: HashMap<u64, Rebuild>,
     budget: Arc<PeerBudget>,
+    warm: Arc<Warm>,
 }
 
 struct Rebuild {
@@ -245,7 +247,14 @@ impl Rebuilds {
         Rebuilds {
             current: HashMap::new(),
             budget,
+            warm: Arc::default(),
         }
+    }
+
+    /// Our versions' trees built ahead of the offers ([`Warm::start`] them when the
+    /// index says a file will come).
+    pub fn warm(&self) -> Arc<Warm> {
+        self.warm.clone()
     }
 
     /// Moves the exchanges under way out (to a blocking task), leaving none here.
@@ -253,6 +262,7 @@ impl Rebuilds {
         Rebuilds {
             current: std::mem::take(&mut self.current),
             budget: self.budget.clone(),
+            warm: self.warm.clone(),
         }
     }
 
@@ -284,24 +294,27 @@ impl Rebuilds {
         if self.current.len() >= MAX_EXCHANGES || update.size > CHUNK_MAX {
             return decline;
         }
-        // our version at the path; or, with none, each other file that may stand for it
-        // in turn (one that shares no top node gives way to the next)
+        // our version at the path (its tree maybe built ahead); or, with none, each
+        // other file that may stand for it in turn (one that shares no top node gives
+        // way to the next)
         let one = |p: &RelPath, sizes| {
-            open_file(root, p, sizes).map(|(f, st)| Joined::new(vec![(f, st.st_size as u64)]))
+            open_file(root, p, sizes).map(|(f, st)| (Joined::new(vec![(f, st.st_size as u64)]), st))
         };
-        let candidates: Vec<(Joined, bool)> = match one(&update.path, own(update.size)) {
-            Some(old) => vec![(old, false)],
-            None => (elsewhere(&update).into_iter())
-                .filter_map(|b| match b {
-                    Basis::Copy(p) => one(&p, update.size..=update.size).map(|o| (o, false)),
-                    Basis::Named(ps) => named(root, &ps, update.size).map(|o| (o, true)),
-                    Basis::Similar(p) => one(&p, near(update.size)).map(|o| (o, true)),
-                })
-                .collect(),
-        };
+        let candidates: Vec<(Joined, bool, Option<Tree>)> =
+            match one(&update.path, own(update.size)) {
+                Some((old, st)) => vec![(old, false, self.warm.take(&update.path, &st))],
+                None => (elsewhere(&update).into_iter())
+                    .filter_map(|b| match b {
+                        Basis::Copy(p) => one(&p, update.size..=update.size).map(|o| (o.0, false)),
+                        Basis::Named(ps) => named(root, &ps, update.size).map(|o| (o, true)),
+                        Basis::Similar(p) => one(&p, near(update.size)).map(|o| (o.0, true)),
+                    })
+                    .map(|(o, guessed)| (o, guessed, None))
+                    .collect(),
+            };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
-        for (old, guessed) in candidates {
-            match self.stand_on(&update, (&top, sketch), &old, guessed) {
+        for (old, guessed, tree) in candidates {
+            match self.stand_on(&update, (&top, sketch), (&old, tree), guessed) {
                 Stand::On(needs, (picks, answers), charged) => {
                     let rebuild = Rebuild {
                         update,
@@ -320,14 +333,14 @@ impl Rebuilds {
         decline
     }
 
-    /// Reads `old` to stand for our version of `update` and answers the top level; a
-    /// `guessed` file (named or similar, not a copy) that shares none of it gives way
-    /// to the next.
+    /// Reads `old` to stand for our version of `update` (unless its `tree` was built
+    /// ahead) and answers the top level; a `guessed` file (named or similar, not a
+    /// copy) that shares none of it gives way to the next.
     fn stand_on(
         &self,
         update: &FileUpdate,
         (top, sketch): (&[Offer], &[u8]),
-        old: &Joined,
+        (old, tree): (&Joined, Option<Tree>),
         guessed: bool,
     ) -> Stand {
         // the rebuilt content, and our version's tree and index of its nodes (about a
@@ -336,7 +349,7 @@ impl Rebuilds {
         if !self.budget.take(charged) {
             return Stand::Decline;
         }
-        let tree = match Tree::from_reader(old.reader()) {
+        let tree = match tree.map_or_else(|| Tree::from_reader(old.reader()), Ok) {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(

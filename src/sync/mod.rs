@@ -27,6 +27,7 @@ pub mod sender;
 pub mod sources;
 pub mod stats;
 pub mod verdict;
+pub mod warm;
 
 #[cfg(test)]
 mod archive_tests;

@@ -6,6 +6,8 @@ use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, UpdateStep};
 use super::chunked::{Basis, Next, Rebuilds, EXCHANGED};
 use super::local_copy::path_with_hash;
+use super::verdict::Loser;
+use super::warm::Warm;
 use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, READ_TIMEOUT, REPLY_TIMEOUT,
 };
@@ -122,6 +124,9 @@ where
             | Message::ChunkDecline(_)
             | Message::LeafDelta { .. }
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
+            Message::Index { entries, upto, .. } => {
+                Some(take_index(entries, upto, r, &peer, rebuilds.warm()).await?)
+            }
             Message::Summary { dirs, last } => {
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
@@ -194,7 +199,6 @@ async fn handle(
             r.stats.incoming_bytes.store(bytes, Ordering::Relaxed);
             Ok(None)
         }
-        Message::Index { entries, upto, .. } => Ok(Some(take_index(entries, upto, r, peer).await?)),
         other => Err(SyncError::Protocol(format!(
             "unexpected {} on a sync stream",
             other.kind()
@@ -358,22 +362,28 @@ async fn compare_summary(
     Ok(Message::SummaryAck { differ, same })
 }
 
-/// Decides on each entry of the peer's index; replies with the files we want.
+/// Decides on each entry of the peer's index; replies with the files we want. Of
+/// those, the files whose versions share no history will come as chunk offers: our
+/// versions' trees are built ahead (`warm`).
 async fn take_index(
     entries: Vec<crate::wire::IndexItem>,
     upto: u64,
     r: &Receiver,
     peer: &PeerId,
+    warm: Arc<Warm>,
 ) -> Result<Message, SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
-    let (want, leaves) = tokio::task::spawn_blocking(move || {
-        let (mut want, mut wanted) = (Vec::new(), Vec::new());
+    let (want, leaves, apart) = tokio::task::spawn_blocking(move || {
+        let (mut want, mut wanted, mut apart) = (Vec::new(), Vec::new(), Vec::new());
         let mut by_hash = super::local_copy::ByHash::default();
         for (i, it) in entries.iter().enumerate() {
-            let mut want = |it: &crate::wire::IndexItem| {
+            let mut want = |it: &crate::wire::IndexItem, loser| {
                 want.push(it.path.clone());
                 wanted.push(i);
+                if loser != Loser::Replaced && EXCHANGED.contains(&it.size) {
+                    apart.push((it.path.clone(), it.size));
+                }
             };
             let mut local =
                 |it| super::local_copy::make_from_local(&check, it, &bytes, &mut by_hash);
@@ -382,15 +392,15 @@ async fn take_index(
                 check.index_item(it, &bytes)
             };
             match decided {
-                Ok(true) => match local(it) {
+                Ok(Some(loser)) => match local(it) {
                     Ok(true) => {}
-                    Ok(false) => want(it),
+                    Ok(false) => want(it, loser),
                     Err(e) => {
                         tracing::info!("{}: not made from a local copy ({e})", it.path);
-                        want(it);
+                        want(it, loser);
                     }
                 },
-                Ok(false) => {}
+                Ok(None) => {}
                 Err(e) => tracing::warn!("index entry {}: {e}", it.path),
             }
         }
@@ -402,10 +412,13 @@ async fn take_index(
         while leaves.last().is_some_and(Vec::is_empty) {
             leaves.pop();
         }
-        (crate::wire::bitmap(entries.len(), wanted), leaves)
+        (crate::wire::bitmap(entries.len(), wanted), leaves, apart)
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
+    for (path, size) in apart {
+        warm.start(r.check.root.clone(), path, super::chunked::own(size));
+    }
     Ok(Message::IndexAck { upto, want, leaves })
 }
 
