@@ -1,7 +1,7 @@
 //! A sketch of a file's leaves: an invertible Bloom lookup table (IBLT) of its leaf
-//! *edges* (each leaf with the hash of the one before it), so that the side holding
-//! another version finds the few leaves that differ in one message, whatever the size
-//! of the file, instead of walking the chunk tree down a round trip per two levels.
+//! *edges* (each leaf with the one before it), so that the side holding another
+//! version finds the few leaves that differ in one message, whatever the size of the
+//! file, instead of walking the chunk tree down a round trip per two levels.
 //!
 //! The offering side sends [`encode`]; the needing side subtracts its own edges and
 //! peels the table ([`decode`]). What is left are the edges only one side has; with
@@ -9,22 +9,30 @@
 //! leaves from the first to the last. A table too small for the difference (many
 //! changes) does not decode, and the exchange goes down the tree as before.
 //!
-//! A cell is [`CELL`] bytes: a count (mod 256), the XOR of the 14-byte keys (the
-//! previous leaf's 48-bit hash, the leaf's, its length as a u16; each little-endian)
-//! and the XOR of their 32-bit check values. Each edge goes into one cell of each
-//! third of the table. A false "pure" cell is caught by the check, by the key's own
-//! cells, by the walk (every edge used once, the lengths summing to the file's size)
-//! and last by the whole-file BLAKE3 of the rebuilt file.
+//! An edge's key names the leaf by its 48-bit hash and length, and the leaf before it
+//! only by a 16-bit *hint* (the low bits of its hash): the leaves that an edge only
+//! the other side has can follow are few (those whose own way on was lost, the other
+//! side's new leaves, and the last leaf), and the hint tells which ([`decode`]; two of
+//! them with one hint do not decode). A cell is [`CELL`] bytes: a count (mod 256), the
+//! XOR of the 10-byte keys (hint, hash, length as a u16; little-endian) and the XOR of
+//! their 24-bit check values. Each edge goes into one cell of each quarter of the table.
+//! A false "pure" cell is caught by the check, by the key's own cells, by the walk
+//! (every edge used once, the lengths summing to the file's size) and last by the
+//! whole-file BLAKE3 of the rebuilt file.
 
 use super::{Node, Tree, LEAF_MAX};
+use std::collections::{HashMap, HashSet};
 
 /// Bytes of one cell on the wire.
-pub const CELL: usize = 19;
-/// Cells an offer carries: a change or two (up to about a dozen differing edges)
-/// decode; more go down the tree.
-pub const CELLS: usize = 30;
+pub const CELL: usize = 14;
+/// Cells an offer carries: a change or two (up to about twenty differing edges, such
+/// as 4 KiB of new bytes written) decode; more go down the tree.
+pub const CELLS: usize = 40;
 /// Most cells a sketch may have (the wire refuses more).
-pub const MAX_CELLS: usize = 3 * 256;
+pub const MAX_CELLS: usize = WAYS * 192;
+/// Cells each key goes into: one in each part of the table (4 parts decode small
+/// differences more often than 3 in as many bytes: `tests::sizing`).
+pub const WAYS: usize = 4;
 /// Leaves a tree needs for its offer to carry a sketch: smaller trees are a round
 /// trip or two deep, and their top levels cost less than the sketch.
 pub const MIN_LEAVES: usize = 2048;
@@ -41,17 +49,41 @@ struct Edge {
     len: u16,
 }
 
+/// An edge as the table holds it: its predecessor known by a hint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    hint: u16,
+    hash: u64,
+    len: u16,
+}
+
 impl Edge {
-    fn key(self) -> u128 {
-        u128::from(self.prev) | u128::from(self.hash) << 48 | u128::from(self.len) << 96
+    fn key(self) -> Key {
+        let hint = self.prev as u16;
+        Key {
+            hint,
+            hash: self.hash,
+            len: self.len,
+        }
+    }
+}
+
+impl Key {
+    fn bits(self) -> u128 {
+        u128::from(self.hint) | u128::from(self.hash) << 16 | u128::from(self.len) << 64
     }
 
-    fn of_key(k: u128) -> Edge {
-        Edge {
-            prev: (k & 0xFFFF_FFFF_FFFF) as u64,
-            hash: (k >> 48 & 0xFFFF_FFFF_FFFF) as u64,
-            len: (k >> 96) as u16,
+    fn of_bits(k: u128) -> Key {
+        Key {
+            hint: k as u16,
+            hash: (k >> 16 & 0xFFFF_FFFF_FFFF) as u64,
+            len: (k >> 64) as u16,
         }
+    }
+
+    fn edge(self, prev: u64) -> Edge {
+        let (hash, len) = (self.hash, self.len);
+        Edge { prev, hash, len }
     }
 }
 
@@ -63,17 +95,17 @@ fn mix(mut x: u64) -> u64 {
 }
 
 fn fold(k: u128, salt: u64) -> u64 {
-    mix(k as u64 ^ mix((k >> 64) as u64 ^ salt))
+    mix(mix(k as u64 ^ mix(salt)) ^ (k >> 64) as u64)
 }
 
 fn check(k: u128) -> u32 {
-    fold(k, 0x5EED) as u32
+    fold(k, 0x5EED) as u32 & 0xFF_FFFF
 }
 
-/// The cell of `k` in each third of a table of `cells`.
-fn slots(k: u128, cells: usize) -> [usize; 3] {
-    let part = cells / 3;
-    [0, 1, 2].map(|j| j * part + (fold(k, j as u64 + 1) % part as u64) as usize)
+/// The cell of `k` in each quarter of a table of `cells`.
+fn slots(k: u128, cells: usize) -> [usize; WAYS] {
+    let part = cells / WAYS;
+    std::array::from_fn(|j| j * part + (fold(k, j as u64 + 1) % part as u64) as usize)
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -107,22 +139,22 @@ fn edges(leaves: &[Node]) -> impl Iterator<Item = Edge> + '_ {
 
 fn table(leaves: &[Node], cells: usize, add: bool, into: &mut [Cell]) {
     for e in edges(leaves) {
-        let k = e.key();
+        let k = e.key().bits();
         for s in slots(k, cells) {
             into[s].toggle(k, add);
         }
     }
 }
 
-/// The sketch of `tree`'s leaves in `cells` cells (a multiple of 3).
+/// The sketch of `tree`'s leaves in `cells` cells (a multiple of [`WAYS`]).
 pub fn encode(tree: &Tree, cells: usize) -> Vec<u8> {
     let mut t = vec![Cell::default(); cells];
     table(tree.level(0), cells, true, &mut t);
     let mut out = Vec::with_capacity(cells * CELL);
     for c in t {
         out.push(c.count);
-        out.extend_from_slice(&c.key.to_le_bytes()[..14]);
-        out.extend_from_slice(&c.check.to_le_bytes());
+        out.extend_from_slice(&c.key.to_le_bytes()[..10]);
+        out.extend_from_slice(&c.check.to_le_bytes()[..3]);
     }
     out
 }
@@ -130,26 +162,27 @@ pub fn encode(tree: &Tree, cells: usize) -> Vec<u8> {
 fn parse(bytes: &[u8]) -> Option<Vec<Cell>> {
     let cells = bytes.len() / CELL;
     if !bytes.len().is_multiple_of(CELL)
-        || !cells.is_multiple_of(3)
+        || !cells.is_multiple_of(WAYS)
         || cells == 0
         || cells > MAX_CELLS
     {
         return None;
     }
     let cell = |c: &[u8]| {
-        let mut key = [0u8; 16];
-        key[..14].copy_from_slice(&c[1..15]);
+        let (mut key, mut check) = ([0u8; 16], [0u8; 4]);
+        key[..10].copy_from_slice(&c[1..11]);
+        check[..3].copy_from_slice(&c[11..14]);
         Cell {
             count: c[0],
             key: u128::from_le_bytes(key),
-            check: u32::from_le_bytes(c[15..19].try_into().expect("4 bytes")),
+            check: u32::from_le_bytes(check),
         }
     };
     Some(bytes.chunks(CELL).map(cell).collect())
 }
 
-/// Peels `t` (theirs minus ours): the edges only they have and those only we have.
-fn peel(mut t: Vec<Cell>) -> Option<(Vec<Edge>, Vec<Edge>)> {
+/// Peels `t` (theirs minus ours): the keys only they have and those only we have.
+fn peel(mut t: Vec<Cell>) -> Option<(Vec<Key>, Vec<Key>)> {
     let cells = t.len();
     let (mut theirs, mut ours) = (Vec::new(), Vec::new());
     let mut queue: Vec<usize> = (0..cells).collect();
@@ -163,8 +196,7 @@ fn peel(mut t: Vec<Cell>) -> Option<(Vec<Edge>, Vec<Edge>)> {
         if check(c.key) != c.check || !slots(c.key, cells).contains(&i) {
             continue;
         }
-        let e = Edge::of_key(c.key);
-        if add { &mut ours } else { &mut theirs }.push(e);
+        if add { &mut ours } else { &mut theirs }.push(Key::of_bits(c.key));
         if theirs.len() + ours.len() > cells * 4 {
             return None; // (cannot happen with a sound table)
         }
@@ -186,12 +218,53 @@ pub fn decode(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> 
     let cells = t.len();
     table(ours.level(0), cells, false, &mut t);
     let (theirs, only_ours) = peel(t)?;
+    let own: Vec<Edge> = edges(ours.level(0)).collect();
+    let lost = our_edges(&own, &only_ours)?;
+    let last = own.last().map_or(START, |e| e.hash);
+    let gained = their_edges(&lost, &theirs, last)?;
     // their edges: ours, less those only we have, plus those only they have
-    let mut ways = Ways::new(edges(ours.level(0)).chain(theirs).collect());
-    for e in only_ours {
+    let mut ways = Ways::new(own.into_iter().chain(gained).collect());
+    for e in lost {
         ways.take(e)?;
     }
     ways.walk(size)
+}
+
+/// Our edges behind `keys` (those only we have): for each, the one leaf before it
+/// among our edges of that key (two different ones: `None`).
+fn our_edges(own: &[Edge], keys: &[Key]) -> Option<Vec<Edge>> {
+    let wanted: HashSet<Key> = keys.iter().copied().collect();
+    let mut prevs: HashMap<Key, u64> = HashMap::new();
+    for e in own.iter().filter(|e| wanted.contains(&e.key())) {
+        if *prevs.entry(e.key()).or_insert(e.prev) != e.prev {
+            return None;
+        }
+    }
+    keys.iter().map(|k| Some(k.edge(*prevs.get(k)?))).collect()
+}
+
+/// Their edges behind `keys` (those only they have): each follows a leaf left owing a
+/// way on (one whose edge on we `lost`, a leaf of theirs, or our `last`), the one
+/// whose hash has the key's hint (two with one hint: `None`; a wrong one fails the
+/// walk).
+fn their_edges(lost: &[Edge], keys: &[Key], last: u64) -> Option<Vec<Edge>> {
+    let mut owed: HashMap<u64, i64> = HashMap::from([(last, 1)]);
+    for e in lost {
+        *owed.entry(e.prev).or_default() += 1;
+        *owed.entry(e.hash).or_default() -= 1;
+    }
+    for k in keys {
+        *owed.entry(k.hash).or_default() += 1;
+    }
+    let mut by_hint: HashMap<u16, u64> = HashMap::new();
+    for (&leaf, _) in owed.iter().filter(|(_, n)| **n > 0) {
+        if by_hint.insert(leaf as u16, leaf).is_some() {
+            return None;
+        }
+    }
+    keys.iter()
+        .map(|k| Some(k.edge(*by_hint.get(&k.hint)?)))
+        .collect()
 }
 
 /// Where a walk goes from a leaf.
@@ -296,7 +369,7 @@ mod tests {
 
     #[test]
     fn pinned_cell_layout() {
-        // (docs/PROTOCOL.md, *Sketch*) with 3 cells each edge is in all three
+        // (docs/PROTOCOL.md, *Sketch*) with 4 cells each edge is in all four
         let t = Tree::from_bytes(&text(3000, 2));
         let n = t.level(0);
         let m = |mut x: u64| {
@@ -311,14 +384,14 @@ mod tests {
             } else {
                 n[i - 1].hash
             };
-            let k = u128::from(prev) | u128::from(l.hash) << 48 | (l.len as u128) << 96;
+            let k = (prev & 0xFFFF) as u128 | u128::from(l.hash) << 16 | (l.len as u128) << 64;
             key ^= k;
-            chk ^= m(k as u64 ^ m((k >> 64) as u64 ^ 0x5EED)) as u32;
+            chk ^= m(m(k as u64 ^ m(0x5EED)) ^ (k >> 64) as u64) as u32 & 0xFF_FFFF;
         }
         let mut cell = vec![n.len() as u8];
-        cell.extend_from_slice(&key.to_le_bytes()[..14]);
-        cell.extend_from_slice(&chk.to_le_bytes());
-        assert_eq!(encode(&t, 3), cell.repeat(3));
+        cell.extend_from_slice(&key.to_le_bytes()[..10]);
+        cell.extend_from_slice(&chk.to_le_bytes()[..3]);
+        assert_eq!(encode(&t, 4), cell.repeat(4));
     }
 
     #[test]
@@ -379,6 +452,68 @@ mod tests {
         assert_eq!(decode(&bad, &a, old.len() as u64), None, "a flipped bit");
         // equal versions: nothing differs, the walk is our own leaves
         assert_eq!(decode(&good, &a, old.len() as u64), Some(leaves(&a)));
+    }
+
+    /// How often a sketch of `cells` cells decodes, per kind of change (40 seeds):
+    /// `cargo test --release --lib chunks::sketch::tests::sizing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn sizing() {
+        let noise = |n: usize, seed: u64| -> Vec<u8> {
+            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        type Change = fn(&mut Vec<u8>, u64);
+        let kinds: [(&str, bool, Change); 4] = [
+            ("100 B inserted at the top of text", false, |v, s| {
+                v.splice(0..0, text(100, s));
+            }),
+            ("20 B changed in text", false, |v, s| {
+                let at = v.len() / 3 + s as usize * 977;
+                v[at..at + 20].copy_from_slice(&text(20, s + 1));
+            }),
+            ("4 KiB of random bytes written into text", false, |v, s| {
+                let at = (s as usize * 7_777_777) % (v.len() - 4096);
+                let w: Vec<u8> = text(4096, s).iter().map(|b| b.wrapping_mul(7)).collect();
+                v[at..at + 4096].copy_from_slice(&w);
+            }),
+            (
+                "4 KiB of random bytes written into random bytes",
+                true,
+                |v, s| {
+                    let at = (s as usize * 7_777_777) % (v.len() - 4096) / 4096 * 4096;
+                    let w: Vec<u8> = text(4096, s).iter().map(|b| b.wrapping_mul(7)).collect();
+                    v[at..at + 4096].copy_from_slice(&w);
+                },
+            ),
+        ];
+        for (what, random, change) in kinds {
+            let mut line = format!("{what}:");
+            for cells in [32, 36, 40, 44, 48] {
+                let decoded = (1..=40u64)
+                    .filter(|&seed| {
+                        let old = if random {
+                            noise(4 << 20, seed)
+                        } else {
+                            text(4 << 20, seed)
+                        };
+                        let mut new = old.clone();
+                        change(&mut new, seed);
+                        let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+                        decode(&encode(&b, cells), &a, new.len() as u64) == Some(leaves(&b))
+                    })
+                    .count();
+                line += &format!(" {cells} cells {decoded}/40;");
+            }
+            println!("{line}");
+        }
     }
 
     proptest::proptest! {

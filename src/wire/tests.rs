@@ -1296,8 +1296,9 @@ fn pinned_chunk_offer_sources_encoding() {
 
 #[test]
 fn pinned_chunk_sketch_and_pick_encoding() {
-    // version 17: the offer's sketch ends it; a pick answers leaves by index
-    let cells = vec![0xab; 3 * crate::chunks::sketch::CELL];
+    // version 17: the offer's sketch ends it; a pick answers leaves by index (cells of
+    // 14 bytes since version 18)
+    let cells = vec![0xab; 4 * 14];
     let offer = |sketch| Message::ChunkOffer {
         update: update("a", 2, vec![]),
         top: vec![],
@@ -1307,11 +1308,11 @@ fn pinned_chunk_sketch_and_pick_encoding() {
     let plain = hex(&encode(&offer(vec![])).unwrap());
     let head = plain.strip_suffix("0000000000000000").unwrap();
     let with = hex(&encode(&offer(cells.clone())).unwrap());
-    assert_eq!(with, format!("{head}3900000000000000{}", "ab".repeat(57)));
+    assert_eq!(with, format!("{head}3800000000000000{}", "ab".repeat(56)));
     assert_eq!(decode(&unhex(&with)).unwrap(), offer(cells.clone()));
-    assert!(encode(&offer(cells[..19].to_vec())).is_err(), "one cell");
-    assert!(encode(&offer(cells[..20].to_vec())).is_err(), "ragged");
-    let big = vec![0; crate::wire::MAX_SKETCH + 3 * 19];
+    assert!(encode(&offer(cells[..14].to_vec())).is_err(), "one cell");
+    assert!(encode(&offer(cells[..15].to_vec())).is_err(), "ragged");
+    let big = vec![0; crate::wire::MAX_SKETCH + 4 * 14];
     assert!(encode(&offer(big)).is_err(), "too many cells");
 
     let pick = |leaves, answers| Message::ChunkPick {

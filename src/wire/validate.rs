@@ -83,8 +83,9 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             validate_update(update)?;
             max_len("chunk sketch", sketch.len(), MAX_SKETCH)?;
             let cells = sketch.len() / sketch::CELL;
-            if !sketch.len().is_multiple_of(sketch::CELL) || !cells.is_multiple_of(3) {
-                let (field, len, item) = ("chunk sketch", sketch.len(), 3 * sketch::CELL);
+            if !sketch.len().is_multiple_of(sketch::CELL) || !cells.is_multiple_of(sketch::WAYS) {
+                let (field, len, item) =
+                    ("chunk sketch", sketch.len(), sketch::WAYS * sketch::CELL);
                 return Err(Violation::Ragged { field, len, item });
             }
             max_len("chunk sources", from.len(), MAX_CHUNK_SOURCES)?;
