@@ -454,22 +454,41 @@ mod tests {
         assert_eq!(decode(&good, &a, old.len() as u64), Some(leaves(&a)));
     }
 
+    /// `n` bytes of noise from `seed`.
+    fn noise(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// 4 KiB of new bytes written into random bytes (the bench's pairing d): about
+    /// twenty differing edges, which the offer's sketch decodes nearly always.
+    #[test]
+    fn a_4k_write_into_random_bytes_decodes() {
+        let decoded = (1..=10u64)
+            .filter(|&seed| {
+                let old = noise(2 << 20, seed);
+                let mut new = old.clone();
+                let at = (seed as usize * 7_777_777) % (old.len() - 4096);
+                new[at..at + 4096].copy_from_slice(&noise(4096, seed + 99));
+                let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+                decode(&encode(&b, CELLS), &a, new.len() as u64) == Some(leaves(&b))
+            })
+            .count();
+        assert!(decoded >= 9, "{decoded} of 10 decoded");
+    }
+
     /// How often a sketch of `cells` cells decodes, per kind of change (40 seeds):
     /// `cargo test --release --lib chunks::sketch::tests::sizing -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn sizing() {
-        let noise = |n: usize, seed: u64| -> Vec<u8> {
-            let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
         type Change = fn(&mut Vec<u8>, u64);
         let kinds: [(&str, bool, Change); 4] = [
             ("100 B inserted at the top of text", false, |v, s| {

@@ -330,8 +330,10 @@ impl EventLoop {
         if self.swarm.is_connected(&peer) {
             return;
         }
-        self.fail_waiters(peer, &error);
         self.schedule_redial(peer);
+        if !self.redial_soon(&peer) {
+            self.fail_waiters(peer, &error); // (else they wait for that redial)
+        }
     }
 
     /// Logs and reports a connection refused by the allowlist.

@@ -282,37 +282,34 @@ async fn configured_peer_is_redialed_with_backoff() {
     .await;
 }
 
-/// A stream wanted right after a dial was refused (the peer not up yet) waits for the
-/// scheduled redial instead of dialing again at once, and opens once the peer is up.
+/// A stream wanted while a dial is refused (the peer not up yet), or right after,
+/// waits for the scheduled redial instead of failing or dialing again at once, and
+/// opens once the peer is up.
 #[tokio::test]
-async fn an_open_after_a_refused_dial_joins_the_redial() {
-    let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-    let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let a_at: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
-    let (b, _eb, _) = node(config(
-        kb,
-        vec![],
-        vec![a_at.clone().with(Protocol::P2p(pa))],
-    ))
-    .await;
-    tokio::time::sleep(Duration::from_millis(150)).await; // B's first dial is refused
-    let open = tokio::spawn(async move { b.open_stream(pa, PROTO).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(
-        !open.is_finished(),
-        "the open dialed again and failed at once"
-    );
-    let mut cfg = config(ka, vec![pb], vec![]);
-    cfg.listen = vec![a_at];
-    let (a, _ea, _) = node(cfg).await;
-    let _incoming = a.accept(PROTO).unwrap();
-    let opened = timeout(LIMIT, open).await.unwrap().unwrap();
-    assert!(opened.is_ok(), "{opened:?}");
+async fn an_open_during_or_after_a_refused_dial_joins_the_redial() {
+    for wait_ms in [0, 150] {
+        let (ka, kb) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        let (pa, pb) = (ka.public().to_peer_id(), kb.public().to_peer_id());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let a_at: Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap();
+        let b_cfg = config(kb, vec![], vec![a_at.clone().with(Protocol::P2p(pa))]);
+        let (b, _eb, _) = node(b_cfg).await;
+        // (at once: the open joins the first dial; later, the redial it scheduled)
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        let open = tokio::spawn(async move { b.open_stream(pa, PROTO).await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!open.is_finished(), "the open failed with a refused dial");
+        let mut cfg = config(ka, vec![pb], vec![]);
+        cfg.listen = vec![a_at];
+        let (a, _ea, _) = node(cfg).await;
+        let _incoming = a.accept(PROTO).unwrap();
+        let opened = timeout(LIMIT, open).await.unwrap().unwrap();
+        assert!(opened.is_ok(), "{opened:?}");
+    }
 }
 
 #[tokio::test]
