@@ -211,9 +211,23 @@ fn peel(mut t: Vec<Cell>) -> Option<(Vec<Key>, Vec<Key>)> {
 }
 
 /// Their version's leaves, (hash, len) in file order, from their sketch and our
-/// tree, if the sketch decodes and the walk uses every edge once and covers `size`
-/// bytes; `None` otherwise (then the tree is walked instead).
-pub fn decode(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> {
+/// tree, if the sketch decodes, the walk uses every edge once and covers `size`
+/// bytes, and the leaves make their tree's `top` level (hash, len); `None` otherwise
+/// (then the tree is walked instead). The top check catches every walk that used the
+/// right edges in a wrong order (two runs of one repeated leaf, such as zeros, share
+/// its loops) or took a wrong edge (a hint that cancelled another's).
+pub fn decode(
+    sketch: &[u8],
+    ours: &Tree,
+    size: u64,
+    top: &[(u64, u64)],
+) -> Option<Vec<(u64, u64)>> {
+    let leaves = walk_of(sketch, ours, size)?;
+    (Tree::top_of(&leaves) == top).then_some(leaves)
+}
+
+/// [`decode`] without the top check.
+fn walk_of(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> {
     let mut t = parse(sketch)?;
     let cells = t.len();
     table(ours.level(0), cells, false, &mut t);
@@ -246,7 +260,7 @@ fn our_edges(own: &[Edge], keys: &[Key]) -> Option<Vec<Edge>> {
 /// Their edges behind `keys` (those only they have): each follows a leaf left owing a
 /// way on (one whose edge on we `lost`, a leaf of theirs, or our `last`), the one
 /// whose hash has the key's hint (two with one hint: `None`; a wrong one fails the
-/// walk).
+/// walk or the top check).
 fn their_edges(lost: &[Edge], keys: &[Key], last: u64) -> Option<Vec<Edge>> {
     let mut owed: HashMap<u64, i64> = HashMap::from([(last, 1)]);
     for e in lost {
@@ -349,6 +363,10 @@ mod tests {
     use super::super::tests::text;
     use super::*;
 
+    fn tops(t: &Tree) -> Vec<(u64, u64)> {
+        t.top().iter().map(|n| (n.hash, n.len)).collect()
+    }
+
     fn leaves(t: &Tree) -> Vec<(u64, u64)> {
         t.level(0).iter().map(|n| (n.hash, n.len)).collect()
     }
@@ -363,7 +381,7 @@ mod tests {
         let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
         let sketch = encode(&b, CELLS);
         assert_eq!(sketch.len(), CELLS * CELL);
-        let got = decode(&sketch, &a, new.len() as u64).expect("decodes");
+        let got = decode(&sketch, &a, new.len() as u64, &tops(&b)).expect("decodes");
         assert_eq!(got, leaves(&b));
     }
 
@@ -403,7 +421,10 @@ mod tests {
             let mut new = old.clone();
             edit(&mut new, (0.3, kind, 20_000, 0.7), 5);
             let b = Tree::from_bytes(&new);
-            (decode(&encode(&b, CELLS), &a, new.len() as u64), leaves(&b))
+            (
+                decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)),
+                leaves(&b),
+            )
         };
         let (moved, want) = sketch_of(3);
         assert!(moved == Some(want), "a moved run walks in its new place");
@@ -420,7 +441,10 @@ mod tests {
             new[k * 20_000] ^= 1;
         }
         let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-        assert_eq!(decode(&encode(&b, CELLS), &a, new.len() as u64), None);
+        assert_eq!(
+            decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)),
+            None
+        );
     }
 
     #[test]
@@ -431,8 +455,24 @@ mod tests {
         let mut new = old.clone();
         new[10] ^= 1;
         let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-        let got = decode(&encode(&b, CELLS), &a, new.len() as u64);
+        let got = decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b));
         assert_eq!(got, Some(leaves(&b)));
+    }
+
+    /// Two runs of one repeated leaf (zeros) share its loops: the walk may use every
+    /// edge in a wrong order (the first run takes all the loops); the top check
+    /// refuses that, so the tree is walked instead.
+    #[test]
+    fn two_runs_of_one_leaf_never_decode_out_of_order() {
+        let (a, z, c, d) = ((1, 500), (2, 4096), (3, 700), (4, 900));
+        let old = Tree::of_leaves(&[a, z, z, c, d, z, z]);
+        let want = [(5, 600), z, z, c, d, z, z];
+        let new = Tree::of_leaves(&want);
+        let size = want.iter().map(|l| l.1).sum();
+        let sketch = encode(&new, CELLS);
+        let walked = walk_of(&sketch, &old, size).expect("the edges decode");
+        assert_ne!(walked, want, "the walk alone goes wrong");
+        assert_eq!(decode(&sketch, &old, size, &tops(&new)), None);
     }
 
     #[test]
@@ -441,17 +481,28 @@ mod tests {
         let a = Tree::from_bytes(&old);
         let good = encode(&a, CELLS);
         assert_eq!(
-            decode(&good[..CELL * 2], &a, old.len() as u64),
+            decode(&good[..CELL * 2], &a, old.len() as u64, &tops(&a)),
             None,
             "ragged"
         );
-        assert_eq!(decode(&[], &a, old.len() as u64), None, "empty");
-        assert_eq!(decode(&good, &a, old.len() as u64 + 1), None, "wrong size");
+        assert_eq!(decode(&[], &a, old.len() as u64, &tops(&a)), None, "empty");
+        assert_eq!(
+            decode(&good, &a, old.len() as u64 + 1, &tops(&a)),
+            None,
+            "wrong size"
+        );
         let mut bad = good.clone();
         bad[5] ^= 0x40;
-        assert_eq!(decode(&bad, &a, old.len() as u64), None, "a flipped bit");
+        assert_eq!(
+            decode(&bad, &a, old.len() as u64, &tops(&a)),
+            None,
+            "a flipped bit"
+        );
         // equal versions: nothing differs, the walk is our own leaves
-        assert_eq!(decode(&good, &a, old.len() as u64), Some(leaves(&a)));
+        assert_eq!(
+            decode(&good, &a, old.len() as u64, &tops(&a)),
+            Some(leaves(&a))
+        );
     }
 
     /// `n` bytes of noise from `seed`.
@@ -478,7 +529,7 @@ mod tests {
                 let at = (seed as usize * 7_777_777) % (old.len() - 4096);
                 new[at..at + 4096].copy_from_slice(&noise(4096, seed + 99));
                 let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-                decode(&encode(&b, CELLS), &a, new.len() as u64) == Some(leaves(&b))
+                decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)) == Some(leaves(&b))
             })
             .count();
         assert!(decoded >= 9, "{decoded} of 10 decoded");
@@ -526,7 +577,8 @@ mod tests {
                         let mut new = old.clone();
                         change(&mut new, seed);
                         let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-                        decode(&encode(&b, cells), &a, new.len() as u64) == Some(leaves(&b))
+                        decode(&encode(&b, cells), &a, new.len() as u64, &tops(&b))
+                            == Some(leaves(&b))
                     })
                     .count();
                 line += &format!(" {cells} cells {decoded}/40;");
@@ -546,7 +598,7 @@ mod tests {
             let old = text(300_000, seed);
             let new = super::super::tests::edited(&old, edits, seed);
             let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-            if let Some(got) = decode(&encode(&b, CELLS), &a, new.len() as u64) {
+            if let Some(got) = decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)) {
                 proptest::prop_assert_eq!(got, leaves(&b));
             }
         }

@@ -64,7 +64,8 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let sketch =
         (b.level(0).len() >= sketch::MIN_LEAVES).then(|| sketch::encode(&b, sketch::CELLS));
     cost += sketch.as_ref().map_or(0, Vec::len);
-    let decoded = sketch.and_then(|s| sketch::decode(&s, &a, new.len() as u64));
+    let tops: Vec<(u64, u64)> = b.top().iter().map(|n| (n.hash, n.len)).collect();
+    let decoded = sketch.and_then(|s| sketch::decode(&s, &a, new.len() as u64, &tops));
     let (mut picks, mut answers) = match decoded {
         Some(leaves) => {
             let (p, a) = needs.sketched(&leaves).unwrap();

@@ -211,6 +211,9 @@ impl EventLoop {
                 Err(e) => {
                     tracing::debug!(%peer, error = %e, "redial failed immediately");
                     self.schedule_redial(peer);
+                    if !self.redial_soon(&peer) {
+                        self.fail_waiters(peer, &e); // (else they wait for that one)
+                    }
                 }
             }
         }

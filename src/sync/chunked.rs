@@ -244,10 +244,11 @@ pub enum Next {
 impl Rebuilds {
     /// No exchange yet; rebuilt content is charged to `budget`.
     pub fn new(budget: Arc<PeerBudget>) -> Rebuilds {
+        let warm = Arc::new(Warm::new(super::warm::WARM_BYTES, budget.clone()));
         Rebuilds {
             current: HashMap::new(),
             budget,
-            warm: Arc::default(),
+            warm,
         }
     }
 
@@ -361,7 +362,8 @@ impl Rebuilds {
             }
         };
         let mut needs = Needs::new(&tree, update.size);
-        let first = match sketch::decode(sketch, &tree, update.size) {
+        let tops: Vec<(u64, u64)> = top.iter().map(|o| (o.hash, o.len)).collect();
+        let first = match sketch::decode(sketch, &tree, update.size, &tops) {
             Some(leaves) => needs.sketched(&leaves).map(|(p, a)| (Some(p), a)),
             None => needs.first(top).map(|a| (None, a)),
         };

@@ -417,7 +417,7 @@ async fn take_index(
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
     for (path, size) in apart {
-        warm.start(r.check.root.clone(), path, super::chunked::own(size));
+        warm.start(r.check.root.clone(), path, size, super::chunked::own(size));
     }
     Ok(Message::IndexAck { upto, want, leaves })
 }

@@ -12,9 +12,12 @@
 //! ([`Warm::take`]); one never asked for goes after [`KEEP_FOR`]. Trees held are
 //! bounded by [`WARM_BYTES`] (a file past that is read when offered, as before).
 
+use super::budget::PeerBudget;
 use crate::chunks::Tree;
 use crate::path::RelPath;
 use std::collections::HashMap;
+use std::fs::File;
+use std::ops::RangeInclusive;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -59,17 +62,19 @@ struct Slots {
     charged: usize,
 }
 
-/// The trees built ahead for one peer's stream.
+/// The trees built ahead for one peer's stream, charged to the peer's memory budget
+/// while held.
 pub struct Warm {
     slots: Mutex<Slots>,
     tasks: Mutex<JoinSet<()>>,
     cap: usize,
+    budget: Arc<PeerBudget>,
     used: AtomicUsize,
 }
 
 impl Default for Warm {
     fn default() -> Self {
-        Warm::with_cap(WARM_BYTES)
+        Warm::new(WARM_BYTES, Arc::default())
     }
 }
 
@@ -77,30 +82,62 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Ends its slot when dropped, built or not: a `take` waiting on it never waits
+/// forever (the build panicked, or its task never ran).
+struct Finish(Arc<Slot>, Option<(Stamp, Tree)>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let mut built = lock(&self.0.built);
+        if built.is_none() {
+            *built = Some(self.1.take());
+        }
+        self.0.done.notify_all();
+    }
+}
+
+/// Our file at `path` if it is a regular file of `sizes` (opened without blocking: a
+/// FIFO put there is not waited on), and its tree's stamp.
+fn open(root: &OwnedFd, path: &RelPath, sizes: &RangeInclusive<u64>) -> Option<(File, Stamp)> {
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let fd = crate::beneath::open_beneath(root, path, flags, 0).ok()?;
+    let st = crate::sys::fstat(&fd).ok()?;
+    let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+    (regular && sizes.contains(&(st.st_size as u64))).then(|| (File::from(fd), stamp(&st)))
+}
+
+/// The tree of `file` if its stat is still `was` once read.
+fn build(file: &File, was: Stamp) -> Option<(Stamp, Tree)> {
+    let tree = Tree::from_reader(file).ok()?;
+    let now = crate::sys::fstat(file).ok()?;
+    (stamp(&now) == was).then_some((was, tree))
+}
+
 impl Warm {
-    /// No trees yet; those held take at most `cap` bytes (`sources::tree_memory`).
-    pub fn with_cap(cap: usize) -> Warm {
+    /// No trees yet; those held take at most `cap` bytes (`sources::tree_memory`),
+    /// each charged to `budget` while held.
+    pub fn new(cap: usize, budget: Arc<PeerBudget>) -> Warm {
         Warm {
             slots: Mutex::default(),
             tasks: Mutex::default(),
             cap,
+            budget,
             used: AtomicUsize::new(0),
         }
     }
 
-    /// Starts building the tree of our file at `path` (a regular file of `sizes`),
-    /// unless one is held for it or the trees would pass [`WARM_BYTES`]. Call within
-    /// the runtime; the read runs on a blocking thread.
+    /// Starts building the tree of our file at `path` (the peer's entry says `size`
+    /// bytes; ours must be a regular file of `sizes`), unless one is held for it, the
+    /// trees would pass the cap or the peer's budget. Call within the runtime; the
+    /// open and the read run on a blocking thread.
     pub fn start(
         self: &Arc<Self>,
         root: Arc<OwnedFd>,
         path: RelPath,
-        sizes: std::ops::RangeInclusive<u64>,
+        size: u64,
+        sizes: RangeInclusive<u64>,
     ) {
-        let Some((file, st)) = super::chunked::open_file(&*root, &path, sizes) else {
-            return;
-        };
-        let charged = super::sources::tree_memory(st.st_size as u64);
+        let charged = super::sources::tree_memory(size.min(*sizes.end()));
         let slot = Arc::new(Slot {
             built: Mutex::new(None),
             done: Condvar::new(),
@@ -109,8 +146,9 @@ impl Warm {
         });
         {
             let mut slots = lock(&self.slots);
-            slots.drop_stale();
-            if slots.by_path.contains_key(&path) || slots.charged + charged > self.cap {
+            self.drop_stale(&mut slots);
+            let full = slots.charged + charged > self.cap;
+            if slots.by_path.contains_key(&path) || full || !self.budget.take(charged) {
                 return;
             }
             slots.charged += charged;
@@ -123,13 +161,9 @@ impl Warm {
             }
         }
         tasks.spawn_blocking(move || {
-            let tree = Tree::from_reader(&file).ok();
-            let after = crate::sys::fstat(&file).ok();
-            let same = after.is_some_and(|a| stamp(&a) == stamp(&st));
-            let built = tree.filter(|_| same).map(|t| (stamp(&st), t));
-            tracing::debug!(%path, built = built.is_some(), "chunk tree built ahead");
-            *lock(&slot.built) = Some(built);
-            slot.done.notify_all();
+            let mut finish = Finish(slot, None);
+            finish.1 = open(&root, &path, &sizes).and_then(|(f, was)| build(&f, was));
+            tracing::debug!(%path, built = finish.1.is_some(), "chunk tree built ahead");
         });
     }
 
@@ -141,6 +175,7 @@ impl Warm {
             let mut slots = lock(&self.slots);
             let slot = slots.by_path.remove(path)?;
             slots.charged -= slot.charged;
+            self.budget.give(slot.charged);
             slot
         };
         let mut built = lock(&slot.built);
@@ -164,18 +199,25 @@ impl Warm {
     }
 }
 
-impl Slots {
+impl Warm {
     /// Drops the trees built more than [`KEEP_FOR`] ago.
-    fn drop_stale(&mut self) {
-        let stale: Vec<RelPath> = (self.by_path.iter())
+    fn drop_stale(&self, slots: &mut Slots) {
+        let stale: Vec<RelPath> = (slots.by_path.iter())
             .filter(|(_, s)| s.since.elapsed() > KEEP_FOR && lock(&s.built).is_some())
             .map(|(p, _)| p.clone())
             .collect();
         for p in stale {
-            if let Some(s) = self.by_path.remove(&p) {
-                self.charged -= s.charged;
+            if let Some(s) = slots.by_path.remove(&p) {
+                slots.charged -= s.charged;
+                self.budget.give(s.charged);
             }
         }
+    }
+}
+
+impl Drop for Warm {
+    fn drop(&mut self) {
+        self.budget.give(lock(&self.slots).charged);
     }
 }
 
@@ -199,6 +241,10 @@ mod tests {
         (t, Arc::new(root))
     }
 
+    fn root_of(t: &tempfile::TempDir) -> Arc<OwnedFd> {
+        Arc::new(OwnedFd::from(std::fs::File::open(t.path()).unwrap()))
+    }
+
     fn stat(t: &tempfile::TempDir, name: &str) -> libc::stat {
         crate::sys::fstat(&std::fs::File::open(t.path().join(name)).unwrap()).unwrap()
     }
@@ -212,24 +258,32 @@ mod tests {
     async fn a_tree_built_ahead_is_taken_once_and_only_for_its_version() {
         let old = text(300_000, 1);
         let (t, root) = folder(&[("f", &old)]);
-        let warm = Arc::new(Warm::default());
-        warm.start(root.clone(), rp("f"), EXCHANGED);
+        let budget = Arc::new(PeerBudget::default());
+        let warm = Arc::new(Warm::new(WARM_BYTES, budget.clone()));
+        warm.start(root.clone(), rp("f"), 300_000, EXCHANGED);
+        assert!(budget.held() > 0, "charged to the peer");
         let tree = warm.take(&rp("f"), &stat(&t, "f")).expect("built ahead");
         assert_eq!(tops(&tree), tops(&Tree::from_bytes(&old)));
         assert!(warm.take(&rp("f"), &stat(&t, "f")).is_none(), "taken once");
-        assert_eq!((warm.used(), warm.held()), (1, 0));
+        assert_eq!((warm.used(), warm.held(), budget.held()), (1, 0, 0));
 
-        warm.start(root.clone(), rp("f"), EXCHANGED);
-        // (another size: a rewrite within the clock's tick could keep the times)
+        warm.start(root.clone(), rp("f"), 300_000, EXCHANGED);
+        std::thread::sleep(std::time::Duration::from_millis(300)); // built by now
+                                                                   // (another size: a rewrite within the clock's tick could keep the times)
         std::fs::write(t.path().join("f"), text(300_001, 2)).unwrap();
         assert!(
             warm.take(&rp("f"), &stat(&t, "f")).is_none(),
             "another version"
         );
         // too small, or not there: nothing is built
-        warm.start(root.clone(), rp("f"), 1..=10);
-        warm.start(root, rp("nowhere"), EXCHANGED);
-        assert_eq!((warm.used(), warm.held()), (1, 0));
+        warm.start(root.clone(), rp("f"), 300_001, 1..=10);
+        warm.start(root, rp("nowhere"), 300_000, EXCHANGED);
+        assert!(warm.take(&rp("f"), &stat(&t, "f")).is_none());
+        assert!(warm.take(&rp("nowhere"), &stat(&t, "f")).is_none());
+        assert_eq!((warm.used(), warm.held(), budget.held()), (1, 0, 0));
+        warm.start(root_of(&t), rp("f"), 300_001, EXCHANGED);
+        drop(warm);
+        assert_eq!(budget.held(), 0, "given back when dropped");
     }
 
     #[tokio::test]
@@ -237,10 +291,10 @@ mod tests {
         let (a, b) = (text(400_000, 1), text(400_000, 2));
         let (_t, root) = folder(&[("a", &a), ("b", &b)]);
         let one = crate::sync::sources::tree_memory(400_000);
-        let warm = Arc::new(Warm::with_cap(one + one / 2));
-        warm.start(root.clone(), rp("a"), EXCHANGED);
-        warm.start(root.clone(), rp("a"), EXCHANGED); // held already
-        warm.start(root, rp("b"), EXCHANGED); // past the cap
+        let warm = Arc::new(Warm::new(one + one / 2, Arc::default()));
+        warm.start(root.clone(), rp("a"), 400_000, EXCHANGED);
+        warm.start(root.clone(), rp("a"), 400_000, EXCHANGED); // held already
+        warm.start(root, rp("b"), 400_000, EXCHANGED); // past the cap
         assert_eq!(warm.held(), 1);
     }
 
@@ -263,7 +317,9 @@ mod tests {
         let answer = |warm: bool| {
             let mut rebuilds = Rebuilds::new(Arc::default());
             if warm {
-                rebuilds.warm().start(root.clone(), rp("f"), EXCHANGED);
+                rebuilds
+                    .warm()
+                    .start(root.clone(), rp("f"), new.len() as u64, EXCHANGED);
             }
             let next = rebuilds.offered(&*root, update.clone(), (&top, &sketch), |_| vec![]);
             let Next::Reply(m @ Message::ChunkPick { .. }) = next else {
