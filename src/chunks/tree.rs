@@ -76,14 +76,26 @@ impl Tree {
     /// The top level, (hash, len) of each node, of the tree whose leaves are `leaves`
     /// ((hash, len) in file order): what a tree built from their bytes has.
     pub fn top_of(leaves: &[(u64, u64)]) -> Vec<(u64, u64)> {
-        let tree = Tree::from_leaves(leaf_nodes(leaves));
+        let tree = Tree::of_leaves(leaves);
         tree.top().iter().map(|n| (n.hash, n.len)).collect()
     }
 
-    /// The tree whose leaves are `leaves` ((hash, len) in file order), for tests.
-    #[cfg(test)]
-    pub(crate) fn of_leaves(leaves: &[(u64, u64)]) -> Tree {
-        Tree::from_leaves(leaf_nodes(leaves))
+    /// The tree whose leaves are `leaves` ((hash, len) in file order).
+    pub fn of_leaves(leaves: &[(u64, u64)]) -> Tree {
+        let mut offset = 0;
+        let node = |&(hash, len): &(u64, u64)| {
+            let n = Node {
+                hash,
+                offset,
+                len,
+                first: 0,
+                count: 0,
+                key: hash,
+            };
+            offset += len;
+            n
+        };
+        Tree::from_leaves(leaves.iter().map(node).collect())
     }
 
     /// The top level (empty for an empty file).
@@ -159,25 +171,6 @@ impl Tree {
     pub fn is_empty(&self) -> bool {
         self.levels.first().is_none_or(|l| l.is_empty())
     }
-}
-
-/// Leaf nodes of `leaves` ((hash, len) in file order), as a tree built from their
-/// bytes has them.
-fn leaf_nodes(leaves: &[(u64, u64)]) -> Vec<Node> {
-    let mut offset = 0;
-    let node = |&(hash, len): &(u64, u64)| {
-        let n = Node {
-            hash,
-            offset,
-            len,
-            first: 0,
-            count: 0,
-            key: hash,
-        };
-        offset += len;
-        n
-    };
-    leaves.iter().map(node).collect()
 }
 
 /// The parents of the nodes at `height`: a group closes after a node whose key, mixed

@@ -7,19 +7,18 @@
 //! usual case for a sync, whose messages come in turns separated by reading and
 //! hashing files. A 66-byte ACK then goes ahead of each reply. Turning quick-ack off
 //! (`TCP_QUICKACK` 0) holds an ACK back up to the delayed-ACK timeout (40 ms or more)
-//! for data to ride on; the kernel may turn it on again by itself, so [`Acks`] turns
+//! for data to ride on; the kernel may turn it on again by itself, so [`Acks`] (kept by
+//! the socket's layer, `coalesce::Held`, and told of each read) turns
 //! it off each time a read finds nothing and the owner starts waiting for the peer, and
 //! once more [`LATE`] after data came (an ACK that had to go alone, after the
 //! delayed-ACK timeout, turns it on again while the owner waits). Bulk data is still
 //! acknowledged every second full segment.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-use futures::io::{AsyncRead, AsyncWrite};
-use std::future::Future;
 use std::time::Duration;
 use tokio::time::Sleep;
 
@@ -27,24 +26,30 @@ use tokio::time::Sleep;
 /// waiting: past the kernel's delayed-ACK timeout (40 ms at least).
 pub(crate) const LATE: Duration = Duration::from_millis(60);
 
-/// A TCP stream whose quick-ack mode is turned off before each wait for the peer.
-pub(crate) struct Acks<S> {
-    inner: S,
+/// One TCP socket's quick-ack keeping: turned off before each wait for the peer.
+pub(crate) struct Acks {
     fd: RawFd,
     /// Data came since the last late turn-off (one is then owed).
     came: bool,
     late: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S> Acks<S> {
-    /// Wraps `inner`, whose socket is `fd` (valid as long as `inner` lives).
-    pub(crate) fn new(inner: S, fd: &impl AsRawFd) -> Self {
-        let fd = fd.as_raw_fd();
+impl Acks {
+    /// For the socket `fd` (which must outlive this).
+    pub(crate) fn new(fd: &impl AsRawFd) -> Self {
         Self {
-            inner,
-            fd,
+            fd: fd.as_raw_fd(),
             came: false,
             late: None,
+        }
+    }
+
+    /// After a read of the socket: a wait for the peer turns quick-ack off.
+    pub(crate) fn after_read(&mut self, read: &Poll<io::Result<usize>>, cx: &mut Context<'_>) {
+        match read {
+            Poll::Pending => self.waiting(cx),
+            Poll::Ready(Ok(n)) if *n > 0 => self.came = true,
+            Poll::Ready(_) => {}
         }
     }
 
@@ -63,44 +68,11 @@ impl<S> Acks<S> {
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Acks<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match &read {
-            Poll::Pending => this.waiting(cx),
-            Poll::Ready(Ok(n)) if *n > 0 => this.came = true,
-            Poll::Ready(_) => {}
-        }
-        read
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Acks<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_close(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::coalesce::Held;
+    use futures::io::AsyncRead;
     use futures::task::{waker, ArcWake};
     use futures::AsyncReadExt;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,12 +100,13 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let fd = server.as_raw_fd();
-        let mut acks = Acks::new(libp2p::tcp::tokio::TcpStream(server), &fd);
+        let tcp = libp2p::tcp::tokio::TcpStream(server);
+        let mut acks = Held::with_acks(tcp, Acks::new(&fd));
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let w = waker(count.clone());
         let mut cx = Context::from_waker(&w);
         let mut buf = [0u8; 16];
-        let mut poll = |acks: &mut Acks<_>, cx: &mut Context<'_>| {
+        let mut poll = |acks: &mut Held<_>, cx: &mut Context<'_>| {
             Pin::new(acks).poll_read(cx, &mut buf).map(|r| r.unwrap())
         };
 

@@ -52,7 +52,7 @@ pub(crate) fn build_swarm(
         .with_tokio()
         .with_other_transport(|_| {
             tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .map(|s, _| Held::new(capped(s)))
+                .map(|s, _| capped(s))
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise)
                 .multiplex(LazyYamux::default())
@@ -71,15 +71,15 @@ pub(crate) fn build_swarm(
 /// first seconds are small messages answered at once (the handshakes, the index
 /// exchange), whose replies can carry the ACKs. A one-file pairing: 62-64 packets on
 /// loopback, 53-56 without.
-fn capped(s: tcp::tokio::TcpStream) -> Acks<tcp::tokio::TcpStream> {
+fn capped(s: tcp::tokio::TcpStream) -> Held<tcp::tokio::TcpStream> {
     if let Err(e) = crate::sys::set_tcp_rto_max(&s.0, RTO_MAX_MS) {
         tracing::debug!("TCP retransmission timeout left uncapped: {e}");
     }
     if let Err(e) = crate::sys::set_tcp_quickack(&s.0, false) {
         tracing::debug!("TCP quick-ack mode left on: {e}");
     }
-    let fd = s.0.as_raw_fd();
-    Acks::new(s, &fd)
+    let acks = Acks::new(&s.0.as_raw_fd());
+    Held::with_acks(s, acks)
 }
 
 fn new_behaviour(

@@ -30,6 +30,8 @@ use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade,
 use libp2p::yamux;
 use tokio::time::Sleep;
 
+use super::acks::Acks;
+
 /// Bytes held at most: a write that would reach this sends what is held first, and a
 /// write this large goes straight through.
 pub(crate) const HOLD_MAX: usize = 16 * 1024;
@@ -73,6 +75,8 @@ pub(crate) struct Held<S: AsyncWrite + Unpin> {
     /// Bytes of `held` already written to `inner`.
     sent: usize,
     due: Due,
+    /// The TCP socket's quick-ack keeping, told of each read (none off a socket).
+    acks: Option<Acks>,
 }
 
 impl<S: AsyncWrite + Unpin> Held<S> {
@@ -83,7 +87,15 @@ impl<S: AsyncWrite + Unpin> Held<S> {
             held: Vec::new(),
             sent: 0,
             due: Due::default(),
+            acks: None,
         }
+    }
+
+    /// Wraps a TCP socket, whose quick-ack `acks` keeps.
+    pub(crate) fn with_acks(inner: S, acks: Acks) -> Self {
+        let mut held = Self::new(inner);
+        held.acks = Some(acks);
+        held
     }
 
     fn pending(&self) -> usize {
@@ -125,6 +137,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Held<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Some(acks) = &mut this.acks {
+            acks.after_read(&read, cx);
+        }
         if read.is_pending() && this.pending() > 0 && this.due.passed(cx) {
             // The hold is over and the owner waits for the peer: what it wrote goes
             // now. A send that cannot finish has registered the wake-up for when it can.
