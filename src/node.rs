@@ -294,13 +294,12 @@ fn sync_config(cfg: &Config, me: PeerId) -> Result<SyncConfig> {
 }
 
 fn open_applier(store: &Store, cfg: &Config, hooks: Arc<dyn ApplyHooks>) -> Result<Applier> {
-    let mut applier =
-        Applier::open(&store.data(), &store.staging(), hooks).context("opening the applier")?;
-    applier.set_sync_ownership(cfg.sync_ownership);
-    applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
     let archive = Archive::open(&store.versions(), cfg.versions_days, cfg.versions_max_mib)
         .context("opening the version archive")?;
-    applier.set_archive(archive);
+    let mut applier = Applier::open_with(&store.data(), &store.staging(), hooks, Some(archive))
+        .context("opening the applier")?;
+    applier.set_sync_ownership(cfg.sync_ownership);
+    applier.set_max_file_size(cfg.max_file_mib.saturating_mul(1 << 20));
     Ok(applier)
 }
 

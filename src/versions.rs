@@ -63,20 +63,29 @@ impl Archive {
     /// Moves `name` in `dir` (the entry at store path `path`) into the archive. Falls
     /// back to a copy (then unlink) when the archive is on another filesystem.
     pub fn keep(&self, dir: &impl AsRawFd, name: &OsStr, path: &RelPath) -> io::Result<PathBuf> {
-        let (parent, leaf) = self.slot(path)?;
-        let dest = pick_name(&parent, &leaf)?;
-        match sys::renameat2(dir, name, &parent, &dest, libc::RENAME_NOREPLACE) {
-            Ok(()) => {}
-            Err(e) if e.0 == libc::EXDEV => copy_then_unlink(dir, name, &parent, &dest)?,
-            Err(e) => return Err(errno(e)),
-        }
-        sys::fsync(&parent, false).map_err(errno)?;
+        let moved = self.put(path, |to, dest| {
+            match sys::renameat2(dir, name, to, dest, libc::RENAME_NOREPLACE) {
+                Err(e) if e.0 == libc::EXDEV => copy_then_unlink(dir, name, to, dest),
+                res => res.map_err(errno),
+            }
+        })?;
         tracing::info!("kept the replaced version of {path} in the archive");
-        self.prune();
-        let rel = Path::new(path.as_os_str())
-            .parent()
-            .unwrap_or(Path::new(""));
-        Ok(self.path.join(rel).join(dest))
+        Ok(moved)
+    }
+
+    /// Gives `name` in `dir` (the entry at store path `path`, about to be replaced by a
+    /// rename over it) a second name in the archive; a copy across filesystems. Undone
+    /// by [`Archive::unkeep`] if the replacement does not happen.
+    pub fn keep_link(
+        &self,
+        dir: &impl AsRawFd,
+        name: &OsStr,
+        path: &RelPath,
+    ) -> io::Result<PathBuf> {
+        self.put(path, |to, dest| match sys::linkat(dir, name, to, dest) {
+            Err(e) if e.0 == libc::EXDEV => copy(dir, name, to, dest),
+            res => res.map_err(errno),
+        })
     }
 
     /// Copies `name` in `dir` (the entry at store path `path`) into the archive and
@@ -87,11 +96,30 @@ impl Archive {
         name: &OsStr,
         path: &RelPath,
     ) -> io::Result<PathBuf> {
+        let copied = self.put(path, |to, dest| copy(dir, name, to, dest))?;
+        tracing::info!("kept a copy of the replaced version of {path} in the archive");
+        Ok(copied)
+    }
+
+    /// Drops a version that [`Archive::keep_link`] kept for a replacement that did not
+    /// happen.
+    pub fn unkeep(&self, kept: &Path) {
+        if let Err(e) = std::fs::remove_file(kept) {
+            tracing::warn!("archive: removing {}: {e}", kept.display());
+        }
+    }
+
+    /// Puts a version of `path` into a free slot of the archive with `how` (given the
+    /// slot's directory and name), durably; returns where it is.
+    fn put(
+        &self,
+        path: &RelPath,
+        how: impl FnOnce(&OwnedFd, &OsStr) -> io::Result<()>,
+    ) -> io::Result<PathBuf> {
         let (parent, leaf) = self.slot(path)?;
         let dest = pick_name(&parent, &leaf)?;
-        copy(dir, name, &parent, &dest)?;
+        how(&parent, &dest)?;
         sys::fsync(&parent, false).map_err(errno)?;
-        tracing::info!("kept a copy of the replaced version of {path} in the archive");
         self.prune();
         let rel = Path::new(path.as_os_str())
             .parent()

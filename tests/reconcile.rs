@@ -286,10 +286,17 @@ fn edits_made_while_unmounted_reach_the_peer() {
             "new.txt=made while unmounted\n"
         ]
     );
-    // A's next edit builds on B's, it does not overwrite it unseen
+    // A's next edit builds on B's, it does not overwrite it unseen; B's copy takes A's
+    // version in one step (a reader never finds it missing)
+    let reader = common::Reader::start(p.b.m("edit.txt"));
     fs::write(p.a.m("edit.txt"), b"A edits after\n").unwrap();
     assert!(wait_until(30, || fs::read(p.b.m("edit.txt")).unwrap()
         == b"A edits after\n"));
+    let (reads, failed) = reader.stop();
+    assert!(
+        reads > 0 && failed.is_empty(),
+        "{reads} reads; failed: {failed:?}"
+    );
     assert_quiet(&p);
     p.a.unmount();
     p.b.unmount();

@@ -24,7 +24,8 @@
 //!    the directory fsynced), so the caller may ack on `Ok`.
 //! 5. **Users never see a half-applied file.** The mount's [`ApplyHooks::hold`] is held
 //!    from verification until the replay is fsynced, then the kernel's caches are
-//!    invalidated.
+//!    invalidated. A file that a whole update replaces stays at its path until the new
+//!    one is renamed over it (`replace.rs`).
 //!
 //! # Nothing from the wire is trusted
 //!
@@ -53,13 +54,17 @@ pub use batch::{HeldBatch, HeldOp, Marks, OpState};
 mod aside;
 pub use aside::{Aside, SetAside};
 mod meta;
+mod replace;
 mod stage;
 mod trees;
+pub use trees::Stamp;
 mod update;
 pub use update::Expect;
 
 #[cfg(test)]
 mod fuzz_tests;
+#[cfg(test)]
+mod replace_tests;
 #[cfg(test)]
 mod tests;
 
@@ -262,6 +267,17 @@ impl Applier {
         staging: &Path,
         hooks: Arc<dyn ApplyHooks>,
     ) -> Result<Applier, ApplyError> {
+        Applier::open_with(data, staging, hooks, None)
+    }
+
+    /// [`Applier::open`] with the version archive, which recovery already uses: a file
+    /// that a recovered whole update replaces is kept there.
+    pub fn open_with(
+        data: &Path,
+        staging: &Path,
+        hooks: Arc<dyn ApplyHooks>,
+        archive: Option<crate::versions::Archive>,
+    ) -> Result<Applier, ApplyError> {
         let dir = |p: &Path| {
             sys::openat(
                 &sys::AtCwd,
@@ -282,7 +298,7 @@ impl Applier {
             sync_ownership: false,
             max_file_size: crate::wire::MAX_FILE_SIZE,
             applied: Mutex::new(Default::default()),
-            archive: None,
+            archive,
             recovered: Mutex::new(Vec::new()),
         };
         if let Some(f) = applier.fault {

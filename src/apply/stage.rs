@@ -168,6 +168,11 @@ impl Applier {
             let Some(s) = name.to_str() else { continue };
             if s.ends_with(STAGED) {
                 tracing::info!("discarding unverified staged update {}", path.display());
+            } else if s.ends_with(super::replace::NEW) {
+                tracing::info!(
+                    "discarding a replacing file left by a crash {}",
+                    path.display()
+                );
             } else if s.ends_with(VERIFIED) {
                 match self.recover_one(name) {
                     Ok(mut u) => {

@@ -10,23 +10,23 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
-fn rp(s: &str) -> RelPath {
+pub(super) fn rp(s: &str) -> RelPath {
     RelPath::from_bytes(s.as_bytes()).unwrap()
 }
 
-fn hash(b: &[u8]) -> [u8; 32] {
+pub(super) fn hash(b: &[u8]) -> [u8; 32] {
     *blake3::hash(b).as_bytes()
 }
 
-struct Env {
+pub(super) struct Env {
     _t: tempfile::TempDir,
-    dir: PathBuf,
-    data: PathBuf,
-    staging: PathBuf,
+    pub(super) dir: PathBuf,
+    pub(super) data: PathBuf,
+    pub(super) staging: PathBuf,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(super) fn new() -> Env {
         let t = tempfile::tempdir().unwrap();
         let dir = t.path().to_path_buf();
         let (data, staging) = (dir.join("data"), dir.join("staging"));
@@ -39,19 +39,19 @@ impl Env {
             staging,
         }
     }
-    fn applier(&self) -> Applier {
+    pub(super) fn applier(&self) -> Applier {
         Applier::open(&self.data, &self.staging, Arc::new(NoHooks)).unwrap()
     }
-    fn with_hooks(&self, hooks: Arc<dyn ApplyHooks>) -> Applier {
+    pub(super) fn with_hooks(&self, hooks: Arc<dyn ApplyHooks>) -> Applier {
         Applier::open(&self.data, &self.staging, hooks).unwrap()
     }
-    fn p(&self, rel: &str) -> PathBuf {
+    pub(super) fn p(&self, rel: &str) -> PathBuf {
         self.data.join(rel)
     }
-    fn read(&self, rel: &str) -> Vec<u8> {
+    pub(super) fn read(&self, rel: &str) -> Vec<u8> {
         fs::read(self.p(rel)).unwrap()
     }
-    fn staged(&self) -> Vec<String> {
+    pub(super) fn staged(&self) -> Vec<String> {
         let mut v: Vec<String> = fs::read_dir(&self.staging)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -63,7 +63,12 @@ impl Env {
 
 /// An update turning `old` (None: no base) into `new` by sending `new`'s bytes in
 /// `spans` (offset, len).
-fn update(path: &str, old: Option<&[u8]>, new: &[u8], spans: &[(u64, u64)]) -> FileUpdate {
+pub(super) fn update(
+    path: &str,
+    old: Option<&[u8]>,
+    new: &[u8],
+    spans: &[(u64, u64)],
+) -> FileUpdate {
     let ranges = spans
         .iter()
         .map(|&(o, l)| compress_range(o, &new[o as usize..(o + l) as usize], 3))
@@ -386,7 +391,7 @@ fn read_only_file_is_updated_and_keeps_its_mode() {
 }
 
 /// Writes `u` into staging as the applier does, under `name`.
-fn plant(e: &Env, name: &str, u: &FileUpdate) {
+pub(super) fn plant(e: &Env, name: &str, u: &FileUpdate) {
     let mut f = fs::File::create(e.staging.join(name)).unwrap();
     write_staged(&mut f, u).unwrap();
     f.sync_all().unwrap();

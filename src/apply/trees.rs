@@ -7,16 +7,21 @@ use crate::hashtree::HashTree;
 use crate::treecache::TreeCache;
 use std::sync::Mutex;
 
-/// What identifies one state of a file's content.
+/// What identifies one state of a file's content: inode, size, mtime and ctime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Stamp {
-    ino: u64,
+pub struct Stamp {
+    pub(super) ino: u64,
     size: i64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
 
 impl Stamp {
+    /// The file's inode number.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+
     /// The stamp of a file as `fstat` sees it now.
     pub(super) fn of(st: &libc::stat) -> Stamp {
         Stamp {

@@ -299,6 +299,9 @@ pub enum Expect {
     Nothing,
     /// This file (backing inode number): the update changes it in place.
     File(u64),
+    /// This file, as stamped ([`Applier::replaceable`]): the whole update makes a new
+    /// file that takes its name in one rename, and it is kept in the version archive.
+    Replace(Stamp),
 }
 
 /// The backing file an update applies to.
@@ -312,6 +315,8 @@ struct Target {
     unnamed: bool,
     /// The file's mode if we added `u+rw` to write it.
     restore_mode: Option<u32>,
+    /// The file at the path that this unnamed one replaces ([`Expect::Replace`]).
+    replaces: Option<Stamp>,
 }
 
 impl Applier {
@@ -335,7 +340,11 @@ impl Applier {
         let _serial = self.lock();
         check_update(u)?;
         // 1. The target, beneath the root (deltas decode against its current bytes).
-        let mut t = self.open_target(u, u.base.is_none())?;
+        let replaces = match expect {
+            Some(Expect::Replace(old)) => Some(old),
+            _ => None,
+        };
+        let mut t = self.open_target(u, u.base.is_none(), replaces)?;
         if let Err(e) = self.check_size(u, &t) {
             undo_create(&t);
             return Err(e);
@@ -400,6 +409,7 @@ impl Applier {
         // none lands between this check and that record.
         let names = self.hooks.names();
         let hold = self.hooks.hold(t.ino);
+        let _old = t.replaces.map(|old| self.hooks.hold(old.ino));
         let judged = self.as_judged(&u.path, t, expect);
         if !judged {
             tracing::info!(
@@ -441,15 +451,17 @@ impl Applier {
         let now = open_beneath(&self.root, path, flags, 0)
             .ok()
             .and_then(|fd| sys::fstat(&fd).ok())
-            .map(|st| st.st_ino);
-        let here = match t.created {
-            Some(_) if t.unnamed => now.is_none(),
-            _ => now == Some(t.ino),
+            .map(|st| Stamp::of(&st));
+        let here = match (&t.created, t.replaces) {
+            (Some(_), Some(old)) if t.unnamed => now == Some(old),
+            (Some(_), None) if t.unnamed => now.is_none(),
+            _ => now.map(|s| s.ino) == Some(t.ino),
         };
         here && match expect {
             None => true,
-            Some(Expect::Nothing) => t.created.is_some(),
+            Some(Expect::Nothing) => t.created.is_some() && t.replaces.is_none(),
             Some(Expect::File(ino)) => t.created.is_none() && t.ino == ino,
+            Some(Expect::Replace(old)) => t.replaces == Some(old),
         }
     }
 
@@ -462,7 +474,9 @@ impl Applier {
         hold: Box<dyn std::any::Any + Send>,
     ) -> Result<(), ApplyError> {
         if let Some((dir, name)) = &t.created {
-            if t.unnamed {
+            if t.replaces.is_some() {
+                self.swap_in(&u.path, &t.file, dir, name)?;
+            } else if t.unnamed {
                 // verified and durable: now it gets its name (a name taken meanwhile by
                 // a local create is not replaced: refused, the sender tries again)
                 sys::link_fd(&t.file, dir, name)
@@ -524,11 +538,18 @@ impl Applier {
     }
 
     /// Opens the update's target for reading and writing: an existing regular file, or
-    /// (when `create`) a new one in an existing directory.
-    fn open_target(&self, u: &FileUpdate, create: bool) -> Result<Target, ApplyError> {
+    /// (when `create`) a new one in an existing directory; always a new one when it
+    /// `replaces` the file at the path.
+    fn open_target(
+        &self,
+        u: &FileUpdate,
+        create: bool,
+        replaces: Option<Stamp>,
+    ) -> Result<Target, ApplyError> {
         let path = &u.path;
         for _ in 0..2 {
             match open_beneath(&self.root, path, libc::O_PATH | libc::O_NOFOLLOW, 0) {
+                Ok(_) if replaces.is_some() => {}
                 Ok(pfd) => return self.existing_target(path, pfd),
                 Err(e) if is(&e, libc::ENOENT) && create => {}
                 Err(e) => return Err(ApplyError::resolve("opening", path, e)),
@@ -539,38 +560,19 @@ impl Applier {
             // Unnamed until verified and written (linked in by `done`): nobody sees an
             // empty or partial file with the peer's mode.
             let tmp = sys::openat(&dir, OsStr::new("."), libc::O_TMPFILE | libc::O_RDWR, perm);
-            if let Ok(fd) = tmp {
-                let file = File::from(fd);
-                let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
-                let pfd = file
-                    .try_clone()
-                    .map_err(|e| ApplyError::io("opening", path, e))?
-                    .into();
-                return Ok(Target {
-                    file,
-                    pfd,
-                    ino: st.st_ino,
-                    created: Some((dir, name)),
-                    unnamed: true,
-                    restore_mode: None,
-                });
+            match tmp {
+                Ok(fd) => return new_target(path, File::from(fd), dir, name, replaces),
+                Err(e) if replaces.is_some() => {
+                    return Err(ApplyError::io("creating", path, os_err(e)))
+                }
+                Err(_) => {}
             }
             let flags = libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW;
             match sys::openat(&dir, &name, flags, perm) {
                 Ok(fd) => {
-                    let file = File::from(fd);
-                    let st =
-                        sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
-                    let pfd = sys::open_path(&dir, &name)
-                        .map_err(|e| ApplyError::io("opening", path, os_err(e)))?;
-                    return Ok(Target {
-                        file,
-                        pfd,
-                        ino: st.st_ino,
-                        created: Some((dir, name)),
-                        unnamed: false,
-                        restore_mode: None,
-                    });
+                    let mut t = new_target(path, File::from(fd), dir, name, None)?;
+                    t.unnamed = false;
+                    return Ok(t);
                 }
                 Err(crate::sys::Errno(libc::EEXIST)) => continue, // raced: open it
                 Err(e) => return Err(ApplyError::resolve("creating", path, os_err(e))),
@@ -599,6 +601,7 @@ impl Applier {
             created: None,
             unnamed: false,
             restore_mode,
+            replaces: None,
         })
     }
 
@@ -606,7 +609,7 @@ impl Applier {
     /// idempotent) and makes it durable.
     pub(super) fn replay_recovered(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         check_update(u)?;
-        let mut t = self.open_target(u, u.base.is_none())?;
+        let mut t = self.open_target(u, u.base.is_none(), self.recovery_replaces(u))?;
         let ranges = Ranges::decode(u, Some(&t.file))?;
         let hold = self.hooks.hold(t.ino);
         if let Err(e) = self.replay(u, &ranges, &t.file) {
@@ -634,6 +637,30 @@ fn reserve(u: &FileUpdate, file: &File) -> Result<(), ApplyError> {
 }
 
 /// Removes the target if this update created it (it was refused before any write).
+/// A file this update creates (`file`, unnamed until `done` names it `name` in `dir`).
+fn new_target(
+    path: &RelPath,
+    file: File,
+    dir: OwnedFd,
+    name: OsString,
+    replaces: Option<Stamp>,
+) -> Result<Target, ApplyError> {
+    let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
+    let pfd = file
+        .try_clone()
+        .map_err(|e| ApplyError::io("opening", path, e))?
+        .into();
+    Ok(Target {
+        file,
+        pfd,
+        ino: st.st_ino,
+        created: Some((dir, name)),
+        unnamed: true,
+        restore_mode: None,
+        replaces,
+    })
+}
+
 fn undo_create(t: &Target) {
     if let Some((dir, name)) = t.created.as_ref().filter(|_| !t.unnamed) {
         let _ = sys::unlinkat(dir, name, false);

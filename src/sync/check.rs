@@ -74,6 +74,13 @@ fn jerr(path: &RelPath) -> impl FnOnce(JournalError) -> ApplyError + '_ {
     }
 }
 
+/// What an update is applied to: our file, in place, unless it `moved` aside (or we
+/// hold none), when the update makes a new one.
+fn judged(ours: Option<&Ours>, moved: bool) -> Expect {
+    let ino = ours.filter(|o| !o.deleted && !moved).and_then(|o| o.ino);
+    ino.map_or(Expect::Nothing, Expect::File)
+}
+
 impl Checker {
     /// Our version of `path`: the index's, counted newer if changed locally since.
     fn ours(&self, path: &RelPath) -> Result<Option<Ours>, ApplyError> {
@@ -159,7 +166,7 @@ impl Checker {
         };
         let v = self.verdict(ours.as_ref(), theirs);
         tracing::debug!(path = %u.path, ?v, "update verdict");
-        let moved = match v {
+        let judged = match v {
             Verdict::Keep => {
                 self.answer(&u.path, ours.as_ref(), &vv)?;
                 return Ok(UpdateStep::Skip);
@@ -169,33 +176,45 @@ impl Checker {
             Verdict::Take(_) if u.base.is_some() => {
                 return Ok(UpdateStep::Refuse(NackReason::UnknownBase))
             }
-            Verdict::Take(Loser::Archive) => self.archive(&u.path)?,
+            Verdict::Take(Loser::Archive) => self.replace_whole(&u.path, ours.as_ref())?,
             Verdict::Take(Loser::ConflictCopy) => {
                 let mtime = ours.as_ref().map_or(u.mtime.into(), |o| o.mtime);
-                self.conflict_copy(&u.path, mtime)?
+                judged(ours.as_ref(), self.conflict_copy(&u.path, mtime)?)
             }
         };
-        let judged = ours.filter(|o| !o.deleted && !moved).and_then(|o| o.ino);
-        Ok(UpdateStep::Apply(
-            judged.map_or(Expect::Nothing, Expect::File),
-        ))
+        Ok(UpdateStep::Apply(judged))
     }
 
     /// Keeps the version a peer's update replaces in the archive: moved there for a
     /// whole update (true); for an update applied in place, a copy, if the content was
     /// made here (one that came from the peer is the peer's to keep), so that a version
     /// the peer's user saved over unseen is not lost.
-    fn keep_replaced(&self, u: &FileUpdate, ours: Option<&Ours>) -> Result<bool, ApplyError> {
+    fn keep_replaced(&self, u: &FileUpdate, ours: Option<&Ours>) -> Result<Expect, ApplyError> {
         let Some(o) = ours.filter(|o| !o.deleted && o.hash != u.hash) else {
-            return Ok(false);
+            return Ok(judged(ours, false));
         };
         if u.base.is_none() {
-            return self.archive(&u.path);
+            return self.replace_whole(&u.path, ours);
         }
         if o.made_here {
             self.applier.set_aside(&u.path, Aside::ArchiveCopy)?;
         }
-        Ok(false)
+        Ok(judged(ours, false))
+    }
+
+    /// Our version of `path`, which a whole update replaces: the applier keeps it in
+    /// the archive as the new file takes its name ([`Expect::Replace`]); where that
+    /// cannot be, it is moved there now. Either way the journal forgets it (see
+    /// [`Checker::archive`]); a local write after this is caught by the stamp.
+    fn replace_whole(&self, path: &RelPath, ours: Option<&Ours>) -> Result<Expect, ApplyError> {
+        let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
+        match self.applier.replaceable(path)? {
+            Some(old) if ino == Some(old.ino()) => {
+                self.journal.forget(old.ino()).map_err(jerr(path))?;
+                Ok(Expect::Replace(old))
+            }
+            _ => Ok(judged(ours, self.archive(path)?)),
+        }
     }
 
     /// Our version of `path` beat the peer's concurrent one, which the peer still holds:

@@ -366,6 +366,38 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// A thread reading one file over and over until stopped, counting the reads that
+/// failed (a file replaced by a peer's version must never be found missing).
+pub struct Reader {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Reader {
+    /// Starts reading `path`.
+    pub fn start(path: PathBuf) -> Reader {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let (mut reads, mut failed) = (0, Vec::new());
+            while !halt.load(std::sync::atomic::Ordering::Relaxed) {
+                match std::fs::read(&path) {
+                    Ok(_) => reads += 1,
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (reads, failed)
+        });
+        Reader { stop, thread }
+    }
+
+    /// Stops; the reads that succeeded and the errors of those that failed.
+    pub fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
 /// A TCP proxy on loopback that counts the bytes it forwards (both ways).
 pub struct Proxy {
     /// The port it listens on.
