@@ -112,8 +112,15 @@ fn concurrent_edits_keep_both_versions_on_both_sides() {
     std::thread::sleep(Duration::from_millis(1100)); // B's edit is the newer one
     fs::write(p.b.m("notes.txt"), b"edited on B, later\n").unwrap();
     std::thread::sleep(Duration::from_secs(1));
+    // A's version goes aside as B's takes its name, in one step
+    let reader = common::Reader::start(p.a.m("notes.txt"));
     heal(&p);
     let all = converged(&p, "after the partition");
+    let (reads, failed) = reader.stop();
+    assert!(
+        reads > 0 && failed.is_empty(),
+        "{reads} reads; failed: {failed:?}"
+    );
     let short: String = peer_id(&p.a.store).chars().take(7).collect();
     let conflict = all.iter().find(|(n, _)| {
         n.starts_with("notes.sync-conflict-") && n.ends_with(&format!("-{short}.txt"))

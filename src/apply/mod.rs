@@ -57,6 +57,7 @@ mod meta;
 mod replace;
 mod stage;
 mod trees;
+pub use replace::Keep;
 pub use trees::Stamp;
 mod update;
 pub use update::Expect;

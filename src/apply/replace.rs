@@ -12,18 +12,37 @@ use crate::wire::FileUpdate;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// Where [`Applier::swap_in`] put the replaced file's second name.
+enum Kept<'a> {
+    Archive(PathBuf),
+    Beside(&'a OsStr),
+    Nowhere,
+}
 
 /// Suffix of the name a replacing file has in `staging/` for the moment before its
 /// rename (a crash leaves it there; recovery removes it).
 pub(super) const NEW: &str = ".new";
 
+/// Where the file that a whole update replaces goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Keep {
+    /// Into the version archive.
+    Archive,
+    /// To this name in the same directory (a conflict copy; a name taken meanwhile
+    /// refuses the update).
+    Beside(OsString),
+}
+
 impl Applier {
     /// The stamp of the file at `path` if a whole update can replace it by a rename,
-    /// keeping it in the archive: a non-empty regular file with one name, an archive,
-    /// and a filesystem with unnamed files (`O_TMPFILE`). `None`: set it aside instead.
-    pub fn replaceable(&self, path: &RelPath) -> Result<Option<Stamp>, ApplyError> {
+    /// keeping it as `keep` says: a regular file on a filesystem with unnamed files
+    /// (`O_TMPFILE`); for the archive, also non-empty, with one name, and an archive
+    /// there is. `None`: set it aside instead.
+    pub fn replaceable(&self, path: &RelPath, keep: &Keep) -> Result<Option<Stamp>, ApplyError> {
         let _serial = self.lock();
-        if self.archive.is_none() {
+        if *keep == Keep::Archive && self.archive.is_none() {
             return Ok(None);
         }
         let Ok(e) = self.entry(path) else {
@@ -33,7 +52,7 @@ impl Applier {
             Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => st,
             _ => return Ok(None),
         };
-        if st.st_size == 0 || st.st_nlink != 1 {
+        if *keep == Keep::Archive && (st.st_size == 0 || st.st_nlink != 1) {
             return Ok(None);
         }
         let unnamed = sys::openat(
@@ -62,28 +81,35 @@ impl Applier {
     }
 
     /// The verified, durable, unnamed `file` takes `name` in `dir` (store path `path`)
-    /// from the file there, which is linked into the archive first; undone if the
+    /// from the file there, which first gets its second name (`keep`); undone if the
     /// rename fails.
     pub(super) fn swap_in(
         &self,
         path: &RelPath,
         file: &File,
-        dir: &OwnedFd,
-        name: &OsStr,
+        (dir, name): (&OwnedFd, &OsStr),
+        keep: &Keep,
     ) -> Result<(), ApplyError> {
-        let kept = match &self.archive {
-            Some(a) => Some(
+        let kept = match (keep, &self.archive) {
+            (Keep::Archive, Some(a)) => Kept::Archive(
                 a.keep_link(dir, name, path)
                     .map_err(|e| ApplyError::io("archiving", path, e))?,
             ),
-            None => None,
+            (Keep::Archive, None) => Kept::Nowhere,
+            (Keep::Beside(copy), _) => {
+                sys::linkat(dir, name, dir, copy)
+                    .map_err(|e| ApplyError::io("linking the conflict copy of", path, os_err(e)))?;
+                Kept::Beside(copy)
+            }
         };
         let res = self.rename_in(path, file, dir, name);
-        if let (Err(_), Some(a), Some(k)) = (&res, &self.archive, &kept) {
-            a.unkeep(k);
-        }
-        if res.is_ok() {
-            tracing::info!("kept the replaced version of {path} in the archive");
+        match (&res, kept) {
+            (Err(_), Kept::Archive(k)) => self.archive.iter().for_each(|a| a.unkeep(&k)),
+            (Err(_), Kept::Beside(copy)) => drop(sys::unlinkat(dir, copy, false)),
+            (Ok(()), Kept::Archive(_)) => {
+                tracing::info!("kept the replaced version of {path} in the archive")
+            }
+            _ => {}
         }
         res
     }

@@ -41,12 +41,19 @@ fn a_whole_update_replaces_the_file_in_one_step_and_archives_it() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut a = e.with_hooks(Arc::new(SeeContent(e.p("f"), seen.clone())));
     a.set_archive(archive(&e));
-    let judged = a.replaceable(&rp("f")).unwrap().expect("replaceable");
+    let judged = a
+        .replaceable(&rp("f"), &Keep::Archive)
+        .unwrap()
+        .expect("replaceable");
     assert_eq!(judged.ino(), old_ino);
     let new = b"the peer's version".to_vec();
     let u = update("f", None, &new, &[(0, new.len() as u64)]);
-    a.apply_update_then(&u, Some(Expect::Replace(judged)), &mut || Ok(()))
-        .unwrap();
+    a.apply_update_then(
+        &u,
+        Some(Expect::Replace(judged, Keep::Archive)),
+        &mut || Ok(()),
+    )
+    .unwrap();
     assert_eq!(e.read("f"), new);
     let seen = seen.lock().unwrap();
     assert!(!seen.is_empty(), "held");
@@ -65,10 +72,14 @@ fn a_replace_is_refused_if_the_file_changed_since_it_was_judged() {
     fs::write(e.p("f"), b"ours").unwrap();
     let mut a = e.with_hooks(Arc::new(NoHooks));
     a.set_archive(archive(&e));
-    let judged = a.replaceable(&rp("f")).unwrap().unwrap();
+    let judged = a.replaceable(&rp("f"), &Keep::Archive).unwrap().unwrap();
     fs::write(e.p("f"), b"ours, edited since").unwrap(); // same inode, new content
     let u = update("f", None, b"theirs", &[(0, 6)]);
-    let res = a.apply_update_then(&u, Some(Expect::Replace(judged)), &mut || Ok(()));
+    let res = a.apply_update_then(
+        &u,
+        Some(Expect::Replace(judged, Keep::Archive)),
+        &mut || Ok(()),
+    );
     assert!(
         matches!(res, Err(ApplyError::UnknownBase { .. })),
         "{res:?}"
@@ -86,11 +97,15 @@ fn only_a_lone_non_empty_file_is_replaceable_and_only_with_an_archive() {
     fs::write(e.p("linked"), b"y").unwrap();
     fs::hard_link(e.p("linked"), e.p("other")).unwrap();
     let mut a = e.applier();
-    assert_eq!(a.replaceable(&rp("f")).unwrap(), None, "no archive");
+    assert_eq!(
+        a.replaceable(&rp("f"), &Keep::Archive).unwrap(),
+        None,
+        "no archive"
+    );
     a.set_archive(archive(&e));
-    assert!(a.replaceable(&rp("f")).unwrap().is_some());
+    assert!(a.replaceable(&rp("f"), &Keep::Archive).unwrap().is_some());
     for p in ["empty", "linked", "missing"] {
-        assert_eq!(a.replaceable(&rp(p)).unwrap(), None, "{p}");
+        assert_eq!(a.replaceable(&rp(p), &Keep::Archive).unwrap(), None, "{p}");
     }
 }
 
@@ -125,4 +140,36 @@ fn recovery_replaces_rather_than_writing_into_a_kept_file() {
         assert_eq!(a.recovered().len(), 1);
         assert_eq!(hash(&e.read("f")), hash(&new));
     }
+}
+
+#[test]
+fn a_conflict_copy_takes_the_replaced_file_beside_it_in_one_step() {
+    let e = Env::new();
+    fs::write(e.p("f"), b"").unwrap(); // empty, and no archive: still replaceable
+    let ino = fs::metadata(e.p("f")).unwrap().ino();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let a = e.with_hooks(Arc::new(SeeContent(e.p("f"), seen.clone())));
+    let keep = Keep::Beside("f.conflict".into());
+    let judged = a.replaceable(&rp("f"), &keep).unwrap().unwrap();
+    let u = update("f", None, b"theirs", &[(0, 6)]);
+    // a name taken meanwhile: refused, nothing changed
+    fs::write(e.p("f.conflict"), b"someone else's").unwrap();
+    let expect = Expect::Replace(judged, keep.clone());
+    assert!(a
+        .apply_update_then(&u, Some(expect.clone()), &mut || Ok(()))
+        .is_err());
+    assert_eq!(e.read("f"), b"");
+    assert_eq!(e.read("f.conflict"), b"someone else's");
+    fs::remove_file(e.p("f.conflict")).unwrap();
+    a.apply_update_then(&u, Some(expect), &mut || Ok(()))
+        .unwrap();
+    assert_eq!(e.read("f"), b"theirs");
+    assert_eq!(fs::metadata(e.p("f.conflict")).unwrap().ino(), ino);
+    assert_eq!(fs::metadata(e.p("f.conflict")).unwrap().nlink(), 1);
+    let seen = seen.lock().unwrap();
+    assert!(
+        seen.iter().all(|s| s.as_deref() == Some(&b""[..])),
+        "{seen:?}"
+    );
+    assert_eq!(e.staged(), Vec::<String>::new());
 }

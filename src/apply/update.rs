@@ -1,6 +1,7 @@
 //! Applying one [`FileUpdate`]: decode, stage, verify, replay (see the module docs for
 //! the rules kept here).
 
+use super::replace::Keep;
 use super::stage::Stage;
 use super::trees::Stamp;
 use super::{is, os_err, reopen_writable, Applier, ApplyError, Fault, CHUNK};
@@ -293,15 +294,15 @@ impl Applier {
 
 /// What the checker judged to be at an update's path when it decided to take the
 /// update ([`crate::sync::check`]): the applier applies it to that and nothing else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Expect {
     /// No file (there was none, or ours was set aside): the update makes a new one.
     Nothing,
     /// This file (backing inode number): the update changes it in place.
     File(u64),
     /// This file, as stamped ([`Applier::replaceable`]): the whole update makes a new
-    /// file that takes its name in one rename, and it is kept in the version archive.
-    Replace(Stamp),
+    /// file that takes its name in one rename, and it is kept where [`Keep`] says.
+    Replace(Stamp, Keep),
 }
 
 /// The backing file an update applies to.
@@ -317,6 +318,8 @@ struct Target {
     restore_mode: Option<u32>,
     /// The file at the path that this unnamed one replaces ([`Expect::Replace`]).
     replaces: Option<Stamp>,
+    /// Where the replaced file goes.
+    keep: Keep,
 }
 
 impl Applier {
@@ -340,11 +343,14 @@ impl Applier {
         let _serial = self.lock();
         check_update(u)?;
         // 1. The target, beneath the root (deltas decode against its current bytes).
-        let replaces = match expect {
-            Some(Expect::Replace(old)) => Some(old),
+        let replaces = match &expect {
+            Some(Expect::Replace(old, _)) => Some(*old),
             _ => None,
         };
         let mut t = self.open_target(u, u.base.is_none(), replaces)?;
+        if let Some(Expect::Replace(_, keep)) = &expect {
+            t.keep = keep.clone();
+        }
         if let Err(e) = self.check_size(u, &t) {
             undo_create(&t);
             return Err(e);
@@ -410,7 +416,7 @@ impl Applier {
         let names = self.hooks.names();
         let hold = self.hooks.hold(t.ino);
         let _old = t.replaces.map(|old| self.hooks.hold(old.ino));
-        let judged = self.as_judged(&u.path, t, expect);
+        let judged = self.as_judged(&u.path, t, expect.as_ref());
         if !judged {
             tracing::info!(
                 "{}: changed here since the update was decided; refused",
@@ -446,7 +452,7 @@ impl Applier {
 
     /// True if `path` still holds what the checker judged there, and that is the target
     /// (a created target is not named yet, or is named `path`).
-    fn as_judged(&self, path: &RelPath, t: &Target, expect: Option<Expect>) -> bool {
+    fn as_judged(&self, path: &RelPath, t: &Target, expect: Option<&Expect>) -> bool {
         let flags = libc::O_PATH | libc::O_NOFOLLOW;
         let now = open_beneath(&self.root, path, flags, 0)
             .ok()
@@ -460,8 +466,8 @@ impl Applier {
         here && match expect {
             None => true,
             Some(Expect::Nothing) => t.created.is_some() && t.replaces.is_none(),
-            Some(Expect::File(ino)) => t.created.is_none() && t.ino == ino,
-            Some(Expect::Replace(old)) => t.replaces == Some(old),
+            Some(Expect::File(ino)) => t.created.is_none() && t.ino == *ino,
+            Some(Expect::Replace(old, _)) => t.replaces == Some(*old),
         }
     }
 
@@ -475,7 +481,7 @@ impl Applier {
     ) -> Result<(), ApplyError> {
         if let Some((dir, name)) = &t.created {
             if t.replaces.is_some() {
-                self.swap_in(&u.path, &t.file, dir, name)?;
+                self.swap_in(&u.path, &t.file, (dir, name), &t.keep)?;
             } else if t.unnamed {
                 // verified and durable: now it gets its name (a name taken meanwhile by
                 // a local create is not replaced: refused, the sender tries again)
@@ -602,6 +608,7 @@ impl Applier {
             unnamed: false,
             restore_mode,
             replaces: None,
+            keep: Keep::Archive,
         })
     }
 
@@ -658,6 +665,7 @@ fn new_target(
         unnamed: true,
         restore_mode: None,
         replaces,
+        keep: Keep::Archive,
     })
 }
 

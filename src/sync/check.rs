@@ -6,7 +6,7 @@
 use super::fold::{self, Origin};
 use super::verdict::{conflict_name, decide, Loser, Side, Verdict};
 use super::SyncConfig;
-use crate::apply::{Applier, ApplyError, Aside, Expect};
+use crate::apply::{Applier, ApplyError, Aside, Expect, Keep};
 use crate::journal::index::Kind;
 use crate::journal::op::Timestamp;
 use crate::journal::{Journal, JournalError, MetaOp};
@@ -179,7 +179,7 @@ impl Checker {
             Verdict::Take(Loser::Archive) => self.replace_whole(&u.path, ours.as_ref())?,
             Verdict::Take(Loser::ConflictCopy) => {
                 let mtime = ours.as_ref().map_or(u.mtime.into(), |o| o.mtime);
-                judged(ours.as_ref(), self.conflict_copy(&u.path, mtime)?)
+                self.conflict_copy(&u.path, ours.as_ref(), mtime)?
             }
         };
         Ok(UpdateStep::Apply(judged))
@@ -208,10 +208,10 @@ impl Checker {
     /// [`Checker::archive`]); a local write after this is caught by the stamp.
     fn replace_whole(&self, path: &RelPath, ours: Option<&Ours>) -> Result<Expect, ApplyError> {
         let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
-        match self.applier.replaceable(path)? {
+        match self.applier.replaceable(path, &Keep::Archive)? {
             Some(old) if ino == Some(old.ino()) => {
                 self.journal.forget(old.ino()).map_err(jerr(path))?;
-                Ok(Expect::Replace(old))
+                Ok(Expect::Replace(old, Keep::Archive))
             }
             _ => Ok(judged(ours, self.archive(path)?)),
         }
@@ -241,11 +241,48 @@ impl Checker {
             .map_err(jerr(path))
     }
 
-    /// Renames our version of `path` to a conflict copy, journaled as a new local file
-    /// (true if a file was moved).
-    fn conflict_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<bool, ApplyError> {
-        let Some((parent, leaf)) = path.split_last() else {
+    /// Keeps our version of `path` as a conflict copy beside it: the applier gives it
+    /// the copy's name as the update's file takes the path ([`Keep::Beside`]; then
+    /// [`Checker::after_aside`] journals it), or, where that cannot be, it is renamed
+    /// now and journaled as a new local file.
+    fn conflict_copy(
+        &self,
+        path: &RelPath,
+        ours: Option<&Ours>,
+        mtime: Timestamp,
+    ) -> Result<Expect, ApplyError> {
+        let Some((name, _)) = self.conflict_name(path, mtime)? else {
+            return Ok(judged(ours, false));
+        };
+        let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
+        let keep = Keep::Beside(name.into());
+        match self.applier.replaceable(path, &keep)? {
+            Some(old) if ino == Some(old.ino()) => Ok(Expect::Replace(old, keep)),
+            _ => Ok(judged(ours, self.rename_to_copy(path, mtime)?)),
+        }
+    }
+
+    /// Renames our version of `path` to a conflict copy now, journaled as a new local
+    /// file (true if a file was moved).
+    fn rename_to_copy(&self, path: &RelPath, mtime: Timestamp) -> Result<bool, ApplyError> {
+        let Some((name, copy)) = self.conflict_name(path, mtime)? else {
             return Ok(false);
+        };
+        let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? else {
+            return Ok(false);
+        };
+        self.journal_copy(path, &copy, s.ino, (s.mode, s.size))?;
+        Ok(true)
+    }
+
+    /// A free conflict name for our version of `path` (its leaf, and its path).
+    fn conflict_name(
+        &self,
+        path: &RelPath,
+        mtime: Timestamp,
+    ) -> Result<Option<(String, RelPath)>, ApplyError> {
+        let Some((parent, leaf)) = path.split_last() else {
+            return Ok(None);
         };
         // a second conflict of the same version in the same second takes `-2`, `-3` …
         let leaf = leaf.to_string_lossy();
@@ -262,14 +299,44 @@ impl Checker {
             .expect("an endless range");
         let copy =
             copy.map_err(|e| ApplyError::BadRequest(format!("{path}: conflict name: {e}")))?;
-        let Some(s) = self.applier.set_aside(path, Aside::Rename(&name))? else {
-            return Ok(false);
-        };
+        Ok(Some((name, copy)))
+    }
+
+    /// Journals our version of `path`, now at `copy`, as a new local file.
+    fn journal_copy(
+        &self,
+        path: &RelPath,
+        copy: &RelPath,
+        ino: u64,
+        (mode, size): (u32, u64),
+    ) -> Result<(), ApplyError> {
         tracing::warn!("conflict: {path} was changed on both sides; ours is kept as {copy}");
         self.journal
-            .local_new_file(s.ino, &copy, s.mode, s.size)
-            .map_err(jerr(path))?;
-        Ok(true)
+            .local_new_file(ino, copy, mode, size)
+            .map_err(jerr(path))
+    }
+
+    /// After an update applied as `judged`: a conflict copy the applier made
+    /// ([`Keep::Beside`]) is journaled as a new local file.
+    pub fn after_aside(&self, u: &FileUpdate, judged: &Expect) -> Result<(), ApplyError> {
+        let Expect::Replace(old, Keep::Beside(name)) = judged else {
+            return Ok(());
+        };
+        let Some((parent, _)) = u.path.split_last() else {
+            return Ok(());
+        };
+        let copy = parent
+            .join(name)
+            .map_err(|e| ApplyError::BadRequest(format!("{}: conflict name: {e}", u.path)))?;
+        match fold::look(&*self.root, &copy) {
+            Some((Kind::File, st)) if st.st_ino == old.ino() => self.journal_copy(
+                &u.path,
+                &copy,
+                st.st_ino,
+                (st.st_mode & 0o7777, st.st_size as u64),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// True if `path` stays local here (`.syncfsignore`, re-read if it changed).
@@ -443,7 +510,7 @@ impl Checker {
                     }
                     Verdict::Take(Loser::ConflictCopy) => {
                         let mtime = ours.map_or(Timestamp { secs: 0, nanos: 0 }, |o| o.mtime);
-                        self.conflict_copy(to, mtime)?;
+                        self.rename_to_copy(to, mtime)?;
                         Ok(Step::Apply)
                     }
                     _ => {

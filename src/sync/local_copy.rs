@@ -145,7 +145,11 @@ pub fn make_from_local(
     let UpdateStep::Apply(judged) = check.before_update(&u, peer)? else {
         return Ok(true);
     };
-    let record = &mut || check.after_update(&u);
+    let aside = judged.clone();
+    let record = &mut || {
+        check.after_update(&u)?;
+        check.after_aside(&u, &aside)
+    };
     check.applier.apply_update_then(&u, Some(judged), record)?;
     tracing::info!(
         "{}: made from the local copy at {src}; nothing sent",

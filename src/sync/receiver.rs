@@ -434,7 +434,11 @@ fn gated_update(
         UpdateStep::Refuse(r) => Ok(Err(r)),
         UpdateStep::Apply(judged) => {
             // The new version is in the index, durably, before the stage goes.
-            let record = &mut || check.after_update_durably(u);
+            let aside = judged.clone();
+            let record = &mut || {
+                check.after_update_durably(u)?;
+                check.after_aside(u, &aside)
+            };
             applier.apply_update_then(u, Some(judged), record)?;
             Ok(Ok(true))
         }
