@@ -31,6 +31,7 @@ use libp2p::yamux;
 use tokio::time::Sleep;
 
 use super::acks::Acks;
+use super::pings::{OwnPings, Step};
 
 /// Bytes held at most: a write that would reach this sends what is held first, and a
 /// write this large goes straight through.
@@ -187,12 +188,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Held<S> {
     }
 }
 
-/// The layer between Yamux and Noise: holds flushes back (see the module doc).
+/// The layer between Yamux and Noise: holds flushes back (see the module doc), and
+/// drops our Yamux's round-trip pings ([`super::pings`]).
 pub(crate) struct LazyFlush<S> {
     inner: S,
     /// Bytes written since the last flush passed on.
     unflushed: usize,
     due: Due,
+    pings: OwnPings,
+    /// A frame header taken in pieces, to pass on before anything else.
+    owed: Vec<u8>,
 }
 
 impl<S: AsyncWrite + Unpin> LazyFlush<S> {
@@ -201,10 +206,37 @@ impl<S: AsyncWrite + Unpin> LazyFlush<S> {
             inner,
             unflushed: 0,
             due: Due::default(),
+            pings: OwnPings::default(),
+            owed: Vec::new(),
         }
     }
 
+    /// Passes on `buf`'s first bytes; how many went.
+    fn poll_pass(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        if n > 0 {
+            self.unflushed += n;
+            self.due.arm(cx);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Passes on the header owed, if any.
+    fn poll_owed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.owed.is_empty() {
+            let owed = std::mem::take(&mut self.owed);
+            let res = self.poll_pass(cx, &owed);
+            self.owed = owed;
+            match ready!(res)? {
+                0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                n => drop(self.owed.drain(..n)),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_pass_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_owed(cx))?;
         ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
         self.unflushed = 0;
         self.due.clear();
@@ -237,21 +269,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for LazyFlush<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        ready!(this.poll_owed(cx))?;
         if this.unflushed >= HOLD_MAX {
             ready!(this.poll_pass_flush(cx))?;
         }
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        if n > 0 {
-            this.unflushed += n;
-            this.due.arm(cx);
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
         }
-        Poll::Ready(Ok(n))
+        match this.pings.step(buf) {
+            Step::Pass(n) => {
+                let n = ready!(this.poll_pass(cx, &buf[..n]))?;
+                this.pings.passed(n);
+                Poll::Ready(Ok(n))
+            }
+            Step::Drop(n) => Poll::Ready(Ok(n)),
+            Step::Gather(n) => {
+                this.owed = this.pings.gather(&buf[..n]).unwrap_or_default();
+                Poll::Ready(Ok(n))
+            }
+        }
     }
 
     /// Holds on until [`HOLD_FOR`] has passed since the first unflushed write.
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.unflushed == 0 || this.due.passed(cx) {
+        if this.unflushed == 0 || !this.owed.is_empty() || this.due.passed(cx) {
             return this.poll_pass_flush(cx);
         }
         Poll::Ready(Ok(()))

@@ -64,6 +64,38 @@ fn write<S: AsyncWrite + Unpin>(s: &mut S, wakes: &Arc<Wakes>, bytes: &[u8]) {
     assert!(matches!(r, Poll::Ready(Ok(n)) if n == bytes.len()));
 }
 
+/// A Yamux data frame (stream 1) carrying `payload`: what Yamux writes into
+/// [`LazyFlush`], which follows its frames.
+fn data_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0, 0, 0, 0, 0, 0, 0, 1];
+    f.extend((payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Our Yamux's pings after its first never leave; a pong, and the frames around, pass
+/// as written.
+#[tokio::test(start_paused = true)]
+async fn lazy_flush_drops_our_pings_only() {
+    let wakes = Arc::new(Wakes::default());
+    let mut s = LazyFlush::new(Recorder::default());
+    let ping = [0, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 42];
+    let pong = [0, 2, 0, 2, 0, 0, 0, 0, 0, 0, 0, 43];
+    for w in [
+        &ping,
+        &data_frame(b"one")[..],
+        &ping,
+        &pong,
+        &data_frame(b"two"),
+    ] {
+        write(&mut s, &wakes, w);
+    }
+    let sent = s.inner.writes.concat();
+    let kept = [&ping, &data_frame(b"one")[..], &pong, &data_frame(b"two")];
+    assert_eq!(sent, kept.concat(), "the first ping passes, later ones go");
+    assert_eq!(s.pings.dropped, 1);
+}
+
 fn flush<S: AsyncWrite + Unpin>(s: &mut S, wakes: &Arc<Wakes>) {
     let r = poll(wakes, |cx| Pin::new(&mut *s).poll_flush(cx));
     assert!(matches!(r, Poll::Ready(Ok(()))));
@@ -120,9 +152,9 @@ async fn lazy_flush_passes_one_flush_on_when_the_owner_reads() {
     let mut s = LazyFlush::new(Recorder::default());
     flush(&mut s, &wakes);
     assert_eq!(s.inner.flushes, 1, "nothing written: the flush passes");
-    write(&mut s, &wakes, b"frame 1");
+    write(&mut s, &wakes, &data_frame(b"frame 1"));
     flush(&mut s, &wakes);
-    write(&mut s, &wakes, b"frame 2");
+    write(&mut s, &wakes, &data_frame(b"frame 2"));
     flush(&mut s, &wakes);
     assert_eq!(s.inner.flushes, 1, "held back");
     read(&mut s, &wakes);
@@ -134,7 +166,7 @@ async fn lazy_flush_passes_one_flush_on_when_the_owner_reads() {
 async fn lazy_flush_passes_a_flush_on_when_due() {
     let wakes = Arc::new(Wakes::default());
     let mut s = LazyFlush::new(Recorder::default());
-    write(&mut s, &wakes, b"frame");
+    write(&mut s, &wakes, &data_frame(b"frame"));
     flush(&mut s, &wakes);
     assert_eq!(s.inner.flushes, 0);
     tokio::time::advance(HOLD_FOR).await;

@@ -24,6 +24,7 @@ mod behaviour;
 mod coalesce;
 mod event_loop;
 mod handle;
+mod pings;
 #[cfg(test)]
 mod tests;
 
