@@ -316,10 +316,9 @@ struct Target {
     unnamed: bool,
     /// The file's mode if we added `u+rw` to write it.
     restore_mode: Option<u32>,
-    /// The file at the path that this unnamed one replaces ([`Expect::Replace`]).
-    replaces: Option<Stamp>,
-    /// Where the replaced file goes.
-    keep: Keep,
+    /// The file at the path that this unnamed one replaces, and where that goes
+    /// ([`Expect::Replace`]).
+    replaces: Option<(Stamp, Keep)>,
 }
 
 impl Applier {
@@ -344,13 +343,10 @@ impl Applier {
         check_update(u)?;
         // 1. The target, beneath the root (deltas decode against its current bytes).
         let replaces = match &expect {
-            Some(Expect::Replace(old, _)) => Some(*old),
+            Some(Expect::Replace(old, keep)) => Some((*old, keep.clone())),
             _ => None,
         };
         let mut t = self.open_target(u, u.base.is_none(), replaces)?;
-        if let Some(Expect::Replace(_, keep)) = &expect {
-            t.keep = keep.clone();
-        }
         if let Err(e) = self.check_size(u, &t) {
             undo_create(&t);
             return Err(e);
@@ -415,7 +411,7 @@ impl Applier {
         // none lands between this check and that record.
         let names = self.hooks.names();
         let hold = self.hooks.hold(t.ino);
-        let _old = t.replaces.map(|old| self.hooks.hold(old.ino));
+        let _old = t.replaces.as_ref().map(|(old, _)| self.hooks.hold(old.ino));
         let judged = self.as_judged(&u.path, t, expect.as_ref());
         if !judged {
             tracing::info!(
@@ -458,7 +454,8 @@ impl Applier {
             .ok()
             .and_then(|fd| sys::fstat(&fd).ok())
             .map(|st| Stamp::of(&st));
-        let here = match (&t.created, t.replaces) {
+        let replaced = t.replaces.as_ref().map(|(old, _)| *old);
+        let here = match (&t.created, replaced) {
             (Some(_), Some(old)) if t.unnamed => now == Some(old),
             (Some(_), None) if t.unnamed => now.is_none(),
             _ => now.map(|s| s.ino) == Some(t.ino),
@@ -467,7 +464,7 @@ impl Applier {
             None => true,
             Some(Expect::Nothing) => t.created.is_some() && t.replaces.is_none(),
             Some(Expect::File(ino)) => t.created.is_none() && t.ino == *ino,
-            Some(Expect::Replace(old, _)) => t.replaces == Some(*old),
+            Some(Expect::Replace(old, _)) => replaced == Some(*old),
         }
     }
 
@@ -480,8 +477,8 @@ impl Applier {
         hold: Box<dyn std::any::Any + Send>,
     ) -> Result<(), ApplyError> {
         if let Some((dir, name)) = &t.created {
-            if t.replaces.is_some() {
-                self.swap_in(&u.path, &t.file, (dir, name), &t.keep)?;
+            if let Some((_, keep)) = &t.replaces {
+                self.swap_in(&u.path, &t.file, (dir, name), keep)?;
             } else if t.unnamed {
                 // verified and durable: now it gets its name (a name taken meanwhile by
                 // a local create is not replaced: refused, the sender tries again)
@@ -550,7 +547,7 @@ impl Applier {
         &self,
         u: &FileUpdate,
         create: bool,
-        replaces: Option<Stamp>,
+        replaces: Option<(Stamp, Keep)>,
     ) -> Result<Target, ApplyError> {
         let path = &u.path;
         for _ in 0..2 {
@@ -608,7 +605,6 @@ impl Applier {
             unnamed: false,
             restore_mode,
             replaces: None,
-            keep: Keep::Archive,
         })
     }
 
@@ -616,7 +612,8 @@ impl Applier {
     /// idempotent) and makes it durable.
     pub(super) fn replay_recovered(&self, u: &FileUpdate) -> Result<(), ApplyError> {
         check_update(u)?;
-        let mut t = self.open_target(u, u.base.is_none(), self.recovery_replaces(u))?;
+        let replaces = self.recovery_replaces(u).map(|old| (old, Keep::Archive));
+        let mut t = self.open_target(u, u.base.is_none(), replaces)?;
         let ranges = Ranges::decode(u, Some(&t.file))?;
         let hold = self.hooks.hold(t.ino);
         if let Err(e) = self.replay(u, &ranges, &t.file) {
@@ -650,7 +647,7 @@ fn new_target(
     file: File,
     dir: OwnedFd,
     name: OsString,
-    replaces: Option<Stamp>,
+    replaces: Option<(Stamp, Keep)>,
 ) -> Result<Target, ApplyError> {
     let st = sys::fstat(&file).map_err(|e| ApplyError::io("stat", path, os_err(e)))?;
     let pfd = file
@@ -665,7 +662,6 @@ fn new_target(
         unnamed: true,
         restore_mode: None,
         replaces,
-        keep: Keep::Archive,
     })
 }
 
