@@ -6,7 +6,7 @@
 use super::fold::{self, Origin};
 use super::verdict::{conflict_name, decide, Loser, Side, Verdict};
 use super::SyncConfig;
-use crate::apply::{Applier, ApplyError, Aside, Expect, Keep};
+use crate::apply::{Applier, ApplyError, Aside, Expect, Keep, Stamp};
 use crate::journal::index::Kind;
 use crate::journal::op::Timestamp;
 use crate::journal::{Journal, JournalError, MetaOp};
@@ -185,10 +185,10 @@ impl Checker {
         Ok(UpdateStep::Apply(judged))
     }
 
-    /// Keeps the version a peer's update replaces in the archive: moved there for a
-    /// whole update (true); for an update applied in place, a copy, if the content was
-    /// made here (one that came from the peer is the peer's to keep), so that a version
-    /// the peer's user saved over unseen is not lost.
+    /// Keeps the version a peer's update replaces in the archive: for a whole update,
+    /// as [`Checker::replace_whole`] says; for an update applied in place, a copy, if
+    /// the content was made here (one that came from the peer is the peer's to keep),
+    /// so that a version the peer's user saved over unseen is not lost.
     fn keep_replaced(&self, u: &FileUpdate, ours: Option<&Ours>) -> Result<Expect, ApplyError> {
         let Some(o) = ours.filter(|o| !o.deleted && o.hash != u.hash) else {
             return Ok(judged(ours, false));
@@ -207,14 +207,26 @@ impl Checker {
     /// cannot be, it is moved there now. Either way the journal forgets it (see
     /// [`Checker::archive`]); a local write after this is caught by the stamp.
     fn replace_whole(&self, path: &RelPath, ours: Option<&Ours>) -> Result<Expect, ApplyError> {
-        let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
-        match self.applier.replaceable(path, &Keep::Archive)? {
-            Some(old) if ino == Some(old.ino()) => {
+        match self.replaceable(path, ours, &Keep::Archive)? {
+            Some(old) => {
                 self.journal.forget(old.ino()).map_err(jerr(path))?;
                 Ok(Expect::Replace(old, Keep::Archive))
             }
-            _ => Ok(judged(ours, self.archive(path)?)),
+            None => Ok(judged(ours, self.archive(path)?)),
         }
+    }
+
+    /// Our file at `path`, stamped, if it is the one the index knows as ours and a
+    /// whole update can replace it keeping it as `keep` ([`Applier::replaceable`]).
+    fn replaceable(
+        &self,
+        path: &RelPath,
+        ours: Option<&Ours>,
+        keep: &Keep,
+    ) -> Result<Option<Stamp>, ApplyError> {
+        let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
+        let old = self.applier.replaceable(path, keep)?;
+        Ok(old.filter(|old| Some(old.ino()) == ino))
     }
 
     /// Our version of `path` beat the peer's concurrent one, which the peer still holds:
@@ -254,11 +266,10 @@ impl Checker {
         let Some((name, _)) = self.conflict_name(path, mtime)? else {
             return Ok(judged(ours, false));
         };
-        let ino = ours.filter(|o| !o.deleted).and_then(|o| o.ino);
         let keep = Keep::Beside(name.into());
-        match self.applier.replaceable(path, &keep)? {
-            Some(old) if ino == Some(old.ino()) => Ok(Expect::Replace(old, keep)),
-            _ => Ok(judged(ours, self.rename_to_copy(path, mtime)?)),
+        match self.replaceable(path, ours, &keep)? {
+            Some(old) => Ok(Expect::Replace(old, keep)),
+            None => Ok(judged(ours, self.rename_to_copy(path, mtime)?)),
         }
     }
 
