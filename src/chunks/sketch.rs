@@ -364,7 +364,7 @@ mod tests {
     use super::*;
 
     fn tops(t: &Tree) -> Vec<(u64, u64)> {
-        t.top().iter().map(|n| (n.hash, n.len)).collect()
+        t.top_pairs()
     }
 
     fn leaves(t: &Tree) -> Vec<(u64, u64)> {

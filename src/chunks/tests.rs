@@ -64,7 +64,7 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let sketch =
         (b.level(0).len() >= sketch::MIN_LEAVES).then(|| sketch::encode(&b, sketch::CELLS));
     cost += sketch.as_ref().map_or(0, Vec::len);
-    let tops: Vec<(u64, u64)> = b.top().iter().map(|n| (n.hash, n.len)).collect();
+    let tops = b.top_pairs();
     let decoded = sketch.and_then(|s| sketch::decode(&s, &a, new.len() as u64, &tops));
     let (mut picks, mut answers) = match decoded {
         Some(leaves) => {

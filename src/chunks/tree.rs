@@ -76,8 +76,13 @@ impl Tree {
     /// The top level, (hash, len) of each node, of the tree whose leaves are `leaves`
     /// ((hash, len) in file order): what a tree built from their bytes has.
     pub fn top_of(leaves: &[(u64, u64)]) -> Vec<(u64, u64)> {
-        let tree = Tree::of_leaves(leaves);
-        tree.top().iter().map(|n| (n.hash, n.len)).collect()
+        Tree::of_leaves(leaves).top_pairs()
+    }
+
+    /// The top level as (hash, len) of each node, as [`crate::chunks::sketch::decode`]
+    /// checks it.
+    pub fn top_pairs(&self) -> Vec<(u64, u64)> {
+        self.top().iter().map(|n| (n.hash, n.len)).collect()
     }
 
     /// The tree whose leaves are `leaves` ((hash, len) in file order).

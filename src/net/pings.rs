@@ -15,7 +15,7 @@
 
 /// A Yamux frame header: version (u8), type (u8), flags (u16), stream id (u32) and
 /// length (u32), big-endian; only a data frame's length counts payload bytes after it.
-pub(crate) const HEADER: usize = 12;
+const HEADER: usize = 12;
 const DATA: u8 = 0;
 const PING: u8 = 2;
 const SYN: u16 = 1;
@@ -39,8 +39,8 @@ pub(crate) struct OwnPings {
     passing: u64,
     /// The start of a frame header, kept until it is whole.
     head: Vec<u8>,
-    /// Pings passed so far (only the first passes).
-    passed: u64,
+    /// The connection's first ping went (only the first passes).
+    first_sent: bool,
     /// Pings dropped so far.
     pub(crate) dropped: u64,
 }
@@ -90,11 +90,11 @@ impl OwnPings {
     fn frame_len(&mut self, head: &[u8]) -> Option<u64> {
         let (kind, flags) = (head[1], u16::from_be_bytes([head[2], head[3]]));
         if kind == PING && flags & SYN != 0 {
-            if self.passed > 0 {
+            if self.first_sent {
                 self.dropped += 1;
                 return None;
             }
-            self.passed += 1;
+            self.first_sent = true;
         }
         let len = u32::from_be_bytes([head[8], head[9], head[10], head[11]]);
         Some(HEADER as u64 + if kind == DATA { u64::from(len) } else { 0 })

@@ -250,8 +250,7 @@ mod tests {
     }
 
     fn tops(t: &Tree) -> Vec<(u64, u64)> {
-        let top = t.level(t.depth() - 1);
-        top.iter().map(|n| (n.hash, n.len)).collect()
+        t.top_pairs()
     }
 
     #[tokio::test]
