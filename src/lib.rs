@@ -30,6 +30,7 @@
 //! - [`hashtree`], [`treecache`]: incremental whole-file BLAKE3, bounded per-file trees.
 //! - [`delta`], [`preimage`]: zstd deltas against the old bytes the peer holds.
 //! - [`chunks`]: content-defined chunk trees; finding what a peer lacks with no history.
+//! - [`iblt`]: invertible Bloom lookup tables (sketches sized by a difference).
 //! - [`vv`]: version vectors (which version of an entry descends from which).
 //! - [`scan`]: the mount-time scan for changes made while not mounted.
 //! - [`versions`]: the archive of replaced and deleted versions.
@@ -47,6 +48,7 @@ pub mod fs;
 #[cfg(test)]
 pub(crate) mod fuzzing;
 pub mod hashtree;
+pub mod iblt;
 pub mod ignores;
 pub mod journal;
 pub mod net;

@@ -641,7 +641,8 @@ fn adopted_folders_pair_small_edited_files_by_their_leaves() {
 
 /// Adopted folders whose directories each differ by one file: at first contact only
 /// the entries that differ cross, not every entry of every directory that differs (the
-/// receiver lists digests of what it holds there).
+/// receiver sends a sketch of the digests of what it holds there: 7,244 bytes in all,
+/// 16,664 with the digests listed, 6 bytes each).
 #[test]
 fn adopted_folders_send_only_the_index_entries_that_differ() {
     let t = tempfile::tempdir().unwrap();
@@ -667,8 +668,8 @@ fn adopted_folders_send_only_the_index_entries_that_differ() {
     p.b.unmount();
     println!("20 directories of 50 files, one changed in each: {bytes} bytes");
     assert!(
-        bytes < 40_000,
-        "{bytes} bytes: more than the 20 changed entries and files"
+        bytes < 12_000,
+        "{bytes} bytes: more than the 20 changed entries, files and a sketch"
     );
 }
 

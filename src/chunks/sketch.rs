@@ -21,18 +21,19 @@
 //! whole-file BLAKE3 of the rebuilt file.
 
 use super::{Node, Tree, LEAF_MAX};
+use crate::iblt::{self, Table};
 use std::collections::{HashMap, HashSet};
 
+/// Bytes of an edge's key on the wire (hint, hash, length).
+const KEY_BYTES: usize = 10;
 /// Bytes of one cell on the wire.
-pub const CELL: usize = 14;
+pub const CELL: usize = iblt::cell_bytes(KEY_BYTES);
 /// Cells an offer carries: a change or two (up to about twenty differing edges, such
 /// as 4 KiB of new bytes written) decode; more go down the tree.
 pub const CELLS: usize = 40;
 /// Most cells a sketch may have (the wire refuses more).
 pub const MAX_CELLS: usize = WAYS * 192;
-/// Cells each key goes into: one in each part of the table (4 parts decode small
-/// differences more often than 3 in as many bytes: `tests::sizing`).
-pub const WAYS: usize = 4;
+pub use crate::iblt::WAYS;
 /// Leaves a tree needs for its offer to carry a sketch: smaller trees are a round
 /// trip or two deep, and their top levels cost less than the sketch.
 pub const MIN_LEAVES: usize = 2048;
@@ -87,46 +88,6 @@ impl Key {
     }
 }
 
-/// splitmix64's finalizer: keys are hashes already, this spreads them per use.
-fn mix(mut x: u64) -> u64 {
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-fn fold(k: u128, salt: u64) -> u64 {
-    mix(mix(k as u64 ^ mix(salt)) ^ (k >> 64) as u64)
-}
-
-fn check(k: u128) -> u32 {
-    fold(k, 0x5EED) as u32 & 0xFF_FFFF
-}
-
-/// The cell of `k` in each quarter of a table of `cells`.
-fn slots(k: u128, cells: usize) -> [usize; WAYS] {
-    let part = cells / WAYS;
-    std::array::from_fn(|j| j * part + (fold(k, j as u64 + 1) % part as u64) as usize)
-}
-
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
-struct Cell {
-    count: u8,
-    key: u128,
-    check: u32,
-}
-
-impl Cell {
-    fn toggle(&mut self, k: u128, add: bool) {
-        self.count = if add {
-            self.count.wrapping_add(1)
-        } else {
-            self.count.wrapping_sub(1)
-        };
-        self.key ^= k;
-        self.check ^= check(k);
-    }
-}
-
 /// A file's leaves in order, as edges (the first leaf's predecessor is [`START`]).
 fn edges(leaves: &[Node]) -> impl Iterator<Item = Edge> + '_ {
     let prevs = std::iter::once(START).chain(leaves.iter().map(|n| n.hash));
@@ -137,77 +98,29 @@ fn edges(leaves: &[Node]) -> impl Iterator<Item = Edge> + '_ {
     })
 }
 
-fn table(leaves: &[Node], cells: usize, add: bool, into: &mut [Cell]) {
+fn table(leaves: &[Node], add: bool, into: &mut Table) {
     for e in edges(leaves) {
         let k = e.key().bits();
-        for s in slots(k, cells) {
-            into[s].toggle(k, add);
+        if add {
+            into.insert(k);
+        } else {
+            into.remove(k);
         }
     }
 }
 
 /// The sketch of `tree`'s leaves in `cells` cells (a multiple of [`WAYS`]).
 pub fn encode(tree: &Tree, cells: usize) -> Vec<u8> {
-    let mut t = vec![Cell::default(); cells];
-    table(tree.level(0), cells, true, &mut t);
-    let mut out = Vec::with_capacity(cells * CELL);
-    for c in t {
-        out.push(c.count);
-        out.extend_from_slice(&c.key.to_le_bytes()[..10]);
-        out.extend_from_slice(&c.check.to_le_bytes()[..3]);
-    }
-    out
-}
-
-fn parse(bytes: &[u8]) -> Option<Vec<Cell>> {
-    let cells = bytes.len() / CELL;
-    if !bytes.len().is_multiple_of(CELL)
-        || !cells.is_multiple_of(WAYS)
-        || cells == 0
-        || cells > MAX_CELLS
-    {
-        return None;
-    }
-    let cell = |c: &[u8]| {
-        let (mut key, mut check) = ([0u8; 16], [0u8; 4]);
-        key[..10].copy_from_slice(&c[1..11]);
-        check[..3].copy_from_slice(&c[11..14]);
-        Cell {
-            count: c[0],
-            key: u128::from_le_bytes(key),
-            check: u32::from_le_bytes(check),
-        }
-    };
-    Some(bytes.chunks(CELL).map(cell).collect())
+    let mut t = Table::new(cells, KEY_BYTES);
+    table(tree.level(0), true, &mut t);
+    t.encode()
 }
 
 /// Peels `t` (theirs minus ours): the keys only they have and those only we have.
-fn peel(mut t: Vec<Cell>) -> Option<(Vec<Key>, Vec<Key>)> {
-    let cells = t.len();
-    let (mut theirs, mut ours) = (Vec::new(), Vec::new());
-    let mut queue: Vec<usize> = (0..cells).collect();
-    while let Some(i) = queue.pop() {
-        let c = t[i];
-        let add = match c.count {
-            1 => false,  // theirs: take it out
-            255 => true, // ours: put it back
-            _ => continue,
-        };
-        if check(c.key) != c.check || !slots(c.key, cells).contains(&i) {
-            continue;
-        }
-        if add { &mut ours } else { &mut theirs }.push(Key::of_bits(c.key));
-        if theirs.len() + ours.len() > cells * 4 {
-            return None; // (cannot happen with a sound table)
-        }
-        for s in slots(c.key, cells) {
-            t[s].toggle(c.key, add);
-            queue.push(s);
-        }
-    }
-    t.iter()
-        .all(|c| *c == Cell::default())
-        .then_some((theirs, ours))
+fn peel(t: Table) -> Option<(Vec<Key>, Vec<Key>)> {
+    let p = t.peel()?;
+    let keys = |ks: Vec<u128>| ks.into_iter().map(Key::of_bits).collect();
+    Some((keys(p.theirs), keys(p.ours)))
 }
 
 /// Their version's leaves, (hash, len) in file order, from their sketch and our
@@ -228,9 +141,8 @@ pub fn decode(
 
 /// [`decode`] without the top check.
 fn walk_of(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> {
-    let mut t = parse(sketch)?;
-    let cells = t.len();
-    table(ours.level(0), cells, false, &mut t);
+    let mut t = Table::parse(sketch, KEY_BYTES, MAX_CELLS)?;
+    table(ours.level(0), false, &mut t);
     let (theirs, only_ours) = peel(t)?;
     let own: Vec<Edge> = edges(ours.level(0)).collect();
     let lost = our_edges(&own, &only_ours)?;

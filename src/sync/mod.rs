@@ -13,6 +13,7 @@ pub mod build;
 pub mod check;
 pub mod chunked;
 pub mod coalesce;
+pub mod digests;
 pub mod exchanges;
 pub mod fold;
 pub mod ignored;

@@ -127,12 +127,12 @@ where
             Message::Index { entries, upto, .. } => {
                 Some(take_index(entries, upto, r, &peer, rebuilds.warm()).await?)
             }
-            Message::Summary { dirs, last } => {
+            Message::Summary { dirs, last, list } => {
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
                     None => OursByKey::read(r).await?,
                 };
-                let reply = compare_summary(dirs, &ours, r).await?;
+                let reply = compare_summary(dirs, list, &ours, r).await?;
                 ours_by_key = (!last).then_some(ours); // for the next part
                 Some(reply)
             }
@@ -327,21 +327,25 @@ impl OursByKey {
 }
 
 /// The directories of the peer's summary whose digest differs from ours (a bitmap in
-/// its order), and the digests of our entries in those of them we hold.
+/// its order), which of them we hold, and the digests of our entries in those: a
+/// list, or a sketch when that is smaller and the peer did not ask for a `list`.
 async fn compare_summary(
     dirs: Vec<crate::wire::DirDigest>,
+    list: bool,
     ours: &OursByKey,
     r: &Receiver,
 ) -> Result<Message, SyncError> {
     let (journal, ours) = (r.check.journal.clone(), ours.0.clone());
-    let (differ, same) = tokio::task::spawn_blocking(move || {
+    let reply = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
         let mut differ = vec![0u8; dirs.len().div_ceil(8)];
+        let mut held = Vec::new(); // one bit per differing directory
         let mut look = Vec::new(); // ours under a differing key: the peer's may be there
         for (i, d) in dirs.iter().enumerate() {
             let mine = ours.get(&d.key).map(Vec::as_slice).unwrap_or_default();
             if !mine.iter().any(|(_, digest)| *digest == d.digest) {
                 differ[i / 8] |= 1 << (i % 8);
+                held.push(!mine.is_empty());
                 look.extend(mine.iter().map(|(p, _)| p.clone()));
             }
         }
@@ -355,11 +359,26 @@ async fn compare_summary(
             }
         }
         same.truncate(crate::wire::MAX_SAME_DIGESTS);
-        Ok::<_, crate::journal::JournalError>((differ, same))
+        let cells = (!list)
+            .then(|| super::digests::cells(held.iter().filter(|h| **h).count(), same.len()))
+            .flatten();
+        let sketch = cells.map_or_else(Vec::new, |c| super::digests::sketch(&same, c));
+        let sum = match sketch.is_empty() {
+            true => 0,
+            false => super::digests::set_sum(&std::mem::take(&mut same)),
+        };
+        let held = crate::wire::bitmap(held.len(), (0..held.len()).filter(|&i| held[i]));
+        Ok::<_, crate::journal::JournalError>(Message::SummaryAck {
+            differ,
+            same,
+            held,
+            sketch,
+            sum,
+        })
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
-    Ok(Message::SummaryAck { differ, same })
+    Ok(reply)
 }
 
 /// Decides on each entry of the peer's index; replies with the files we want. Of

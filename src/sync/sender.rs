@@ -5,6 +5,7 @@
 use super::build::{build, Built, Plan};
 use super::chunked::{Prepared, Ready, Tried};
 use super::coalesce::coalesce;
+use super::digests::Answer;
 use super::fold::{self, Origin};
 use super::link::{Duplex, Link};
 use super::{exchanges, leaf_delta};
@@ -12,6 +13,7 @@ use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
     REPLY_TIMEOUT, WRITE_STALL,
 };
+use crate::journal::index::Entry;
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::path::RelPath;
 use crate::preimage::Preimages;
@@ -342,35 +344,16 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     let ix = s.journal.index();
     let upto = ix.last_seq()?;
     let digests = ix.digests()?;
-    let (mut differ, mut same) = (Vec::new(), HashSet::new());
+    let (mut differ, mut entries) = (0, Vec::new());
     let mut chunks: Vec<_> = digests.chunks(INDEX_BATCH).collect();
     if chunks.is_empty() {
         chunks.push(&[]);
     }
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
-        let dirs = chunk.iter().map(|(p, d)| DirDigest::of(p, d)).collect();
-        fs.send(Message::Summary {
-            dirs,
-            last: i + 1 == n,
-        })
-        .await?;
-        handshake(s, fs, st).await?;
-        match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
-            Message::SummaryAck { differ: d, same: s } => {
-                differ.extend(chosen(chunk, &d)?.map(|(p, _)| p.clone()));
-                same.extend(s);
-            }
-            other => return Err(unexpected("a summary ack", &other)),
-        }
-    }
-    // entries the peer holds exactly (same path, kind, content, version) need not go
-    let mut entries = Vec::new();
-    for dir in &differ {
-        let theirs = |(p, e): &(RelPath, crate::journal::index::Entry)| {
-            same.contains(&super::same_digest(p, e))
-        };
-        entries.extend(ix.children(dir)?.into_iter().filter(|x| !theirs(x)));
+        let (dirs, part) = summary_part(s, fs, st, chunk, i + 1 == n).await?;
+        differ += dirs;
+        entries.extend(part);
     }
     let (dirs, total) = (digests.len(), entries.len());
     let mut wanted = 0;
@@ -385,8 +368,53 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
     }
     ix.set_peer_acked(&s.link.peer(), upto)?;
-    tracing::info!(peer = %s.link.peer(), dirs, differ = differ.len(), entries = total, wanted, "index exchanged (first contact)");
+    tracing::info!(peer = %s.link.peer(), dirs, differ, entries = total, wanted, "index exchanged (first contact)");
     Ok(())
+}
+
+/// One part of the summary: how many of its directories differ, and our entries in
+/// them that the peer does not hold exactly (same path, kind, content, version). A
+/// sketch that does not peel costs the part again, answered by a list.
+async fn summary_part(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    chunk: &[(RelPath, [u8; 16])],
+    last: bool,
+) -> Result<(usize, Vec<(RelPath, Entry)>), SyncError> {
+    let ix = s.journal.index();
+    for list in [false, true] {
+        let dirs = chunk.iter().map(|(p, d)| DirDigest::of(p, d)).collect();
+        fs.send(Message::Summary { dirs, last, list }).await?;
+        handshake(s, fs, st).await?;
+        let (differ, answer) = match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
+            Message::SummaryAck {
+                differ,
+                same,
+                held,
+                sketch,
+                sum,
+            } => {
+                let answer = Answer {
+                    held,
+                    same,
+                    sketch,
+                    sum,
+                };
+                (differ, answer)
+            }
+            other => return Err(unexpected("a summary ack", &other)),
+        };
+        let differ: Vec<&RelPath> = chosen(chunk, &differ)?.map(|(p, _)| p).collect();
+        match super::digests::to_send(ix, &differ, &answer)? {
+            Some(entries) => return Ok((differ.len(), entries)),
+            None if list => break,
+            None => tracing::debug!(dirs = differ.len(), "summary sketch did not peel"),
+        }
+    }
+    Err(SyncError::Protocol(
+        "a sketch sent where a list was asked for".into(),
+    ))
 }
 
 /// The items of `sent` (a `Summary`'s directories, an `Index`'s entries) whose bit is

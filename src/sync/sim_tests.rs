@@ -713,21 +713,21 @@ fn regression_edit_and_new_file_against_a_rename_onto_the_new_name() {
     .unwrap();
 }
 
-#[test]
-fn a_summary_in_several_parts_finds_the_directory_that_differs() {
-    // more directories than one `Summary` part holds (4,096): our side reads its own
-    // directory digests once for all parts
-    const DIRS: usize = 5_000;
-    let tree = |edited: bool| {
+/// Adopted trees of `dirs` directories of `files` files each, those `edited(d, f)`
+/// different on the second node: the pair converges to the second's versions
+/// (written later), with the first's in its archive.
+fn pair_trees_differing(dirs: usize, files: usize, edited: fn(usize, usize) -> bool) {
+    let tree = move |second: bool| {
         move |data: &Path| {
-            for d in 0..DIRS {
+            for d in 0..dirs {
                 std::fs::create_dir(data.join(format!("d{d}"))).unwrap();
-                let text = if edited && d == DIRS - 1 {
-                    "edited\n"
-                } else {
-                    "same\n"
-                };
-                std::fs::write(data.join(format!("d{d}/x")), text).unwrap();
+                for f in 0..files {
+                    let text = match second && edited(d, f) {
+                        true => format!("edited {d}/{f}\n"),
+                        false => format!("same {d}/{f}\n"),
+                    };
+                    std::fs::write(data.join(format!("d{d}/f{f}")), text).unwrap();
+                }
             }
         }
     };
@@ -738,20 +738,39 @@ fn a_summary_in_several_parts_finds_the_directory_that_differs() {
             .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
             .into();
         assert!(settled(&nodes, 120).await, "the pair converges");
-        let last = format!("d{}/x", DIRS - 1);
-        let everywhere = |text: &str| {
-            nodes
-                .iter()
-                .all(|n| n.everything().contains(&text.to_string()))
-        };
-        assert!(
-            everywhere("edited\n"),
-            "the edit in the last part is on both nodes"
-        );
-        assert!(nodes[0].tree().contains_key(&last));
+        let t0 = nodes[0].tree();
+        for (d, f) in (0..dirs).flat_map(|d| (0..files).map(move |f| (d, f))) {
+            let text = match edited(d, f) {
+                true => format!("edited {d}/{f}\n"),
+                false => format!("same {d}/{f}\n"),
+            };
+            assert_eq!(t0.get(&format!("d{d}/f{f}")), Some(&text));
+        }
+        assert_eq!(t0.len(), dirs * files, "nothing more, nothing less");
         for (l, t) in links {
             t.abort();
             l.cut();
         }
     });
+}
+
+#[test]
+fn a_summary_sketch_finds_the_entries_that_differ() {
+    // 30 directories of 40 files, 2 differ in each: the digests of 1,200 entries go
+    // as a sketch (about 200 cells of 10 bytes, against 7,200 bytes listed)
+    pair_trees_differing(30, 40, |_, f| f < 2);
+}
+
+#[test]
+fn a_summary_sketch_that_does_not_peel_is_asked_for_again_as_a_list() {
+    // one directory of 400 files, 150 of them different: the sketch, sized by
+    // directories, cannot hold 300 differences
+    pair_trees_differing(1, 400, |_, f| f < 150);
+}
+
+#[test]
+fn a_summary_in_several_parts_finds_the_directory_that_differs() {
+    // more directories than one `Summary` part holds (4,096): our side reads its own
+    // directory digests once for all parts
+    pair_trees_differing(5_000, 1, |d, _| d == 4_999);
 }

@@ -87,6 +87,9 @@ pub enum Message {
         dirs: Vec<DirDigest>,
         /// True on the last part.
         last: bool,
+        /// Answer with the digests as a list, not a sketch (version 19): the sender
+        /// sends a part again so when the sketch of its first answer did not peel.
+        list: bool,
     },
     /// The directories of a `Summary` whose digest differs from the receiver's (or
     /// that it lacks): the sender then sends their entries as `Index` messages, but
@@ -102,6 +105,19 @@ pub enum Message {
         /// [`short48`]), as one byte string. At most [`super::MAX_SAME_DIGESTS`].
         #[serde(with = "hashes48")]
         same: Vec<u64>,
+        /// One bit per directory set in `differ`, in order, set for each the receiver
+        /// holds (version 19): only those have entries in `same` or `sketch`.
+        #[serde(with = "serde_bytes")]
+        held: Vec<u8>,
+        /// Instead of `same` when smaller (version 19; empty: `same` is the list): an
+        /// invertible Bloom lookup table of the same digests in cells of 10 bytes (see
+        /// `crate::iblt`), at most [`super::MAX_SAME_DIGESTS`] cells.
+        #[serde(with = "serde_bytes")]
+        sketch: Vec<u8>,
+        /// With a sketch, a checksum of the whole set of digests it holds (version 19;
+        /// see `crate::sync::digests::set_sum`), so that a wrong peel is caught; 0 with
+        /// a list.
+        sum: u64,
     },
     /// What the sender has queued for the receiver (for its `syncfs status`): sent when
     /// it changes, at most once a second (at once when it empties or doubles in bytes;

@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 18;
+pub const PROTOCOL_VERSION: u32 = 19;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/18";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/19";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -90,8 +90,11 @@ pub const MAX_VV_PAIRS: usize = 64;
 /// Most entries in one `Index` message (and paths in one `IndexAck`).
 pub const MAX_INDEX_ITEMS: usize = 16 * 1024;
 
-/// Most entry digests in one `SummaryAck` (8 MiB of them).
+/// Most entry digests in one `SummaryAck` (8 MiB of them), and most cells in its sketch.
 pub const MAX_SAME_DIGESTS: usize = 1 << 20;
+
+/// Bytes of an entry digest (`SummaryAck`), and of a key in its sketch.
+pub const SAME_DIGEST_BYTES: usize = 6;
 
 /// Most leaves described for one file in an `IndexAck` (files up to 64 KiB have about
 /// 256 of 256 bytes; their FastCDC leaves are at least 64 bytes).

@@ -1057,6 +1057,7 @@ fn pinned_summary_encoding() {
             digest: 0x0304_0506_0708,
         }],
         last: true,
+        list: false,
     };
     let expected = concat!(
         "0c000000",         // variant 12: Summary
@@ -1064,17 +1065,22 @@ fn pinned_summary_encoding() {
         "0d0c0b",           //   key: 3 bytes
         "080706050403",     //   digest: 6 bytes
         "01",               // last
+        "00",               // list: a sketch may answer
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
     let wide = |key| Message::Summary {
         dirs: vec![DirDigest { key, digest: 1 }],
         last: true,
+        list: true,
     };
     assert!(encode(&wide(1 << 24)).is_err(), "a key wider than 3 bytes");
     let ack = Message::SummaryAck {
         differ: vec![0b0000_0101],
         same: vec![0x0000_0304_0506_0708, 0x0000_0a0b_0c0d_0e0f],
+        held: vec![0b01],
+        sketch: vec![],
+        sum: 0,
     };
     let expected = concat!(
         "0d000000",         // variant 13: SummaryAck
@@ -1083,12 +1089,60 @@ fn pinned_summary_encoding() {
         "0c00000000000000", // entry digests: 12 bytes
         "080706050403",     //   6 bytes each, little-endian
         "0f0e0d0c0b0a",
+        "0100000000000000", // held: a bitmap over the two that differ:
+        "01",               //   the receiver holds directory 0, not 2
+        "0000000000000000", // no sketch
+        "0000000000000000", // sum (of a sketch's set)
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
+    let sketched = Message::SummaryAck {
+        differ: vec![0b1],
+        same: vec![],
+        held: vec![0b1],
+        sketch: crate::iblt::Table::new(4, 6).encode(),
+        sum: 0x0102,
+    };
+    let expected = concat!(
+        "0d000000",
+        "0100000000000000",
+        "01",
+        "0000000000000000", // no list
+        "0100000000000000",
+        "01",
+        "2800000000000000",     // a sketch of 4 cells of 10 bytes:
+        "00000000000000000000", // count, key XOR (6 bytes), check XOR (3 bytes)
+        "00000000000000000000",
+        "00000000000000000000",
+        "00000000000000000000",
+        "0201000000000000", // its set's sum
+    );
+    assert_eq!(hex(&encode(&sketched).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), sketched);
+    let ack_of = |same: Vec<u64>, held: Vec<u8>, sketch: Vec<u8>| Message::SummaryAck {
+        differ: vec![0b1],
+        same,
+        held,
+        sketch,
+        sum: 0,
+    };
+    let table = crate::iblt::Table::new(4, 6).encode();
+    assert!(
+        encode(&ack_of(vec![1], vec![1], table.clone())).is_err(),
+        "a list beside a sketch"
+    );
+    assert!(
+        encode(&ack_of(vec![], vec![1], vec![0; 30])).is_err(),
+        "3 cells"
+    );
+    let unheld = ack_of(vec![], vec![], table);
+    assert!(encode(&unheld).is_err(), "no held bitmap");
     let wide = Message::SummaryAck {
         differ: vec![1],
         same: vec![1 << 48],
+        held: vec![1],
+        sketch: vec![],
+        sum: 0,
     };
     assert!(encode(&wide).is_err(), "a digest wider than 6 bytes");
     let torn = concat!(
@@ -1096,7 +1150,11 @@ fn pinned_summary_encoding() {
         "0100000000000000",
         "01",
         "0500000000000000",
-        "0807060504"
+        "0807060504",
+        "0100000000000000",
+        "01",
+        "0000000000000000",
+        "0000000000000000",
     );
     assert!(decode(&unhex(torn)).is_err(), "digests of 6 bytes each");
 }

@@ -26,10 +26,13 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::MetaBatch(ops) => validate_batch(ops),
         Message::Index { entries, .. } => validate_index(entries),
         Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
-        Message::SummaryAck { differ, same } => {
-            max_len("differ", differ.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
-            max_len("same", same.len(), super::MAX_SAME_DIGESTS)
-        }
+        Message::SummaryAck {
+            differ,
+            same,
+            held,
+            sketch,
+            ..
+        } => validate_summary_ack(differ, same, held, sketch),
         Message::IndexAck { want, leaves, .. } => {
             max_len("want", want.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
             let wanted = want.iter().map(|b| b.count_ones() as usize).sum();
@@ -82,12 +85,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         } => {
             validate_update(update)?;
             max_len("chunk sketch", sketch.len(), MAX_SKETCH)?;
-            let cells = sketch.len() / sketch::CELL;
-            if !sketch.len().is_multiple_of(sketch::CELL) || !cells.is_multiple_of(sketch::WAYS) {
-                let (field, len, item) =
-                    ("chunk sketch", sketch.len(), sketch::WAYS * sketch::CELL);
-                return Err(Violation::Ragged { field, len, item });
-            }
+            whole_cells("chunk sketch", sketch.len(), sketch::CELL)?;
             max_len("chunk sources", from.len(), MAX_CHUNK_SOURCES)?;
             from.iter().try_for_each(|p| not_root("chunk source", p))?;
             max_len("chunk offer ranges", update.ranges.len(), 0)?;
@@ -225,6 +223,44 @@ fn check_vv(vv: &[(u64, u64)]) -> Result<(), Violation> {
     max_len("version vector", vv.len(), MAX_VV_PAIRS)?;
     if vv.iter().any(|p| p.1 == 0) || vv.windows(2).any(|w| w[0].0 >= w[1].0) {
         return Err(Violation::BadVersion);
+    }
+    Ok(())
+}
+
+/// An IBLT (`crate::iblt`) of `len` bytes: a whole number of cells of `cell` bytes, a
+/// multiple of its ways of them.
+fn whole_cells(field: &'static str, len: usize, cell: usize) -> Result<(), Violation> {
+    let item = crate::iblt::WAYS * cell;
+    match len.is_multiple_of(item) {
+        true => Ok(()),
+        false => Err(Violation::Ragged { field, len, item }),
+    }
+}
+
+/// A `SummaryAck`: its bitmaps of their sizes, and a digest list or a sketch, not both.
+fn validate_summary_ack(
+    differ: &[u8],
+    same: &[u64],
+    held: &[u8],
+    sketch: &[u8],
+) -> Result<(), Violation> {
+    max_len("differ", differ.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
+    max_len("same", same.len(), super::MAX_SAME_DIGESTS)?;
+    let differing: usize = differ.iter().map(|b| b.count_ones() as usize).sum();
+    if held.len() != differing.div_ceil(8) {
+        return Err(Violation::Unpaired(
+            "held bitmap and the directories that differ",
+        ));
+    }
+    let cell = crate::iblt::cell_bytes(super::SAME_DIGEST_BYTES);
+    max_len(
+        "summary sketch",
+        sketch.len(),
+        super::MAX_SAME_DIGESTS * cell,
+    )?;
+    whole_cells("summary sketch", sketch.len(), cell)?;
+    if !sketch.is_empty() && !same.is_empty() {
+        return Err(Violation::Unpaired("a digest list beside a sketch"));
     }
     Ok(())
 }
