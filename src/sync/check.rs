@@ -12,7 +12,7 @@ use crate::journal::op::Timestamp;
 use crate::journal::{Journal, JournalError, MetaOp};
 use crate::path::RelPath;
 use crate::vv::{Order, VersionVector};
-use crate::wire::{FileUpdate, IndexItem, ItemKind, NackReason};
+use crate::wire::{content_id, FileUpdate, IndexItem, ItemKind, NackReason};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
@@ -141,7 +141,7 @@ impl Checker {
         let ours = ours.map(|o| Side {
             vv: &o.vv,
             deleted: o.deleted,
-            hash: o.hash,
+            hash: content_id(&o.hash),
             mtime: o.mtime,
             node: &self.cfg.peer_bytes,
         });
@@ -160,7 +160,7 @@ impl Checker {
         let theirs = Side {
             vv: &vv,
             deleted: false,
-            hash: u.hash,
+            hash: content_id(&u.hash),
             mtime: u.mtime.into(),
             node: peer,
         };
@@ -502,7 +502,7 @@ impl Checker {
                 let theirs = Side {
                     vv,
                     deleted: false,
-                    hash: moved.as_ref().map_or([0; 32], |m| m.hash),
+                    hash: moved.as_ref().map_or([0; 16], |m| content_id(&m.hash)),
                     mtime: moved
                         .as_ref()
                         .map_or(Timestamp { secs: 0, nanos: 0 }, |m| m.mtime),
@@ -548,7 +548,7 @@ impl Checker {
         let theirs = Side {
             vv,
             deleted: true,
-            hash: ours.as_ref().map_or([0; 32], |o| o.hash),
+            hash: ours.as_ref().map_or([0; 16], |o| content_id(&o.hash)),
             mtime: Timestamp { secs: 0, nanos: 0 },
             node: peer,
         };

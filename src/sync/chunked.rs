@@ -663,7 +663,7 @@ pub async fn prepare(
     };
     if copied
         && copies
-            .find(&s.journal, &read.hash)
+            .find(&s.journal, &crate::wire::content_id(&read.hash))
             .is_none_or(|p| p == entry.path)
     {
         return Ok(Prepared::Whole); // no copy of it here: the peer holds none either

@@ -274,7 +274,7 @@ pub fn to_item(path: RelPath, e: Entry) -> crate::wire::IndexItem {
         size: if e.deleted { 0 } else { e.size },
         mtime: e.mtime.into(),
         mode: e.mode,
-        hash: e.hash,
+        hash: crate::wire::content_id(&e.hash),
         target: if e.deleted { Vec::new() } else { e.target },
         vv: e.vv.pairs().to_vec(),
         deleted: e.deleted,

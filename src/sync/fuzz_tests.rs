@@ -50,7 +50,7 @@ fn arb_item() -> impl Strategy<Value = IndexItem> {
                     nanos: 0,
                 },
                 mode,
-                hash: [h; 32],
+                hash: [h; 16],
                 target,
                 vv,
                 deleted,

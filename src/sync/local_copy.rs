@@ -8,7 +8,7 @@ use crate::apply::ApplyError;
 use crate::beneath::open_beneath;
 use crate::journal::Journal;
 use crate::path::RelPath;
-use crate::wire::{Encoding, FileUpdate, IndexItem, RangeData};
+use crate::wire::{content_id, Encoding, FileUpdate, IndexItem, RangeData};
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
 
@@ -23,7 +23,7 @@ pub struct ByHash(Option<Live>);
 /// What [`ByHash`] read of the index.
 #[derive(Default)]
 struct Live {
-    by_hash: HashMap<[u8; 32], RelPath>,
+    by_hash: HashMap<[u8; 16], RelPath>,
     sizes: HashSet<u64>,
 }
 
@@ -33,15 +33,16 @@ impl ByHash {
             let mut live = Live::default();
             for (p, e) in live_files(journal).filter(|(_, e)| e.size <= MAX_LOCAL) {
                 live.sizes.insert(e.size);
-                live.by_hash.entry(e.hash).or_insert(p);
+                live.by_hash.entry(content_id(&e.hash)).or_insert(p);
             }
             live
         })
     }
 
-    /// A live file of `journal`'s index whose content hash is `hash`.
-    pub fn find(&mut self, journal: &Journal, hash: &[u8; 32]) -> Option<RelPath> {
-        self.read(journal).by_hash.get(hash).cloned()
+    /// A live file of `journal`'s index whose content id is `id`
+    /// (`wire::content_id`).
+    pub fn find(&mut self, journal: &Journal, id: &[u8; 16]) -> Option<RelPath> {
+        self.read(journal).by_hash.get(id).cloned()
     }
 
     /// True if some live file of `journal`'s index is `size` bytes (else none can be
@@ -122,7 +123,8 @@ pub fn make_from_local(
     let Some(bytes) = read(check, &src, it.size) else {
         return Ok(false);
     };
-    if *blake3::hash(&bytes).as_bytes() != it.hash {
+    let hash = *blake3::hash(&bytes).as_bytes();
+    if content_id(&hash) != it.hash {
         return Ok(false); // changed since it was indexed
     }
     let u = FileUpdate {
@@ -139,7 +141,7 @@ pub fn make_from_local(
             encoding: Encoding::Raw,
             data: bytes,
         }],
-        hash: it.hash,
+        hash,
         vv: it.vv.clone(),
     };
     let UpdateStep::Apply(judged) = check.before_update(&u, peer)? else {

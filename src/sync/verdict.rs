@@ -19,8 +19,9 @@ pub struct Side<'a> {
     pub vv: &'a VersionVector,
     /// True for a tombstone (or a file that is gone).
     pub deleted: bool,
-    /// Content hash (files, symlinks).
-    pub hash: [u8; 32],
+    /// Content id (files, symlinks): the first 16 bytes of its BLAKE3
+    /// (`wire::content_id`), as an index entry carries it.
+    pub hash: [u8; 16],
     /// Modification time of that version.
     pub mtime: Timestamp,
     /// PeerId bytes of the node holding it (the tie-break).
@@ -136,7 +137,7 @@ mod tests {
         Side {
             vv,
             deleted: false,
-            hash: [hash; 32],
+            hash: [hash; 16],
             mtime: Timestamp { secs, nanos: 0 },
             node,
         }

@@ -418,6 +418,12 @@ pub struct StagedItem {
     pub upto: u64,
 }
 
+/// The id of a content in an index entry: the first 16 bytes of its BLAKE3 hash (two
+/// contents share one only by a collision of 128 bits: "same content" is decided on it).
+pub fn content_id(hash: &[u8; 32]) -> [u8; 16] {
+    hash[..16].try_into().expect("16 bytes")
+}
+
 /// The id of a base content on the wire: the first 8 bytes (LE) of its BLAKE3 hash. A
 /// receiver whose content has another id refuses the update (`UnknownBase`); one that
 /// matches by chance is caught by the result's whole hash, which is checked anyway.
@@ -529,8 +535,10 @@ pub struct IndexItem {
     pub mtime: WireTime,
     /// Permission bits.
     pub mode: u32,
-    /// BLAKE3 of the content (files) or target (symlinks); zeros for directories.
-    pub hash: [u8; 32],
+    /// The content's id ([`content_id`]: the first 16 bytes of the BLAKE3 of the
+    /// content, files, or target, symlinks; the whole 32 bytes before version 19);
+    /// zeros for directories. The content itself comes with its whole hash.
+    pub hash: [u8; 16],
     /// Symlink target (empty otherwise).
     #[serde(with = "serde_bytes")]
     pub target: Vec<u8>,

@@ -47,8 +47,8 @@ pub use codec::{decode, encode};
 pub use error::{Violation, WireError};
 pub use frame::{encode_frame, read_frame, write_frame};
 pub use message::{
-    base_id, check_hello, hash48_bytes, hash48_from, short48, AckKind, ChunkNode, DirDigest,
-    Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
+    base_id, check_hello, content_id, hash48_bytes, hash48_from, short48, AckKind, ChunkNode,
+    DirDigest, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
     StagedItem, WireVersion,
 };
 pub use op::{WireOp, WireSetTime, WireTime};

@@ -888,7 +888,7 @@ fn pinned_index_encoding() {
             size: 0,
             mtime: ts(1, 2).into(),
             mode: 0o755,
-            hash: [0; 32],
+            hash: [0; 16],
             target: vec![],
             vv: vec![(7, 1)],
             deleted: false,
@@ -897,23 +897,23 @@ fn pinned_index_encoding() {
         last: true,
     };
     let expected = concat!(
-        "0a000000",                                                         // variant 10: Index
-        "0100000000000000",                                                 // one entry
-        "0100000000000000",                                                 //   path length
-        "64",                                                               //   "d"
-        "01000000",                                                         //   kind: Dir
-        "0000000000000000",                                                 //   size
-        "0100000000000000",                                                 //   mtime.secs
-        "02000000",                                                         //   mtime.nanos
-        "ed010000",                                                         //   mode 0o755
-        "0000000000000000000000000000000000000000000000000000000000000000", // hash
-        "0000000000000000",                                                 //   target: empty
-        "0100000000000000",                                                 //   vv: one pair
-        "0700000000000000",                                                 //     node 7
-        "0100000000000000",                                                 //     counter 1
-        "00",                                                               //   deleted: false
-        "0900000000000000",                                                 // upto
-        "01",                                                               // last: true
+        "0a000000",                         // variant 10: Index
+        "0100000000000000",                 // one entry
+        "0100000000000000",                 //   path length
+        "64",                               //   "d"
+        "01000000",                         //   kind: Dir
+        "0000000000000000",                 //   size
+        "0100000000000000",                 //   mtime.secs
+        "02000000",                         //   mtime.nanos
+        "ed010000",                         //   mode 0o755
+        "00000000000000000000000000000000", //   content id: 16 bytes
+        "0000000000000000",                 //   target: empty
+        "0100000000000000",                 //   vv: one pair
+        "0700000000000000",                 //     node 7
+        "0100000000000000",                 //     counter 1
+        "00",                               //   deleted: false
+        "0900000000000000",                 // upto
+        "01",                               // last: true
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -1007,7 +1007,7 @@ fn rejects_bad_index_entries() {
         size: 0,
         mtime: ts(1, 2).into(),
         mode: 0o777,
-        hash: [1; 32],
+        hash: [1; 16],
         target: b"t".to_vec(),
         vv: vec![],
         deleted: false,
