@@ -5,7 +5,8 @@
 //! directories it holds. The summary's sender takes its own digests out of the table
 //! and peels it: what is left on its side are the entries the peer lacks. A table that
 //! does not peel (far more differences than directories) costs a round trip more: the
-//! sender asks for the same part again as a list (`Summary::list`).
+//! sender sends the part's directories that differed again, asking for a list
+//! (`Summary::list`).
 
 use crate::iblt::{self, Table};
 use crate::journal::index::{Entry, Index};

@@ -374,7 +374,8 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
 
 /// One part of the summary: how many of its directories differ, and our entries in
 /// them that the peer does not hold exactly (same path, kind, content, version). A
-/// sketch that does not peel costs the part again, answered by a list.
+/// sketch that does not peel costs the directories that differ again, answered by a
+/// list.
 async fn summary_part(
     s: &Sender,
     fs: &mut Stream,
@@ -383,8 +384,9 @@ async fn summary_part(
     last: bool,
 ) -> Result<(usize, Vec<(RelPath, Entry)>), SyncError> {
     let ix = s.journal.index();
+    let mut part: Vec<&(RelPath, [u8; 16])> = chunk.iter().collect();
     for list in [false, true] {
-        let dirs = chunk.iter().map(|(p, d)| DirDigest::of(p, d)).collect();
+        let dirs = part.iter().map(|(p, d)| DirDigest::of(p, d)).collect();
         fs.send(Message::Summary { dirs, last, list }).await?;
         handshake(s, fs, st).await?;
         let (differ, answer) = match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
@@ -405,7 +407,9 @@ async fn summary_part(
             }
             other => return Err(unexpected("a summary ack", &other)),
         };
-        let differ: Vec<&RelPath> = chosen(chunk, &differ)?.map(|(p, _)| p).collect();
+        let differing: Vec<_> = chosen(&part, &differ)?.copied().collect();
+        part = differing;
+        let differ: Vec<&RelPath> = part.iter().map(|(p, _)| p).collect();
         match super::digests::to_send(ix, &differ, &answer)? {
             Some(entries) => return Ok((differ.len(), entries)),
             None if list => break,

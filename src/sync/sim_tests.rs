@@ -766,6 +766,9 @@ fn a_summary_sketch_that_does_not_peel_is_asked_for_again_as_a_list() {
     // one directory of 400 files, 150 of them different: the sketch, sized by
     // directories, cannot hold 300 differences
     pair_trees_differing(1, 400, |_, f| f < 150);
+    // 30 directories of 60 files: all of the first differ, one file of each of the
+    // next 9, and 20 are the same: the 10 that differ are asked for again
+    pair_trees_differing(30, 60, |d, f| d == 0 || (d < 10 && f == 0));
 }
 
 #[test]

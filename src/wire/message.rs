@@ -88,7 +88,8 @@ pub enum Message {
         /// True on the last part.
         last: bool,
         /// Answer with the digests as a list, not a sketch (version 19): the sender
-        /// sends a part again so when the sketch of its first answer did not peel.
+        /// sends a part's directories that differed again so when the sketch of its
+        /// first answer did not peel.
         list: bool,
     },
     /// The directories of a `Summary` whose digest differs from the receiver's (or
