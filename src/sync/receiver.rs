@@ -127,12 +127,24 @@ where
             Message::Index { entries, upto, .. } => {
                 Some(take_index(entries, upto, r, &peer, rebuilds.warm()).await?)
             }
-            Message::Summary { dirs, last, list } => {
+            Message::Summary {
+                dirs,
+                last,
+                list,
+                sketch,
+                sum,
+            } => {
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
                     None => OursByKey::read(r).await?,
                 };
-                let reply = compare_summary(dirs, list, &ours, r).await?;
+                let reply = match sketch.is_empty() {
+                    true => compare_summary(dirs, list, &ours, r).await?,
+                    false => match ours.theirs(&sketch, sum) {
+                        Some(dirs) => compare_summary(dirs, false, &ours, r).await?,
+                        None => unpeeled_summary(),
+                    },
+                };
                 ours_by_key = (!last).then_some(ours); // for the next part
                 Some(reply)
             }
@@ -324,6 +336,30 @@ impl OursByKey {
         .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
         Ok(OursByKey(Arc::new(ours)))
     }
+
+    /// The peer's directories from its summary sketch (`digests::their_dirs`).
+    fn theirs(&self, sketch: &[u8], sum: u64) -> Option<Vec<crate::wire::DirDigest>> {
+        let ours = self.0.iter().flat_map(|(&key, dirs)| {
+            let dir = move |(_, digest): &(_, u64)| crate::wire::DirDigest {
+                key,
+                digest: *digest,
+            };
+            dirs.iter().map(dir)
+        });
+        super::digests::their_dirs(sketch, sum, ours)
+    }
+}
+
+/// The answer to a summary sketch that did not peel: nothing differs, nothing held
+/// (the peer then sends its summary in parts).
+fn unpeeled_summary() -> Message {
+    Message::SummaryAck {
+        differ: Vec::new(),
+        same: Vec::new(),
+        held: Vec::new(),
+        sketch: Vec::new(),
+        sum: 0,
+    }
 }
 
 /// The directories of the peer's summary whose digest differs from ours (a bitmap in
@@ -365,7 +401,7 @@ async fn compare_summary(
         let sketch = cells.map_or_else(Vec::new, |c| super::digests::sketch(&same, c));
         let sum = match sketch.is_empty() {
             true => 0,
-            false => super::digests::set_sum(&std::mem::take(&mut same)),
+            false => super::digests::set_sum(std::mem::take(&mut same).into_iter().map(u128::from)),
         };
         let held = crate::wire::bitmap(held.len(), (0..held.len()).filter(|&i| held[i]));
         Ok::<_, crate::journal::JournalError>(Message::SummaryAck {

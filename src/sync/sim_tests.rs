@@ -772,8 +772,16 @@ fn a_summary_sketch_that_does_not_peel_is_asked_for_again_as_a_list() {
 }
 
 #[test]
-fn a_summary_in_several_parts_finds_the_directory_that_differs() {
-    // more directories than one `Summary` part holds (4,096): our side reads its own
-    // directory digests once for all parts
+fn a_directory_sketch_finds_the_one_directory_that_differs() {
+    // 5,000 directories, one differs: the summary goes as one sketch (865 cells of
+    // 13 bytes, against 45,000 bytes listed)
     pair_trees_differing(5_000, 1, |d, _| d == 4_999);
+}
+
+#[test]
+fn a_directory_sketch_that_does_not_peel_falls_back_to_a_summary_in_parts() {
+    // 625 of 5,000 directories differ: the sketch cannot peel, and the summary goes
+    // in two parts of up to 4,096 directories (our side reads its own directory
+    // digests once for all parts)
+    pair_trees_differing(5_000, 1, |d, _| d % 8 == 0);
 }

@@ -91,6 +91,15 @@ pub enum Message {
         /// sends a part's directories that differed again so when the sketch of its
         /// first answer did not peel.
         list: bool,
+        /// Instead of `dirs` (then empty; version 19), for the whole index in one part:
+        /// an invertible Bloom lookup table of the directories' `DirDigest`s (each a
+        /// 9-byte key, `key | digest << 24`), in cells of 13 bytes (see
+        /// `crate::sync::digests`). The receiver answers over those directories sorted
+        /// by (key, digest), or with an empty `differ` if the table does not peel.
+        #[serde(with = "serde_bytes")]
+        sketch: Vec<u8>,
+        /// With a sketch, the checksum of the set of keys it holds; 0 otherwise.
+        sum: u64,
     },
     /// The directories of a `Summary` whose digest differs from the receiver's (or
     /// that it lacks): the sender then sends their entries as `Index` messages, but

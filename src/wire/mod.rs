@@ -96,6 +96,10 @@ pub const MAX_SAME_DIGESTS: usize = 1 << 20;
 /// Bytes of an entry digest (`SummaryAck`), and of a key in its sketch.
 pub const SAME_DIGEST_BYTES: usize = 6;
 
+/// Bytes of a directory's key in a `Summary` sketch: its `DirDigest` key (3) and
+/// digest (6).
+pub const DIR_KEY_BYTES: usize = 9;
+
 /// Most leaves described for one file in an `IndexAck` (files up to 64 KiB have about
 /// 256 of 256 bytes; their FastCDC leaves are at least 64 bytes).
 pub const MAX_FILE_LEAVES: usize = 1024;

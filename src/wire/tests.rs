@@ -1058,6 +1058,8 @@ fn pinned_summary_encoding() {
         }],
         last: true,
         list: false,
+        sketch: vec![],
+        sum: 0,
     };
     let expected = concat!(
         "0c000000",         // variant 12: Summary
@@ -1066,13 +1068,46 @@ fn pinned_summary_encoding() {
         "080706050403",     //   digest: 6 bytes
         "01",               // last
         "00",               // list: a sketch may answer
+        "0000000000000000", // no sketch of the directories
+        "0000000000000000", // sum (of a sketch's set)
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
+    let sketched = Message::Summary {
+        dirs: vec![],
+        last: true,
+        list: false,
+        sketch: crate::iblt::Table::new(4, 9).encode(),
+        sum: 3,
+    };
+    let expected = concat!(
+        "0c000000",
+        "0000000000000000", // no directories listed:
+        "01",
+        "00",
+        "3400000000000000", // a sketch of 4 cells of 13 bytes
+        "00000000000000000000000000",
+        "00000000000000000000000000",
+        "00000000000000000000000000",
+        "00000000000000000000000000",
+        "0300000000000000", // its set's sum
+    );
+    assert_eq!(hex(&encode(&sketched).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), sketched);
+    let both = Message::Summary {
+        dirs: vec![DirDigest { key: 1, digest: 1 }],
+        last: true,
+        list: false,
+        sketch: crate::iblt::Table::new(4, 9).encode(),
+        sum: 3,
+    };
+    assert!(encode(&both).is_err(), "directories beside a sketch");
     let wide = |key| Message::Summary {
         dirs: vec![DirDigest { key, digest: 1 }],
         last: true,
         list: true,
+        sketch: vec![],
+        sum: 0,
     };
     assert!(encode(&wide(1 << 24)).is_err(), "a key wider than 3 bytes");
     let ack = Message::SummaryAck {

@@ -25,7 +25,16 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         Message::Meta(item) => validate_batch(std::slice::from_ref(item)),
         Message::MetaBatch(ops) => validate_batch(ops),
         Message::Index { entries, .. } => validate_index(entries),
-        Message::Summary { dirs, .. } => max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS),
+        Message::Summary { dirs, sketch, .. } => {
+            max_len("summary dirs", dirs.len(), MAX_INDEX_ITEMS)?;
+            let cell = crate::iblt::cell_bytes(super::DIR_KEY_BYTES);
+            max_len("summary sketch", sketch.len(), MAX_INDEX_ITEMS * cell)?;
+            whole_cells("summary sketch", sketch.len(), cell)?;
+            match sketch.is_empty() || dirs.is_empty() {
+                true => Ok(()),
+                false => Err(Violation::Unpaired("directories beside a sketch of them")),
+            }
+        }
         Message::SummaryAck {
             differ,
             same,
