@@ -1,4 +1,11 @@
-//! Which of our entries the peer lacks at first contact. The receiver of a `Summary`
+//! What the peer lacks at first contact, by sketches sized by the differences.
+//!
+//! Directories: an index of [`SKETCH_MIN_DIRS`] or more directories sends its
+//! summary as one invertible Bloom lookup table of their digests ([`summary_sketch`]);
+//! the receiver peels it against its own ([`their_dirs`]) and answers as for a list,
+//! or, if it does not peel, the summary goes in parts, listed.
+//!
+//! Entries: the receiver of a `Summary`
 //! answers, for the directories that differ, with the digests of its entries there
 //! ([`super::same_digest`], 6 bytes): as a list, or, when that is smaller, as an
 //! invertible Bloom lookup table ([`crate::iblt`]) sized by the number of those
