@@ -5,7 +5,6 @@
 use super::build::{build, Built, Plan};
 use super::chunked::{Prepared, Ready, Tried};
 use super::coalesce::coalesce;
-use super::digests::Answer;
 use super::fold::{self, Origin};
 use super::link::{Duplex, Link};
 use super::{exchanges, leaf_delta};
@@ -13,13 +12,12 @@ use super::{
     recv_within, unless_stalled, Stats, SyncConfig, SyncError, MIN_APPLY_RATE, MIN_RATE,
     REPLY_TIMEOUT, WRITE_STALL,
 };
-use crate::journal::index::Entry;
 use crate::journal::{FileId, Journal, MetaOp, RangeSet, Snapshot};
 use crate::path::RelPath;
 use crate::preimage::Preimages;
 use crate::treecache::TreeCache;
 use crate::vv::VersionVector;
-use crate::wire::{check_hello, AckKind, DirDigest, FramedStream, Message, MetaItem, NackReason};
+use crate::wire::{check_hello, AckKind, FramedStream, Message, MetaItem, NackReason};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering;
@@ -27,6 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
+
+mod summary;
 
 /// Updates sent and not yet acknowledged, at most.
 pub const WINDOW: usize = 256;
@@ -344,14 +344,7 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     let ix = s.journal.index();
     let upto = ix.last_seq()?;
     let digests = ix.digests()?;
-    let sketched = match super::digests::summary_cells(digests.len()) {
-        Some(cells) => summary_sketched(s, fs, st, &digests, cells).await?,
-        None => None,
-    };
-    let (differ, mut entries) = match sketched {
-        Some(found) => found,
-        None => summary_parts(s, fs, st, &digests).await?,
-    };
+    let (differ, mut entries) = summary::differing(s, fs, st, &digests).await?;
     let (dirs, total) = (digests.len(), entries.len());
     let mut wanted = 0;
     let mut batches: Vec<Vec<_>> = Vec::new();
@@ -367,149 +360,6 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
     ix.set_peer_acked(&s.link.peer(), upto)?;
     tracing::info!(peer = %s.link.peer(), dirs, differ, entries = total, wanted, "index exchanged (first contact)");
     Ok(())
-}
-
-/// Our directories (path, children's digest), as the index lists them.
-type Dirs<'a> = Vec<&'a (RelPath, [u8; 16])>;
-
-/// The summary in parts of [`INDEX_BATCH`] directories, each answered before the next:
-/// how many directories differ, and our entries in them that the peer does not hold
-/// exactly (same path, kind, content, version).
-async fn summary_parts(
-    s: &Sender,
-    fs: &mut Stream,
-    st: &mut State,
-    digests: &[(RelPath, [u8; 16])],
-) -> Result<(usize, Vec<(RelPath, Entry)>), SyncError> {
-    let (mut differ, mut entries) = (0, Vec::new());
-    let mut chunks: Vec<_> = digests.chunks(INDEX_BATCH).collect();
-    if chunks.is_empty() {
-        chunks.push(&[]);
-    }
-    let n = chunks.len();
-    for (i, chunk) in chunks.into_iter().enumerate() {
-        let last = i + 1 == n;
-        let ask = summary_of(chunk.iter().collect(), last, false);
-        let (part, answer) = ask_summary(s, fs, st, ask).await?.ok_or_else(unpeelable)?;
-        differ += part.len();
-        entries.extend(entries_to_send(s, fs, st, part, answer, last).await?);
-    }
-    Ok((differ, entries))
-}
-
-/// The whole summary as one sketch (a part of up to
-/// [`MAX_INDEX_ITEMS`](crate::wire::MAX_INDEX_ITEMS) directories,
-/// sorted as the peer sorts what it decodes); `None` if the peer could not peel it.
-async fn summary_sketched(
-    s: &Sender,
-    fs: &mut Stream,
-    st: &mut State,
-    digests: &[(RelPath, [u8; 16])],
-    cells: usize,
-) -> Result<Option<(usize, Vec<(RelPath, Entry)>)>, SyncError> {
-    let mut sorted: Vec<(DirDigest, &(RelPath, [u8; 16]))> = digests
-        .iter()
-        .map(|x| (DirDigest::of(&x.0, &x.1), x))
-        .collect();
-    sorted.sort_unstable_by_key(|(d, _)| (d.key, d.digest));
-    if sorted.windows(2).any(|w| w[0].0 == w[1].0) {
-        return Ok(None); // two directories one key: the peer's set would hold one
-    }
-    let keys: Vec<DirDigest> = sorted.iter().map(|(d, _)| *d).collect();
-    let (sketch, sum) = super::digests::summary_sketch(&keys, cells);
-    let ask = (
-        Message::Summary {
-            dirs: Vec::new(),
-            last: true,
-            list: false,
-            sketch,
-            sum,
-        },
-        sorted.into_iter().map(|(_, x)| x).collect(),
-    );
-    let Some((part, answer)) = ask_summary(s, fs, st, ask).await? else {
-        tracing::debug!(dirs = digests.len(), "directory sketch did not peel");
-        return Ok(None);
-    };
-    let differ = part.len();
-    let entries = entries_to_send(s, fs, st, part, answer, true).await?;
-    Ok(Some((differ, entries)))
-}
-
-/// A listed summary answered as if it were a sketch the peer could not peel.
-fn unpeelable() -> SyncError {
-    SyncError::Protocol("an empty summary ack for directories listed".into())
-}
-
-/// A `Summary` of `dirs` and the directories it names.
-fn summary_of(dirs: Dirs<'_>, last: bool, list: bool) -> (Message, Dirs<'_>) {
-    let msg = Message::Summary {
-        dirs: dirs.iter().map(|(p, d)| DirDigest::of(p, d)).collect(),
-        last,
-        list,
-        sketch: Vec::new(),
-        sum: 0,
-    };
-    (msg, dirs)
-}
-
-/// Sends a summary and reads its answer: the directories of it that differ, and
-/// which of them the peer holds with the digests of its entries there; `None` if the
-/// summary was a sketch the peer could not peel (an empty `differ`).
-async fn ask_summary<'a>(
-    s: &Sender,
-    fs: &mut Stream,
-    st: &mut State,
-    (msg, dirs): (Message, Dirs<'a>),
-) -> Result<Option<(Dirs<'a>, Answer)>, SyncError> {
-    let sketched = matches!(&msg, Message::Summary { sketch, .. } if !sketch.is_empty());
-    fs.send(msg).await?;
-    handshake(s, fs, st).await?;
-    match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
-        Message::SummaryAck {
-            differ,
-            same,
-            held,
-            sketch,
-            sum,
-        } => {
-            if sketched && differ.is_empty() {
-                return Ok(None);
-            }
-            let answer = Answer {
-                held,
-                same,
-                sketch,
-                sum,
-            };
-            Ok(Some((chosen(&dirs, &differ)?.copied().collect(), answer)))
-        }
-        other => Err(unexpected("a summary ack", &other)),
-    }
-}
-
-/// Our entries in `part` (directories that differ) that the peer does not hold, by
-/// its `answer`; a sketch that does not peel costs those directories again, answered
-/// by a list.
-async fn entries_to_send(
-    s: &Sender,
-    fs: &mut Stream,
-    st: &mut State,
-    part: Dirs<'_>,
-    answer: Answer,
-    last: bool,
-) -> Result<Vec<(RelPath, Entry)>, SyncError> {
-    let ix = s.journal.index();
-    let paths: Vec<&RelPath> = part.iter().map(|(p, _)| p).collect();
-    if let Some(entries) = super::digests::to_send(ix, &paths, &answer)? {
-        return Ok(entries);
-    }
-    tracing::debug!(dirs = part.len(), "summary sketch did not peel");
-    let ask = summary_of(part, last, true);
-    let (part, answer) = ask_summary(s, fs, st, ask).await?.ok_or_else(unpeelable)?;
-    let paths: Vec<&RelPath> = part.iter().map(|(p, _)| p).collect();
-    super::digests::to_send(ix, &paths, &answer)?
-        .ok_or_else(|| SyncError::Protocol("a sketch sent where a list was asked for".into()))
 }
 
 /// The items of `sent` (a `Summary`'s directories, an `Index`'s entries) whose bit is
