@@ -22,7 +22,7 @@ pub const fn cell_bytes(key_bytes: usize) -> usize {
 }
 
 /// splitmix64's finalizer: keys are hashes already, this spreads them per use.
-fn mix(mut x: u64) -> u64 {
+pub(crate) fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^ (x >> 31)

@@ -53,12 +53,7 @@ pub(crate) fn sketch(digests: &[u64], cells: usize) -> Vec<u8> {
 /// of `m(lo ^ m(hi))` over the keys, `lo` and `hi` a key's low and high 64 bits, `m`
 /// splitmix64's finalizer (`m(0) = 0`: a digest's term is `m(digest)`).
 pub fn set_sum(keys: impl IntoIterator<Item = u128>) -> u64 {
-    let mix = |mut x: u64| {
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    };
-    let term = |k: u128| mix(k as u64 ^ mix((k >> 64) as u64));
+    let term = |k: u128| iblt::mix(k as u64 ^ iblt::mix((k >> 64) as u64));
     keys.into_iter().fold(0u64, |s, k| s.wrapping_add(term(k)))
 }
 

@@ -48,8 +48,9 @@ async fn summary_parts(
     let n = chunks.len();
     for (i, chunk) in chunks.into_iter().enumerate() {
         let last = i + 1 == n;
-        let ask = summary_of(chunk.iter().collect(), last, false);
-        let (part, answer) = ask_summary(s, fs, st, ask).await?.ok_or_else(unpeelable)?;
+        let dirs: Dirs = chunk.iter().collect();
+        let (bits, answer) = ask_summary(s, fs, st, summary_of(&dirs, last, false)).await?;
+        let part = picked(&dirs, &bits)?;
         differ += part.len();
         entries.extend(entries_to_send(s, fs, st, part, answer, last).await?);
     }
@@ -76,52 +77,50 @@ async fn summary_sketched(
     }
     let keys: Vec<DirDigest> = sorted.iter().map(|(d, _)| *d).collect();
     let (sketch, sum) = crate::sync::digests::summary_sketch(&keys, cells);
-    let ask = (
-        Message::Summary {
-            dirs: Vec::new(),
-            last: true,
-            list: false,
-            sketch,
-            sum,
-        },
-        sorted.into_iter().map(|(_, x)| x).collect(),
-    );
-    let Some((part, answer)) = ask_summary(s, fs, st, ask).await? else {
-        tracing::debug!(dirs = digests.len(), "directory sketch did not peel");
-        return Ok(None);
+    let ask = Message::Summary {
+        dirs: Vec::new(),
+        last: true,
+        list: false,
+        sketch,
+        sum,
     };
+    let (bits, answer) = ask_summary(s, fs, st, ask).await?;
+    if bits.is_empty() {
+        tracing::debug!(dirs = digests.len(), "directory sketch did not peel");
+        return Ok(None); // (a peeled answer has a bit per directory)
+    }
+    let dirs: Dirs = sorted.into_iter().map(|(_, x)| x).collect();
+    let part = picked(&dirs, &bits)?;
     let differ = part.len();
     let entries = entries_to_send(s, fs, st, part, answer, true).await?;
     Ok(Some((differ, entries)))
 }
 
-/// A listed summary answered as if it were a sketch the peer could not peel.
-fn unpeelable() -> SyncError {
-    SyncError::Protocol("an empty summary ack for directories listed".into())
-}
-
-/// A `Summary` of `dirs` and the directories it names.
-fn summary_of(dirs: Dirs<'_>, last: bool, list: bool) -> (Message, Dirs<'_>) {
-    let msg = Message::Summary {
+/// A `Summary` listing `dirs`.
+fn summary_of(dirs: &Dirs<'_>, last: bool, list: bool) -> Message {
+    Message::Summary {
         dirs: dirs.iter().map(|(p, d)| DirDigest::of(p, d)).collect(),
         last,
         list,
         sketch: Vec::new(),
         sum: 0,
-    };
-    (msg, dirs)
+    }
 }
 
-/// Sends a summary and reads its answer: the directories of it that differ, and
-/// which of them the peer holds with the digests of its entries there; `None` if the
-/// summary was a sketch the peer could not peel (an empty `differ`).
-async fn ask_summary<'a>(
+/// The directories of `dirs` whose bit is set in an answer's `differ`.
+fn picked<'a>(dirs: &Dirs<'a>, differ: &[u8]) -> Result<Dirs<'a>, SyncError> {
+    Ok(chosen(dirs, differ)?.copied().collect())
+}
+
+/// Sends a summary and reads its answer: the bitmap of its directories that differ
+/// (empty for a sketch the peer could not peel), and which of them the peer holds
+/// with the digests of its entries there.
+async fn ask_summary(
     s: &Sender,
     fs: &mut Stream,
     st: &mut State,
-    (msg, dirs): (Message, Dirs<'a>),
-) -> Result<Option<(Dirs<'a>, Answer)>, SyncError> {
-    let sketched = matches!(&msg, Message::Summary { sketch, .. } if !sketch.is_empty());
+    msg: Message,
+) -> Result<(Vec<u8>, Answer), SyncError> {
     fs.send(msg).await?;
     handshake(s, fs, st).await?;
     match recv_reply(&s.stats, fs, REPLY_TIMEOUT).await? {
@@ -132,16 +131,13 @@ async fn ask_summary<'a>(
             sketch,
             sum,
         } => {
-            if sketched && differ.is_empty() {
-                return Ok(None);
-            }
             let answer = Answer {
                 held,
                 same,
                 sketch,
                 sum,
             };
-            Ok(Some((chosen(&dirs, &differ)?.copied().collect(), answer)))
+            Ok((differ, answer))
         }
         other => Err(unexpected("a summary ack", &other)),
     }
@@ -164,8 +160,8 @@ async fn entries_to_send(
         return Ok(entries);
     }
     tracing::debug!(dirs = part.len(), "summary sketch did not peel");
-    let ask = summary_of(part, last, true);
-    let (part, answer) = ask_summary(s, fs, st, ask).await?.ok_or_else(unpeelable)?;
+    let (bits, answer) = ask_summary(s, fs, st, summary_of(&part, last, true)).await?;
+    let part = picked(&part, &bits)?;
     let paths: Vec<&RelPath> = part.iter().map(|(p, _)| p).collect();
     crate::sync::digests::to_send(ix, &paths, &answer)?
         .ok_or_else(|| SyncError::Protocol("a sketch sent where a list was asked for".into()))
