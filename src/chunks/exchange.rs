@@ -47,6 +47,8 @@ pub struct Round {
 /// What was offered: a node of the tree, or a block of a described leaf.
 #[derive(Clone, Copy, Debug)]
 enum Item {
+    /// The root over the top level ([`Tree::root`]): expanded, it offers the top.
+    Root,
     /// (level, index) in the tree.
     Node(usize, usize),
     /// (offset, len) in the file.
@@ -114,6 +116,14 @@ impl<'t> Offers<'t> {
         self.tree.top().iter().map(|n| offer(n, level)).collect()
     }
 
+    /// The first round when a sketch goes with it: the root alone ([`Tree::root`]),
+    /// which the needing side expands (to the top level) only if the sketch does
+    /// not decode.
+    pub fn root(&mut self) -> Offer {
+        self.last = vec![Item::Root];
+        self.tree.root()
+    }
+
     /// The next round, from the answers to the last one (one per node offered).
     pub fn next(&mut self, answers: &[Answer]) -> Result<Round, ChunkError> {
         if answers.len() != self.last.len() {
@@ -127,6 +137,15 @@ impl<'t> Offers<'t> {
         for (&item, &a) in self.last.iter().zip(answers) {
             match (item, a) {
                 (_, Answer::Have) => {}
+                // (deeper too: the needing side takes any nodes that cover it)
+                (Item::Root, Answer::Expand | Answer::Deeper) => {
+                    let level = self.tree.depth().saturating_sub(1);
+                    let top = self.tree.top();
+                    round
+                        .children
+                        .push(top.iter().map(|n| offer(n, level)).collect());
+                    next.extend((0..top.len()).map(|i| Item::Node(level, i)));
+                }
                 (Item::Node(level, i), Answer::Expand | Answer::Deeper) if level > 0 => {
                     let down = if a == Answer::Deeper && level > 1 {
                         2

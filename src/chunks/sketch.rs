@@ -125,7 +125,8 @@ fn peel(t: Table) -> Option<(Vec<Key>, Vec<Key>)> {
 
 /// Their version's leaves, (hash, len) in file order, from their sketch and our
 /// tree, if the sketch decodes, the walk uses every edge once and covers `size`
-/// bytes, and the leaves make their tree's `top` level (hash, len); `None` otherwise
+/// bytes, and the leaves make their tree's `top` level (hash, len), or its root
+/// ([`Tree::root`]) when that alone was offered; `None` otherwise
 /// (then the tree is walked instead). The top check catches every walk that used the
 /// right edges in a wrong order (two runs of one repeated leaf, such as zeros, share
 /// its loops) or took a wrong edge (a hint that cancelled another's).
@@ -136,7 +137,9 @@ pub fn decode(
     top: &[(u64, u64)],
 ) -> Option<Vec<(u64, u64)>> {
     let leaves = walk_of(sketch, ours, size)?;
-    (Tree::top_of(&leaves) == top).then_some(leaves)
+    let mine = Tree::top_of(&leaves);
+    let root = [(super::tree::root_hash(&mine), size)];
+    (mine == top || top == root).then_some(leaves)
 }
 
 /// [`decode`] without the top check.
@@ -295,6 +298,16 @@ mod tests {
         assert_eq!(sketch.len(), CELLS * CELL);
         let got = decode(&sketch, &a, new.len() as u64, &tops(&b)).expect("decodes");
         assert_eq!(got, leaves(&b));
+        // the root alone checks the walk as the top level does; another root does not
+        let root = b.root();
+        let by_root = decode(&sketch, &a, new.len() as u64, &[(root.hash, root.len)]);
+        assert_eq!(by_root, Some(leaves(&b)));
+        let wrong = [(root.hash ^ 1, root.len)];
+        assert_eq!(decode(&sketch, &a, new.len() as u64, &wrong), None);
+        assert_eq!(
+            decode(&sketch, &a, new.len() as u64, &[(a.root().hash, root.len)]),
+            None
+        );
     }
 
     #[test]

@@ -59,12 +59,16 @@ fn run(old: &[u8], new: &[u8]) -> Run {
     let old_file = file_of(old);
     let mut offers = Offers::new(&b);
     let mut needs = Needs::new(&a, new.len() as u64);
-    let top = offers.top();
-    let mut cost: usize = top.iter().map(offer_bytes).sum();
     let sketch =
         (b.level(0).len() >= sketch::MIN_LEAVES).then(|| sketch::encode(&b, sketch::CELLS));
+    // as the sync layer offers: the root alone with a sketch, else the top level
+    let top = match sketch {
+        Some(_) => vec![offers.root()],
+        None => offers.top(),
+    };
+    let mut cost: usize = top.iter().map(offer_bytes).sum();
     cost += sketch.as_ref().map_or(0, Vec::len);
-    let tops = b.top_pairs();
+    let tops: Vec<(u64, u64)> = top.iter().map(|o| (o.hash, o.len)).collect();
     let decoded = sketch.and_then(|s| sketch::decode(&s, &a, new.len() as u64, &tops));
     let (mut picks, mut answers) = match decoded {
         Some(leaves) => {
@@ -146,6 +150,39 @@ fn a_small_edit_in_the_middle_costs_about_one_leaf() {
         r.cost, r.rounds
     );
     assert!(r.cost < 2500, "{} bytes", r.cost);
+}
+
+/// With a sketch the root alone is offered: changes too many for the sketch expand
+/// it to the top level, and the exchange goes down the tree from there.
+#[test]
+fn a_sketch_that_does_not_decode_expands_the_root() {
+    let old = text(2 << 20, 11);
+    let mut new = old.clone();
+    for k in 0..40 {
+        new[k * 50_000..k * 50_000 + 8].copy_from_slice(b"CHANGED!");
+    }
+    let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
+    assert!(b.level(0).len() >= sketch::MIN_LEAVES && b.top().len() > 1);
+    let root = [(b.root().hash, new.len() as u64)];
+    let s = sketch::encode(&b, sketch::CELLS);
+    assert_eq!(sketch::decode(&s, &a, new.len() as u64, &root), None);
+    let mut needs = Needs::new(&a, new.len() as u64);
+    assert_eq!(needs.first(&[b.root()]).unwrap().len(), 1);
+    let mut offers = Offers::new(&b);
+    offers.root();
+    let round = offers.next(&[Answer::Expand]).unwrap();
+    let leaf = b.depth() == 1;
+    let top: Vec<Offer> = (b.top().iter())
+        .map(|n| Offer {
+            hash: n.hash,
+            len: n.len,
+            leaf,
+        })
+        .collect();
+    assert_eq!(round.children, vec![top]);
+    let r = run(&old, &new);
+    assert!(r.rebuilt == new);
+    assert!(r.offered > 1 + b.top().len(), "{} offered", r.offered);
 }
 
 #[test]

@@ -103,6 +103,16 @@ impl Tree {
         Tree::from_leaves(leaves.iter().map(node).collect())
     }
 
+    /// The root: one node over the whole top level, hashed as a parent of it is
+    /// (what an offer with a sketch offers in place of the top level).
+    pub fn root(&self) -> super::Offer {
+        super::Offer {
+            hash: root_hash(&self.top_pairs()),
+            len: self.len(),
+            leaf: false,
+        }
+    }
+
     /// The top level (empty for an empty file).
     pub fn top(&self) -> &[Node] {
         self.levels.last().map_or(&[], |l| l.as_slice())
@@ -204,14 +214,24 @@ fn mix(key: u64, height: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-fn parent(level: &[Node], from: usize, to: usize) -> Node {
+/// The hash of a parent of `children` (hash, len each).
+fn parent_hash(children: impl Iterator<Item = (u64, u64)>) -> u64 {
     let mut h = blake3::Hasher::new();
-    for c in &level[from..to] {
-        h.update(&c.hash.to_le_bytes());
-        h.update(&c.len.to_le_bytes());
+    for (hash, len) in children {
+        h.update(&hash.to_le_bytes());
+        h.update(&len.to_le_bytes());
     }
+    short(h.finalize())
+}
+
+/// The hash of the root over a top level (hash, len each): see [`Tree::root`].
+pub fn root_hash(top: &[(u64, u64)]) -> u64 {
+    parent_hash(top.iter().copied())
+}
+
+fn parent(level: &[Node], from: usize, to: usize) -> Node {
     Node {
-        hash: short(h.finalize()),
+        hash: parent_hash(level[from..to].iter().map(|c| (c.hash, c.len))),
         offset: level[from].offset,
         len: level[from..to].iter().map(|c| c.len).sum(),
         first: from as u32,

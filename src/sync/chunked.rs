@@ -228,6 +228,9 @@ enum Stand {
     On(Needs, First, usize),
     /// It shares nothing with the offer (or could not be read): try the next.
     Next,
+    /// Only the root was offered and the sketch did not decode: whether it shares
+    /// anything shows a round later. Taken if no other candidate stands.
+    Maybe(Needs, First, usize),
     /// The offer is declined.
     Decline,
 }
@@ -314,24 +317,50 @@ impl Rebuilds {
                     .collect(),
             };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
+        let mut maybe = None;
         for (old, guessed, tree) in candidates {
             match self.stand_on(&update, (&top, sketch), (&old, tree), guessed) {
-                Stand::On(needs, (picks, answers), charged) => {
-                    let rebuild = Rebuild {
-                        update,
-                        needs,
-                        old,
-                        rounds: 1,
-                        charged,
-                    };
-                    self.current.insert(id, rebuild);
-                    return self.after_round(id, picks, answers);
+                Stand::On(needs, first, charged) => {
+                    self.give_back(maybe);
+                    return self.start(update, (needs, first, charged), old);
                 }
+                Stand::Maybe(needs, first, charged) if maybe.is_none() => {
+                    maybe = Some(((needs, first, charged), old));
+                }
+                Stand::Maybe(.., charged) => self.budget.give(charged),
                 Stand::Next => continue,
-                Stand::Decline => return decline,
+                Stand::Decline => {
+                    self.give_back(maybe);
+                    return decline;
+                }
             }
         }
-        decline
+        match maybe {
+            Some((stood, old)) => self.start(update, stood, old),
+            None => decline,
+        }
+    }
+
+    /// Puts the exchange of `update` under way, standing on `old`, and answers its
+    /// first round.
+    fn start(&mut self, update: FileUpdate, stood: (Needs, First, usize), old: Joined) -> Next {
+        let (id, (needs, (picks, answers), charged)) = (update.id, stood);
+        let rebuild = Rebuild {
+            update,
+            needs,
+            old,
+            rounds: 1,
+            charged,
+        };
+        self.current.insert(id, rebuild);
+        self.after_round(id, picks, answers)
+    }
+
+    /// Gives back the charge of a candidate kept in case no other stood.
+    fn give_back(&self, maybe: Option<((Needs, First, usize), Joined)>) {
+        if let Some(((_, _, charged), _)) = maybe {
+            self.budget.give(charged);
+        }
     }
 
     /// Reads `old` to stand for our version of `update` (unless its `tree` was built
@@ -367,7 +396,11 @@ impl Rebuilds {
             Some(leaves) => needs.sketched(&leaves).map(|(p, a)| (Some(p), a)),
             None => needs.first(top).map(|a| (None, a)),
         };
+        let root_only = matches!(top, [o] if !o.leaf && !sketch.is_empty());
         match first {
+            Ok(answers) if guessed && needs.matched() == 0 && root_only => {
+                Stand::Maybe(needs, answers, charged)
+            }
             Ok(_) if guessed && needs.matched() == 0 => {
                 self.budget.give(charged);
                 Stand::Next // a likely file, but other content

@@ -54,11 +54,16 @@ impl<'a> Exchange<'a> {
     /// Starts the exchange of `r`: its `ChunkOffer`, and the bytes of its answer.
     pub fn start(r: &'a Ready) -> (Exchange<'a>, Message, usize) {
         let mut offers = Offers::new(&r.read.tree);
-        let top: Vec<ChunkNode> = offers.top().into_iter().map(to_wire).collect();
         let leaves = r.read.tree.level(0).len();
         let sketch = match leaves >= sketch::MIN_LEAVES {
             true => sketch::encode(&r.read.tree, sketch::CELLS),
             false => Vec::new(),
+        };
+        // with a sketch, the root stands for the top level (asked for if the sketch
+        // does not decode)
+        let top: Vec<ChunkNode> = match sketch.is_empty() {
+            true => offers.top().into_iter().map(to_wire).collect(),
+            false => vec![to_wire(offers.root())],
         };
         // (a pick answers a few leaves, 5 bytes each)
         let owed = top.len() + REPLY_HEAD + if sketch.is_empty() { 0 } else { 256 };
