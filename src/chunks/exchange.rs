@@ -1,11 +1,13 @@
 //! The rounds of the exchange: [`Offers`] (the side with the new version) and
 //! [`Needs`] (the side rebuilding it from its old version plus what it asks for).
 
+use super::matching::{self, Hole, MATCH_GAP, MATCH_HOLE, MATCH_TOTAL};
 use super::{
     ChunkError, Offer, Tree, BLOCK, FINE, FINE_MIN, FINE_SLACK, LEAF_MAX, MAX_GROUP, MAX_HOLE,
     MIN_DESCRIBED,
 };
 use std::collections::HashMap;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 
 /// The needing side's answer to one offered node.
@@ -25,6 +27,10 @@ pub enum Answer {
     /// Not found, a block of more than [`FINE`] bytes: the same with [`FINE`]-byte
     /// pieces of it.
     Describe,
+    /// Not found, a leaf of a gap picked after a sketch whose old bytes (its hole)
+    /// went with the pick by their blocks' hashes ([`super::matching`]): send the gap
+    /// as copies of those blocks and the bytes between them next round.
+    Match,
 }
 
 /// What the offering side sends in a round after the first.
@@ -42,6 +48,9 @@ pub struct Round {
     /// The (offset, len) of each block answered [`Answer::Describe`], in order: the
     /// caller sends the [`fine_hashes`] of these bytes, after those of `describe`.
     pub fine: Vec<(u64, u64)>,
+    /// The (offset, len) of each gap answered [`Answer::Match`], in order, with the
+    /// needing side's hole there: the caller sends [`super::matching::encode`] of them.
+    pub matched: Vec<(u64, u64, Hole)>,
 }
 
 /// What was offered: a node of the tree, or a block of a described leaf.
@@ -184,7 +193,14 @@ impl<'t> Offers<'t> {
 
     /// The round after the needing side decoded the sketch: `leaves` are the indexes
     /// (strictly increasing) of the leaves it answered, `answers` its answers to them.
-    pub fn pick(&mut self, leaves: &[u32], answers: &[Answer]) -> Result<Round, ChunkError> {
+    /// `holes` are the needing side's old bytes of the gaps (runs of consecutive
+    /// leaves) it answered [`Answer::Match`], in order.
+    pub fn pick(
+        &mut self,
+        leaves: &[u32],
+        answers: &[Answer],
+        holes: Vec<Hole>,
+    ) -> Result<Round, ChunkError> {
         let n = self.tree.level(0).len();
         let bad_order = leaves.windows(2).any(|w| w[0] >= w[1]);
         if bad_order || leaves.last().is_some_and(|&l| l as usize >= n) {
@@ -192,8 +208,44 @@ impl<'t> Offers<'t> {
                 "picked leaves out of order or past the {n} offered"
             )));
         }
-        self.last = leaves.iter().map(|&i| Item::Node(0, i as usize)).collect();
-        self.next(answers)
+        if answers.len() != leaves.len() {
+            return Err(ChunkError::Mismatch(format!(
+                "{} answers to {} picked leaves",
+                answers.len(),
+                leaves.len()
+            )));
+        }
+        let (mut holes, mut matched) = (holes.into_iter(), Vec::new());
+        let (mut rest, mut rest_answers) = (Vec::new(), Vec::new());
+        let is_match = |a: &Answer| *a == Answer::Match;
+        for run in runs(leaves) {
+            if !answers[run.clone()].iter().any(is_match) {
+                rest.extend(run.clone().map(|k| Item::Node(0, leaves[k] as usize)));
+                rest_answers.extend_from_slice(&answers[run]);
+                continue;
+            }
+            let all = answers[run.clone()].iter().all(is_match);
+            let Some(hole) = holes.next().filter(|_| all) else {
+                return Err(ChunkError::Mismatch(
+                    "a gap matched in part, or no hole".into(),
+                ));
+            };
+            let level = self.tree.level(0);
+            let first = level[leaves[run.start] as usize];
+            let last = level[leaves[run.end - 1] as usize];
+            matched.push((first.offset, last.offset + last.len - first.offset, hole));
+        }
+        let total: u64 = matched.iter().map(|m| m.1).sum();
+        let big = matched.iter().any(|m| m.1 > MATCH_GAP) || total > MATCH_TOTAL;
+        if holes.next().is_some() || big {
+            return Err(ChunkError::Mismatch(
+                "holes past the gaps, or gaps too big".into(),
+            ));
+        }
+        self.last = rest;
+        let mut round = self.next(&rest_answers)?;
+        round.matched = matched;
+        Ok(round)
     }
 
     /// True once nothing offered is left open.
@@ -220,6 +272,20 @@ pub enum Piece {
     /// A block whose [`FINE`]-byte pieces' hashes come next round, to be looked for in
     /// our bytes `near` (offset, len): around where its neighbours were found.
     Fine { len: u64, near: (u64, u64) },
+    /// A leaf of a gap whose bytes come next round as copies of the blocks of our
+    /// bytes `hole` (offset, len), whose hashes we sent, and bytes between them.
+    Matched { len: u64, hole: (u64, u64) },
+}
+
+/// The needing side's answers after a sketch decoded.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Picked {
+    /// Indexes of the new version's leaves not found here, in order.
+    pub leaves: Vec<u32>,
+    /// The answer to each.
+    pub answers: Vec<Answer>,
+    /// Our old bytes of each gap answered [`Answer::Match`], in order.
+    pub holes: Vec<Hole>,
 }
 
 /// The needing side of one file's exchange.
@@ -329,19 +395,54 @@ impl Needs {
     /// The first round when the offer's sketch decoded to `leaves` (hash, len), the
     /// new version's leaves in order: returns the indexes of those not found here and
     /// their answers, in order.
+    /// The gaps (runs of leaves not found) whose old bytes are few are matched: their
+    /// holes are read from `old`, our version.
     pub fn sketched(
         &mut self,
         leaves: &[(u64, u64)],
-    ) -> Result<(Vec<u32>, Vec<Answer>), ChunkError> {
+        old: &impl FileExt,
+    ) -> Result<Picked, ChunkError> {
         let leaf = true;
         let offers = (leaves.iter()).map(|&(hash, len)| Offer { hash, len, leaf });
-        let out = self.open(offers, u32::MAX as usize)?;
+        let mut out = self.open(offers, u32::MAX as usize)?;
         let fresh: Vec<usize> = (0..out.len())
             .filter(|&i| !matches!(out[i], Piece::Copy { .. }))
             .collect();
+        let holes = self.match_gaps(&mut out, old)?;
         let answers = self.settle(out, &fresh);
         self.pieces = merged(std::mem::take(&mut self.pieces));
-        Ok((fresh.into_iter().map(|i| i as u32).collect(), answers))
+        let leaves = fresh.into_iter().map(|i| i as u32).collect();
+        Ok(Picked {
+            leaves,
+            answers,
+            holes,
+        })
+    }
+
+    /// Marks the leaves of each gap of `out` whose old bytes are at most
+    /// [`MATCH_HOLE`] (and its new ones at most [`MATCH_GAP`]) to be matched; returns
+    /// those holes, read from `old`.
+    fn match_gaps(&self, out: &mut [Piece], old: &impl FileExt) -> Result<Vec<Hole>, ChunkError> {
+        let (mut holes, mut total) = (Vec::new(), 0);
+        for (run, (start, span)) in gaps(out, self.old_len) {
+            let len: u64 = out[run.clone()].iter().map(p_len).sum();
+            if span == 0 || span > MATCH_HOLE || len > MATCH_GAP || total + len > MATCH_TOTAL {
+                continue;
+            }
+            let mut bytes = vec![0u8; span as usize];
+            old.read_exact_at(&mut bytes, start)
+                .map_err(|e| ChunkError::Read(e.to_string()))?;
+            holes.push(Hole::of(&bytes));
+            total += len;
+            for p in &mut out[run] {
+                let len = p_len(p);
+                *p = Piece::Matched {
+                    len,
+                    hole: (start, span),
+                };
+            }
+        }
+        Ok(holes)
     }
 
     /// A later round: the children of each node we expanded, the bytes of each leaf or
@@ -354,6 +455,7 @@ impl Needs {
         round: Round,
         mut bytes: Vec<Vec<u8>>,
         hashes: &[u64],
+        (mut ops, mut literal): (&[u8], &[u8]),
         old: &impl FileExt,
     ) -> Result<Vec<Answer>, ChunkError> {
         let mis = |s: String| Err(ChunkError::Mismatch(s));
@@ -364,8 +466,18 @@ impl Needs {
         self.round_blocks = 0;
         let mut out = Vec::with_capacity(self.pieces.len());
         let mut fresh = Vec::new();
-        for p in std::mem::take(&mut self.pieces) {
+        let mut pieces = std::mem::take(&mut self.pieces).into_iter().peekable();
+        while let Some(p) = pieces.next() {
             match p {
+                Piece::Matched { mut len, hole } => {
+                    while let Some(&Piece::Matched { len: l, hole: h }) = pieces.peek() {
+                        if h != hole {
+                            break;
+                        }
+                        (len, _) = (len + l, pieces.next());
+                    }
+                    out.extend(matching::decode(&mut ops, &mut literal, hole, len)?);
+                }
                 Piece::Open { len, deep } => {
                     let Some(k) = kids.next() else {
                         return mis("fewer children lists than expanded nodes".into());
@@ -418,7 +530,8 @@ impl Needs {
                 return mis(format!("more than {} pieces", self.max_pieces));
             }
         }
-        let extra = blocks.next().or(fine.next()).is_some();
+        let extra = blocks.next().or(fine.next()).is_some() || !ops.is_empty();
+        let extra = extra || !literal.is_empty();
         if kids.next().is_some() || data.next().is_some() || extra {
             return mis("more than was asked for".into());
         }
@@ -482,6 +595,7 @@ impl Needs {
                     | Piece::Asked { .. }
                     | Piece::Described { .. }
                     | Piece::Fine { .. }
+                    | Piece::Matched { .. }
             )
         })
     }
@@ -531,7 +645,8 @@ pub fn rebuild(
             Piece::Open { .. }
             | Piece::Asked { .. }
             | Piece::Described { .. }
-            | Piece::Fine { .. } => {
+            | Piece::Fine { .. }
+            | Piece::Matched { .. } => {
                 return Err(std::io::Error::other(
                     "rebuilding before the exchange ended",
                 ))
@@ -548,7 +663,8 @@ fn p_len(p: &Piece) -> u64 {
         | Piece::Open { len, .. }
         | Piece::Asked { len }
         | Piece::Described { len, .. }
-        | Piece::Fine { len, .. } => *len,
+        | Piece::Fine { len, .. }
+        | Piece::Matched { len, .. } => *len,
         Piece::Bytes(b) => b.len() as u64,
     }
 }
@@ -560,6 +676,15 @@ fn p_len(p: &Piece) -> u64 {
 /// from both ends (appended or inserted data) is asked for instead: its hashes would
 /// only cost.
 fn set_holes(pieces: &mut [Piece], old_len: u64) {
+    for (run, old) in gaps(pieces, old_len) {
+        describe_gap(&mut pieces[run], old);
+    }
+}
+
+/// The gaps of `pieces` (runs not found in our version), each with its old bytes
+/// (offset, len): see [`set_holes`].
+fn gaps(pieces: &[Piece], old_len: u64) -> Vec<(Range<usize>, (u64, u64))> {
+    let mut out = Vec::new();
     let mut i = 0;
     while i < pieces.len() {
         if matches!(pieces[i], Piece::Copy { .. }) {
@@ -578,9 +703,23 @@ fn set_holes(pieces: &mut [Piece], old_len: u64) {
             _ => old_len,
         };
         let next = if next > start { next } else { old_len };
-        describe_gap(&mut pieces[i..end], (start, next.saturating_sub(start)));
+        out.push((i..end, (start, next.saturating_sub(start))));
         i = end;
     }
+    out
+}
+
+/// The runs of consecutive indexes in `leaves` (strictly increasing): the positions
+/// of each in `leaves`.
+fn runs(leaves: &[u32]) -> Vec<Range<usize>> {
+    let mut out: Vec<Range<usize>> = Vec::new();
+    for (k, &l) in leaves.iter().enumerate() {
+        match out.last_mut() {
+            Some(r) if leaves[r.end - 1] + 1 == l => r.end = k + 1,
+            _ => out.push(k..k + 1),
+        }
+    }
+    out
 }
 
 /// Sets the hole of each described leaf of one gap whose old bytes are `old` (offset,
@@ -636,6 +775,7 @@ fn answer_for(p: &Piece) -> Answer {
         Piece::Open { deep: true, .. } => Answer::Deeper,
         Piece::Asked { .. } => Answer::Send,
         Piece::Described { .. } | Piece::Fine { .. } => Answer::Describe,
+        Piece::Matched { .. } => Answer::Match,
     }
 }
 
@@ -802,7 +942,7 @@ mod search_tests {
         ] {
             let mut needs = Needs::new(&Tree::default(), n * 10);
             needs.pieces = vec![Piece::Open { len: n * 10, deep }];
-            let got = needs.next(kids(n), Vec::new(), &[], &f);
+            let got = needs.next(kids(n), Vec::new(), &[], (&[], &[]), &f);
             assert_eq!(got.is_ok(), ok, "{n} children, deep: {deep}");
         }
     }
@@ -903,25 +1043,39 @@ mod search_tests {
         let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
         let n = b.level(0).len() as u32;
         let leaves: Vec<(u64, u64)> = b.level(0).iter().map(|l| (l.hash, l.len)).collect();
+        let f = crate::chunks::tests::file_of(&old);
         let mut needs = Needs::new(&a, new.len() as u64);
-        let (picks, answers) = needs.sketched(&leaves).unwrap();
-        assert!(!picks.is_empty() && picks.len() <= 3, "{picks:?}");
-        assert!(needs.sketched(&leaves).is_err(), "a second first round");
+        let p = needs.sketched(&leaves, &f).unwrap();
+        assert!(!p.leaves.is_empty() && p.leaves.len() <= 3, "{p:?}");
+        // one gap, matched against our bytes there
+        assert!(p.answers.iter().all(|&a| a == Answer::Match) && p.holes.len() == 1);
+        assert!(needs.sketched(&leaves, &f).is_err(), "a second first round");
         let fresh = || Offers::new(&b);
+        let pick = |l: &[u32], a: &[Answer], h: &[Hole]| fresh().pick(l, a, h.to_vec());
+        assert!(pick(&[n], &[Answer::Send], &[]).is_err(), "past the last");
+        let send2 = [Answer::Send; 2];
+        assert!(pick(&[2, 1], &send2, &[]).is_err(), "out of order");
+        assert!(pick(&[1], &[], &[]).is_err(), "unanswered");
+        let hole = p.holes[0].clone();
+        assert!(pick(&p.leaves, &p.answers, &[]).is_err(), "no hole");
+        let two = [hole.clone(), hole.clone()];
         assert!(
-            fresh().pick(&[n], &[Answer::Send]).is_err(),
-            "past the last"
+            pick(&p.leaves, &p.answers, &two).is_err(),
+            "a hole too many"
         );
+        let part = [Answer::Match, Answer::Send];
         assert!(
-            fresh().pick(&[2, 1], &[Answer::Send; 2]).is_err(),
-            "out of order"
+            pick(&[1, 2], &part, &two[..1]).is_err(),
+            "a gap matched in part"
         );
-        assert!(fresh().pick(&[1], &[]).is_err(), "unanswered");
-        let round = fresh().pick(&picks, &answers).unwrap();
-        assert_eq!(round.describe.len() + round.send.len(), picks.len());
+        let round = pick(&p.leaves, &p.answers, &p.holes).unwrap();
+        assert_eq!(round.describe.len() + round.send.len(), 0);
+        let gap: u64 = p.leaves.iter().map(|&i| b.level(0)[i as usize].len).sum();
+        let at = b.level(0)[p.leaves[0] as usize].offset;
+        assert_eq!(round.matched, vec![(at, gap, hole)]);
         let mut short = Needs::new(&a, new.len() as u64 + 1);
         assert!(
-            short.sketched(&leaves).is_err(),
+            short.sketched(&leaves, &f).is_err(),
             "leaves not covering the size"
         );
     }

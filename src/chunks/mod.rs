@@ -23,12 +23,13 @@
 
 mod exchange;
 pub mod leaves;
+pub mod matching;
 pub mod pieces;
 pub mod sketch;
 mod tree;
 
 pub use exchange::{
-    block_hash, block_hashes, fine_hashes, rebuild, Answer, Needs, Offers, Piece, Round,
+    block_hash, block_hashes, fine_hashes, rebuild, Answer, Needs, Offers, Picked, Piece, Round,
 };
 pub use tree::{Node, Tree};
 

@@ -62,6 +62,7 @@ fn answer_byte(a: Answer) -> u8 {
         Answer::Send => 2,
         Answer::Describe => 3,
         Answer::Deeper => 4,
+        Answer::Match => 5,
     }
 }
 
@@ -73,6 +74,7 @@ pub(super) fn answer_of(b: u8) -> Option<Answer> {
         2 => Some(Answer::Send),
         3 => Some(Answer::Describe),
         4 => Some(Answer::Deeper),
+        5 => Some(Answer::Match),
         _ => None,
     }
 }
@@ -218,8 +220,9 @@ struct Rebuild {
     charged: usize,
 }
 
-/// The receiver's first answers: to the top level, or to the leaves it picked.
-type First = (Option<Vec<u32>>, Vec<Answer>);
+/// The receiver's first answers: to the top level, or to the leaves it picked (with
+/// the holes of the gaps it matched, on the wire).
+type First = (Option<(Vec<u32>, Vec<u8>)>, Vec<Answer>);
 
 /// What reading one candidate for our version of an offered file came to.
 enum Stand {
@@ -393,7 +396,10 @@ impl Rebuilds {
         let mut needs = Needs::new(&tree, update.size);
         let tops: Vec<(u64, u64)> = top.iter().map(|o| (o.hash, o.len)).collect();
         let first = match sketch::decode(sketch, &tree, update.size, &tops) {
-            Some(leaves) => needs.sketched(&leaves).map(|(p, a)| (Some(p), a)),
+            Some(leaves) => needs.sketched(&leaves, old).map(|p| {
+                let holes = crate::chunks::matching::encode_holes(&p.holes);
+                (Some((p.leaves, holes)), p.answers)
+            }),
             None => needs.first(top).map(|a| (None, a)),
         };
         let root_only = matches!(top, [o] if !o.leaf && !sketch.is_empty());
@@ -443,19 +449,21 @@ impl Rebuilds {
         }
     }
 
-    /// A `ChunkRound` of the exchange `id` (blocking when it completes the file).
+    /// A `ChunkRound` of the exchange `id`: its children, data, block hashes and
+    /// matched ops (blocking when it completes the file).
     pub fn round(
         &mut self,
         id: u64,
-        children: Vec<Vec<ChunkNode>>,
-        data: Vec<u8>,
+        (children, data): (Vec<Vec<ChunkNode>>, Vec<u8>),
         blocks: &[u8],
+        matched: &[u8],
     ) -> Next {
         let Some(r) = self.current.get_mut(&id) else {
             return Next::Reply(Message::ChunkDecline(id));
         };
         let lens = r.needs.asked();
-        if lens.iter().sum::<u64>() != data.len() as u64 {
+        let asked = lens.iter().sum::<u64>();
+        if asked > data.len() as u64 {
             tracing::info!(
                 "{}: chunk round with {} bytes of leaves, not as asked",
                 r.update.path,
@@ -479,7 +487,9 @@ impl Rebuilds {
             children,
             ..Round::default()
         };
-        match r.needs.next(round, bytes, &block_hashes_of(blocks), &r.old) {
+        let literal = &data[asked as usize..];
+        let hashes = block_hashes_of(blocks);
+        match (r.needs).next(round, bytes, &hashes, (matched, literal), &r.old) {
             Ok(answers) if r.rounds <= MAX_ROUNDS => self.after_round(id, None, answers),
             res => {
                 if let Err(e) = res {
@@ -498,15 +508,21 @@ impl Rebuilds {
 
     /// Answers the round just read (`picks`: the leaves answered, after a sketch), or
     /// ends the exchange.
-    fn after_round(&mut self, id: u64, picks: Option<Vec<u32>>, answers: Vec<Answer>) -> Next {
+    fn after_round(
+        &mut self,
+        id: u64,
+        picks: Option<(Vec<u32>, Vec<u8>)>,
+        answers: Vec<Answer>,
+    ) -> Next {
         let r = self.current.get_mut(&id).expect("an exchange under way");
         if !r.needs.is_done() {
             let answers = answers.into_iter().map(answer_byte).collect();
-            if let Some(leaves) = picks {
+            if let Some((leaves, holes)) = picks {
                 return Next::Reply(Message::ChunkPick {
                     id,
                     leaves,
                     answers,
+                    holes,
                 });
             }
             if r.needs.matched() == 0 && answers.len() >= NOTHING_FOUND_NODES {

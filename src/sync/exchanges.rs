@@ -8,7 +8,7 @@ use super::chunked::{answer_of, to_wire, Offered, Ready, MAX_EXCHANGES};
 use super::link::Duplex;
 use super::sender::recv_reply;
 use super::{unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TIMEOUT};
-use crate::chunks::{block_hashes, fine_hashes, sketch, Answer, Offers, BLOCK, FINE};
+use crate::chunks::{block_hashes, fine_hashes, matching, sketch, Answer, Offers, BLOCK, FINE};
 use crate::wire::{hash48_bytes, AckKind, ChunkNode, FramedStream, Message};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -96,7 +96,8 @@ impl<'a> Exchange<'a> {
                 id: i,
                 leaves,
                 answers,
-            } if i == id && sketched => (Some(leaves), answers),
+                holes,
+            } if i == id && sketched => (Some((leaves, holes)), answers),
             Message::Ack(AckKind::Update(i)) if i == id => {
                 let done = Offered::Acked(self.rounds, self.nodes, self.leaves);
                 return Ok(Step::Done(done, None));
@@ -119,18 +120,25 @@ impl<'a> Exchange<'a> {
         let answers: Option<Vec<Answer>> = answers.into_iter().map(answer_of).collect();
         let answers =
             answers.ok_or_else(|| SyncError::Protocol("a chunk answer out of range".into()))?;
-        self.round(picks.as_deref(), &answers)
+        self.round(picks, &answers)
     }
 
     /// The next round after `answers` (to the leaves `picks`, after a sketch), or a
     /// decline if it would carry too much.
-    fn round(&mut self, picks: Option<&[u32]>, answers: &[Answer]) -> Result<Step, SyncError> {
+    fn round(
+        &mut self,
+        picks: Option<(Vec<u32>, Vec<u8>)>,
+        answers: &[Answer],
+    ) -> Result<Step, SyncError> {
         let round = match picks {
-            Some(p) => self.offers.pick(p, answers),
+            Some((p, holes)) => matching::decode_holes(&holes)
+                .and_then(|holes| self.offers.pick(&p, answers, holes)),
             None => self.offers.next(answers),
         };
         let round = round.map_err(|e| SyncError::Protocol(e.to_string()))?;
-        let want: u64 = round.send.iter().map(|(_, l)| l).sum();
+        let want: u64 = (round.send.iter().map(|(_, l)| l))
+            .chain(round.matched.iter().map(|m| &m.1))
+            .sum();
         let blocks_n = round
             .describe
             .iter()
@@ -150,8 +158,8 @@ impl<'a> Exchange<'a> {
             return Ok(decline);
         }
         let read = |extents: &[(u64, u64)]| read_extents(self.file, extents);
-        let mut blocks = Vec::new();
-        let data = read(&round.send).and_then(|data| {
+        let (mut blocks, mut matched) = (Vec::new(), Vec::new());
+        let data = read(&round.send).and_then(|mut data| {
             for &e in &round.describe {
                 let leaf = read(&[e])?;
                 blocks.extend(block_hashes(&leaf).into_iter().flat_map(hash48_bytes));
@@ -159,6 +167,11 @@ impl<'a> Exchange<'a> {
             for &e in &round.fine {
                 let block = read(&[e])?;
                 blocks.extend(fine_hashes(&block).into_iter().flat_map(hash48_bytes));
+            }
+            for (at, len, hole) in &round.matched {
+                let (ops, literal) = matching::encode(&read(&[(*at, *len)])?, hole);
+                matched.extend(ops);
+                data.extend(literal);
             }
             Ok(data)
         });
@@ -178,6 +191,7 @@ impl<'a> Exchange<'a> {
             children,
             data,
             blocks,
+            matched,
         };
         Ok(Step::Round(msg, offered + REPLY_HEAD))
     }
@@ -431,6 +445,7 @@ mod tests {
             id: 7,
             leaves: vec![],
             answers: vec![],
+            holes: vec![],
         };
         let small = start("small");
         let (mut x, offer, _) = Exchange::start(&small);

@@ -296,6 +296,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         children: vec![],
         data: vec![1, 2, 3],
         blocks: vec![],
+        matched: vec![],
     };
     assert!(declined(&ask(&mut fs, stray).await));
     // a top level that does not cover the file's size
@@ -328,6 +329,7 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
         children: vec![],
         data: vec![0; 5],
         blocks: vec![0; 6],
+        matched: vec![],
     };
     assert!(declined(&ask(&mut fs, bad).await));
     assert_eq!(std::fs::read(e.data.join("big")).unwrap(), old, "untouched");
@@ -355,7 +357,8 @@ async fn a_hostile_chunk_exchange_is_declined_and_an_honest_one_applies() {
 
 /// A sketch that lies (it decodes to the leaves of other content of the same size)
 /// leads the receiver to pick and rebuild that content, which fails the offered hash:
-/// refused, nothing applied, the memory given back; the honest sketch then applies.
+/// refused, nothing applied, the memory given back; so are matched ops that do not
+/// fit their gap; the honest sketch and ops then apply.
 #[tokio::test]
 async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
     use crate::chunks::{sketch, Offers, Tree};
@@ -369,7 +372,12 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
     write_older(&e.data.join("big"), &old);
     let mut header = valid_update(41, "big", &new);
     header.ranges.clear();
-    for (content, honest) in [(&lie, false), (&new, true)] {
+    // the lie; the honest content with matched ops that run past the gap; the honest
+    for (content, honest, bad_ops) in [
+        (&lie, false, false),
+        (&new, false, true),
+        (&new, true, false),
+    ] {
         let tree = Tree::from_bytes(content);
         let mut offers = Offers::new(&tree);
         let top = offers.top().into_iter().map(node).collect();
@@ -380,7 +388,10 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
             sketch: sketch::encode(&tree, sketch::CELLS),
         };
         let Message::ChunkPick {
-            leaves, answers, ..
+            leaves,
+            answers,
+            holes,
+            ..
         } = ask(&mut fs, offer).await
         else {
             panic!("the sketch decodes to a pick");
@@ -389,9 +400,15 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
             .iter()
             .map(|&b| super::chunked::answer_of(b).unwrap())
             .collect();
-        let round = offers.pick(&leaves, &a).unwrap();
+        let holes = crate::chunks::matching::decode_holes(&holes).unwrap();
+        let round = offers.pick(&leaves, &a, holes).unwrap();
         assert!(round.children.is_empty(), "no tree walked");
-        let mut reply = ask(&mut fs, round_message(41, round, content, content).0).await;
+        assert_eq!(round.matched.len(), 1, "the changed gap is matched");
+        let mut msg = round_message(41, round, content, content).0;
+        if let (Message::ChunkRound { matched, .. }, true) = (&mut msg, bad_ops) {
+            matched.splice(0..0, [0x05, 0x01, 0x01]);
+        }
+        let mut reply = ask(&mut fs, msg).await;
         while let Message::ChunkAnswer { answers, .. } = reply {
             let (msg, _) = next_round(&mut offers, 41, &answers, content, content);
             reply = ask(&mut fs, msg).await;
@@ -401,7 +418,8 @@ async fn a_lying_sketch_rebuilds_nothing_and_an_honest_one_applies() {
             assert_eq!(reply, Message::Ack(AckKind::Update(41)));
             assert!(on_disk == new, "rebuilt and applied");
         } else {
-            assert!(matches!(reply, Message::Nack { .. }), "{reply:?}");
+            let refused = matches!(reply, Message::Nack { .. } | Message::ChunkDecline(41));
+            assert!(refused, "{reply:?}");
             assert!(on_disk == old, "untouched");
             assert_eq!(
                 e.receiver.budgets.of(mallory).held(),
@@ -424,7 +442,13 @@ fn round_message(
     described: &[u8],
 ) -> (Message, usize) {
     let bytes = |s: &[u8], &(o, l): &(u64, u64)| s[o as usize..(o + l) as usize].to_vec();
-    let data: Vec<u8> = round.send.iter().flat_map(|e| bytes(new, e)).collect();
+    let mut data: Vec<u8> = round.send.iter().flat_map(|e| bytes(new, e)).collect();
+    let mut matched = Vec::new();
+    for (at, len, hole) in &round.matched {
+        let (ops, literal) = crate::chunks::matching::encode(&bytes(new, &(*at, *len)), hole);
+        matched.extend(ops);
+        data.extend(literal);
+    }
     let leaves =
         (round.describe.iter()).flat_map(|e| crate::chunks::block_hashes(&bytes(described, e)));
     let pieces = (round.fine.iter()).flat_map(|e| crate::chunks::fine_hashes(&bytes(described, e)));
@@ -440,6 +464,7 @@ fn round_message(
         children,
         data,
         blocks,
+        matched,
     };
     (msg, sent)
 }

@@ -269,7 +269,8 @@ async fn chunk(
                 children,
                 data,
                 blocks,
-            } => owned.round(id, children, data, &blocks),
+                matched,
+            } => owned.round(id, (children, data), &blocks, &matched),
             Message::LeafDelta {
                 update,
                 used,

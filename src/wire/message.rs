@@ -193,8 +193,9 @@ pub enum Message {
     /// A later round of an exchange: the children of each node answered "expand", the
     /// bytes of each leaf, block or piece answered "send" (concatenated), the block
     /// hashes of each leaf answered "describe", then the piece hashes of each block
-    /// answered "describe", all in order. The blocks and pieces offered are answered in
-    /// the next `ChunkAnswer`, with the children, all in file order.
+    /// answered "describe", all in order; then the literal bytes of the gaps the pick
+    /// matched (version 20). The blocks and pieces offered are answered in the next
+    /// `ChunkAnswer`, with the children, all in file order.
     ChunkRound {
         /// The exchange (the update id).
         id: u64,
@@ -209,6 +210,11 @@ pub enum Message {
         /// same way (version 11).
         #[serde(with = "serde_bytes")]
         blocks: Vec<u8>,
+        /// For each gap the pick matched (answer 5), in order, the ops that make it
+        /// from the receiver's hole and the literal bytes in `data`
+        /// (`crate::chunks::matching`; version 20).
+        #[serde(with = "serde_bytes")]
+        matched: Vec<u8>,
     },
     /// Either side ends an exchange without a result: the file then goes as an
     /// ordinary `FileUpdate` (the receiver holds no version of it, or the versions
@@ -253,8 +259,9 @@ pub enum Message {
     LeafPieces(#[serde(with = "piece_hashes")] Vec<Vec<u32>>),
     /// The receiver's first answer when the offer's sketch decoded (version 17): it
     /// knows the new content's leaves, and answers only those it lacks, by their
-    /// index among them, each 2 (send its bytes) or 3 (describe it by its blocks); the
-    /// exchange goes on as after a `ChunkAnswer` to those leaves.
+    /// index among them, each 2 (send its bytes), 3 (describe it by its blocks) or 5
+    /// (match its gap against the receiver's hole, version 20); the exchange goes on
+    /// as after a `ChunkAnswer` to those leaves.
     ChunkPick {
         /// The exchange (the update id).
         id: u64,
@@ -264,6 +271,11 @@ pub enum Message {
         /// One answer per leaf, in order.
         #[serde(with = "serde_bytes")]
         answers: Vec<u8>,
+        /// The receiver's old bytes of each gap (run of consecutive leaves) answered 5,
+        /// in order, by the hashes of their 128-byte blocks
+        /// (`crate::chunks::matching`; version 20).
+        #[serde(with = "serde_bytes")]
+        holes: Vec<u8>,
     },
 }
 

@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 19;
+pub const PROTOCOL_VERSION: u32 = 20;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/19";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/20";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -128,6 +128,9 @@ pub const MAX_CHUNK_NODES: usize = 1 << 16;
 pub const MAX_CHUNK_SOURCES: usize = 4;
 /// Most bytes of a `ChunkOffer`'s sketch (version 17).
 pub const MAX_SKETCH: usize = crate::chunks::sketch::MAX_CELLS * crate::chunks::sketch::CELL;
+/// Most bytes of a `ChunkPick`'s holes, and of a `ChunkRound`'s matched ops (version
+/// 20).
+pub const MAX_MATCH_BYTES: usize = 256 << 10;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;
 

@@ -1294,6 +1294,7 @@ fn pinned_chunk_exchange_encodings() {
         children: vec![vec![node]],
         data: b"ab".to_vec(),
         blocks: vec![1, 2, 3, 4, 5, 6],
+        matched: vec![0, 1, 1, 3, 0],
     };
     let expected = concat!(
         "13000000",         // variant 19: ChunkRound
@@ -1307,6 +1308,8 @@ fn pinned_chunk_exchange_encodings() {
         "6162",
         "0600000000000000", // one block hash
         "010203040506",
+        "0500000000000000", // matched ops: no literal, block 0 alone, 3 bytes, end
+        "0001010300",
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -1328,6 +1331,7 @@ fn pinned_chunk_exchange_encodings() {
         children: vec![vec![wide]],
         data: vec![],
         blocks: vec![],
+        matched: vec![],
     };
     assert!(encode(&bad).is_err(), "a hash wider than 48 bits");
     let empty = crate::wire::ChunkNode { len: 0, ..node };
@@ -1336,6 +1340,7 @@ fn pinned_chunk_exchange_encodings() {
         children: vec![vec![empty]],
         data: vec![],
         blocks: vec![],
+        matched: vec![],
     };
     assert!(encode(&bad).is_err());
     let bad = Message::ChunkRound {
@@ -1343,6 +1348,7 @@ fn pinned_chunk_exchange_encodings() {
         children: vec![],
         data: vec![],
         blocks: vec![0; 7],
+        matched: vec![],
     };
     assert!(encode(&bad).is_err());
 }
@@ -1412,6 +1418,7 @@ fn pinned_chunk_sketch_and_pick_encoding() {
         id: 7,
         leaves,
         answers,
+        holes: vec![],
     };
     let msg = pick(vec![2, 300], vec![2, 3]);
     let expected = concat!(
@@ -1422,6 +1429,7 @@ fn pinned_chunk_sketch_and_pick_encoding() {
         "2c010000",         //   300
         "0200000000000000", // two answers
         "0203",             //   send, describe
+        "0000000000000000", // no holes
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);

@@ -4,9 +4,9 @@
 use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
     Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_CHUNK_SOURCES,
-    MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON,
-    MAX_SKETCH, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN,
-    MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_MATCH_BYTES, MAX_NODE_NAME, MAX_RANGE_LEN,
+    MAX_REASON, MAX_SKETCH, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES,
+    MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::chunks::{leaves, pieces, sketch};
 use crate::path::RelPath;
@@ -106,16 +106,20 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             within("chunk answer", u64::from(worst), 4)
         }
         Message::ChunkPick {
-            leaves, answers, ..
+            leaves,
+            answers,
+            holes,
+            ..
         } => {
             max_len("chunk picks", leaves.len(), MAX_CHUNK_NODES)?;
+            max_len("chunk holes", holes.len(), MAX_MATCH_BYTES)?;
             if leaves.len() != answers.len() {
                 return Err(Violation::Unpaired("chunk picks and their answers"));
             }
             if leaves.windows(2).any(|w| w[0] >= w[1]) {
                 return Err(Violation::NotIncreasing("chunk picks"));
             }
-            match answers.iter().find(|&&a| a != 2 && a != 3) {
+            match answers.iter().find(|&&a| !matches!(a, 2 | 3 | 5)) {
                 Some(&a) => Err(Violation::BadCode {
                     field: "chunk pick answer",
                     value: u64::from(a),
@@ -124,8 +128,12 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             }
         }
         Message::ChunkRound {
-            children, blocks, ..
+            children,
+            blocks,
+            matched,
+            ..
         } => {
+            max_len("chunk matched", matched.len(), MAX_MATCH_BYTES)?;
             let total = children.iter().map(Vec::len).sum();
             children.iter().try_for_each(|c| chunk_nodes(total, c))?;
             if blocks.len() % BLOCK_HASH != 0 {
