@@ -1,7 +1,7 @@
 //! The rounds of the exchange: [`Offers`] (the side with the new version) and
 //! [`Needs`] (the side rebuilding it from its old version plus what it asks for).
 
-use super::matching::{self, Hole, MATCH_GAP, MATCH_HOLE, MATCH_TOTAL};
+use super::matching::{self, Hole, MATCH_GAP, MATCH_HOLE, MATCH_TOTAL, MAX_ENCODED};
 use super::{
     ChunkError, Offer, Tree, BLOCK, FINE, FINE_MIN, FINE_SLACK, LEAF_MAX, MAX_GROUP, MAX_HOLE,
     MIN_DESCRIBED,
@@ -420,15 +420,17 @@ impl Needs {
     }
 
     /// Marks the leaves of each gap of `out` whose old bytes are at most
-    /// [`MATCH_HOLE`] (and its new ones at most [`MATCH_GAP`]) to be matched; returns
-    /// those holes, read from `old`.
+    /// [`MATCH_HOLE`] (and its new ones at most [`MATCH_GAP`]) to be matched, while
+    /// the holes fit [`MAX_ENCODED`] on the wire; returns those holes, read from `old`.
     fn match_gaps(&self, out: &mut [Piece], old: &impl FileExt) -> Result<Vec<Hole>, ChunkError> {
-        let (mut holes, mut total) = (Vec::new(), 0);
+        let (mut holes, mut total, mut wire) = (Vec::new(), 0, 0);
         for (run, (start, span)) in gaps(out, self.old_len) {
             let len: u64 = out[run.clone()].iter().map(p_len).sum();
-            if span == 0 || span > MATCH_HOLE || len > MATCH_GAP || total + len > MATCH_TOTAL {
+            let over = total + len > MATCH_TOTAL || wire + Hole::wire_len(span) > MAX_ENCODED;
+            if span == 0 || span > MATCH_HOLE || len > MATCH_GAP || over {
                 continue;
             }
+            wire += Hole::wire_len(span);
             let mut bytes = vec![0u8; span as usize];
             old.read_exact_at(&mut bytes, start)
                 .map_err(|e| ChunkError::Read(e.to_string()))?;

@@ -22,6 +22,8 @@ pub const MATCH_GAP: u64 = 64 << 10;
 /// The most new bytes of all the gaps of one pick matched: the offering side hashes a
 /// window at each of their offsets.
 pub const MATCH_TOTAL: u64 = 1 << 20;
+/// Most bytes of a pick's holes, and of a round's ops, on the wire.
+pub const MAX_ENCODED: usize = 256 << 10;
 /// Bytes of one block hash on the wire.
 const HASH: usize = 6;
 
@@ -41,6 +43,11 @@ impl Hole {
             span: bytes.len() as u64,
             hashes: bytes.chunks(BLOCK as usize).map(block_hash).collect(),
         }
+    }
+
+    /// Bytes of a hole of `span` bytes on the wire ([`encode_holes`]).
+    pub fn wire_len(span: u64) -> usize {
+        4 + HASH * span.div_ceil(BLOCK) as usize
     }
 
     /// The length of block `k`.

@@ -130,7 +130,7 @@ pub const MAX_CHUNK_SOURCES: usize = 4;
 pub const MAX_SKETCH: usize = crate::chunks::sketch::MAX_CELLS * crate::chunks::sketch::CELL;
 /// Most bytes of a `ChunkPick`'s holes, and of a `ChunkRound`'s matched ops (version
 /// 20).
-pub const MAX_MATCH_BYTES: usize = 256 << 10;
+pub const MAX_MATCH_BYTES: usize = crate::chunks::matching::MAX_ENCODED;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;
 
