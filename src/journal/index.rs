@@ -570,7 +570,7 @@ mod tests {
             assert_eq!(names, ["b", "a"]);
             assert_eq!(ix.changed_since(since[0].1.seq, 10).unwrap().len(), 1);
         } // dropped without any orderly close of the clock
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::journal::open_db(dir.path()).unwrap(); // (the lock may still be held)
         let ix = Index::open(&db).unwrap();
         assert!(ix.tick().unwrap() > first + 1);
         assert_eq!(ix.get(&p("a")).unwrap().unwrap().hash, [7; 32]);

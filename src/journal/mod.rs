@@ -849,7 +849,7 @@ fn worker_loop(inner: &Inner) {
 /// Opens sled, retrying for up to ~2 s while its lock is still held: sled 0.34's
 /// `Db::drop` does not wait for its flusher thread to release the file lock
 /// (spacejam/sled#1234), so an immediate reopen in the same process can race it.
-fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
+pub(crate) fn open_db(path: &Path) -> Result<sled::Db, JournalError> {
     let mut delay = Duration::from_millis(5);
     let mut waited = Duration::ZERO;
     loop {
