@@ -3,7 +3,8 @@
 //! differ, and the digests of its entries there, listed or sketched), and from that
 //! our entries the peer does not hold exactly. See `sync::digests` for the sketches.
 
-use super::{chosen, handshake, recv_reply, unexpected, Sender, State, Stream, INDEX_BATCH};
+use super::index::INDEX_BATCH;
+use super::{chosen, handshake, recv_reply, unexpected, Sender, State, Stream};
 use crate::journal::index::Entry;
 use crate::path::RelPath;
 use crate::sync::digests::Answer;

@@ -1,0 +1,142 @@
+//! The sender's index exchange at the start of a session: the entries changed since
+//! the peer's last ack (at first contact, those of the directories whose digests
+//! differ, see [`super::summary`]), and the files the peer asks for in answer.
+
+use super::{chosen, handshake, summary, unexpected, Sender, State, Stream};
+use crate::path::RelPath;
+use crate::sync::fold;
+use crate::sync::sender::recv_reply;
+use crate::sync::{SyncError, MIN_RATE, REPLY_TIMEOUT};
+use crate::wire::Message;
+use std::time::Duration;
+
+/// Index entries per `Index` message.
+pub(super) const INDEX_BATCH: usize = 4096;
+
+/// Sends the peer every index entry that changed since the last one it acknowledged,
+/// and queues the files it asks for. At first contact the whole index is described by
+/// per-directory digests first, and only the entries of directories that differ go.
+pub(super) async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let ix = s.journal.index();
+    let peer = s.link.peer();
+    let mut after = ix.peer_acked(&peer)?;
+    if after == 0 {
+        return first_contact(s, fs, st).await;
+    }
+    handshake(s, fs, st).await?; // an `Index` names paths: only to a peer checked
+    let (mut sent, mut wanted) = (0usize, 0usize);
+    loop {
+        let batch = ix.changed_since(after, INDEX_BATCH)?;
+        if batch.is_empty() {
+            break; // nothing changed since the peer's ack: no index round
+        }
+        let last = batch.len() < INDEX_BATCH;
+        let upto = batch.last().map_or(after, |(_, e)| e.seq);
+        sent += batch.len();
+        wanted += send_index(s, fs, st, batch, upto, last).await?;
+        ix.set_peer_acked(&peer, upto)?;
+        after = upto;
+        if last {
+            break;
+        }
+    }
+    tracing::info!(peer = %s.link.peer(), entries = sent, wanted, "index changes exchanged");
+    Ok(())
+}
+
+/// First contact: directory digests, then the entries of the directories that differ.
+async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let ix = s.journal.index();
+    let upto = ix.last_seq()?;
+    let digests = ix.digests()?;
+    let (differ, mut entries) = summary::differing(s, fs, st, &digests).await?;
+    let (dirs, total) = (digests.len(), entries.len());
+    let mut wanted = 0;
+    let mut batches: Vec<Vec<_>> = Vec::new();
+    while !entries.is_empty() {
+        let rest = entries.split_off(entries.len().min(INDEX_BATCH));
+        batches.push(std::mem::replace(&mut entries, rest));
+    }
+    // nothing differs: no index round (the peer learns nothing from an empty one)
+    let n = batches.len();
+    for (i, batch) in batches.into_iter().enumerate() {
+        wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
+    }
+    ix.set_peer_acked(&s.link.peer(), upto)?;
+    tracing::info!(peer = %s.link.peer(), dirs, differ, entries = total, wanted, "index exchanged (first contact)");
+    Ok(())
+}
+
+/// Sends one `Index` message and queues the files the peer wants; returns how many.
+async fn send_index(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    batch: Vec<(RelPath, crate::journal::index::Entry)>,
+    upto: u64,
+    last: bool,
+) -> Result<usize, SyncError> {
+    // Entries with unsent local changes go by the journal (ops and updates, with their
+    // versions): sent here too, they would race their own ops at the peer.
+    let entries: Vec<_> = batch
+        .into_iter()
+        .filter(|(p, e)| !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind))
+        .map(|(p, e)| fold::to_item(p, e))
+        .collect();
+    let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
+    fs.send(Message::Index {
+        entries,
+        upto,
+        last,
+    })
+    .await?;
+    let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
+    handshake(s, fs, st).await?;
+    match recv_reply(&s.stats, fs, limit).await? {
+        Message::IndexAck {
+            upto: acked,
+            want,
+            mut leaves,
+        } if acked == upto => {
+            let want: Vec<_> = chosen(&paths, &want)?.collect();
+            leaves.resize(want.len(), Vec::new());
+            for (path, described) in want.iter().zip(leaves) {
+                want_file(s, st, path, described)?;
+            }
+            Ok(want.len())
+        }
+        other => Err(unexpected("an index ack", &other)),
+    }
+}
+
+/// True if the journal holds unsent changes to `path`.
+fn pending_here(s: &Sender, path: &RelPath) -> bool {
+    s.journal.has_pending_op(path)
+        || fold::look(&*s.root, path).is_some_and(|(_, st)| s.journal.is_pending(st.st_ino))
+}
+
+/// The peer wants the whole file at `path`: it goes as a whole-file update, or as a
+/// leaf delta if the peer `described` its version (see `leaf_delta`).
+fn want_file(
+    s: &Sender,
+    st: &mut State,
+    path: &RelPath,
+    described: Vec<u32>,
+) -> Result<(), SyncError> {
+    if crate::sync::ignored::entry_ignored(s, path, crate::journal::index::Kind::File) {
+        return Ok(()); // stays local
+    }
+    match fold::look(&*s.root, path) {
+        Some((crate::journal::index::Kind::File, stat)) => {
+            st.peer_hash.remove(&stat.st_ino);
+            st.trees.remove(&stat.st_ino);
+            s.journal
+                .want_whole(stat.st_ino, path, stat.st_size as u64)?;
+            if !described.is_empty() {
+                st.described.insert(stat.st_ino, described);
+            }
+        }
+        _ => tracing::debug!("{path}: wanted by the peer, but not a file here now"),
+    }
+    Ok(())
+}
