@@ -287,5 +287,30 @@ mod tests {
             let (out, _) = round_trip(&old, &new);
             prop_assert!(out == new);
         }
+
+        /// A hostile peer's ops and holes: refused or within bounds, never a panic.
+        #[test]
+        fn any_bytes_are_refused_or_stay_in_the_gap_and_the_hole(
+            ops in proptest::collection::vec(prop_oneof![3 => 0u8..6, 1 => any::<u8>()], 0..40),
+            literal in proptest::collection::vec(any::<u8>(), 0..600),
+            (span, len) in (1u64..2000, 0u64..700),
+        ) {
+            let _ = decode_holes(&ops);
+            let (mut o, mut l) = (&ops[..], &literal[..]);
+            if let Ok(pieces) = decode(&mut o, &mut l, (1000, span), len) {
+                let mut total = 0;
+                for p in pieces {
+                    match p {
+                        Piece::Copy { from, len } => {
+                            prop_assert!(from >= 1000 && from + len <= 1000 + span);
+                            total += len;
+                        }
+                        Piece::Bytes(b) => total += b.len() as u64,
+                        other => prop_assert!(false, "{other:?}"),
+                    }
+                }
+                prop_assert_eq!(total, len);
+            }
+        }
     }
 }
