@@ -393,10 +393,9 @@ impl Needs {
     }
 
     /// The first round when the offer's sketch decoded to `leaves` (hash, len), the
-    /// new version's leaves in order: returns the indexes of those not found here and
-    /// their answers, in order.
-    /// The gaps (runs of leaves not found) whose old bytes are few are matched: their
-    /// holes are read from `old`, our version.
+    /// new version's leaves in order: returns the indexes of those not found here,
+    /// their answers, in order, and the holes of the gaps (runs of leaves not found)
+    /// answered [`Answer::Match`], read from `old`, our version ([`Picked`]).
     pub fn sketched(
         &mut self,
         leaves: &[(u64, u64)],
