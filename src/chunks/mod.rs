@@ -22,6 +22,7 @@
 //! verifies the whole-file BLAKE3 of the result.
 
 mod exchange;
+pub mod inplace;
 pub mod leaves;
 pub mod matching;
 pub mod pieces;

@@ -497,7 +497,7 @@ pub(crate) fn edit(new: &mut Vec<u8>, (at, kind, n, to): Edit, seed: u64) {
 
 /// SQLite-like rows (bench-sync.sh's f): 600 hex characters, then random bytes, 1,365
 /// bytes a row; an update changes a row's first byte and 10 characters at 590.
-fn rows(n: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn rows(n: usize, seed: u64) -> Vec<u8> {
     let t = text(n, seed);
     (0..n)
         .map(|i| match i % 1365 {
@@ -505,6 +505,20 @@ fn rows(n: usize, seed: u64) -> Vec<u8> {
             _ => t[i].wrapping_mul(t[(i * 7) % n]),
         })
         .collect()
+}
+
+/// 500 row updates of [`rows`]: each row's first byte and 10 characters at 590.
+pub(crate) fn update_rows(v: &mut Vec<u8>, s: u64) {
+    let rows = v.len() / 1365;
+    let mut x = (s * 0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let at = (x as usize % rows) * 1365;
+        v[at] = v[at].wrapping_add(1);
+        v[at + 590..at + 600].copy_from_slice(&text(10, x));
+    }
 }
 
 /// Leaf sizes and fanout by benchmark:
@@ -521,18 +535,7 @@ fn costs() {
             "500 SQLite-like row updates in 60 MiB",
             60 << 20,
             rows,
-            |v, s| {
-                let rows = v.len() / 1365;
-                let mut x = (s * 0x9E37_79B9_7F4A_7C15) | 1;
-                for _ in 0..500 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let at = (x as usize % rows) * 1365;
-                    v[at] = v[at].wrapping_add(1);
-                    v[at + 590..at + 600].copy_from_slice(&text(10, x));
-                }
-            },
+            update_rows,
         ),
         (
             "100 B inserted at the top of 32 MiB",
