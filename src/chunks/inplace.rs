@@ -137,7 +137,7 @@ impl Stream {
     fn holds(self, piece: u64) -> bool {
         match self {
             Stream::Full => true,
-            Stream::Sample => mix(piece ^ 0x5A3B_1E00) % SAMPLE == 0,
+            Stream::Sample => mix(piece ^ 0x5A3B_1E00).is_multiple_of(SAMPLE),
         }
     }
 }
@@ -256,7 +256,7 @@ pub fn encode(symbols: &[Symbol]) -> Vec<u8> {
 
 /// Symbols from the wire; `None` if not whole symbols or a number outside the field.
 pub fn decode_symbols(bytes: &[u8]) -> Option<Vec<Symbol>> {
-    if bytes.len() % SYMBOL != 0 {
+    if !bytes.len().is_multiple_of(SYMBOL) {
         return None;
     }
     let word = |b: &[u8]| u64::from_le_bytes(b.try_into().expect("8 bytes"));

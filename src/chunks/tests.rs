@@ -508,6 +508,7 @@ pub(crate) fn rows(n: usize, seed: u64) -> Vec<u8> {
 }
 
 /// 500 row updates of [`rows`]: each row's first byte and 10 characters at 590.
+#[allow(clippy::ptr_arg)] // (the type of `costs`'s edits)
 pub(crate) fn update_rows(v: &mut Vec<u8>, s: u64) {
     let rows = v.len() / 1365;
     let mut x = (s * 0x9E37_79B9_7F4A_7C15) | 1;

@@ -12,6 +12,8 @@ use super::budget::PeerBudget;
 use super::joined::Joined;
 use super::warm::Warm;
 use super::SyncError;
+
+mod in_place;
 use crate::beneath::open_beneath;
 use crate::chunks::{rebuild, sketch, Answer, Needs, Offer, Round, Tree};
 use crate::path::RelPath;
@@ -218,6 +220,9 @@ struct Rebuild {
     rounds: usize,
     /// Memory taken from the peer's budget for the rebuilt content.
     charged: usize,
+    /// The in-place sketch under way ([`in_place`]), if the offer's sketch did not
+    /// decode and our version is of the same size.
+    in_place: Option<in_place::InPlace>,
 }
 
 /// The receiver's first answers: to the top level, or to the leaves it picked (with
@@ -320,12 +325,14 @@ impl Rebuilds {
                     .collect(),
             };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
+        // (only the root with a sketch: if it does not decode, an in-place sketch may)
+        let root_only = matches!(&top[..], [o] if !o.leaf && !sketch.is_empty());
         let mut maybe = None;
         for (old, guessed, tree) in candidates {
             match self.stand_on(&update, (&top, sketch), (&old, tree), guessed) {
                 Stand::On(needs, first, charged) => {
                     self.give_back(maybe);
-                    return self.start(update, (needs, first, charged), old);
+                    return self.start(update, (needs, first, charged), old, root_only);
                 }
                 Stand::Maybe(needs, first, charged) if maybe.is_none() => {
                     maybe = Some(((needs, first, charged), old));
@@ -339,22 +346,37 @@ impl Rebuilds {
             }
         }
         match maybe {
-            Some((stood, old)) => self.start(update, stood, old),
+            Some((stood, old)) => self.start(update, stood, old, false),
             None => decline,
         }
     }
 
     /// Puts the exchange of `update` under way, standing on `old`, and answers its
-    /// first round.
-    fn start(&mut self, update: FileUpdate, stood: (Needs, First, usize), old: Joined) -> Next {
+    /// first round (with an in-place ask instead, if `root_only` was offered, its
+    /// sketch did not decode and `old` is of the new size).
+    fn start(
+        &mut self,
+        update: FileUpdate,
+        stood: (Needs, First, usize),
+        old: Joined,
+        root_only: bool,
+    ) -> Next {
         let (id, (needs, (picks, answers), charged)) = (update.id, stood);
-        let rebuild = Rebuild {
+        let mut rebuild = Rebuild {
             update,
             needs,
             old,
             rounds: 1,
             charged,
+            in_place: None,
         };
+        if picks.is_none() && root_only {
+            if let Some((x, ask)) = in_place::InPlace::start(&rebuild, &answers) {
+                rebuild.in_place = Some(x);
+                self.current.insert(id, rebuild);
+                return Next::Reply(ask);
+            }
+        }
         self.current.insert(id, rebuild);
         self.after_round(id, picks, answers)
     }
@@ -556,10 +578,18 @@ impl Drop for Rebuilds {
 /// The rebuilt content as a whole-file update (raw ranges, written straight into them:
 /// the content is held once, not also whole).
 fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
+    assemble_from(&r.needs.into_pieces(), &r.old, r.update)
+}
+
+/// The whole-file update of `update` from `pieces` of `old`.
+fn assemble_from(
+    pieces: &[crate::chunks::Piece],
+    old: &Joined,
+    update: FileUpdate,
+) -> Result<FileUpdate, (RelPath, std::io::Error)> {
     let mut ranges = Ranges(Vec::new());
-    let path = r.update.path.clone();
-    rebuild(&r.needs.into_pieces(), &r.old, &mut ranges).map_err(|e| (path.clone(), e))?;
-    Ok(ranges.into_update(r.update))
+    rebuild(pieces, old, &mut ranges).map_err(|e| (update.path.clone(), e))?;
+    Ok(ranges.into_update(update))
 }
 
 /// Raw ranges from offset 0, each up to [`MAX_RANGE_LEN`], as bytes are written.

@@ -8,6 +8,7 @@ use super::chunked::{answer_of, to_wire, Offered, Ready, MAX_EXCHANGES};
 use super::link::Duplex;
 use super::sender::recv_reply;
 use super::{unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TIMEOUT};
+use crate::chunks::inplace::{self, Stream, Symbol};
 use crate::chunks::{block_hashes, fine_hashes, matching, sketch, Answer, Offers, BLOCK, FINE};
 use crate::wire::{hash48_bytes, AckKind, ChunkNode, FramedStream, Message};
 use std::collections::{HashMap, VecDeque};
@@ -39,6 +40,21 @@ pub struct Exchange<'a> {
     leaves: u64,
     /// The offer carried a sketch, and no reply came yet: the first may be a pick.
     sketched: bool,
+    /// Only the root was offered and it is not answered yet: the receiver may ask for
+    /// in-place symbols meanwhile.
+    root_open: bool,
+    /// In-place symbols computed so far (of one stream, from 0).
+    symbols: Option<(Stream, Vec<Symbol>)>,
+}
+
+/// A pass over the file for in-place symbols `0..upto` (run off the runtime), to
+/// answer an ask of `from..to`.
+pub struct Pass {
+    file: File,
+    size: u64,
+    stream: Stream,
+    upto: u32,
+    asked: (u32, u32),
 }
 
 /// What an exchange does after a reply.
@@ -48,6 +64,8 @@ pub enum Step {
     /// Over: the file was rebuilt and acked, or it goes whole. A message to send
     /// (the sender's decline) expects no reply.
     Done(Offered, Option<Message>),
+    /// Compute in-place symbols (off the runtime), then give them to [`Exchange::passed`].
+    Pass(Pass),
 }
 
 impl<'a> Exchange<'a> {
@@ -76,6 +94,8 @@ impl<'a> Exchange<'a> {
             nodes: top.len(),
             leaves: 0,
             sketched: !sketch.is_empty(),
+            root_open: !sketch.is_empty(),
+            symbols: None,
         };
         let offer = Message::ChunkOffer {
             update: r.update.clone(),
@@ -98,6 +118,12 @@ impl<'a> Exchange<'a> {
                 answers,
                 holes,
             } if i == id && sketched => (Some((leaves, holes)), answers),
+            Message::InPlaceAsk {
+                id: i,
+                sample,
+                from,
+                to,
+            } if i == id && self.root_open => return self.in_place(sample, from, to),
             Message::Ack(AckKind::Update(i)) if i == id => {
                 let done = Offered::Acked(self.rounds, self.nodes, self.leaves);
                 return Ok(Step::Done(done, None));
@@ -117,10 +143,65 @@ impl<'a> Exchange<'a> {
                 )))
             }
         };
+        self.root_open = false;
         let answers: Option<Vec<Answer>> = answers.into_iter().map(answer_of).collect();
         let answers =
             answers.ok_or_else(|| SyncError::Protocol("a chunk answer out of range".into()))?;
         self.round(picks, &answers)
+    }
+
+    /// An `InPlaceAsk` of symbols `from..to`: served from those computed, or a pass
+    /// over the file first (of the full stream, half as many again, for the next ask).
+    fn in_place(&mut self, sample: bool, from: u32, to: u32) -> Result<Step, SyncError> {
+        let stream = if sample { Stream::Sample } else { Stream::Full };
+        if let Some((s, computed)) = &self.symbols {
+            if *s == stream && computed.len() >= to as usize {
+                let symbols = inplace::encode(&computed[from as usize..to as usize]);
+                let msg = Message::InPlaceSymbols {
+                    id: self.id,
+                    symbols,
+                };
+                return Ok(Step::Round(msg, REPLY_HEAD));
+            }
+        }
+        self.rounds += 1;
+        let Ok(file) = self.file.try_clone() else {
+            let decline = Message::ChunkDecline(self.id);
+            return Ok(Step::Done(Offered::Declined, Some(decline)));
+        };
+        let upto = match stream {
+            Stream::Full => (to + to / 2).clamp(to, inplace::MAX_SYMBOLS),
+            Stream::Sample => to,
+        };
+        let (size, asked) = (self.size, (from, to));
+        Ok(Step::Pass(Pass {
+            file,
+            size,
+            stream,
+            upto,
+            asked,
+        }))
+    }
+
+    /// The symbols a [`Pass`] computed (or the error reading the file), answering its
+    /// ask.
+    pub fn passed(
+        &mut self,
+        pass: (Stream, (u32, u32)),
+        computed: std::io::Result<Vec<Symbol>>,
+    ) -> Result<Step, SyncError> {
+        let (stream, (from, to)) = pass;
+        match computed {
+            Ok(c) => {
+                self.symbols = Some((stream, c));
+                self.in_place(stream == Stream::Sample, from, to)
+            }
+            Err(e) => {
+                tracing::debug!(id = self.id, "in-place symbols cannot be read: {e}");
+                let decline = Message::ChunkDecline(self.id);
+                Ok(Step::Done(Offered::Declined, Some(decline)))
+            }
+        }
     }
 
     /// The next round after `answers` (to the leaves `picks`, after a sketch), or a
@@ -291,8 +372,20 @@ pub async fn run<S: Duplex>(
         let reply = recv_reply(stats, fs, owed.limit(sizes)).await?;
         owed.pop();
         let (at, x, wire) = live.get_mut(&id).expect("an exchange owed a reply is live");
-        match x.on_reply(reply)? {
+        let mut step = x.on_reply(reply)?;
+        if let Step::Pass(p) = step {
+            let asked = (p.stream, p.asked);
+            let computed = tokio::task::spawn_blocking(move || {
+                inplace::symbols(&p.file, p.size, p.stream, 0, p.upto)
+            });
+            let computed = computed
+                .await
+                .map_err(|e| SyncError::Protocol(format!("in-place symbols task: {e}")))?;
+            step = x.passed(asked, computed)?;
+        }
+        match step {
             Step::Round(msg, reply) => outbox.push_back((id, msg, reply)),
+            Step::Pass(_) => unreachable!("a pass's symbols answer its ask"),
             Step::Done(outcome, decline) => {
                 if let Some(m) = decline {
                     fs.queue(m)?;
@@ -337,6 +430,7 @@ fn wire_len(msg: &Message) -> u64 {
             blocks,
             ..
         } => 32 + data.len() + blocks.len() + NODE * children.iter().map(Vec::len).sum::<usize>(),
+        Message::InPlaceSymbols { symbols, .. } => 32 + symbols.len(),
         _ => 32,
     };
     n as u64
@@ -459,5 +553,38 @@ mod tests {
             matches!(x.on_reply(pick()), Err(SyncError::Protocol(_))),
             "a second"
         );
+        // in-place asks while the root is open: a pass, then symbols from it; none
+        // after the root is answered, nor for an offer without a sketch
+        let ask = |sample, from, to| Message::InPlaceAsk {
+            id: 7,
+            sample,
+            from,
+            to,
+        };
+        let (mut x, _, _) = Exchange::start(&big);
+        let Ok(Step::Pass(p)) = x.on_reply(ask(true, 0, 96)) else {
+            panic!("a pass over the file");
+        };
+        let computed = inplace::symbols(&p.file, p.size, p.stream, 0, p.upto);
+        let Ok(Step::Round(Message::InPlaceSymbols { symbols, .. }, _)) =
+            x.passed((p.stream, p.asked), computed)
+        else {
+            panic!("the symbols asked for");
+        };
+        assert_eq!(symbols.len(), 96 * inplace::SYMBOL);
+        let root = Message::ChunkAnswer {
+            id: 7,
+            answers: vec![1],
+        };
+        assert!(matches!(x.on_reply(root), Ok(Step::Round(..))));
+        assert!(matches!(
+            x.on_reply(ask(false, 0, 300)),
+            Err(SyncError::Protocol(_))
+        ));
+        let (mut x, _, _) = Exchange::start(&small);
+        assert!(matches!(
+            x.on_reply(ask(true, 0, 96)),
+            Err(SyncError::Protocol(_))
+        ));
     }
 }

@@ -962,3 +962,68 @@ async fn a_named_source_sharing_nothing_gives_way_to_a_similar_file() {
         "{reply:?}"
     );
 }
+
+/// A peer whose in-place symbols do not fit the ask, lie (they decode to other content
+/// of the same size) or leave the field gets a decline or a refusal, nothing applied
+/// and the memory given back; honest symbols then rebuild the file.
+#[tokio::test]
+async fn lying_in_place_symbols_rebuild_nothing_and_honest_ones_apply() {
+    use crate::chunks::inplace::{self, Stream};
+    use crate::chunks::{sketch, Offers, Tree};
+    let e = env();
+    let mallory = PeerId::random();
+    let (mut fs, task) = connect(&e, mallory).await;
+    let old = crate::chunks::tests::text(2 << 20, 12);
+    let (mut new, mut lie) = (old.clone(), old.clone());
+    for i in 1..200 {
+        new[i * 10_000] = b'N'; // too many for the leaf sketch: an in-place ask
+        lie[i * 10_000 + 1] = b'L';
+    }
+    write_older(&e.data.join("big"), &old);
+    let mut header = valid_update(43, "big", &new);
+    header.ranges.clear();
+    let symbols = |content: &[u8], stream, from, to| {
+        let f = crate::chunks::tests::file_of(content);
+        let s = inplace::symbols(&f, content.len() as u64, stream, from, to).unwrap();
+        inplace::encode(&s)
+    };
+    // one symbol short; a symbol outside the field; a lie; the honest symbols
+    for case in ["short", "outside", "lie", "honest"] {
+        let content = if case == "lie" { &lie } else { &new };
+        let tree = Tree::from_bytes(content);
+        let offer = Message::ChunkOffer {
+            update: header.clone(),
+            top: vec![node(Offers::new(&tree).root())],
+            from: vec![],
+            sketch: sketch::encode(&tree, sketch::CELLS),
+        };
+        let mut reply = ask(&mut fs, offer).await;
+        while let Message::InPlaceAsk {
+            sample, from, to, ..
+        } = reply
+        {
+            let stream = if sample { Stream::Sample } else { Stream::Full };
+            let mut s = symbols(content, stream, from, to);
+            match case {
+                "short" => s.truncate(s.len() - inplace::SYMBOL),
+                "outside" => s[..8].copy_from_slice(&u64::MAX.to_le_bytes()),
+                _ => {}
+            }
+            let msg = Message::InPlaceSymbols { id: 43, symbols: s };
+            reply = ask(&mut fs, msg).await;
+        }
+        let on_disk = std::fs::read(e.data.join("big")).unwrap();
+        if case == "honest" {
+            assert_eq!(reply, Message::Ack(AckKind::Update(43)));
+            assert!(on_disk == new, "rebuilt and applied");
+        } else {
+            let refused = matches!(reply, Message::Nack { .. } | Message::ChunkDecline(43));
+            assert!(refused, "{case}: {reply:?}");
+            assert!(on_disk == old, "{case}: untouched");
+            let held = e.receiver.budgets.of(mallory).held();
+            assert_eq!(held, 0, "{case}: memory given back");
+        }
+    }
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}

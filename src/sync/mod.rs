@@ -39,6 +39,8 @@ mod fuzz_tests;
 #[cfg(test)]
 mod hostile_tests;
 #[cfg(test)]
+mod in_place_tests;
+#[cfg(test)]
 mod keepalive_tests;
 #[cfg(test)]
 mod latency_tests;

@@ -277,6 +277,30 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         holes: Vec<u8>,
     },
+    /// The receiver's answer to an offer whose sketch did not decode, when it holds a
+    /// version of the same size (version 21): it asks for symbols `from..to` of the
+    /// new content's in-place sketch (`crate::chunks::inplace`), of the sample stream
+    /// or the full one; answered `InPlaceSymbols`. The root stays unanswered: the
+    /// receiver answers it (`ChunkAnswer`) if it gives the sketch up.
+    InPlaceAsk {
+        /// The exchange (the update id).
+        id: u64,
+        /// The sample stream (one piece in 64), not the full one.
+        sample: bool,
+        /// First symbol asked for.
+        from: u32,
+        /// Symbol after the last asked for.
+        to: u32,
+    },
+    /// The symbols an `InPlaceAsk` asked for, [`INPLACE_SYMBOL`](super::INPLACE_SYMBOL)
+    /// bytes each (version 21).
+    InPlaceSymbols {
+        /// The exchange (the update id).
+        id: u64,
+        /// The symbols, in order.
+        #[serde(with = "serde_bytes")]
+        symbols: Vec<u8>,
+    },
 }
 
 /// One node of a chunk tree on the wire (see `crate::chunks`): 11 bytes.
@@ -694,6 +718,8 @@ impl Message {
             Message::LeafAsk { .. } => "leaf-ask",
             Message::LeafPieces(_) => "leaf-pieces",
             Message::ChunkPick { .. } => "chunk-pick",
+            Message::InPlaceAsk { .. } => "in-place-ask",
+            Message::InPlaceSymbols { .. } => "in-place-symbols",
         }
     }
 }

@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 20;
+pub const PROTOCOL_VERSION: u32 = 21;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/20";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/21";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;
@@ -131,6 +131,10 @@ pub const MAX_SKETCH: usize = crate::chunks::sketch::MAX_CELLS * crate::chunks::
 /// Most bytes of a `ChunkPick`'s holes, and of a `ChunkRound`'s matched ops (version
 /// 20).
 pub const MAX_MATCH_BYTES: usize = crate::chunks::matching::MAX_ENCODED;
+/// Bytes of one symbol of an in-place sketch (version 21).
+pub const INPLACE_SYMBOL: usize = crate::chunks::inplace::SYMBOL;
+/// Most symbols one `InPlaceAsk` may ask for (version 21).
+pub const MAX_INPLACE_SYMBOLS: u32 = crate::chunks::inplace::MAX_SYMBOLS;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;
 

@@ -1574,3 +1574,51 @@ fn pinned_leaf_ask_and_pieces_encoding() {
     let ragged = concat!("17000000", "0100000000000000", "0300000000000000", "010203");
     assert!(decode(&unhex(ragged)).is_err(), "a partial piece hash");
 }
+
+#[test]
+fn pinned_in_place_ask_and_symbols_encoding() {
+    let ask = Message::InPlaceAsk {
+        id: 7,
+        sample: true,
+        from: 0,
+        to: 96,
+    };
+    let expected = concat!(
+        "19000000",         // variant 25: InPlaceAsk
+        "0700000000000000", // id
+        "01",               // the sample stream
+        "00000000",         // from
+        "60000000",         // to: 96
+    );
+    assert_eq!(hex(&encode(&ask).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ask);
+    let symbols = Message::InPlaceSymbols {
+        id: 7,
+        symbols: [[1u8; 8], [2; 8]].concat(),
+    };
+    let expected = concat!(
+        "1a000000",         // variant 26: InPlaceSymbols
+        "0700000000000000", // id
+        "1000000000000000", // 16 bytes: one symbol
+        "0101010101010101", //   its sum
+        "0202020202020202", //   its weighted sum
+    );
+    assert_eq!(hex(&encode(&symbols).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), symbols);
+    let empty = |from, to| Message::InPlaceAsk {
+        id: 7,
+        sample: false,
+        from,
+        to,
+    };
+    assert!(encode(&empty(5, 5)).is_err(), "no symbols asked for");
+    assert!(
+        encode(&empty(0, MAX_INPLACE_SYMBOLS + 1)).is_err(),
+        "too many"
+    );
+    let ragged = Message::InPlaceSymbols {
+        id: 7,
+        symbols: vec![0; 17],
+    };
+    assert!(encode(&ragged).is_err(), "a partial symbol");
+}

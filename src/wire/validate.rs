@@ -3,10 +3,11 @@
 
 use super::{
     ChunkNode, Encoding, FileUpdate, IndexItem, ItemKind, Message, MetaItem, NackReason, RangeData,
-    Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, MAX_CHUNK_NODES, MAX_CHUNK_SOURCES,
-    MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_MATCH_BYTES, MAX_NODE_NAME, MAX_RANGE_LEN,
-    MAX_REASON, MAX_SKETCH, MAX_STAGED_ITEMS, MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES,
-    MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    Violation, WireOp, WireSetTime, WireTime, BLOCK_HASH, INPLACE_SYMBOL, MAX_CHUNK_NODES,
+    MAX_CHUNK_SOURCES, MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_INPLACE_SYMBOLS,
+    MAX_MATCH_BYTES, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_SKETCH, MAX_STAGED_ITEMS,
+    MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE,
 };
 use crate::chunks::{leaves, pieces, sketch};
 use crate::path::RelPath;
@@ -145,6 +146,28 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
                 total + blocks.len() / BLOCK_HASH,
                 MAX_CHUNK_NODES,
             )
+        }
+        Message::InPlaceAsk { from, to, .. } => {
+            if from >= to {
+                return Err(Violation::NotIncreasing("in-place symbols asked"));
+            }
+            within(
+                "in-place symbols asked",
+                u64::from(*to),
+                u64::from(MAX_INPLACE_SYMBOLS),
+            )
+        }
+        Message::InPlaceSymbols { symbols, .. } => {
+            let (len, item) = (symbols.len(), INPLACE_SYMBOL);
+            max_len("in-place symbols", len / item, MAX_INPLACE_SYMBOLS as usize)?;
+            match len % item {
+                0 => Ok(()),
+                _ => Err(Violation::Ragged {
+                    field: "in-place symbols",
+                    len,
+                    item,
+                }),
+            }
         }
         Message::Ack(_)
         | Message::Ping(_)

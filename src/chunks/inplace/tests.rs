@@ -82,7 +82,10 @@ fn each_piece_is_in_symbol_zero_then_fewer_and_fewer() {
     for k in [1usize, 6, 30, 62] {
         let expect = n as f64 * 2.0 / (k as f64 + 2.0);
         let got = f64::from(count[k]);
-        assert!((got - expect).abs() < expect * 0.05, "symbol {k}: {got} vs {expect}");
+        assert!(
+            (got - expect).abs() < expect * 0.05,
+            "symbol {k}: {got} vs {expect}"
+        );
     }
 }
 
@@ -95,7 +98,10 @@ fn scattered_changes_decode_to_the_new_version() {
         new[end] ^= 0x55; // the last, short piece
         let (rebuilt, sent) = exchange(&old, &new);
         assert!(rebuilt.as_deref() == Some(&new[..]), "{changes} changes");
-        assert!(sent <= SAMPLE_SYMBOLS + 256 + changes as u32 * 2, "{changes}: {sent}");
+        assert!(
+            sent <= SAMPLE_SYMBOLS + 256 + changes as u32 * 2,
+            "{changes}: {sent}"
+        );
     }
 }
 
@@ -116,10 +122,16 @@ fn too_many_changes_give_up_after_the_sample() {
 
 #[test]
 fn symbols_outside_the_field_or_cut_short_are_refused() {
-    let good = encode(&[Symbol { sum: 5, weighted: Q - 1 }]);
+    let good = encode(&[Symbol {
+        sum: 5,
+        weighted: Q - 1,
+    }]);
     assert!(decode_symbols(&good).is_some());
     assert!(decode_symbols(&good[..15]).is_none());
-    let bad = encode(&[Symbol { sum: Q, weighted: 0 }]);
+    let bad = encode(&[Symbol {
+        sum: Q,
+        weighted: 0,
+    }]);
     assert!(decode_symbols(&bad).is_none());
 }
 
@@ -132,7 +144,10 @@ fn lying_symbols_do_not_rebuild_a_wrong_file_silently() {
     let lies: Vec<Symbol> = (0..512)
         .map(|_| {
             x = mix(x + 1);
-            Symbol { sum: x % Q, weighted: mix(x) % Q }
+            Symbol {
+                sum: x % Q,
+                weighted: mix(x) % Q,
+            }
         })
         .collect();
     d.add(&f, &lies).unwrap();
@@ -163,4 +178,3 @@ fn costs() {
         t.elapsed()
     );
 }
-
