@@ -172,8 +172,12 @@ fn costs() {
     let t = std::time::Instant::now();
     let (rebuilt, sent) = exchange(&old, &new);
     assert!(rebuilt.as_deref() == Some(&new[..]));
+    let total = t.elapsed();
+    let t = std::time::Instant::now();
+    symbols(&file_of(&new), new.len() as u64, Stream::Full, 0, sent).unwrap();
     println!(
-        "500 row updates in 60 MiB: {changed} pieces changed, {sent} symbols ({} B), {:?}",
+        "500 row updates in 60 MiB: {changed} pieces changed, {sent} symbols ({} B); \
+         {total:?} in all, one side's pass {:?}",
         sent as usize * SYMBOL,
         t.elapsed()
     );
