@@ -6,7 +6,10 @@
 //!
 //! A cell is [`cell_bytes`] on the wire: a count (mod 256), the XOR of the keys
 //! (little-endian, `key_bytes` wide) and the XOR of their 24-bit check values. Each key
-//! goes into one cell of each of [`WAYS`] equal parts of the table. A false "pure" cell
+//! goes into one cell of each of [`WAYS`] equal parts of the table, or, in a rateless
+//! table ([`Layout::Rateless`]), into cell 0 and then fewer and fewer ([`rateless`]):
+//! its first cells are a table too, so the sender can send more until it peels.
+//! A false "pure" cell
 //! is caught by the check and by the key's own cells; callers check what decodes
 //! against what they know.
 
@@ -36,10 +39,66 @@ fn check(k: u128) -> u32 {
     fold(k, 0x5EED) as u32 & 0xFF_FFFF
 }
 
-/// The cell of `k` in each part of a table of `cells`.
-fn slots(k: u128, cells: usize) -> [usize; WAYS] {
-    let part = cells / WAYS;
-    std::array::from_fn(|j| j * part + (fold(k, j as u64 + 1) % part as u64) as usize)
+/// The cells of `k` in a table of `cells`: one in each part, or (rateless) cell 0 and
+/// then fewer and fewer ([`rateless`]).
+fn slots(k: u128, cells: usize, layout: Layout) -> Vec<usize> {
+    match layout {
+        Layout::Parts => {
+            let part = cells / WAYS;
+            let slot = |j: usize| j * part + (fold(k, j as u64 + 1) % part as u64) as usize;
+            (0..WAYS).map(slot).collect()
+        }
+        Layout::Rateless => rateless(fold(k, 0x5EED_0001), cells as u32)
+            .map(|j| j as usize)
+            .collect(),
+    }
+}
+
+/// How keys spread over a table's cells.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// One cell in each of [`WAYS`] equal parts: the table's size is fixed.
+    Parts,
+    /// Cell 0, then cell `j` with probability about 2 / (j + 2): a table's first cells
+    /// are a table too, so more can be sent until it peels.
+    Rateless,
+}
+
+/// The cells an item of `seed` is in, from 0, below `upto`: after cell `j`, the next
+/// is `k = max(j + 1, floor((j + 1.5) w - 0.5))`, `w` = 1 / sqrt(u) for `u` uniform in
+/// (0, 1] (16 bits of a wyrand draw), in fixed point ([`skips`]); so cell `k` holds
+/// the item with probability about 2 / (k + 2).
+pub fn rateless(seed: u64, upto: u32) -> impl Iterator<Item = u32> {
+    let mut state = seed;
+    let mut next = Some(0u32);
+    let skips = skips();
+    std::iter::from_fn(move || {
+        let j = next.filter(|&j| j < upto)?;
+        state = state.wrapping_add(0xA076_1D64_78BD_642F);
+        let t = u128::from(state) * u128::from(state ^ 0xE703_7ED1_A0B4_28DB);
+        let r = ((t >> 64) as u64 ^ t as u64) as u16;
+        let w = u64::from(skips[usize::from(r)]);
+        let k = (u64::from(2 * j + 3) * w - (1 << (SKIP_BITS - 1))) >> SKIP_BITS;
+        next = (k < u64::from(upto)).then(|| (k as u32).max(j + 1));
+        Some(j)
+    })
+}
+
+/// Fraction bits of the skip table's fixed point (`w` = 1 / sqrt(u) is at most 256:
+/// `2 w` fits a u32).
+const SKIP_BITS: u32 = 24;
+
+/// `floor(2^23 / sqrt(u))` for each 16-bit draw `r`, `u = (r + 1) / 2^16`: `w` with
+/// [`SKIP_BITS`] - 1 fraction bits, so that `(2 j + 3) * table[r]` is `(j + 1.5) w`
+/// with [`SKIP_BITS`] (computed once; the same on every IEEE machine: a division and a
+/// square root, each correctly rounded).
+fn skips() -> &'static [u32] {
+    static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let scale = f64::from(1u32 << (SKIP_BITS - 1));
+        let w = |r: u32| (scale / ((f64::from(r) + 1.0) / 65536.0).sqrt()).floor() as u32;
+        (0..1 << 16).map(w).collect()
+    })
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -76,6 +135,7 @@ pub struct Peeled {
 pub struct Table {
     cells: Vec<Cell>,
     key_bytes: usize,
+    layout: Layout,
 }
 
 impl Table {
@@ -85,12 +145,23 @@ impl Table {
         Table {
             cells: vec![Cell::default(); cells],
             key_bytes,
+            layout: Layout::Parts,
+        }
+    }
+
+    /// An empty rateless table of `cells` cells (at least one).
+    pub fn rateless(cells: usize, key_bytes: usize) -> Table {
+        assert!(cells > 0 && key_bytes <= 16);
+        Table {
+            cells: vec![Cell::default(); cells],
+            key_bytes,
+            layout: Layout::Rateless,
         }
     }
 
     fn toggle(&mut self, k: u128, add: bool) {
         debug_assert!(self.key_bytes == 16 || k >> (8 * self.key_bytes) == 0);
-        for s in slots(k, self.cells.len()) {
+        for s in slots(k, self.cells.len(), self.layout) {
             self.cells[s].toggle(k, add);
         }
     }
@@ -119,10 +190,20 @@ impl Table {
     /// A table from the wire: `None` unless it is a whole number of cells, a positive
     /// multiple of [`WAYS`] of them and at most `max_cells`.
     pub fn parse(bytes: &[u8], key_bytes: usize, max_cells: usize) -> Option<Table> {
+        Table::parse_as(bytes, key_bytes, max_cells, Layout::Parts)
+    }
+
+    /// A table of `layout` from the wire (a rateless one of any number of cells).
+    pub fn parse_as(
+        bytes: &[u8],
+        key_bytes: usize,
+        max_cells: usize,
+        layout: Layout,
+    ) -> Option<Table> {
         let size = cell_bytes(key_bytes);
         let cells = bytes.len() / size;
         if !bytes.len().is_multiple_of(size)
-            || !cells.is_multiple_of(WAYS)
+            || (layout == Layout::Parts && !cells.is_multiple_of(WAYS))
             || cells == 0
             || cells > max_cells
         {
@@ -139,7 +220,11 @@ impl Table {
             }
         };
         let cells = bytes.chunks(size).map(cell).collect();
-        Some(Table { cells, key_bytes })
+        Some(Table {
+            cells,
+            key_bytes,
+            layout,
+        })
     }
 
     /// The keys left in the table (theirs minus ours), if it peels to empty.
@@ -154,7 +239,8 @@ impl Table {
                 255 => true, // ours: put it back
                 _ => continue,
             };
-            if check(c.key) != c.check || !slots(c.key, cells).contains(&i) {
+            let own = slots(c.key, cells, self.layout);
+            if check(c.key) != c.check || !own.contains(&i) {
                 continue;
             }
             if add { &mut out.ours } else { &mut out.theirs }.push(c.key);
@@ -162,7 +248,7 @@ impl Table {
                 return None; // (cannot happen with a sound table)
             }
             self.toggle(c.key, add);
-            queue.extend(slots(c.key, cells));
+            queue.extend(own);
         }
         self.cells
             .iter()

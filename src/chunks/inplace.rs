@@ -167,41 +167,10 @@ impl Symbol {
     }
 }
 
-/// The symbols each piece is in, from 0, below `upto`: after symbol `j`, the next is
-/// `k = max(j + 1, floor((j + 1.5) w - 0.5))`, `w` = 1 / sqrt(u) for `u` uniform in
-/// (0, 1] (16 bits of a wyrand draw), in fixed point ([`skips`]); so symbol `k` holds
-/// the piece with probability about 2 / (k + 2).
+/// The symbols each piece is in, from 0, below `upto` ([`crate::iblt::rateless`]:
+/// symbol `k` holds the piece with probability about 2 / (k + 2)).
 pub fn indices(piece: u64, stream: Stream, upto: u32) -> impl Iterator<Item = u32> {
-    let mut state = mix(piece ^ mix(stream.salt()));
-    let mut next = Some(0u32);
-    let skips = skips();
-    std::iter::from_fn(move || {
-        let j = next.filter(|&j| j < upto)?;
-        state = state.wrapping_add(0xA076_1D64_78BD_642F);
-        let t = u128::from(state) * u128::from(state ^ 0xE703_7ED1_A0B4_28DB);
-        let r = ((t >> 64) as u64 ^ t as u64) as u16;
-        let w = u64::from(skips[usize::from(r)]);
-        let k = (u64::from(2 * j + 3) * w - (1 << (SKIP_BITS - 1))) >> SKIP_BITS;
-        next = (k < u64::from(upto)).then(|| (k as u32).max(j + 1));
-        Some(j)
-    })
-}
-
-/// Fraction bits of the skip table's fixed point (`w` = 1 / sqrt(u) is at most 256:
-/// `2 w` fits a u32).
-const SKIP_BITS: u32 = 24;
-
-/// `floor(2^23 / sqrt(u))` for each 16-bit draw `r`, `u = (r + 1) / 2^16`: `w` with
-/// [`SKIP_BITS`] - 1 fraction bits, so that `(2 j + 3) * table[r]` is `(j + 1.5) w`
-/// with [`SKIP_BITS`] (computed once; the same on every IEEE machine: a division and a
-/// square root, each correctly rounded).
-fn skips() -> &'static [u32] {
-    static TABLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let scale = f64::from(1u32 << (SKIP_BITS - 1));
-        let w = |r: u32| (scale / ((f64::from(r) + 1.0) / 65536.0).sqrt()).floor() as u32;
-        (0..1 << 16).map(w).collect()
-    })
+    crate::iblt::rateless(mix(piece ^ mix(stream.salt())), upto)
 }
 
 /// A piece's value: its bytes, little-endian.

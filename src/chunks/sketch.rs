@@ -15,7 +15,10 @@
 //! side's new leaves, and the last leaf), and the hint tells which ([`decode`]; two of
 //! them with one hint do not decode). A cell is [`CELL`] bytes: a count (mod 256), the
 //! XOR of the 10-byte keys (hint, hash, length as a u16; little-endian) and the XOR of
-//! their 24-bit check values. Each edge goes into one cell of each quarter of the table.
+//! their 24-bit check values. The table is rateless ([`iblt::Layout::Rateless`]): each
+//! edge is in cell 0 and in cell `j` with probability about 2 / (j + 2), so the first
+//! cells of a table are a table too: an offer carries [`CELLS`] of them, and a
+//! receiver they do not decode for asks for more ([`MORE_CELLS`]).
 //! A false "pure" cell is caught by the check, by the key's own cells, by the walk
 //! (every edge used once, the lengths summing to the file's size) and last by the
 //! whole-file BLAKE3 of the rebuilt file.
@@ -28,9 +31,12 @@ use std::collections::{HashMap, HashSet};
 const KEY_BYTES: usize = 10;
 /// Bytes of one cell on the wire.
 pub const CELL: usize = iblt::cell_bytes(KEY_BYTES);
-/// Cells an offer carries: a change or two (up to about twenty differing edges, such
-/// as 4 KiB of new bytes written) decode; more go down the tree.
-pub const CELLS: usize = 40;
+/// Cells an offer carries: a change or two (100 B inserted at the top, 20 B changed:
+/// about 36 times in 40, `tests::sizing`) decode; more ask for [`MORE_CELLS`].
+pub const CELLS: usize = 16;
+/// Cells a receiver asks for in all when the offer's do not decode: 4 KiB of new bytes
+/// written decode about 37 times in 40 at 48 (`tests::sizing`).
+pub const MORE_CELLS: usize = 48;
 /// Most cells a sketch may have (the wire refuses more).
 pub const MAX_CELLS: usize = WAYS * 192;
 pub use crate::iblt::WAYS;
@@ -109,9 +115,9 @@ fn table(leaves: &[Node], add: bool, into: &mut Table) {
     }
 }
 
-/// The sketch of `tree`'s leaves in `cells` cells (a multiple of [`WAYS`]).
+/// The first `cells` cells of the (rateless) sketch of `tree`'s leaves.
 pub fn encode(tree: &Tree, cells: usize) -> Vec<u8> {
-    let mut t = Table::new(cells, KEY_BYTES);
+    let mut t = Table::rateless(cells, KEY_BYTES);
     table(tree.level(0), true, &mut t);
     t.encode()
 }
@@ -144,7 +150,7 @@ pub fn decode(
 
 /// [`decode`] without the top check.
 fn walk_of(sketch: &[u8], ours: &Tree, size: u64) -> Option<Vec<(u64, u64)>> {
-    let mut t = Table::parse(sketch, KEY_BYTES, MAX_CELLS)?;
+    let mut t = Table::parse_as(sketch, KEY_BYTES, MAX_CELLS, iblt::Layout::Rateless)?;
     table(ours.level(0), false, &mut t);
     let (theirs, only_ours) = peel(t)?;
     let own: Vec<Edge> = edges(ours.level(0)).collect();
@@ -312,7 +318,7 @@ mod tests {
 
     #[test]
     fn pinned_cell_layout() {
-        // (docs/PROTOCOL.md, *Sketch*) with 4 cells each edge is in all four
+        // (docs/PROTOCOL.md, *Sketch*) every edge is in cell 0
         let t = Tree::from_bytes(&text(3000, 2));
         let n = t.level(0);
         let m = |mut x: u64| {
@@ -334,7 +340,9 @@ mod tests {
         let mut cell = vec![n.len() as u8];
         cell.extend_from_slice(&key.to_le_bytes()[..10]);
         cell.extend_from_slice(&chk.to_le_bytes()[..3]);
-        assert_eq!(encode(&t, 4), cell.repeat(4));
+        assert_eq!(encode(&t, 1), cell);
+        // and the first cells of a longer table are that table
+        assert_eq!(encode(&t, 40)[..CELL * 16], encode(&t, 16));
     }
 
     #[test]
@@ -347,7 +355,7 @@ mod tests {
             edit(&mut new, (0.3, kind, 20_000, 0.7), 5);
             let b = Tree::from_bytes(&new);
             (
-                decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)),
+                decode(&encode(&b, MORE_CELLS), &a, new.len() as u64, &tops(&b)),
                 leaves(&b),
             )
         };
@@ -406,7 +414,7 @@ mod tests {
         let a = Tree::from_bytes(&old);
         let good = encode(&a, CELLS);
         assert_eq!(
-            decode(&good[..CELL * 2], &a, old.len() as u64, &tops(&a)),
+            decode(&good[..CELL * 2 + 3], &a, old.len() as u64, &tops(&a)),
             None,
             "ragged"
         );
@@ -444,7 +452,8 @@ mod tests {
     }
 
     /// 4 KiB of new bytes written into random bytes (the bench's pairing d): about
-    /// twenty differing edges, which the offer's sketch decodes nearly always.
+    /// twenty differing edges, too many for the offer's cells mostly, which the cells
+    /// asked for then decode nearly always.
     #[test]
     fn a_4k_write_into_random_bytes_decodes() {
         let decoded = (1..=10u64)
@@ -454,7 +463,7 @@ mod tests {
                 let at = (seed as usize * 7_777_777) % (old.len() - 4096);
                 new[at..at + 4096].copy_from_slice(&noise(4096, seed + 99));
                 let (a, b) = (Tree::from_bytes(&old), Tree::from_bytes(&new));
-                decode(&encode(&b, CELLS), &a, new.len() as u64, &tops(&b)) == Some(leaves(&b))
+                decode(&encode(&b, MORE_CELLS), &a, new.len() as u64, &tops(&b)) == Some(leaves(&b))
             })
             .count();
         assert!(decoded >= 9, "{decoded} of 10 decoded");
@@ -491,7 +500,7 @@ mod tests {
         ];
         for (what, random, change) in kinds {
             let mut line = format!("{what}:");
-            for cells in [32, 36, 40, 44, 48] {
+            for cells in [8, 12, 16, 20, 24, 32, 40, 48] {
                 let decoded = (1..=40u64)
                     .filter(|&seed| {
                         let old = if random {

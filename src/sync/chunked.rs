@@ -220,9 +220,9 @@ struct Rebuild {
     rounds: usize,
     /// Memory taken from the peer's budget for the rebuilt content.
     charged: usize,
-    /// The in-place sketch under way ([`in_place`]), if the offer's sketch did not
-    /// decode and our version is of the same size.
-    in_place: Option<in_place::InPlace>,
+    /// More of a sketch asked for ([`in_place`]): the offer's leaf sketch did not
+    /// decode.
+    asking: Option<in_place::Asking>,
 }
 
 /// The receiver's first answers: to the top level, or to the leaves it picked (with
@@ -232,8 +232,9 @@ type First = (Option<(Vec<u32>, Vec<u8>)>, Vec<Answer>);
 /// What reading one candidate for our version of an offered file came to.
 enum Stand {
     /// It stands for our version: the exchange, its first answers (to the leaves
-    /// picked, when the sketch decoded) and its charge.
-    On(Needs, First, usize),
+    /// picked, when the sketch decoded) and its charge; and our version's tree when
+    /// the sketch did not decode (to ask for more of it).
+    On(Needs, First, usize, Option<Tree>),
     /// It shares nothing with the offer (or could not be read): try the next.
     Next,
     /// Only the root was offered and the sketch did not decode: whether it shares
@@ -330,9 +331,11 @@ impl Rebuilds {
         let mut maybe = None;
         for (old, guessed, tree) in candidates {
             match self.stand_on(&update, (&top, sketch), (&old, tree), guessed) {
-                Stand::On(needs, first, charged) => {
+                Stand::On(needs, first, charged, tree) => {
                     self.give_back(maybe);
-                    return self.start(update, (needs, first, charged), old, root_only);
+                    let more = (tree.filter(|_| root_only))
+                        .map(|tree| in_place::More::new(tree, sketch, &top));
+                    return self.start(update, (needs, first, charged), old, more);
                 }
                 Stand::Maybe(needs, first, charged) if maybe.is_none() => {
                     maybe = Some(((needs, first, charged), old));
@@ -346,20 +349,20 @@ impl Rebuilds {
             }
         }
         match maybe {
-            Some((stood, old)) => self.start(update, stood, old, false),
+            Some((stood, old)) => self.start(update, stood, old, None),
             None => decline,
         }
     }
 
     /// Puts the exchange of `update` under way, standing on `old`, and answers its
-    /// first round (with an in-place ask instead, if `root_only` was offered, its
-    /// sketch did not decode and `old` is of the new size).
+    /// first round; or, when only the root was offered and its sketch did not decode
+    /// (`more`), asks for more of the sketch first.
     fn start(
         &mut self,
         update: FileUpdate,
         stood: (Needs, First, usize),
         old: Joined,
-        root_only: bool,
+        more: Option<in_place::More>,
     ) -> Next {
         let (id, (needs, (picks, answers), charged)) = (update.id, stood);
         let mut rebuild = Rebuild {
@@ -368,11 +371,11 @@ impl Rebuilds {
             old,
             rounds: 1,
             charged,
-            in_place: None,
+            asking: None,
         };
-        if picks.is_none() && root_only {
-            if let Some((x, ask)) = in_place::InPlace::start(&rebuild, &answers) {
-                rebuild.in_place = Some(x);
+        if let Some(more) = more.filter(|_| picks.is_none()) {
+            if let Some((x, ask)) = in_place::Asking::start(&rebuild, &answers, more) {
+                rebuild.asking = Some(x);
                 self.current.insert(id, rebuild);
                 return Next::Reply(ask);
             }
@@ -433,7 +436,10 @@ impl Rebuilds {
                 self.budget.give(charged);
                 Stand::Next // a likely file, but other content
             }
-            Ok(answers) => Stand::On(needs, answers, charged),
+            Ok(answers) => {
+                let undecoded = answers.0.is_none() && !sketch.is_empty();
+                Stand::On(needs, answers, charged, undecoded.then_some(tree))
+            }
             Err(e) => {
                 tracing::info!("{}: chunk offer refused: {e}", update.path);
                 self.budget.give(charged);

@@ -11,6 +11,7 @@ use super::{unless_stalled, Stats, SyncError, MIN_APPLY_RATE, MIN_RATE, REPLY_TI
 use crate::chunks::inplace::{self, Stream, Symbol};
 use crate::chunks::{block_hashes, fine_hashes, matching, sketch, Answer, Offers, BLOCK, FINE};
 use crate::wire::{hash48_bytes, AckKind, ChunkNode, FramedStream, Message};
+use crate::wire::{SKETCH_LEAVES, SKETCH_PIECES, SKETCH_SAMPLE};
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -33,6 +34,7 @@ const REPLY_HEAD: usize = 32;
 pub struct Exchange<'a> {
     id: u64,
     size: u64,
+    tree: &'a crate::chunks::Tree,
     offers: Offers<'a>,
     file: &'a File,
     rounds: usize,
@@ -88,6 +90,7 @@ impl<'a> Exchange<'a> {
         let x = Exchange {
             id: r.update.id,
             size: r.update.size,
+            tree: &r.read.tree,
             offers,
             file: &r.read.file,
             rounds: 1,
@@ -118,12 +121,15 @@ impl<'a> Exchange<'a> {
                 answers,
                 holes,
             } if i == id && sketched => (Some((leaves, holes)), answers),
-            Message::InPlaceAsk {
+            Message::SketchAsk {
                 id: i,
-                sample,
+                stream,
                 from,
                 to,
-            } if i == id && self.root_open => return self.in_place(sample, from, to),
+            } if i == id && self.root_open => {
+                self.sketched = sketched; // (a pick may still come)
+                return self.sketch_part(stream, from, to);
+            }
             Message::Ack(AckKind::Update(i)) if i == id => {
                 let done = Offered::Acked(self.rounds, self.nodes, self.leaves);
                 return Ok(Step::Done(done, None));
@@ -150,17 +156,24 @@ impl<'a> Exchange<'a> {
         self.round(picks, &answers)
     }
 
-    /// An `InPlaceAsk` of symbols `from..to`: served from those computed, or a pass
-    /// over the file first (of the full stream, half as many again, for the next ask).
-    fn in_place(&mut self, sample: bool, from: u32, to: u32) -> Result<Step, SyncError> {
-        let stream = if sample { Stream::Sample } else { Stream::Full };
+    /// A `SketchAsk` of `stream`'s cells or symbols `from..to`: leaf cells from the
+    /// tree; in-place symbols from those computed, or a pass over the file first (of
+    /// the full stream, half as many again, for the next ask).
+    fn sketch_part(&mut self, stream: u8, from: u32, to: u32) -> Result<Step, SyncError> {
+        let stream = match stream {
+            SKETCH_LEAVES => {
+                let cells = sketch::encode(self.tree, to as usize);
+                let bytes = cells[from as usize * sketch::CELL..].to_vec();
+                let msg = Message::SketchPart { id: self.id, bytes };
+                return Ok(Step::Round(msg, REPLY_HEAD + 256));
+            }
+            SKETCH_SAMPLE => Stream::Sample,
+            _ => Stream::Full,
+        };
         if let Some((s, computed)) = &self.symbols {
             if *s == stream && computed.len() >= to as usize {
-                let symbols = inplace::encode(&computed[from as usize..to as usize]);
-                let msg = Message::InPlaceSymbols {
-                    id: self.id,
-                    symbols,
-                };
+                let bytes = inplace::encode(&computed[from as usize..to as usize]);
+                let msg = Message::SketchPart { id: self.id, bytes };
                 return Ok(Step::Round(msg, REPLY_HEAD));
             }
         }
@@ -194,7 +207,11 @@ impl<'a> Exchange<'a> {
         match computed {
             Ok(c) => {
                 self.symbols = Some((stream, c));
-                self.in_place(stream == Stream::Sample, from, to)
+                let stream = match stream {
+                    Stream::Sample => SKETCH_SAMPLE,
+                    Stream::Full => SKETCH_PIECES,
+                };
+                self.sketch_part(stream, from, to)
             }
             Err(e) => {
                 tracing::debug!(id = self.id, "in-place symbols cannot be read: {e}");
@@ -430,7 +447,7 @@ fn wire_len(msg: &Message) -> u64 {
             blocks,
             ..
         } => 32 + data.len() + blocks.len() + NODE * children.iter().map(Vec::len).sum::<usize>(),
-        Message::InPlaceSymbols { symbols, .. } => 32 + symbols.len(),
+        Message::SketchPart { bytes, .. } => 32 + bytes.len(),
         _ => 32,
     };
     n as u64
@@ -555,35 +572,40 @@ mod tests {
         );
         // in-place asks while the root is open: a pass, then symbols from it; none
         // after the root is answered, nor for an offer without a sketch
-        let ask = |sample, from, to| Message::InPlaceAsk {
+        let ask = |stream, from, to| Message::SketchAsk {
             id: 7,
-            sample,
+            stream,
             from,
             to,
         };
         let (mut x, _, _) = Exchange::start(&big);
-        let Ok(Step::Pass(p)) = x.on_reply(ask(true, 0, 96)) else {
+        let more = x.on_reply(ask(SKETCH_LEAVES, 16, 48));
+        let Ok(Step::Round(Message::SketchPart { bytes, .. }, _)) = more else {
+            panic!("the leaf cells asked for");
+        };
+        assert_eq!(bytes.len(), 32 * sketch::CELL);
+        let Ok(Step::Pass(p)) = x.on_reply(ask(SKETCH_SAMPLE, 0, 96)) else {
             panic!("a pass over the file");
         };
         let computed = inplace::symbols(&p.file, p.size, p.stream, 0, p.upto);
-        let Ok(Step::Round(Message::InPlaceSymbols { symbols, .. }, _)) =
+        let Ok(Step::Round(Message::SketchPart { bytes, .. }, _)) =
             x.passed((p.stream, p.asked), computed)
         else {
             panic!("the symbols asked for");
         };
-        assert_eq!(symbols.len(), 96 * inplace::SYMBOL);
+        assert_eq!(bytes.len(), 96 * inplace::SYMBOL);
         let root = Message::ChunkAnswer {
             id: 7,
             answers: vec![1],
         };
         assert!(matches!(x.on_reply(root), Ok(Step::Round(..))));
         assert!(matches!(
-            x.on_reply(ask(false, 0, 300)),
+            x.on_reply(ask(SKETCH_PIECES, 0, 300)),
             Err(SyncError::Protocol(_))
         ));
         let (mut x, _, _) = Exchange::start(&small);
         assert!(matches!(
-            x.on_reply(ask(true, 0, 96)),
+            x.on_reply(ask(SKETCH_SAMPLE, 0, 96)),
             Err(SyncError::Protocol(_))
         ));
     }

@@ -963,31 +963,42 @@ async fn a_named_source_sharing_nothing_gives_way_to_a_similar_file() {
     );
 }
 
-/// A peer whose in-place symbols do not fit the ask, lie (they decode to other content
+/// A peer whose sketch parts do not fit the ask, lie (they decode to other content
 /// of the same size) or leave the field gets a decline or a refusal, nothing applied
-/// and the memory given back; honest symbols then rebuild the file.
+/// and the memory given back; honest parts then rebuild the file: leaf cells first,
+/// then, for too many changes, in-place symbols.
 #[tokio::test]
-async fn lying_in_place_symbols_rebuild_nothing_and_honest_ones_apply() {
+async fn lying_sketch_parts_rebuild_nothing_and_honest_ones_apply() {
     use crate::chunks::inplace::{self, Stream};
     use crate::chunks::{sketch, Offers, Tree};
+    use crate::wire::{SKETCH_LEAVES, SKETCH_SAMPLE};
     let e = env();
     let mallory = PeerId::random();
     let (mut fs, task) = connect(&e, mallory).await;
     let old = crate::chunks::tests::text(2 << 20, 12);
     let (mut new, mut lie) = (old.clone(), old.clone());
     for i in 1..200 {
-        new[i * 10_000] = b'N'; // too many for the leaf sketch: an in-place ask
+        new[i * 10_000] = b'N'; // too many for the leaf sketch: in-place symbols
         lie[i * 10_000 + 1] = b'L';
     }
     write_older(&e.data.join("big"), &old);
     let mut header = valid_update(43, "big", &new);
     header.ranges.clear();
-    let symbols = |content: &[u8], stream, from, to| {
+    let part = |content: &[u8], stream, from, to| {
+        if stream == SKETCH_LEAVES {
+            let cells = sketch::encode(&Tree::from_bytes(content), to as usize);
+            return cells[from as usize * sketch::CELL..].to_vec();
+        }
+        let stream = if stream == SKETCH_SAMPLE {
+            Stream::Sample
+        } else {
+            Stream::Full
+        };
         let f = crate::chunks::tests::file_of(content);
         let s = inplace::symbols(&f, content.len() as u64, stream, from, to).unwrap();
         inplace::encode(&s)
     };
-    // one symbol short; a symbol outside the field; a lie; the honest symbols
+    // one cell or symbol short; a symbol outside the field; a lie; the honest parts
     for case in ["short", "outside", "lie", "honest"] {
         let content = if case == "lie" { &lie } else { &new };
         let tree = Tree::from_bytes(content);
@@ -998,22 +1009,26 @@ async fn lying_in_place_symbols_rebuild_nothing_and_honest_ones_apply() {
             sketch: sketch::encode(&tree, sketch::CELLS),
         };
         let mut reply = ask(&mut fs, offer).await;
-        while let Message::InPlaceAsk {
-            sample, from, to, ..
+        let mut streams = Vec::new();
+        while let Message::SketchAsk {
+            stream, from, to, ..
         } = reply
         {
-            let stream = if sample { Stream::Sample } else { Stream::Full };
-            let mut s = symbols(content, stream, from, to);
+            streams.push(stream);
+            let mut bytes = part(content, stream, from, to);
             match case {
-                "short" => s.truncate(s.len() - inplace::SYMBOL),
-                "outside" => s[..8].copy_from_slice(&u64::MAX.to_le_bytes()),
+                "short" => bytes.truncate(bytes.len() - 1),
+                "outside" if stream != SKETCH_LEAVES => {
+                    bytes[..8].copy_from_slice(&u64::MAX.to_le_bytes())
+                }
                 _ => {}
             }
-            let msg = Message::InPlaceSymbols { id: 43, symbols: s };
+            let msg = Message::SketchPart { id: 43, bytes };
             reply = ask(&mut fs, msg).await;
         }
         let on_disk = std::fs::read(e.data.join("big")).unwrap();
         if case == "honest" {
+            assert_eq!(streams, [0, 1, 2], "leaf cells, the sample, the pieces");
             assert_eq!(reply, Message::Ack(AckKind::Update(43)));
             assert!(on_disk == new, "rebuilt and applied");
         } else {

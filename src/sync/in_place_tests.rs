@@ -54,3 +54,20 @@ fn many_scattered_changes_cost_their_pieces_not_a_walk_of_the_tree() {
     // changed leaf costs its siblings at every level, about 60 KB
     assert!(bytes < 20_000, "{bytes} bytes");
 }
+
+#[test]
+fn a_change_too_big_for_the_offered_cells_asks_for_more_of_them() {
+    // 2 MiB, 4 KiB of other letters written in the middle: about twenty differing
+    // edges, more than the offer's 16 cells decode mostly; 32 more cells (448 B)
+    // then do, and only the changed bytes follow
+    let old = String::from_utf8(text(2 << 20, 13)).expect("letters");
+    let mut new = old.clone().into_bytes();
+    let other = text(4096, 14);
+    new[1 << 20..(1 << 20) + 4096].copy_from_slice(&other);
+    let new = String::from_utf8(new).expect("letters");
+    let held = [vec![(0, new)], vec![(0, old)]];
+    let bytes = bytes_to_converge(&held);
+    println!("4 KiB written into 2 MiB: {bytes} bytes written");
+    // down the tree from the root, the walk's sibling hashes come to about 4 KB more
+    assert!(bytes < 6_500, "{bytes} bytes");
+}

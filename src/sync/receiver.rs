@@ -123,7 +123,7 @@ where
             | Message::ChunkRound { .. }
             | Message::ChunkDecline(_)
             | Message::LeafDelta { .. }
-            | Message::InPlaceSymbols { .. }
+            | Message::SketchPart { .. }
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             Message::Index { entries, upto, .. } => {
                 Some(take_index(entries, upto, r, &peer, rebuilds.warm()).await?)
@@ -272,7 +272,7 @@ async fn chunk(
                 blocks,
                 matched,
             } => owned.round(id, (children, data), &blocks, &matched),
-            Message::InPlaceSymbols { id, symbols } => owned.in_place(id, &symbols),
+            Message::SketchPart { id, bytes } => owned.sketch_part(id, &bytes),
             Message::LeafDelta {
                 update,
                 used,

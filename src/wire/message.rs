@@ -277,29 +277,32 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         holes: Vec<u8>,
     },
-    /// The receiver's answer to an offer whose sketch did not decode, when it holds a
-    /// version of the same size (version 21): it asks for symbols `from..to` of the
-    /// new content's in-place sketch (`crate::chunks::inplace`), of the sample stream
-    /// or the full one; answered `InPlaceSymbols`. The root stays unanswered: the
-    /// receiver answers it (`ChunkAnswer`) if it gives the sketch up.
-    InPlaceAsk {
+    /// The receiver asks for more of a sketch of the new content (version 21), when
+    /// the offer's leaf sketch did not decode and only its root was offered: the
+    /// leaf sketch's cells `from..to` (`stream` 0, [`SKETCH_LEAVES`](super::SKETCH_LEAVES)),
+    /// or symbols `from..to` of its in-place sketch (`crate::chunks::inplace`): the
+    /// sample stream (1) or the full one (2). Answered `SketchPart`. The root stays
+    /// unanswered: the receiver answers it (`ChunkAnswer`) if it gives the sketches
+    /// up, or picks (`ChunkPick`) once the leaf sketch decodes.
+    SketchAsk {
         /// The exchange (the update id).
         id: u64,
-        /// The sample stream (one piece in 64), not the full one.
-        sample: bool,
-        /// First symbol asked for.
+        /// Which sketch: 0 the leaves', 1 the in-place sample, 2 the in-place whole.
+        stream: u8,
+        /// First cell or symbol asked for.
         from: u32,
-        /// Symbol after the last asked for.
+        /// The cell or symbol after the last asked for.
         to: u32,
     },
-    /// The symbols an `InPlaceAsk` asked for, [`INPLACE_SYMBOL`](super::INPLACE_SYMBOL)
-    /// bytes each (version 21).
-    InPlaceSymbols {
+    /// What a `SketchAsk` asked for, in order (version 21): leaf cells of
+    /// [`sketch::CELL`](crate::chunks::sketch::CELL) bytes, or in-place symbols of
+    /// [`INPLACE_SYMBOL`](super::INPLACE_SYMBOL) bytes.
+    SketchPart {
         /// The exchange (the update id).
         id: u64,
-        /// The symbols, in order.
+        /// The cells or symbols.
         #[serde(with = "serde_bytes")]
-        symbols: Vec<u8>,
+        bytes: Vec<u8>,
     },
 }
 
@@ -718,8 +721,8 @@ impl Message {
             Message::LeafAsk { .. } => "leaf-ask",
             Message::LeafPieces(_) => "leaf-pieces",
             Message::ChunkPick { .. } => "chunk-pick",
-            Message::InPlaceAsk { .. } => "in-place-ask",
-            Message::InPlaceSymbols { .. } => "in-place-symbols",
+            Message::SketchAsk { .. } => "sketch-ask",
+            Message::SketchPart { .. } => "sketch-part",
         }
     }
 }

@@ -131,9 +131,15 @@ pub const MAX_SKETCH: usize = crate::chunks::sketch::MAX_CELLS * crate::chunks::
 /// Most bytes of a `ChunkPick`'s holes, and of a `ChunkRound`'s matched ops (version
 /// 20).
 pub const MAX_MATCH_BYTES: usize = crate::chunks::matching::MAX_ENCODED;
+/// `SketchAsk.stream`: the leaf sketch's cells (version 21).
+pub const SKETCH_LEAVES: u8 = 0;
+/// `SketchAsk.stream`: the in-place sketch's sample stream (version 21).
+pub const SKETCH_SAMPLE: u8 = 1;
+/// `SketchAsk.stream`: the in-place sketch's full stream (version 21).
+pub const SKETCH_PIECES: u8 = 2;
 /// Bytes of one symbol of an in-place sketch (version 21).
 pub const INPLACE_SYMBOL: usize = crate::chunks::inplace::SYMBOL;
-/// Most symbols one `InPlaceAsk` may ask for (version 21).
+/// Most symbols one `SketchAsk` may ask for (version 21).
 pub const MAX_INPLACE_SYMBOLS: u32 = crate::chunks::inplace::MAX_SYMBOLS;
 /// Bytes of one block hash in a `ChunkRound` (see `crate::chunks::block_hash`).
 pub const BLOCK_HASH: usize = 6;

@@ -1409,7 +1409,8 @@ fn pinned_chunk_sketch_and_pick_encoding() {
     let with = hex(&encode(&offer(cells.clone())).unwrap());
     assert_eq!(with, format!("{head}3800000000000000{}", "ab".repeat(56)));
     assert_eq!(decode(&unhex(&with)).unwrap(), offer(cells.clone()));
-    assert!(encode(&offer(cells[..14].to_vec())).is_err(), "one cell");
+    // (any whole number of cells since version 21: the sketch is rateless)
+    assert!(encode(&offer(cells[..14].to_vec())).is_ok(), "one cell");
     assert!(encode(&offer(cells[..15].to_vec())).is_err(), "ragged");
     let big = vec![0; crate::wire::MAX_SKETCH + 4 * 14];
     assert!(encode(&offer(big)).is_err(), "too many cells");
@@ -1576,49 +1577,57 @@ fn pinned_leaf_ask_and_pieces_encoding() {
 }
 
 #[test]
-fn pinned_in_place_ask_and_symbols_encoding() {
-    let ask = Message::InPlaceAsk {
+fn pinned_sketch_ask_and_part_encoding() {
+    let ask = Message::SketchAsk {
         id: 7,
-        sample: true,
+        stream: SKETCH_SAMPLE,
         from: 0,
         to: 96,
     };
     let expected = concat!(
-        "19000000",         // variant 25: InPlaceAsk
+        "19000000",         // variant 25: SketchAsk
         "0700000000000000", // id
-        "01",               // the sample stream
+        "01",               // the in-place sample
         "00000000",         // from
         "60000000",         // to: 96
     );
     assert_eq!(hex(&encode(&ask).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ask);
-    let symbols = Message::InPlaceSymbols {
+    let part = Message::SketchPart {
         id: 7,
-        symbols: [[1u8; 8], [2; 8]].concat(),
+        bytes: [[1u8; 8], [2; 8]].concat(),
     };
     let expected = concat!(
-        "1a000000",         // variant 26: InPlaceSymbols
+        "1a000000",         // variant 26: SketchPart
         "0700000000000000", // id
         "1000000000000000", // 16 bytes: one symbol
         "0101010101010101", //   its sum
         "0202020202020202", //   its weighted sum
     );
-    assert_eq!(hex(&encode(&symbols).unwrap()), expected);
-    assert_eq!(decode(&unhex(expected)).unwrap(), symbols);
-    let empty = |from, to| Message::InPlaceAsk {
+    assert_eq!(hex(&encode(&part).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), part);
+    let ask = |stream, from, to| Message::SketchAsk {
         id: 7,
-        sample: false,
+        stream,
         from,
         to,
     };
-    assert!(encode(&empty(5, 5)).is_err(), "no symbols asked for");
     assert!(
-        encode(&empty(0, MAX_INPLACE_SYMBOLS + 1)).is_err(),
-        "too many"
+        encode(&ask(SKETCH_PIECES, 5, 5)).is_err(),
+        "nothing asked for"
     );
-    let ragged = Message::InPlaceSymbols {
+    let over = MAX_INPLACE_SYMBOLS + 1;
+    assert!(encode(&ask(SKETCH_PIECES, 0, over)).is_err(), "too many");
+    let cells = crate::chunks::sketch::MAX_CELLS as u32;
+    assert!(encode(&ask(SKETCH_LEAVES, 16, cells)).is_ok());
+    assert!(
+        encode(&ask(SKETCH_LEAVES, 16, cells + 1)).is_err(),
+        "too many cells"
+    );
+    assert!(encode(&ask(3, 0, 1)).is_err(), "no such sketch");
+    let big = Message::SketchPart {
         id: 7,
-        symbols: vec![0; 17],
+        bytes: vec![0; MAX_INPLACE_SYMBOLS as usize * INPLACE_SYMBOL + 1],
     };
-    assert!(encode(&ragged).is_err(), "a partial symbol");
+    assert!(encode(&big).is_err(), "too long");
 }

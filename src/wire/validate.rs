@@ -7,7 +7,7 @@ use super::{
     MAX_CHUNK_SOURCES, MAX_FILE_LEAVES, MAX_FILE_SIZE, MAX_INDEX_ITEMS, MAX_INPLACE_SYMBOLS,
     MAX_MATCH_BYTES, MAX_NODE_NAME, MAX_RANGE_LEN, MAX_REASON, MAX_SKETCH, MAX_STAGED_ITEMS,
     MAX_SYMLINK_TARGET, MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, MAX_VV_PAIRS, MAX_XATTR_NAME,
-    MAX_XATTR_VALUE,
+    MAX_XATTR_VALUE, SKETCH_LEAVES, SKETCH_PIECES, SKETCH_SAMPLE,
 };
 use crate::chunks::{leaves, pieces, sketch};
 use crate::path::RelPath;
@@ -95,7 +95,10 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
         } => {
             validate_update(update)?;
             max_len("chunk sketch", sketch.len(), MAX_SKETCH)?;
-            whole_cells("chunk sketch", sketch.len(), sketch::CELL)?;
+            if !sketch.len().is_multiple_of(sketch::CELL) {
+                let (field, len, item) = ("chunk sketch", sketch.len(), sketch::CELL);
+                return Err(Violation::Ragged { field, len, item });
+            }
             max_len("chunk sources", from.len(), MAX_CHUNK_SOURCES)?;
             from.iter().try_for_each(|p| not_root("chunk source", p))?;
             max_len("chunk offer ranges", update.ranges.len(), 0)?;
@@ -147,27 +150,25 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
                 MAX_CHUNK_NODES,
             )
         }
-        Message::InPlaceAsk { from, to, .. } => {
+        Message::SketchAsk {
+            stream, from, to, ..
+        } => {
+            let most = match *stream {
+                SKETCH_LEAVES => sketch::MAX_CELLS as u64,
+                SKETCH_SAMPLE | SKETCH_PIECES => u64::from(MAX_INPLACE_SYMBOLS),
+                s => {
+                    let (field, value) = ("sketch stream", u64::from(s));
+                    return Err(Violation::BadCode { field, value });
+                }
+            };
             if from >= to {
-                return Err(Violation::NotIncreasing("in-place symbols asked"));
+                return Err(Violation::NotIncreasing("sketch part asked for"));
             }
-            within(
-                "in-place symbols asked",
-                u64::from(*to),
-                u64::from(MAX_INPLACE_SYMBOLS),
-            )
+            within("sketch part asked for", u64::from(*to), most)
         }
-        Message::InPlaceSymbols { symbols, .. } => {
-            let (len, item) = (symbols.len(), INPLACE_SYMBOL);
-            max_len("in-place symbols", len / item, MAX_INPLACE_SYMBOLS as usize)?;
-            match len % item {
-                0 => Ok(()),
-                _ => Err(Violation::Ragged {
-                    field: "in-place symbols",
-                    len,
-                    item,
-                }),
-            }
+        Message::SketchPart { bytes, .. } => {
+            let most = MAX_INPLACE_SYMBOLS as usize * INPLACE_SYMBOL;
+            max_len("sketch part", bytes.len(), most)
         }
         Message::Ack(_)
         | Message::Ping(_)

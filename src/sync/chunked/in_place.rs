@@ -1,99 +1,172 @@
-//! The receiver's in-place sketch (`crate::chunks::inplace`, version 21): after an
-//! offer's leaf sketch did not decode, when our version is of the offered size, it
-//! asks for the sample stream, then for as many full-stream symbols as the sample
-//! says, and more until they decode; the rebuilt file is applied as any. When the
-//! sample does not decode or the symbols pass their limit, it answers the root as it
-//! would have, and the exchange walks the tree.
+//! The receiver asking for more of a sketch (version 21) when only the root was
+//! offered and the offer's leaf sketch did not decode: first more of the leaf sketch's
+//! (rateless) cells, up to [`sketch::MORE_CELLS`]; if those do not decode either and
+//! our version is of the offered size, the in-place sketch (`crate::chunks::inplace`):
+//! the sample stream, then as many full-stream symbols as the sample says, and more
+//! until they decode. A decoded leaf sketch goes on as a pick; a decoded in-place one
+//! is the rebuilt file. Giving up, it answers the root as it would have, and the
+//! exchange walks the tree.
 
 use super::{assemble_from, Next, Rebuild, Rebuilds};
 use crate::chunks::inplace::{self, Decoder, Stream};
-use crate::chunks::Answer;
-use crate::wire::Message;
+use crate::chunks::{sketch, Answer, ChunkError, Needs, Offer, Tree};
+use crate::wire::{Message, SKETCH_LEAVES, SKETCH_PIECES, SKETCH_SAMPLE};
 
-/// One file's in-place sketch under way.
-pub(super) struct InPlace {
-    decoder: Decoder,
-    /// The symbol after the last asked for.
+/// The leaf sketch so far, to decode with more cells.
+pub(super) struct More {
+    tree: Tree,
+    cells: Vec<u8>,
+    top: Vec<(u64, u64)>,
+}
+
+impl More {
+    /// Our version's `tree`, the offer's sketch and top (its root).
+    pub(super) fn new(tree: Tree, cells: &[u8], top: &[Offer]) -> More {
+        let top = top.iter().map(|o| (o.hash, o.len)).collect();
+        let cells = cells.to_vec();
+        More { tree, cells, top }
+    }
+
+    fn have(&self) -> u32 {
+        (self.cells.len() / sketch::CELL) as u32
+    }
+}
+
+/// What is being asked for.
+enum Stage {
+    Leaves(More),
+    Pieces(Decoder),
+}
+
+/// One file's sketch being asked for.
+pub(super) struct Asking {
+    stage: Stage,
+    /// The cell or symbol after the last asked for.
     asked: u32,
-    /// Our answers to the root, sent if we give the sketch up.
+    /// Our answers to the root, sent if we give the sketches up.
     fallback: Vec<u8>,
 }
 
-impl InPlace {
-    /// The sketch of `r` and its first ask, if our version is of the new size and
-    /// within [`inplace::MAX_SIZE`]; `root` is our answer to the offered root.
-    pub(super) fn start(r: &Rebuild, root: &[Answer]) -> Option<(InPlace, Message)> {
-        let size = r.update.size;
-        if size != r.old.len() || size > inplace::MAX_SIZE {
-            return None;
-        }
-        let x = InPlace {
-            decoder: Decoder::new(size, Stream::Sample),
-            asked: inplace::SAMPLE_SYMBOLS,
-            fallback: root.iter().map(|&a| super::answer_byte(a)).collect(),
+impl Asking {
+    /// The first ask for `r` (`root`: our answer to the offered root), if there is
+    /// more to ask for: leaf cells up to [`sketch::MORE_CELLS`], else the in-place
+    /// sample.
+    pub(super) fn start(r: &Rebuild, root: &[Answer], more: More) -> Option<(Asking, Message)> {
+        let fallback = root.iter().map(|&a| super::answer_byte(a)).collect();
+        let (stage, asked) = match more.have() < sketch::MORE_CELLS as u32 {
+            true => (Stage::Leaves(more), sketch::MORE_CELLS as u32),
+            false => (Stage::Pieces(in_place(r)?), inplace::SAMPLE_SYMBOLS),
         };
-        let ask = x.ask(r.update.id, 0);
+        let x = Asking {
+            stage,
+            asked,
+            fallback,
+        };
+        let ask = x.ask(r.update.id);
         Some((x, ask))
     }
 
-    fn ask(&self, id: u64, from: u32) -> Message {
-        Message::InPlaceAsk {
+    /// The cells or symbols received so far.
+    fn have(&self) -> u32 {
+        match &self.stage {
+            Stage::Leaves(m) => m.have(),
+            Stage::Pieces(d) => d.received(),
+        }
+    }
+
+    fn ask(&self, id: u64) -> Message {
+        let stream = match &self.stage {
+            Stage::Leaves(_) => SKETCH_LEAVES,
+            Stage::Pieces(d) if d.stream() == Stream::Sample => SKETCH_SAMPLE,
+            Stage::Pieces(_) => SKETCH_PIECES,
+        };
+        Message::SketchAsk {
             id,
-            sample: self.decoder.stream() == Stream::Sample,
-            from,
+            stream,
+            from: self.have(),
             to: self.asked,
         }
     }
 }
 
-/// What the symbols just taken call for.
+/// An in-place sketch's decoder for `r`, if our version is of the offered size and
+/// at most [`inplace::MAX_SIZE`].
+fn in_place(r: &Rebuild) -> Option<Decoder> {
+    let size = r.update.size;
+    (size == r.old.len() && size <= inplace::MAX_SIZE).then(|| Decoder::new(size, Stream::Sample))
+}
+
+/// What the part just taken calls for.
 enum After {
-    /// Ask for more, from this symbol on.
-    Ask(u32),
-    GiveUp,
+    /// Ask for more.
+    Ask,
+    /// The leaf sketch decoded to these leaves (hash, len).
+    Picked(Vec<(u64, u64)>),
+    /// The in-place sketch decoded.
     Done,
+    GiveUp,
 }
 
 impl Rebuilds {
-    /// An `InPlaceSymbols` of the exchange `id` (blocking: reads our version).
-    pub fn in_place(&mut self, id: u64, symbols: &[u8]) -> Next {
+    /// A `SketchPart` of the exchange `id` (blocking: reads our version).
+    pub fn sketch_part(&mut self, id: u64, bytes: &[u8]) -> Next {
         let decline = Next::Reply(Message::ChunkDecline(id));
         let Some(r) = self.current.get_mut(&id) else {
             return decline;
         };
-        let after = match take(r, symbols) {
+        let after = match take(r, bytes) {
             Ok(after) => after,
             Err(e) => {
-                tracing::info!("{}: in-place symbols refused: {e}", r.update.path);
+                tracing::info!("{}: sketch part refused: {e}", r.update.path);
                 self.end(id);
                 return decline;
             }
         };
         match after {
-            After::Ask(from) => {
-                let x = r.in_place.as_ref().expect("an in-place sketch under way");
-                Next::Reply(x.ask(id, from))
+            After::Ask => {
+                let x = r.asking.as_ref().expect("a sketch asked for");
+                Next::Reply(x.ask(id))
             }
             After::GiveUp => {
-                let x = r.in_place.take().expect("an in-place sketch under way");
-                tracing::debug!(
-                    "{}: the in-place sketch gave way to the tree",
-                    r.update.path
-                );
+                let x = r.asking.take().expect("a sketch asked for");
+                tracing::debug!("{}: the sketches gave way to the tree", r.update.path);
                 Next::Reply(Message::ChunkAnswer {
                     id,
                     answers: x.fallback,
                 })
             }
+            After::Picked(leaves) => self.picked(id, &leaves),
             After::Done => self.rebuilt_in_place(id),
+        }
+    }
+
+    /// The leaf sketch decoded to `leaves`: the exchange goes on from them (a pick).
+    fn picked(&mut self, id: u64, leaves: &[(u64, u64)]) -> Next {
+        let r = self.current.get_mut(&id).expect("an exchange under way");
+        let Some(Stage::Leaves(more)) = r.asking.take().map(|x| x.stage) else {
+            unreachable!("picked from the leaf sketch");
+        };
+        r.needs = Needs::new(&more.tree, r.update.size);
+        match r.needs.sketched(leaves, &r.old) {
+            Ok(p) => {
+                let holes = crate::chunks::matching::encode_holes(&p.holes);
+                self.after_round(id, Some((p.leaves, holes)), p.answers)
+            }
+            Err(e) => {
+                tracing::info!("{}: a decoded sketch refused: {e}", r.update.path);
+                self.end(id);
+                Next::Reply(Message::ChunkDecline(id))
+            }
         }
     }
 
     fn rebuilt_in_place(&mut self, id: u64) -> Next {
         let r = self.current.remove(&id).expect("an exchange under way");
         let charged = r.charged; // held until the file is applied
-        let x = r.in_place.expect("an in-place sketch under way");
-        let built = (x.decoder.into_pieces(&r.old))
+        let Some(Stage::Pieces(decoder)) = r.asking.map(|x| x.stage) else {
+            unreachable!("rebuilt from the in-place sketch");
+        };
+        let built = (decoder.into_pieces(&r.old))
             .map_err(|e| (r.update.path.clone(), std::io::Error::other(e.to_string())))
             .and_then(|pieces| assemble_from(&pieces, &r.old, r.update));
         match built {
@@ -107,37 +180,58 @@ impl Rebuilds {
     }
 }
 
-/// Takes `symbols` into `r`'s sketch: they must be exactly those asked for.
-fn take(r: &mut Rebuild, symbols: &[u8]) -> Result<After, crate::chunks::ChunkError> {
-    let mismatch = |what: &str| crate::chunks::ChunkError::Mismatch(what.into());
+/// Takes `bytes` into `r`'s sketch: they must be exactly the cells or symbols asked
+/// for.
+fn take(r: &mut Rebuild, bytes: &[u8]) -> Result<After, ChunkError> {
+    let mismatch = |what: &str| ChunkError::Mismatch(what.into());
+    let pieces = in_place(r);
     let x = r
-        .in_place
+        .asking
         .as_mut()
-        .ok_or_else(|| mismatch("no in-place sketch asked for"))?;
-    let symbols = inplace::decode_symbols(symbols).ok_or_else(|| mismatch("bad symbols"))?;
-    if x.decoder.received() + symbols.len() as u32 != x.asked {
-        return Err(mismatch("not the symbols asked for"));
+        .ok_or_else(|| mismatch("no sketch asked for"))?;
+    let item = match x.stage {
+        Stage::Leaves(_) => sketch::CELL,
+        Stage::Pieces(_) => inplace::SYMBOL,
+    };
+    if bytes.len() != (x.asked - x.have()) as usize * item {
+        return Err(mismatch("not the sketch part asked for"));
     }
     r.rounds += 1;
-    x.decoder.add(&r.old, &symbols)?;
-    let from = x.decoder.received();
-    let more = match x.decoder.stream() {
-        Stream::Sample => match x.decoder.first_ask() {
-            Some(n) => {
-                x.decoder = Decoder::new(r.update.size, Stream::Full);
-                Some(n)
+    if r.rounds > super::MAX_ROUNDS {
+        return Ok(After::GiveUp);
+    }
+    let size = r.update.size;
+    let more = match &mut x.stage {
+        Stage::Leaves(m) => {
+            m.cells.extend_from_slice(bytes);
+            if let Some(leaves) = sketch::decode(&m.cells, &m.tree, size, &m.top) {
+                return Ok(After::Picked(leaves));
             }
-            None => None,
-        },
-        Stream::Full if x.decoder.is_done() => return Ok(After::Done),
-        Stream::Full => x.decoder.next_ask(),
-    };
-    Ok(match more {
-        Some(n) if r.rounds <= super::MAX_ROUNDS => {
-            let from = if x.decoder.received() == 0 { 0 } else { from };
-            x.asked = from + n;
-            After::Ask(from)
+            let Some(d) = pieces else {
+                return Ok(After::GiveUp);
+            };
+            x.stage = Stage::Pieces(d);
+            inplace::SAMPLE_SYMBOLS
         }
-        _ => After::GiveUp,
-    })
+        Stage::Pieces(d) => {
+            let symbols = inplace::decode_symbols(bytes).ok_or_else(|| mismatch("bad symbols"))?;
+            d.add(&r.old, &symbols)?;
+            match d.stream() {
+                Stream::Sample => match d.first_ask() {
+                    Some(n) => {
+                        *d = Decoder::new(size, Stream::Full);
+                        n
+                    }
+                    None => return Ok(After::GiveUp),
+                },
+                Stream::Full if d.is_done() => return Ok(After::Done),
+                Stream::Full => match d.next_ask() {
+                    Some(n) => d.received() + n,
+                    None => return Ok(After::GiveUp),
+                },
+            }
+        }
+    };
+    x.asked = more;
+    Ok(After::Ask)
 }
