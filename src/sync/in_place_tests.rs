@@ -3,32 +3,18 @@
 //! the in-place sketch rebuilds it from about a symbol and a half per changed 7-byte
 //! piece, not a walk down the chunk tree.
 
-use super::sim_tests::{connect, node_holding, paused_runtime, settled};
+use super::latency_tests::converge;
+use super::sim_tests::MemLink;
 use crate::chunks::tests::text;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// Bytes the senders of two nodes holding `held` write until they converge.
 fn bytes_to_converge(held: &[Vec<(usize, String)>; 2]) -> u64 {
     const BUDGET: u64 = 1 << 40;
-    paused_runtime().block_on(async {
-        let nodes = [node_holding(&held[0]), node_holding(&held[1])];
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
-        for (l, _) in &links {
-            l.cut_after.store(BUDGET, Ordering::SeqCst);
-        }
-        assert!(settled(&nodes, 600).await, "the pair converges");
-        let mut written = 0;
-        for (l, t) in links {
-            written += BUDGET - l.cut_after.load(Ordering::SeqCst);
-            t.abort();
-            l.cut();
-        }
-        written
-    })
+    let budget = |l: &MemLink| l.cut_after.store(BUDGET, Ordering::SeqCst);
+    let left = |l: &MemLink| l.cut_after.load(Ordering::SeqCst);
+    let (_, left) = converge(held, budget, left);
+    left.iter().map(|l| BUDGET - l).sum()
 }
 
 /// `n` bytes of `old` changed, spread evenly, each to another letter.

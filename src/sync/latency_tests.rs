@@ -1,7 +1,7 @@
 //! Round trips, counted on paused time: links of the simulation (`sim_tests`) given a
 //! one-way delay, so that what a protocol step waits for shows up as elapsed time.
 
-use super::sim_tests::{connect, node_holding, paused_runtime, settled};
+use super::sim_tests::{connect, node_holding, paused_runtime, settled, MemLink};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,24 +118,36 @@ fn a_big_file_edited_apart_skips_the_tree_by_its_sketch() {
 
 /// Round trips two nodes holding `held` take to converge over delayed links.
 pub(super) fn round_trips(held: &[Vec<(usize, String)>; 2]) -> f64 {
-    let elapsed = paused_runtime().block_on(async {
+    let delay = |l: &MemLink| {
+        l.latency_ms
+            .store(DELAY.as_millis() as u64, Ordering::SeqCst)
+    };
+    let (elapsed, _) = converge(held, delay, |_| ());
+    elapsed.as_secs_f64() / (2.0 * DELAY.as_secs_f64())
+}
+
+/// Runs two nodes holding `held`, linked both ways (each link `set` first), until they
+/// converge: the paused time it took, and what `read` finds of each link then.
+pub(super) fn converge<T>(
+    held: &[Vec<(usize, String)>; 2],
+    set: impl Fn(&MemLink),
+    read: impl Fn(&MemLink) -> T,
+) -> (Duration, Vec<T>) {
+    paused_runtime().block_on(async {
         let nodes = [node_holding(&held[0]), node_holding(&held[1])];
         let up = Arc::new(AtomicBool::new(true));
         let links: Vec<_> = [(0, 1), (1, 0)]
             .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
             .into();
-        for (l, _) in &links {
-            l.latency_ms
-                .store(DELAY.as_millis() as u64, Ordering::SeqCst);
-        }
+        links.iter().for_each(|(l, _)| set(l));
         let t0 = tokio::time::Instant::now();
         assert!(settled(&nodes, 600).await, "the pair converges");
         let elapsed = t0.elapsed();
+        let found = links.iter().map(|(l, _)| read(l)).collect();
         for (l, t) in links {
             t.abort();
             l.cut();
         }
-        elapsed
-    });
-    elapsed.as_secs_f64() / (2.0 * DELAY.as_secs_f64())
+        (elapsed, found)
+    })
 }
