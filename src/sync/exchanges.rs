@@ -128,6 +128,7 @@ impl<'a> Exchange<'a> {
                 to,
             } if i == id && self.root_open => {
                 self.sketched = sketched; // (a pick may still come)
+                self.rounds += 1;
                 return self.sketch_part(stream, from, to);
             }
             Message::Ack(AckKind::Update(i)) if i == id => {
@@ -177,7 +178,6 @@ impl<'a> Exchange<'a> {
                 return Ok(Step::Round(msg, REPLY_HEAD));
             }
         }
-        self.rounds += 1;
         let Ok(file) = self.file.try_clone() else {
             let decline = Message::ChunkDecline(self.id);
             return Ok(Step::Done(Offered::Declined, Some(decline)));
