@@ -172,8 +172,8 @@ pub enum Message {
         /// when it has no usable version of `update.path`.
         from: Vec<RelPath>,
         /// A sketch of the new content's leaves (`crate::chunks::sketch`; version 17):
-        /// a whole number of 14-byte cells, a multiple of 4 of them (19 and 3 before
-        /// version 18), at most
+        /// a whole number of 14-byte cells, the first of a rateless table (version 21;
+        /// before, a multiple of 4 of a fixed one; 19 and 3 before version 18), at most
         /// [`MAX_SKETCH`](super::MAX_SKETCH) bytes; empty: none (a small tree).
         #[serde(with = "serde_bytes")]
         sketch: Vec<u8>,
