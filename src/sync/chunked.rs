@@ -12,8 +12,6 @@ use super::budget::PeerBudget;
 use super::joined::Joined;
 use super::warm::Warm;
 use super::SyncError;
-
-mod in_place;
 use crate::beneath::open_beneath;
 use crate::chunks::{rebuild, sketch, Answer, Needs, Offer, Round, Tree};
 use crate::path::RelPath;
@@ -24,6 +22,8 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+
+mod more;
 
 /// Files smaller than this go whole (the rounds would cost more than they save).
 pub const CHUNK_MIN: u64 = 64 << 10;
@@ -220,9 +220,9 @@ struct Rebuild {
     rounds: usize,
     /// Memory taken from the peer's budget for the rebuilt content.
     charged: usize,
-    /// More of a sketch asked for ([`in_place`]): the offer's leaf sketch did not
+    /// More of a sketch asked for ([`more`]): the offer's leaf sketch did not
     /// decode.
-    asking: Option<in_place::Asking>,
+    asking: Option<more::Asking>,
 }
 
 /// The receiver's first answers: to the top level, or to the leaves it picked (with
@@ -326,7 +326,7 @@ impl Rebuilds {
                     .collect(),
             };
         let top: Vec<Offer> = top.iter().map(from_wire).collect();
-        // (only the root with a sketch: if it does not decode, an in-place sketch may)
+        // (only the root with a sketch: if it does not decode, more of it may be asked for)
         let root_only = matches!(&top[..], [o] if !o.leaf && !sketch.is_empty());
         let mut maybe = None;
         for (old, guessed, tree) in candidates {
@@ -334,7 +334,7 @@ impl Rebuilds {
                 Stand::On(needs, first, charged, tree) => {
                     self.give_back(maybe);
                     let more = (tree.filter(|_| root_only))
-                        .map(|tree| in_place::More::new(tree, sketch, &top));
+                        .map(|tree| more::More::new(tree, sketch, &top));
                     return self.start(update, (needs, first, charged), old, more);
                 }
                 Stand::Maybe(needs, first, charged) if maybe.is_none() => {
@@ -362,7 +362,7 @@ impl Rebuilds {
         update: FileUpdate,
         stood: (Needs, First, usize),
         old: Joined,
-        more: Option<in_place::More>,
+        more: Option<more::More>,
     ) -> Next {
         let (id, (needs, (picks, answers), charged)) = (update.id, stood);
         let mut rebuild = Rebuild {
@@ -374,7 +374,7 @@ impl Rebuilds {
             asking: None,
         };
         if let Some(more) = more.filter(|_| picks.is_none()) {
-            if let Some((x, ask)) = in_place::Asking::start(&rebuild, &answers, more) {
+            if let Some((x, ask)) = more::Asking::start(&rebuild, &answers, more) {
                 rebuild.asking = Some(x);
                 self.current.insert(id, rebuild);
                 return Next::Reply(ask);
