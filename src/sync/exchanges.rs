@@ -27,6 +27,10 @@ pub const WINDOW_BYTES: u64 = 256 << 20;
 /// wait in the link's buffers meanwhile, so this stays well under them (a yamux
 /// stream's window is 256 KiB), or both sides could block writing.
 const OWED_MAX: usize = 64 << 10;
+/// Sketch parts one exchange answers at most (an honest receiver asks for leaf cells
+/// once, the sample once and a few rounds of symbols; each in-place ask may cost a
+/// pass over the file): more is a protocol error.
+const MAX_SKETCH_ASKS: usize = 16;
 /// A reply's bytes besides its answers (ids, framing), counted toward [`OWED_MAX`].
 const REPLY_HEAD: usize = 32;
 
@@ -126,7 +130,7 @@ impl<'a> Exchange<'a> {
                 stream,
                 from,
                 to,
-            } if i == id && self.root_open => {
+            } if i == id && self.root_open && self.rounds <= MAX_SKETCH_ASKS => {
                 self.sketched = sketched; // (a pick may still come)
                 self.rounds += 1;
                 return self.sketch_part(stream, from, to);
