@@ -317,6 +317,11 @@ impl Decoder {
                 continue;
             };
             self.found.insert(piece, change);
+            if self.found.len() > 2 * self.cells.len() {
+                // (an honest stream decodes with more symbols than changes: this is a
+                // peer making us peel without end)
+                return Err(ChunkError::Mismatch("more changes than symbols".into()));
+            }
             for k in indices(piece, self.stream, upto) {
                 self.cells[k as usize].take(item(piece, change));
                 if !self.cells[k as usize].is_zero() {
