@@ -47,7 +47,7 @@ pub struct Exchange<'a> {
     /// The offer carried a sketch, and no reply came yet: the first may be a pick.
     sketched: bool,
     /// Only the root was offered and it is not answered yet: the receiver may ask for
-    /// in-place symbols meanwhile.
+    /// more of the sketch meanwhile (leaf cells, in-place symbols).
     root_open: bool,
     /// In-place symbols computed so far (of one stream, from 0).
     symbols: Option<(Stream, Vec<Symbol>)>,
