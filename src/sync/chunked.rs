@@ -373,7 +373,7 @@ impl Rebuilds {
             charged,
             asking: None,
         };
-        if let Some(more) = more.filter(|_| picks.is_none()) {
+        if let Some(more) = more {
             if let Some((x, ask)) = more::Asking::start(&rebuild, &answers, more) {
                 rebuild.asking = Some(x);
                 self.current.insert(id, rebuild);
@@ -560,6 +560,11 @@ impl Rebuilds {
             }
             return Next::Reply(Message::ChunkAnswer { id, answers });
         }
+        self.finish(id)
+    }
+
+    /// Rebuilds the content of the exchange `id`, which knows every piece now.
+    fn finish(&mut self, id: u64) -> Next {
         let r = self.current.remove(&id).expect("an exchange under way");
         let charged = r.charged; // held until the file is applied
         match assemble(r) {
@@ -584,18 +589,15 @@ impl Drop for Rebuilds {
 /// The rebuilt content as a whole-file update (raw ranges, written straight into them:
 /// the content is held once, not also whole).
 fn assemble(r: Rebuild) -> Result<FileUpdate, (RelPath, std::io::Error)> {
-    assemble_from(&r.needs.into_pieces(), &r.old, r.update)
-}
-
-/// The whole-file update of `update` from `pieces` of `old`.
-fn assemble_from(
-    pieces: &[crate::chunks::Piece],
-    old: &Joined,
-    update: FileUpdate,
-) -> Result<FileUpdate, (RelPath, std::io::Error)> {
+    let path = r.update.path.clone();
+    let pieces = match r.asking {
+        Some(x) => x.into_pieces(&r.old), // a decoded in-place sketch
+        None => Ok(r.needs.into_pieces()),
+    };
+    let pieces = pieces.map_err(|e| (path.clone(), std::io::Error::other(e.to_string())))?;
     let mut ranges = Ranges(Vec::new());
-    rebuild(pieces, old, &mut ranges).map_err(|e| (update.path.clone(), e))?;
-    Ok(ranges.into_update(update))
+    rebuild(&pieces, &r.old, &mut ranges).map_err(|e| (path, e))?;
+    Ok(ranges.into_update(r.update))
 }
 
 /// Raw ranges from offset 0, each up to [`MAX_RANGE_LEN`], as bytes are written.

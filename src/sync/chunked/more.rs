@@ -7,9 +7,9 @@
 //! is the rebuilt file. Giving up, it answers the root as it would have, and the
 //! exchange walks the tree.
 
-use super::{assemble_from, Next, Rebuild, Rebuilds};
+use super::{Next, Rebuild, Rebuilds};
 use crate::chunks::inplace::{self, Decoder, Stream};
-use crate::chunks::{sketch, Answer, ChunkError, Needs, Offer, Tree};
+use crate::chunks::{sketch, Answer, ChunkError, Needs, Offer, Piece, Tree};
 use crate::wire::{Message, SKETCH_LEAVES, SKETCH_PIECES, SKETCH_SAMPLE};
 
 /// The leaf sketch so far, to decode with more cells.
@@ -64,6 +64,14 @@ impl Asking {
         };
         let ask = x.ask(r.update.id);
         Some((x, ask))
+    }
+
+    /// The new version's pieces, once the in-place sketch decoded.
+    pub(super) fn into_pieces(self, old: &super::Joined) -> Result<Vec<Piece>, ChunkError> {
+        match self.stage {
+            Stage::Pieces(d) => d.into_pieces(old),
+            Stage::Leaves(_) => Err(ChunkError::Mismatch("no in-place sketch".into())),
+        }
     }
 
     /// The cells or symbols received so far.
@@ -136,7 +144,7 @@ impl Rebuilds {
                 })
             }
             After::Picked(leaves) => self.picked(id, &leaves),
-            After::Done => self.rebuilt_in_place(id),
+            After::Done => self.finish(id),
         }
     }
 
@@ -155,25 +163,6 @@ impl Rebuilds {
             Err(e) => {
                 tracing::info!("{}: a decoded sketch refused: {e}", r.update.path);
                 self.end(id);
-                Next::Reply(Message::ChunkDecline(id))
-            }
-        }
-    }
-
-    fn rebuilt_in_place(&mut self, id: u64) -> Next {
-        let r = self.current.remove(&id).expect("an exchange under way");
-        let charged = r.charged; // held until the file is applied
-        let Some(Stage::Pieces(decoder)) = r.asking.map(|x| x.stage) else {
-            unreachable!("rebuilt from the in-place sketch");
-        };
-        let built = (decoder.into_pieces(&r.old))
-            .map_err(|e| (r.update.path.clone(), std::io::Error::other(e.to_string())))
-            .and_then(|pieces| assemble_from(&pieces, &r.old, r.update));
-        match built {
-            Ok(u) => Next::Apply(u, charged),
-            Err((path, e)) => {
-                self.budget.give(charged);
-                tracing::warn!("{path}: rebuilding from an in-place sketch: {e}");
                 Next::Reply(Message::ChunkDecline(id))
             }
         }
