@@ -94,9 +94,25 @@ pub fn encode(new: &[u8], old: &[u8], level: i32) -> Result<Vec<u8>, DeltaError>
     let bound = zstd_safe::compress_bound(new.len());
     let mut out = vec![0u8; HEADER_LEN + bound];
     out[..HEADER_LEN].copy_from_slice(&header(TAG_ZSTD, old));
-    let written = compress(&mut out[HEADER_LEN..], new, old, level)?;
+    let written = compress(&mut out[HEADER_LEN..], new, old, level, true)?;
     out.truncate(HEADER_LEN + written);
     Ok(out)
+}
+
+/// [`encode`] without its header and zstd's checksum: one zstd frame with its content
+/// size, for a caller that checks the result itself (a whole-file hash) and so needs
+/// neither the base id nor the checksum (13 bytes less).
+pub fn encode_bare(new: &[u8], old: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
+    let mut out = vec![0u8; zstd_safe::compress_bound(new.len())];
+    let written = compress(&mut out, new, old, level, false)?;
+    out.truncate(written);
+    Ok(out)
+}
+
+/// Decodes an [`encode_bare`] frame to exactly `len` bytes against `old`. A wrong
+/// `old` decodes to wrong bytes (or fails): the caller checks the result.
+pub fn decode_bare(frame: &[u8], old: &[u8], len: usize) -> Result<Vec<u8>, DeltaError> {
+    decompress(frame, old, len)
 }
 
 /// Decompresses to exactly `len` bytes using `old` as the reference.
@@ -206,15 +222,16 @@ fn window_log(total: usize) -> u32 {
     needed.clamp(MIN_WINDOW_LOG, MAX_WINDOW_LOG)
 }
 
-/// A context set up for `level`, with a window covering `total` bytes of prefix plus input.
-fn new_cctx(level: i32, total: usize) -> Result<CCtx<'static>, DeltaError> {
+/// A context set up for `level`, with a window covering `total` bytes of prefix plus
+/// input, writing zstd's content checksum if `checksum`.
+fn new_cctx(level: i32, total: usize, checksum: bool) -> Result<CCtx<'static>, DeltaError> {
     let mut cctx = CCtx::try_create().ok_or(DeltaError::OutOfMemory)?;
     let params = [
         CParameter::CompressionLevel(level),
         CParameter::WindowLog(window_log(total)),
         CParameter::EnableLongDistanceMatching(total > LDM_MIN_TOTAL),
         CParameter::ContentSizeFlag(true),
-        CParameter::ChecksumFlag(true),
+        CParameter::ChecksumFlag(checksum),
     ];
     for param in params {
         cctx.set_parameter(param).map_err(zstd_err)?;
@@ -229,8 +246,14 @@ fn new_cctx(level: i32, total: usize) -> Result<CCtx<'static>, DeltaError> {
 /// statistics of the input alone, blind to the prefix, and every extra block
 /// costs a header plus a sequence section. On a 1 MiB range with one byte
 /// changed that is ~1.2 KB at level 3 against ~120 bytes this way.
-fn compress(dst: &mut [u8], new: &[u8], old: &[u8], level: i32) -> Result<usize, DeltaError> {
-    let mut cctx = new_cctx(level, old.len().saturating_add(new.len()))?;
+fn compress(
+    dst: &mut [u8],
+    new: &[u8],
+    old: &[u8],
+    level: i32,
+    checksum: bool,
+) -> Result<usize, DeltaError> {
+    let mut cctx = new_cctx(level, old.len().saturating_add(new.len()), checksum)?;
     cctx.set_pledged_src_size(Some(new.len() as u64))
         .map_err(zstd_err)?;
     if !old.is_empty() {
@@ -345,6 +368,29 @@ mod tests {
         let dec = decode(&enc, old, new.len()).expect("decode");
         assert!(dec == new, "round trip differs");
         enc.len()
+    }
+
+    #[test]
+    fn a_bare_delta_round_trips_and_is_smaller_than_a_headed_one() {
+        let old = random_bytes(3, 20_000);
+        let mut new = old.clone();
+        new.splice(9_000..9_000, b" // an edit".iter().copied());
+        let bare = encode_bare(&new, &old, 19).unwrap();
+        assert_eq!(decode_bare(&bare, &old, new.len()).unwrap(), new);
+        let headed = encode(&new, &old, 19).unwrap().len();
+        assert!(bare.len() + 13 <= headed, "{} vs {headed}", bare.len());
+        // against other bytes it does not make `new` (the caller's hash catches it)
+        let mut other = old.clone();
+        other[100] ^= 1;
+        let wrong = decode_bare(&bare, &other, new.len());
+        assert!(
+            wrong.is_err() || wrong.unwrap() != new,
+            "made from other bytes"
+        );
+        assert!(
+            decode_bare(&bare, &old, new.len() + 1).is_err(),
+            "its size is checked"
+        );
     }
 
     /// One edit applied to derive `new` from `old`.

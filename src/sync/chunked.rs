@@ -16,14 +16,17 @@ use crate::beneath::open_beneath;
 use crate::chunks::{rebuild, sketch, Answer, Needs, Offer, Round, Tree};
 use crate::path::RelPath;
 use crate::wire::{
-    hash48_from, ChunkNode, Encoding, FileUpdate, Message, RangeData, BLOCK_HASH, MAX_RANGE_LEN,
+    hash48_from, ChunkNode, Encoding, FileUpdate, IndexItem, Message, RangeData, BLOCK_HASH,
+    MAX_RANGE_LEN,
 };
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
+mod leaves;
 mod more;
+pub use leaves::MAX_EXPECTED;
 
 /// Files smaller than this go whole (the rounds would cost more than they save).
 pub const CHUNK_MIN: u64 = 64 << 10;
@@ -211,6 +214,9 @@ pub struct Rebuilds {
     current: HashMap<u64, Rebuild>,
     budget: Arc<PeerBudget>,
     warm: Arc<Warm>,
+    /// The `Index` entries we wanted and described, by path, for their `LeafPatch`
+    /// (at most [`MAX_EXPECTED`]).
+    expected: HashMap<RelPath, IndexItem>,
 }
 
 struct Rebuild {
@@ -261,6 +267,7 @@ impl Rebuilds {
             current: HashMap::new(),
             budget,
             warm,
+            expected: HashMap::new(),
         }
     }
 
@@ -276,6 +283,7 @@ impl Rebuilds {
             current: std::mem::take(&mut self.current),
             budget: self.budget.clone(),
             warm: self.warm.clone(),
+            expected: std::mem::take(&mut self.expected),
         }
     }
 
@@ -444,35 +452,6 @@ impl Rebuilds {
                 tracing::info!("{}: chunk offer refused: {e}", update.path);
                 self.budget.give(charged);
                 Stand::Decline
-            }
-        }
-    }
-
-    /// A `LeafDelta`: the new content from our version's leaves the sender marked and
-    /// the delta (blocking: call off the runtime); refused (`UnknownBase`) if they do not
-    /// make it.
-    pub fn leaf_delta(
-        &mut self,
-        root: &impl AsRawFd,
-        update: FileUpdate,
-        marked: super::leaf_delta::Marked,
-        delta: &[u8],
-    ) -> Next {
-        let refuse = Next::Reply(Message::Nack {
-            of: crate::wire::AckKind::Update(update.id),
-            reason: crate::wire::NackReason::UnknownBase,
-        });
-        let size = update.size;
-        if !DESCRIBED.contains(&size) || !self.budget.take(size as usize) {
-            return refuse;
-        }
-        let built = super::leaf_delta::rebuild(root, &update.path, marked, delta, size);
-        match built {
-            Ok(content) => Next::Apply(whole_update(update, &content), size as usize),
-            Err(e) => {
-                self.budget.give(size as usize);
-                tracing::info!("{}: leaf delta refused: {e}", update.path);
-                refuse
             }
         }
     }
@@ -678,6 +657,9 @@ pub struct Ready {
     pub read: Read,
     /// The peer's leaves of its version, for a leaf delta (none: a chunk exchange).
     pub described: Option<Vec<u32>>,
+    /// The update is the `Index` entry the peer wanted and described: its leaf delta
+    /// goes as a `LeafPatch` (`leaf_delta::is_indexed`).
+    pub patch: bool,
     /// Files the peer holds that hold much of this one's content, by our chunk index
     /// (named in the offer).
     pub from: Vec<RelPath>,
@@ -784,6 +766,7 @@ pub async fn prepare(
         read,
         described,
         from,
+        patch: false,
     })))
 }
 

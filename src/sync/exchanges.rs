@@ -484,6 +484,7 @@ mod tests {
             read,
             described,
             from: vec![],
+            patch: false,
         }
     }
 

@@ -699,6 +699,7 @@ async fn sixteen_exchanges_over_a_small_pipe_all_complete() {
             read,
             described,
             from: vec![],
+            patch: false,
         });
         news.push(new);
     }
@@ -874,6 +875,71 @@ async fn a_leaf_delta_that_does_not_fit_is_refused_and_an_honest_one_applies() {
         Message::Ack(AckKind::Update(50))
     );
     assert_eq!(std::fs::read(e.data.join("small")).unwrap(), new);
+    drop(fs);
+    assert!(task.await.unwrap().is_ok());
+}
+
+/// A leaf patch applies only as an `Index` entry we wanted and described: for no such
+/// entry it is refused, one whose result is not the entry's content is refused and
+/// leaves the file alone, and an honest one applies.
+#[tokio::test]
+async fn a_leaf_patch_applies_only_as_the_entry_wanted() {
+    use crate::chunks::{leaves, pieces};
+    use crate::wire::{IndexItem, ItemKind};
+    let e = env();
+    let (mut fs, task) = connect(&e, PeerId::random()).await;
+    let old: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i * 7 % 26) as u8).collect();
+    let mut new = old.clone();
+    new.splice(10_000..10_000, b"an inserted line\n".iter().copied());
+    let mut other = new.clone();
+    other[5] ^= 1; // the same size, other bytes
+    write_older(&e.data.join("small"), &old);
+    let described = leaves::describe(&old);
+    let (used, found, base) = pieces::shared_base(&new, &described, &[], &[]);
+    let patch = |id: u64, content: &[u8]| Message::LeafPatch {
+        id,
+        path: rp("small"),
+        used: used.clone(),
+        delta: crate::delta::encode_bare(content, &base, 3).unwrap(),
+        asked: vec![],
+        found: found.clone(),
+        vv: vec![(7, 1)],
+    };
+    let refused = |m: &Message, id: u64| matches!(m, Message::Nack { of: AckKind::Update(i), .. } if *i == id);
+    assert!(
+        refused(&ask(&mut fs, patch(60, &new)).await, 60),
+        "no entry"
+    );
+    let header = valid_update(61, "small", &new);
+    let entry = IndexItem {
+        path: rp("small"),
+        kind: ItemKind::File,
+        size: new.len() as u64,
+        mtime: header.mtime,
+        mode: 0o644,
+        hash: crate::wire::content_id(&header.hash),
+        target: vec![],
+        vv: vec![(7, 1)],
+        deleted: false,
+    };
+    for (upto, id, content, ok) in [(1, 61, &other, false), (2, 62, &new, true)] {
+        let index = Message::Index {
+            entries: vec![entry.clone()],
+            upto,
+            last: true,
+        };
+        let Message::IndexAck { want, leaves, .. } = ask(&mut fs, index).await else {
+            panic!("an index is answered by an index ack")
+        };
+        assert_eq!((want, leaves), (vec![1], vec![described.clone()]));
+        let reply = ask(&mut fs, patch(id, content)).await;
+        match ok {
+            false => assert!(refused(&reply, id), "not the entry's content"),
+            true => assert_eq!(reply, Message::Ack(AckKind::Update(id))),
+        }
+        let want = if ok { &new } else { &old };
+        assert_eq!(&std::fs::read(e.data.join("small")).unwrap(), want);
+    }
     drop(fs);
     assert!(task.await.unwrap().is_ok());
 }

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::chunks::{leaves, pieces};
 use crate::path::RelPath;
-use crate::wire::{AckKind, FileUpdate, FramedStream, Message};
+use crate::wire::{content_id, AckKind, FileUpdate, FramedStream, IndexItem, ItemKind, Message};
 use std::io::Read as _;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -60,18 +60,34 @@ pub struct Marked<'a> {
     pub found: &'a [u8],
 }
 
-/// The receiver: the `size` bytes a `LeafDelta` makes from our version at `path`.
+/// The receiver: the `size` bytes a `LeafDelta` (or, `bare`, a `LeafPatch`) makes
+/// from our version at `path`.
 pub fn rebuild(
     root: &impl AsRawFd,
     path: &RelPath,
     marked: Marked,
-    delta: &[u8],
+    (delta, bare): (&[u8], bool),
     size: u64,
 ) -> Result<Vec<u8>, String> {
     let old = read_small(root, path).ok_or("no small file here to build on")?;
     let base = pieces::base_of(&old, marked.used, marked.asked, marked.found)
         .ok_or("the leaves and pieces marked are not ours")?;
-    crate::delta::decode(delta, &base, size as usize).map_err(|e| e.to_string())
+    let decode = match bare {
+        true => crate::delta::decode_bare,
+        false => crate::delta::decode,
+    };
+    decode(delta, &base, size as usize).map_err(|e| e.to_string())
+}
+
+/// True if `u` is the `Index` entry `item` we sent (same path, size, mode, mtime and
+/// content; the version may be newer: an adopted entry gets one when it is sent): its
+/// leaf delta goes as a `LeafPatch`, without the rest of the header.
+pub fn is_indexed(item: &IndexItem, u: &FileUpdate) -> bool {
+    item.path == u.path
+        && item.kind == ItemKind::File
+        && !item.deleted
+        && (item.size, item.mode, item.mtime) == (u.size, u.mode, u.mtime)
+        && item.hash == content_id(&u.hash)
 }
 
 /// Leaf deltas written before their acks are read: at most this many files...
@@ -126,7 +142,7 @@ pub async fn write_batch(
             continue;
         };
         let (r, leaves) = (&batch[at], plan.described.len());
-        let (msg, len) = message(r.update.clone(), plan, pieces).await?;
+        let (msg, len) = message(r.update.clone(), r.patch, plan, pieces).await?;
         fs.queue(msg)?;
         (bytes, sizes) = (bytes + len, sizes + r.update.size);
         let id = r.update.id;
@@ -233,10 +249,12 @@ pub async fn answer(
 }
 
 /// The `LeafDelta` of `update` (its content and the peer's description in `plan`,
-/// with the hashes of the pieces of the leaves asked about), and its delta's length
-/// (encoded off the async threads).
+/// with the hashes of the pieces of the leaves asked about), or its `LeafPatch` if
+/// `patch` (`update` is the entry the peer wanted: [`is_indexed`]), and its delta's
+/// length (encoded off the async threads).
 async fn message(
     update: FileUpdate,
+    patch: bool,
     plan: Plan,
     pieces: Vec<Vec<u32>>,
 ) -> Result<(Message, u64), SyncError> {
@@ -247,19 +265,34 @@ async fn message(
             asked,
         } = plan;
         let (used, found, base) = pieces::shared_base(&new, &described, &asked, &pieces);
-        crate::delta::encode(&new, &base, LEVEL).map(|d| (used, asked, found, d))
+        let encode = match patch {
+            true => crate::delta::encode_bare,
+            false => crate::delta::encode,
+        };
+        encode(&new, &base, LEVEL).map(|d| (used, asked, found, d))
     });
     let (used, asked, found, delta) = task
         .await
         .map_err(|e| SyncError::Protocol(format!("leaf delta task: {e}")))?
         .map_err(|e| SyncError::Protocol(format!("leaf delta: {e}")))?;
     let sent = delta.len() as u64;
-    let msg = Message::LeafDelta {
-        update,
-        used,
-        delta,
-        asked,
-        found,
+    let msg = match patch {
+        true => Message::LeafPatch {
+            id: update.id,
+            path: update.path,
+            used,
+            delta,
+            asked,
+            found,
+            vv: update.vv,
+        },
+        false => Message::LeafDelta {
+            update,
+            used,
+            delta,
+            asked,
+            found,
+        },
     };
     Ok((msg, sent))
 }
@@ -328,6 +361,7 @@ mod tests {
             read,
             described,
             from: vec![],
+            patch: false,
         }
     }
 
@@ -377,6 +411,54 @@ mod tests {
             matches!(wrong, Err(SyncError::Protocol(_))),
             "an ack of another update"
         );
+    }
+
+    #[tokio::test]
+    async fn a_file_as_indexed_goes_as_a_patch_without_its_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let theirs = "some text to describe\n".repeat(60);
+        let text = theirs.replacen("describe", "describe, edited", 30);
+        let mut r = ready_against(dir.path(), "f", &text, &theirs, 5);
+        let item = IndexItem {
+            path: r.update.path.clone(),
+            kind: ItemKind::File,
+            size: r.update.size,
+            mtime: r.update.mtime,
+            mode: r.update.mode,
+            hash: content_id(&r.update.hash),
+            target: vec![],
+            vv: vec![],
+            deleted: false,
+        };
+        assert!(is_indexed(&item, &r.update), "the version may be newer");
+        let touched = IndexItem {
+            mtime: WireTime { secs: 1, nanos: 0 },
+            ..item.clone()
+        };
+        assert!(!is_indexed(&touched, &r.update), "another mtime");
+        r.patch = true;
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let mut ours = FramedStream::new(Box::new(a.compat()) as Box<dyn Duplex>);
+        let mut peer = FramedStream::new(b.compat());
+        write_batch(&mut ours, &Stats::default(), &[r])
+            .await
+            .unwrap();
+        let Message::LeafPatch {
+            id,
+            path,
+            used,
+            delta,
+            asked,
+            found,
+            ..
+        } = peer.recv().await.unwrap().unwrap()
+        else {
+            panic!("expected a leaf patch")
+        };
+        assert_eq!((id, path.to_string()), (5, "f".to_string()));
+        let base = pieces::base_of(theirs.as_bytes(), &used, &asked, &found).unwrap();
+        let got = crate::delta::decode_bare(&delta, &base, text.len()).unwrap();
+        assert_eq!(got, text.as_bytes());
     }
 
     /// Source-like text of `lines` lines.

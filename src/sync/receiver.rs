@@ -123,10 +123,13 @@ where
             | Message::ChunkRound { .. }
             | Message::ChunkDecline(_)
             | Message::LeafDelta { .. }
+            | Message::LeafPatch { .. }
             | Message::SketchPart { .. }
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             Message::Index { entries, upto, .. } => {
-                Some(take_index(entries, upto, r, &peer, rebuilds.warm()).await?)
+                let (ack, described) = take_index(entries, upto, r, &peer, rebuilds.warm()).await?;
+                rebuilds.expect(described);
+                Some(ack)
             }
             Message::Summary {
                 dirs,
@@ -287,6 +290,22 @@ async fn chunk(
                 };
                 owned.leaf_delta(&*root, update, marked, &delta)
             }
+            Message::LeafPatch {
+                id,
+                path,
+                used,
+                delta,
+                asked,
+                found,
+                vv,
+            } => {
+                let marked = super::leaf_delta::Marked {
+                    used: &used,
+                    asked: &asked,
+                    found: &found,
+                };
+                owned.leaf_patch(&*root, (id, path, vv), marked, &delta)
+            }
             Message::LeafAsk { path, leaves } => {
                 // a file kept out of sync is never read for a peer
                 let kept_here = journal.ignores().is_some_and(|i| {
@@ -420,19 +439,20 @@ async fn compare_summary(
     Ok(reply)
 }
 
-/// Decides on each entry of the peer's index; replies with the files we want. Of
-/// those, the files whose versions share no history will come as chunk offers: our
-/// versions' trees are built ahead (`warm`).
+/// Decides on each entry of the peer's index; replies with the files we want, and
+/// returns the entries of those we described by their leaves (their content may come
+/// as a `LeafPatch`). Of the files wanted, those whose versions share no history will
+/// come as chunk offers: our versions' trees are built ahead (`warm`).
 async fn take_index(
     entries: Vec<crate::wire::IndexItem>,
     upto: u64,
     r: &Receiver,
     peer: &PeerId,
     warm: Arc<Warm>,
-) -> Result<Message, SyncError> {
+) -> Result<(Message, Vec<crate::wire::IndexItem>), SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
-    let (want, leaves, apart) = tokio::task::spawn_blocking(move || {
+    let (want, leaves, apart, described) = tokio::task::spawn_blocking(move || {
         let (mut want, mut wanted, mut apart) = (Vec::new(), Vec::new(), Vec::new());
         let mut by_hash = super::local_copy::ByHash::default();
         for (i, it) in entries.iter().enumerate() {
@@ -470,14 +490,23 @@ async fn take_index(
         while leaves.last().is_some_and(Vec::is_empty) {
             leaves.pop();
         }
-        (crate::wire::bitmap(entries.len(), wanted), leaves, apart)
+        let described = (wanted.iter().zip(&leaves))
+            .filter(|(_, l)| !l.is_empty())
+            .map(|(&i, _)| entries[i].clone())
+            .collect();
+        (
+            crate::wire::bitmap(entries.len(), wanted),
+            leaves,
+            apart,
+            described,
+        )
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
     for (path, size) in apart {
         warm.start(r.check.root.clone(), path, size, super::chunked::own(size));
     }
-    Ok(Message::IndexAck { upto, want, leaves })
+    Ok((Message::IndexAck { upto, want, leaves }, described))
 }
 
 /// One update through the gate: `Ok(true)` if applied, `Ok(false)` if skipped.

@@ -148,6 +148,8 @@ struct State {
     queue_now: (u64, u64),
     /// Files the peer wants and described by the leaves of its version (`IndexAck`).
     described: HashMap<FileId, Vec<u32>>,
+    /// The `Index` entries of those files as sent (`leaf_delta::is_indexed`).
+    indexed: HashMap<FileId, crate::wire::IndexItem>,
     /// Parts of updates the peer kept from an earlier session (this session's handshake).
     held: super::resume::Held,
     /// The peer's answer to our `Hello` is still to be read (see [`handshake`]).
@@ -486,11 +488,13 @@ async fn chunk_first(
             continue;
         };
         st.next_id += 1;
-        let described = st.described.remove(&file);
+        let (described, indexed) = (st.described.remove(&file), st.indexed.remove(&file));
         let prepared =
             super::chunked::prepare(s, st.next_id, (file, entry), described, &mut copies);
         let tried = match prepared.await? {
-            Prepared::Ready(r) if r.described.is_some() => {
+            Prepared::Ready(mut r) if r.described.is_some() => {
+                let is = |i: &_| super::leaf_delta::is_indexed(i, &r.update);
+                r.patch = indexed.as_ref().is_some_and(is);
                 batch.push(*r);
                 if batch_full(&batch) {
                     leaf_deltas(s, fs, st, std::mem::take(&mut batch), &mut rest).await?;

@@ -304,6 +304,33 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },
+    /// A `LeafDelta` of a file whose content, size, mode and mtime are the `Index`
+    /// entry at `path` the receiver wanted and described (version 22): no update
+    /// header, the receiver takes it from that entry, but for the version (an adopted
+    /// entry has none until it is sent). `delta` is a bare zstd
+    /// frame (`crate::delta::encode_bare`: no tag, base id or zstd checksum) against
+    /// the base the marks make; the receiver checks the result against the entry's
+    /// content id. Answered as a `LeafDelta` (`Nack` `UnknownBase` if it holds no
+    /// such entry: the sender then sends the file as an ordinary update).
+    LeafPatch {
+        /// The update id (acked).
+        id: u64,
+        /// The file, as its `Index` entry named it.
+        path: RelPath,
+        /// As `LeafDelta::used`.
+        #[serde(with = "serde_bytes")]
+        used: Vec<u8>,
+        /// The new content, a bare delta against the base.
+        #[serde(with = "serde_bytes")]
+        delta: Vec<u8>,
+        /// As `LeafDelta::asked`.
+        asked: Vec<u16>,
+        /// As `LeafDelta::found`.
+        #[serde(with = "serde_bytes")]
+        found: Vec<u8>,
+        /// The version this content is.
+        vv: WireVersion,
+    },
 }
 
 /// One node of a chunk tree on the wire (see `crate::chunks`): 11 bytes.
@@ -723,6 +750,7 @@ impl Message {
             Message::ChunkPick { .. } => "chunk-pick",
             Message::SketchAsk { .. } => "sketch-ask",
             Message::SketchPart { .. } => "sketch-part",
+            Message::LeafPatch { .. } => "leaf-patch",
         }
     }
 }

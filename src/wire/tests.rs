@@ -1631,3 +1631,41 @@ fn pinned_sketch_ask_and_part_encoding() {
     };
     assert!(encode(&big).is_err(), "too long");
 }
+
+#[test]
+fn pinned_leaf_patch_encoding() {
+    let patch = |vv: Vec<(u64, u64)>, path: &str| Message::LeafPatch {
+        id: 9,
+        path: RelPath::from_bytes(path.as_bytes()).unwrap(),
+        used: vec![0b101],
+        delta: vec![0x28, 0xb5],
+        asked: vec![1],
+        found: vec![0xff],
+        vv,
+    };
+    let ok = patch(vec![(5, 2)], "a/b");
+    let expected = concat!(
+        "1b000000",         // variant 27: LeafPatch
+        "0900000000000000", // id
+        "0300000000000000", // path: 3 bytes
+        "612f62",           //   "a/b"
+        "0100000000000000", // used: 1 byte
+        "05",               //   leaves 0 and 2
+        "0200000000000000", // delta: 2 bytes
+        "28b5",             //   (a bare delta's first bytes)
+        "0100000000000000", // asked: 1 leaf
+        "0100",             //   leaf 1
+        "0100000000000000", // found: 1 byte
+        "ff",               //   8 pieces
+        "0100000000000000", // vv: 1 pair
+        "0500000000000000", //   node 5
+        "0200000000000000", //   at 2
+    );
+    assert_eq!(hex(&encode(&ok).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ok);
+    assert!(
+        encode(&patch(vec![(5, 0)], "a/b")).is_err(),
+        "a zero counter"
+    );
+    assert!(encode(&patch(vec![(5, 1)], "")).is_err(), "the root");
+}

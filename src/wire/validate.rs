@@ -65,6 +65,20 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             asked_leaves(asked)?;
             max_len("leaf delta pieces", found.len(), MAX_PIECES.div_ceil(8))
         }
+        Message::LeafPatch {
+            path,
+            used,
+            asked,
+            found,
+            vv,
+            ..
+        } => {
+            not_root("leaf-patch path", path)?;
+            check_vv(vv)?;
+            max_len("leaf delta bitmap", used.len(), MAX_FILE_LEAVES / 8)?;
+            asked_leaves(asked)?;
+            max_len("leaf delta pieces", found.len(), MAX_PIECES.div_ceil(8))
+        }
         Message::LeafAsk { path, leaves } => {
             not_root("leaf-ask path", path)?;
             asked_leaves(leaves)

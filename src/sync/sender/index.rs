@@ -7,7 +7,7 @@ use crate::path::RelPath;
 use crate::sync::fold;
 use crate::sync::sender::recv_reply;
 use crate::sync::{SyncError, MIN_RATE, REPLY_TIMEOUT};
-use crate::wire::Message;
+use crate::wire::{IndexItem, Message};
 use std::time::Duration;
 
 /// Index entries per `Index` message.
@@ -83,9 +83,8 @@ async fn send_index(
         .filter(|(p, e)| !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
-    let paths: Vec<RelPath> = entries.iter().map(|e| e.path.clone()).collect();
     fs.send(Message::Index {
-        entries,
+        entries: entries.clone(),
         upto,
         last,
     })
@@ -98,10 +97,10 @@ async fn send_index(
             want,
             mut leaves,
         } if acked == upto => {
-            let want: Vec<_> = chosen(&paths, &want)?.collect();
+            let want: Vec<_> = chosen(&entries, &want)?.collect();
             leaves.resize(want.len(), Vec::new());
-            for (path, described) in want.iter().zip(leaves) {
-                want_file(s, st, path, described)?;
+            for (item, described) in want.iter().zip(leaves) {
+                want_file(s, st, item, described)?;
             }
             Ok(want.len())
         }
@@ -115,14 +114,15 @@ fn pending_here(s: &Sender, path: &RelPath) -> bool {
         || fold::look(&*s.root, path).is_some_and(|(_, st)| s.journal.is_pending(st.st_ino))
 }
 
-/// The peer wants the whole file at `path`: it goes as a whole-file update, or as a
-/// leaf delta if the peer `described` its version (see `leaf_delta`).
+/// The peer wants the whole file of the entry `item` we sent: it goes as a whole-file
+/// update, or as a leaf delta if the peer `described` its version (see `leaf_delta`).
 fn want_file(
     s: &Sender,
     st: &mut State,
-    path: &RelPath,
+    item: &IndexItem,
     described: Vec<u32>,
 ) -> Result<(), SyncError> {
+    let path = &item.path;
     if crate::sync::ignored::entry_ignored(s, path, crate::journal::index::Kind::File) {
         return Ok(()); // stays local
     }
@@ -134,6 +134,7 @@ fn want_file(
                 .want_whole(stat.st_ino, path, stat.st_size as u64)?;
             if !described.is_empty() {
                 st.described.insert(stat.st_ino, described);
+                st.indexed.insert(stat.st_ino, item.clone());
             }
         }
         _ => tracing::debug!("{path}: wanted by the peer, but not a file here now"),
