@@ -105,15 +105,15 @@ pub fn shared_base(
     pieces: &[Vec<u32>],
 ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
     let ours = cut(new);
-    let by_hash = super::leaves::by_hash(&ours);
-    let theirs: HashSet<u32> = described.iter().copied().collect();
-    let covered: Vec<bool> = ours.iter().map(|l| theirs.contains(&l.hash)).collect();
+    let matched = super::leaves::matches(&ours, described);
+    let held: HashSet<usize> = matched.iter().flatten().map(|l| l.at).collect();
+    let covered: Vec<bool> = ours.iter().map(|l| held.contains(&l.at)).collect();
     let windows = windows(new, &covered, &ours);
     let asked_piece = |i: usize| asked.iter().position(|&a| usize::from(a) == i);
     let (mut used, mut found, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let mut n = 0; // pieces seen so far
-    for (i, h) in described.iter().enumerate() {
-        if let Some(l) = by_hash.get(h) {
+    for (i, m) in matched.iter().enumerate() {
+        if let Some(l) = m {
             used.push(i);
             base.extend_from_slice(&new[l.at..l.at + l.len]);
         } else if let Some(k) = asked_piece(i) {
@@ -283,7 +283,7 @@ mod tests {
             }
         }
         files.sort();
-        let (mut plain, mut fine, mut hashes, mut n) = (0, 0, 0, 0);
+        let (mut plain, mut fine, mut hashes, mut n, mut desc) = (0, 0, 0, 0, 0);
         for (i, f) in files.iter().take(300).enumerate() {
             let old = std::fs::read(f).unwrap();
             if old.len() < 64 || old.len() >= 65_536 {
@@ -296,9 +296,10 @@ mod tests {
                 .copied();
             new.splice(at.unwrap_or(0)..at.unwrap_or(0), *b" // bench edit");
             plain += roundtrip(&old, &new, false).0;
+            desc += leaves::describe(&old).len() * leaves::HASH_BYTES;
             let (d, h) = roundtrip(&old, &new, true);
             (fine, hashes, n) = (fine + d, hashes + h, n + 1);
         }
-        println!("{n} files: leaf deltas {plain} B; asking, {fine} B of deltas + {hashes} B of piece hashes");
+        println!("{n} files: leaf deltas {plain} B; asking, {fine} B of deltas + {hashes} B of piece hashes; {desc} B of leaf hashes");
     }
 }

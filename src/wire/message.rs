@@ -73,10 +73,10 @@ pub enum Message {
         #[serde(with = "serde_bytes")]
         want: Vec<u8>,
         /// Per wanted file, in order (shorter: none for the rest): the leaves of the
-        /// version the receiver holds there, a small file (version 7): the first 3
-        /// bytes of each FastCDC leaf's BLAKE3 (version 11; 4 before), in file order
-        /// (see `crate::chunks::leaves`), 3 bytes each on the wire. Empty: no version
-        /// here.
+        /// version the receiver holds there, a small file (version 7): the first 2
+        /// bytes of each FastCDC leaf's BLAKE3 (version 22; 3 from version 11, 4
+        /// before), in file order (see `crate::chunks::leaves`), 2 bytes each on the
+        /// wire. Empty: no version here.
         #[serde(with = "leaf_hashes")]
         leaves: Vec<Vec<u32>>,
     },

@@ -920,7 +920,7 @@ fn pinned_index_encoding() {
     let ack = Message::IndexAck {
         upto: 5,
         want: vec![0b10],
-        leaves: vec![vec![0xB2_C3D4, 0x01]],
+        leaves: vec![vec![0xC3D4, 0x01]],
     };
     let expected = concat!(
         "0b000000",         // variant 11: IndexAck
@@ -928,9 +928,9 @@ fn pinned_index_encoding() {
         "0100000000000000", // a bitmap of one byte:
         "02",               //   the second entry is wanted
         "0100000000000000", // leaves of one file:
-        "0600000000000000", //   6 bytes, two leaves
-        "d4c3b2",           //     the first one's short hash
-        "010000",           //     the second one's
+        "0400000000000000", //   4 bytes, two leaves
+        "d4c3",             //     the first one's short hash
+        "0100",             //     the second one's
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
@@ -969,17 +969,17 @@ fn an_index_ack_describes_no_more_files_than_it_wants() {
     let wide = Message::IndexAck {
         upto: 1,
         want: vec![1],
-        leaves: vec![vec![0x100_0000]],
+        leaves: vec![vec![0x1_0000]],
     };
-    assert!(encode(&wide).is_err(), "a leaf hash wider than 3 bytes");
+    assert!(encode(&wide).is_err(), "a leaf hash wider than 2 bytes");
     let ragged = concat!(
         "0b000000",         // IndexAck
         "0100000000000000", // upto
         "0100000000000000", // a bitmap of one byte:
         "01",               //   the first entry is wanted
         "0100000000000000", // leaves of one file:
-        "0400000000000000", //   4 bytes: not a whole number of 3-byte hashes
-        "01020304",
+        "0300000000000000", //   3 bytes: not a whole number of 2-byte hashes
+        "010203",
     );
     assert!(decode(&unhex(ragged)).is_err(), "a partial leaf hash");
 }

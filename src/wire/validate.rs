@@ -50,7 +50,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             let most = leaves.iter().map(Vec::len).max().unwrap_or(0);
             max_len("leaves of a file", most, MAX_FILE_LEAVES)?;
             let top = leaves.iter().flatten().copied().max().unwrap_or(0);
-            within("leaf hash", u64::from(top), 0xFF_FFFF)
+            within("leaf hash", u64::from(top), 0xFFFF)
         }
         Message::LeafDelta {
             update,
