@@ -254,8 +254,9 @@ pub enum Message {
         leaves: Vec<u16>,
     },
     /// The answer to a `LeafAsk` (version 16): for each leaf asked about, in order, the
-    /// first 4 bytes (little-endian) of the BLAKE3 of each of its whole 32-byte pieces
-    /// (a last, shorter part has none); empty if the file is no longer one described.
+    /// first 3 bytes (little-endian; 4 before version 22) of the BLAKE3 of each of its
+    /// whole 64-byte pieces (a last, shorter part has none); empty if the file is no
+    /// longer one described.
     LeafPieces(#[serde(with = "piece_hashes")] Vec<Vec<u32>>),
     /// The receiver's first answer when the offer's sketch decoded (version 17): it
     /// knows the new content's leaves, and answers only those it lacks, by their

@@ -1547,12 +1547,12 @@ fn pinned_leaf_ask_and_pieces_encoding() {
     );
     assert_eq!(hex(&encode(&ask).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ask);
-    let pieces = Message::LeafPieces(vec![vec![0x0403_0201, 5], vec![]]);
+    let pieces = Message::LeafPieces(vec![vec![0x03_0201, 5], vec![]]);
     let expected = concat!(
         "17000000",         // variant 23: LeafPieces
         "0200000000000000", // two leaves:
-        "0800000000000000", //   8 bytes: two 4-byte hashes
-        "0102030405000000",
+        "0600000000000000", //   6 bytes: two 3-byte hashes
+        "010203050000",
         "0000000000000000", //   none (a leaf shorter than a piece)
     );
     assert_eq!(hex(&encode(&pieces).unwrap()), expected);
@@ -1572,8 +1572,15 @@ fn pinned_leaf_ask_and_pieces_encoding() {
         encode(&long).is_err(),
         "more pieces than the largest leaf has"
     );
-    let ragged = concat!("17000000", "0100000000000000", "0300000000000000", "010203");
+    let ragged = concat!(
+        "17000000",
+        "0100000000000000",
+        "0400000000000000",
+        "01020304"
+    );
     assert!(decode(&unhex(ragged)).is_err(), "a partial piece hash");
+    let wide = Message::LeafPieces(vec![vec![0x100_0000]]);
+    assert!(encode(&wide).is_err(), "a piece hash wider than 3 bytes");
 }
 
 #[test]
