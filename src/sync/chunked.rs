@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 mod leaves;
 mod more;
-pub use leaves::MAX_EXPECTED;
 
 /// Files smaller than this go whole (the rounds would cost more than they save).
 pub const CHUNK_MIN: u64 = 64 << 10;
@@ -215,7 +214,7 @@ pub struct Rebuilds {
     budget: Arc<PeerBudget>,
     warm: Arc<Warm>,
     /// The `Index` entries we wanted and described, by path, for their `LeafPatch`
-    /// (at most [`MAX_EXPECTED`]).
+    /// (at most [`leaves::MAX_EXPECTED`]).
     expected: HashMap<RelPath, IndexItem>,
 }
 
