@@ -170,6 +170,17 @@ const META_LEVEL: i32 = 12;
 const MEASURE_MIN: u64 = 64 << 10;
 
 impl State {
+    /// A new session, whose `Hello` (queued, `hello_len` bytes) awaits its answer: the
+    /// peer knows nothing of our queue, and keeps no `Index` entry of the last session
+    /// for a `LeafPatch` (its receiver forgets them with the stream; the peer's leaves
+    /// of the files it wanted stay: their `LeafDelta`s carry the whole header).
+    fn new_session(&mut self, hello_len: usize) {
+        self.handshake = true;
+        self.hello_len = hello_len;
+        self.queue_told = None;
+        self.indexed.clear();
+    }
+
     fn level(&self, default: i32) -> i32 {
         self.link_bps
             .map(crate::delta::level_for_throughput)
@@ -266,9 +277,7 @@ async fn session(
     // its answer: a round trip less per connection (see `handshake`).
     fs.queue(Message::hello(s.cfg.folder_id, s.cfg.node_name.clone()))?;
     fs.compress(META_LEVEL)?;
-    st.handshake = true;
-    st.hello_len = fs.queued();
-    st.queue_told = None; // a new session: the peer knows nothing of our queue
+    st.new_session(fs.queued());
     s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
     handshake(s, &mut fs, st).await?;
@@ -913,6 +922,35 @@ mod tests {
             chosen(&sent, &[0, 0b100]).is_err(),
             "a bit past the last item"
         );
+    }
+
+    #[test]
+    fn a_new_session_sends_no_leaf_patch_for_the_last_sessions_index() {
+        let mut st = State::default();
+        let item = crate::wire::IndexItem {
+            path: RelPath::from_bytes(b"x").unwrap(),
+            kind: crate::wire::ItemKind::File,
+            size: 3,
+            mtime: crate::wire::WireTime { secs: 1, nanos: 0 },
+            mode: 0o644,
+            hash: [7; 16],
+            target: vec![],
+            vv: vec![],
+            deleted: false,
+        };
+        st.described.insert(5, vec![1, 2]);
+        st.indexed.insert(5, item);
+        st.new_session(40);
+        assert!(
+            st.indexed.is_empty(),
+            "the peer's receiver forgot the entry"
+        );
+        assert_eq!(
+            st.described.get(&5),
+            Some(&vec![1, 2]),
+            "a LeafDelta still can"
+        );
+        assert!(st.handshake && st.hello_len == 40 && st.queue_told.is_none());
     }
 
     #[test]
