@@ -74,7 +74,7 @@ pub(super) fn matches(ours: &[Leaf], described: &[u32]) -> Vec<Option<Leaf>> {
     for (k, l) in ours.iter().enumerate() {
         at.entry(l.hash).or_default().push(k);
     }
-    let has = |i: usize, k: usize| at.get(&described[i]).is_some_and(|v| v.contains(&k));
+    let has = |i: usize, k: usize| ours.get(k).is_some_and(|l| l.hash == described[i]);
     let (n, m) = (described.len(), ours.len());
     let first = |i: usize, k: usize| i == 0 && k == 0;
     let last_one = |i: usize, k: usize| i + 1 == n && k + 1 == m;
