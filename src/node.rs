@@ -247,6 +247,7 @@ async fn start_sync(
     let sync_cfg = sync_config(cfg, net.local_peer_id())?;
     let mut tasks = vec![tokio::spawn(log_events(events))];
     let check = checker(store, &journal, applier.clone(), &sync_cfg)?;
+    let handoffs = Arc::new(crate::sync::follow::Handoffs::default());
     let r = receiver::Receiver {
         applier,
         cfg: sync_cfg.clone(),
@@ -254,6 +255,7 @@ async fn start_sync(
         lock: Arc::default(),
         budgets: Arc::default(),
         check,
+        handoffs: handoffs.clone(),
     };
     let net2 = net.clone();
     let limit = BwLimit::new(cfg.bwlimit);
@@ -275,6 +277,7 @@ async fn start_sync(
             cfg: sync_cfg,
             stats,
             pre: Some(pre),
+            handoffs,
         })
     })?;
     tasks.extend(senders);

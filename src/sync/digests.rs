@@ -115,9 +115,10 @@ pub(crate) fn their_dirs(
 }
 
 /// Of `ours` (our digests in the directories the peer holds), those its `sketch`
-/// (of a set whose [`set_sum`] is `sum`) lacks; `None` if it does not peel, or peels
-/// to a digest not ours or to a set of another sum.
-pub(crate) fn lacking(sketch: &[u8], sum: u64, ours: &[u64]) -> Option<HashSet<u64>> {
+/// (of a set whose [`set_sum`] is `sum`) lacks, and the peer's digests we lack;
+/// `None` if it does not peel, or peels to a digest not ours or to a set of another
+/// sum.
+pub(crate) fn lacking(sketch: &[u8], sum: u64, ours: &[u64]) -> Option<(HashSet<u64>, Vec<u64>)> {
     let mut t = Table::parse(sketch, SAME_DIGEST_BYTES, MAX_SAME_DIGESTS)?;
     ours.iter().for_each(|&d| t.remove(d.into()));
     let peeled = t.peel()?;
@@ -127,9 +128,14 @@ pub(crate) fn lacking(sketch: &[u8], sum: u64, ours: &[u64]) -> Option<HashSet<u
         return None;
     }
     theirs.retain(|d| !lacking.contains(d));
-    theirs.extend(peeled.theirs.iter().map(|&k| k as u64));
-    (set_sum(theirs.into_iter().map(u128::from)) == sum).then_some(lacking)
+    let only_theirs: Vec<u64> = peeled.theirs.iter().map(|&k| k as u64).collect();
+    theirs.extend(only_theirs.iter().copied());
+    (set_sum(theirs.into_iter().map(u128::from)) == sum).then_some((lacking, only_theirs))
 }
+
+/// Our entries the peer lacks (of the directories of a part of our summary that
+/// differ), and the digests of its entries there that we lack.
+pub(crate) type Found = (Vec<(RelPath, Entry)>, Vec<u64>);
 
 /// The peer's answer to a part of our summary: which directories it holds of those that
 /// differ, and the digests of its entries in them (a list or a sketch).
@@ -145,12 +151,13 @@ pub(crate) struct Answer {
 }
 
 /// Our entries in `dirs` (the part's directories that differ, in order) that the
-/// peer's answer does not hold; `None` if its sketch does not peel.
+/// peer's answer does not hold, and the digests of its entries there we do not hold;
+/// `None` if its sketch does not peel.
 pub(crate) fn to_send(
     ix: &Index,
     dirs: &[&RelPath],
     answer: &Answer,
-) -> Result<Option<Vec<(RelPath, Entry)>>, SyncError> {
+) -> Result<Option<Found>, SyncError> {
     let held: HashSet<usize> = bitmap_ones(&answer.held, dirs.len())
         .ok_or_else(|| SyncError::Protocol("a held bitmap that does not fit".into()))?
         .into_iter()
@@ -163,24 +170,30 @@ pub(crate) fn to_send(
             entries.push((p, e, digest));
         }
     }
-    let theirs: Box<dyn Fn(u64) -> bool> = if answer.sketch.is_empty() {
+    let ours: Vec<u64> = entries.iter().filter_map(|x| x.2).collect();
+    let (theirs, only_theirs): (Box<dyn Fn(u64) -> bool>, _) = if answer.sketch.is_empty() {
+        let mine: HashSet<u64> = ours.into_iter().collect();
+        let only: Vec<u64> = answer
+            .same
+            .iter()
+            .copied()
+            .filter(|d| !mine.contains(d))
+            .collect();
         let listed: HashSet<u64> = answer.same.iter().copied().collect();
-        Box::new(move |d| listed.contains(&d))
+        (Box::new(move |d| listed.contains(&d)), only)
     } else {
-        let ours: Vec<u64> = entries.iter().filter_map(|x| x.2).collect();
-        let Some(lack) = lacking(&answer.sketch, answer.sum, &ours) else {
+        let Some((lack, only)) = lacking(&answer.sketch, answer.sum, &ours) else {
             return Ok(None);
         };
-        Box::new(move |d| !lack.contains(&d))
+        (Box::new(move |d| !lack.contains(&d)), only)
     };
     let send = |d: Option<u64>| d.is_none_or(|d| !theirs(d));
-    Ok(Some(
-        entries
-            .into_iter()
-            .filter(|x| send(x.2))
-            .map(|(p, e, _)| (p, e))
-            .collect(),
-    ))
+    let entries = entries
+        .into_iter()
+        .filter(|x| send(x.2))
+        .map(|(p, e, _)| (p, e))
+        .collect();
+    Ok(Some((entries, only_theirs)))
 }
 
 #[cfg(test)]
@@ -206,7 +219,13 @@ mod tests {
         let cells = cells(90, theirs.len()).expect("a sketch is smaller");
         assert!(cells * CELL < theirs.len() * 6 * 2 / 3, "{cells} cells");
         let sum = set_sum(theirs.iter().map(|&d| d.into()));
-        let got = lacking(&sketch(&theirs, cells), sum, &ours).expect("peels");
+        let (got, only) = lacking(&sketch(&theirs, cells), sum, &ours).expect("peels");
+        let changed: HashSet<u64> = theirs.iter().copied().step_by(10).collect();
+        assert_eq!(
+            only.into_iter().collect::<HashSet<u64>>(),
+            changed,
+            "theirs we lack"
+        );
         assert_eq!(
             lacking(&sketch(&theirs, cells), sum ^ 1, &ours),
             None,

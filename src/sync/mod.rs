@@ -16,6 +16,7 @@ pub mod coalesce;
 pub mod digests;
 pub mod exchanges;
 pub mod fold;
+pub mod follow;
 pub mod ignored;
 pub mod joined;
 pub mod leaf_delta;
@@ -34,6 +35,8 @@ pub mod warm;
 mod archive_tests;
 #[cfg(test)]
 mod big_tests;
+#[cfg(test)]
+mod follow_tests;
 #[cfg(test)]
 mod fuzz_tests;
 #[cfg(test)]

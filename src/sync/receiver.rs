@@ -5,6 +5,7 @@
 use super::budget::{Budgets, PeerBudget, MAX_PEER_MEMORY, MAX_STREAMS_PER_PEER};
 use super::check::{Checker, UpdateStep};
 use super::chunked::{Basis, Next, Rebuilds, EXCHANGED};
+use super::follow;
 use super::local_copy::path_with_hash;
 use super::verdict::Loser;
 use super::warm::Warm;
@@ -45,6 +46,8 @@ pub struct Receiver {
     pub budgets: Arc<Budgets>,
     /// Checks each change against the index before it is applied.
     pub check: Checker,
+    /// Leaders' asks at first contact, for our senders (see `follow`).
+    pub handoffs: Arc<follow::Handoffs>,
 }
 
 /// Accepts sync streams forever, serving each on its own task under the node's
@@ -96,7 +99,9 @@ where
     // peer's hello (one packet less each way)
     fs.queue(Message::hello(r.cfg.folder_id, r.cfg.node_name.clone()))?;
     fs.compress(REPLY_LEVEL)?;
-    fs.queue(Message::Staged(held_parts(r, &peer).await))?;
+    let items = held_parts(r, &peer).await;
+    let lead = leads_first_contact(r, &peer)?;
+    fs.queue(Message::Staged { items, lead })?;
     if !fs.input_pending() {
         fs.flush().await?;
     }
@@ -106,6 +111,7 @@ where
     let mut rebuilds = Rebuilds::new(r.budgets.of(peer));
     let progress = fs.progress();
     let mut ours_by_key = None; // read once for all the parts of a summary
+    let mut seen = follow::Seen::default(); // of the peer's first contact, if it leads
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
         let alive = || clock.alive(progress.last(), me);
@@ -127,9 +133,17 @@ where
             | Message::SketchPart { .. }
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             Message::Index { entries, upto, .. } => {
-                let (ack, described) = take_index(entries, upto, r, &peer, rebuilds.warm()).await?;
+                let warm = rebuilds.warm();
+                let (ack, described) = take_index(entries, upto, r, &peer, warm, &mut seen).await?;
                 rebuilds.expect(described);
                 Some(ack)
+            }
+            Message::IndexAsk { digests } => {
+                if seen.asked(digests) {
+                    let asked = follow::Asked::from(std::mem::take(&mut seen));
+                    r.handoffs.put(&peer.to_string(), asked);
+                }
+                None
             }
             Message::Summary {
                 dirs,
@@ -138,14 +152,18 @@ where
                 sketch,
                 sum,
             } => {
+                if seen.since.is_none() {
+                    r.handoffs.clear(&peer.to_string()); // a new first contact
+                    seen.since = Some(r.check.journal.index().last_seq()?);
+                }
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
                     None => OursByKey::read(r).await?,
                 };
                 let reply = match sketch.is_empty() {
-                    true => compare_summary(dirs, list, &ours, r).await?,
+                    true => compare_summary(dirs, list, &ours, r, &mut seen).await?,
                     false => match ours.theirs(&sketch, sum) {
-                        Some(dirs) => compare_summary(dirs, false, &ours, r).await?,
+                        Some(dirs) => compare_summary(dirs, false, &ours, r, &mut seen).await?,
                         None => unpeeled_summary(),
                     },
                 };
@@ -392,19 +410,24 @@ async fn compare_summary(
     list: bool,
     ours: &OursByKey,
     r: &Receiver,
+    seen: &mut follow::Seen,
 ) -> Result<Message, SyncError> {
     let (journal, ours) = (r.check.journal.clone(), ours.0.clone());
-    let reply = tokio::task::spawn_blocking(move || {
+    let (reply, matched, look, cut) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
         let mut differ = vec![0u8; dirs.len().div_ceil(8)];
         let mut held = Vec::new(); // one bit per differing directory
         let mut look = Vec::new(); // ours under a differing key: the peer's may be there
+        let mut matched = Vec::new(); // ours the peer holds as they are
         for (i, d) in dirs.iter().enumerate() {
             let mine = ours.get(&d.key).map(Vec::as_slice).unwrap_or_default();
-            if !mine.iter().any(|(_, digest)| *digest == d.digest) {
-                differ[i / 8] |= 1 << (i % 8);
-                held.push(!mine.is_empty());
-                look.extend(mine.iter().map(|(p, _)| p.clone()));
+            match mine.iter().find(|(_, digest)| *digest == d.digest) {
+                Some((p, _)) => matched.push(p.clone()),
+                None => {
+                    differ[i / 8] |= 1 << (i % 8);
+                    held.push(!mine.is_empty());
+                    look.extend(mine.iter().map(|(p, _)| p.clone()));
+                }
             }
         }
         look.sort_unstable();
@@ -416,6 +439,7 @@ async fn compare_summary(
                 same.push(super::same_digest(&p, &e));
             }
         }
+        let cut = same.len() > crate::wire::MAX_SAME_DIGESTS;
         same.truncate(crate::wire::MAX_SAME_DIGESTS);
         let cells = (!list)
             .then(|| super::digests::cells(held.iter().filter(|h| **h).count(), same.len()))
@@ -426,17 +450,31 @@ async fn compare_summary(
             false => super::digests::set_sum(std::mem::take(&mut same).into_iter().map(u128::from)),
         };
         let held = crate::wire::bitmap(held.len(), (0..held.len()).filter(|&i| held[i]));
-        Ok::<_, crate::journal::JournalError>(Message::SummaryAck {
+        let reply = Message::SummaryAck {
             differ,
             same,
             held,
             sketch,
             sum,
-        })
+        };
+        Ok::<_, crate::journal::JournalError>((reply, matched, look, cut))
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
+    seen.matched.extend(matched);
+    seen.described.extend(look);
+    seen.cut |= cut;
     Ok(reply)
+}
+
+/// True if we lead a first contact with `peer` (see `follow`): the greater PeerId,
+/// our own first contact with it not yet acknowledged, and our sender not past the
+/// start of its session (where the first contact, and its ask, are).
+fn leads_first_contact(r: &Receiver, peer: &PeerId) -> Result<bool, SyncError> {
+    let peer = peer.to_string();
+    Ok(follow::leads(&r.cfg.peer_text, &peer)
+        && r.check.journal.index().peer_acked(&peer)? == 0
+        && r.handoffs.ask_to_come(&peer))
 }
 
 /// Decides on each entry of the peer's index; replies with the files we want, and
@@ -449,10 +487,12 @@ async fn take_index(
     r: &Receiver,
     peer: &PeerId,
     warm: Arc<Warm>,
+    seen: &mut follow::Seen,
 ) -> Result<(Message, Vec<crate::wire::IndexItem>), SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
-    let (want, leaves, apart, described) = tokio::task::spawn_blocking(move || {
+    let mut seen_here = std::mem::take(seen);
+    let (want, leaves, apart, described, seen_here) = tokio::task::spawn_blocking(move || {
         let (mut want, mut wanted, mut apart) = (Vec::new(), Vec::new(), Vec::new());
         let mut by_hash = super::local_copy::ByHash::default();
         for (i, it) in entries.iter().enumerate() {
@@ -469,6 +509,7 @@ async fn take_index(
                 let _names = check.applier.hold_names(); // see fs::gate
                 check.index_item(it, &bytes)
             };
+            seen_here.shown(it, matches!(decided, Ok(Some(_))));
             match decided {
                 Ok(Some(loser)) => match local(it) {
                     Ok(true) => {}
@@ -499,10 +540,12 @@ async fn take_index(
             leaves,
             apart,
             described,
+            seen_here,
         )
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
+    *seen = seen_here;
     for (path, size) in apart {
         warm.start(r.check.root.clone(), path, size, super::chunked::own(size));
     }

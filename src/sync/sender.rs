@@ -74,6 +74,8 @@ pub struct Sender {
     pub stats: Arc<Stats>,
     /// Old bytes of dirty regions, for deltas (released at ack).
     pub pre: Option<Arc<Preimages>>,
+    /// Leaders' asks at first contact, from our receiver (see `follow`).
+    pub handoffs: Arc<super::follow::Handoffs>,
 }
 
 type Stream = FramedStream<Box<dyn Duplex>>;
@@ -154,6 +156,8 @@ struct State {
     held: super::resume::Held,
     /// The peer's answer to our `Hello` is still to be read (see [`handshake`]).
     handshake: bool,
+    /// The peer leads our first contact (its `Staged` said so; see `follow`).
+    led: bool,
     /// Bytes queued once our `Hello` was (see `handshake`).
     hello_len: usize,
 }
@@ -176,6 +180,7 @@ impl State {
     /// of the files it wanted stay: their `LeafDelta`s carry the whole header).
     fn new_session(&mut self, hello_len: usize) {
         self.handshake = true;
+        self.led = false;
         self.hello_len = hello_len;
         self.queue_told = None;
         self.indexed.clear();
@@ -247,6 +252,7 @@ pub async fn run(s: Sender, mut quiet: UnboundedReceiver<FileId>) {
     let mut backoff = Duration::from_millis(200);
     loop {
         let result = session(&s, &mut quiet, &mut st, &mut backoff).await;
+        s.handoffs.set_past(&s.link.peer(), false);
         s.stats.linked.store(false, Ordering::Relaxed);
         s.stats.exchanging.store(false, Ordering::Relaxed);
         s.stats.flights.lock().unwrap().clear();
@@ -280,6 +286,7 @@ async fn session(
     st.new_session(fs.queued());
     s.stats.exchanging.store(true, Ordering::Relaxed);
     exchange(s, &mut fs, st).await?;
+    s.handoffs.set_past(&s.link.peer(), true);
     handshake(s, &mut fs, st).await?;
     s.stats.exchanging.store(false, Ordering::Relaxed);
     s.stats.link_up();
@@ -318,7 +325,10 @@ async fn handshake(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), Sy
     }
     let name = check_hello(&reply, &s.cfg.folder_id)?;
     st.held = match recv_within(fs, REPLY_TIMEOUT).await? {
-        Message::Staged(items) => super::resume::held(items),
+        Message::Staged { items, lead } => {
+            st.led = lead;
+            super::resume::held(items)
+        }
         other => return Err(unexpected("staged", &other)),
     };
     tracing::info!(peer = %s.link.peer(), "sending to {name}");

@@ -109,6 +109,7 @@ pub(super) fn node_with(prepare: &dyn Fn(&Path)) -> Arc<Node> {
         lock: Default::default(),
         budgets: Default::default(),
         check,
+        handoffs: Default::default(),
     };
     Arc::new(Node {
         _tmp: tmp,
@@ -249,6 +250,7 @@ pub(super) fn connect(
         cfg: a.cfg.clone(),
         stats: a.receiver.stats.clone(), // one node's sender and receiver share them
         pre: None,
+        handoffs: a.receiver.handoffs.clone(),
     };
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     *a.quiet.lock().unwrap() = Some(tx);

@@ -43,7 +43,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 hash: [1; 32],
                 upto: upto >> 24,
             };
-            Message::Staged(vec![item])
+            Message::Staged {
+                items: vec![item],
+                lead: upto & 1 == 1,
+            }
         }),
     ]
 }

@@ -155,8 +155,17 @@ pub enum Message {
         from: u64,
     },
     /// The receiver's second handshake message: the multi-part updates from this
-    /// sender it holds parts of (on disk, from an earlier session).
-    Staged(Vec<StagedItem>),
+    /// sender it holds parts of (on disk, from an earlier session), and (version 23)
+    /// whether the receiver leads first contact (see `crate::sync::follow`).
+    Staged {
+        /// The updates it holds parts of.
+        items: Vec<StagedItem>,
+        /// The receiver's node leads a first contact with the sender's (the greater
+        /// PeerId, its own first contact not yet acknowledged): its summary finds what
+        /// both sides lack, and its [`Message::IndexAsk`] names the sender's entries
+        /// it lacks, so the sender sends no summary of its own.
+        lead: bool,
+    },
     /// Opens a chunk exchange (version 6) for a file the receiver may hold another
     /// version of, with no shared history to delta against: the update's header
     /// (`ranges` empty, `base` none; the receiver rebuilds the content from its own
@@ -331,6 +340,16 @@ pub enum Message {
         found: Vec<u8>,
         /// The version this content is.
         vv: WireVersion,
+    },
+    /// At first contact, from the leading side after its last `Index` (version 23):
+    /// the digests of the receiver's entries the sender lacks, as its summary found
+    /// them. The receiver's own first contact then sends those entries (with those of
+    /// the directories the sender lacks and of what changed since) instead of a
+    /// summary of its own. No reply.
+    IndexAsk {
+        /// Entry digests as in `SummaryAck::same`, at most [`super::MAX_SAME_DIGESTS`].
+        #[serde(with = "hashes48")]
+        digests: Vec<u64>,
     },
 }
 
@@ -740,7 +759,7 @@ impl Message {
             Message::SummaryAck { .. } => "summary-ack",
             Message::Queue { .. } => "queue",
             Message::UpdateStart { .. } => "update-start",
-            Message::Staged(_) => "staged",
+            Message::Staged { .. } => "staged",
             Message::ChunkOffer { .. } => "chunk-offer",
             Message::ChunkAnswer { .. } => "chunk-answer",
             Message::ChunkRound { .. } => "chunk-round",
@@ -752,6 +771,7 @@ impl Message {
             Message::SketchAsk { .. } => "sketch-ask",
             Message::SketchPart { .. } => "sketch-part",
             Message::LeafPatch { .. } => "leaf-patch",
+            Message::IndexAsk { .. } => "index-ask",
         }
     }
 }

@@ -1242,12 +1242,15 @@ fn pinned_resume_encodings() {
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
-    let msg = Message::Staged(vec![crate::wire::StagedItem {
-        path: RelPath::from_bytes(b"a").unwrap(),
-        base: Some(0x1111_1111_1111_1111),
-        hash: [0x22; 32],
-        upto: 5,
-    }]);
+    let msg = Message::Staged {
+        items: vec![crate::wire::StagedItem {
+            path: RelPath::from_bytes(b"a").unwrap(),
+            base: Some(0x1111_1111_1111_1111),
+            hash: [0x22; 32],
+            upto: 5,
+        }],
+        lead: true,
+    };
     let expected = concat!(
         "10000000",         // variant 16: Staged
         "0100000000000000", // one item
@@ -1257,6 +1260,7 @@ fn pinned_resume_encodings() {
         "1111111111111111",
         "2222222222222222222222222222222222222222222222222222222222222222", // hash
         "0500000000000000",                                                 //   upto
+        "01",                                                               // lead
     );
     assert_eq!(hex(&encode(&msg).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), msg);
@@ -1675,4 +1679,27 @@ fn pinned_leaf_patch_encoding() {
         "a zero counter"
     );
     assert!(encode(&patch(vec![(5, 1)], "")).is_err(), "the root");
+}
+
+#[test]
+fn pinned_index_ask_encoding() {
+    let ask = Message::IndexAsk {
+        digests: vec![0x0000_0605_0403_0201, 0x0000_BBAA_9988_7766],
+    };
+    let expected = concat!(
+        "1c000000",         // variant 28: IndexAsk
+        "0c00000000000000", // digests: 12 bytes
+        "010203040506",     //   the first, little-endian
+        "66778899aabb",     //   the second
+    );
+    assert_eq!(hex(&encode(&ask).unwrap()), expected);
+    assert_eq!(decode(&unhex(expected)).unwrap(), ask);
+    let too_many = Message::IndexAsk {
+        digests: vec![1; crate::wire::MAX_SAME_DIGESTS + 1],
+    };
+    assert!(encode(&too_many).is_err(), "too many digests");
+    assert!(
+        decode(&unhex("1c000000050000000000000001020304ff")).is_err(),
+        "not a whole number of digests"
+    );
 }

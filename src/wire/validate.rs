@@ -94,7 +94,10 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             not_root("update-start path", path)?;
             within("update-start from", *from, MAX_FILE_SIZE)
         }
-        Message::Staged(items) => {
+        Message::IndexAsk { digests } => {
+            max_len("asked digests", digests.len(), super::MAX_SAME_DIGESTS)
+        }
+        Message::Staged { items, .. } => {
             max_len("staged", items.len(), MAX_STAGED_ITEMS)?;
             items.iter().try_for_each(|i| {
                 not_root("staged path", &i.path)?;

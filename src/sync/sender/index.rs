@@ -4,10 +4,10 @@
 
 use super::{chosen, handshake, summary, unexpected, Sender, State, Stream};
 use crate::path::RelPath;
-use crate::sync::fold;
 use crate::sync::sender::recv_reply;
+use crate::sync::{fold, follow};
 use crate::sync::{SyncError, MIN_RATE, REPLY_TIMEOUT};
-use crate::wire::{IndexItem, Message};
+use crate::wire::{IndexItem, Message, MAX_SAME_DIGESTS};
 use std::time::Duration;
 
 /// Index entries per `Index` message.
@@ -33,7 +33,7 @@ pub(super) async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Res
         let last = batch.len() < INDEX_BATCH;
         let upto = batch.last().map_or(after, |(_, e)| e.seq);
         sent += batch.len();
-        wanted += send_index(s, fs, st, batch, upto, last).await?;
+        wanted += send_index(s, fs, st, batch, upto, last, Vec::new()).await?;
         ix.set_peer_acked(&peer, upto)?;
         after = upto;
         if last {
@@ -45,26 +45,98 @@ pub(super) async fn exchange(s: &Sender, fs: &mut Stream, st: &mut State) -> Res
 }
 
 /// First contact: directory digests, then the entries of the directories that differ.
+/// A node that does not lead it (see `follow`) first hears whether the peer leads;
+/// if so, it sends what the peer's ask names instead.
 async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<(), SyncError> {
+    let peer = s.link.peer();
+    let leads = follow::leads(&s.cfg.peer_text, &peer);
+    if !leads {
+        handshake(s, fs, st).await?;
+        if st.led {
+            if let Some(asked) = s.handoffs.take(&peer, follow::FOLLOW_WAIT).await {
+                return followed(s, fs, st, asked).await;
+            }
+            tracing::info!(%peer, "the leader's ask did not come: sending our own summary");
+        }
+    }
     let ix = s.journal.index();
     let upto = ix.last_seq()?;
     let digests = ix.digests()?;
-    let (differ, mut entries) = summary::differing(s, fs, st, &digests).await?;
+    let (differ, entries, theirs) = summary::differing(s, fs, st, &digests).await?;
     let (dirs, total) = (digests.len(), entries.len());
-    let mut wanted = 0;
+    // the leader names the peer's entries it lacks, after its index (see `follow`)
+    let asks = match leads {
+        true => index_asks(theirs),
+        false => Vec::new(),
+    };
+    let wanted = send_batches(s, fs, st, entries, upto, asks).await?;
+    ix.set_peer_acked(&peer, upto)?;
+    tracing::info!(%peer, dirs, differ, entries = total, wanted, "index exchanged (first contact)");
+    Ok(())
+}
+
+/// First contact led by the peer: our entries its ask names (see `follow::to_send`).
+async fn followed(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    asked: follow::Asked,
+) -> Result<(), SyncError> {
+    let (ix, peer) = (s.journal.index(), s.link.peer());
+    let upto = ix.last_seq()?;
+    let entries = follow::to_send(ix, asked)?;
+    let total = entries.len();
+    let wanted = send_batches(s, fs, st, entries, upto, Vec::new()).await?;
+    ix.set_peer_acked(&peer, upto)?;
+    tracing::info!(%peer, entries = total, wanted, "index exchanged (first contact, led by the peer)");
+    Ok(())
+}
+
+/// The `IndexAsk`s naming `digests`: full ones, then one of fewer (maybe none), which
+/// ends them.
+fn index_asks(mut digests: Vec<u64>) -> Vec<Message> {
+    let mut asks = Vec::new();
+    loop {
+        let rest = digests.split_off(digests.len().min(MAX_SAME_DIGESTS));
+        let last = digests.len() < MAX_SAME_DIGESTS;
+        asks.push(Message::IndexAsk { digests });
+        if last {
+            return asks;
+        }
+        digests = rest;
+    }
+}
+
+/// Sends `entries` in `Index` messages of up to [`INDEX_BATCH`], `then` right after
+/// the last (or alone if there are none); returns how many files the peer wants.
+async fn send_batches(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    mut entries: Vec<(RelPath, crate::journal::index::Entry)>,
+    upto: u64,
+    then: Vec<Message>,
+) -> Result<usize, SyncError> {
     let mut batches: Vec<Vec<_>> = Vec::new();
     while !entries.is_empty() {
         let rest = entries.split_off(entries.len().min(INDEX_BATCH));
         batches.push(std::mem::replace(&mut entries, rest));
     }
     // nothing differs: no index round (the peer learns nothing from an empty one)
-    let n = batches.len();
-    for (i, batch) in batches.into_iter().enumerate() {
-        wanted += send_index(s, fs, st, batch, upto, i + 1 == n).await?;
+    if batches.is_empty() {
+        for m in then {
+            fs.queue(m)?;
+        }
+        fs.flush().await?;
+        return Ok(0);
     }
-    ix.set_peer_acked(&s.link.peer(), upto)?;
-    tracing::info!(peer = %s.link.peer(), dirs, differ, entries = total, wanted, "index exchanged (first contact)");
-    Ok(())
+    let (n, mut then, mut wanted) = (batches.len(), Some(then), 0);
+    for (i, batch) in batches.into_iter().enumerate() {
+        let last = i + 1 == n;
+        let after = if last { then.take() } else { None };
+        wanted += send_index(s, fs, st, batch, upto, last, after.unwrap_or_default()).await?;
+    }
+    Ok(wanted)
 }
 
 /// Sends one `Index` message and queues the files the peer wants; returns how many.
@@ -75,6 +147,7 @@ async fn send_index(
     batch: Vec<(RelPath, crate::journal::index::Entry)>,
     upto: u64,
     last: bool,
+    then: Vec<Message>,
 ) -> Result<usize, SyncError> {
     // Entries with unsent local changes go by the journal (ops and updates, with their
     // versions): sent here too, they would race their own ops at the peer.
@@ -83,12 +156,15 @@ async fn send_index(
         .filter(|(p, e)| !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
-    fs.send(Message::Index {
+    fs.queue(Message::Index {
         entries: entries.clone(),
         upto,
         last,
-    })
-    .await?;
+    })?;
+    for m in then {
+        fs.queue(m)?;
+    }
+    fs.flush().await?;
     let limit = REPLY_TIMEOUT + Duration::from_secs((INDEX_BATCH as u64 * 128) / MIN_RATE);
     handshake(s, fs, st).await?;
     match recv_reply(&s.stats, fs, limit).await? {

@@ -7,18 +7,22 @@ use super::index::INDEX_BATCH;
 use super::{chosen, handshake, recv_reply, unexpected, Sender, State, Stream};
 use crate::journal::index::Entry;
 use crate::path::RelPath;
-use crate::sync::digests::Answer;
+use crate::sync::digests::{Answer, Found};
 use crate::sync::{SyncError, REPLY_TIMEOUT};
 use crate::wire::{DirDigest, Message};
 
-/// How many of our directories differ from the peer's, and our entries in them that
-/// the peer does not hold exactly (same path, kind, content, version).
+/// What first contact's summary found: how many of our directories differ from the
+/// peer's, our entries in them that the peer does not hold exactly (same path, kind,
+/// content, version), and the digests of the peer's entries there we do not hold.
+pub(super) type Differing = (usize, Vec<(RelPath, Entry)>, Vec<u64>);
+
+/// What our summary finds (see [`Differing`]).
 pub(super) async fn differing(
     s: &Sender,
     fs: &mut Stream,
     st: &mut State,
     digests: &[(RelPath, [u8; 16])],
-) -> Result<(usize, Vec<(RelPath, Entry)>), SyncError> {
+) -> Result<Differing, SyncError> {
     let sketched = match crate::sync::digests::summary_cells(digests.len()) {
         Some(cells) => summary_sketched(s, fs, st, digests, cells).await?,
         None => None,
@@ -32,16 +36,14 @@ pub(super) async fn differing(
 /// Our directories (path, children's digest), as the index lists them.
 type Dirs<'a> = Vec<&'a (RelPath, [u8; 16])>;
 
-/// The summary in parts of [`INDEX_BATCH`] directories, each answered before the next:
-/// how many directories differ, and our entries in them that the peer does not hold
-/// exactly (same path, kind, content, version).
+/// The summary in parts of [`INDEX_BATCH`] directories, each answered before the next.
 async fn summary_parts(
     s: &Sender,
     fs: &mut Stream,
     st: &mut State,
     digests: &[(RelPath, [u8; 16])],
-) -> Result<(usize, Vec<(RelPath, Entry)>), SyncError> {
-    let (mut differ, mut entries) = (0, Vec::new());
+) -> Result<Differing, SyncError> {
+    let (mut differ, mut entries, mut theirs) = (0, Vec::new(), Vec::new());
     let mut chunks: Vec<_> = digests.chunks(INDEX_BATCH).collect();
     if chunks.is_empty() {
         chunks.push(&[]);
@@ -53,9 +55,11 @@ async fn summary_parts(
         let (bits, answer) = ask_summary(s, fs, st, summary_of(&dirs, last, false)).await?;
         let part = picked(&dirs, &bits)?;
         differ += part.len();
-        entries.extend(entries_to_send(s, fs, st, part, answer, last).await?);
+        let (ours, only_theirs) = entries_to_send(s, fs, st, part, answer, last).await?;
+        entries.extend(ours);
+        theirs.extend(only_theirs);
     }
-    Ok((differ, entries))
+    Ok((differ, entries, theirs))
 }
 
 /// The whole summary as one sketch (a part of up to
@@ -67,7 +71,7 @@ async fn summary_sketched(
     st: &mut State,
     digests: &[(RelPath, [u8; 16])],
     cells: usize,
-) -> Result<Option<(usize, Vec<(RelPath, Entry)>)>, SyncError> {
+) -> Result<Option<Differing>, SyncError> {
     let mut sorted: Vec<(DirDigest, &(RelPath, [u8; 16]))> = digests
         .iter()
         .map(|x| (DirDigest::of(&x.0, &x.1), x))
@@ -93,8 +97,8 @@ async fn summary_sketched(
     let dirs: Dirs = sorted.into_iter().map(|(_, x)| x).collect();
     let part = picked(&dirs, &bits)?;
     let differ = part.len();
-    let entries = entries_to_send(s, fs, st, part, answer, true).await?;
-    Ok(Some((differ, entries)))
+    let (entries, theirs) = entries_to_send(s, fs, st, part, answer, true).await?;
+    Ok(Some((differ, entries, theirs)))
 }
 
 /// A `Summary` listing `dirs`.
@@ -145,8 +149,8 @@ async fn ask_summary(
 }
 
 /// Our entries in `part` (directories that differ) that the peer does not hold, by
-/// its `answer`; a sketch that does not peel costs those directories again, answered
-/// by a list.
+/// its `answer`, and its digests there we do not hold; a sketch that does not peel
+/// costs those directories again, answered by a list.
 async fn entries_to_send(
     s: &Sender,
     fs: &mut Stream,
@@ -154,7 +158,7 @@ async fn entries_to_send(
     part: Dirs<'_>,
     answer: Answer,
     last: bool,
-) -> Result<Vec<(RelPath, Entry)>, SyncError> {
+) -> Result<Found, SyncError> {
     let ix = s.journal.index();
     let paths: Vec<&RelPath> = part.iter().map(|(p, _)| p).collect();
     if let Some(entries) = crate::sync::digests::to_send(ix, &paths, &answer)? {

@@ -1,0 +1,198 @@
+//! First contact led by one side (version 23). Both nodes' first contacts would find
+//! the same differences twice, one summary each way; instead the node with the greater
+//! PeerId (the *leader*) runs its summary as before, and, peeling the peer's entry
+//! digests against its own, learns both what the peer lacks (its `Index`) and which
+//! of the peer's entries it lacks, which it names in an `IndexAsk`. The other node
+//! (the *follower*), told in the leader's `Staged` that it leads, sends no summary: its
+//! index holds the entries asked for, every entry of its directories the leader's
+//! summary did not show, and whatever changed since it described its entries, less
+//! the versions the leader's index showed it holds or that its own replaces.
+//!
+//! This module owns the roles, what the follower's receiver saw of the leader's first
+//! contact ([`Seen`]), the hand-off of the leader's ask from the follower's receiver to
+//! its sender ([`Handoffs`]), and the follower's choice of entries ([`to_send`]).
+
+use crate::journal::index::{Entry, Index};
+use crate::journal::JournalError;
+use crate::path::RelPath;
+use crate::wire::{IndexItem, WireVersion};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a follower waits for the leader's ask before sending its own summary.
+pub const FOLLOW_WAIT: Duration = Duration::from_secs(40);
+
+/// True if the node `me` leads a first contact with `peer` (PeerIds as text).
+pub fn leads(me: &str, peer: &str) -> bool {
+    me > peer
+}
+
+/// A version of an entry as the leader's index showed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shown {
+    vv: WireVersion,
+    hash: [u8; 16],
+    deleted: bool,
+}
+
+/// What a receiver saw of the leader's first contact on the leader's stream.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Our last change number before we first described our directories.
+    pub since: Option<u64>,
+    /// Our directories whose digest the leader's summary holds.
+    pub matched: HashSet<RelPath>,
+    /// Our directories whose entries we described by their digests.
+    pub described: HashSet<RelPath>,
+    /// A description was cut short: the ask may miss entries of those directories.
+    pub cut: bool,
+    /// Paths whose entry in the leader's index we take (a file whose content comes).
+    took: HashSet<RelPath>,
+    /// The leader's index entries, by path.
+    shown: HashMap<RelPath, Shown>,
+    /// The digests asked for so far (an ask may come in several messages).
+    asked: Vec<u64>,
+}
+
+impl Seen {
+    /// Notes an entry of the leader's index, and whether we take it.
+    pub fn shown(&mut self, it: &IndexItem, taken: bool) {
+        let shown = Shown {
+            vv: it.vv.clone(),
+            hash: it.hash,
+            deleted: it.deleted,
+        };
+        self.shown.insert(it.path.clone(), shown);
+        if taken {
+            self.took.insert(it.path.clone());
+        }
+    }
+
+    /// Adds an `IndexAsk`'s digests; returns true if it was the last (fewer than a
+    /// full message's).
+    pub fn asked(&mut self, digests: Vec<u64>) -> bool {
+        let last = digests.len() < crate::wire::MAX_SAME_DIGESTS;
+        self.asked.extend(digests);
+        last
+    }
+
+    /// True if the leader holds this version of our entry at `p`, or takes no
+    /// version of ours there: its index showed this very version, or it showed one
+    /// we take and ours is the one we held before (not changed since `since`).
+    fn leader_has(&self, p: &RelPath, e: &Entry, since: u64) -> bool {
+        let same = self.shown.get(p).is_some_and(|s| {
+            s.deleted == e.deleted
+                && s.vv == e.vv.pairs()
+                && (e.deleted || s.hash == crate::wire::content_id(&e.hash))
+        });
+        same || (self.took.contains(p) && e.seq <= since)
+    }
+}
+
+/// The leader's ask with what our receiver saw, handed to our sender.
+#[derive(Debug)]
+pub struct Asked {
+    seen: Seen,
+}
+
+impl Asked {
+    /// What `seen` holds, its ask complete.
+    pub fn from(seen: Seen) -> Asked {
+        Asked { seen }
+    }
+}
+
+/// Per peer, the leader's ask, from the receiver of its stream to our sender; and
+/// whether our sender to it is past its session's first exchange.
+#[derive(Default)]
+pub struct Handoffs {
+    slots: Mutex<HashMap<String, Asked>>,
+    notify: Notify,
+    /// Peers our sender is in a session with, past its index exchange.
+    past: Mutex<HashSet<String>>,
+    /// First contacts our sender made by an ask (for tests and logs).
+    pub followed: AtomicU64,
+}
+
+impl Handoffs {
+    /// Our sender to `peer` is past its session's index exchange (`true`), or its
+    /// session ended (`false`): a first contact it leads, and its ask, come only at the
+    /// start of a session.
+    pub fn set_past(&self, peer: &str, past: bool) {
+        let mut set = self.past.lock().unwrap();
+        match past {
+            true => set.insert(peer.to_string()),
+            false => set.remove(peer),
+        };
+    }
+
+    /// True if our sender to `peer` will still send the ask of a first contact it
+    /// leads, given that the peer never acknowledged our index (see [`Self::set_past`]).
+    pub fn ask_to_come(&self, peer: &str) -> bool {
+        !self.past.lock().unwrap().contains(peer)
+    }
+
+    /// Forgets an ask from `peer` (its new first contact is under way).
+    pub fn clear(&self, peer: &str) {
+        self.slots.lock().unwrap().remove(peer);
+    }
+
+    /// Hands over `peer`'s ask.
+    pub fn put(&self, peer: &str, asked: Asked) {
+        self.slots.lock().unwrap().insert(peer.to_string(), asked);
+        self.notify.notify_waiters();
+    }
+
+    /// Takes `peer`'s ask, waiting up to `within` for it.
+    pub async fn take(&self, peer: &str, within: Duration) -> Option<Asked> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(a) = self.slots.lock().unwrap().remove(peer) {
+                self.followed.fetch_add(1, Ordering::Relaxed);
+                return Some(a);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+/// Our entries the leader lacks, by its ask: those asked for, all of our directories
+/// its summary did not show, and what changed since we described them; less what
+/// [`Seen::leader_has`].
+pub fn to_send(ix: &Index, asked: Asked) -> Result<Vec<(RelPath, Entry)>, JournalError> {
+    let seen = asked.seen;
+    let since = seen.since.unwrap_or(0);
+    let digests: HashSet<u64> = seen.asked.iter().copied().collect();
+    let mut out: BTreeMap<RelPath, Entry> = BTreeMap::new();
+    for dir in &seen.described {
+        for (p, e) in ix.children(dir)? {
+            if seen.cut || digests.contains(&super::same_digest(&p, &e)) {
+                out.insert(p, e);
+            }
+        }
+    }
+    for (dir, _) in ix.digests()? {
+        if !seen.matched.contains(&dir) && !seen.described.contains(&dir) {
+            out.extend(ix.children(&dir)?);
+        }
+    }
+    let mut after = since;
+    loop {
+        let batch = ix.changed_since(after, 4096)?;
+        let Some(last) = batch.last().map(|(_, e)| e.seq) else {
+            break;
+        };
+        after = last;
+        out.extend(batch);
+    }
+    out.retain(|p, e| !seen.leader_has(p, e, since));
+    Ok(out.into_iter().collect())
+}
