@@ -38,17 +38,69 @@ struct Shown {
     deleted: bool,
 }
 
+/// What a receiver notes of the leader's first contact on the leader's stream: nothing
+/// unless the peer leads and our own sender's first contact with it is still to come
+/// (then its ask is wanted).
+#[derive(Debug, Default)]
+pub struct Watch(Option<Seen>);
+
+impl Watch {
+    /// Starts noting, our last change number being `since` (before we describe our
+    /// directories); a no-op once started.
+    pub fn start(&mut self, since: u64) {
+        if self.0.is_none() {
+            self.0 = Some(Seen {
+                since,
+                ..Seen::default()
+            });
+        }
+    }
+
+    /// True once started.
+    pub fn started(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// What is noted, if started.
+    pub fn seen(&mut self) -> Option<&mut Seen> {
+        self.0.as_mut()
+    }
+
+    /// Adds an `IndexAsk`'s digests; the whole ask once its last message came (and
+    /// noting stops). An ask not watched for is ignored; one naming more digests than
+    /// we described is the peer's error.
+    pub fn asked(&mut self, digests: Vec<u64>) -> Result<Option<Asked>, String> {
+        let Some(seen) = self.0.as_mut() else {
+            return Ok(None);
+        };
+        let last = digests.len() < crate::wire::MAX_SAME_DIGESTS;
+        seen.asked.extend(digests);
+        if seen.asked.len() > seen.digests {
+            return Err(format!(
+                "an index ask of {} digests, of {} described",
+                seen.asked.len(),
+                seen.digests
+            ));
+        }
+        Ok(last.then(|| Asked {
+            seen: self.0.take().expect("started"),
+        }))
+    }
+}
+
 /// What a receiver saw of the leader's first contact on the leader's stream.
 #[derive(Debug, Default)]
 pub struct Seen {
     /// Our last change number before we first described our directories.
-    pub since: Option<u64>,
+    since: u64,
     /// Our directories whose digest the leader's summary holds.
     pub matched: HashSet<RelPath>,
     /// Our directories whose entries we described by their digests.
     pub described: HashSet<RelPath>,
     /// A description was cut short: the ask may miss entries of those directories.
     pub cut: bool,
+    /// Entry digests we described (an ask names at most as many).
+    pub digests: usize,
     /// Paths whose entry in the leader's index we take (a file whose content comes).
     took: HashSet<RelPath>,
     /// The leader's index entries, by path.
@@ -71,14 +123,6 @@ impl Seen {
         }
     }
 
-    /// Adds an `IndexAsk`'s digests; returns true if it was the last (fewer than a
-    /// full message's).
-    pub fn asked(&mut self, digests: Vec<u64>) -> bool {
-        let last = digests.len() < crate::wire::MAX_SAME_DIGESTS;
-        self.asked.extend(digests);
-        last
-    }
-
     /// True if the leader holds this version of our entry at `p`, or takes no
     /// version of ours there: its index showed this very version, or it showed one
     /// we take and ours is the one we held before (not changed since `since`).
@@ -96,13 +140,6 @@ impl Seen {
 #[derive(Debug)]
 pub struct Asked {
     seen: Seen,
-}
-
-impl Asked {
-    /// What `seen` holds, its ask complete.
-    pub fn from(seen: Seen) -> Asked {
-        Asked { seen }
-    }
 }
 
 /// Per peer, the leader's ask, from the receiver of its stream to our sender; and
@@ -169,7 +206,7 @@ impl Handoffs {
 /// [`Seen::leader_has`].
 pub fn to_send(ix: &Index, asked: Asked) -> Result<Vec<(RelPath, Entry)>, JournalError> {
     let seen = asked.seen;
-    let since = seen.since.unwrap_or(0);
+    let since = seen.since;
     let digests: HashSet<u64> = seen.asked.iter().copied().collect();
     let mut out: BTreeMap<RelPath, Entry> = BTreeMap::new();
     for dir in &seen.described {

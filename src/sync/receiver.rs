@@ -111,7 +111,7 @@ where
     let mut rebuilds = Rebuilds::new(r.budgets.of(peer));
     let progress = fs.progress();
     let mut ours_by_key = None; // read once for all the parts of a summary
-    let mut seen = follow::Seen::default(); // of the peer's first contact, if it leads
+    let mut watch = follow::Watch::default(); // the peer's first contact, if it leads
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
         let alive = || clock.alive(progress.last(), me);
@@ -134,14 +134,16 @@ where
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
             Message::Index { entries, upto, .. } => {
                 let warm = rebuilds.warm();
-                let (ack, described) = take_index(entries, upto, r, &peer, warm, &mut seen).await?;
+                let (ack, described) =
+                    take_index(entries, upto, r, &peer, warm, watch.seen()).await?;
                 rebuilds.expect(described);
                 Some(ack)
             }
             Message::IndexAsk { digests } => {
-                if seen.asked(digests) {
-                    let asked = follow::Asked::from(std::mem::take(&mut seen));
-                    r.handoffs.put(&peer.to_string(), asked);
+                match watch.asked(digests) {
+                    Ok(Some(asked)) => r.handoffs.put(&peer.to_string(), asked),
+                    Ok(None) => {}
+                    Err(e) => return Err(SyncError::Protocol(e)),
                 }
                 None
             }
@@ -152,18 +154,18 @@ where
                 sketch,
                 sum,
             } => {
-                if seen.since.is_none() {
+                if !watch.started() && follows_first_contact(r, &peer)? {
                     r.handoffs.clear(&peer.to_string()); // a new first contact
-                    seen.since = Some(r.check.journal.index().last_seq()?);
+                    watch.start(r.check.journal.index().last_seq()?);
                 }
                 let ours = match ours_by_key.take() {
                     Some(ours) => ours,
                     None => OursByKey::read(r).await?,
                 };
                 let reply = match sketch.is_empty() {
-                    true => compare_summary(dirs, list, &ours, r, &mut seen).await?,
+                    true => compare_summary(dirs, list, &ours, r, watch.seen()).await?,
                     false => match ours.theirs(&sketch, sum) {
-                        Some(dirs) => compare_summary(dirs, false, &ours, r, &mut seen).await?,
+                        Some(dirs) => compare_summary(dirs, false, &ours, r, watch.seen()).await?,
                         None => unpeeled_summary(),
                     },
                 };
@@ -410,10 +412,10 @@ async fn compare_summary(
     list: bool,
     ours: &OursByKey,
     r: &Receiver,
-    seen: &mut follow::Seen,
+    seen: Option<&mut follow::Seen>,
 ) -> Result<Message, SyncError> {
     let (journal, ours) = (r.check.journal.clone(), ours.0.clone());
-    let (reply, matched, look, cut) = tokio::task::spawn_blocking(move || {
+    let (reply, matched, look, digests) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
         let mut differ = vec![0u8; dirs.len().div_ceil(8)];
         let mut held = Vec::new(); // one bit per differing directory
@@ -439,7 +441,7 @@ async fn compare_summary(
                 same.push(super::same_digest(&p, &e));
             }
         }
-        let cut = same.len() > crate::wire::MAX_SAME_DIGESTS;
+        let digests = same.len();
         same.truncate(crate::wire::MAX_SAME_DIGESTS);
         let cells = (!list)
             .then(|| super::digests::cells(held.iter().filter(|h| **h).count(), same.len()))
@@ -457,14 +459,24 @@ async fn compare_summary(
             sketch,
             sum,
         };
-        Ok::<_, crate::journal::JournalError>((reply, matched, look, cut))
+        Ok::<_, crate::journal::JournalError>((reply, matched, look, digests))
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("summary task: {e}")))??;
-    seen.matched.extend(matched);
-    seen.described.extend(look);
-    seen.cut |= cut;
+    if let Some(seen) = seen {
+        seen.matched.extend(matched);
+        seen.described.extend(look);
+        seen.cut |= digests > crate::wire::MAX_SAME_DIGESTS;
+        seen.digests += digests.min(crate::wire::MAX_SAME_DIGESTS);
+    }
     Ok(reply)
+}
+
+/// True if `peer` leads a first contact with us that our sender waits on: the greater
+/// PeerId, and our own first contact with it not yet acknowledged (see `follow`).
+fn follows_first_contact(r: &Receiver, peer: &PeerId) -> Result<bool, SyncError> {
+    let peer = peer.to_string();
+    Ok(!follow::leads(&r.cfg.peer_text, &peer) && r.check.journal.index().peer_acked(&peer)? == 0)
 }
 
 /// True if we lead a first contact with `peer` (see `follow`): the greater PeerId,
@@ -487,12 +499,12 @@ async fn take_index(
     r: &Receiver,
     peer: &PeerId,
     warm: Arc<Warm>,
-    seen: &mut follow::Seen,
+    seen: Option<&mut follow::Seen>,
 ) -> Result<(Message, Vec<crate::wire::IndexItem>), SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
-    let mut seen_here = std::mem::take(seen);
-    let (want, leaves, apart, described, seen_here) = tokio::task::spawn_blocking(move || {
+    let (want, leaves, apart, described, entries, took) = tokio::task::spawn_blocking(move || {
+        let mut took = Vec::with_capacity(entries.len());
         let (mut want, mut wanted, mut apart) = (Vec::new(), Vec::new(), Vec::new());
         let mut by_hash = super::local_copy::ByHash::default();
         for (i, it) in entries.iter().enumerate() {
@@ -509,7 +521,7 @@ async fn take_index(
                 let _names = check.applier.hold_names(); // see fs::gate
                 check.index_item(it, &bytes)
             };
-            seen_here.shown(it, matches!(decided, Ok(Some(_))));
+            took.push(matches!(decided, Ok(Some(_))));
             match decided {
                 Ok(Some(loser)) => match local(it) {
                     Ok(true) => {}
@@ -540,12 +552,15 @@ async fn take_index(
             leaves,
             apart,
             described,
-            seen_here,
+            entries,
+            took,
         )
     })
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
-    *seen = seen_here;
+    if let Some(seen) = seen {
+        (entries.iter().zip(took)).for_each(|(it, took)| seen.shown(it, took));
+    }
     for (path, size) in apart {
         warm.start(r.check.root.clone(), path, size, super::chunked::own(size));
     }
