@@ -74,6 +74,17 @@ fn jerr(path: &RelPath) -> impl FnOnce(JournalError) -> ApplyError + '_ {
     }
 }
 
+/// True if our version, not pending, beat the peer's index entry of the same
+/// version vector (two adopted copies, or copies adopted and versioned alike) with
+/// other content or a delete.
+fn beats_adopted(ours: Option<&Ours>, it: &IndexItem) -> bool {
+    ours.is_some_and(|o| {
+        !o.deleted
+            && o.vv.pairs() == it.vv.as_slice()
+            && (it.deleted || content_id(&o.hash) != it.hash)
+    })
+}
+
 /// What an update is applied to: our file, in place, unless it `moved` aside (or we
 /// hold none), when the update makes a new one.
 fn judged(ours: Option<&Ours>, moved: bool) -> Expect {
@@ -248,6 +259,24 @@ impl Checker {
             return Ok(());
         };
         tracing::info!("{path}: our version beat the peer's concurrent one; sending it back");
+        self.journal
+            .want_whole(st.st_ino, path, st.st_size as u64)
+            .map_err(jerr(path))
+    }
+
+    /// Our adopted copy of `path` beat the peer's (see [`beats_adopted`]): a file big
+    /// enough for a chunk exchange goes to the peer at once (as one the peer asked for
+    /// would: its index entry would only cost a round trip, and at a first contact we
+    /// follow, the journal's pending file keeps it out of our index). A smaller one
+    /// waits for the peer to ask for it and describe its version.
+    fn send_big_back(&self, path: &RelPath) -> Result<(), ApplyError> {
+        let Some((Kind::File, st)) = fold::look(&*self.root, path) else {
+            return Ok(());
+        };
+        if !super::chunked::EXCHANGED.contains(&(st.st_size as u64)) {
+            return Ok(());
+        }
+        tracing::info!("{path}: our adopted copy beat the peer's; sending it");
         self.journal
             .want_whole(st.st_ino, path, st.st_size as u64)
             .map_err(jerr(path))
@@ -623,6 +652,9 @@ impl Checker {
         tracing::debug!(path = %it.path, ?v, "index verdict");
         let ix = self.journal.index();
         match v {
+            Verdict::Keep if beats_adopted(ours.as_ref(), it) => {
+                self.send_big_back(&it.path).map(|_| None)
+            }
             Verdict::Keep => self.answer(&it.path, ours.as_ref(), &vv).map(|_| None),
             Verdict::Merge => fold::merge(ix, &it.path, &vv)
                 .map(|_| None)

@@ -87,3 +87,54 @@ fn the_follower_sends_its_own_entries_under_a_directory_sketch() {
     // over `digests::SKETCH_MIN_DIRS` directories: the leader's summary is one sketch
     pair_with_own_entries(1_100);
 }
+
+/// 256 KiB of lines naming `who`, its mtime `secs` after the epoch.
+fn big_file(who: &'static str, secs: u64) -> impl Fn(&Path) {
+    move |data: &Path| {
+        let text: String = (0..8192).map(|i| format!("{who} line {i:>20}\n")).collect();
+        let path = data.join("big");
+        std::fs::write(&path, text).unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+            .unwrap();
+    }
+}
+
+/// Two adopted copies of a big file, the newer on the node that leads or follows as
+/// `newer_leads` says: the newer reaches the other, which archives its own.
+fn pair_big_copies(newer_leads: bool) {
+    let nodes = loop {
+        let nodes = [
+            node_with(&big_file("old", 1_600_000_000)),
+            node_with(&big_file("new", 1_700_000_000)),
+        ];
+        let (old, new) = (nodes[0].id.to_string(), nodes[1].id.to_string());
+        if crate::sync::follow::leads(&new, &old) == newer_leads {
+            break nodes;
+        }
+    };
+    paused_runtime().block_on(async {
+        let up = Arc::new(AtomicBool::new(true));
+        let links: Vec<_> = [(0, 1), (1, 0)]
+            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+            .into();
+        assert!(settled(&nodes, 120).await, "the pair converges");
+        let tree = nodes[0].tree();
+        assert!(tree["big"].starts_with("new line"), "the newer copy wins");
+        let archived: Vec<String> = nodes[0].archived().into_values().collect();
+        assert!(
+            archived.iter().any(|a| a.starts_with("old line")),
+            "the older copy is archived where it was"
+        );
+        for (l, t) in links {
+            t.abort();
+            l.cut();
+        }
+    });
+}
+
+#[test]
+fn a_big_adopted_copy_that_wins_reaches_the_peer_whichever_leads() {
+    pair_big_copies(true);
+    pair_big_copies(false);
+}

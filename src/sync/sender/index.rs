@@ -109,6 +109,8 @@ fn index_asks(mut digests: Vec<u64>) -> Vec<Message> {
 
 /// Sends `entries` in `Index` messages of up to [`INDEX_BATCH`], `then` right after
 /// the last (or alone if there are none); returns how many files the peer wants.
+/// Entries that go by the journal are left out first (see [`send_index`]): none left,
+/// no index round.
 async fn send_batches(
     s: &Sender,
     fs: &mut Stream,
@@ -117,6 +119,7 @@ async fn send_batches(
     upto: u64,
     then: Vec<Message>,
 ) -> Result<usize, SyncError> {
+    entries.retain(|(p, e)| sendable(s, p, e));
     let mut batches: Vec<Vec<_>> = Vec::new();
     while !entries.is_empty() {
         let rest = entries.split_off(entries.len().min(INDEX_BATCH));
@@ -153,7 +156,7 @@ async fn send_index(
     // versions): sent here too, they would race their own ops at the peer.
     let entries: Vec<_> = batch
         .into_iter()
-        .filter(|(p, e)| !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind))
+        .filter(|(p, e)| sendable(s, p, e))
         .map(|(p, e)| fold::to_item(p, e))
         .collect();
     fs.queue(Message::Index {
@@ -182,6 +185,12 @@ async fn send_index(
         }
         other => Err(unexpected("an index ack", &other)),
     }
+}
+
+/// True if an entry goes in an `Index`: not ignored, and no unsent change of its path
+/// in the journal (that goes as ops and updates, with their versions).
+fn sendable(s: &Sender, p: &RelPath, e: &crate::journal::index::Entry) -> bool {
+    !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind)
 }
 
 /// True if the journal holds unsent changes to `path`.
