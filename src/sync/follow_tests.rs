@@ -2,10 +2,11 @@
 //! entries (files in shared directories, directories of its own, empty ones, its
 //! version of a file both changed) reach the other, and only the follower follows.
 
-use super::sim_tests::{connect, node_with, paused_runtime, settled};
+use super::sim_tests::{connect, node_with, paused_runtime, settled, MemLink, Node};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// A tree `dirs` directories wide that both nodes share, with `name`'s own entries.
 fn own_tree(name: &'static str, dirs: usize) -> impl Fn(&Path) {
@@ -22,17 +23,33 @@ fn own_tree(name: &'static str, dirs: usize) -> impl Fn(&Path) {
     }
 }
 
+type Links = Vec<(Arc<MemLink>, JoinHandle<()>)>;
+
+/// Connects both ways and waits until the pair has converged.
+async fn converged(nodes: &[Arc<Node>; 2]) -> Links {
+    let up = Arc::new(AtomicBool::new(true));
+    let links: Links = [(0, 1), (1, 0)]
+        .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
+        .into();
+    assert!(settled(nodes, 120).await, "the pair converges");
+    links
+}
+
+/// Stops the senders and cuts the links.
+fn unlink(links: Links) {
+    for (l, t) in links {
+        t.abort();
+        l.cut();
+    }
+}
+
 fn pair_with_own_entries(dirs: usize) {
     paused_runtime().block_on(async {
         let nodes = [
             node_with(&own_tree("x", dirs)),
             node_with(&own_tree("y", dirs)),
         ];
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
-        assert!(settled(&nodes, 120).await, "the pair converges");
+        let links = converged(&nodes).await;
         let tree = nodes[0].tree();
         for name in ["x", "y"] {
             assert_eq!(
@@ -70,10 +87,7 @@ fn pair_with_own_entries(dirs: usize) {
             1,
             "one follower: {followed:?}"
         );
-        for (l, t) in links {
-            t.abort();
-            l.cut();
-        }
+        unlink(links);
     });
 }
 
@@ -114,11 +128,7 @@ fn pair_big_copies(newer_leads: bool) {
         }
     };
     paused_runtime().block_on(async {
-        let up = Arc::new(AtomicBool::new(true));
-        let links: Vec<_> = [(0, 1), (1, 0)]
-            .map(|(a, b)| connect(&nodes[a], &nodes[b], &up))
-            .into();
-        assert!(settled(&nodes, 120).await, "the pair converges");
+        let links = converged(&nodes).await;
         let tree = nodes[0].tree();
         assert!(tree["big"].starts_with("new line"), "the newer copy wins");
         let archived: Vec<String> = nodes[0].archived().into_values().collect();
@@ -126,10 +136,7 @@ fn pair_big_copies(newer_leads: bool) {
             archived.iter().any(|a| a.starts_with("old line")),
             "the older copy is archived where it was"
         );
-        for (l, t) in links {
-            t.abort();
-            l.cut();
-        }
+        unlink(links);
     });
 }
 
