@@ -233,3 +233,89 @@ pub fn to_send(ix: &Index, asked: Asked) -> Result<Vec<(RelPath, Entry)>, Journa
     out.retain(|p, e| !seen.leader_has(p, e, since));
     Ok(out.into_iter().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ask_is_taken_only_when_watched_for_and_never_beyond_what_we_described() {
+        let mut watch = Watch::default();
+        assert!(
+            matches!(watch.asked(vec![1, 2]), Ok(None)),
+            "not watched: ignored"
+        );
+        watch.start(7);
+        let seen = watch.seen().expect("started");
+        seen.digests = 3;
+        let asked = watch
+            .asked(vec![1, 2, 3])
+            .expect("within")
+            .expect("the last");
+        assert_eq!((asked.seen.since, asked.seen.asked.len()), (7, 3));
+        assert!(!watch.started(), "an ask ends the watch");
+        watch.start(9);
+        watch.seen().unwrap().digests = 2;
+        assert!(
+            watch.asked(vec![1, 2, 3]).is_err(),
+            "more than we described"
+        );
+    }
+
+    #[test]
+    fn the_leader_holds_what_it_showed_and_what_it_replaces() {
+        let p = RelPath::from_bytes(b"f").unwrap();
+        let entry = |hash: u8, vv: &[(u64, u64)], seq| Entry {
+            kind: crate::journal::index::Kind::File,
+            size: 1,
+            mtime: crate::journal::op::Timestamp { secs: 0, nanos: 0 },
+            mode: 0o644,
+            hash: [hash; 32],
+            target: Vec::new(),
+            vv: crate::vv::VersionVector::from_pairs(vv.iter().copied()),
+            deleted: false,
+            stamp: Default::default(),
+            seq,
+            moved_to: None,
+            taken_at: 0,
+            made_here: true,
+        };
+        let item = |hash: u8, vv: &[(u64, u64)]| IndexItem {
+            path: p.clone(),
+            kind: crate::wire::ItemKind::File,
+            size: 1,
+            mtime: crate::wire::WireTime { secs: 0, nanos: 0 },
+            mode: 0o644,
+            hash: [hash; 16],
+            target: Vec::new(),
+            vv: vv.to_vec(),
+            deleted: false,
+        };
+        let mut seen = Seen {
+            since: 10,
+            ..Seen::default()
+        };
+        seen.shown(&item(1, &[(5, 1)]), false);
+        assert!(
+            seen.leader_has(&p, &entry(1, &[(5, 1)], 3), 10),
+            "the version shown"
+        );
+        assert!(
+            !seen.leader_has(&p, &entry(2, &[(5, 1)], 3), 10),
+            "other content"
+        );
+        assert!(
+            !seen.leader_has(&p, &entry(1, &[(5, 2)], 3), 10),
+            "another version"
+        );
+        seen.shown(&item(1, &[(5, 1)]), true);
+        assert!(
+            seen.leader_has(&p, &entry(2, &[(6, 1)], 10), 10),
+            "ours, replaced"
+        );
+        assert!(
+            !seen.leader_has(&p, &entry(2, &[(6, 2)], 11), 10),
+            "changed since"
+        );
+    }
+}
