@@ -6,8 +6,8 @@
 //! [`describe`] on the other side), looks for each among its own bytes that no held
 //! leaf covers, and the pieces it finds join the base ([`shared_base`] on its side,
 //! [`base_of`] on the other): the delta then pays for the edit, not for the leaf
-//! around it. Only whole pieces are described; a leaf's last, shorter part is never
-//! in the base. A short hash that matches the wrong bytes yields a base the other side
+//! around it. A leaf's last, shorter part is described by the piece that ends where
+//! the leaf ends (overlapping the one before; version 24). A short hash that matches the wrong bytes yields a base the other side
 //! does not have: the delta's base id and the whole-file hash catch it.
 
 use super::leaves::{cut, Leaf};
@@ -57,13 +57,17 @@ pub fn to_ask(held: &[bool]) -> Vec<u16> {
 /// not fit them (another version than the one described).
 pub fn describe(old: &[u8], asked: &[u16]) -> Option<Vec<Vec<u32>>> {
     let leaves = asked_leaves(&cut(old), asked)?;
-    let pieces = |l: &Leaf| {
-        old[l.at..l.at + l.len]
-            .chunks_exact(PIECE)
-            .map(hash)
-            .collect()
-    };
+    let pieces = |l: &Leaf| starts(l).map(|at| hash(&old[at..at + PIECE])).collect();
     Some(leaves.iter().map(pieces).collect())
+}
+
+/// Where the pieces of leaf `l` start: every [`PIECE`] bytes from its start, and a
+/// last one ending at its end if its length is not a multiple (overlapping the one
+/// before), so that a leaf's tail joins the base too (version 24).
+fn starts(l: &Leaf) -> impl Iterator<Item = usize> + '_ {
+    let whole = (0..l.len / PIECE).map(move |j| l.at + j * PIECE);
+    let tail = (l.len > PIECE && !l.len.is_multiple_of(PIECE)).then(|| l.at + l.len - PIECE);
+    whole.chain(tail)
 }
 
 /// The leaves `asked` names, if the indexes are strictly increasing and in range.
@@ -139,7 +143,7 @@ pub fn base_of(old: &[u8], used: &[u8], asked: &[u16], found: &[u8]) -> Option<V
     let leaves = cut(old);
     let used = crate::wire::bitmap_ones(used, leaves.len())?;
     let asked_leaves = asked_leaves(&leaves, asked)?;
-    let total: usize = asked_leaves.iter().map(|l| l.len / PIECE).sum();
+    let total: usize = asked_leaves.iter().map(|l| starts(l).count()).sum();
     let found = crate::wire::bitmap_ones(found, total)?;
     let (mut used, mut found) = (used.into_iter().peekable(), found.into_iter().peekable());
     let mut base = Vec::new();
@@ -148,9 +152,8 @@ pub fn base_of(old: &[u8], used: &[u8], asked: &[u16], found: &[u8]) -> Option<V
         if used.next_if_eq(&i).is_some() {
             base.extend_from_slice(&old[l.at..l.at + l.len]);
         } else if asked.binary_search(&(i as u16)).is_ok() {
-            for j in 0..l.len / PIECE {
+            for at in starts(l) {
                 if found.next_if_eq(&n).is_some() {
-                    let at = l.at + j * PIECE;
                     base.extend_from_slice(&old[at..at + PIECE]);
                 }
                 n += 1;

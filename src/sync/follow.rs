@@ -69,7 +69,7 @@ impl Watch {
     /// Adds an `IndexAsk`'s digests; the whole ask once its last message came (and
     /// noting stops). An ask not watched for is ignored; one naming more digests than
     /// we described is the peer's error.
-    pub fn asked(&mut self, digests: Vec<u64>) -> Result<Option<Asked>, String> {
+    pub fn asked(&mut self, digests: Vec<u64>, wait: bool) -> Result<Option<Asked>, String> {
         let Some(seen) = self.0.as_mut() else {
             return Ok(None);
         };
@@ -84,6 +84,7 @@ impl Watch {
         }
         Ok(last.then(|| Asked {
             seen: self.0.take().expect("started"),
+            wait,
         }))
     }
 }
@@ -140,6 +141,8 @@ impl Seen {
 #[derive(Debug)]
 pub struct Asked {
     seen: Seen,
+    /// The leader holds back entries until it reads our index: send one even if empty.
+    pub wait: bool,
 }
 
 /// Per peer, the leader's ask, from the receiver of its stream to our sender; and
@@ -152,6 +155,12 @@ pub struct Handoffs {
     past: Mutex<HashSet<String>>,
     /// First contacts our sender made by an ask (for tests and logs).
     pub followed: AtomicU64,
+    /// Per peer, the paths whose entry our receiver took from the follower's index
+    /// (see [`Held`]), handed to our sender once that index is read.
+    taken: Mutex<HashMap<String, HashSet<RelPath>>>,
+    /// Entries our sender, leading, held back and then did not send (for tests and
+    /// logs).
+    pub spared: AtomicU64,
 }
 
 impl Handoffs {
@@ -185,20 +194,84 @@ impl Handoffs {
 
     /// Takes `peer`'s ask, waiting up to `within` for it.
     pub async fn take(&self, peer: &str, within: Duration) -> Option<Asked> {
+        let a = self
+            .wait_for(within, || self.slots.lock().unwrap().remove(peer))
+            .await;
+        if a.is_some() {
+            self.followed.fetch_add(1, Ordering::Relaxed);
+        }
+        a
+    }
+
+    /// Forgets what the follower `peer`'s index showed (our new first contact leads).
+    pub fn clear_taken(&self, peer: &str) {
+        self.taken.lock().unwrap().remove(peer);
+    }
+
+    /// Hands over the paths our receiver took from the follower `peer`'s index.
+    pub fn put_taken(&self, peer: &str, paths: HashSet<RelPath>) {
+        self.taken.lock().unwrap().insert(peer.to_string(), paths);
+        self.notify.notify_waiters();
+    }
+
+    /// The paths our receiver took from the follower `peer`'s index, once it is read,
+    /// waiting up to `within`.
+    pub async fn taken(&self, peer: &str, within: Duration) -> Option<HashSet<RelPath>> {
+        self.wait_for(within, || self.taken.lock().unwrap().remove(peer))
+            .await
+    }
+
+    /// What `get` finds, waiting up to `within` for a hand-over to make it find it.
+    async fn wait_for<T>(&self, within: Duration, get: impl Fn() -> Option<T>) -> Option<T> {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let notified = self.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(a) = self.slots.lock().unwrap().remove(peer) {
-                self.followed.fetch_add(1, Ordering::Relaxed);
-                return Some(a);
+            if let Some(x) = get() {
+                return Some(x);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
             }
         }
     }
+}
+
+/// The leader's side of a first contact it leads: what its receiver takes from the
+/// follower's index, until the last part (then handed to its sender, which sends the
+/// entries it held back but those).
+#[derive(Debug, Default)]
+pub struct Held {
+    taken: Option<HashSet<RelPath>>,
+}
+
+impl Held {
+    /// Starts noting when we told the peer we lead.
+    pub fn new(lead: bool) -> Held {
+        Held {
+            taken: lead.then(HashSet::new),
+        }
+    }
+
+    /// Notes one part of the follower's index: the paths we take; on the `last`, the
+    /// whole set (and noting stops).
+    pub fn part(
+        &mut self,
+        paths: impl IntoIterator<Item = RelPath>,
+        last: bool,
+    ) -> Option<HashSet<RelPath>> {
+        let taken = self.taken.as_mut()?;
+        taken.extend(paths);
+        last.then(|| self.taken.take().expect("noting"))
+    }
+}
+
+/// True if an entry of ours with mtime `ours` may lose to the follower's entry at its
+/// path, the newest the follower described being `newest` (`(secs, nanos)`): the
+/// leader holds it back until it has read the follower's index.
+pub fn may_lose(ours: (i64, u32), newest: Option<(i64, u32)>) -> bool {
+    newest.is_some_and(|n| ours <= n)
 }
 
 /// Our entries the leader lacks, by its ask: those asked for, all of our directories
@@ -242,14 +315,14 @@ mod tests {
     fn an_ask_is_taken_only_when_watched_for_and_never_beyond_what_we_described() {
         let mut watch = Watch::default();
         assert!(
-            matches!(watch.asked(vec![1, 2]), Ok(None)),
+            matches!(watch.asked(vec![1, 2], false), Ok(None)),
             "not watched: ignored"
         );
         watch.start(7);
         let seen = watch.seen().expect("started");
         seen.digests = 3;
         let asked = watch
-            .asked(vec![1, 2, 3])
+            .asked(vec![1, 2, 3], false)
             .expect("within")
             .expect("the last");
         assert_eq!((asked.seen.since, asked.seen.asked.len()), (7, 3));
@@ -257,7 +330,7 @@ mod tests {
         watch.start(9);
         watch.seen().unwrap().digests = 2;
         assert!(
-            watch.asked(vec![1, 2, 3]).is_err(),
+            watch.asked(vec![1, 2, 3], false).is_err(),
             "more than we described"
         );
     }

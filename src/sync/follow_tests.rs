@@ -145,3 +145,68 @@ fn a_big_adopted_copy_that_wins_reaches_the_peer_whichever_leads() {
     pair_big_copies(true);
     pair_big_copies(false);
 }
+
+/// Ten small files in `d`, `who`'s version of each with mtime `secs` after the epoch,
+/// and (the older node's) one of its own as old.
+fn small_files(who: &'static str, secs: u64) -> impl Fn(&Path) {
+    move |data: &Path| {
+        std::fs::create_dir(data.join("d")).unwrap();
+        let mut names: Vec<String> = (0..10).map(|i| format!("f{i}")).collect();
+        if who == "old" {
+            names.push("own".into());
+        }
+        for name in names {
+            let path = data.join("d").join(&name);
+            let text: String = (0..40)
+                .map(|l| format!("{who} {name} line {l}\n"))
+                .collect();
+            std::fs::write(&path, text).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap();
+        }
+    }
+}
+
+/// Adopted copies of ten files, the newer on the node that leads or follows as
+/// `newer_leads` says, and one file only the older holds: the newer copies and that
+/// file reach the other node; a leader with the older copies holds their entries back
+/// until it has read the follower's index, and then does not send them.
+fn pair_small_copies(newer_leads: bool) {
+    let nodes = loop {
+        let nodes = [
+            node_with(&small_files("old", 1_600_000_000)),
+            node_with(&small_files("new", 1_700_000_000)),
+        ];
+        let (old, new) = (nodes[0].id.to_string(), nodes[1].id.to_string());
+        if crate::sync::follow::leads(&new, &old) == newer_leads {
+            break nodes;
+        }
+    };
+    paused_runtime().block_on(async {
+        let links = converged(&nodes).await;
+        let tree = nodes[0].tree();
+        for i in 0..10 {
+            let text = &tree[&format!("d/f{i}")];
+            assert!(text.starts_with(&format!("new f{i} line 0")), "{text}");
+        }
+        assert!(
+            tree["d/own"].starts_with("old own"),
+            "the older node's own file"
+        );
+        assert_eq!(tree.len(), 11, "{tree:?}");
+        let spared: Vec<u64> = nodes
+            .iter()
+            .map(|n| n.receiver.handoffs.spared.load(Ordering::Relaxed))
+            .collect();
+        let expected = if newer_leads { [0, 0] } else { [10, 0] };
+        assert_eq!(spared, expected, "entries held back and not sent");
+        unlink(links);
+    });
+}
+
+#[test]
+fn a_leader_does_not_send_the_entries_the_followers_newer_copies_replace() {
+    pair_small_copies(false);
+    pair_small_copies(true);
+}

@@ -17,6 +17,7 @@ use crate::apply::Applier;
 use crate::bwlimit::BwLimit;
 use crate::net::NetHandle;
 use crate::net::PeerId;
+use crate::path::RelPath;
 use crate::wire::{
     check_hello, AckKind, FileUpdate, FramedStream, Message, NackReason, RangeData,
     MAX_UPDATE_RANGES, MAX_UPDATE_SPAN, STREAM_PROTOCOL,
@@ -112,6 +113,7 @@ where
     let progress = fs.progress();
     let mut ours_by_key = None; // read once for all the parts of a summary
     let mut watch = follow::Watch::default(); // the peer's first contact, if it leads
+    let mut held = follow::Held::new(lead); // the follower's index, if we lead
     loop {
         let next = async { fs.recv().await?.ok_or(SyncError::Closed) };
         let alive = || clock.alive(progress.last(), me);
@@ -132,15 +134,22 @@ where
             | Message::LeafPatch { .. }
             | Message::SketchPart { .. }
             | Message::LeafAsk { .. } => chunk(msg, &mut rebuilds, r, &peer).await?,
-            Message::Index { entries, upto, .. } => {
+            Message::Index {
+                entries,
+                upto,
+                last,
+            } => {
                 let warm = rebuilds.warm();
-                let (ack, described) =
+                let (ack, described, took) =
                     take_index(entries, upto, r, &peer, warm, watch.seen()).await?;
+                if let Some(took) = held.part(took, last) {
+                    r.handoffs.put_taken(&peer.to_string(), took);
+                }
                 rebuilds.expect(described);
                 Some(ack)
             }
-            Message::IndexAsk { digests } => {
-                match watch.asked(digests) {
+            Message::IndexAsk { digests, wait } => {
+                match watch.asked(digests, wait) {
                     Ok(Some(asked)) => r.handoffs.put(&peer.to_string(), asked),
                     Ok(None) => {}
                     Err(e) => return Err(SyncError::Protocol(e)),
@@ -401,6 +410,7 @@ fn unpeeled_summary() -> Message {
         held: Vec::new(),
         sketch: Vec::new(),
         sum: 0,
+        newest: None,
     }
 }
 
@@ -415,6 +425,7 @@ async fn compare_summary(
     seen: Option<&mut follow::Seen>,
 ) -> Result<Message, SyncError> {
     let (journal, ours) = (r.check.journal.clone(), ours.0.clone());
+    let follows = seen.is_some();
     let (reply, matched, look, digests) = tokio::task::spawn_blocking(move || {
         let ix = journal.index();
         let mut differ = vec![0u8; dirs.len().div_ceil(8)];
@@ -435,12 +446,16 @@ async fn compare_summary(
         look.sort_unstable();
         look.dedup();
         // what we hold in those directories: the sender leaves out entries we share
-        let mut same = Vec::new();
+        let (mut same, mut newest) = (Vec::new(), None);
         for dir in &look {
             for (p, e) in ix.children(dir)? {
                 same.push(super::same_digest(&p, &e));
+                newest = newest.max(Some((e.mtime.secs, e.mtime.nanos)));
             }
         }
+        let newest = newest
+            .filter(|_| follows)
+            .map(|(secs, nanos)| crate::wire::WireTime { secs, nanos });
         let digests = same.len();
         same.truncate(crate::wire::MAX_SAME_DIGESTS);
         let cells = (!list)
@@ -458,6 +473,7 @@ async fn compare_summary(
             held,
             sketch,
             sum,
+            newest,
         };
         Ok::<_, crate::journal::JournalError>((reply, matched, look, digests))
     })
@@ -491,7 +507,7 @@ fn leads_first_contact(r: &Receiver, peer: &PeerId) -> Result<bool, SyncError> {
 
 /// Decides on each entry of the peer's index; replies with the files we want, and
 /// returns the entries of those we described by their leaves (their content may come
-/// as a `LeafPatch`). Of the files wanted, those whose versions share no history will
+/// as a `LeafPatch`) and the paths whose entry we take. Of the files wanted, those whose versions share no history will
 /// come as chunk offers: our versions' trees are built ahead (`warm`).
 async fn take_index(
     entries: Vec<crate::wire::IndexItem>,
@@ -500,7 +516,7 @@ async fn take_index(
     peer: &PeerId,
     warm: Arc<Warm>,
     seen: Option<&mut follow::Seen>,
-) -> Result<(Message, Vec<crate::wire::IndexItem>), SyncError> {
+) -> Result<(Message, Vec<crate::wire::IndexItem>, Vec<RelPath>), SyncError> {
     let _one = r.lock.lock().await;
     let (check, bytes) = (r.check.clone(), peer.to_bytes());
     let (want, leaves, apart, described, entries, took) = tokio::task::spawn_blocking(move || {
@@ -559,12 +575,16 @@ async fn take_index(
     .await
     .map_err(|e| SyncError::Protocol(format!("index task: {e}")))?;
     if let Some(seen) = seen {
-        (entries.iter().zip(took)).for_each(|(it, took)| seen.shown(it, took));
+        (entries.iter().zip(&took)).for_each(|(it, &took)| seen.shown(it, took));
     }
     for (path, size) in apart {
         warm.start(r.check.root.clone(), path, size, super::chunked::own(size));
     }
-    Ok((Message::IndexAck { upto, want, leaves }, described))
+    let took = (entries.into_iter().zip(took))
+        .filter(|(_, took)| *took)
+        .map(|(it, _)| it.path)
+        .collect();
+    Ok((Message::IndexAck { upto, want, leaves }, described, took))
 }
 
 /// One update through the gate: `Ok(true)` if applied, `Ok(false)` if skipped.

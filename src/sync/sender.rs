@@ -158,6 +158,9 @@ struct State {
     handshake: bool,
     /// The peer leads our first contact (its `Staged` said so; see `follow`).
     led: bool,
+    /// Leading a first contact: the newest mtime `(secs, nanos)` of the entries the
+    /// follower described (its `SummaryAck::newest`; see `follow::may_lose`).
+    follower_newest: Option<(i64, u32)>,
     /// Bytes queued once our `Hello` was (see `handshake`).
     hello_len: usize,
 }
@@ -181,6 +184,7 @@ impl State {
     fn new_session(&mut self, hello_len: usize) {
         self.handshake = true;
         self.led = false;
+        self.follower_newest = None;
         self.hello_len = hello_len;
         self.queue_told = None;
         self.indexed.clear();

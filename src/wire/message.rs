@@ -128,6 +128,11 @@ pub enum Message {
         /// see `crate::sync::digests::set_sum`), so that a wrong peel is caught; 0 with
         /// a list.
         sum: u64,
+        /// Set (version 24) when the receiver follows this first contact (see
+        /// `crate::sync::follow`): the newest mtime of the entries it described. The
+        /// leader holds back its own entries no newer than this (the receiver's may
+        /// replace them) until it has read the receiver's index.
+        newest: Option<WireTime>,
     },
     /// What the sender has queued for the receiver (for its `syncfs status`): sent when
     /// it changes, at most once a second (at once when it empties or doubles in bytes;
@@ -264,8 +269,9 @@ pub enum Message {
     },
     /// The answer to a `LeafAsk` (version 16): for each leaf asked about, in order, the
     /// first 3 bytes (little-endian; 4 before version 22) of the BLAKE3 of each of its
-    /// whole 64-byte pieces (a last, shorter part has none); empty if the file is no
-    /// longer one described.
+    /// 64-byte pieces: one every 64 bytes, and (version 24) if the leaf's length is not
+    /// a multiple, one more ending where it ends; empty if the file is no longer one
+    /// described.
     LeafPieces(#[serde(with = "piece_hashes")] Vec<Vec<u32>>),
     /// The receiver's first answer when the offer's sketch decoded (version 17): it
     /// knows the new content's leaves, and answers only those it lacks, by their
@@ -350,6 +356,10 @@ pub enum Message {
         /// Entry digests as in `SummaryAck::same`, at most [`super::MAX_SAME_DIGESTS`].
         #[serde(with = "hashes48")]
         digests: Vec<u64>,
+        /// The sender holds back entries until it has read the receiver's index
+        /// (version 24): the receiver sends one even if it holds no entries (on the
+        /// last message of an ask).
+        wait: bool,
     },
 }
 

@@ -79,10 +79,10 @@ pub fn bitmap_ones(bits: &[u8], n: usize) -> Option<Vec<usize>> {
 
 /// The protocol version this build speaks; sent in [`Message::Hello`].
 /// Peers with a different version refuse each other (see `docs/PROTOCOL.md`).
-pub const PROTOCOL_VERSION: u32 = 23;
+pub const PROTOCOL_VERSION: u32 = 24;
 
 /// The libp2p stream protocol name under which [`Message`] frames are exchanged.
-pub const STREAM_PROTOCOL: &str = "/syncfs/sync/23";
+pub const STREAM_PROTOCOL: &str = "/syncfs/sync/24";
 
 /// Most pairs in one version vector (nodes that ever changed one entry).
 pub const MAX_VV_PAIRS: usize = 64;

@@ -1116,6 +1116,7 @@ fn pinned_summary_encoding() {
         held: vec![0b01],
         sketch: vec![],
         sum: 0,
+        newest: None,
     };
     let expected = concat!(
         "0d000000",         // variant 13: SummaryAck
@@ -1128,6 +1129,7 @@ fn pinned_summary_encoding() {
         "01",               //   the receiver holds directory 0, not 2
         "0000000000000000", // no sketch
         "0000000000000000", // sum (of a sketch's set)
+        "00",               // newest: none (the receiver does not follow)
     );
     assert_eq!(hex(&encode(&ack).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ack);
@@ -1137,6 +1139,10 @@ fn pinned_summary_encoding() {
         held: vec![0b1],
         sketch: crate::iblt::Table::new(4, 6).encode(),
         sum: 0x0102,
+        newest: Some(WireTime {
+            secs: 0x0102_0304,
+            nanos: 5,
+        }),
     };
     let expected = concat!(
         "0d000000",
@@ -1151,6 +1157,9 @@ fn pinned_summary_encoding() {
         "00000000000000000000",
         "00000000000000000000",
         "0201000000000000", // its set's sum
+        "01",               // newest (the receiver follows):
+        "0403020100000000", //   seconds
+        "05000000",         //   nanoseconds
     );
     assert_eq!(hex(&encode(&sketched).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), sketched);
@@ -1160,6 +1169,7 @@ fn pinned_summary_encoding() {
         held,
         sketch,
         sum: 0,
+        newest: None,
     };
     let table = crate::iblt::Table::new(4, 6).encode();
     assert!(
@@ -1178,8 +1188,24 @@ fn pinned_summary_encoding() {
         held: vec![1],
         sketch: vec![],
         sum: 0,
+        newest: None,
     };
     assert!(encode(&wide).is_err(), "a digest wider than 6 bytes");
+    let late = Message::SummaryAck {
+        differ: vec![1],
+        same: vec![1],
+        held: vec![1],
+        sketch: vec![],
+        sum: 0,
+        newest: Some(WireTime {
+            secs: 1,
+            nanos: 1_000_000_000,
+        }),
+    };
+    assert!(
+        encode(&late).is_err(),
+        "a newest mtime of a whole second's nanos"
+    );
     let torn = concat!(
         "0d000000",
         "0100000000000000",
@@ -1685,17 +1711,20 @@ fn pinned_leaf_patch_encoding() {
 fn pinned_index_ask_encoding() {
     let ask = Message::IndexAsk {
         digests: vec![0x0000_0605_0403_0201, 0x0000_BBAA_9988_7766],
+        wait: true,
     };
     let expected = concat!(
         "1c000000",         // variant 28: IndexAsk
         "0c00000000000000", // digests: 12 bytes
         "010203040506",     //   the first, little-endian
         "66778899aabb",     //   the second
+        "01",               // wait: the sender holds entries back
     );
     assert_eq!(hex(&encode(&ask).unwrap()), expected);
     assert_eq!(decode(&unhex(expected)).unwrap(), ask);
     let too_many = Message::IndexAsk {
         digests: vec![1; crate::wire::MAX_SAME_DIGESTS + 1],
+        wait: false,
     };
     assert!(encode(&too_many).is_err(), "too many digests");
     assert!(

@@ -41,8 +41,12 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             same,
             held,
             sketch,
+            newest,
             ..
-        } => validate_summary_ack(differ, same, held, sketch),
+        } => {
+            newest.as_ref().map_or(Ok(()), check_time)?;
+            validate_summary_ack(differ, same, held, sketch)
+        }
         Message::IndexAck { want, leaves, .. } => {
             max_len("want", want.len(), MAX_INDEX_ITEMS.div_ceil(8))?;
             let wanted = want.iter().map(|b| b.count_ones() as usize).sum();
@@ -94,7 +98,7 @@ pub(super) fn validate(msg: &Message) -> Result<(), Violation> {
             not_root("update-start path", path)?;
             within("update-start from", *from, MAX_FILE_SIZE)
         }
-        Message::IndexAsk { digests } => {
+        Message::IndexAsk { digests, .. } => {
             max_len("asked digests", digests.len(), super::MAX_SAME_DIGESTS)
         }
         Message::Staged { items, .. } => {

@@ -3,11 +3,13 @@
 //! differ, see [`super::summary`]), and the files the peer asks for in answer.
 
 use super::{chosen, handshake, summary, unexpected, Sender, State, Stream};
+use crate::journal::index::Entry;
 use crate::path::RelPath;
 use crate::sync::sender::recv_reply;
 use crate::sync::{fold, follow};
 use crate::sync::{SyncError, MIN_RATE, REPLY_TIMEOUT};
 use crate::wire::{IndexItem, Message, MAX_SAME_DIGESTS};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// Index entries per `Index` message.
@@ -60,19 +62,53 @@ async fn first_contact(s: &Sender, fs: &mut Stream, st: &mut State) -> Result<()
         }
     }
     let ix = s.journal.index();
+    if leads {
+        s.handoffs.clear_taken(&peer);
+    }
     let upto = ix.last_seq()?;
     let digests = ix.digests()?;
     let (differ, entries, theirs) = summary::differing(s, fs, st, &digests).await?;
     let (dirs, total) = (digests.len(), entries.len());
-    // the leader names the peer's entries it lacks, after its index (see `follow`)
-    let asks = match leads {
-        true => index_asks(theirs),
-        false => Vec::new(),
+    let wanted = match leads {
+        true => lead(s, fs, st, entries, theirs, upto).await?,
+        false => send_batches(s, fs, st, entries, upto, Vec::new(), false).await?,
     };
-    let wanted = send_batches(s, fs, st, entries, upto, asks).await?;
     ix.set_peer_acked(&peer, upto)?;
     tracing::info!(%peer, dirs, differ, entries = total, wanted, "index exchanged (first contact)");
     Ok(())
+}
+
+/// Our index at a first contact we lead (see `follow`): the entries the follower's
+/// may not replace, then the `IndexAsk` naming its entries we lack, and once its index
+/// is read, the entries we held back but those whose path we took from it.
+async fn lead(
+    s: &Sender,
+    fs: &mut Stream,
+    st: &mut State,
+    entries: Vec<(RelPath, Entry)>,
+    theirs: Vec<u64>,
+    upto: u64,
+) -> Result<usize, SyncError> {
+    let newest = st.follower_newest.filter(|_| !theirs.is_empty());
+    let (mut held, now): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|(_, e)| follow::may_lose((e.mtime.secs, e.mtime.nanos), newest));
+    let asks = index_asks(theirs, !held.is_empty());
+    let wanted = send_batches(s, fs, st, now, upto, asks, false).await?;
+    if held.is_empty() {
+        return Ok(wanted);
+    }
+    let peer = s.link.peer();
+    let taken = s.handoffs.taken(&peer, follow::FOLLOW_WAIT).await;
+    if taken.is_none() {
+        tracing::info!(%peer, "the follower's index did not come: sending what we held back");
+    }
+    let (taken, before) = (taken.unwrap_or_default(), held.len());
+    held.retain(|(p, _)| !taken.contains(p));
+    let spared = (before - held.len()) as u64;
+    s.handoffs.spared.fetch_add(spared, Ordering::Relaxed);
+    tracing::debug!(%peer, spared, sent = held.len(), "entries held back for the follower's index");
+    Ok(wanted + send_batches(s, fs, st, held, upto, Vec::new(), false).await?)
 }
 
 /// First contact led by the peer: our entries its ask names (see `follow::to_send`).
@@ -84,22 +120,23 @@ async fn followed(
 ) -> Result<(), SyncError> {
     let (ix, peer) = (s.journal.index(), s.link.peer());
     let upto = ix.last_seq()?;
+    let wait = asked.wait; // the leader holds entries back until it reads our index
     let entries = follow::to_send(ix, asked)?;
     let total = entries.len();
-    let wanted = send_batches(s, fs, st, entries, upto, Vec::new()).await?;
+    let wanted = send_batches(s, fs, st, entries, upto, Vec::new(), wait).await?;
     ix.set_peer_acked(&peer, upto)?;
     tracing::info!(%peer, entries = total, wanted, "index exchanged (first contact, led by the peer)");
     Ok(())
 }
 
 /// The `IndexAsk`s naming `digests`: full ones, then one of fewer (maybe none), which
-/// ends them.
-fn index_asks(mut digests: Vec<u64>) -> Vec<Message> {
+/// ends them; `wait`: we hold entries back until we read the peer's index.
+fn index_asks(mut digests: Vec<u64>, wait: bool) -> Vec<Message> {
     let mut asks = Vec::new();
     loop {
         let rest = digests.split_off(digests.len().min(MAX_SAME_DIGESTS));
         let last = digests.len() < MAX_SAME_DIGESTS;
-        asks.push(Message::IndexAsk { digests });
+        asks.push(Message::IndexAsk { digests, wait });
         if last {
             return asks;
         }
@@ -110,20 +147,24 @@ fn index_asks(mut digests: Vec<u64>) -> Vec<Message> {
 /// Sends `entries` in `Index` messages of up to [`INDEX_BATCH`], `then` right after
 /// the last (or alone if there are none); returns how many files the peer wants.
 /// Entries that go by the journal are left out first (see [`send_index`]): none left,
-/// no index round.
+/// no index round, unless `always` (then one empty `Index`).
 async fn send_batches(
     s: &Sender,
     fs: &mut Stream,
     st: &mut State,
-    mut entries: Vec<(RelPath, crate::journal::index::Entry)>,
+    mut entries: Vec<(RelPath, Entry)>,
     upto: u64,
     then: Vec<Message>,
+    always: bool,
 ) -> Result<usize, SyncError> {
     entries.retain(|(p, e)| sendable(s, p, e));
     let mut batches: Vec<Vec<_>> = Vec::new();
     while !entries.is_empty() {
         let rest = entries.split_off(entries.len().min(INDEX_BATCH));
         batches.push(std::mem::replace(&mut entries, rest));
+    }
+    if batches.is_empty() && always {
+        batches.push(Vec::new());
     }
     // nothing differs: no index round (the peer learns nothing from an empty one)
     if batches.is_empty() {
@@ -147,7 +188,7 @@ async fn send_index(
     s: &Sender,
     fs: &mut Stream,
     st: &mut State,
-    batch: Vec<(RelPath, crate::journal::index::Entry)>,
+    batch: Vec<(RelPath, Entry)>,
     upto: u64,
     last: bool,
     then: Vec<Message>,
@@ -189,7 +230,7 @@ async fn send_index(
 
 /// True if an entry goes in an `Index`: not ignored, and no unsent change of its path
 /// in the journal (that goes as ops and updates, with their versions).
-fn sendable(s: &Sender, p: &RelPath, e: &crate::journal::index::Entry) -> bool {
+fn sendable(s: &Sender, p: &RelPath, e: &Entry) -> bool {
     !pending_here(s, p) && !crate::sync::ignored::entry_ignored(s, p, e.kind)
 }
 

@@ -135,7 +135,10 @@ async fn ask_summary(
             held,
             sketch,
             sum,
+            newest,
         } => {
+            let newest = newest.map(|t| (t.secs, t.nanos));
+            st.follower_newest = st.follower_newest.max(newest);
             let answer = Answer {
                 held,
                 same,
