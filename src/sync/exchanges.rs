@@ -386,10 +386,15 @@ pub async fn run<S: Duplex>(
             }
             owed.push(id, reply, written);
         }
-        flush(fs, sizes).await?; // (a decline queued last goes too)
         let Some(&(id, _, _)) = owed.queue.front() else {
+            flush(fs, sizes).await?; // (a decline queued last goes too)
             return Ok(()); // nothing under way: every file of the batch is done
         };
+        // a reply already here is answered first: the rounds of exchanges under way
+        // then share one block (and packet) instead of one each
+        if !fs.input_pending() {
+            flush(fs, sizes).await?;
+        }
         let reply = recv_reply(stats, fs, owed.limit(sizes)).await?;
         owed.pop();
         let (at, x, wire) = live.get_mut(&id).expect("an exchange owed a reply is live");

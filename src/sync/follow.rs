@@ -6,11 +6,15 @@
 //! (the *follower*), told in the leader's `Staged` that it leads, sends no summary: its
 //! index holds the entries asked for, every entry of its directories the leader's
 //! summary did not show, and whatever changed since it described its entries, less
-//! the versions the leader's index showed it holds or that its own replaces.
+//! the versions the leader's index showed it holds or that its own replaces. The
+//! leader holds back its entries no newer than the newest the follower described
+//! ([`may_lose`]; version 24) until its receiver has read the follower's index, then
+//! sends them but those whose path it took from it ([`Held`]).
 //!
 //! This module owns the roles, what the follower's receiver saw of the leader's first
-//! contact ([`Seen`]), the hand-off of the leader's ask from the follower's receiver to
-//! its sender ([`Handoffs`]), and the follower's choice of entries ([`to_send`]).
+//! contact ([`Seen`]), the hand-offs between a node's receiver and its sender (the
+//! leader's ask, the paths taken from the follower; [`Handoffs`]), and the follower's
+//! choice of entries ([`to_send`]).
 
 use crate::journal::index::{Entry, Index};
 use crate::journal::JournalError;
